@@ -1,0 +1,60 @@
+# One command to run the app, one to run every test. Both set everything up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY := .venv/bin/python
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+BUN_DIR := tools/bun
+export PATH := $(CURDIR)/$(BUN_DIR)/node_modules/.bin:$(PATH)
+export REFLEX_USE_SYSTEM_BUN := 1
+export REFLEX_TELEMETRY_ENABLED := false
+PG_TEST_URL ?= postgresql://root@127.0.0.1:5432/test
+
+.PHONY: help setup run test test-sqlite test-postgres browsers lint format bench reliability
+
+help:
+	@echo "make run    set up and start the app (SQLite + local Stripe sandbox) on http://localhost:8000"
+	@echo "make test   set up and run all tests (SQLite leg, then PostgreSQL leg)"
+	@echo "make lint   ruff check + format check"
+
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/pip install -q "uv==$(UV_VERSION)"
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+$(BUN_DIR)/node_modules/.bin/bun: $(BUN_DIR)/package.json $(BUN_DIR)/package-lock.json
+	cd $(BUN_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: .venv/.synced $(BUN_DIR)/node_modules/.bin/bun
+
+browsers:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+run: setup
+	.venv/bin/billing-app db upgrade
+	.venv/bin/reflex run --env prod
+
+test: setup browsers lint test-sqlite test-postgres
+
+test-sqlite: setup
+	$(PY) -m pytest -q
+
+# The PostgreSQL leg runs when a server answers (always in CI).
+test-postgres: setup
+	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3)" 2>/dev/null; then \
+		TEST_DATABASE_URL=$(PG_TEST_URL) $(PY) -m pytest -q -m "not browser"; \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL at $(PG_TEST_URL) is required in CI" >&2; exit 1; \
+	else echo "PostgreSQL not reachable at $(PG_TEST_URL): skipping the PostgreSQL leg"; fi
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .

@@ -1,0 +1,175 @@
+"""`billing-app` command line: database, users and usage from a shell.
+
+Feature groups (stripe, apikey, demo, ...) are modules in this package that
+define a `group` click.Group; they are registered automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import click
+
+from billing_app.errors import BillingError
+from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value))
+
+
+def _print(data: Any) -> None:
+    if hasattr(data, "__dataclass_fields__"):
+        data = asdict(data)
+    elif isinstance(data, list):
+        data = [asdict(d) if hasattr(d, "__dataclass_fields__") else d for d in data]
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+class ErrorGroup(click.Group):
+    """Domain and configuration errors print one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BillingError, ConfigError) as err:
+            click.echo(f"error: {getattr(err, 'message', err)}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=ErrorGroup)
+def main() -> None:
+    """Billing and usage metering over Stripe."""
+
+
+# ------------------------------------------------------------------ db
+
+
+@main.group(cls=ErrorGroup)
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply Alembic migrations to DATABASE_URL."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    settings = get_settings()
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["url"] = settings.database_url
+    command.upgrade(cfg, revision)
+    click.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+
+
+# ------------------------------------------------------------------ users
+
+
+def _resolve_user(session: Any, user: str) -> int:
+    from billing_app.errors import UserNotFound
+    from billing_app.services import users
+
+    if user.isdigit():
+        return users.get_user(session, int(user)).id  # type: ignore[return-value]
+    found = users.get_user_by_email(session, user)
+    if found is None or found.id is None:
+        raise UserNotFound(f"No user with email {user}.")
+    return found.id
+
+
+@main.group(cls=ErrorGroup)
+def user() -> None:
+    """Accounts and roles."""
+
+
+@user.command("create")
+@click.option("--email", required=True)
+@click.option("--name", default="", help="Display name")
+@click.option("--admin", is_flag=True, help="Give the admin role")
+@click.option("--password", default=None, help="Password for local sign-in (prompted if -)")
+def user_create(email: str, name: str, admin: bool, password: str | None) -> None:
+    """Create a user on the free plan."""
+    from billing_app.db import session_scope
+    from billing_app.services import users
+
+    password_hash = None
+    if password is not None:
+        if password == "-":
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        from billing_app.services import passwords
+
+        password_hash = passwords.hash_password(password)
+    with session_scope() as session:
+        _print(users.create_user(session, email, name, admin=admin, password_hash=password_hash))
+
+
+@user.command("promote")
+@click.argument("user")
+def user_promote(user: str) -> None:
+    """Make USER (email or id) an admin."""
+    from billing_app.db import session_scope
+    from billing_app.services import users
+
+    with session_scope() as session:
+        _print(users.set_role(session, _resolve_user(session, user), "admin"))
+
+
+# ------------------------------------------------------------------ usage
+
+
+@main.group(cls=ErrorGroup)
+def usage() -> None:
+    """Record and inspect usage."""
+
+
+@usage.command("record")
+@click.option("--user", "user_ref", required=True, help="User email or id")
+@click.option("--metric", required=True)
+@click.option("--quantity", required=True, type=int)
+@click.option("--key", "idempotency_key", default=None, help="Idempotency key")
+def usage_record(user_ref: str, metric: str, quantity: int, idempotency_key: str | None) -> None:
+    """Record usage for a user (allowed past the limit, reported as over)."""
+    from billing_app.db import session_scope
+    from billing_app.services import metering
+
+    with session_scope() as session:
+        _print(
+            metering.record(
+                session, _resolve_user(session, user_ref), metric, quantity, idempotency_key
+            )
+        )
+
+
+@usage.command("summary")
+@click.option("--user", "user_ref", required=True, help="User email or id")
+def usage_summary(user_ref: str) -> None:
+    """Used / limit / resets_at per metric for the current period."""
+    from billing_app.db import session_scope
+    from billing_app.services import metering
+
+    with session_scope() as session:
+        _print(metering.summary(session, _resolve_user(session, user_ref)))
+
+
+def _register_subcommands() -> None:
+    """Feature command groups live in their own modules beside this one."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            group = getattr(importlib.import_module(f"{__name__}.{mod.name}"), "group", None)
+            if isinstance(group, click.Group):
+                main.add_command(group)
+
+
+_register_subcommands()

@@ -1,0 +1,3 @@
+from billing_app.cli import main
+
+main()

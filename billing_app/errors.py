@@ -1,0 +1,76 @@
+"""Domain errors. Each carries the HTTP status and a stable code the API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillingError(Exception):
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class ValidationFailed(BillingError):
+    status_code = 422
+    code = "validation_error"
+
+
+class UnknownMetric(ValidationFailed):
+    code = "unknown_metric"
+
+
+class InvalidQuantity(ValidationFailed):
+    code = "invalid_quantity"
+
+
+class NotFound(BillingError):
+    status_code = 404
+    code = "not_found"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class Conflict(BillingError):
+    status_code = 409
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_key_reused"
+
+
+class QuotaExceeded(BillingError):
+    status_code = 403
+    code = "quota_exceeded"
+
+
+class Unauthorized(BillingError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(BillingError):
+    status_code = 403
+    code = "forbidden"
+
+
+class PaymentProviderError(BillingError):
+    """Stripe refused or could not be reached."""
+
+    status_code = 502
+    code = "payment_provider_error"
+
+
+class ServiceUnavailable(BillingError):
+    status_code = 503
+    code = "service_unavailable"

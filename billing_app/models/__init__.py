@@ -1,0 +1,31 @@
+"""SQLModel tables. Importing this package registers every table on SQLModel.metadata."""
+
+from billing_app.models.tables import (
+    ROLES,
+    SUBSCRIPTION_STATUSES,
+    ApiKey,
+    AuthSession,
+    Invoice,
+    Quota,
+    QuotaAudit,
+    StripeEvent,
+    Subscription,
+    UsageCounter,
+    UsageEvent,
+    User,
+)
+
+__all__ = [
+    "ROLES",
+    "SUBSCRIPTION_STATUSES",
+    "ApiKey",
+    "AuthSession",
+    "Invoice",
+    "Quota",
+    "QuotaAudit",
+    "StripeEvent",
+    "Subscription",
+    "UsageCounter",
+    "UsageEvent",
+    "User",
+]

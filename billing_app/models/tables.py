@@ -1,0 +1,224 @@
+"""The billing data model: plain SQLModel tables (rx.Model is deprecated in Reflex 0.10).
+
+Times are timezone-aware UTC; money is integer minor units.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from billing_app.clock import utcnow
+from billing_app.models.types import BigIntPK, JSONType, UTCDateTime
+
+SUBSCRIPTION_STATUSES = (
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "paused",
+)
+ROLES = ("user", "admin")
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True}, index=False)
+    display_name: str = Field(default="", max_length=200)
+    role: str = Field(default="user", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    stripe_customer_id: str | None = Field(
+        default=None, max_length=255, sa_column_kwargs={"unique": True}
+    )
+    # argon2 hash; None for SSO-only accounts.
+    password_hash: str | None = Field(default=None, max_length=255)
+    oidc_subject: str | None = Field(default=None, max_length=255)
+
+    __table_args__ = (sa.CheckConstraint("role IN ('user', 'admin')", name="ck_user_role"),)
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    stripe_subscription_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    stripe_price_id: str | None = Field(default=None, max_length=255)
+    plan: str = Field(default="free", max_length=32)
+    status: str = Field(max_length=32)
+    current_period_start: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    current_period_end: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    cancel_at_period_end: bool = Field(default=False)
+    canceled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    # When the subscription entered past_due; the grace period counts from here.
+    past_due_since: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    # `created` of the newest Stripe event applied: older events never overwrite newer state.
+    updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in SUBSCRIPTION_STATUSES) + ")",
+            name="ck_subscription_status",
+        ),
+    )
+
+
+class Quota(SQLModel, table=True):
+    __tablename__ = "quota"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    metric: str = Field(max_length=64)
+    # Effective limit; 0 means unlimited (the seed's rule).
+    limit: int = Field(sa_type=sa.BigInteger(), nullable=False)
+    # "plan" or "admin": an admin override wins over the plan until cleared.
+    source: str = Field(default="plan", max_length=16)
+    # What the plan grants, kept so clearing an override restores it.
+    plan_limit: int = Field(sa_type=sa.BigInteger(), nullable=False)
+    reason: str | None = Field(default=None, max_length=500)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "metric", name="uq_quota_user_metric"),
+        sa.CheckConstraint('"limit" >= 0', name="ck_quota_limit"),
+        sa.CheckConstraint("source IN ('plan', 'admin')", name="ck_quota_source"),
+    )
+
+
+class QuotaAudit(SQLModel, table=True):
+    """Every admin change to a quota, with who and why."""
+
+    __tablename__ = "quota_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    metric: str = Field(max_length=64)
+    old_limit: int | None = Field(default=None, sa_type=sa.BigInteger())
+    new_limit: int | None = Field(default=None, sa_type=sa.BigInteger())
+    reason: str = Field(max_length=500)
+    actor_user_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+
+class UsageEvent(SQLModel, table=True):
+    """Append-only record of metered work."""
+
+    __tablename__ = "usage_event"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    metric: str = Field(max_length=64)
+    quantity: int = Field(sa_type=sa.BigInteger(), nullable=False)
+    occurred_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    idempotency_key: str = Field(max_length=255)
+    meta: dict | None = Field(default=None, sa_column=sa.Column("metadata", JSONType))
+
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "idempotency_key", name="uq_usage_event_user_key"),
+        sa.CheckConstraint("quantity > 0", name="ck_usage_event_quantity"),
+        sa.Index("ix_usage_event_user_metric_occurred", "user_id", "metric", "occurred_at"),
+    )
+
+
+class UsageCounter(SQLModel, table=True):
+    """Running total per user, metric and period: what quota checks read (O(1))."""
+
+    __tablename__ = "usage_counter"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    metric: str = Field(max_length=64)
+    period_start: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    period_end: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    used: int = Field(default=0, sa_type=sa.BigInteger(), nullable=False)
+
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "metric", "period_start", name="uq_usage_counter_period"),
+        sa.CheckConstraint("used >= 0", name="ck_usage_counter_used"),
+    )
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoice"
+
+    id: int | None = Field(default=None, primary_key=True)
+    stripe_invoice_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    stripe_subscription_id: str | None = Field(default=None, max_length=255)
+    number: str | None = Field(default=None, max_length=255)
+    status: str = Field(max_length=32, index=True)
+    amount_due: int = Field(default=0, sa_type=sa.BigInteger(), nullable=False)
+    amount_paid: int = Field(default=0, sa_type=sa.BigInteger(), nullable=False)
+    currency: str = Field(default="usd", max_length=3)
+    period_start: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    period_end: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    hosted_invoice_url: str | None = Field(default=None, max_length=2048)
+    invoice_pdf: str | None = Field(default=None, max_length=2048)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+
+
+class StripeEvent(SQLModel, table=True):
+    """Every webhook event received, for exactly-once handling and replay."""
+
+    __tablename__ = "stripe_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    stripe_event_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
+    type: str = Field(max_length=128, index=True)
+    created: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    payload: dict | None = Field(default=None, sa_type=JSONType)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    error: str | None = Field(default=None, sa_type=sa.Text())
+    attempts: int = Field(default=0)
+
+
+class ApiKey(SQLModel, table=True):
+    """A key for services or users; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", index=True, ondelete="CASCADE")
+    service_name: str | None = Field(default=None, max_length=200)
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=32, index=True)
+    secret_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    scopes: list[str] = Field(default_factory=list, sa_type=JSONType)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "(user_id IS NOT NULL) OR (service_name IS NOT NULL)", name="ck_api_key_owner"
+        ),
+    )
+
+
+class AuthSession(SQLModel, table=True):
+    """A signed-in browser session; only the SHA-256 of the token is stored."""
+
+    __tablename__ = "auth_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    user_agent: str | None = Field(default=None, max_length=500)
+    ip: str | None = Field(default=None, max_length=64)

@@ -1,0 +1,1 @@
+"""Business logic. Every function takes a DB session first and never imports Reflex."""

@@ -1,0 +1,48 @@
+"""Which usage period a moment belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session
+
+from billing_app.clock import as_utc
+from billing_app.plans import get_catalog
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+
+def calendar_month(at: datetime) -> Period:
+    """The seed's rule: usage resets at the start of each calendar month, UTC."""
+    at = as_utc(at)
+    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if start.month == 12:
+        end = start.replace(year=start.year + 1, month=1)
+    else:
+        end = start.replace(month=start.month + 1)
+    return Period(start, end)
+
+
+def period_for(session: Session, user_id: int, at: datetime) -> Period:
+    """Calendar month, unless the user's plan resets with its billing period."""
+    if not any(p.reset == "billing_period" for p in get_catalog().values()):
+        return calendar_month(at)  # no lookup on the hot path in the default setup
+    from billing_app.services.subscriptions import current_subscription
+
+    sub = current_subscription(session, user_id)
+    plan = get_catalog().get(sub.plan) if sub else None
+    if (
+        sub is not None
+        and plan is not None
+        and plan.reset == "billing_period"
+        and sub.current_period_start is not None
+        and sub.current_period_end is not None
+        and sub.current_period_start <= as_utc(at) < sub.current_period_end
+    ):
+        return Period(sub.current_period_start, sub.current_period_end)
+    return calendar_month(at)

@@ -1,0 +1,147 @@
+"""Quota limits: from the user's plan, unless an admin override wins."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from billing_app.clock import utcnow
+from billing_app.errors import NotFound, UnknownMetric, ValidationFailed
+from billing_app.metrics import MAX_QUANTITY, METRICS
+from billing_app.models import Quota, QuotaAudit, User
+from billing_app.plans import get_catalog
+from billing_app.services.dto import QuotaDTO
+
+
+def _to_dto(q: Quota) -> QuotaDTO:
+    return QuotaDTO(
+        metric=q.metric,
+        limit=q.limit,
+        unlimited=q.limit == 0,
+        source=q.source,
+        plan_limit=q.plan_limit,
+        reason=q.reason,
+    )
+
+
+def apply_plan(session: Session, user_id: int, plan_key: str) -> None:
+    """Set the plan's limits on every metric; admin overrides stay. Caller commits."""
+    plan = get_catalog()[plan_key]
+    existing = {
+        q.metric: q for q in session.exec(select(Quota).where(Quota.user_id == user_id)).all()
+    }
+    now = utcnow()
+    for metric in METRICS:
+        limit = plan.limit_for(metric)
+        q = existing.get(metric)
+        if q is None:
+            session.add(
+                Quota(user_id=user_id, metric=metric, limit=limit, plan_limit=limit, updated_at=now)
+            )
+            continue
+        if q.plan_limit == limit and (q.source == "admin" or q.limit == limit):
+            continue
+        q.plan_limit = limit
+        if q.source == "plan":
+            q.limit = limit
+        q.updated_at = now
+        session.add(q)
+    session.flush()
+
+
+def limit_for(session: Session, user_id: int, metric: str) -> int | None:
+    """The effective limit (0 = unlimited), or None when the user has no quota row."""
+    return session.exec(
+        select(Quota.limit).where(Quota.user_id == user_id, Quota.metric == metric)
+    ).first()
+
+
+def get_quotas(session: Session, user_id: int) -> list[QuotaDTO]:
+    rows = {q.metric: q for q in session.exec(select(Quota).where(Quota.user_id == user_id)).all()}
+    free = get_catalog()["free"]
+    out = []
+    for metric in METRICS:
+        q = rows.get(metric)
+        if q is None:  # a user created before this metric existed: the free plan applies
+            lim = free.limit_for(metric)
+            out.append(QuotaDTO(metric, lim, lim == 0, "plan", lim, None))
+        else:
+            out.append(_to_dto(q))
+    return out
+
+
+def set_override(
+    session: Session,
+    user_id: int,
+    metric: str,
+    limit: int | None,
+    reason: str,
+    actor_user_id: int | None = None,
+) -> QuotaDTO:
+    """Override one limit (0 = unlimited); `limit=None` removes the override."""
+    if metric not in METRICS:
+        raise UnknownMetric(f"Unknown metric {metric!r}.", metric=metric)
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 0 <= limit <= MAX_QUANTITY * 1000
+    ):
+        raise ValidationFailed(
+            "Limit must be a whole number, 0 (unlimited) or more.", field="limit"
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationFailed("A reason is required for a quota override.", field="reason")
+    if len(reason) > 500:
+        raise ValidationFailed("Reason is longer than 500 characters.", field="reason")
+    if session.get(User, user_id) is None:
+        raise NotFound(f"No user with id {user_id}.", user_id=user_id)
+    apply_missing(session, user_id)
+    q = session.exec(select(Quota).where(Quota.user_id == user_id, Quota.metric == metric)).one()
+    old = q.limit
+    if limit is None:
+        q.limit, q.source = q.plan_limit, "plan"
+    else:
+        q.limit, q.source = limit, "admin"
+    q.reason = reason.strip()
+    q.updated_at = utcnow()
+    session.add(q)
+    session.add(
+        QuotaAudit(
+            user_id=user_id,
+            metric=metric,
+            old_limit=old,
+            new_limit=q.limit,
+            reason=reason.strip(),
+            actor_user_id=actor_user_id,
+        )
+    )
+    session.commit()
+    return _to_dto(q)
+
+
+def apply_missing(session: Session, user_id: int) -> None:
+    """Give a user quota rows for metrics they lack (new metric added), from the free plan."""
+    have = set(session.exec(select(Quota.metric).where(Quota.user_id == user_id)).all())
+    if set(METRICS) - have:
+        from billing_app.services.subscriptions import effective_plan_key
+
+        apply_plan(session, user_id, effective_plan_key(session, user_id))
+
+
+def audit_log(session: Session, user_id: int, limit: int = 50) -> list[dict]:
+    rows = session.exec(
+        select(QuotaAudit)
+        .where(QuotaAudit.user_id == user_id)
+        .order_by(col(QuotaAudit.created_at).desc(), col(QuotaAudit.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "metric": r.metric,
+            "old_limit": r.old_limit,
+            "new_limit": r.new_limit,
+            "reason": r.reason,
+            "actor_user_id": r.actor_user_id,
+            "created_at": r.created_at,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,131 @@
+"""Shared fixtures: a real database per test run (SQLite, or PostgreSQL when
+TEST_DATABASE_URL points at one), migrated with Alembic, emptied between tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel
+
+from billing_app import clock, db, plans, settings
+
+PG_DEFAULT = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+def _backend_url(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str | None]:
+    """(url for the tests, admin url to drop a PostgreSQL database afterwards)."""
+    base = os.environ.get("TEST_DATABASE_URL", "")
+    if not base.startswith("postgres"):
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}", None
+    base = base.replace("postgresql://", "postgresql+psycopg://", 1)
+    name = f"billing_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return make_url(base).set(database=name).render_as_string(hide_password=False), base
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, admin_url = _backend_url(tmp_path_factory)
+    yield url
+    if admin_url:
+        name = make_url(url).database
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def migrate(url: str) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    cfg = Config(str(settings.PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+@pytest.fixture(scope="session")
+def _migrated(database_url: str) -> str:
+    migrate(database_url)
+    return database_url
+
+
+@pytest.fixture(autouse=True)
+def app_settings(monkeypatch: pytest.MonkeyPatch, _migrated: str) -> Iterator[settings.Settings]:
+    """Point the app's settings (and so get_engine) at the test database."""
+    monkeypatch.setenv("DATABASE_URL", _migrated)
+    monkeypatch.setenv("ENVIRONMENT", "test")
+    for var in ("STRIPE_SECRET_KEY", "BILLING_PLANS_JSON", "ADMIN_EMAILS"):
+        monkeypatch.delenv(var, raising=False)
+    _clear_caches()
+    yield settings.get_settings()
+    clock.set_clock(None)
+    _clear_caches()
+
+
+def _clear_caches() -> None:
+    settings.get_settings.cache_clear()
+    plans.get_catalog.cache_clear()
+    db.get_engine.cache_clear()
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+@pytest.fixture
+def engine(_migrated: str) -> Iterator[Engine]:
+    eng = _ENGINES.get(_migrated)
+    if eng is None:
+        eng = _ENGINES[_migrated] = db.create_db_engine(_migrated, pool_size=60)
+    _truncate(eng)
+    yield eng
+
+
+def _truncate(eng: Engine) -> None:
+    tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+    with eng.begin() as conn:
+        if eng.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+            )
+        else:
+            for t in tables:
+                conn.exec_driver_sql(f'DELETE FROM "{t}"')
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as s:
+        yield s
+
+
+@pytest.fixture
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class FrozenClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        clock.set_clock(lambda: self.now)
+
+    def set(self, now: datetime) -> None:
+        self.now = now
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[FrozenClock]:
+    fc = FrozenClock(datetime(2026, 11, 15, 12, 0, tzinfo=UTC))
+    yield fc
+    clock.set_clock(None)

@@ -1,0 +1,352 @@
+"""The metering core on a real database (SQLite, or PostgreSQL with TEST_DATABASE_URL)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import Session, func, select
+
+from billing_app.errors import (
+    IdempotencyConflict,
+    InvalidQuantity,
+    QuotaExceeded,
+    UnknownMetric,
+    UserNotFound,
+    ValidationFailed,
+)
+from billing_app.models import UsageCounter, UsageEvent
+from billing_app.services import metering, quotas
+from tests.factories import make_user
+
+
+def _events(session: Session, user_id: int, metric: str = "tokens") -> tuple[int, int]:
+    count, total = session.exec(
+        select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
+            UsageEvent.user_id == user_id, UsageEvent.metric == metric
+        )
+    ).one()
+    session.rollback()
+    return count, total
+
+
+def _counter_total(session: Session, user_id: int, metric: str = "tokens") -> int:
+    total = session.exec(
+        select(func.coalesce(func.sum(UsageCounter.used), 0)).where(
+            UsageCounter.user_id == user_id, UsageCounter.metric == metric
+        )
+    ).one()
+    session.rollback()
+    return total
+
+
+def test_record_appends_event_and_bumps_counter(session, frozen_clock):
+    user = make_user(session, plan="basic")
+    r1 = metering.record(session, user.id, "tokens", 1500, metadata={"model": "gpt-4"})
+    r2 = metering.record(session, user.id, "tokens", 500)
+    assert not r1.duplicate and not r2.duplicate
+    assert r2.status.used == 2000
+    assert r2.status.limit == 100_000
+    assert r2.status.remaining == 98_000
+    assert r2.status.resets_at == datetime(2026, 12, 1, tzinfo=UTC)
+    assert r1.event.metadata == {"model": "gpt-4"}
+    assert _events(session, user.id) == (2, 2000)
+    assert _counter_total(session, user.id) == 2000
+
+
+def test_record_past_the_limit_is_stored_and_reported(session, frozen_clock):
+    user = make_user(session)  # free: 100 API calls
+    metering.record(session, user.id, "api_calls", 90)
+    r = metering.record(session, user.id, "api_calls", 20)
+    assert r.over_limit is True
+    assert r.status.used == 110
+    assert r.status.remaining == 0
+    assert r.status.percent == 100.0
+    assert _events(session, user.id, "api_calls") == (2, 110)
+
+
+def test_check_reports_reason_and_reset_date(session, frozen_clock):
+    user = make_user(session, plan="basic")
+    metering.record(session, user.id, "tokens", 100_000)
+    result = metering.check(session, user.id, "tokens", 1)
+    assert result.allowed is False
+    assert result.remaining == 0
+    assert result.reason == "Monthly token limit of 100,000 reached; resets 2026-12-01."
+    partial = metering.check(session, user.id, "api_calls", 1001)
+    assert partial.allowed is False
+    assert "only 1,000 of the monthly API call limit of 1,000 remain" in partial.reason
+    ok = metering.check(session, user.id, "api_calls", 1000)
+    assert ok.allowed is True and ok.reason is None
+
+
+def test_check_reads_only(session, frozen_clock):
+    user = make_user(session)
+    for _ in range(3):
+        metering.check(session, user.id, "tokens", 10)
+    assert _events(session, user.id) == (0, 0)
+    assert _counter_total(session, user.id) == 0
+
+
+def test_unlimited_plan_never_refuses(session, frozen_clock):
+    user = make_user(session, plan="enterprise")
+    r = metering.consume(session, user.id, "tokens", 999_000_000)
+    assert r.status.unlimited and r.status.remaining is None and r.status.percent == 0.0
+    assert metering.check(session, user.id, "tokens", 999_000_000).allowed
+
+
+def test_consume_refuses_over_limit_and_writes_nothing(session, frozen_clock):
+    user = make_user(session)  # free: 10 scraping tasks
+    metering.consume(session, user.id, "scraping_tasks", 8)
+    with pytest.raises(QuotaExceeded) as exc:
+        metering.consume(session, user.id, "scraping_tasks", 3, idempotency_key="k-over")
+    assert exc.value.status_code == 403
+    assert exc.value.details["used"] == 8 and exc.value.details["remaining"] == 2
+    assert _events(session, user.id, "scraping_tasks") == (1, 8)
+    # The refused key was not stored: the same key may succeed later within the limit.
+    r = metering.consume(session, user.id, "scraping_tasks", 2, idempotency_key="k-over")
+    assert r.status.used == 10 and not r.duplicate
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "scraping_tasks", 1)
+    with pytest.raises(QuotaExceeded):  # larger than the whole limit
+        metering.consume(session, user.id, "scraping_tasks", 11)
+    assert _counter_total(session, user.id, "scraping_tasks") == 10
+
+
+def test_admin_override_wins_over_plan_and_survives_plan_change(session, frozen_clock):
+    user = make_user(session, plan="basic")
+    quotas.set_override(session, user.id, "tokens", 5, reason="trial abuse")
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "tokens", 6)
+    quotas.apply_plan(session, user.id, "pro")
+    session.commit()
+    q = {q.metric: q for q in quotas.get_quotas(session, user.id)}
+    assert q["tokens"].limit == 5 and q["tokens"].source == "admin"
+    assert q["tokens"].plan_limit == 1_000_000
+    assert q["api_calls"].limit == 10_000
+    quotas.set_override(session, user.id, "tokens", None, reason="resolved")
+    q = {q.metric: q for q in quotas.get_quotas(session, user.id)}
+    assert q["tokens"].limit == 1_000_000 and q["tokens"].source == "plan"
+    log = quotas.audit_log(session, user.id)
+    assert [(e["old_limit"], e["new_limit"], e["reason"]) for e in log] == [
+        (5, 1_000_000, "resolved"),
+        (100_000, 5, "trial abuse"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"metric": "gpu_hours"}, UnknownMetric),
+        ({"quantity": 0}, InvalidQuantity),
+        ({"quantity": -5}, InvalidQuantity),
+        ({"quantity": 10**12}, InvalidQuantity),
+        ({"quantity": 1.5}, InvalidQuantity),
+        ({"quantity": True}, InvalidQuantity),
+        ({"quantity": "10"}, InvalidQuantity),
+        ({"idempotency_key": ""}, ValidationFailed),
+        ({"idempotency_key": "x" * 256}, ValidationFailed),
+        ({"metadata": ["not", "an", "object"]}, ValidationFailed),
+        ({"metadata": {"bad": float("nan")}}, ValidationFailed),
+        ({"occurred_at": "yesterday"}, ValidationFailed),
+        ({"user_id": "7"}, ValidationFailed),
+    ],
+)
+def test_bad_input_raises_typed_error_and_writes_nothing(session, frozen_clock, kwargs, error):
+    user = make_user(session)
+    args = {"user_id": user.id, "metric": "tokens", "quantity": 5, **kwargs}
+    with pytest.raises(error) as exc:
+        metering.record(session, **args)
+    assert exc.value.message and 400 <= exc.value.status_code < 500
+    assert _events(session, user.id) == (0, 0)
+
+
+def test_future_events_are_refused(session, frozen_clock):
+    user = make_user(session)
+    with pytest.raises(ValidationFailed, match="future"):
+        metering.record(
+            session, user.id, "tokens", 1, occurred_at=frozen_clock.now + timedelta(hours=1)
+        )
+
+
+def test_unknown_user_is_a_clear_error(session, frozen_clock):
+    for fn in (metering.record, metering.consume, metering.check):
+        with pytest.raises(UserNotFound, match="No user with id 999999"):
+            fn(session, 999_999, "tokens", 1)
+
+
+def test_idempotent_record_returns_first_result(session, frozen_clock):
+    user = make_user(session)
+    first = metering.record(session, user.id, "tokens", 42, idempotency_key="req-1")
+    again = metering.record(session, user.id, "tokens", 42, idempotency_key="req-1")
+    assert again.duplicate is True
+    assert again.event.id == first.event.id
+    assert again.event.recorded_at == first.event.recorded_at
+    assert _events(session, user.id) == (1, 42)
+    assert _counter_total(session, user.id) == 42
+    with pytest.raises(IdempotencyConflict):
+        metering.record(session, user.id, "tokens", 43, idempotency_key="req-1")
+    # Keys are per user: another user may use the same key.
+    other = make_user(session)
+    assert not metering.record(session, other.id, "tokens", 42, idempotency_key="req-1").duplicate
+
+
+def test_same_key_twenty_times_concurrently_counts_once(engine, frozen_clock):
+    with Session(engine) as s:
+        user = make_user(s)
+    barrier = threading.Barrier(20)
+
+    def send(fn, key):
+        with Session(engine, expire_on_commit=False) as s:
+            barrier.wait()
+            return fn(s, user.id, "tokens", 7, idempotency_key=key)
+
+    for fn, key in ((metering.record, "key-r"), (metering.consume, "key-c")):
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(send, [fn] * 20, [key] * 20))
+        assert sum(not r.duplicate for r in results) == 1
+        assert len({r.event.id for r in results}) == 1
+    with Session(engine) as s:
+        assert _events(s, user.id) == (2, 14)
+        assert _counter_total(s, user.id) == 14
+
+
+def test_concurrent_consume_never_overshoots(engine, frozen_clock, is_postgres):
+    """50 threads (each its own connection), 1,000 attempts, 100 remaining: exactly 100."""
+    with Session(engine) as s:
+        user = make_user(s, plan="basic")
+        quotas.set_override(s, user.id, "api_calls", 150, reason="concurrency test")
+        metering.record(s, user.id, "api_calls", 50)
+    barrier = threading.Barrier(50)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        with Session(engine, expire_on_commit=False) as s:
+            barrier.wait()
+            for i in range(20):
+                try:
+                    metering.consume(s, user.id, "api_calls", 1, idempotency_key=f"w{n}-{i}")
+                    result = "ok"
+                except QuotaExceeded:
+                    result = "refused"
+                with lock:
+                    outcomes.append(result)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 1000
+    assert outcomes.count("ok") == 100
+    with Session(engine) as s:
+        assert _counter_total(s, user.id, "api_calls") == 150
+        assert _events(s, user.id, "api_calls") == (101, 150)
+
+
+def test_usage_resets_at_the_start_of_the_month(session, frozen_clock):
+    user = make_user(session)  # free: 100 API calls
+    frozen_clock.set(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC))
+    metering.consume(session, user.id, "api_calls", 100)
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "api_calls", 1)
+    frozen_clock.set(datetime(2026, 12, 1, 0, 0, 0, tzinfo=UTC))
+    summary = {s.metric: s for s in metering.summary(session, user.id)}
+    assert summary["api_calls"].used == 0
+    assert summary["api_calls"].resets_at == datetime(2027, 1, 1, tzinfo=UTC)
+    r = metering.consume(session, user.id, "api_calls", 100)
+    assert r.status.used == 100
+    # A late event from November still counts in November, not December.
+    late = metering.record(
+        session, user.id, "api_calls", 5, occurred_at=datetime(2026, 11, 20, tzinfo=UTC)
+    )
+    assert late.status.period_start == datetime(2026, 11, 1, tzinfo=UTC)
+    assert late.status.used == 105
+    assert metering.check(session, user.id, "api_calls", 1).used == 100
+
+
+def test_billing_period_reset_follows_the_subscription(session, frozen_clock, monkeypatch):
+    from billing_app import plans
+    from billing_app.models import Subscription
+
+    monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
+    plans.get_catalog.cache_clear()
+    from billing_app.settings import get_settings
+
+    get_settings.cache_clear()
+    user = make_user(session, plan="pro")
+    start = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
+    session.add(
+        Subscription(
+            user_id=user.id,
+            stripe_subscription_id="sub_test_1",
+            plan="pro",
+            status="active",
+            current_period_start=start,
+            current_period_end=datetime(2026, 12, 10, 8, 0, tzinfo=UTC),
+        )
+    )
+    session.commit()
+    r = metering.record(session, user.id, "tokens", 10)
+    assert r.status.period_start == start
+    assert r.status.resets_at == datetime(2026, 12, 10, 8, 0, tzinfo=UTC)
+
+
+def test_summary_and_daily_history(session, frozen_clock):
+    user = make_user(session, plan="pro")
+    frozen_clock.set(datetime(2026, 11, 3, 10, tzinfo=UTC))
+    metering.record(session, user.id, "tokens", 300)
+    frozen_clock.set(datetime(2026, 11, 5, 23, 30, tzinfo=UTC))
+    metering.record(session, user.id, "tokens", 200)
+    metering.record(session, user.id, "api_calls", 2)
+    summary = {s.metric: s for s in metering.summary(session, user.id)}
+    assert (summary["tokens"].used, summary["tokens"].limit) == (500, 1_000_000)
+    assert summary["tokens"].percent == 0.1
+    history = metering.daily_history(session, user.id)
+    by_day = {(h.day, h.metric): h.quantity for h in history}
+    assert by_day[("2026-11-03", "tokens")] == 300
+    assert by_day[("2026-11-05", "tokens")] == 200
+    assert by_day[("2026-11-04", "tokens")] == 0
+    assert by_day[("2026-11-05", "api_calls")] == 2
+    assert {h.day for h in history} == {f"2026-11-0{d}" for d in range(1, 6)}
+
+
+def test_seed_functions_keep_their_signatures(session, frozen_clock):
+    from billing_app.services import usage_meter
+
+    user = make_user(session)
+    allowed, error = usage_meter.check_token_quota(session, user.id, requested_tokens=1000)
+    assert (allowed, error) == (True, None)
+    usage_meter.record_token_usage(session=session, user_id=user.id, tokens=500,
+                                   metadata={"model": "gpt-4"})  # fmt: skip
+    usage_meter.record_api_call_usage(session, user.id)
+    usage_meter.record_scraping_task_usage(session, user.id)
+    allowed, error = usage_meter.check_token_quota(session, user.id, requested_tokens=9_600)
+    assert allowed is False
+    assert error == (
+        "Requested 9,600 tokens but only 9,500 of the monthly token limit of 10,000 remain; "
+        "resets 2026-12-01."
+    )
+    assert usage_meter.check_api_call_quota(session, user.id) == (True, None)
+    assert usage_meter.check_scraping_task_quota(session, user.id) == (True, None)
+
+
+def test_counter_equals_sum_of_events_after_mixed_load(engine, frozen_clock):
+    with Session(engine) as s:
+        users = [make_user(s, plan="pro") for _ in range(3)]
+
+    def work(n: int) -> None:
+        with Session(engine, expire_on_commit=False) as s:
+            k = n % 40  # each key is sent three times, by record or consume
+            fn = metering.record if n % 2 else metering.consume
+            fn(s, users[k % 3].id, "tokens", k + 1, idempotency_key=f"mix-{k}")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(work, range(120)))
+    with Session(engine) as s:
+        for u in users:
+            assert _counter_total(s, u.id) == _events(s, u.id)[1]
+        count, total = s.exec(select(func.count(), func.sum(UsageEvent.quantity))).one()
+        assert (count, total) == (40, sum(range(1, 41)))

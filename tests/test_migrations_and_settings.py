@@ -1,0 +1,125 @@
+"""Alembic creates exactly the models' schema; settings fail early with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from billing_app import db
+from billing_app.settings import PROJECT_ROOT, ConfigError, load_settings
+
+
+def test_upgrade_head_matches_the_models(engine):
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "render_as_batch": engine.dialect.name == "sqlite"}
+        )
+        diff = compare_metadata(ctx, SQLModel.metadata)
+    assert diff == []
+
+
+def test_sqlite_gets_wal_and_immediate_transactions(tmp_path):
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STRIPE_SECRET_KEY": "pk_live_oops"}, "STRIPE_SECRET_KEY must start with sk_ or rk_"),
+        (
+            {"STRIPE_SECRET_KEY": "sk_test_x"},
+            "STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set",
+        ),
+        (
+            {"STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": "whsec_1",
+             "STRIPE_PRICE_BASIC": "price_b", "STRIPE_PRICE_PRO": "price_p"},
+            "STRIPE_PRICE_ENTERPRISE is required when STRIPE_SECRET_KEY is set",
+        ),
+        ({"STRIPE_PRICE_PRO": "prod_123"}, "STRIPE_PRICE_PRO must be a Stripe price id"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL must start with sqlite:// or postgresql://"),
+        ({"PAST_DUE_GRACE_DAYS": "soon"}, "PAST_DUE_GRACE_DAYS"),
+    ],
+)  # fmt: skip
+def test_bad_settings_name_the_variable(monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    text = str(exc.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_no_keys_means_the_sandbox(monkeypatch):
+    s = load_settings()
+    assert s.uses_stripe_sandbox
+    assert s.stripe_price_pro == "price_sandbox_pro"
+    assert s.stripe_api_base == "http://127.0.0.1:12111"
+
+
+def test_real_keys_are_accepted(monkeypatch):
+    env = {
+        "STRIPE_SECRET_KEY": "sk_live_abc",
+        "STRIPE_WEBHOOK_SECRET": "whsec_abc",
+        "STRIPE_PRICE_BASIC": "price_1",
+        "STRIPE_PRICE_PRO": "price_2",
+        "STRIPE_PRICE_ENTERPRISE": "price_3",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert not s.uses_stripe_sandbox and s.stripe_api_base is None
+
+
+def test_cli_prints_one_line_for_a_bad_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "oops")
+    proc = subprocess.run(
+        [sys.executable, "-m", "billing_app.cli", "usage", "summary", "--user", "1"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: configuration error: STRIPE_SECRET_KEY must start with sk_ or rk_ "
+        "(a Stripe secret or restricted key)"
+    )
+
+
+def test_cli_end_to_end(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env_run = {"DATABASE_URL": url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "billing_app.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env_run},
+            timeout=120,
+        )
+
+    assert cli("db", "upgrade").returncode == 0
+    created = cli("user", "create", "--email", "ops@example.com", "--admin")
+    assert created.returncode == 0 and '"role": "admin"' in created.stdout
+    assert cli("usage", "record", "--user", "ops@example.com", "--metric", "tokens",
+               "--quantity", "250", "--key", "k1").returncode == 0  # fmt: skip
+    again = cli("usage", "record", "--user", "1", "--metric", "tokens", "--quantity", "250",
+                "--key", "k1")  # fmt: skip
+    assert '"duplicate": true' in again.stdout
+    summary = cli("usage", "summary", "--user", "ops@example.com")
+    assert '"used": 250' in summary.stdout
+    dup = cli("user", "create", "--email", "OPS@example.com")
+    assert dup.returncode == 2 and "already exists" in dup.stderr
