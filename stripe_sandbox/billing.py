@@ -1,4 +1,5 @@
-"""What Stripe Billing does: customers and cards, Checkout, subscriptions, invoices, renewals.
+"""What Stripe Billing does: customers and cards, invoices and payments, subscriptions.
+Checkout/portal sessions live in checkout.py, time-based behaviour in clock.py.
 
 Every function expects to be called with ``st.lock`` held (the API layer does that) and emits
 events in the order Stripe sends them. Each event carries a snapshot of the object at that
@@ -8,6 +9,7 @@ moment, so e.g. ``invoice.created`` shows a draft and ``invoice.paid`` a paid in
 from __future__ import annotations
 
 import copy
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +44,7 @@ def create_customer(st: SandboxState, params: dict[str, Any]) -> dict[str, Any]:
         description=params.get("description") or None,
         phone=params.get("phone") or None,
         metadata=apply_metadata({}, as_dict(params.get("metadata"), "metadata")),
-        invoice_prefix=st.new_id("x", 8)[2:10].upper(),
+        invoice_prefix=secrets.token_hex(4).upper(),
     )
     st.customers[cus["id"]] = cus
     st.emit("customer.created", cus)
@@ -52,8 +54,8 @@ def create_customer(st: SandboxState, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def update_customer(st: SandboxState, cus_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    cus = st.get(st.customers, cus_id, "customer")
-    before = copy.deepcopy(cus)
+    before = st.get(st.customers, cus_id, "customer")
+    cus = copy.deepcopy(before)  # edit a copy: a validation error must not leave half an update
     for field in ("email", "name", "description", "phone"):
         if field in params:
             cus[field] = params[field] or None
@@ -79,6 +81,7 @@ def update_customer(st: SandboxState, cus_id: str, params: dict[str, Any]) -> di
                     code="resource_missing",
                 )
         cus["invoice_settings"]["default_payment_method"] = pm_id
+    st.customers[cus_id] = cus
     if cus != before:
         st.emit("customer.updated", cus, objects.previous_attributes(before, cus))
     return cus
@@ -96,18 +99,24 @@ def delete_customer(st: SandboxState, cus_id: str) -> dict[str, Any]:
 
 
 def attach_card(
-    st: SandboxState, cus: dict[str, Any], card: Card, name: str | None = None
+    st: SandboxState,
+    cus: dict[str, Any],
+    card: Card,
+    name: str | None = None,
+    *,
+    allow_declined: bool = False,
 ) -> dict[str, Any]:
     """Save a card as the customer's default payment method (payment_method.attached,
-    customer.updated). Cards that Stripe declines even when saving raise a card_error."""
-    if error := attach_error(card):
+    customer.updated). Cards that Stripe declines even when saving raise a card_error, unless
+    ``allow_declined`` (the test-only control endpoint)."""
+    if not allow_declined and (error := attach_error(card)):
         raise error
     pm = objects.payment_method(st.new_id("pm"), card, st.now(), cus["id"], name)
     pm["billing_details"]["email"] = cus["email"]
     st.payment_methods[pm["id"]] = pm
     st.cards_internal[pm["id"]] = card
     st.emit("payment_method.attached", pm)
-    _set_default_pm(st, cus, pm["id"])
+    set_default_pm(st, cus, pm["id"])
     return pm
 
 
@@ -115,10 +124,10 @@ def _attach_existing(st: SandboxState, cus: dict[str, Any], pm_id: str, param: s
     pm = st.get(st.payment_methods, pm_id, "PaymentMethod", param=param, status=400)
     pm["customer"] = cus["id"]
     st.emit("payment_method.attached", pm)
-    _set_default_pm(st, cus, pm_id)
+    set_default_pm(st, cus, pm_id)
 
 
-def _set_default_pm(st: SandboxState, cus: dict[str, Any], pm_id: str) -> None:
+def set_default_pm(st: SandboxState, cus: dict[str, Any], pm_id: str) -> None:
     before = copy.deepcopy(cus)
     cus["invoice_settings"]["default_payment_method"] = pm_id
     if cus != before:
@@ -126,15 +135,24 @@ def _set_default_pm(st: SandboxState, cus: dict[str, Any], pm_id: str) -> None:
 
 
 def update_default_card(
-    st: SandboxState, cus_id: str, card: Card, name: str | None = None
-) -> list[dict[str, Any]]:
-    """New default card (portal "Update card"); then, like Stripe, retry the open invoices of
-    past_due / incomplete subscriptions. Returns the invoices that were retried."""
+    st: SandboxState,
+    cus_id: str,
+    card: Card,
+    name: str | None = None,
+    *,
+    allow_declined: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """New default card (portal "Update card"), then, like Stripe, retry the open invoices of
+    past_due / incomplete subscriptions. Returns the payment method and the retried invoices."""
     cus = st.get(st.customers, cus_id, "customer")
-    attach_card(st, cus, card, name)
+    pm = attach_card(st, cus, card, name, allow_declined=allow_declined)
+    return pm, retry_open_invoices(st, cus_id)
+
+
+def retry_open_invoices(st: SandboxState, cus_id: str) -> list[dict[str, Any]]:
     retried = []
     for inv in list(st.invoices.values()):
-        sub = _invoice_subscription(st, inv)
+        sub = invoice_subscription(st, inv)
         if (
             inv["customer"] == cus_id
             and inv["status"] == "open"
@@ -157,7 +175,7 @@ def payment_card(st: SandboxState, cus_id: str, sub: dict[str, Any] | None) -> C
 # --- invoices -----------------------------------------------------------------------------
 
 
-def _invoice_subscription(st: SandboxState, inv: dict[str, Any]) -> dict[str, Any] | None:
+def invoice_subscription(st: SandboxState, inv: dict[str, Any]) -> dict[str, Any] | None:
     parent = inv.get("parent") or {}
     details = parent.get("subscription_details") or {}
     return st.subscriptions.get(details.get("subscription") or "")
@@ -219,6 +237,7 @@ def finalize(st: SandboxState, inv: dict[str, Any]) -> None:
             inv["amount_due"] -= applied
             inv["amount_remaining"] = inv["amount_due"]
         inv["ending_balance"] = cus["balance"]
+        cus["next_invoice_sequence"] += 1
     inv.update(
         status="open",
         number=st.next_invoice_number(),
@@ -256,7 +275,7 @@ def collect(st: SandboxState, inv: dict[str, Any], card: Card | None = None) -> 
     retry is scheduled (subscription renewals only). Subscription status follows."""
     if inv["status"] != "open":
         return inv["status"] == "paid"
-    sub = _invoice_subscription(st, inv)
+    sub = invoice_subscription(st, inv)
     if inv["amount_due"] == 0:
         _mark_paid(st, inv, charged=False)
         _after_payment(st, sub, inv, paid=True)
@@ -288,7 +307,7 @@ def _after_payment(
     cus = st.customers.get(sub["customer"])
     if paid:
         other_open = any(
-            i["status"] == "open" and _invoice_subscription(st, i) is sub
+            i["status"] == "open" and invoice_subscription(st, i) is sub
             for i in st.invoices.values()
         )
         if sub["status"] in ("past_due", "incomplete", "unpaid") and not other_open:
@@ -325,13 +344,13 @@ def pay_invoice(st: SandboxState, inv_id: str, params: dict[str, Any]) -> dict[s
         finalize(st, inv)
     if as_bool(params.get("paid_out_of_band"), "paid_out_of_band"):
         _mark_paid(st, inv, charged=False)
-        _after_payment(st, _invoice_subscription(st, inv), inv, paid=True)
+        _after_payment(st, invoice_subscription(st, inv), inv, paid=True)
         return inv
     card = None
     if pm_id := params.get("payment_method"):
         st.get(st.payment_methods, pm_id, "PaymentMethod", param="payment_method", status=400)
         card = st.cards_internal.get(pm_id)
-    card = card or payment_card(st, inv["customer"], _invoice_subscription(st, inv))
+    card = card or payment_card(st, inv["customer"], invoice_subscription(st, inv))
     if card is None and inv["amount_due"] > 0:
         raise StripeError(
             "This customer has no attached payment source or default payment method. "
@@ -379,7 +398,7 @@ def _price(st: SandboxState, price_id: Any, param: str) -> dict[str, Any]:
     return price
 
 
-def _item_specs(st: SandboxState, raw: Any, param: str) -> list[tuple[dict, int, dict]]:
+def item_specs(st: SandboxState, raw: Any, param: str) -> list[tuple[dict, int, dict]]:
     specs = []
     for i, item in enumerate(as_list(raw, param)):
         item = as_dict(item, f"{param}[{i}]")
@@ -410,7 +429,7 @@ def _check_same_interval(prices: list[dict[str, Any]], param: str) -> None:
         )
 
 
-def _line_for_item(item: dict[str, Any], st: SandboxState) -> dict[str, Any]:
+def line_for_item(item: dict[str, Any], st: SandboxState) -> dict[str, Any]:
     price, qty = item["price"], item["quantity"]
     name = st.products.get(price["product"], {}).get("name", price["id"])
     return {
@@ -423,12 +442,12 @@ def _line_for_item(item: dict[str, Any], st: SandboxState) -> dict[str, Any]:
     }
 
 
-def _period(sub: dict[str, Any]) -> tuple[int, int]:
+def period_of(sub: dict[str, Any]) -> tuple[int, int]:
     item = sub["items"]["data"][0]
     return item["current_period_start"], item["current_period_end"]
 
 
-def _interval(sub: dict[str, Any]) -> tuple[str, int]:
+def interval_of(sub: dict[str, Any]) -> tuple[str, int]:
     recurring = sub["items"]["data"][0]["price"]["recurring"]
     return recurring["interval"], recurring["interval_count"]
 
@@ -463,8 +482,7 @@ def create_subscription(
             )
     now = st.now()
     sub_id = st.new_id("sub")
-    probe = {"default_payment_method": default_payment_method}
-    card = payment_card(st, cus_id, probe)
+    card = payment_card(st, cus_id, {"default_payment_method": default_payment_method})
     will_pay = card is not None and card.charge_error() is None
     if payment_behavior == "error_if_incomplete" and not will_pay:
         if card is None:
@@ -501,7 +519,7 @@ def create_subscription(
     if cus["currency"] is None:
         cus["currency"] = sub["currency"]
     inv = new_invoice(
-        st, sub, "subscription_create", (now, now), [_line_for_item(i, st) for i in sub_items]
+        st, sub, "subscription_create", (now, now), [line_for_item(i, st) for i in sub_items]
     )
     st.emit("customer.subscription.created", sub)
     open_invoice(st, inv)
@@ -529,7 +547,7 @@ def create_subscription_from_params(st: SandboxState, params: dict[str, Any]) ->
     return create_subscription(
         st,
         cus_id,
-        _item_specs(st, params.get("items"), "items"),
+        item_specs(st, params.get("items"), "items"),
         metadata=apply_metadata({}, as_dict(params.get("metadata"), "metadata")),
         payment_behavior="allow_incomplete" if behavior == "pending_if_incomplete" else behavior,
         default_payment_method=params.get("default_payment_method") or None,
@@ -539,7 +557,7 @@ def create_subscription_from_params(st: SandboxState, params: dict[str, Any]) ->
 
 
 def _schedule_cancel(sub: dict[str, Any], now: int) -> None:
-    sub.update(cancel_at_period_end=True, cancel_at=_period(sub)[1], canceled_at=now)
+    sub.update(cancel_at_period_end=True, cancel_at=period_of(sub)[1], canceled_at=now)
     sub["cancellation_details"]["reason"] = "cancellation_requested"
 
 
@@ -593,11 +611,11 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
             param="proration_behavior",
         )
     now = st.now()
-    before = copy.deepcopy(sub)
+    before, sub = sub, copy.deepcopy(sub)  # edit a copy; committed once everything validated
     internal = st.subscription_internal[sub_id]
     prorations: list[dict[str, Any]] = []
     items = sub["items"]["data"]
-    old_interval = _interval(sub)
+    old_interval = interval_of(sub)
 
     for i, spec in enumerate(as_list(params.get("items"), "items")):
         spec = as_dict(spec, f"items[{i}]")
@@ -633,7 +651,7 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
                     param=f"items[{i}][price]",
                 )
             qty = as_int(spec.get("quantity"), f"items[{i}][quantity]") or 1
-            start, end = _period(sub)
+            start, end = period_of(sub)
             item = objects.subscription_item(
                 st.new_id("si"),
                 sub_id,
@@ -675,18 +693,19 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
         sub["cancellation_details"]["reason"] = None
 
+    st.subscriptions[sub_id] = sub
     invoice = None
-    if _interval(sub) != old_interval:
+    if interval_of(sub) != old_interval:
         # A new interval restarts the billing cycle now and is invoiced at once (like Stripe):
         # credit for the old plan's unused time plus the first period of the new one.
-        interval, count = _interval(sub)
+        interval, count = interval_of(sub)
         period = (now, objects.add_interval(now, interval, count))
         for item in items:
             item.update(current_period_start=period[0], current_period_end=period[1])
         internal.update(anchor=now, cycle=0)
         sub["billing_cycle_anchor"] = now
         credits = [line for line in prorations if line["amount"] < 0]
-        lines = internal["pending"] + credits + [_line_for_item(it, st) for it in items]
+        lines = internal["pending"] + credits + [line_for_item(it, st) for it in items]
         internal["pending"] = []
         invoice = new_invoice(st, sub, "subscription_update", (now, now), lines)
     elif prorations and behavior == "always_invoice":
@@ -710,8 +729,7 @@ def cancel_subscription(
     sub = st.get(st.subscriptions, sub_id, "subscription")
     if sub["status"] in ("canceled", "incomplete_expired"):
         raise StripeError(
-            f"A canceled subscription can't be canceled again: '{sub_id}'",
-            code="resource_missing",
+            f"This subscription has already ended (status {sub['status']}): '{sub_id}'",
         )
     now = st.now()
     details = as_dict(params.get("cancellation_details"), "cancellation_details")
@@ -722,250 +740,13 @@ def cancel_subscription(
         feedback=details.get("feedback") or sub["cancellation_details"]["feedback"],
     )
     st.subscription_internal[sub_id]["pending"] = []
+    stop_retries(st, sub)
     st.emit("customer.subscription.deleted", sub)
     return sub
 
 
-# --- checkout and portal ------------------------------------------------------------------
-
-
-def create_checkout_session(st: SandboxState, params: dict[str, Any]) -> dict[str, Any]:
-    mode = params.get("mode")
-    if not mode:
-        raise missing_param("mode")
-    if mode != "subscription":
-        raise StripeError(
-            f"The Stripe sandbox only supports mode=subscription (got {mode!r}).", param="mode"
-        )
-    raw_items = as_list(params.get("line_items"), "line_items")
-    if not raw_items:
-        raise missing_param("line_items")
-    specs = _item_specs(st, raw_items, "line_items")
-    cus_id = params.get("customer") or None
-    if cus_id:
-        st.get(st.customers, cus_id, "customer", param="customer", status=400)
-        if params.get("customer_email"):
-            raise StripeError(
-                "You may only specify one of these parameters: customer, customer_email.",
-                param="customer_email",
-            )
-    now = st.now()
-    session_id = st.new_id("cs_test", 58)
-    expires_at = as_int(params.get("expires_at"), "expires_at") or now + 24 * 3600
-    total = sum(price["unit_amount"] * qty for price, qty, _ in specs)
-    session = objects.checkout_session(
-        session_id,
-        now,
-        st.url(f"/checkout/{session_id}"),
-        customer=cus_id,
-        customer_email=params.get("customer_email") or None,
-        client_reference_id=params.get("client_reference_id") or None,
-        success_url=params.get("success_url") or None,
-        cancel_url=params.get("cancel_url") or None,
-        metadata=apply_metadata({}, as_dict(params.get("metadata"), "metadata")),
-        allow_promotion_codes=as_bool(params.get("allow_promotion_codes"), "a"),
-        locale=params.get("locale") or None,
-        currency=specs[0][0]["currency"],
-        amount_subtotal=total,
-        amount_total=total,
-    )
-    session["expires_at"] = expires_at
-    sub_data = as_dict(params.get("subscription_data"), "subscription_data")
-    if sub_data.get("trial_period_days") or sub_data.get("trial_end"):
-        raise StripeError(
-            "Trials are not supported by the Stripe sandbox.",
-            param="subscription_data[trial_period_days]",
-        )
-    st.checkout_sessions[session_id] = session
-    st.checkout_internal[session_id] = {
-        "items": specs,
-        "subscription_metadata": apply_metadata(
-            {}, as_dict(sub_data.get("metadata"), "subscription_data[metadata]")
-        ),
-        "subscription_description": sub_data.get("description") or None,
-    }
-    return session
-
-
-def checkout_line_items(st: SandboxState, session_id: str) -> list[dict[str, Any]]:
-    """The session's ``line_items`` list (Stripe's "item" objects)."""
-    st.get(st.checkout_sessions, session_id, "checkout.session")
-    out = []
-    for n, (price, qty, _) in enumerate(st.checkout_internal[session_id]["items"]):
-        name = st.products.get(price["product"], {}).get("name", price["id"])
-        amount = price["unit_amount"] * qty
-        out.append(
-            {
-                "id": f"li_{session_id[8:30]}{n}",
-                "object": "item",
-                "amount_discount": 0,
-                "amount_subtotal": amount,
-                "amount_tax": 0,
-                "amount_total": amount,
-                "currency": price["currency"],
-                "description": name,
-                "price": copy.deepcopy(price),
-                "quantity": qty,
-            }
-        )
-    return out
-
-
-def complete_checkout(
-    st: SandboxState,
-    session_id: str,
-    card: Card,
-    *,
-    email: str | None = None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """The customer pressed Pay with a valid card: [customer.created], payment_method.attached,
-    customer.updated, customer.subscription.created, invoice.created, invoice.finalized,
-    invoice.paid, invoice.payment_succeeded, checkout.session.completed.
-    A card that would be declined raises (402 card_error) before anything is created."""
-    session = st.get(st.checkout_sessions, session_id, "checkout.session")
-    if session["status"] != "open":
-        raise StripeError(f"This Checkout Session is {session['status']}.", code="session_closed")
-    if error := attach_error(card) or card.charge_error():
-        raise error
-    internal = st.checkout_internal[session_id]
-    if session["customer"]:
-        cus = st.get(st.customers, session["customer"], "customer")
-    else:
-        email = session["customer_email"] or email
-        if not email or "@" not in email:
-            raise StripeError("Please enter a valid email address.", param="email")
-        cus = create_customer(st, {"email": email, "name": name})
-    attach_card(st, cus, card, name)
-    sub = create_subscription(
-        st,
-        cus["id"],
-        internal["items"],
-        metadata=dict(internal["subscription_metadata"]),
-        description=internal["subscription_description"],
-    )
-    session.update(
-        status="complete",
-        payment_status="paid",
-        customer=cus["id"],
-        subscription=sub["id"],
-        invoice=sub["latest_invoice"],
-        customer_details={
-            "address": None,
-            "email": cus["email"],
-            "name": name or cus["name"],
-            "phone": None,
-            "tax_exempt": "none",
-            "tax_ids": [],
-            "business_name": None,
-            "individual_name": None,
-        },
-    )
-    st.emit("checkout.session.completed", session)
-    return session
-
-
-def expire_checkout_session(st: SandboxState, session_id: str) -> dict[str, Any]:
-    session = st.get(st.checkout_sessions, session_id, "checkout.session")
-    if session["status"] != "open":
-        raise StripeError(
-            'Only Checkout Sessions with a status in ["open"] can be expired.'
-        )
-    session["status"] = "expired"
-    st.emit("checkout.session.expired", session)
-    return session
-
-
-def create_portal_session(st: SandboxState, params: dict[str, Any]) -> dict[str, Any]:
-    cus_id = params.get("customer")
-    if not cus_id:
-        raise missing_param("customer")
-    st.get(st.customers, cus_id, "customer", param="customer", status=400)
-    session_id = st.new_id("bps", 24)
-    session = objects.portal_session(
-        session_id,
-        st.now(),
-        cus_id,
-        params.get("return_url") or None,
-        st.url(f"/portal/{session_id}"),
-    )
-    st.portal_sessions[session_id] = session
-    return session
-
-
-# --- the clock ----------------------------------------------------------------------------
-
-
-def _due_actions(st: SandboxState) -> list[tuple[int, int, str]]:
-    """(when, priority, id) for everything that happens at a point in time."""
-    due: list[tuple[int, int, str]] = []
+def stop_retries(st: SandboxState, sub: dict[str, Any]) -> None:
+    """Automatic payment retries stop once the subscription has ended."""
     for inv in st.invoices.values():
-        if inv["status"] == "open" and inv["next_payment_attempt"]:
-            due.append((inv["next_payment_attempt"], 0, inv["id"]))
-    for sub in st.subscriptions.values():
-        if sub["status"] in LIVE_STATUSES:
-            due.append((_period(sub)[1], 1, sub["id"]))
-        elif sub["status"] == "incomplete":
-            due.append((sub["created"] + INCOMPLETE_LIFETIME, 2, sub["id"]))
-    for session in st.checkout_sessions.values():
-        if session["status"] == "open":
-            due.append((session["expires_at"], 3, session["id"]))
-    return due
-
-
-def advance_clock(st: SandboxState, target: int) -> int:
-    """Move the clock to ``target``, running everything that falls due on the way, each at its
-    own moment (so a 3-month jump makes 3 renewals, each dated at its period boundary)."""
-    now = st.now()
-    if target < now:
-        raise StripeError(
-            f"The clock can only move forward (now {now}, requested {target}).", param="to"
-        )
-    for _ in range(10_000):  # a runaway guard; each step consumes one due action
-        due = [d for d in _due_actions(st) if d[0] <= target]
-        if not due:
-            break
-        when, priority, obj_id = min(due)
-        st.clock.advance_to(when)
-        if priority == 0:
-            collect(st, st.invoices[obj_id])
-        elif priority == 1:
-            _period_end(st, st.subscriptions[obj_id])
-        elif priority == 2:
-            _expire_incomplete(st, st.subscriptions[obj_id])
-        else:
-            expire_checkout_session(st, obj_id)
-    return st.clock.advance_to(target)
-
-
-def _period_end(st: SandboxState, sub: dict[str, Any]) -> None:
-    """Renew (customer.subscription.updated, invoice events) or end a subscription."""
-    start, end = _period(sub)
-    internal = st.subscription_internal[sub["id"]]
-    if sub["cancel_at_period_end"]:
-        sub.update(status="canceled", ended_at=end, cancel_at=end)
-        internal["pending"] = []
-        st.emit("customer.subscription.deleted", sub)
-        return
-    before = copy.deepcopy(sub)
-    interval, count = _interval(sub)
-    internal["cycle"] += 1
-    new_end = objects.add_interval(internal["anchor"], interval, count * (internal["cycle"] + 1))
-    for item in sub["items"]["data"]:
-        item.update(current_period_start=end, current_period_end=new_end)
-    lines = internal["pending"] + [_line_for_item(it, st) for it in sub["items"]["data"]]
-    internal["pending"] = []
-    # Stripe quirk kept on purpose: a renewal invoice's period_start/end is the period that
-    # just ended; the lines carry the new service period.
-    inv = new_invoice(st, sub, "subscription_cycle", (start, end), lines)
-    st.emit("customer.subscription.updated", sub, objects.previous_attributes(before, sub))
-    open_invoice(st, inv)
-    collect(st, inv)
-
-
-def _expire_incomplete(st: SandboxState, sub: dict[str, Any]) -> None:
-    for inv in st.invoices.values():
-        if inv["status"] == "open" and _invoice_subscription(st, inv) is sub:
-            void_invoice(st, inv["id"])
-    sub.update(status="incomplete_expired", ended_at=st.now())
-    st.emit("customer.subscription.deleted", sub)
+        if inv["status"] == "open" and invoice_subscription(st, inv) is sub:
+            inv["next_payment_attempt"] = None

@@ -7,6 +7,7 @@ Any other Luhn-valid number succeeds.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -51,8 +52,6 @@ class Card:
     @property
     def fingerprint(self) -> str:
         # Deterministic per number, like Stripe's fingerprint.
-        import hashlib
-
         return hashlib.sha1(self.number.encode()).hexdigest()[:16]
 
     def charge_error(self) -> StripeError | None:

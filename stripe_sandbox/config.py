@@ -59,6 +59,9 @@ class SandboxConfig:
     plans: list[Plan | tuple] = field(default_factory=lambda: list(DEFAULT_PLANS))
     app_name: str = "Billing App"  # shown on the portal's "Return to ..." link
     business_name: str = "Sandbox Inc."  # the merchant shown on checkout, invoices and the PDF
+    # How a plan switch in the portal is billed: "always_invoice" charges the prorated
+    # difference at once (visible in the demo); "create_prorations" defers it to the renewal.
+    portal_proration_behavior: str = "always_invoice"
     webhook_max_attempts: int = 8
     webhook_retry_base: float = 0.5  # seconds; doubles per attempt (0.5, 1, 2, 4 ...)
     webhook_timeout: float = 10.0

@@ -55,11 +55,27 @@ class Clock:
         self._lock = threading.Lock()
         self._offset = 0.0
         self._last = 0
+        self._frozen: int | None = None
 
     def now(self) -> int:
         with self._lock:
+            if self._frozen is not None:
+                return self._frozen
             self._last = max(self._last, int(time.time() + self._offset))
             return self._last
+
+    @contextlib.contextmanager
+    def frozen_at(self, ts: int) -> Iterator[int]:
+        """Move to ``ts`` and stand still there while the block runs, so everything a renewal
+        does is stamped with the boundary itself, not a second later."""
+        frozen = self.advance_to(ts)
+        with self._lock:
+            self._frozen = frozen
+        try:
+            yield frozen
+        finally:
+            with self._lock:
+                self._frozen = None
 
     def advance_to(self, ts: int) -> int:
         with self._lock:
@@ -70,7 +86,7 @@ class Clock:
 
     def reset(self) -> None:
         with self._lock:
-            self._offset, self._last = 0.0, 0
+            self._offset, self._last, self._frozen = 0.0, 0, None
 
 
 @dataclass

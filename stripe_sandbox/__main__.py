@@ -1,0 +1,51 @@
+"""``python -m stripe_sandbox``: run the Stripe sandbox server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+
+from .app import create_app
+from .config import DEFAULT_HOST, DEFAULT_PORT, SandboxConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stripe_sandbox",
+        description="A local Stripe-compatible fake server (test mode only).",
+    )
+    parser.add_argument("--host", default=os.environ.get("STRIPE_SANDBOX_HOST", DEFAULT_HOST))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("STRIPE_SANDBOX_PORT", DEFAULT_PORT))
+    )
+    parser.add_argument("--webhook-url", help="POST events here (env STRIPE_SANDBOX_WEBHOOK_URL)")
+    parser.add_argument("--webhook-secret", help="signing secret (env STRIPE_WEBHOOK_SECRET)")
+    parser.add_argument(
+        "--public-url", help="base URL of the checkout/portal pages (env STRIPE_SANDBOX_PUBLIC_URL)"
+    )
+    parser.add_argument("--api-key", help="accepted secret key (any sk_test_... also works)")
+    args = parser.parse_args(argv)
+
+    config = SandboxConfig.from_env(
+        webhook_url=args.webhook_url,
+        webhook_secret=args.webhook_secret,
+        public_url=args.public_url,
+        api_key=args.api_key,
+    )
+    if not config.public_url:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        config.public_url = f"http://{host}:{args.port}"
+    print(
+        f"Stripe sandbox on http://{args.host}:{args.port}  (pages: {config.public_url})\n"
+        f"  api key: {config.api_key} (or any sk_test_...)   api version: "
+        f"{__import__('stripe').api_version}\n"
+        f"  webhooks -> {config.webhook_url or '(none)'}   secret: {config.webhook_secret}",
+        flush=True,
+    )
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

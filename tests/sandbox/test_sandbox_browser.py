@@ -1,0 +1,75 @@
+"""One real-browser pass over the pages, through the element ids other browser tests rely on.
+Skipped when no Chromium can be launched."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import stripe
+
+from stripe_sandbox import SandboxServer
+
+from .helpers import new_customer
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def browser_page() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        options: dict = {"args": ["--no-sandbox"]}
+        if system_chromium := shutil.which("chromium") or shutil.which("chromium-browser"):
+            options["executable_path"] = system_chromium
+        try:
+            browser = p.chromium.launch(**options)
+        except Exception as exc:  # no browser installed here
+            pytest.skip(f"Chromium not available: {exc}")
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_checkout_and_portal_in_a_browser(
+    client: stripe.StripeClient, sandbox: SandboxServer, browser_page
+) -> None:
+    page = browser_page
+    customer = new_customer(client)
+    session = client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "line_items": [{"price": "price_sandbox_pro"}],
+            "success_url": sandbox.url + "/?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": sandbox.url + "/",
+        }
+    )
+    page.goto(session.url)
+    page.fill("#card-number", "4000 0000 0000 0341")
+    page.get_by_role("button", name="Pay").click()
+    assert page.locator("#card-error").inner_text() == "Your card was declined."
+    page.fill("#card-number", "4242 4242 4242 4242")
+    page.click("#pay")
+    page.wait_for_url(f"**/?session_id={session.id}")
+
+    portal = client.v1.billing_portal.sessions.create(
+        params={"customer": customer.id, "return_url": sandbox.url + "/"}
+    )
+    page.goto(portal.url)
+    page.click("#switch-price_sandbox_basic")
+    assert page.locator("#current-plan").inner_text() == "Basic"
+    page.click("#cancel-at-period-end")
+    assert page.locator("#resume").is_visible()
+    page.click("#resume")
+    page.fill("#card-number", "5555 5555 5555 4444")
+    page.click("#update-card")
+    assert "4444" in page.locator("#current-card").inner_text()
+    page.click("#return-link")
+    assert page.locator("#clock-now").is_visible()
+
+    subs = client.v1.subscriptions.list(params={"customer": customer.id}).data
+    assert [s["items"].data[0].price.id for s in subs] == ["price_sandbox_basic"]
+    assert subs[0].cancel_at_period_end is False
