@@ -74,3 +74,44 @@ class PaymentProviderError(BillingError):
 class ServiceUnavailable(BillingError):
     status_code = 503
     code = "service_unavailable"
+
+
+class RateLimited(BillingError):
+    """Too many attempts; `retry_after` (seconds) is sent as the Retry-After header too."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class PayloadTooLarge(BillingError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class CsrfFailed(Forbidden):
+    code = "csrf_failed"
+
+
+# ---- Stripe integration (issue 3) ----
+
+
+class NoBillingAccount(Conflict):
+    """The user has no Stripe customer yet (never started a checkout)."""
+
+    code = "no_billing_account"
+
+
+class CardDeclined(PaymentProviderError):
+    status_code = 402
+    code = "card_declined"
+
+
+class InvalidWebhook(BillingError):
+    """A webhook delivery whose signature or body is not acceptable; nothing is written."""
+
+    status_code = 400
+    code = "invalid_signature"
+
+
+class InvalidWebhookPayload(InvalidWebhook):
+    code = "invalid_payload"

@@ -99,3 +99,129 @@ class Page(DTO):
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.per_page))
+
+
+@dataclass(frozen=True)
+class ApiKeyDTO(DTO):
+    id: int
+    name: str
+    prefix: str
+    user_id: int | None
+    service_name: str | None
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def kind(self) -> str:
+        return "service" if self.user_id is None else "user"
+
+
+@dataclass(frozen=True)
+class Principal(DTO):
+    """Who is calling: a signed-in user, a user's API key, or a service key."""
+
+    kind: str  # "user" (session or user key) or "service"
+    user: UserDTO | None = None
+    api_key_id: int | None = None
+    service_name: str | None = None
+    via: str = "session"  # "session" or "api_key"
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user is not None and self.user.role == "admin"
+
+    def can_act_for(self, user_id: int) -> bool:
+        """A service key may act for any user; a user (or user key) only for itself."""
+        if self.kind == "service":
+            return True
+        return self.user is not None and self.user.id == user_id
+
+
+@dataclass(frozen=True)
+class AdminUserRow(DTO):
+    id: int
+    email: str
+    display_name: str
+    role: str
+    plan: str
+    plan_name: str
+    status: str  # the current subscription's status, "none" without one
+    usage: list[dict[str, Any]]  # {metric, label, used, limit, unlimited, percent}
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AdminUserDetail(DTO):
+    user: UserDTO
+    plan: str
+    plan_name: str
+    subscription: dict[str, Any] | None
+    usage: list[MeterStatus]
+    quotas: list[QuotaDTO]
+    audit_log: list[dict[str, Any]]
+    invoices: list[dict[str, Any]]
+
+
+# ---- Stripe billing (issue 3) ----
+
+
+@dataclass(frozen=True)
+class SubscriptionDTO(DTO):
+    """A user's subscription as the UI and API show it. Money in minor units."""
+
+    plan: str  # the subscribed plan's key
+    plan_name: str
+    status: str
+    # The plan quotas follow now: "free" once canceled or after the past_due grace period.
+    effective_plan: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    past_due_since: datetime | None
+    grace_ends_at: datetime | None
+    stripe_subscription_id: str
+    amount: int
+    currency: str
+    canceled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InvoiceDTO(DTO):
+    id: int
+    stripe_invoice_id: str
+    user_id: int
+    user_email: str
+    number: str | None
+    status: str
+    amount_due: int
+    amount_paid: int
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookResult(DTO):
+    """What the webhook route answers: the HTTP status and JSON body."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SyncReport(DTO):
+    """What a reconciliation pass looked at and changed."""
+
+    users: int = 0
+    customers_linked: int = 0
+    subscriptions: int = 0
+    subscriptions_changed: int = 0
+    invoices: int = 0
+    invoices_changed: int = 0
+    errors: tuple[str, ...] = ()

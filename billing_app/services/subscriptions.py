@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
 from billing_app.models import Subscription
+from billing_app.services.dto import SubscriptionDTO
 from billing_app.settings import get_settings
 
 # Statuses in which a subscription still grants its plan (past_due only within grace).
@@ -41,3 +42,44 @@ def plan_key_for(sub: Subscription | None) -> str:
 
 def effective_plan_key(session: Session, user_id: int) -> str:
     return plan_key_for(current_subscription(session, user_id))
+
+
+def grace_ends_at(sub: Subscription) -> datetime | None:
+    """When a past_due subscription stops granting its plan (None unless past_due)."""
+    if sub.status != "past_due":
+        return None
+    since = sub.past_due_since or sub.updated_at
+    return since + timedelta(days=get_settings().past_due_grace_days)
+
+
+def to_subscription_dto(sub: Subscription) -> SubscriptionDTO:
+    from billing_app.plans import get_catalog
+
+    plan = get_catalog().get(sub.plan) or get_catalog()["free"]
+    return SubscriptionDTO(
+        plan=plan.key,
+        plan_name=plan.name,
+        status=sub.status,
+        effective_plan=plan_key_for(sub),
+        current_period_start=sub.current_period_start,
+        current_period_end=sub.current_period_end,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        past_due_since=sub.past_due_since,
+        grace_ends_at=grace_ends_at(sub),
+        stripe_subscription_id=sub.stripe_subscription_id,
+        amount=plan.amount,
+        currency=plan.currency,
+        canceled_at=sub.canceled_at,
+    )
+
+
+def get_subscription_dto(session: Session, user_id: int) -> SubscriptionDTO | None:
+    """The user's current subscription for display; None when they never subscribed.
+
+    Ends the read transaction (like metering.summary): on SQLite an open transaction holds
+    the write lock that webhook deliveries need.
+    """
+    sub = current_subscription(session, user_id)
+    dto = to_subscription_dto(sub) if sub is not None else None
+    session.rollback()
+    return dto

@@ -1,0 +1,48 @@
+"""`POST /api/billing/webhook`: Stripe's deliveries. Thin: the raw bytes go to the service,
+which verifies the signature before anything else and decides the status code."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from billing_app.db import session_scope
+from billing_app.services.dto import WebhookResult
+from billing_app.services.stripe_sync import handle_webhook
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["billing"])
+
+
+def _handle(payload: bytes, signature: str | None) -> WebhookResult:
+    with session_scope() as session:
+        return handle_webhook(session, payload, signature)
+
+
+@router.post(
+    "/api/billing/webhook",
+    summary="Stripe webhook endpoint",
+    responses={
+        200: {"description": "Received (possibly a duplicate or an ignored type)"},
+        400: {"description": "Missing/invalid signature or malformed body; nothing written"},
+        500: {"description": "Applying the event failed; recorded, Stripe will retry"},
+    },
+)
+async def stripe_webhook(request: Request) -> JSONResponse:
+    # The signature covers the exact bytes: read them raw, never a parsed body.
+    payload = await request.body()
+    signature = request.headers.get("stripe-signature")
+    try:
+        result = await run_in_threadpool(_handle, payload, signature)
+    except Exception:
+        # E.g. the database is down before the event could be stored: make Stripe retry.
+        log.exception("stripe webhook could not be handled")
+        return JSONResponse(
+            {"error": {"code": "unavailable", "message": "Webhook could not be stored."}},
+            status_code=503,
+        )
+    return JSONResponse(result.body, status_code=result.status_code)

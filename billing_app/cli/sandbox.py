@@ -1,0 +1,50 @@
+"""`billing-app sandbox run`: the offline Stripe sandbox, wired to this app's settings."""
+
+from __future__ import annotations
+
+import click
+
+from billing_app.cli import ErrorGroup
+
+WEBHOOK_PATH = "/api/billing/webhook"
+
+
+@click.group(name="sandbox", cls=ErrorGroup)
+def group() -> None:
+    """The local Stripe sandbox (development and tests)."""
+
+
+@group.command("run")
+@click.option("--port", type=int, default=None, help="Port (default STRIPE_SANDBOX_PORT, 12111)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--webhook-url",
+    default=None,
+    help=f"Where events are POSTed (default API_URL + {WEBHOOK_PATH})",
+)
+def run(port: int | None, host: str, webhook_url: str | None) -> None:
+    """Serve the sandbox until interrupted; the app reaches it via STRIPE_API_BASE."""
+    import uvicorn
+
+    from billing_app.settings import SANDBOX_SECRET_KEY, get_settings_or_exit
+    from stripe_sandbox import SandboxConfig, create_app
+
+    settings = get_settings_or_exit()
+    if not settings.uses_stripe_sandbox:
+        click.echo(
+            "warning: STRIPE_SECRET_KEY is a real key, so the app talks to Stripe, not to "
+            "this sandbox.",
+            err=True,
+        )
+    port = port or settings.stripe_sandbox_port
+    public_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    config = SandboxConfig(
+        api_key=SANDBOX_SECRET_KEY,
+        webhook_url=webhook_url or settings.api_url.rstrip("/") + WEBHOOK_PATH,
+        webhook_secret=settings.stripe_webhook_secret or "whsec_sandbox_secret",
+        public_url=f"http://{public_host}:{port}",
+    )
+    click.echo(
+        f"Stripe sandbox on http://{host}:{port}; webhooks -> {config.webhook_url}", err=True
+    )
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")

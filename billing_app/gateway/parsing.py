@@ -1,0 +1,241 @@
+"""Reading Stripe objects (plain dicts) into small typed records.
+
+Pure functions, no `stripe` import: webhook payloads, API responses and replayed events all
+go through here. Both the current API shapes and the older ones are read:
+
+- `current_period_start/end` live on `subscription.items.data[]` (current) or on the
+  subscription itself (before 2025-03-31.basil);
+- an invoice names its subscription under `parent.subscription_details.subscription`
+  (current) or `invoice.subscription` (older).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Subscription statuses after which Stripe never changes the status again.
+TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
+# Invoice statuses, by how final they are: a later state never goes back to an earlier one.
+INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void"})
+
+
+class MalformedObject(ValueError):
+    """A Stripe object lacks a field the app needs (id, status, ...)."""
+
+
+def ts(value: Any) -> datetime | None:
+    """A Stripe unix timestamp as aware UTC; None for null/absent."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(int(value), UTC)
+    if isinstance(value, str) and value.isdigit():
+        return datetime.fromtimestamp(int(value), UTC)
+    return None
+
+
+def ref_id(value: Any) -> str | None:
+    """An id field that may be a string or an expanded object."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, dict):
+        inner = value.get("id")
+        return inner if isinstance(inner, str) and inner else None
+    return None
+
+
+def metadata_user_id(metadata: Any) -> int | None:
+    """`metadata.user_id` as a positive int, else None (Stripe metadata values are strings)."""
+    if not isinstance(metadata, dict):
+        return None
+    raw = metadata.get("user_id")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw if raw > 0 else None
+    if isinstance(raw, str) and raw.strip().isdigit():
+        value = int(raw.strip())
+        return value if value > 0 else None
+    return None
+
+
+def _require_str(obj: dict[str, Any], key: str, kind: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise MalformedObject(f"{kind} object has no {key!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SubscriptionData:
+    id: str
+    customer_id: str | None
+    status: str
+    price_id: str | None
+    item_id: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    ended_at: datetime | None
+    created: datetime | None
+    user_id: int | None  # from metadata.user_id
+    amount: int | None
+    currency: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_SUBSCRIPTION_STATUSES
+
+
+def parse_subscription(obj: dict[str, Any]) -> SubscriptionData:
+    if not isinstance(obj, dict):
+        raise MalformedObject("subscription is not an object")
+    sub_id = _require_str(obj, "id", "subscription")
+    status = _require_str(obj, "status", "subscription")
+    items = (obj.get("items") or {}).get("data") or []
+    item = items[0] if items and isinstance(items[0], dict) else {}
+    price = item.get("price") if isinstance(item.get("price"), dict) else None
+    if price is None and isinstance(item.get("plan"), dict):
+        price = item["plan"]  # very old shape: a legacy plan object
+    if price is None and isinstance(obj.get("plan"), dict):
+        price = obj["plan"]  # single-plan subscriptions before items existed
+    # Current shape on the item; older one on the subscription.
+    start = ts(item.get("current_period_start")) or ts(obj.get("current_period_start"))
+    end = ts(item.get("current_period_end")) or ts(obj.get("current_period_end"))
+    amount = None
+    if price is not None:
+        raw_amount = price.get("unit_amount", price.get("amount"))
+        if isinstance(raw_amount, int) and not isinstance(raw_amount, bool):
+            amount = raw_amount * int(item.get("quantity") or 1)
+    return SubscriptionData(
+        id=sub_id,
+        customer_id=ref_id(obj.get("customer")),
+        status=status,
+        price_id=ref_id(price) if price is not None else None,
+        item_id=item.get("id") if isinstance(item.get("id"), str) else None,
+        current_period_start=start,
+        current_period_end=end,
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        canceled_at=ts(obj.get("canceled_at")),
+        ended_at=ts(obj.get("ended_at")),
+        created=ts(obj.get("created")),
+        user_id=metadata_user_id(obj.get("metadata")),
+        amount=amount,
+        currency=(price or {}).get("currency") or obj.get("currency"),
+    )
+
+
+@dataclass(frozen=True)
+class InvoiceData:
+    id: str
+    customer_id: str | None
+    subscription_id: str | None
+    number: str | None
+    status: str
+    amount_due: int
+    amount_paid: int
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    created: datetime | None
+    user_id: int | None  # from the subscription's metadata copied onto the invoice
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
+    if not isinstance(obj, dict):
+        raise MalformedObject("invoice is not an object")
+    inv_id = _require_str(obj, "id", "invoice")
+    status = _require_str(obj, "status", "invoice")
+    parent = obj.get("parent") if isinstance(obj.get("parent"), dict) else {}
+    details = parent.get("subscription_details")
+    details = details if isinstance(details, dict) else {}
+    sub_id = ref_id(details.get("subscription")) or ref_id(obj.get("subscription"))
+    user_id = metadata_user_id(details.get("metadata")) or metadata_user_id(
+        obj.get("subscription_details", {}).get("metadata")
+        if isinstance(obj.get("subscription_details"), dict)
+        else None
+    )
+    return InvoiceData(
+        id=inv_id,
+        customer_id=ref_id(obj.get("customer")),
+        subscription_id=sub_id,
+        number=obj.get("number") if isinstance(obj.get("number"), str) else None,
+        status=status,
+        amount_due=_int(obj.get("amount_due")),
+        amount_paid=_int(obj.get("amount_paid")),
+        currency=str(obj.get("currency") or "usd")[:3].lower(),
+        period_start=ts(obj.get("period_start")),
+        period_end=ts(obj.get("period_end")),
+        hosted_invoice_url=obj.get("hosted_invoice_url") or None,
+        invoice_pdf=obj.get("invoice_pdf") or None,
+        created=ts(obj.get("created")),
+        user_id=user_id,
+    )
+
+
+@dataclass(frozen=True)
+class CheckoutSessionData:
+    id: str
+    customer_id: str | None
+    subscription_id: str | None
+    client_reference_id: str | None
+    user_id: int | None
+    status: str | None
+    payment_status: str | None
+    mode: str | None
+    url: str | None
+
+
+def parse_checkout_session(obj: dict[str, Any]) -> CheckoutSessionData:
+    if not isinstance(obj, dict):
+        raise MalformedObject("checkout.session is not an object")
+    ref = obj.get("client_reference_id")
+    user_id = None
+    if isinstance(ref, str) and ref.strip().isdigit():
+        user_id = int(ref.strip())
+    user_id = user_id or metadata_user_id(obj.get("metadata"))
+    return CheckoutSessionData(
+        id=_require_str(obj, "id", "checkout.session"),
+        customer_id=ref_id(obj.get("customer")),
+        subscription_id=ref_id(obj.get("subscription")),
+        client_reference_id=ref if isinstance(ref, str) else None,
+        user_id=user_id,
+        status=obj.get("status"),
+        payment_status=obj.get("payment_status"),
+        mode=obj.get("mode"),
+        url=obj.get("url"),
+    )
+
+
+@dataclass(frozen=True)
+class EventData:
+    id: str
+    type: str
+    created: datetime | None
+    object: dict[str, Any]
+    payload: dict[str, Any]
+
+
+def parse_event(payload: Any) -> EventData:
+    """A webhook or listed event; raises MalformedObject when it is not one."""
+    if not isinstance(payload, dict):
+        raise MalformedObject("event is not a JSON object")
+    event_id = payload.get("id")
+    event_type = payload.get("type")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
+        raise MalformedObject("event has no valid 'id'")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 128:
+        raise MalformedObject("event has no valid 'type'")
+    data = payload.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise MalformedObject("event has no 'data.object'")
+    return EventData(event_id, event_type, ts(payload.get("created")), obj, payload)

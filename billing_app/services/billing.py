@@ -1,0 +1,205 @@
+"""Starting and changing subscriptions: Checkout, the customer portal, plan changes, cancel.
+
+Stripe is the source of truth: these functions ask Stripe to act, then write what Stripe
+answered (webhooks confirm the same state later, and the ordering rules make that a no-op).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from billing_app.clock import utcnow
+from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
+from billing_app.gateway import get_gateway
+from billing_app.gateway.parsing import parse_subscription
+from billing_app.models import Subscription, User
+from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog
+from billing_app.services.dto import SubscriptionDTO
+from billing_app.services.stripe_sync import apply_subscription
+from billing_app.services.subscriptions import (
+    LIVE_STATUSES,
+    current_subscription,
+    to_subscription_dto,
+)
+from billing_app.services.users import get_user
+from billing_app.settings import get_settings
+
+# Where Stripe sends the browser back to (the dashboard's billing page).
+BILLING_PATH = "/billing"
+NO_ACCOUNT_MESSAGE = "You have no billing account yet; choose a plan first."
+
+
+def _paid_plan(plan_key: Any) -> Plan:
+    catalog = get_catalog()
+    if not isinstance(plan_key, str) or plan_key not in catalog:
+        raise ValidationFailed(
+            f"Unknown plan {plan_key!r}; choose one of: {', '.join(PAID_PLAN_KEYS)}.",
+            field="plan",
+        )
+    plan = catalog[plan_key]
+    if plan_key not in PAID_PLAN_KEYS or not plan.stripe_price_id:
+        raise ValidationFailed(
+            f"The {plan.name} plan cannot be bought; choose one of: {', '.join(PAID_PLAN_KEYS)}.",
+            field="plan",
+        )
+    return plan
+
+
+def _bucket(now: datetime, minutes: int = 10) -> str:
+    """A time window for idempotency keys: repeats inside it replay, later ones are new."""
+    return f"{now:%Y%m%d%H}{now.minute // minutes:02d}"
+
+
+def _live(session: Session, user_id: int) -> Subscription | None:
+    sub = current_subscription(session, user_id)
+    return sub if sub is not None and sub.status in LIVE_STATUSES else None
+
+
+def ensure_customer(session: Session, user: User) -> str:
+    """The user's Stripe customer id, creating the customer (metadata user_id) if needed."""
+    if user.stripe_customer_id:
+        return user.stripe_customer_id
+    assert user.id is not None
+    customer = get_gateway().create_customer(
+        user_id=user.id, email=user.email, name=user.display_name or None
+    )
+    user.stripe_customer_id = customer["id"]
+    session.add(user)
+    session.commit()
+    return customer["id"]
+
+
+def create_checkout_session(session: Session, user_id: int, plan_key: str) -> str:
+    """Start Stripe Checkout for a paid plan; returns the URL to redirect the browser to."""
+    plan = _paid_plan(plan_key)
+    user = get_user(session, user_id)
+    live = _live(session, user_id)
+    if live is not None:
+        raise Conflict(
+            f"You already subscribe to the {live.plan} plan; change plans from the billing "
+            "portal (or the change-plan action) instead of starting a new checkout.",
+            plan=live.plan,
+        )
+    customer_id = ensure_customer(session, user)
+    base = get_settings().app_url.rstrip("/") + BILLING_PATH
+    assert plan.stripe_price_id is not None
+    checkout = get_gateway().create_checkout_session(
+        user_id=user_id,
+        customer_id=customer_id,
+        price_id=plan.stripe_price_id,
+        plan_key=plan.key,
+        success_url=base + "?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+        cancel_url=base + "?checkout=canceled",
+        bucket=_bucket(utcnow()),
+    )
+    session.rollback()
+    return checkout["url"]
+
+
+def create_portal_session(session: Session, user_id: int) -> str:
+    """A Stripe customer portal URL (switch plan, cancel, update card, invoices)."""
+    user = get_user(session, user_id)
+    if not user.stripe_customer_id:
+        raise NoBillingAccount(NO_ACCOUNT_MESSAGE)
+    portal = get_gateway().create_portal_session(
+        user_id=user_id,
+        customer_id=user.stripe_customer_id,
+        return_url=get_settings().app_url.rstrip("/") + BILLING_PATH,
+        bucket=_bucket(utcnow(), minutes=1),
+    )
+    session.rollback()
+    return portal["url"]
+
+
+def _version(sub: Subscription) -> str:
+    """Names the local state a change starts from (part of its idempotency key)."""
+    stamp = sub.updated_from_stripe_at.isoformat() if sub.updated_from_stripe_at else "new"
+    return f"{sub.stripe_price_id}@{stamp}"
+
+
+def _refresh_from(session: Session, obj: dict[str, Any]) -> SubscriptionDTO:
+    """Write what Stripe answered (the freshest state there is) and return it."""
+    apply_subscription(session, obj, utcnow(), force=True)
+    session.commit()
+    stored = session.exec(
+        select(Subscription).where(
+            Subscription.stripe_subscription_id == parse_subscription(obj).id
+        )
+    ).one()
+    dto = to_subscription_dto(stored)
+    session.rollback()
+    return dto
+
+
+def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDTO:
+    """Move the user's live subscription to another paid plan, prorated; never a second one.
+
+    Upgrades are invoiced at once (the difference is charged now); downgrades credit the
+    unused time on the next invoice.
+    """
+    plan = _paid_plan(plan_key)
+    get_user(session, user_id)
+    sub = _live(session, user_id)
+    if sub is None:
+        raise NoBillingAccount(
+            "You have no active subscription to change; choose a plan to start one."
+        )
+    if sub.plan == plan.key:
+        return to_subscription_dto(sub)
+    gateway = get_gateway()
+    remote = gateway.retrieve_subscription(sub.stripe_subscription_id)
+    data = parse_subscription(remote)
+    if data.status not in LIVE_STATUSES or data.item_id is None:
+        _refresh_from(session, remote)
+        raise Conflict("Your subscription is no longer active; choose a plan to start a new one.")
+    if data.price_id == plan.stripe_price_id:
+        return _refresh_from(session, remote)
+    current = get_catalog().get(sub.plan)
+    upgrade = current is None or plan.amount > current.amount
+    assert plan.stripe_price_id is not None
+    updated = gateway.change_subscription_price(
+        subscription_id=sub.stripe_subscription_id,
+        item_id=data.item_id,
+        price_id=plan.stripe_price_id,
+        proration_behavior="always_invoice" if upgrade else "create_prorations",
+        version=_version(sub),
+    )
+    return _refresh_from(session, updated)
+
+
+def cancel_subscription(
+    session: Session, user_id: int, *, at_period_end: bool = True
+) -> SubscriptionDTO:
+    """Cancel the live subscription: at the period end (default, quotas stay until then) or
+    now (quotas fall back to free at once)."""
+    get_user(session, user_id)
+    sub = _live(session, user_id)
+    if sub is None:
+        raise NoBillingAccount("You have no active subscription to cancel.")
+    gateway = get_gateway()
+    if at_period_end:
+        if sub.cancel_at_period_end:
+            return to_subscription_dto(sub)
+        obj = gateway.set_cancel_at_period_end(
+            subscription_id=sub.stripe_subscription_id, cancel=True, version=_version(sub)
+        )
+    else:
+        obj = gateway.cancel_subscription_now(sub.stripe_subscription_id)
+    return _refresh_from(session, obj)
+
+
+def resume_subscription(session: Session, user_id: int) -> SubscriptionDTO:
+    """Undo a cancel-at-period-end before the period ends."""
+    get_user(session, user_id)
+    sub = _live(session, user_id)
+    if sub is None:
+        raise NoBillingAccount("You have no active subscription to resume.")
+    if not sub.cancel_at_period_end:
+        return to_subscription_dto(sub)
+    obj = get_gateway().set_cancel_at_period_end(
+        subscription_id=sub.stripe_subscription_id, cancel=False, version=_version(sub)
+    )
+    return _refresh_from(session, obj)

@@ -1,0 +1,74 @@
+"""Invoices as synced from Stripe: listing for a user or, for admins, everyone."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from billing_app.errors import ValidationFailed
+from billing_app.models import Invoice, User
+from billing_app.services.dto import InvoiceDTO, Page
+
+INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+MAX_PER_PAGE = 100
+
+
+def to_invoice_dto(inv: Invoice, email: str) -> InvoiceDTO:
+    assert inv.id is not None
+    return InvoiceDTO(
+        id=inv.id,
+        stripe_invoice_id=inv.stripe_invoice_id,
+        user_id=inv.user_id,
+        user_email=email,
+        number=inv.number,
+        status=inv.status,
+        amount_due=inv.amount_due,
+        amount_paid=inv.amount_paid,
+        currency=inv.currency,
+        period_start=inv.period_start,
+        period_end=inv.period_end,
+        hosted_invoice_url=inv.hosted_invoice_url,
+        invoice_pdf=inv.invoice_pdf,
+        created_at=inv.created_at,
+    )
+
+
+def list_invoices(
+    session: Session,
+    *,
+    user_id: int | None = None,
+    status: str | None = None,
+    page: int = 1,
+    per_page: int = 20,
+) -> Page:
+    """Invoices newest first; `user_id=None` lists every user's (admin views)."""
+    if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+        raise ValidationFailed("page must be a whole number, 1 or more.", field="page")
+    if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
+        raise ValidationFailed(f"per_page must be between 1 and {MAX_PER_PAGE}.", field="per_page")
+    if status is not None and status not in INVOICE_STATUSES:
+        raise ValidationFailed(
+            f"Unknown invoice status {status!r}; expected one of: {', '.join(INVOICE_STATUSES)}.",
+            field="status",
+        )
+    where = []
+    if user_id is not None:
+        where.append(Invoice.user_id == user_id)
+    if status is not None:
+        where.append(Invoice.status == status)
+    total = session.exec(select(sa.func.count()).select_from(Invoice).where(*where)).one()
+    rows = session.exec(
+        select(Invoice, User.email)
+        .join(User, col(User.id) == col(Invoice.user_id))
+        .where(*where)
+        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    ).all()
+    session.rollback()  # end the read transaction promptly
+    return Page(
+        items=[to_invoice_dto(inv, email) for inv, email in rows],
+        total=total,
+        page=page,
+        per_page=per_page,
+    )

@@ -1,0 +1,289 @@
+"""End to end over real HTTP: the app's services -> the Stripe sandbox -> signed webhooks ->
+the app's webhook route -> the database. The app's clock follows the sandbox's test clock."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlmodel import Session, func, select
+
+from billing_app import clock
+from billing_app.cli import main as cli
+from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
+from billing_app.models import Quota, Subscription, User
+from billing_app.services import billing, metering, stripe_sync
+from billing_app.services.invoices import list_invoices
+from billing_app.services.subscriptions import get_subscription_dto
+from tests.conftest import _clear_caches
+from tests.factories import make_user
+
+PRO = {"tokens": 1_000_000, "api_calls": 10_000, "scraping_tasks": 1_000}
+FREE = {"tokens": 10_000, "api_calls": 100, "scraping_tasks": 10}
+UNLIMITED = {"tokens": 0, "api_calls": 0, "scraping_tasks": 0}
+GOOD_CARD = "4242 4242 4242 4242"
+DECLINING_CARD = "4000 0000 0000 0341"  # attaches, then every charge fails
+
+
+def limits(session: Session, user_id: int) -> dict[str, int]:
+    session.expire_all()  # read what the server wrote, not this session's copies
+    rows = session.exec(select(Quota).where(Quota.user_id == user_id)).all()
+    out = {q.metric: q.limit for q in rows}
+    session.rollback()
+    return out
+
+
+def pay(http: httpx.Client, checkout_url: str, card: str = GOOD_CARD) -> httpx.Response:
+    """What a person does on the checkout page: type a card and press Pay."""
+    page = http.get(checkout_url)
+    assert page.status_code == 200 and 'id="card-number"' in page.text and 'id="pay"' in page.text
+    return http.post(
+        checkout_url,
+        data={"card_number": card, "card_expiry": "12 / 34", "card_cvc": "123", "card_name": "T"},
+        follow_redirects=False,
+    )
+
+
+def flush(http: httpx.Client, sandbox) -> None:
+    r = http.post(sandbox.url + "/_sandbox/webhooks/flush", data={"timeout": "20"})
+    assert r.json()["idle"] is True
+
+
+def advance(http: httpx.Client, sandbox, **amount: int) -> list[dict]:
+    r = http.post(
+        sandbox.url + "/_sandbox/clock/advance", data={k: str(v) for k, v in amount.items()}
+    )
+    assert r.status_code == 200, r.text
+    flush(http, sandbox)
+    return r.json()["events"]
+
+
+def subscribe(session: Session, http: httpx.Client, sandbox, plan: str = "pro"):
+    user = make_user(session)
+    url = billing.create_checkout_session(session, user.id, plan)
+    assert url.startswith(sandbox.url + "/checkout/")
+    r = pay(http, url)
+    assert r.status_code == 303, r.text
+    assert r.headers["location"].startswith("http://app.test/billing?checkout=success")
+    flush(http, sandbox)
+    return user
+
+
+def set_card(http: httpx.Client, sandbox, customer_id: str, number: str) -> dict:
+    r = http.post(sandbox.url + f"/_sandbox/customers/{customer_id}/card", data={"number": number})
+    assert r.status_code == 200, r.text
+    flush(http, sandbox)
+    return r.json()
+
+
+def customer_of(session: Session, user_id: int) -> str:
+    cus = session.get(User, user_id).stripe_customer_id
+    session.rollback()
+    assert cus
+    return cus
+
+
+def test_checkout_pay_upgrade_cancel(session, sandbox, http):
+    user = subscribe(session, http, sandbox, "pro")
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.plan, dto.effective_plan) == ("active", "pro", "pro")
+    assert dto.amount == 9900 and dto.currency == "usd" and dto.current_period_end is not None
+    assert limits(session, user.id) == PRO
+    page = list_invoices(session, user_id=user.id)
+    assert page.total == 1
+    inv = page.items[0]
+    assert (inv.status, inv.amount_paid, inv.user_email) == ("paid", 9900, user.email)
+    assert http.get(inv.hosted_invoice_url).status_code == 200
+
+    with pytest.raises(Conflict):  # a second subscription is never started
+        billing.create_checkout_session(session, user.id, "enterprise")
+
+    dto = billing.change_plan(session, user.id, "enterprise")
+    assert (dto.plan, dto.status) == ("enterprise", "active")
+    assert limits(session, user.id) == UNLIMITED
+    flush(http, sandbox)  # the webhooks for the change arrive afterwards: same state
+    assert get_subscription_dto(session, user.id).plan == "enterprise"
+    assert limits(session, user.id) == UNLIMITED
+    assert session.exec(select(func.count()).select_from(Subscription)).one() == 1
+    assert len(sandbox.state.subscriptions) == 1
+    # The upgrade's prorated difference was invoiced at once.
+    assert list_invoices(session, user_id=user.id).total == 2
+
+    portal = billing.create_portal_session(session, user.id)
+    assert portal.startswith(sandbox.url + "/portal/")
+    assert http.get(portal).status_code == 200
+
+    dto = billing.cancel_subscription(session, user.id, at_period_end=False)
+    assert dto.status == "canceled" and dto.effective_plan == "free"
+    flush(http, sandbox)
+    assert get_subscription_dto(session, user.id).status == "canceled"
+    assert limits(session, user.id) == FREE
+    # After canceling, a new checkout is allowed again.
+    assert billing.create_checkout_session(session, user.id, "basic").startswith(sandbox.url)
+
+
+def test_cancel_at_period_end_keeps_quotas_until_the_period_ends(session, sandbox, http):
+    user = subscribe(session, http, sandbox, "pro")
+    dto = billing.cancel_subscription(session, user.id)
+    assert dto.cancel_at_period_end is True and dto.effective_plan == "pro"
+    flush(http, sandbox)
+    assert limits(session, user.id) == PRO
+    advance(http, sandbox, days=32)
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.effective_plan) == ("canceled", "free")
+    assert limits(session, user.id) == FREE
+
+
+def test_declined_card_at_checkout_creates_nothing(session, sandbox, http):
+    user = make_user(session)
+    url = billing.create_checkout_session(session, user.id, "pro")
+    r = pay(http, url, DECLINING_CARD)
+    assert r.status_code == 200 and "declined" in r.text.lower()
+    flush(http, sandbox)
+    assert get_subscription_dto(session, user.id) is None
+    assert limits(session, user.id) == FREE
+
+
+def test_failing_renewal_past_due_grace_then_free_then_recovers(session, sandbox, http):
+    user = subscribe(session, http, sandbox, "pro")
+    cus = customer_of(session, user.id)
+    set_card(http, sandbox, cus, DECLINING_CARD)
+    advance(http, sandbox, days=31)  # the renewal charge fails
+    dto = get_subscription_dto(session, user.id)
+    assert dto.status == "past_due"
+    assert dto.effective_plan == "pro"  # within the grace period
+    assert dto.grace_ends_at == dto.past_due_since + timedelta(days=7)
+    assert limits(session, user.id) == PRO
+    assert stripe_sync.enforce_grace_periods(session) == 0
+    assert {i.status for i in list_invoices(session, user_id=user.id).items} == {"paid", "open"}
+
+    # Eight days later (the app's clock; Stripe would still be retrying the charge).
+    clock.set_clock(lambda: dto.past_due_since + timedelta(days=7, hours=1))
+    assert get_subscription_dto(session, user.id).effective_plan == "free"
+    assert stripe_sync.enforce_grace_periods_now() == 1  # what the lifespan task runs
+    assert stripe_sync.enforce_grace_periods(session) == 0
+    assert limits(session, user.id) == FREE
+    check = metering.check(session, user.id, "tokens", 20_000)
+    assert check.allowed is False and check.limit == 10_000
+
+    # The customer fixes their card: the open invoice is retried and paid.
+    state = sandbox.state
+    clock.set_clock(lambda: datetime.fromtimestamp(state.now(), UTC))
+    retried = set_card(http, sandbox, cus, GOOD_CARD)
+    assert [i["status"] for i in retried["retried_invoices"]] == ["paid"]
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.effective_plan, dto.past_due_since) == ("active", "pro", None)
+    assert limits(session, user.id) == PRO
+
+
+def test_renewal_pays_a_new_invoice_and_usage_starts_at_zero(session, sandbox, http, monkeypatch):
+    monkeypatch.setenv("BILLING_PLANS_JSON", json.dumps({"pro": {"reset": "billing_period"}}))
+    _clear_caches()
+    user = subscribe(session, http, sandbox, "pro")
+    first = get_subscription_dto(session, user.id)
+    metering.record(session, user.id, "tokens", 500)
+    status = {s.metric: s for s in metering.summary(session, user.id)}["tokens"]
+    assert status.used == 500 and status.period_start == first.current_period_start
+
+    events = advance(http, sandbox, days=31)
+    assert {"invoice.paid", "customer.subscription.updated"} <= {e["type"] for e in events}
+    renewed = get_subscription_dto(session, user.id)
+    assert renewed.status == "active"
+    assert renewed.current_period_start == first.current_period_end
+    invoices = list_invoices(session, user_id=user.id)
+    assert [i.status for i in invoices.items] == ["paid", "paid"]
+    assert invoices.items[0].created_at > invoices.items[1].created_at  # newest first
+    tokens = {s.metric: s for s in metering.summary(session, user.id)}["tokens"]
+    assert tokens.used == 0 and tokens.period_start == renewed.current_period_start
+    assert metering.record(session, user.id, "tokens", 10).status.used == 10
+
+
+def test_sync_repairs_missed_webhooks_and_is_idempotent(session, sandbox, http, receiver):
+    sandbox.state.set_webhook_endpoint(None)  # every webhook is lost
+    try:
+        user = subscribe(session, http, sandbox, "pro")
+        assert get_subscription_dto(session, user.id) is None
+        assert limits(session, user.id) == FREE
+
+        report = stripe_sync.sync_from_stripe(session, user.id)
+        assert (report.subscriptions, report.subscriptions_changed) == (1, 1)
+        assert (report.invoices, report.invoices_changed) == (1, 1)
+        assert report.errors == ()
+        assert get_subscription_dto(session, user.id).status == "active"
+        assert limits(session, user.id) == PRO
+
+        again = stripe_sync.sync_from_stripe(session)  # all users: nothing left to repair
+        assert (again.users, again.subscriptions_changed, again.invoices_changed) == (1, 0, 0)
+
+        result = CliRunner().invoke(cli, ["stripe", "sync", "--user", user.email])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["subscriptions_changed"] == 0
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+
+
+def test_replay_cli_reapplies_stored_events(session, sandbox, http):
+    user = subscribe(session, http, sandbox, "pro")
+    # Quotas damaged locally (e.g. a bad manual edit); a replay restores them.
+    for q in session.exec(select(Quota).where(Quota.user_id == user.id)).all():
+        q.limit = q.plan_limit = 1
+        session.add(q)
+    session.commit()
+    result = CliRunner().invoke(cli, ["stripe", "events", "replay", "--since", "1h"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["replayed"] > 0
+    assert limits(session, user.id) == PRO
+    bad = CliRunner().invoke(cli, ["stripe", "events", "replay", "--since", "yesterday"])
+    assert bad.exit_code == 2 and "neither an ISO time" in bad.output
+
+
+def test_checkout_and_portal_refuse_bad_requests(session, sandbox):
+    user = make_user(session)
+    for plan in ("free", "platinum", "", None, 3):
+        with pytest.raises(ValidationFailed):
+            billing.create_checkout_session(session, user.id, plan)  # type: ignore[arg-type]
+    with pytest.raises(NoBillingAccount, match="no billing account yet; choose a plan first"):
+        billing.create_portal_session(session, user.id)
+    with pytest.raises(NoBillingAccount):
+        billing.change_plan(session, user.id, "pro")
+    with pytest.raises(ValidationFailed):
+        billing.change_plan(session, user.id, "free")
+    assert session.get(User, user.id).stripe_customer_id is None  # nothing written
+    assert sandbox.state.customers == {}
+
+
+def test_checkout_reuses_customer_and_is_idempotent_within_a_window(session, sandbox):
+    user = make_user(session)
+    a = billing.create_checkout_session(session, user.id, "pro")
+    b = billing.create_checkout_session(session, user.id, "pro")
+    c = billing.create_checkout_session(session, user.id, "basic")
+    assert a == b and a != c  # a double click reuses the session; another plan is new
+    assert len(sandbox.state.customers) == 1
+    cus = next(iter(sandbox.state.customers.values()))
+    assert cus["metadata"] == {"user_id": str(user.id)}
+    session_obj = next(s for s in sandbox.state.checkout_sessions.values() if s["url"] == a)
+    assert session_obj["client_reference_id"] == str(user.id)
+    assert session_obj["mode"] == "subscription"
+
+
+def test_checkout_completed_alone_fetches_the_subscription(session, sandbox, http, receiver):
+    """If only checkout.session.completed gets through, the subscription is fetched from
+    Stripe instead of waiting for customer.subscription.created."""
+    sandbox.state.set_webhook_endpoint(None)
+    try:
+        user = subscribe(session, http, sandbox, "basic")
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+    assert get_subscription_dto(session, user.id) is None
+    session.rollback()  # end the read: SQLite writers take the lock up front
+    evt = next(
+        e for e in sandbox.state.events.values() if e["type"] == "checkout.session.completed"
+    )
+    assert http.post(sandbox.url + f"/_sandbox/webhooks/resend/{evt['id']}").json()["queued"]
+    flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.plan) == ("active", "basic")
+    assert limits(session, user.id)["tokens"] == 100_000

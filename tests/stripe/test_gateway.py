@@ -1,0 +1,194 @@
+"""The gateway: parsing Stripe's own fixture objects (current and older shapes), webhook
+verification, and real calls against the sandbox (idempotency, error translation)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+import stripe_sandbox
+from billing_app.errors import (
+    CardDeclined,
+    InvalidWebhook,
+    InvalidWebhookPayload,
+    PaymentProviderError,
+)
+from billing_app.gateway import STRIPE_API_VERSION, StripeGateway, get_gateway, idempotency_key
+from billing_app.gateway.parsing import (
+    MalformedObject,
+    metadata_user_id,
+    parse_checkout_session,
+    parse_event,
+    parse_invoice,
+    parse_subscription,
+)
+from billing_app.settings import load_settings
+from tests.stripe.conftest import sign
+
+
+def _dt(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+# ---------------------------------------------------------------- parsing fixtures
+
+
+def test_subscription_current_shape(stripe_fixtures):
+    fx = stripe_fixtures["subscription"]
+    data = parse_subscription(fx)
+    item = fx["items"]["data"][0]
+    assert data.id == fx["id"] and data.customer_id == fx["customer"]
+    assert data.status == "active" and data.cancel_at_period_end is True
+    assert data.price_id == item["price"]["id"] and data.item_id == item["id"]
+    assert data.current_period_start == _dt(item["current_period_start"])
+    assert data.current_period_end == _dt(item["current_period_end"])
+    assert data.amount == 2000 and data.currency == "usd"
+    assert data.user_id is None  # fixture metadata is empty
+
+
+def test_subscription_older_shape_gives_the_same_record(stripe_fixtures):
+    current = stripe_fixtures["subscription"]
+    old = copy.deepcopy(current)
+    item = old["items"]["data"][0]
+    old["current_period_start"] = item.pop("current_period_start")
+    old["current_period_end"] = item.pop("current_period_end")
+    old["metadata"] = {"user_id": "42"}
+    a, b = parse_subscription(current), parse_subscription(old)
+    assert (a.current_period_start, a.current_period_end) == (
+        b.current_period_start,
+        b.current_period_end,
+    )
+    assert b.user_id == 42
+
+
+def test_invoice_current_and_older_shapes(stripe_fixtures):
+    fx = stripe_fixtures["invoice"]
+    data = parse_invoice(fx)
+    assert data.subscription_id == fx["parent"]["subscription_details"]["subscription"]
+    assert (data.status, data.amount_due, data.amount_paid) == ("draft", 1000, 0)
+    assert data.currency == "usd" and data.created == _dt(fx["created"])
+    old = copy.deepcopy(fx)
+    old["parent"] = None
+    old["subscription"] = "sub_legacy"
+    assert parse_invoice(old).subscription_id == "sub_legacy"
+    expanded = copy.deepcopy(old)
+    expanded["subscription"] = {"id": "sub_expanded", "object": "subscription"}
+    assert parse_invoice(expanded).subscription_id == "sub_expanded"
+
+
+def test_checkout_session_and_event(stripe_fixtures):
+    cs = copy.deepcopy(stripe_fixtures["checkout.session"])
+    assert parse_checkout_session(cs).user_id is None
+    cs["client_reference_id"] = "17"
+    data = parse_checkout_session(cs)
+    assert data.user_id == 17 and data.id == cs["id"]
+    evt = parse_event(stripe_fixtures["event"])
+    assert evt.type == "plan.created" and evt.created == _dt(1234567890)
+    for bad in ({}, {"id": "evt_1", "type": "x"}, [], {"id": 1, "type": "x", "data": {}}):
+        with pytest.raises(MalformedObject):
+            parse_event(bad)
+    with pytest.raises(MalformedObject):
+        parse_subscription({"id": "sub_1"})  # no status
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [({"user_id": "7"}, 7), ({"user_id": 7}, 7), ({"user_id": "x"}, None), ({}, None),
+     (None, None), ({"user_id": "0"}, None), ({"user_id": True}, None)],
+)  # fmt: skip
+def test_metadata_user_id(meta, expected):
+    assert metadata_user_id(meta) == expected
+
+
+# ---------------------------------------------------------------- webhook verification
+
+
+def test_verify_webhook_returns_the_event_as_plain_json(stripe_fixtures, app_settings):
+    body = json.dumps(stripe_fixtures["event"]).encode()
+    gw = get_gateway()
+    assert gw.verify_webhook(body, sign(body)) == stripe_fixtures["event"]
+    with pytest.raises(InvalidWebhook):
+        gw.verify_webhook(body, None)
+    with pytest.raises(InvalidWebhook):
+        gw.verify_webhook(body, sign(body, timestamp=int(time.time()) - 400))
+    with pytest.raises(InvalidWebhookPayload):
+        gw.verify_webhook(b"[]", sign(b"[]"))
+    # The sandbox signs exactly like this (and like Stripe).
+    assert stripe_sandbox.sign_webhook(body, "whsec_x", 123) == sign(body, "whsec_x", 123)
+
+
+def test_api_version_is_pinned_once():
+    assert STRIPE_API_VERSION == stripe_sandbox.API_VERSION
+
+
+def test_idempotency_keys_are_deterministic_and_param_bound():
+    a = idempotency_key("checkout", 1, "pro", params={"x": 1})
+    assert a == idempotency_key("checkout", 1, "pro", params={"x": 1})
+    assert a != idempotency_key("checkout", 1, "pro", params={"x": 2})
+    assert a.startswith("checkout:1:pro:")
+    assert len(idempotency_key("x" * 300)) == 255
+
+
+# ---------------------------------------------------------------- against the sandbox
+
+
+def test_create_customer_is_idempotent(sandbox):
+    gw = get_gateway()
+    a = gw.create_customer(user_id=5, email="a@example.com", name="A")
+    b = gw.create_customer(user_id=5, email="a@example.com", name="A")
+    c = gw.create_customer(user_id=5, email="changed@example.com", name="A")
+    assert a["id"] == b["id"] != c["id"]
+    assert isinstance(a, dict) and a["metadata"] == {"user_id": "5"}
+    assert [x["id"] for x in gw.iter_customers(email="a@example.com")] == [a["id"]]
+    assert gw.retrieve_customer(a["id"])["email"] == "a@example.com"
+
+
+def test_stripe_errors_become_domain_errors(sandbox):
+    with pytest.raises(PaymentProviderError, match="No such subscription"):
+        get_gateway().retrieve_subscription("sub_missing")
+    bad_key = StripeGateway(
+        load_settings(stripe_secret_key="rk_live_wrong", stripe_webhook_secret="whsec_x",
+                      stripe_price_basic="price_a", stripe_price_pro="price_b",
+                      stripe_price_enterprise="price_c", stripe_api_base=sandbox.url),
+        max_network_retries=0,
+    )  # fmt: skip
+    with pytest.raises(PaymentProviderError, match="credentials"):
+        bad_key.retrieve_subscription("sub_x")
+
+
+def test_unreachable_stripe_is_a_clear_error(app_settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    gw = StripeGateway(
+        load_settings(stripe_api_base=f"http://127.0.0.1:{port}"), max_network_retries=1
+    )
+    with pytest.raises(PaymentProviderError, match="Could not reach Stripe") as err:
+        gw.retrieve_customer("cus_x")
+    assert err.value.status_code == 502
+
+
+def test_card_errors_are_402():
+    import stripe  # only to build the exception stripe-python would raise
+
+    from billing_app.gateway.stripe_gateway import _translate
+
+    err = _translate(stripe.CardError("Your card was declined.", "number", "card_declined"), "pay")
+    assert isinstance(err, CardDeclined) and err.status_code == 402
+    assert "declined" in err.message
+
+
+def test_sandbox_and_stripe_commands_are_registered():
+    from click.testing import CliRunner
+
+    from billing_app.cli import main
+
+    out = CliRunner().invoke(main, ["sandbox", "run", "--help"])
+    assert out.exit_code == 0 and "--port" in out.output
+    out = CliRunner().invoke(main, ["stripe", "events", "replay", "--help"])
+    assert out.exit_code == 0 and "--since" in out.output
