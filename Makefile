@@ -35,9 +35,10 @@ setup: .venv/.synced $(BUN_DIR)/node_modules/.bin/bun
 browsers:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# Migrates, seeds the demo admin/user (credentials printed), starts the Stripe sandbox
+# and `reflex run --env prod` on one port (PORT, default 8000). Ctrl-C stops both.
 run: setup
-	.venv/bin/billing-app db upgrade
-	.venv/bin/reflex run --env prod
+	.venv/bin/billing-app demo run
 
 test: setup browsers lint test-sqlite test-postgres
 

@@ -15,6 +15,12 @@ config = rx.Config(
     api_url=os.environ.get("API_URL", f"http://localhost:{os.environ.get('PORT', '8000')}"),
     deploy_url=os.environ.get("APP_URL", f"http://localhost:{os.environ.get('PORT', '8000')}"),
     redis_url=os.environ.get("REFLEX_REDIS_URL") or None,
-    plugins=[rx.plugins.RadixThemesPlugin()],
+    plugins=[
+        rx.plugins.RadixThemesPlugin(
+            theme=rx.theme(
+                appearance="light", accent_color="indigo", gray_color="slate", radius="large"
+            )
+        )
+    ],
     disable_plugins=[SitemapPlugin],
 )

@@ -3,15 +3,16 @@
 import reflex as rx
 
 import billing_app.models  # noqa: F401  (registers the tables with SQLModel.metadata)
+import billing_app.pages  # noqa: F401  (registers every @rx.page)
 from billing_app.api.app import create_api
+from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
 
 get_settings_or_exit()
 
-
-@rx.page(route="/", title="Billing")
-def index() -> rx.Component:
-    return rx.center(rx.heading("Billing"), height="100vh")
-
-
-app = rx.App(api_transformer=create_api())
+app = rx.App(
+    api_transformer=create_api(),
+    stylesheets=["/styles.css"],
+)
+# Past-due subscriptions fall back to the free plan's quotas once their grace ends.
+app.register_lifespan_task(grace_period_task)

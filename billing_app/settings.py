@@ -7,6 +7,7 @@ secret and the three price ids become required.
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -51,8 +52,9 @@ class Settings(BaseSettings):
     # JSON object overriding plan fields, e.g. {"pro": {"limits": {"tokens": 2000000}}}.
     billing_plans_json: str | None = None
 
-    app_url: str = "http://localhost:3000"
-    api_url: str = "http://localhost:8000"
+    # Where Checkout and the portal send people back; the app serves on PORT.
+    app_url: str = f"http://localhost:{os.environ.get('PORT', '8000')}"
+    api_url: str = f"http://localhost:{os.environ.get('PORT', '8000')}"
     admin_emails: str = ""
     session_secret: str = "dev-insecure-session-secret-change-me"
     oidc_issuer: str | None = None

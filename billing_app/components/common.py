@@ -1,0 +1,162 @@
+"""Small shared widgets: cards, badges, usage meters, pagers, empty states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import reflex as rx
+
+from billing_app.states.views import MeterView
+
+
+def card(*children: rx.Component, **props: Any) -> rx.Component:
+    return rx.card(
+        rx.vstack(*children, spacing="4", width="100%"),
+        size="3",
+        width="100%",
+        **props,
+    )
+
+
+def section_title(title: str, subtitle: str | rx.Var | None = None, *right: Any) -> rx.Component:
+    return rx.hstack(
+        rx.vstack(
+            rx.heading(title, size="4", weight="bold"),
+            rx.text(subtitle, size="2", color_scheme="gray")
+            if subtitle is not None
+            else rx.fragment(),
+            spacing="1",
+        ),
+        *right,
+        justify="between",
+        align="center",
+        width="100%",
+        wrap="wrap",
+        spacing="3",
+    )
+
+
+def status_badge(label: Any, color: Any) -> rx.Component:
+    return rx.badge(label, color_scheme=color, variant="soft", radius="full", size="2")
+
+
+def meter(m: MeterView, compact: bool = False) -> rx.Component:
+    """One metric: label, used / limit, percent, and a bar (amber at 80 %, red at 100 %)."""
+    numbers = rx.cond(
+        m.unlimited,
+        rx.text(
+            rx.text.strong(m.used_text),
+            " used · ",
+            rx.badge("Unlimited", color_scheme="grass", variant="soft", radius="full"),
+            size="2" if not compact else "1",
+        ),
+        rx.text(
+            rx.text.strong(m.used_text),
+            " / ",
+            m.limit_text,
+            rx.text.span(" · ", m.percent_text, color=rx.color(m.color, 11), weight="medium"),
+            size="2" if not compact else "1",
+        ),
+    )
+    bar = rx.cond(
+        m.unlimited,
+        rx.box(height="6px" if compact else "8px", width="100%",
+               background="var(--grass-a4)", border_radius="999px"),
+        rx.progress(
+            value=m.percent,
+            max=100,
+            color_scheme=m.color,
+            size="1" if compact else "2",
+            custom_attrs={"aria-label": m.label, "data-color": m.color},
+        ),
+    )  # fmt: skip
+    if compact:
+        return rx.vstack(
+            rx.hstack(
+                rx.text(m.label, size="1", color_scheme="gray"),
+                numbers,
+                justify="between",
+                width="100%",
+            ),
+            bar,
+            spacing="1",
+            width="100%",
+            min_width="160px",
+        )
+    return rx.vstack(
+        rx.hstack(
+            rx.text(m.label, size="3", weight="medium"),
+            numbers,
+            justify="between",
+            align="center",
+            width="100%",
+            wrap="wrap",
+        ),
+        bar,
+        spacing="2",
+        width="100%",
+        id="meter-" + m.metric,
+        custom_attrs={"data-testid": "meter"},
+    )
+
+
+def pager(text: Any, page: Any, pages: Any, on_prev: Any, on_next: Any, name: str) -> rx.Component:
+    return rx.hstack(
+        rx.text(text, size="2", color_scheme="gray"),
+        rx.hstack(
+            rx.icon_button(
+                rx.icon("chevron-left", size=16),
+                on_click=on_prev,
+                disabled=page <= 1,
+                variant="soft",
+                color_scheme="gray",
+                aria_label=f"Previous {name} page",
+            ),
+            rx.text(page, " / ", pages, size="2"),
+            rx.icon_button(
+                rx.icon("chevron-right", size=16),
+                on_click=on_next,
+                disabled=page >= pages,
+                variant="soft",
+                color_scheme="gray",
+                aria_label=f"Next {name} page",
+            ),
+            align="center",
+            spacing="2",
+        ),
+        justify="between",
+        align="center",
+        width="100%",
+    )
+
+
+def empty(icon: str, title: str, text: str) -> rx.Component:
+    return rx.center(
+        rx.vstack(
+            rx.icon(icon, size=28, color=rx.color("gray", 9)),
+            rx.text(title, weight="medium"),
+            rx.text(text, size="2", color_scheme="gray", align="center"),
+            align="center",
+            spacing="2",
+        ),
+        padding_y="32px",
+        width="100%",
+    )
+
+
+def scroll_x(child: rx.Component) -> rx.Component:
+    """Wide tables scroll sideways on a phone instead of squeezing."""
+    return rx.box(child, width="100%", overflow_x="auto")
+
+
+def select(options: Any, value: Any, on_change: Any, label: str, **props: Any) -> rx.Component:
+    """A Radix select fed by [[value, label], ...] from a State var."""
+    return rx.select.root(
+        rx.select.trigger(aria_label=label, min_width="140px"),
+        rx.select.content(
+            rx.foreach(options, lambda o: rx.select.item(o[1], value=o[0])),
+        ),
+        value=value,
+        on_change=on_change,
+        **props,
+    )

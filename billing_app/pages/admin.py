@@ -1,0 +1,543 @@
+"""/admin/billing: the operator console (the seed's BillingAdmin). Non-admins get a 403."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from billing_app.components.common import (
+    card,
+    empty,
+    meter,
+    pager,
+    scroll_x,
+    section_title,
+    select,
+    status_badge,
+)
+from billing_app.components.layout import loading, page
+from billing_app.states.admin import AdminState as A
+from billing_app.states.views import (
+    AdminUserView,
+    ApiKeyView,
+    AuditView,
+    InvoiceView,
+    QuotaView,
+    StatView,
+)
+
+
+def forbidden() -> rx.Component:
+    return rx.center(
+        rx.vstack(
+            rx.text("403", size="9", weight="bold", color=rx.color("indigo", 9)),
+            rx.heading("You don't have access to this page", size="6", align="center"),
+            rx.text(
+                "The billing console is for administrators. Ask an admin to grant you access.",
+                color_scheme="gray",
+                align="center",
+            ),
+            rx.link(rx.button("Back to billing", size="3"), href="/billing"),
+            align="center",
+            spacing="4",
+            max_width="440px",
+        ),
+        padding_y="96px",
+        width="100%",
+        id="forbidden",
+    )
+
+
+def stat_card(s: StatView) -> rx.Component:
+    return rx.card(
+        rx.vstack(
+            rx.text(s.label, size="2", color_scheme="gray"),
+            rx.text(s.value, size="7", weight="bold"),
+            spacing="1",
+        ),
+        size="2",
+        width="100%",
+    )
+
+
+def users_toolbar() -> rx.Component:
+    return rx.flex(
+        rx.input(
+            rx.input.slot(rx.icon("search", size=16)),
+            placeholder="Search by email, or @domain",
+            on_change=A.set_search.debounce(300),
+            size="2",
+            flex="1",
+            min_width="200px",
+            aria_label="Search users",
+            id="user-search",
+        ),
+        select(A.plan_options, A.plan_filter, A.set_plan_filter, "Filter by plan", name="plan"),
+        select(
+            A.status_options,
+            A.status_filter,
+            A.set_status_filter,
+            "Filter by status",
+            name="status",
+        ),
+        select(A.sort_options, A.sort, A.set_sort, "Sort", name="sort"),
+        spacing="2",
+        wrap="wrap",
+        width="100%",
+    )
+
+
+def user_row(u: AdminUserView) -> rx.Component:
+    return rx.table.row(
+        rx.table.row_header_cell(
+            rx.vstack(
+                rx.hstack(
+                    rx.text(u.email, weight="medium", white_space="nowrap"),
+                    rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
+                    align="center",
+                    spacing="2",
+                ),
+                rx.text(u.display_name, size="1", color_scheme="gray"),
+                spacing="0",
+            )
+        ),
+        rx.table.cell(rx.text(u.plan_name, white_space="nowrap")),
+        rx.table.cell(status_badge(u.status_label, u.status_color)),
+        rx.table.cell(
+            rx.vstack(rx.foreach(u.meters, lambda m: meter(m, compact=True)), spacing="2"),
+            min_width="220px",
+        ),
+        rx.table.cell(rx.text(u.created, white_space="nowrap", color_scheme="gray")),
+        rx.table.cell(
+            rx.button(
+                "Details",
+                on_click=A.open_user(u.id),
+                variant="soft",
+                size="1",
+                aria_label="Details for " + u.email,
+            )
+        ),
+        align="center",
+        custom_attrs={"data-email": u.email},
+    )
+
+
+def users_panel() -> rx.Component:
+    return card(
+        users_toolbar(),
+        rx.cond(
+            A.total > 0,
+            scroll_x(
+                rx.table.root(
+                    rx.table.header(
+                        rx.table.row(
+                            *[
+                                rx.table.column_header_cell(h)
+                                for h in ("User", "Plan", "Status", "Usage", "Joined", "")
+                            ]
+                        )
+                    ),
+                    rx.table.body(rx.foreach(A.users, user_row)),
+                    variant="ghost",
+                    width="100%",
+                    id="users-table",
+                )
+            ),
+            empty("users", "No users match", "Try another search or clear the filters."),
+        ),
+        pager(A.page_text, A.page, A.pages, A.prev_page, A.next_page, "users"),
+    )
+
+
+def invoice_row(inv: InvoiceView) -> rx.Component:
+    return rx.table.row(
+        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
+        rx.table.cell(rx.text(inv.user_email, white_space="nowrap")),
+        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
+        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
+        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
+        rx.table.cell(
+            rx.cond(
+                inv.hosted_url != "",
+                rx.link("View", href=inv.hosted_url, is_external=True, size="2"),
+            )
+        ),
+        align="center",
+    )
+
+
+def invoices_panel() -> rx.Component:
+    return card(
+        rx.hstack(
+            rx.heading("All invoices", size="4"),
+            select(
+                A.invoice_status_options,
+                A.invoice_status,
+                A.set_invoice_status,
+                "Filter invoices by status",
+                name="invoice_status",
+            ),
+            justify="between",
+            align="center",
+            width="100%",
+            wrap="wrap",
+        ),
+        rx.cond(
+            A.invoice_total > 0,
+            scroll_x(
+                rx.table.root(
+                    rx.table.header(
+                        rx.table.row(
+                            *[
+                                rx.table.column_header_cell(h)
+                                for h in ("Number", "Customer", "Date", "Amount", "Status", "")
+                            ]
+                        )
+                    ),
+                    rx.table.body(rx.foreach(A.invoices, invoice_row)),
+                    variant="ghost",
+                    width="100%",
+                    id="admin-invoices-table",
+                )
+            ),
+            empty("receipt", "No invoices", "Nothing matches this filter."),
+        ),
+        pager(
+            A.invoice_page_text,
+            A.invoice_page,
+            A.invoice_pages,
+            A.prev_invoices,
+            A.next_invoices,
+            "invoices",
+        ),
+    )
+
+
+def key_row(k: ApiKeyView) -> rx.Component:
+    return rx.table.row(
+        rx.table.row_header_cell(rx.text(k.name, weight="medium")),
+        rx.table.cell(rx.code(k.prefix)),
+        rx.table.cell(k.owner),
+        rx.table.cell(rx.text(k.created, white_space="nowrap")),
+        rx.table.cell(rx.text(k.last_used, white_space="nowrap")),
+        rx.table.cell(
+            rx.cond(
+                k.revoked,
+                rx.badge("Revoked", color_scheme="gray"),
+                rx.alert_dialog.root(
+                    rx.alert_dialog.trigger(
+                        rx.button("Revoke", color_scheme="red", variant="soft", size="1")
+                    ),
+                    rx.alert_dialog.content(
+                        rx.alert_dialog.title("Revoke this key?"),
+                        rx.alert_dialog.description(
+                            "Services using it stop working immediately. This cannot be undone."
+                        ),
+                        rx.hstack(
+                            rx.alert_dialog.cancel(
+                                rx.button("Cancel", variant="soft", color_scheme="gray")
+                            ),
+                            rx.alert_dialog.action(
+                                rx.button(
+                                    "Revoke key",
+                                    color_scheme="red",
+                                    on_click=A.revoke_key(k.id),
+                                )
+                            ),
+                            justify="end",
+                            spacing="3",
+                            margin_top="16px",
+                        ),
+                    ),
+                ),
+            )
+        ),
+        align="center",
+    )
+
+
+def new_secret_callout() -> rx.Component:
+    return rx.cond(
+        A.new_secret != "",
+        rx.callout.root(
+            rx.callout.icon(rx.icon("key-round")),
+            rx.vstack(
+                rx.callout.text(
+                    rx.text.strong("Copy this key now. "),
+                    "It will not be shown again.",
+                ),
+                rx.hstack(
+                    rx.code(A.new_secret, id="new-secret", word_break="break-all"),
+                    rx.icon_button(
+                        rx.icon("copy", size=14),
+                        on_click=rx.set_clipboard(A.new_secret),
+                        variant="soft",
+                        size="1",
+                        aria_label="Copy key",
+                    ),
+                    align="center",
+                    wrap="wrap",
+                ),
+                rx.el.pre(
+                    A.curl_example,
+                    id="curl-example",
+                    style={
+                        "whiteSpace": "pre-wrap",
+                        "wordBreak": "break-all",
+                        "fontSize": "12px",
+                        "padding": "12px",
+                        "borderRadius": "8px",
+                        "background": "var(--gray-a3)",
+                        "width": "100%",
+                        "margin": "0",
+                    },
+                ),
+                rx.button("Done", on_click=A.dismiss_secret, size="1", variant="soft"),
+                spacing="2",
+                width="100%",
+            ),
+            color_scheme="grass",
+            width="100%",
+        ),
+    )
+
+
+def keys_panel() -> rx.Component:
+    return card(
+        section_title("API keys", "Services use these to post usage and check quotas."),
+        rx.flex(
+            rx.input(
+                placeholder="Key name, e.g. scraper-prod",
+                value=A.key_name,
+                on_change=A.set_key_name,
+                aria_label="Key name",
+                id="key-name",
+                flex="1",
+                min_width="180px",
+            ),
+            rx.input(
+                placeholder="Service (optional)",
+                value=A.key_service,
+                on_change=A.set_key_service,
+                aria_label="Service name",
+                flex="1",
+                min_width="160px",
+            ),
+            rx.button(rx.icon("plus", size=16), "Create key", on_click=A.create_key),
+            spacing="2",
+            wrap="wrap",
+            width="100%",
+        ),
+        rx.cond(
+            A.key_error != "",
+            rx.callout(A.key_error, icon="circle-alert", color_scheme="red", width="100%"),
+        ),
+        new_secret_callout(),
+        scroll_x(
+            rx.table.root(
+                rx.table.header(
+                    rx.table.row(
+                        *[
+                            rx.table.column_header_cell(h)
+                            for h in ("Name", "Prefix", "Service", "Created", "Last used", "")
+                        ]
+                    )
+                ),
+                rx.table.body(rx.foreach(A.keys, key_row)),
+                variant="ghost",
+                width="100%",
+                id="keys-table",
+            )
+        ),
+    )
+
+
+def quota_row(q: QuotaView) -> rx.Component:
+    return rx.table.row(
+        rx.table.row_header_cell(q.label),
+        rx.table.cell(rx.text(q.limit_text, weight="medium")),
+        rx.table.cell(q.plan_limit_text),
+        rx.table.cell(
+            rx.cond(
+                q.source == "admin",
+                rx.tooltip(rx.badge("Override", color_scheme="amber"), content=q.reason),
+                rx.badge("Plan", color_scheme="gray"),
+            )
+        ),
+    )
+
+
+def audit_row(a: AuditView) -> rx.Component:
+    return rx.hstack(
+        rx.text(a.when, size="1", color_scheme="gray", white_space="nowrap"),
+        rx.text(rx.text.strong(a.metric), " ", a.change, " · ", a.reason, size="1"),
+        spacing="2",
+        align="start",
+    )
+
+
+def override_form() -> rx.Component:
+    return rx.vstack(
+        rx.heading("Override a quota", size="3"),
+        rx.flex(
+            select(A.metric_options, A.override_metric, A.set_override_metric, "Metric"),
+            rx.input(
+                placeholder="New limit (0 = unlimited)",
+                value=A.override_limit,
+                on_change=A.set_override_limit,
+                aria_label="New limit",
+                input_mode="numeric",
+                flex="1",
+                min_width="140px",
+            ),
+            spacing="2",
+            wrap="wrap",
+            width="100%",
+        ),
+        rx.text_area(
+            placeholder="Reason (required, kept in the audit log)",
+            value=A.override_reason,
+            on_change=A.set_override_reason,
+            aria_label="Reason",
+            width="100%",
+        ),
+        rx.cond(
+            A.override_error != "",
+            rx.callout(A.override_error, icon="circle-alert", color_scheme="red", width="100%"),
+        ),
+        rx.cond(
+            A.override_saved != "",
+            rx.callout(A.override_saved, icon="circle-check", color_scheme="grass", width="100%"),
+        ),
+        rx.hstack(
+            rx.button("Save override", on_click=A.save_override),
+            rx.button(
+                "Reset to plan", on_click=A.clear_override, variant="soft", color_scheme="gray"
+            ),
+            spacing="2",
+        ),
+        spacing="3",
+        width="100%",
+    )
+
+
+def user_drawer() -> rx.Component:
+    return rx.drawer.root(
+        rx.drawer.overlay(z_index="50"),
+        rx.drawer.portal(
+            rx.drawer.content(
+                rx.vstack(
+                    rx.hstack(
+                        rx.vstack(
+                            rx.drawer.title(A.detail_email),
+                            rx.drawer.description(A.detail_name, color="var(--gray-11)"),
+                            spacing="1",
+                        ),
+                        rx.drawer.close(
+                            rx.icon_button(
+                                rx.icon("x", size=16),
+                                variant="ghost",
+                                color_scheme="gray",
+                                aria_label="Close",
+                            )
+                        ),
+                        justify="between",
+                        align="start",
+                        width="100%",
+                    ),
+                    rx.heading("Usage this period", size="3"),
+                    rx.vstack(
+                        rx.foreach(A.detail_meters, lambda m: meter(m)), spacing="4", width="100%"
+                    ),
+                    rx.heading("Quotas", size="3"),
+                    scroll_x(
+                        rx.table.root(
+                            rx.table.header(
+                                rx.table.row(
+                                    *[
+                                        rx.table.column_header_cell(h)
+                                        for h in ("Metric", "Limit", "Plan limit", "Source")
+                                    ]
+                                )
+                            ),
+                            rx.table.body(rx.foreach(A.detail_quotas, quota_row)),
+                            size="1",
+                            width="100%",
+                        )
+                    ),
+                    override_form(),
+                    rx.cond(
+                        A.detail_audit.length() > 0,
+                        rx.vstack(
+                            rx.heading("Recent changes", size="3"),
+                            rx.foreach(A.detail_audit, audit_row),
+                            spacing="2",
+                            width="100%",
+                        ),
+                    ),
+                    spacing="4",
+                    width="100%",
+                ),
+                position="fixed",
+                top="0",
+                right="0",
+                bottom="0",
+                left="auto",
+                height="100%",
+                width=["100%", "480px"],
+                padding="24px",
+                overflow_y="auto",
+                background="var(--color-panel-solid)",
+                z_index="51",
+                id="user-drawer",
+                role="dialog",
+            )
+        ),
+        open=A.drawer_open,
+        on_open_change=A.set_drawer_open,
+        direction="right",
+    )
+
+
+def console() -> rx.Component:
+    return rx.vstack(
+        rx.vstack(
+            rx.heading("Billing admin", size="7"),
+            rx.text("Customers, plans, usage and revenue.", color_scheme="gray"),
+            spacing="1",
+        ),
+        rx.cond(
+            A.error != "",
+            rx.callout(A.error, icon="circle-alert", color_scheme="red", width="100%"),
+        ),
+        rx.grid(
+            rx.foreach(A.stats, stat_card),
+            columns=rx.breakpoints(initial="2", md="4"),
+            spacing="3",
+            width="100%",
+            id="stats",
+        ),
+        rx.tabs.root(
+            rx.tabs.list(
+                rx.tabs.trigger("Users", value="users"),
+                rx.tabs.trigger("Invoices", value="invoices"),
+                rx.tabs.trigger("API keys", value="keys"),
+            ),
+            rx.tabs.content(users_panel(), value="users", padding_top="16px"),
+            rx.tabs.content(invoices_panel(), value="invoices", padding_top="16px"),
+            rx.tabs.content(keys_panel(), value="keys", padding_top="16px"),
+            default_value="users",
+            width="100%",
+        ),
+        user_drawer(),
+        spacing="5",
+        width="100%",
+    )
+
+
+@page("/admin/billing", "Admin", on_load=A.on_load)
+def admin() -> rx.Component:
+    return rx.cond(
+        A.forbidden,
+        forbidden(),
+        rx.cond(A.signed_in & A.loaded, console(), loading()),
+    )

@@ -1,0 +1,165 @@
+"""/login and /signup: native form posts to the auth API (the cookie is HttpOnly, no JS)."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from billing_app.components.layout import logo, page
+from billing_app.states.auth_pages import AuthFormState
+
+
+def field(label: str, name: str, type_: str, autocomplete: str, **props: object) -> rx.Component:
+    return rx.vstack(
+        rx.el.label(rx.text(label, size="2", weight="medium"), html_for=name),
+        rx.input(
+            name=name,
+            id=name,
+            type=type_,
+            auto_complete=autocomplete,
+            size="3",
+            width="100%",
+            **props,
+        ),
+        spacing="1",
+        width="100%",
+    )
+
+
+def error_callout() -> rx.Component:
+    return rx.cond(
+        AuthFormState.error != "",
+        rx.callout(
+            AuthFormState.error,
+            icon="circle-alert",
+            color_scheme="red",
+            role="alert",
+            width="100%",
+        ),
+    )
+
+
+def sso_button() -> rx.Component:
+    return rx.cond(
+        AuthFormState.sso_enabled,
+        rx.vstack(
+            rx.hstack(
+                rx.separator(size="4"),
+                rx.text("or", size="1", color_scheme="gray"),
+                rx.separator(size="4"),
+                align="center",
+                width="100%",
+            ),
+            rx.link(
+                rx.button(
+                    rx.icon("key-round", size=16),
+                    "Sign in with SSO",
+                    variant="outline",
+                    size="3",
+                    width="100%",
+                ),
+                href=AuthFormState.sso_url,
+                width="100%",
+            ),
+            width="100%",
+            spacing="4",
+        ),
+    )
+
+
+def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Component) -> rx.Component:
+    return rx.center(
+        rx.vstack(
+            logo(),
+            rx.card(
+                rx.vstack(
+                    rx.vstack(
+                        rx.heading(title, size="6"),
+                        rx.text(subtitle, size="2", color_scheme="gray"),
+                        spacing="1",
+                    ),
+                    error_callout(),
+                    form,
+                    sso_button(),
+                    spacing="5",
+                    width="100%",
+                ),
+                size="4",
+                width="100%",
+            ),
+            footer,
+            spacing="5",
+            align="center",
+            width="100%",
+            max_width="420px",
+        ),
+        min_height="100vh",
+        padding="16px",
+        background="radial-gradient(circle at 50% 0%, var(--indigo-a3), transparent 60%), "
+        "var(--gray-2)",
+    )
+
+
+@page("/login", "Sign in", on_load=AuthFormState.on_load, with_shell=False)
+def login() -> rx.Component:
+    form = rx.el.form(
+        rx.vstack(
+            field("Email", "email", "email", "email", required=True, placeholder="you@company.com"),
+            field("Password", "password", "password", "current-password", required=True),
+            rx.el.input(type="hidden", name="next", value=AuthFormState.next_path),
+            rx.button("Sign in", type="submit", size="3", width="100%"),
+            spacing="4",
+            width="100%",
+        ),
+        action="/api/auth/login",
+        method="post",
+        on_submit=None,
+        width="100%",
+    )
+    footer = rx.text(
+        "New here? ",
+        rx.link("Create an account", href=AuthFormState.signup_url, weight="medium"),
+        size="2",
+        color_scheme="gray",
+    )
+    return auth_card("Sign in", "Welcome back. Sign in to manage billing and usage.", form, footer)
+
+
+@page("/signup", "Create account", on_load=AuthFormState.on_load, with_shell=False)
+def signup() -> rx.Component:
+    form = rx.el.form(
+        rx.vstack(
+            field("Name", "display_name", "text", "name", placeholder="Ada Lovelace"),
+            field("Email", "email", "email", "email", required=True, placeholder="you@company.com"),
+            field(
+                "Password",
+                "password",
+                "password",
+                "new-password",
+                required=True,
+                min_length=8,
+                placeholder="At least 8 characters",
+            ),
+            rx.el.input(type="hidden", name="next", value=AuthFormState.next_path),
+            rx.button("Create account", type="submit", size="3", width="100%"),
+            rx.text(
+                "You start on the Free plan. Upgrade any time.",
+                size="1",
+                color_scheme="gray",
+                align="center",
+                width="100%",
+            ),
+            spacing="4",
+            width="100%",
+        ),
+        action="/api/auth/signup",
+        method="post",
+        on_submit=None,
+        width="100%",
+    )
+    footer = rx.text(
+        "Already have an account? ",
+        rx.link("Sign in", href=AuthFormState.login_url, weight="medium"),
+        size="2",
+        color_scheme="gray",
+    )
+    return auth_card("Create your account", "Start free: no card required.", form, footer)

@@ -1,0 +1,406 @@
+"""/billing: the customer's dashboard (the seed's BillingDashboard)."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from billing_app.components.common import (
+    card,
+    empty,
+    meter,
+    pager,
+    scroll_x,
+    section_title,
+    status_badge,
+)
+from billing_app.components.layout import loading, page
+from billing_app.metrics import METRICS
+from billing_app.states.billing import BillingState as S
+from billing_app.states.views import InvoiceView, PlanView
+
+
+def notices() -> rx.Component:
+    # A fragment: absent notices leave no empty gap in the page's stack.
+    return rx.fragment(
+        rx.cond(
+            S.checkout_notice == "success",
+            rx.callout.root(
+                rx.callout.icon(rx.icon("circle-check")),
+                rx.callout.text(
+                    "Payment received. Your new plan is active as soon as Stripe confirms it, "
+                    "usually within a few seconds."
+                ),
+                color_scheme="grass",
+                id="checkout-success",
+                width="100%",
+            ),
+        ),
+        rx.cond(
+            S.checkout_notice == "canceled",
+            rx.callout.root(
+                rx.callout.icon(rx.icon("info")),
+                rx.callout.text("Checkout was canceled. You have not been charged."),
+                color_scheme="gray",
+                id="checkout-canceled",
+                width="100%",
+            ),
+        ),
+        rx.cond(
+            S.sub.past_due,
+            rx.callout.root(
+                rx.callout.icon(rx.icon("triangle-alert")),
+                rx.hstack(
+                    rx.callout.text(
+                        rx.text.strong("Your last payment failed. "),
+                        S.sub.grace_text,
+                        " Update your payment method to keep your plan.",
+                    ),
+                    rx.button(
+                        "Fix payment",
+                        on_click=S.manage_subscription,
+                        loading=S.busy == "portal",
+                        color_scheme="amber",
+                        size="2",
+                    ),
+                    justify="between",
+                    align="center",
+                    width="100%",
+                    wrap="wrap",
+                ),
+                color_scheme="amber",
+                role="alert",
+                id="past-due-banner",
+                width="100%",
+            ),
+        ),
+        rx.cond(
+            S.error != "",
+            rx.callout.root(
+                rx.callout.icon(rx.icon("circle-alert")),
+                rx.callout.text(S.error),
+                color_scheme="red",
+                role="alert",
+                width="100%",
+            ),
+        ),
+        rx.cond(
+            S.over_limit,
+            rx.callout.root(
+                rx.callout.icon(rx.icon("gauge")),
+                rx.callout.text(
+                    "You have reached a limit on your plan. Requests for that metric are "
+                    "refused until it resets or you upgrade."
+                ),
+                color_scheme="red",
+                width="100%",
+            ),
+            rx.cond(
+                S.near_limit,
+                rx.callout.root(
+                    rx.callout.icon(rx.icon("gauge")),
+                    rx.callout.text("You have used over 80% of a limit this period."),
+                    color_scheme="amber",
+                    width="100%",
+                ),
+            ),
+        ),
+    )
+
+
+def plan_summary() -> rx.Component:
+    return card(
+        rx.hstack(
+            rx.text("Current plan", size="2", color_scheme="gray", weight="medium"),
+            rx.cond(
+                S.sub.is_subscriber,
+                status_badge(S.sub.status_label, S.sub.status_color),
+                status_badge("Free", "gray"),
+            ),
+            justify="between",
+            width="100%",
+        ),
+        rx.heading(S.sub.plan_name, size="8", id="current-plan"),
+        rx.cond(
+            S.sub.is_subscriber,
+            rx.vstack(
+                rx.text(S.sub.price, size="3", weight="medium"),
+                rx.text(S.sub.renews_text, size="2", color_scheme="gray"),
+                spacing="1",
+            ),
+            rx.text(
+                "Upgrade for higher limits and priority support.", size="2", color_scheme="gray"
+            ),
+        ),
+        rx.spacer(),
+        rx.cond(
+            S.sub.is_subscriber,
+            rx.button(
+                rx.icon("settings", size=16),
+                "Manage subscription",
+                on_click=S.manage_subscription,
+                loading=S.busy == "portal",
+                variant="soft",
+                size="3",
+                width="100%",
+                id="manage-subscription",
+            ),
+            rx.link(
+                rx.button("See plans", variant="soft", size="3", width="100%"),
+                href="#plans",
+                width="100%",
+            ),
+        ),
+        height="100%",
+    )
+
+
+def usage_card() -> rx.Component:
+    return card(
+        section_title(
+            "Usage this period",
+            S.resets_text,
+            rx.hstack(
+                rx.box(width="8px", height="8px", border_radius="50%", background="var(--grass-9)"),
+                rx.text("Live", size="1", color_scheme="gray"),
+                align="center",
+                spacing="1",
+            ),
+        ),
+        rx.vstack(rx.foreach(S.meters, lambda m: meter(m)), spacing="5", width="100%"),
+        height="100%",
+    )
+
+
+def chart_card() -> rx.Component:
+    return card(
+        section_title(
+            "Usage over time",
+            rx.text.span(S.chart_total, " ", S.chart_label, " this period"),
+            rx.segmented_control.root(
+                *[
+                    # Short labels keep the control inside a phone-width card.
+                    rx.segmented_control.item(m.label.removesuffix(" tasks"), value=k)
+                    for k, m in METRICS.items()
+                ],
+                value=S.chart_metric,
+                on_change=S.set_chart_metric,
+                size="1",
+                width=rx.breakpoints(initial="100%", sm="auto"),
+            ),
+        ),
+        rx.box(
+            rx.recharts.area_chart(
+                rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
+                rx.recharts.area(
+                    data_key="value",
+                    name=S.chart_label,
+                    stroke=rx.color("indigo", 9),
+                    fill=rx.color("indigo", 4),
+                    type_="monotone",
+                    is_animation_active=False,
+                ),
+                rx.recharts.x_axis(data_key="day", tick_line=False, font_size=12),
+                rx.recharts.y_axis(tick_line=False, axis_line=False, font_size=12, width=80),
+                rx.recharts.graphing_tooltip(),
+                data=S.chart_data,
+                width="100%",
+                height=240,
+                margin={"left": 0, "right": 8, "top": 8, "bottom": 0},
+            ),
+            width="100%",
+            height="240px",
+        ),
+    )
+
+
+def plan_card(p: PlanView) -> rx.Component:
+    button_label = rx.cond(
+        p.is_current,
+        "Current plan",
+        rx.cond(S.sub.is_subscriber, "Switch to " + p.name, "Upgrade to " + p.name),
+    )
+    return rx.card(
+        rx.vstack(
+            rx.hstack(
+                rx.heading(p.name, size="5"),
+                rx.cond(
+                    p.is_current,
+                    rx.badge("Current", color_scheme="grass", radius="full"),
+                    rx.cond(p.highlight, rx.badge("Popular", radius="full")),
+                ),
+                justify="between",
+                width="100%",
+            ),
+            rx.text(p.description, size="2", color_scheme="gray"),
+            rx.hstack(
+                rx.text(p.price, size="8", weight="bold"),
+                rx.text("/ month", size="2", color_scheme="gray"),
+                align="baseline",
+                spacing="1",
+            ),
+            rx.vstack(
+                rx.foreach(
+                    p.features,
+                    lambda f: rx.hstack(
+                        rx.icon("check", size=16, color=rx.color("grass", 9)),
+                        rx.text(f, size="2"),
+                        align="center",
+                        spacing="2",
+                    ),
+                ),
+                spacing="2",
+            ),
+            rx.spacer(),
+            rx.button(
+                button_label,
+                on_click=S.choose_plan(p.key),
+                disabled=p.is_current | (S.busy != ""),
+                loading=S.busy == p.key,
+                variant=rx.cond(p.highlight, "solid", "outline"),
+                size="3",
+                width="100%",
+                id="choose-" + p.key,
+            ),
+            spacing="4",
+            height="100%",
+        ),
+        size="3",
+        border=rx.cond(p.highlight, "2px solid var(--indigo-8)", "undefined"),
+        id="plan-" + p.key,
+    )
+
+
+def plans_section() -> rx.Component:
+    return rx.vstack(
+        section_title(
+            "Plans",
+            rx.cond(
+                S.sub.is_subscriber,
+                "Changes are made in the secure Stripe customer portal.",
+                "Pay securely with Stripe. Cancel any time.",
+            ),
+        ),
+        rx.grid(
+            rx.foreach(S.plans, plan_card),
+            columns=rx.breakpoints(initial="1", sm="2", md="3"),
+            spacing="4",
+            width="100%",
+        ),
+        id="plans",
+        spacing="4",
+        width="100%",
+    )
+
+
+def invoice_row(inv: InvoiceView) -> rx.Component:
+    return rx.table.row(
+        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
+        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
+        rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray")),
+        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
+        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
+        rx.table.cell(
+            rx.hstack(
+                rx.cond(
+                    inv.hosted_url != "",
+                    rx.link(
+                        rx.hstack(
+                            rx.text("View"),
+                            rx.icon("external-link", size=12),
+                            spacing="1",
+                            align="center",
+                        ),
+                        href=inv.hosted_url,
+                        is_external=True,
+                        size="2",
+                        white_space="nowrap",
+                    ),
+                ),
+                rx.cond(
+                    inv.pdf_url != "",
+                    rx.link(
+                        rx.hstack(
+                            rx.text("PDF"),
+                            rx.icon("download", size=12),
+                            spacing="1",
+                            align="center",
+                        ),
+                        href=inv.pdf_url,
+                        is_external=True,
+                        size="2",
+                        white_space="nowrap",
+                    ),
+                ),
+                spacing="3",
+            )
+        ),
+        align="center",
+    )
+
+
+def invoices_card() -> rx.Component:
+    return card(
+        section_title("Invoices", "Receipts for every charge, downloadable as PDF."),
+        rx.cond(
+            S.invoice_total > 0,
+            rx.vstack(
+                scroll_x(
+                    rx.table.root(
+                        rx.table.header(
+                            rx.table.row(
+                                *[
+                                    rx.table.column_header_cell(h)
+                                    for h in ("Number", "Date", "Period", "Amount", "Status", "")
+                                ]
+                            )
+                        ),
+                        rx.table.body(rx.foreach(S.invoices, invoice_row)),
+                        variant="surface",
+                        width="100%",
+                        id="invoices-table",
+                    )
+                ),
+                pager(
+                    rx.text.span(
+                        S.invoice_total, rx.cond(S.invoice_total == 1, " invoice", " invoices")
+                    ),
+                    S.invoice_page,
+                    S.invoice_pages,
+                    S.prev_invoices,
+                    S.next_invoices,
+                    "invoice",
+                ),
+                width="100%",
+                spacing="3",
+            ),
+            empty("receipt", "No invoices yet", "Invoices appear here after your first payment."),
+        ),
+    )
+
+
+def dashboard() -> rx.Component:
+    return rx.vstack(
+        rx.vstack(
+            rx.heading("Billing", size="7"),
+            rx.text("Your plan, usage and invoices.", color_scheme="gray"),
+            spacing="1",
+        ),
+        notices(),
+        rx.grid(
+            rx.box(plan_summary(), grid_column=rx.breakpoints(initial="span 1", md="span 1")),
+            rx.box(usage_card(), grid_column=rx.breakpoints(initial="span 1", md="span 2")),
+            columns=rx.breakpoints(initial="1", md="3"),
+            spacing="4",
+            width="100%",
+        ),
+        chart_card(),
+        plans_section(),
+        invoices_card(),
+        spacing="6",
+        width="100%",
+    )
+
+
+@page("/billing", "Billing", on_load=S.on_load)
+def billing() -> rx.Component:
+    return rx.cond(S.signed_in & S.loaded, dashboard(), loading())

@@ -1,0 +1,518 @@
+"""The /admin/billing console: headline numbers, users, invoices, quota overrides, API keys.
+
+Every handler re-checks the admin role from the server-side session first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import reflex as rx
+
+from billing_app.db import read_session, session_scope
+from billing_app.errors import BillingError
+from billing_app.metrics import METRICS
+from billing_app.plans import PLAN_KEYS, get_catalog
+from billing_app.services import metering, quotas
+from billing_app.services.dto import UserDTO
+from billing_app.states import views
+from billing_app.states.session import SessionState
+
+USERS_PER_PAGE = 20
+INVOICES_PER_PAGE = 15
+# Values are the admin service's sort keys ("-" = descending).
+SORTS = {
+    "-created": "Newest first",
+    "created": "Oldest first",
+    "email": "Email A–Z",
+    **{f"-usage_{k}": f"Most {m.plural}" for k, m in METRICS.items()},
+    **{f"usage_{k}": f"Least {m.plural}" for k, m in METRICS.items()},
+}
+STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "none")
+INVOICE_STATUSES = ("paid", "open", "draft", "void", "uncollectible")
+ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
+SERVICE_SCOPES = ["usage:write", "usage:read"]
+
+
+def _admin_service() -> Any:
+    from billing_app.services import admin
+
+    return admin
+
+
+def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
+    with read_session() as session:
+        result = _admin_service().list_users(
+            session,
+            q=q.strip() or None,
+            plan=None if plan == ALL else plan,
+            status=None if status == ALL else status,
+            sort=sort,
+            page=page,
+            per_page=USERS_PER_PAGE,
+        )
+    return {
+        "rows": [views.admin_user_view(r) for r in result.items],
+        "total": result.total,
+        "pages": result.pages,
+    }
+
+
+def load_stats() -> list[views.StatView]:
+    with read_session() as session:
+        return views.stat_views(_admin_service().headline_stats(session))
+
+
+def load_invoices(status: str, page: int) -> dict[str, Any]:
+    try:
+        from billing_app.services import invoices
+    except ImportError:
+        return {"rows": [], "total": 0, "pages": 1}
+    with read_session() as session:
+        result = invoices.list_invoices(
+            session,
+            user_id=None,
+            status=None if status == ALL else status,
+            page=page,
+            per_page=INVOICES_PER_PAGE,
+        )
+    return {
+        "rows": [views.invoice_view(i) for i in result.items],
+        "total": result.total,
+        "pages": result.pages,
+    }
+
+
+def load_keys() -> list[views.ApiKeyView]:
+    from billing_app.services import api_keys
+
+    with read_session() as session:
+        return [views.api_key_view(k) for k in api_keys.list_keys(session)]
+
+
+def load_detail(user_id: int) -> dict[str, Any]:
+    from billing_app.services import users
+
+    with read_session() as session:
+        user = users.get_user(session, user_id)
+        email, name, role = user.email, user.display_name, user.role
+        meters = [views.meter_view(m) for m in metering.summary(session, user_id)]
+        qs = [views.quota_view(q) for q in quotas.get_quotas(session, user_id)]
+        audit = [views.audit_view(a) for a in quotas.audit_log(session, user_id, limit=10)]
+    return {
+        "email": email,
+        "name": name,
+        "role": role,
+        "meters": meters,
+        "quotas": qs,
+        "audit": audit,
+    }
+
+
+def curl_example(origin: str, secret: str, user_id: int) -> str:
+    """A ready-to-paste request posting usage with a new key."""
+    body = f'{{"user_id": {user_id}, "metric": "tokens", "quantity": 500}}'
+    return (
+        f"curl -X POST {origin or 'http://localhost:8000'}/api/billing/usage \\\n"
+        f'  -H "Authorization: Bearer {secret}" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d '{body}'"
+    )
+
+
+class AdminState(SessionState):
+    forbidden: bool = False
+    loaded: bool = False
+    stats: list[views.StatView] = []
+
+    # users table
+    search: str = ""
+    plan_filter: str = ALL
+    status_filter: str = ALL
+    sort: str = "-created"
+    page: int = 1
+    pages: int = 1
+    total: int = 0
+    users: list[views.AdminUserView] = []
+
+    # invoices table
+    invoice_status: str = ALL
+    invoice_page: int = 1
+    invoice_pages: int = 1
+    invoice_total: int = 0
+    invoices: list[views.InvoiceView] = []
+
+    # user drawer
+    drawer_open: bool = False
+    detail_id: int = 0
+    detail_email: str = ""
+    detail_name: str = ""
+    detail_role: str = ""
+    detail_meters: list[views.MeterView] = []
+    detail_quotas: list[views.QuotaView] = []
+    detail_audit: list[views.AuditView] = []
+    override_metric: str = "tokens"
+    override_limit: str = ""
+    override_reason: str = ""
+    override_error: str = ""
+    override_saved: str = ""
+
+    # API keys
+    keys: list[views.ApiKeyView] = []
+    key_name: str = ""
+    key_service: str = ""
+    key_error: str = ""
+    new_secret: str = ""
+    curl_example: str = ""
+
+    error: str = ""
+
+    # ------------------------------------------------------------ derived
+
+    @rx.var(cache=True)
+    def plan_options(self) -> list[list[str]]:
+        return [[ALL, "All plans"]] + [[k, get_catalog()[k].name] for k in PLAN_KEYS]
+
+    @rx.var(cache=True)
+    def status_options(self) -> list[list[str]]:
+        return [[ALL, "All statuses"]] + [
+            [s, "No subscription" if s == "none" else s.replace("_", " ").capitalize()]
+            for s in STATUSES
+        ]
+
+    @rx.var(cache=True)
+    def invoice_status_options(self) -> list[list[str]]:
+        return [[ALL, "All invoices"]] + [[s, s.capitalize()] for s in INVOICE_STATUSES]
+
+    @rx.var(cache=True)
+    def sort_options(self) -> list[list[str]]:
+        return [[k, v] for k, v in SORTS.items()]
+
+    @rx.var(cache=True)
+    def metric_options(self) -> list[list[str]]:
+        return [[k, m.label] for k, m in METRICS.items()]
+
+    @rx.var(cache=True)
+    def page_text(self) -> str:
+        if not self.total:
+            return "No users"
+        first = (self.page - 1) * USERS_PER_PAGE + 1
+        last = min(self.page * USERS_PER_PAGE, self.total)
+        return f"{first:,}–{last:,} of {self.total:,}"
+
+    @rx.var(cache=True)
+    def invoice_page_text(self) -> str:
+        if not self.invoice_total:
+            return "No invoices"
+        first = (self.invoice_page - 1) * INVOICES_PER_PAGE + 1
+        last = min(self.invoice_page * INVOICES_PER_PAGE, self.invoice_total)
+        return f"{first:,}–{last:,} of {self.invoice_total:,}"
+
+    # ------------------------------------------------------------ guard
+
+    def _admin(self) -> UserDTO | None:
+        user = self._current_user()
+        if user is None or user.role != "admin":
+            self.forbidden = user is not None
+            return None
+        self.forbidden = False
+        return user
+
+    def _guard(self) -> Any:
+        """None when the caller is an admin; else the event to send the browser to."""
+        user = self._current_user()
+        if user is None:
+            return self._login_redirect()
+        self.forbidden = user.role != "admin"
+        return None
+
+    # ------------------------------------------------------------ loading
+
+    @rx.event
+    def on_load(self) -> Any:
+        redirect = self._guard()
+        if redirect is not None:
+            return redirect
+        if self.forbidden:
+            return None
+        self.drawer_open = False
+        self.new_secret = ""
+        return [AdminState.refresh_all]
+
+    @rx.event(background=True)
+    async def refresh_all(self) -> None:
+        async with self:
+            if self._admin() is None:
+                return
+            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
+            inv_args = (self.invoice_status, self.invoice_page)
+        try:
+            users = await rx.run_in_thread(lambda: load_users(*args))
+            stats = await rx.run_in_thread(load_stats)
+            invs = await rx.run_in_thread(lambda: load_invoices(*inv_args))
+            keys = await rx.run_in_thread(load_keys)
+        except (ImportError, BillingError) as err:
+            async with self:
+                self.error = getattr(err, "message", None) or "Admin services are not available."
+                self.loaded = True
+            return
+        async with self:
+            self._set_users(users)
+            self._set_invoices(invs)
+            self.stats = stats
+            self.keys = keys
+            self.error = ""
+            self.loaded = True
+
+    def _set_users(self, data: dict[str, Any]) -> None:
+        self.users = data["rows"]
+        self.total = data["total"]
+        self.pages = data["pages"]
+
+    def _set_invoices(self, data: dict[str, Any]) -> None:
+        self.invoices = data["rows"]
+        self.invoice_total = data["total"]
+        self.invoice_pages = data["pages"]
+
+    @rx.event(background=True)
+    async def reload_users(self) -> None:
+        async with self:
+            if self._admin() is None:
+                return
+            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
+        try:
+            users = await rx.run_in_thread(lambda: load_users(*args))
+        except BillingError as err:
+            async with self:
+                self.error = err.message
+            return
+        async with self:
+            # A newer search may have been typed meanwhile: keep only the latest answer.
+            if args == (self.search, self.plan_filter, self.status_filter, self.sort, self.page):
+                self._set_users(users)
+
+    @rx.event(background=True)
+    async def reload_invoices(self) -> None:
+        async with self:
+            if self._admin() is None:
+                return
+            args = (self.invoice_status, self.invoice_page)
+        invs = await rx.run_in_thread(lambda: load_invoices(*args))
+        async with self:
+            self._set_invoices(invs)
+
+    # ------------------------------------------------------------ users table
+
+    @rx.event
+    def set_search(self, value: str) -> Any:
+        self.search = value[:200]
+        self.page = 1
+        return AdminState.reload_users
+
+    @rx.event
+    def set_plan_filter(self, value: str) -> Any:
+        self.plan_filter = value if value in PLAN_KEYS else ALL
+        self.page = 1
+        return AdminState.reload_users
+
+    @rx.event
+    def set_status_filter(self, value: str) -> Any:
+        self.status_filter = value if value in STATUSES else ALL
+        self.page = 1
+        return AdminState.reload_users
+
+    @rx.event
+    def set_sort(self, value: str) -> Any:
+        self.sort = value if value in SORTS else "-created"
+        self.page = 1
+        return AdminState.reload_users
+
+    @rx.event
+    def next_page(self) -> Any:
+        if self.page < self.pages:
+            self.page += 1
+            return AdminState.reload_users
+        return None
+
+    @rx.event
+    def prev_page(self) -> Any:
+        if self.page > 1:
+            self.page -= 1
+            return AdminState.reload_users
+        return None
+
+    # ------------------------------------------------------------ invoices
+
+    @rx.event
+    def set_invoice_status(self, value: str) -> Any:
+        self.invoice_status = value if value in INVOICE_STATUSES else ALL
+        self.invoice_page = 1
+        return AdminState.reload_invoices
+
+    @rx.event
+    def next_invoices(self) -> Any:
+        if self.invoice_page < self.invoice_pages:
+            self.invoice_page += 1
+            return AdminState.reload_invoices
+        return None
+
+    @rx.event
+    def prev_invoices(self) -> Any:
+        if self.invoice_page > 1:
+            self.invoice_page -= 1
+            return AdminState.reload_invoices
+        return None
+
+    # ------------------------------------------------------------ user drawer
+
+    @rx.event
+    def open_user(self, user_id: int) -> Any:
+        if self._admin() is None:
+            return None
+        self.detail_id = int(user_id)
+        self.override_error = ""
+        self.override_saved = ""
+        self.override_limit = ""
+        self.override_reason = ""
+        self.drawer_open = True
+        return AdminState.load_detail
+
+    @rx.event
+    def set_drawer_open(self, value: bool) -> None:
+        self.drawer_open = value
+
+    @rx.event
+    def close_drawer(self) -> None:
+        self.drawer_open = False
+
+    @rx.event(background=True)
+    async def load_detail(self) -> None:
+        async with self:
+            if self._admin() is None:
+                return
+            user_id = self.detail_id
+        try:
+            data = await rx.run_in_thread(lambda: load_detail(user_id))
+        except BillingError as err:
+            async with self:
+                self.override_error = err.message
+            return
+        async with self:
+            if user_id != self.detail_id:
+                return
+            self.detail_email = data["email"]
+            self.detail_name = data["name"]
+            self.detail_role = data["role"]
+            self.detail_meters = data["meters"]
+            self.detail_quotas = data["quotas"]
+            self.detail_audit = data["audit"]
+
+    @rx.event
+    def set_override_metric(self, value: str) -> None:
+        if value in METRICS:
+            self.override_metric = value
+
+    @rx.event
+    def set_override_limit(self, value: str) -> None:
+        self.override_limit = value[:20]
+
+    @rx.event
+    def set_override_reason(self, value: str) -> None:
+        self.override_reason = value[:500]
+
+    @rx.event
+    def save_override(self) -> Any:
+        return self._override(clear=False)
+
+    @rx.event
+    def clear_override(self) -> Any:
+        return self._override(clear=True)
+
+    def _override(self, clear: bool) -> Any:
+        admin = self._admin()
+        if admin is None:
+            return None
+        self.override_error = self.override_saved = ""
+        limit: int | None = None
+        if not clear:
+            text = self.override_limit.replace(",", "").replace("_", "").strip()
+            if text.lower() in ("unlimited", "∞"):
+                text = "0"
+            if not text.isdigit():
+                self.override_error = "Enter a whole number (0 means unlimited)."
+                return None
+            limit = int(text)
+        try:
+            with session_scope() as session:
+                quotas.set_override(
+                    session,
+                    self.detail_id,
+                    self.override_metric,
+                    limit,
+                    self.override_reason,
+                    actor_user_id=admin.id,
+                )
+        except BillingError as err:
+            self.override_error = err.message
+            return None
+        label = METRICS[self.override_metric].label
+        self.override_saved = (
+            f"{label} limit reset to the plan." if clear else f"{label} limit saved."
+        )
+        self.override_limit = ""
+        self.override_reason = ""
+        return [AdminState.load_detail, AdminState.reload_users]
+
+    # ------------------------------------------------------------ API keys
+
+    @rx.event
+    def set_key_name(self, value: str) -> None:
+        self.key_name = value[:200]
+
+    @rx.event
+    def set_key_service(self, value: str) -> None:
+        self.key_service = value[:200]
+
+    @rx.event
+    def create_key(self) -> None:
+        from billing_app.services import api_keys
+
+        if self._admin() is None:
+            return
+        self.key_error = ""
+        service = self.key_service.strip() or self.key_name.strip()
+        try:
+            with session_scope() as session:
+                _key, secret = api_keys.create_key(
+                    session,
+                    name=self.key_name,
+                    service_name=service or None,
+                    scopes=SERVICE_SCOPES,
+                )
+                self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
+        except BillingError as err:
+            self.key_error = err.message
+            return
+        # Shown once; it lives only in this tab's state until dismissed or the page reloads.
+        self.new_secret = secret
+        self.curl_example = curl_example(self.router.url.origin, secret, self.user_id)
+        self.key_name = ""
+        self.key_service = ""
+
+    @rx.event
+    def dismiss_secret(self) -> None:
+        self.new_secret = ""
+        self.curl_example = ""
+
+    @rx.event
+    def revoke_key(self, key_id: int) -> None:
+        from billing_app.services import api_keys
+
+        if self._admin() is None:
+            return
+        try:
+            with session_scope() as session:
+                api_keys.revoke_key(session, int(key_id))
+                self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
+        except BillingError as err:
+            self.key_error = err.message

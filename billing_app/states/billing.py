@@ -1,0 +1,300 @@
+"""The /billing dashboard: plan, live usage bars, chart, plan cards, invoices."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import reflex as rx
+
+from billing_app.db import read_session, session_scope
+from billing_app.errors import BillingError
+from billing_app.metrics import METRICS
+from billing_app.plans import PAID_PLAN_KEYS, get_catalog
+from billing_app.services import metering
+from billing_app.states import views
+from billing_app.states.live import client_connected
+from billing_app.states.session import SessionState, user_from_cookie
+
+POLL_SECONDS = 1.5
+# Every Nth poll also refreshes the slower-moving parts (chart, invoices).
+SLOW_EVERY = 4
+INVOICES_PER_PAGE = 10
+ROUTE = "/billing"
+
+
+@dataclass
+class LiveData:
+    """What one poll reads: cheap, indexed lookups only."""
+
+    meters: list[views.MeterView]
+    sub: views.SubscriptionView
+    plans: list[views.PlanView]
+
+
+@dataclass
+class SlowData:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    invoices: list[views.InvoiceView] = field(default_factory=list)
+    invoice_total: int = 0
+    invoice_pages: int = 1
+
+
+def load_live(user_id: int) -> LiveData:
+    from billing_app.services import subscriptions
+
+    catalog = get_catalog()
+    with read_session() as session:
+        meters = [views.meter_view(m) for m in metering.summary(session, user_id)]
+        get_dto = getattr(subscriptions, "get_subscription_dto", None)
+        sub = views.subscription_view(get_dto(session, user_id) if get_dto else None, catalog)
+    return LiveData(meters=meters, sub=sub, plans=views.plan_views(catalog, sub.plan))
+
+
+def load_slow(user_id: int, invoice_page: int) -> SlowData:
+    with read_session() as session:
+        history = [h.to_dict() for h in metering.daily_history(session, user_id)]
+    out = SlowData(history=history)
+    try:
+        from billing_app.services import invoices
+    except ImportError:  # the Stripe engineer's module has not landed
+        return out
+    with read_session() as session:
+        page = invoices.list_invoices(
+            session, user_id=user_id, page=invoice_page, per_page=INVOICES_PER_PAGE
+        )
+    out.invoices = [views.invoice_view(i) for i in page.items]
+    out.invoice_total = page.total
+    out.invoice_pages = page.pages
+    return out
+
+
+def start_checkout(user_id: int, plan_key: str) -> str:
+    from billing_app.services import billing
+
+    with session_scope() as session:
+        return billing.create_checkout_session(session, user_id, plan_key)
+
+
+def open_portal(user_id: int) -> str:
+    from billing_app.services import billing
+
+    with session_scope() as session:
+        return billing.create_portal_session(session, user_id)
+
+
+class BillingState(SessionState):
+    sub: views.SubscriptionView = views.SubscriptionView()
+    meters: list[views.MeterView] = []
+    plans: list[views.PlanView] = []
+    history: list[dict[str, Any]] = []
+    chart_metric: str = "tokens"
+    invoices: list[views.InvoiceView] = []
+    invoice_page: int = 1
+    invoice_pages: int = 1
+    invoice_total: int = 0
+    loaded: bool = False
+    # "success" / "canceled" after returning from Checkout; "" otherwise.
+    checkout_notice: str = ""
+    # The plan whose button is waiting for Stripe, or "portal".
+    busy: str = ""
+    error: str = ""
+    # Bumped by each page load: an older poller sees a newer generation and stops.
+    _poll_gen: int = 0
+
+    # ------------------------------------------------------------ derived
+
+    @rx.var(cache=True)
+    def chart_data(self) -> list[dict[str, Any]]:
+        """One point per day of the current period for the chosen metric."""
+        return [
+            {"day": h["day"][5:], "value": h["quantity"]}
+            for h in self.history
+            if h.get("metric") == self.chart_metric
+        ]
+
+    @rx.var(cache=True)
+    def chart_total(self) -> str:
+        total = sum(h["quantity"] for h in self.history if h.get("metric") == self.chart_metric)
+        return f"{total:,}"
+
+    @rx.var(cache=True)
+    def chart_label(self) -> str:
+        m = METRICS.get(self.chart_metric)
+        return m.plural if m else self.chart_metric
+
+    @rx.var(cache=True)
+    def resets_text(self) -> str:
+        return self.meters[0].resets_text if self.meters else ""
+
+    @rx.var(cache=True)
+    def over_limit(self) -> bool:
+        return any(m.percent >= 100 and not m.unlimited for m in self.meters)
+
+    @rx.var(cache=True)
+    def near_limit(self) -> bool:
+        return any(80 <= m.percent < 100 and not m.unlimited for m in self.meters)
+
+    # ------------------------------------------------------------ events
+
+    @rx.event
+    def on_load(self) -> Any:
+        """Guard, then load everything and start the live poller."""
+        user = self._current_user()
+        if user is None:
+            return self._login_redirect()
+        checkout = self.router.url.query_parameters.get("checkout", "")
+        self.checkout_notice = checkout if checkout in ("success", "canceled", "cancel") else ""
+        if self.checkout_notice == "cancel":
+            self.checkout_notice = "canceled"
+        self.error = ""
+        self.busy = ""
+        return [BillingState.refresh, BillingState.poll]
+
+    @rx.event(background=True)
+    async def refresh(self) -> Any:
+        async with self:
+            cookie = self.router.headers.cookie
+            page = self.invoice_page
+        user = await rx.run_in_thread(lambda: user_from_cookie(cookie))
+        if user is None:
+            return
+        live = await rx.run_in_thread(lambda: load_live(user.id))
+        slow = await rx.run_in_thread(lambda: load_slow(user.id, page))
+        async with self:
+            self._apply_live(live)
+            self._apply_slow(slow)
+            self.loaded = True
+
+    @rx.event(background=True)
+    async def poll(self) -> None:
+        """Re-read usage every POLL_SECONDS while this tab is open on /billing.
+
+        Started from on_load, so Reflex 0.10 already cancels it when the tab
+        disconnects or another page loads (measured); the checks below also stop
+        it if it ever outlives those (another worker, a newer page load).
+        """
+        async with self:
+            self._poll_gen += 1
+            gen = self._poll_gen
+            token = self.router.session.client_token
+        tick = 0
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            async with self:
+                if (
+                    gen != self._poll_gen
+                    or not client_connected(token)
+                    or self.router.url.path.rstrip("/") != ROUTE
+                ):
+                    return
+                cookie = self.router.headers.cookie
+                page = self.invoice_page
+            user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
+            if user is None:
+                return
+            tick += 1
+            try:
+                live = await rx.run_in_thread(lambda: load_live(user.id))  # noqa: B023
+                slow = None
+                if tick % SLOW_EVERY == 0:
+                    slow = await rx.run_in_thread(lambda: load_slow(user.id, page))  # noqa: B023
+            except Exception:  # a DB hiccup must not kill the live view; try next tick
+                continue
+            async with self:
+                if gen != self._poll_gen:
+                    return
+                self._apply_live(live)
+                if slow is not None:
+                    self._apply_slow(slow)
+
+    def _apply_live(self, live: LiveData) -> None:
+        if live.meters != self.meters:
+            self.meters = live.meters
+        if live.sub != self.sub:
+            self.sub = live.sub
+        if live.plans != self.plans:
+            self.plans = live.plans
+
+    def _apply_slow(self, slow: SlowData) -> None:
+        if slow.history != self.history:
+            self.history = slow.history
+        if slow.invoices != self.invoices:
+            self.invoices = slow.invoices
+        self.invoice_total = slow.invoice_total
+        self.invoice_pages = slow.invoice_pages
+
+    @rx.event
+    def set_chart_metric(self, metric: str | list[str]) -> None:
+        metric = metric[0] if isinstance(metric, list) else metric
+        if metric in METRICS:
+            self.chart_metric = metric
+
+    @rx.event
+    def dismiss_notice(self) -> None:
+        self.checkout_notice = ""
+
+    @rx.event
+    def dismiss_error(self) -> None:
+        self.error = ""
+
+    @rx.event
+    def next_invoices(self) -> Any:
+        if self.invoice_page < self.invoice_pages:
+            self.invoice_page += 1
+            return BillingState.refresh
+        return None
+
+    @rx.event
+    def prev_invoices(self) -> Any:
+        if self.invoice_page > 1:
+            self.invoice_page -= 1
+            return BillingState.refresh
+        return None
+
+    @rx.event(background=True)
+    async def choose_plan(self, plan_key: str) -> Any:
+        """A plan card's button: Checkout for a new subscriber, the portal for a subscriber."""
+        if plan_key not in PAID_PLAN_KEYS:
+            return None
+        async with self:
+            if self.busy:
+                return None
+            user = self._current_user()
+            if user is None:
+                return self._login_redirect()
+            subscriber = self.sub.is_subscriber
+            self.busy = plan_key
+            self.error = ""
+        return await self._go_to_stripe(
+            lambda: open_portal(user.id) if subscriber else start_checkout(user.id, plan_key)
+        )
+
+    @rx.event(background=True)
+    async def manage_subscription(self) -> Any:
+        async with self:
+            if self.busy:
+                return None
+            user = self._current_user()
+            if user is None:
+                return self._login_redirect()
+            self.busy = "portal"
+            self.error = ""
+        return await self._go_to_stripe(lambda: open_portal(user.id))
+
+    async def _go_to_stripe(self, call: Any) -> Any:
+        try:
+            url = await rx.run_in_thread(call)
+        except BillingError as err:
+            async with self:
+                self.busy = ""
+                self.error = err.message
+            return None
+        except Exception:
+            async with self:
+                self.busy = ""
+                self.error = "Could not reach the payment provider. Please try again."
+            return None
+        # A different host, so the browser does a full navigation (is_external would open a tab).
+        return rx.redirect(url)

@@ -1,0 +1,92 @@
+"""Pure formatting helpers: DTO values to the short strings the pages show."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from billing_app.clock import as_utc
+
+_CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£"}
+
+
+def money(amount: int | None, currency: str | None = "usd") -> str:
+    """Minor units to "$19.00" (or "19.00 SEK" for currencies without a sign)."""
+    if amount is None:
+        return "—"
+    cur = (currency or "usd").lower()
+    value = f"{amount / 100:,.2f}"
+    sign = _CURRENCY_SIGNS.get(cur)
+    return f"{sign}{value}" if sign else f"{value} {cur.upper()}"
+
+
+def number(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def compact(value: int) -> str:
+    """1_000_000 -> "1M", 100_000 -> "100K": for plan cards."""
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if value >= size:
+            text = f"{value / size:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{suffix}"
+    return str(value)
+
+
+def date(value: datetime | str | None) -> str:
+    """ "Nov 25, 2026"; empty for None."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return as_utc(value).strftime("%b %-d, %Y")
+
+
+def period(start: datetime | None, end: datetime | None) -> str:
+    if start is None and end is None:
+        return ""
+    return f"{date(start)} – {date(end)}"
+
+
+def meter_color(percent: float, unlimited: bool) -> str:
+    """The bar's Radix colour: amber from 80 %, red from 100 %."""
+    if unlimited:
+        return "grass"
+    if percent >= 100:
+        return "red"
+    if percent >= 80:
+        return "amber"
+    return "indigo"
+
+
+def status_color(status: str) -> str:
+    return {
+        "active": "grass",
+        "trialing": "blue",
+        "past_due": "amber",
+        "unpaid": "red",
+        "canceled": "gray",
+        "incomplete": "orange",
+        "incomplete_expired": "gray",
+        "paused": "gray",
+        "paid": "grass",
+        "open": "blue",
+        "draft": "gray",
+        "void": "gray",
+        "uncollectible": "red",
+        "free": "gray",
+    }.get(status, "gray")
+
+
+def status_label(status: str) -> str:
+    return status.replace("_", " ").capitalize() if status else ""
+
+
+def get(obj: Any, name: str, default: Any = None) -> Any:
+    """Read a field from a DTO or a dict alike (services return either)."""
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)

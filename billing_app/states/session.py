@@ -1,0 +1,95 @@
+"""The signed-in user, derived from the server-side session on every event.
+
+The browser only holds the HttpOnly session cookie; Reflex sees it in the
+websocket's request headers. Nothing the browser sends in an event is trusted
+as identity: handlers call `_current_user()` again each time.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import reflex as rx
+
+from billing_app.db import session_scope
+from billing_app.services.dto import UserDTO
+
+
+def safe_next(target: str | None, default: str = "/billing") -> str:
+    """Only same-site relative paths may be a post-login destination (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def login_url(next_path: str) -> str:
+    return f"/login?next={quote(safe_next(next_path), safe='/')}"
+
+
+def user_from_cookie(cookie_header: str) -> UserDTO | None:
+    """Resolve the session cookie to a user through the auth service (one DB read)."""
+    from billing_app.services import auth  # the API engineer's module
+
+    token = auth.parse_session_cookie(cookie_header or "")
+    if not token:
+        return None
+    with session_scope() as session:
+        return auth.user_for_token(session, token)
+
+
+class SessionState(rx.State):
+    """Base for every page state: who is signed in (for display only)."""
+
+    user_id: int = 0
+    user_email: str = ""
+    user_name: str = ""
+    user_role: str = ""
+    # False until the first check ran, so guarded pages show a spinner, not a flash.
+    auth_checked: bool = False
+
+    @rx.var
+    def signed_in(self) -> bool:
+        return self.user_id > 0
+
+    @rx.var
+    def is_admin(self) -> bool:
+        return self.user_role == "admin"
+
+    @rx.var
+    def user_initial(self) -> str:
+        return (self.user_name or self.user_email or "?")[:1].upper()
+
+    def _current_user(self) -> UserDTO | None:
+        """Re-derive the user from the session cookie and refresh the display vars."""
+        try:
+            user = user_from_cookie(self.router.headers.cookie)
+        except ImportError:
+            user = None
+        self.auth_checked = True
+        if user is None:
+            self.user_id, self.user_email, self.user_name, self.user_role = 0, "", "", ""
+            return None
+        self.user_id = user.id
+        self.user_email = user.email
+        self.user_name = user.display_name
+        self.user_role = user.role
+        return user
+
+    def _login_redirect(self) -> rx.event.EventSpec:
+        url = self.router.url
+        path = url.path or "/billing"
+        query = url.query
+        return rx.redirect(login_url(f"{path}?{query}" if query else path))
+
+    @rx.event
+    def load_user(self) -> None:
+        """on_load for public pages: show who is signed in in the header."""
+        self._current_user()
+
+    @rx.event
+    def redirect_home(self) -> rx.event.EventSpec:
+        """`/`: the dashboard when signed in, else the sign-in page."""
+        user = self._current_user()
+        if user is None:
+            return rx.redirect("/login")
+        return rx.redirect("/billing")

@@ -1,0 +1,323 @@
+"""View models: plain dataclasses built from service DTOs, the only shapes State vars hold.
+
+Display strings are formatted here, in Python, so pages stay pure layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from billing_app.metrics import METRICS
+from billing_app.plans import Plan
+from billing_app.states import format as fmt
+from billing_app.states.format import get
+
+
+@dataclasses.dataclass
+class MeterView:
+    metric: str = ""
+    label: str = ""
+    used: int = 0
+    limit: int = 0
+    unlimited: bool = False
+    percent: int = 0
+    used_text: str = ""
+    limit_text: str = ""
+    percent_text: str = ""
+    resets_text: str = ""
+    color: str = "indigo"
+
+
+@dataclasses.dataclass
+class PlanView:
+    key: str = ""
+    name: str = ""
+    price: str = ""
+    description: str = ""
+    features: list[str] = dataclasses.field(default_factory=list)
+    is_current: bool = False
+    highlight: bool = False
+
+
+@dataclasses.dataclass
+class SubscriptionView:
+    plan: str = "free"
+    plan_name: str = "Free"
+    status: str = "free"
+    status_label: str = "Free"
+    status_color: str = "gray"
+    price: str = ""
+    renews_text: str = ""
+    cancel_at_period_end: bool = False
+    past_due: bool = False
+    grace_text: str = ""
+    is_subscriber: bool = False
+
+
+@dataclasses.dataclass
+class InvoiceView:
+    id: str = ""
+    number: str = ""
+    date: str = ""
+    period: str = ""
+    amount: str = ""
+    status: str = ""
+    status_label: str = ""
+    status_color: str = "gray"
+    hosted_url: str = ""
+    pdf_url: str = ""
+    user_email: str = ""
+
+
+@dataclasses.dataclass
+class AdminUserView:
+    id: int = 0
+    email: str = ""
+    display_name: str = ""
+    role: str = "user"
+    plan: str = "free"
+    plan_name: str = "Free"
+    status: str = ""
+    status_label: str = ""
+    status_color: str = "gray"
+    created: str = ""
+    meters: list[MeterView] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class QuotaView:
+    metric: str = ""
+    label: str = ""
+    limit_text: str = ""
+    plan_limit_text: str = ""
+    source: str = "plan"
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class StatView:
+    label: str = ""
+    value: str = ""
+    hint: str = ""
+
+
+@dataclasses.dataclass
+class ApiKeyView:
+    id: int = 0
+    name: str = ""
+    prefix: str = ""
+    owner: str = ""
+    created: str = ""
+    last_used: str = ""
+    revoked: bool = False
+
+
+@dataclasses.dataclass
+class AuditView:
+    when: str = ""
+    metric: str = ""
+    change: str = ""
+    reason: str = ""
+
+
+def _limit_text(limit: int) -> str:
+    return "Unlimited" if limit == 0 else fmt.number(limit)
+
+
+def meter_view(m: Any) -> MeterView:
+    """From a MeterStatus (or the admin row's usage dict)."""
+    unlimited = bool(get(m, "unlimited", False))
+    used = int(get(m, "used", 0) or 0)
+    limit = int(get(m, "limit", 0) or 0)
+    percent = float(get(m, "percent", 0) or 0)
+    if not unlimited and limit:
+        # Show how far past the limit usage went; the bar itself is clamped at 100.
+        percent = used / limit * 100
+    metric = str(get(m, "metric", ""))
+    resets = get(m, "resets_at")
+    return MeterView(
+        metric=metric,
+        label=str(get(m, "label", "") or (METRICS[metric].label if metric in METRICS else metric)),
+        used=used,
+        limit=limit,
+        unlimited=unlimited,
+        percent=min(int(percent), 100),
+        used_text=fmt.number(used),
+        limit_text=_limit_text(limit) if not unlimited else "Unlimited",
+        percent_text="" if unlimited else f"{percent:.0f}%",
+        resets_text=f"Resets on {fmt.date(resets)}" if resets else "",
+        color=fmt.meter_color(percent, unlimited),
+    )
+
+
+def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -> list[PlanView]:
+    out = []
+    for plan in catalog.values():
+        if paid_only and not plan.is_paid:
+            continue
+        features = [
+            f"{'Unlimited' if plan.limit_for(k) == 0 else fmt.compact(plan.limit_for(k))} "
+            f"{m.plural}"
+            for k, m in METRICS.items()
+        ]
+        out.append(
+            PlanView(
+                key=plan.key,
+                name=plan.name,
+                price=fmt.money(plan.amount, plan.currency).removesuffix(".00"),
+                description=plan.description,
+                features=features,
+                is_current=plan.key == current,
+                highlight=plan.key == "pro",
+            )
+        )
+    return out
+
+
+def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
+    if sub is None:
+        return SubscriptionView()
+    status = str(get(sub, "status", "") or "")
+    plan_key = str(get(sub, "plan", "free") or "free")
+    plan = catalog.get(plan_key)
+    live = status in ("active", "trialing", "past_due")
+    amount = get(sub, "amount", plan.amount if plan else None)
+    end = get(sub, "current_period_end")
+    cancel = bool(get(sub, "cancel_at_period_end", False))
+    if not live:
+        renews = f"Ended {fmt.date(end)}" if end else ""
+    elif cancel:
+        renews = f"Cancels on {fmt.date(end)}" if end else "Cancels at period end"
+    else:
+        renews = f"Renews on {fmt.date(end)}" if end else ""
+    grace = get(sub, "grace_ends_at")
+    return SubscriptionView(
+        plan=plan_key if live else "free",
+        plan_name=str(get(sub, "plan_name", "") or (plan.name if plan else plan_key.title()))
+        if live
+        else "Free",
+        status=status,
+        status_label=fmt.status_label(status),
+        status_color=fmt.status_color(status),
+        price=f"{fmt.money(amount, get(sub, 'currency', 'usd'))} / month"
+        if live and amount
+        else "",
+        renews_text=renews,
+        cancel_at_period_end=cancel,
+        past_due=status == "past_due",
+        grace_text=f"Your plan stays active until {fmt.date(grace)}." if grace else "",
+        is_subscriber=live,
+    )
+
+
+def invoice_view(inv: Any) -> InvoiceView:
+    status = str(get(inv, "status", "") or "")
+    paid = get(inv, "amount_paid", 0) or 0
+    due = get(inv, "amount_due", 0) or 0
+    return InvoiceView(
+        id=str(get(inv, "id", "") or get(inv, "stripe_invoice_id", "") or ""),
+        number=str(get(inv, "number", "") or "Draft"),
+        date=fmt.date(get(inv, "created_at")),
+        period=fmt.period(get(inv, "period_start"), get(inv, "period_end")),
+        amount=fmt.money(paid if status == "paid" else due, get(inv, "currency", "usd")),
+        status=status,
+        status_label=fmt.status_label(status),
+        status_color=fmt.status_color(status),
+        hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
+        pdf_url=str(get(inv, "invoice_pdf", "") or ""),
+        user_email=str(get(inv, "user_email", "") or ""),
+    )
+
+
+def admin_user_view(row: Any) -> AdminUserView:
+    status = str(get(row, "status", "") or "")
+    if status == "none":
+        status = ""
+    return AdminUserView(
+        id=int(get(row, "id", 0)),
+        email=str(get(row, "email", "")),
+        display_name=str(get(row, "display_name", "") or ""),
+        role=str(get(row, "role", "user")),
+        plan=str(get(row, "plan", "free") or "free"),
+        plan_name=str(get(row, "plan_name", "") or "Free"),
+        status=status or "free",
+        status_label=fmt.status_label(status) if status else "No subscription",
+        status_color=fmt.status_color(status or "free"),
+        created=fmt.date(get(row, "created_at")),
+        meters=[meter_view(u) for u in (get(row, "usage", None) or [])],
+    )
+
+
+def quota_view(q: Any) -> QuotaView:
+    metric = str(get(q, "metric", ""))
+    return QuotaView(
+        metric=metric,
+        label=METRICS[metric].label if metric in METRICS else metric,
+        limit_text=_limit_text(int(get(q, "limit", 0))),
+        plan_limit_text=_limit_text(int(get(q, "plan_limit", 0))),
+        source=str(get(q, "source", "plan")),
+        reason=str(get(q, "reason", "") or ""),
+    )
+
+
+def audit_view(a: Any) -> AuditView:
+    def lim(v: Any) -> str:
+        return "—" if v is None else _limit_text(int(v))
+
+    metric = str(get(a, "metric", ""))
+    return AuditView(
+        when=fmt.date(get(a, "created_at")),
+        metric=METRICS[metric].label if metric in METRICS else metric,
+        change=f"{lim(get(a, 'old_limit'))} → {lim(get(a, 'new_limit'))}",
+        reason=str(get(a, "reason", "")),
+    )
+
+
+def api_key_view(k: Any) -> ApiKeyView:
+    return ApiKeyView(
+        id=int(get(k, "id", 0)),
+        name=str(get(k, "name", "")),
+        prefix=str(get(k, "prefix", "")),
+        owner=str(get(k, "service_name", "") or get(k, "user_email", "") or ""),
+        created=fmt.date(get(k, "created_at")),
+        last_used=fmt.date(get(k, "last_used_at")) or "Never",
+        revoked=get(k, "revoked_at") is not None or bool(get(k, "revoked", False)),
+    )
+
+
+_STAT_LABELS = {
+    "total_users": "Total users",
+    "active_subscribers": "Active subscribers",
+    "mrr": "MRR",
+    "failed_payments": "Failed payments",
+    "past_due_subscriptions": "Past due",
+}
+
+
+def stat_views(stats: dict[str, Any]) -> list[StatView]:
+    """headline_stats() -> cards; the per-plan dict becomes one card per plan."""
+    stats = dict(stats or {})
+    currency = str(stats.pop("currency", "usd") or "usd")
+    out: list[StatView] = []
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                out.append(StatView(label=f"{str(sub).title()} subscribers", value=_stat(key, v)))
+            continue
+        label = _STAT_LABELS.get(key) or key.replace("_", " ").capitalize()
+        if key == "mrr" and isinstance(value, int | float):
+            out.append(StatView(label=label, value=fmt.money(int(value), currency)))
+        else:
+            out.append(StatView(label=label, value=_stat(key, value)))
+    # Money and trouble first, then counts.
+    order = ["MRR", "Active subscribers", "Failed payments", "Past due", "Total users"]
+    return sorted(out, key=lambda s: order.index(s.label) if s.label in order else len(order))
+
+
+def _stat(key: str, value: Any) -> str:
+    if isinstance(value, int | float) and ("revenue" in key or "amount" in key):
+        return fmt.money(int(value))
+    if isinstance(value, int):
+        return fmt.number(value)
+    return str(value)

@@ -1,0 +1,211 @@
+"""The real app for browser tests: `reflex run --env prod` on a free port, a temp SQLite
+database, and the Stripe sandbox (in-process) delivering webhooks to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from billing_app.cli import demo
+from billing_app.settings import PROJECT_ROOT
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+BUILD_TIMEOUT = 300.0
+
+pytestmark = pytest.mark.browser
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/browser" in str(item.fspath):
+            item.add_marker(pytest.mark.browser)
+            if not Path(CHROMIUM).exists():
+                item.add_marker(pytest.mark.skip(reason=f"{CHROMIUM} not installed"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveApp:
+    url: str
+    database_url: str
+    api_key: str
+    admin_email: str
+    admin_password: str
+    user_email: str
+    user_password: str
+    log: Path
+
+    def post_usage(self, user_id: int, metric: str, quantity: int, key: str | None = None) -> dict:
+        r = httpx.post(
+            f"{self.url}/api/billing/usage",
+            headers={"Authorization": f"Bearer {key or self.api_key}"},
+            json={"user_id": user_id, "metric": metric, "quantity": quantity},
+            timeout=10,
+        )
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def user_id(self, email: str) -> int:
+        from billing_app.db import create_db_engine, session_scope
+        from billing_app.services import users
+
+        engine = create_db_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                user = users.get_user_by_email(session, email)
+                assert user is not None and user.id is not None
+                return user.id
+        finally:
+            engine.dispose()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + BUILD_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"reflex exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if (
+                httpx.get(f"{url}/api/health", timeout=2).status_code == 200
+                and httpx.get(f"{url}/login", timeout=5, follow_redirects=True).status_code == 200
+            ):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the app did not start in {BUILD_TIMEOUT:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed")
+    from stripe_sandbox import SandboxConfig, SandboxServer
+
+    tmp = tmp_path_factory.mktemp("live")
+    database_url = f"sqlite:///{tmp / 'app.db'}"
+    port = free_port()
+    url = f"http://localhost:{port}"
+    demo.migrate(database_url)
+    seeded = demo.seed(database_url)
+
+    sandbox = SandboxServer(
+        SandboxConfig(webhook_url=f"http://127.0.0.1:{port}/api/billing/webhook")
+    )
+    sandbox.start()
+    env = demo.app_env(
+        port,
+        {
+            "DATABASE_URL": database_url,
+            "APP_URL": url,
+            "API_URL": url,
+            "STRIPE_SANDBOX_PORT": str(sandbox.port),
+            "ENVIRONMENT": "test",
+        },
+    )
+    for var in ("STRIPE_SECRET_KEY", "BILLING_PLANS_JSON", "ADMIN_EMAILS", "STRIPE_API_BASE"):
+        env.pop(var, None)
+    log = tmp / "reflex.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            demo.reflex_command(),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown stops every child
+        )
+    try:
+        _wait_ready(url, proc, log)
+        yield LiveApp(
+            url=url,
+            database_url=database_url,
+            api_key=seeded.api_key,
+            admin_email=demo.DEMO_ADMIN[0],
+            admin_password=demo.DEMO_ADMIN[2],
+            user_email=demo.DEMO_USER[0],
+            user_password=demo.DEMO_USER[2],
+            log=log,
+        )
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sandbox.stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args: dict) -> dict:
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}}
+
+
+@pytest.fixture(autouse=True)
+def _expect_timeout() -> None:
+    expect.set_options(timeout=15_000)
+
+
+def screenshot(page: Page, name: str, full_page: bool = True) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def login(page: Page, app: LiveApp, email: str, password: str, next_path: str = "/billing") -> None:
+    page.goto(f"{app.url}/login?next={next_path}")
+    page.locator("#email").fill(email)
+    page.locator("#password").fill(password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(re.compile(re.escape(app.url + next_path)))
+
+
+_counter = iter(range(1, 10_000))
+
+
+def signup(page: Page, app: LiveApp, prefix: str = "buyer") -> str:
+    """A fresh account per test, so tests do not share plans or usage."""
+    email = f"{prefix}{next(_counter)}-{int(time.time() * 1000) % 10**8}@example.com"
+    page.goto(f"{app.url}/signup")
+    page.locator("#display_name").fill(prefix.title())
+    page.locator("#email").fill(email)
+    page.locator("#password").fill("correct-horse-battery")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(re.compile(re.escape(app.url) + "/billing"))
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+    return email
+
+
+__all__ = ["LiveApp", "login", "screenshot", "signup"]

@@ -1,0 +1,224 @@
+"""The product in a real browser: sign-up, guards, checkout, live usage, portal, admin."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import LiveApp, login, screenshot, signup
+
+pytestmark = pytest.mark.browser
+
+
+def meter_bar(page: Page, label: str):  # noqa: ANN201
+    return page.get_by_role("progressbar", name=label)
+
+
+def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
+    page.goto(f"{live_app.url}/signup")
+    expect(page.get_by_role("heading", name="Create your account")).to_be_visible()
+    screenshot(page, "signup")
+
+    email = signup(page, live_app, "ada")
+    expect(page.get_by_text(email)).to_be_visible()
+    expect(page.locator("#current-plan")).to_have_text("Free")
+
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r".*/login"))
+
+    # A wrong password is refused with an inline error.
+    page.locator("#email").fill(email)
+    page.locator("#password").fill("not-the-password")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("incorrect")
+
+    login(page, live_app, email, "correct-horse-battery")
+    expect(page.get_by_text(email)).to_be_visible()
+
+
+def test_signed_out_billing_goes_to_login_and_back(page: Page, live_app: LiveApp) -> None:
+    page.goto(f"{live_app.url}/billing")
+    page.wait_for_url(re.compile(r".*/login\?next=%2Fbilling|.*/login\?next=/billing"))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    screenshot(page, "login")
+    page.locator("#email").fill(live_app.user_email)
+    page.locator("#password").fill(live_app.user_password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(re.compile(re.escape(live_app.url) + "/billing"))
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+
+    # "/" goes to the dashboard once signed in; a canceled Checkout says so.
+    page.goto(live_app.url + "/")
+    page.wait_for_url(re.compile(re.escape(live_app.url) + "/billing"))
+    page.goto(f"{live_app.url}/billing?checkout=canceled")
+    expect(page.locator("#checkout-canceled")).to_contain_text("You have not been charged")
+
+
+def test_non_admin_sees_403(page: Page, live_app: LiveApp) -> None:
+    login(page, live_app, live_app.user_email, live_app.user_password)
+    page.goto(f"{live_app.url}/admin/billing")
+    expect(page.get_by_text("403")).to_be_visible()
+    expect(page.get_by_text("You don't have access to this page")).to_be_visible()
+    expect(page.locator("#users-table")).to_have_count(0)
+    screenshot(page, "403")
+    # The admin API refuses the same user too.
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    r = httpx.get(f"{live_app.url}/api/billing/admin/users", cookies=cookies, timeout=10)
+    assert r.status_code == 403
+
+
+def test_usage_moves_bars_live_with_thresholds(page: Page, live_app: LiveApp) -> None:
+    email = signup(page, live_app, "meter")
+    user_id = live_app.user_id(email)
+    bar = meter_bar(page, "API calls")
+    expect(bar).to_have_attribute("aria-valuenow", "0")
+
+    live_app.post_usage(user_id, "api_calls", 50)  # 50 of 100 on Free
+    expect(bar).to_have_attribute("aria-valuenow", "50", timeout=4000)
+    expect(bar).to_have_attribute("data-color", "indigo")
+    expect(page.locator("#meter-api_calls")).to_contain_text("50 / 100")
+
+    live_app.post_usage(user_id, "api_calls", 30)  # 80 %: amber
+    expect(bar).to_have_attribute("data-color", "amber", timeout=4000)
+    expect(page.get_by_text("You have used over 80% of a limit")).to_be_visible()
+
+    live_app.post_usage(user_id, "api_calls", 25)  # 105 %: red, bar full
+    expect(bar).to_have_attribute("data-color", "red", timeout=4000)
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    expect(page.locator("#meter-api_calls")).to_contain_text("105%")
+    expect(page.get_by_text("You have reached a limit on your plan")).to_be_visible()
+
+
+def test_subscribe_pro_then_change_plan_in_portal(
+    page: Page, live_app: LiveApp, browser: Browser
+) -> None:
+    email = signup(page, live_app, "buyer")
+    expect(page.locator("#meter-tokens")).to_contain_text("/ 10,000")
+
+    page.locator("#choose-pro").click()
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    page.locator("#card-number").fill("4242 4242 4242 4242")
+    page.locator("#pay").click()
+    page.wait_for_url(re.compile(re.escape(live_app.url) + r"/billing.*checkout=success"))
+    expect(page.locator("#checkout-success")).to_be_visible()
+    # The webhook lands asynchronously; the page picks it up without a reload.
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.locator("#meter-tokens")).to_contain_text("/ 1,000,000")
+    expect(page.locator("#meter-api_calls")).to_contain_text("/ 10,000")
+    expect(page.get_by_role("button", name="Current plan")).to_be_disabled()
+
+    # The invoice table lists the payment with working links.
+    table = page.locator("#invoices-table")
+    expect(table).to_contain_text("$99.00")
+    expect(table).to_contain_text("Paid")
+    for name in ("View", "PDF"):
+        href = table.get_by_role("link", name=name).first.get_attribute("href")
+        assert href and href.startswith("http")
+        assert httpx.get(href, timeout=10).status_code == 200
+
+    # Some usage, so the screenshot shows bars and a chart.
+    user_id = live_app.user_id(email)
+    live_app.post_usage(user_id, "tokens", 420_000)
+    live_app.post_usage(user_id, "api_calls", 8_600)
+    live_app.post_usage(user_id, "scraping_tasks", 120)
+    expect(page.locator("#meter-api_calls")).to_contain_text("8,600 / 10,000")
+    expect(page.locator(".recharts-area-area")).to_be_visible()
+    screenshot(page, "billing")
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone.context.add_cookies(page.context.cookies())
+    phone.goto(f"{live_app.url}/billing")
+    expect(phone.locator("#current-plan")).to_have_text("Pro")
+    screenshot(phone, "billing-phone")
+    phone.close()
+
+    # Portal: switch to Basic, come back, see the new plan and limits.
+    page.locator("#manage-subscription").click()
+    page.wait_for_url(re.compile(r".*/portal/.*"))
+    page.locator("#switch-price_sandbox_basic").click()
+    page.locator("#return-link").click()
+    page.wait_for_url(re.compile(re.escape(live_app.url) + "/billing"))
+    expect(page.locator("#current-plan")).to_have_text("Basic")
+    expect(page.locator("#meter-tokens")).to_contain_text("/ 100,000")
+
+
+def test_admin_console(page: Page, live_app: LiveApp) -> None:
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+
+    # Enough users for several pages, all sharing a searchable domain.
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        for i in range(45):
+            if users.get_user_by_email(session, f"crowd{i:02d}@pager.test") is None:
+                users.create_user(session, f"crowd{i:02d}@pager.test", f"Crowd {i}")
+    engine.dispose()
+
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    expect(page.get_by_role("heading", name="Billing admin")).to_be_visible()
+    expect(page.locator("#stats")).to_contain_text("MRR")
+    expect(page.locator("#users-table")).to_be_visible()
+    screenshot(page, "admin", full_page=False)
+
+    # Search, then paginate the matches.
+    page.locator("#user-search").fill("crowd")
+    expect(page.get_by_text("1–20 of 45")).to_be_visible()
+    page.get_by_role("button", name="Next users page").click()
+    expect(page.get_by_text("21–40 of 45")).to_be_visible()
+    page.get_by_role("button", name="Next users page").click()
+    expect(page.get_by_text("41–45 of 45")).to_be_visible()
+
+    # Filter by plan: nobody in the crowd pays.
+    page.get_by_role("combobox", name="Filter by plan").click()
+    page.get_by_role("option", name="Pro").click()
+    expect(page.get_by_text("No users match")).to_be_visible()
+    page.get_by_role("combobox", name="Filter by plan").click()
+    page.get_by_role("option", name="Free").click()
+    expect(page.get_by_text("1–20 of 45")).to_be_visible()
+
+    page.get_by_role("combobox", name="Filter by status").click()
+    page.get_by_role("option", name="Active").click()
+    expect(page.get_by_text("No users match")).to_be_visible()
+    page.get_by_role("combobox", name="Filter by status").click()
+    page.get_by_role("option", name="No subscription").click()
+    expect(page.get_by_text("1–20 of 45")).to_be_visible()
+
+    # Override a quota with a reason, from the user drawer.
+    page.locator("#user-search").fill("crowd07@")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    page.get_by_role("button", name="Details for crowd07@pager.test").click()
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text("crowd07@pager.test")
+    drawer.get_by_role("textbox", name="New limit").fill("777")
+    drawer.get_by_role("button", name="Save override").click()
+    expect(drawer).to_contain_text("A reason is required")
+    drawer.get_by_role("textbox", name="Reason").fill("Pilot customer")
+    drawer.get_by_role("button", name="Save override").click()
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    expect(drawer).to_contain_text("777")
+    expect(drawer.get_by_text("Override", exact=True)).to_be_visible()
+    screenshot(page, "admin-user", full_page=False)
+    page.keyboard.press("Escape")
+
+    # Invoices across all users, filtered by status.
+    page.get_by_role("tab", name="Invoices").click()
+    page.get_by_role("combobox", name="Filter invoices by status").click()
+    page.get_by_role("option", name="Void").click()
+    expect(page.get_by_text("Nothing matches this filter.")).to_be_visible()
+    page.get_by_role("combobox", name="Filter invoices by status").click()
+    page.get_by_role("option", name="Paid").click()
+    invoices = page.locator("#admin-invoices-table")
+    expect(invoices).to_contain_text("Paid")  # the Pro checkout earlier in this session
+    expect(invoices).not_to_contain_text("Open")
+
+    # API key: created, shown once, and it works against the usage API.
+    page.get_by_role("tab", name="API keys").click()
+    page.get_by_role("textbox", name="Key name").fill("browser-test")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret.startswith("bk_")
+    expect(page.locator("#curl-example")).to_contain_text(secret)
+    expect(page.locator("#keys-table")).to_contain_text("browser-test")
+    live_app.post_usage(live_app.user_id("crowd07@pager.test"), "tokens", 5, key=secret)

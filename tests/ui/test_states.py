@@ -1,0 +1,243 @@
+"""Reflex State classes without a browser: guards, loading, admin actions, view models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import reflex as rx
+import reflex.constants as c
+from reflex.istate.data import RouterData
+from sqlmodel import Session
+
+from billing_app import settings as app_settings_module
+from billing_app.services import auth, metering, quotas
+from billing_app.states import format as fmt
+from billing_app.states import views
+from billing_app.states.admin import AdminState
+from billing_app.states.auth_pages import AuthFormState
+from billing_app.states.billing import BillingState, load_live, load_slow
+from billing_app.states.session import safe_next
+from tests.factories import make_user
+
+
+def state_for(cls: type[rx.State], *, cookie: str = "", path: str = "/billing") -> Any:
+    """A fresh state tree with the router a page load would give it."""
+    root = rx.State()
+    data = {
+        c.RouteVar.HEADERS: {"cookie": cookie, "origin": "http://localhost:8000"},
+        c.RouteVar.PATH: path.split("?")[0],
+        c.RouteVar.ORIGIN: path,
+        c.RouteVar.CLIENT_TOKEN: "test-token",
+    }
+    root.router_data = data
+    root.router = RouterData.from_router_data(data)
+    return root.get_substate(tuple(cls.get_full_name().split(".")))
+
+
+def cookie_for(session: Session, user_id: int) -> str:
+    return f"{auth.SESSION_COOKIE}={auth.new_session(session, user_id)}"
+
+
+def limit_of(session: Session, user_id: int, metric: str) -> int | None:
+    """Read, then end the transaction: SQLite would otherwise keep the write lock."""
+    value = quotas.limit_for(session, user_id, metric)
+    session.rollback()
+    return value
+
+
+# ------------------------------------------------------------------ formatting
+
+
+@pytest.mark.parametrize(
+    ("percent", "unlimited", "color"),
+    [(0, False, "indigo"), (79.9, False, "indigo"), (80, False, "amber"), (99, False, "amber"),
+     (100, False, "red"), (250, False, "red"), (100, True, "grass")],
+)  # fmt: skip
+def test_meter_color_thresholds(percent: float, unlimited: bool, color: str) -> None:
+    assert fmt.meter_color(percent, unlimited) == color
+
+
+def test_money_and_compact() -> None:
+    assert fmt.money(9900, "usd") == "$99.00"
+    assert fmt.money(123456, "sek") == "1,234.56 SEK"
+    assert fmt.compact(1_000_000) == "1M"
+    assert fmt.compact(1_500) == "1.5K"
+    assert fmt.compact(10) == "10"
+
+
+def test_meter_view_over_limit_and_unlimited() -> None:
+    resets = datetime(2026, 12, 1, tzinfo=UTC)
+    over = views.meter_view(
+        {"metric": "api_calls", "used": 105, "limit": 100, "unlimited": False, "percent": 100.0,
+         "resets_at": resets}
+    )  # fmt: skip
+    assert (over.percent, over.percent_text, over.color) == (100, "105%", "red")
+    assert over.used_text == "105" and over.limit_text == "100"
+    assert over.resets_text == "Resets on Dec 1, 2026"
+    unlimited = views.meter_view(
+        {"metric": "tokens", "used": 5, "limit": 0, "unlimited": True, "percent": 0.0}
+    )
+    assert unlimited.limit_text == "Unlimited" and unlimited.percent_text == ""
+
+
+def test_safe_next_refuses_other_sites() -> None:
+    assert safe_next("/billing?x=1") == "/billing?x=1"
+    for bad in ("https://evil.example", "//evil.example", "/\\evil", "", None):
+        assert safe_next(bad) == "/billing"
+
+
+# ------------------------------------------------------------------ billing
+
+
+def test_billing_guard_sends_signed_out_visitor_to_login(session: Session) -> None:
+    st = state_for(BillingState, path="/billing?checkout=success")
+    result = st.on_load()
+    assert not st.signed_in
+    spec = result
+    assert spec.handler.fn.__name__ == "_redirect" or "redirect" in str(spec)
+    assert "/login?next=/billing" in str(spec.args)
+
+
+def test_billing_forged_cookie_is_not_a_user(session: Session) -> None:
+    make_user(session, email="victim@example.com")
+    st = state_for(BillingState, cookie=f"{auth.SESSION_COOKIE}=forged-token")
+    st.on_load()
+    assert st.user_id == 0 and not st.signed_in
+
+
+def test_billing_load_for_signed_in_user(session: Session) -> None:
+    user = make_user(session, email="reader@example.com")
+    st = state_for(
+        BillingState, cookie=cookie_for(session, user.id), path="/billing?checkout=success"
+    )
+    result = st.on_load()
+    assert st.user_email == "reader@example.com" and st.signed_in
+    assert st.checkout_notice == "success"
+    assert isinstance(result, list) and len(result) == 2  # refresh + live poller
+
+    metering.record(session, user.id, "tokens", 9_000)
+    live = load_live(user.id)
+    tokens = next(m for m in live.meters if m.metric == "tokens")
+    assert (tokens.used, tokens.limit, tokens.color) == (9_000, 10_000, "amber")
+    assert live.sub.plan == "free" and not live.sub.is_subscriber
+    assert [p.key for p in live.plans] == ["basic", "pro", "enterprise"]
+
+    slow = load_slow(user.id, 1)
+    assert sum(h["quantity"] for h in slow.history if h["metric"] == "tokens") == 9_000
+    st.history = slow.history
+    st.chart_metric = "tokens"
+    assert st.chart_total == "9,000"
+
+
+def test_billing_chart_metric_setter_validates(session: Session) -> None:
+    st = state_for(BillingState)
+    st.set_chart_metric("api_calls")
+    assert st.chart_metric == "api_calls"
+    st.set_chart_metric("bogus")
+    assert st.chart_metric == "api_calls"
+
+
+# ------------------------------------------------------------------ admin
+
+
+def test_admin_page_forbidden_for_non_admin(session: Session) -> None:
+    user = make_user(session, email="plain@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, user.id), path="/admin/billing")
+    assert st.on_load() is None
+    assert st.forbidden
+    # Handlers refuse too, whatever the browser sends.
+    st.open_user(user.id)
+    assert not st.drawer_open
+    st.key_name = "sneaky"
+    st.create_key()
+    assert st.new_secret == ""
+
+
+def test_admin_override_and_api_key(session: Session) -> None:
+    admin = make_user(session, email="boss@example.com", admin=True)
+    target = make_user(session, email="target@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    assert st.on_load() is not None and not st.forbidden
+
+    st.open_user(target.id)
+    assert st.drawer_open and st.detail_id == target.id
+    st.set_override_metric("tokens")
+    st.set_override_limit("25,000")
+    st.save_override()
+    assert "reason" in st.override_error.lower()
+    st.set_override_reason("Pilot customer")
+    st.save_override()
+    assert st.override_error == "" and st.override_saved == "Tokens limit saved."
+    assert limit_of(session, target.id, "tokens") == 25_000
+
+    st.set_override_limit("lots")
+    st.set_override_reason("x")
+    st.save_override()
+    assert "whole number" in st.override_error
+
+    st.set_override_reason("Back to plan")
+    st.clear_override()
+    assert limit_of(session, target.id, "tokens") == 10_000
+
+    st.set_key_name("scraper-prod")
+    st.create_key()
+    assert st.new_secret.startswith("bk_") and st.key_error == ""
+    assert st.new_secret in st.curl_example and "/api/billing/usage" in st.curl_example
+    assert any(k.name == "scraper-prod" for k in st.keys)
+    st.revoke_key(st.keys[0].id)
+    assert st.keys[0].revoked or any(k.revoked for k in st.keys)
+
+
+def test_admin_filters_only_accept_known_values(session: Session) -> None:
+    st = state_for(AdminState, path="/admin/billing")
+    st.set_plan_filter("pro")
+    assert st.plan_filter == "pro"
+    st.set_plan_filter("'; drop table")
+    assert st.plan_filter == "all"
+    st.set_sort("-usage_tokens")
+    assert st.sort == "-usage_tokens"
+    st.set_sort("nonsense")
+    assert st.sort == "-created"
+    st.page = 3
+    st.set_status_filter("past_due")
+    assert st.status_filter == "past_due" and st.page == 1
+
+
+def test_subscription_view_past_due_and_canceled() -> None:
+    from billing_app.plans import get_catalog
+
+    end = datetime(2026, 12, 25, tzinfo=UTC)
+    base = {"plan": "pro", "plan_name": "Pro", "current_period_end": end, "amount": 9900,
+            "currency": "usd", "cancel_at_period_end": False,
+            "grace_ends_at": datetime(2026, 12, 2, tzinfo=UTC)}  # fmt: skip
+    past_due = views.subscription_view({**base, "status": "past_due"}, get_catalog())
+    assert past_due.past_due and past_due.is_subscriber and past_due.plan == "pro"
+    assert past_due.status_color == "amber" and "Dec 2, 2026" in past_due.grace_text
+    canceling = views.subscription_view(
+        {**base, "status": "active", "cancel_at_period_end": True}, get_catalog()
+    )
+    assert canceling.renews_text == "Cancels on Dec 25, 2026"
+    canceled = views.subscription_view({**base, "status": "canceled"}, get_catalog())
+    assert not canceled.is_subscriber and canceled.plan_name == "Free"
+    assert views.subscription_view(None, get_catalog()).plan == "free"
+
+
+def test_login_page_reads_error_next_and_sso(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OIDC_ISSUER", "https://sso.example.com")
+    app_settings_module.get_settings.cache_clear()
+    st = state_for(AuthFormState, path="/login?error=Email+or+password+is+incorrect.&next=//evil")
+    assert st.on_load() is None
+    assert st.error == "Email or password is incorrect."
+    assert st.next_path == "/billing" and st.sso_enabled
+    assert st.sso_url == "/api/auth/oidc/login?next=/billing"
+
+    user = make_user(session, email="back@example.com")
+    st = state_for(
+        AuthFormState, cookie=cookie_for(session, user.id), path="/login?next=/admin/billing"
+    )
+    result = st.on_load()  # already signed in: straight on to `next`
+    assert result is not None and "/admin/billing" in str(result.args)
