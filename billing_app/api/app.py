@@ -2,27 +2,100 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from typing import Any
+from urllib.parse import urlsplit
 
-from billing_app.errors import BillingError
+from fastapi import FastAPI
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Receive, Scope, Send
+
+from billing_app.api import admin_routes, auth_routes, billing_routes, errors, service_routes
+from billing_app.settings import get_settings
 
 
 def create_api() -> FastAPI:
+    settings = get_settings()
     api = FastAPI(
         title="Billing API",
         version="1.0.0",
+        description=(
+            "Stripe subscriptions and usage metering. Authenticate with the session cookie "
+            "(`billing_session`, set by /api/auth/login) or `Authorization: Bearer <API key>`."
+        ),
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
+    errors.install(api)
 
-    @api.exception_handler(BillingError)
-    def _billing_error(_request: Request, exc: BillingError) -> JSONResponse:
-        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
+    # Signed cookie holding only the OIDC state/nonce/PKCE verifier between redirects.
+    api.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret,
+        session_cookie="billing_oidc",
+        max_age=600,
+        same_site="lax",
+        https_only=urlsplit(settings.app_url).scheme == "https",
+    )
+    api.add_middleware(errors.BodyLimitMiddleware)
 
     @api.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    api.include_router(auth_routes.router)
+    api.include_router(service_routes.router)
+    api.include_router(billing_routes.router)
+    api.include_router(admin_routes.router)
+    try:  # the Stripe webhook (billing_app/api/webhook.py), when present
+        from billing_app.api import webhook
+    except ImportError:
+        webhook = None  # type: ignore[assignment]
+    if webhook is not None and hasattr(webhook, "router"):
+        api.include_router(webhook.router)
+
+    _install_api_fallback(api)
     return api
+
+
+class ApiFallback(BaseRoute):
+    """Unknown /api paths get our error shape (404, or 405 with Allow) instead of falling
+    through to Reflex, which is mounted under this app at "" and would answer anything.
+
+    It yields to any route registered after it (e.g. a router included after
+    create_api()), so its position in the route list does not matter.
+    """
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+
+    def _others(self) -> list[BaseRoute]:
+        return [r for r in self.router.routes if r is not self and not isinstance(r, Mount)]
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return Match.NONE, {}
+        if any(r.matches(scope)[0] == Match.FULL for r in self._others()):
+            return Match.NONE, {}
+        return Match.FULL, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = sorted(
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(r.matches({**scope, "method": method})[0] == Match.FULL for r in self._others())
+        )
+        if allowed:
+            response = errors.error_response(
+                405, "method_not_allowed", "Method not allowed.", {"Allow": ", ".join(allowed)}
+            )
+        else:
+            response = errors.error_response(
+                404, "not_found", f"No endpoint {scope['method']} {scope['path']}."
+            )
+        await response(scope, receive, send)
+
+
+def _install_api_fallback(api: FastAPI) -> None:
+    api.router.routes.append(ApiFallback(api.router))

@@ -222,3 +222,36 @@ class AuthSession(SQLModel, table=True):
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     user_agent: str | None = Field(default=None, max_length=500)
     ip: str | None = Field(default=None, max_length=64)
+
+
+class LoginAttempt(SQLModel, table=True):
+    """Failed sign-ins, counted per account and per IP for rate limiting (shared by workers)."""
+
+    __tablename__ = "login_attempt"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    email: str = Field(max_length=320)
+    ip: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+    __table_args__ = (
+        sa.Index("ix_login_attempt_email_created", "email", "created_at"),
+        sa.Index("ix_login_attempt_ip_created", "ip", "created_at"),
+    )
+
+
+# Admin user search: `email LIKE 'abc%'` uses this index on PostgreSQL whatever the collation.
+sa.Index(
+    "ix_user_email_pattern",
+    User.__table__.c.email,  # type: ignore[attr-defined]
+    postgresql_ops={"email": "varchar_pattern_ops"},
+)
+# Admin sort by sign-up date.
+sa.Index("ix_user_created_at", User.__table__.c.created_at)  # type: ignore[attr-defined]
+# Admin sort by usage: the period's counters for one metric, ordered by `used`.
+sa.Index(
+    "ix_usage_counter_metric_period_used",
+    UsageCounter.__table__.c.metric,  # type: ignore[attr-defined]
+    UsageCounter.__table__.c.period_start,  # type: ignore[attr-defined]
+    UsageCounter.__table__.c.used,  # type: ignore[attr-defined]
+)

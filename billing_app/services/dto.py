@@ -112,6 +112,7 @@ class ApiKeyDTO(DTO):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    user_email: str | None = None  # the owner's email, for user keys
 
     @property
     def kind(self) -> str:

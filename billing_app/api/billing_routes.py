@@ -1,0 +1,159 @@
+"""End-user billing endpoints (session cookie or the user's own API key).
+
+Every query is scoped by the signed-in user, never by an id from the request.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, is_dataclass
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from sqlmodel import Session
+
+from billing_app.api import schemas as s
+from billing_app.api.deps import current_user, db_session
+from billing_app.errors import ServiceUnavailable, ValidationFailed
+from billing_app.plans import PAID_PLAN_KEYS, get_catalog
+from billing_app.services import admin, metering, quotas
+from billing_app.services.dto import Page, UserDTO
+from billing_app.services.subscriptions import current_subscription, plan_key_for
+
+router = APIRouter(prefix="/api/billing", tags=["billing"], responses=s.errors(*s.COMMON))
+
+
+def stripe_service(module: str, name: str) -> Any:
+    """A function from the Stripe engineer's services (503 until it is deployed)."""
+    try:
+        fn = getattr(importlib.import_module(f"billing_app.services.{module}"), name, None)
+    except ImportError:
+        fn = None
+    if fn is None:
+        raise ServiceUnavailable("Billing with Stripe is not available right now.")
+    return fn
+
+
+def as_dict(obj: Any) -> Any:
+    if obj is None or isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return dict(obj)
+
+
+def page_out(page: Page) -> dict[str, Any]:
+    return {
+        "items": [as_dict(i) for i in page.items],
+        "total": page.total,
+        "page": page.page,
+        "per_page": page.per_page,
+        "pages": page.pages,
+    }
+
+
+def invoices_page(
+    session: Session, *, user_id: int | None, status: str | None, page: int, per_page: int
+) -> Page:
+    try:
+        fn = stripe_service("invoices", "list_invoices")
+    except ServiceUnavailable:
+        fn = None
+    if fn is None:
+        return admin.list_invoices_page(
+            session, user_id=user_id, status=status, page=page, per_page=per_page
+        )
+    return fn(session, user_id=user_id, status=status, page=page, per_page=per_page)
+
+
+@router.post("/checkout", response_model=s.UrlOut, responses=s.errors(409, 502))
+def checkout(
+    body: s.CheckoutIn,
+    user: UserDTO = Depends(current_user),
+    session: Session = Depends(db_session),
+) -> dict[str, str]:
+    """Start Stripe Checkout for a paid plan; redirect the browser to `url`."""
+    if body.plan not in PAID_PLAN_KEYS:
+        raise ValidationFailed(
+            f"plan must be one of: {', '.join(PAID_PLAN_KEYS)}.", field="plan", plan=body.plan
+        )
+    fn = stripe_service("billing", "create_checkout_session")
+    return {"url": fn(session, user.id, body.plan)}
+
+
+@router.post("/portal", response_model=s.UrlOut, responses=s.errors(409, 502))
+def portal(
+    user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
+) -> dict[str, str]:
+    """Open the Stripe customer portal for the signed-in user."""
+    fn = stripe_service("billing", "create_portal_session")
+    return {"url": fn(session, user.id)}
+
+
+@router.get("/subscription", response_model=s.SubscriptionOut)
+def subscription(
+    user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
+) -> dict[str, Any]:
+    plan = get_catalog()[plan_key_for(current_subscription(session, user.id))]
+    fn = None
+    try:
+        fn = stripe_service("subscriptions", "get_subscription_dto")
+    except ServiceUnavailable:
+        pass
+    if fn is not None:
+        sub = as_dict(fn(session, user.id))
+    else:
+        sub = admin._subscription_dict(session, user.id)
+    session.rollback()
+    return {"plan": plan.key, "plan_name": plan.name, "subscription": sub}
+
+
+@router.get("/quota", response_model=s.QuotasOut)
+def quota(
+    user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
+) -> dict[str, Any]:
+    """Limits per metric (plan or admin override) with this period's usage."""
+    plan_key = plan_key_for(current_subscription(session, user.id))
+    meters = {m.metric: m for m in metering.summary(session, user.id)}
+    out = []
+    for q in quotas.get_quotas(session, user.id):
+        m = meters[q.metric]
+        out.append(
+            {**q.to_dict(), "used": m.used, "remaining": m.remaining, "resets_at": m.resets_at}
+        )
+    return {"plan": plan_key, "quotas": out}
+
+
+@router.get("/usage", response_model=s.UsageSummaryOut)
+def usage(
+    history: Literal["daily"] | None = Query(default=None, description="daily: per-day series"),
+    user: UserDTO = Depends(current_user),
+    session: Session = Depends(db_session),
+) -> dict[str, Any]:
+    """This period per metric: used, limit, remaining, percent, resets_at."""
+    plan_key = plan_key_for(current_subscription(session, user.id))
+    out: dict[str, Any] = {
+        "plan": plan_key,
+        "metrics": [m.to_dict() for m in metering.summary(session, user.id)],
+    }
+    if history == "daily":
+        out["history"] = [d.to_dict() for d in metering.daily_history(session, user.id)]
+    return out
+
+
+@router.get("/invoices", response_model=s.InvoicePage)
+def invoices(
+    status: str | None = Query(default=None, max_length=32),
+    page: int = Query(default=1, ge=1, le=100_000),
+    per_page: int = Query(default=20, ge=1, le=100),
+    user: UserDTO = Depends(current_user),
+    session: Session = Depends(db_session),
+) -> dict[str, Any]:
+    """The signed-in user's invoices, newest first."""
+    return page_out(
+        invoices_page(session, user_id=user.id, status=status, page=page, per_page=per_page)
+    )

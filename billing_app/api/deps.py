@@ -1,0 +1,151 @@
+"""Request dependencies: a DB session, the caller (principal), CSRF, roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from billing_app.db import session_scope
+from billing_app.errors import CsrfFailed, Forbidden, Unauthorized
+from billing_app.services import api_keys, auth
+from billing_app.services.dto import Principal, UserDTO
+from billing_app.settings import get_settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def db_session() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+def _origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def allowed_origins(request: Request) -> set[str]:
+    """The app's own origins: APP_URL, API_URL and the host this request was sent to."""
+    settings = get_settings()
+    out = {o for o in (_origin_of(settings.app_url), _origin_of(settings.api_url)) if o}
+    host = request.headers.get("host")
+    if host:
+        # Behind a TLS-terminating proxy the scheme seen here may be http: accept both.
+        out |= {f"http://{host}".lower(), f"https://{host}".lower()}
+    return out
+
+
+def request_origin(request: Request) -> str | None:
+    """Origin, else the origin of Referer, else None."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        return origin.lower().rstrip("/")
+    if origin == "null":
+        return "null"
+    referer = request.headers.get("referer")
+    return _origin_of(referer) if referer else None
+
+
+def check_same_origin(request: Request, *, required: bool) -> None:
+    """CSRF rule: a cookie-authenticated state change must come from our own origin.
+
+    `required=False` (sign-in forms) only rejects a foreign Origin; a client that
+    sends neither Origin nor Referer (curl, a service) is allowed there.
+    """
+    origin = request_origin(request)
+    if origin is None:
+        if required:
+            raise CsrfFailed(
+                "Missing Origin header on a cookie-authenticated request.", reason="no_origin"
+            )
+        return
+    if origin not in allowed_origins(request):
+        raise CsrfFailed("Cross-site request refused.", reason="foreign_origin")
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("Authorization must be 'Bearer <API key>'.")
+    return value.strip()
+
+
+def optional_principal(
+    request: Request, session: Session = Depends(db_session)
+) -> Principal | None:
+    return resolve_principal(request, session)
+
+
+def require_principal(request: Request, session: Session) -> Principal:
+    """For hot-path routes that resolve the caller inside their own thread (no extra hops)."""
+    p = resolve_principal(request, session)
+    if p is None:
+        raise Unauthorized("Sign in or send an API key.")
+    return p
+
+
+def resolve_principal(request: Request, session: Session) -> Principal | None:
+    """Bearer API key, else the session cookie (with the CSRF rule for state changes)."""
+    secret = _bearer(request)
+    if secret is not None:
+        return api_keys.authenticate(session, secret)
+    token = request.cookies.get(auth.SESSION_COOKIE)
+    if not token:
+        return None
+    user = auth.user_for_token(session, token)
+    if user is None:
+        return None
+    if request.method not in SAFE_METHODS:
+        check_same_origin(request, required=True)
+    return Principal(kind="user", user=user, via="session")
+
+
+async def principal(p: Principal | None = Depends(optional_principal)) -> Principal:
+    # async: no I/O here, so no thread hop on the hot path
+    if p is None:
+        raise Unauthorized("Sign in or send an API key.")
+    return p
+
+
+async def current_user(p: Principal = Depends(principal)) -> UserDTO:
+    """A user (by session or by that user's API key); a service key is not a user."""
+    if p.user is None:
+        raise Forbidden("This endpoint acts for a user; use a session or a user API key.")
+    return p.user
+
+
+async def admin_user(user: UserDTO = Depends(current_user)) -> UserDTO:
+    if user.role != "admin":
+        raise Forbidden("Admins only.")
+    return user
+
+
+def require_scope(p: Principal, scope: str) -> None:
+    """An API key restricted to scopes may only do what they name (no scopes: unrestricted)."""
+    if p.via == "api_key" and p.scopes and scope not in p.scopes:
+        raise Forbidden(f"This API key lacks the {scope!r} scope.", scope=scope)
+
+
+def resolve_user_id(p: Principal, user_id: int | None) -> int:
+    """Whom a service call acts for: a service key names the user; a user acts for itself."""
+    if user_id is None:
+        if p.user is None:
+            from billing_app.errors import ValidationFailed
+
+            raise ValidationFailed("user_id is required with a service key.", field="user_id")
+        return p.user.id
+    if not p.can_act_for(user_id):
+        raise Forbidden("This key may only act for its own user.", user_id=user_id)
+    return user_id

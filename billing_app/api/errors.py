@@ -1,0 +1,196 @@
+"""One error shape everywhere: {"error": {"code", "message", ...details}}.
+
+Bad input is always a 4xx; a database outage is a 503 (never a 500 or a hang);
+anything else unexpected is a bare 500 without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy.exc as sa_exc
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from billing_app.errors import BillingError
+
+log = logging.getLogger("billing_app.api")
+
+MAX_BODY = 1024 * 1024  # 1 MiB
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, **jsonable_encoder(details)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
+
+
+def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    fields = []
+    events: dict[int, list[dict[str, Any]]] = {}
+    for e in errs:
+        loc = tuple(e.get("loc") or ())
+        item = {"field": _loc(loc), "message": e.get("msg", "invalid"), "type": e.get("type")}
+        fields.append(item)
+        # Batch events are named by their index: body.events.<i>.<field>
+        if len(loc) >= 3 and loc[:2] == ("body", "events") and isinstance(loc[2], int):
+            field = ".".join(str(p) for p in loc[3:]) or "event"
+            events.setdefault(loc[2], []).append({"field": field, "message": item["message"]})
+    details: dict[str, Any] = {"fields": fields}
+    if events:
+        details["events"] = [{"index": i, "errors": errs_} for i, errs_ in sorted(events.items())]
+        message = f"{len(events)} event(s) are invalid; nothing was recorded."
+    else:
+        first = fields[0] if fields else {"field": "body", "message": "invalid"}
+        message = f"{first['field']}: {first['message']}"
+    return error_response(422, "validation_error", message, **details)
+
+
+def _billing(_request: Request, exc: BillingError) -> JSONResponse:
+    headers = None
+    retry = exc.details.get("retry_after")
+    if isinstance(retry, int):
+        headers = {"Retry-After": str(retry)}
+    elif exc.status_code == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="billing"'}
+    return JSONResponse(
+        {"error": jsonable_encoder(exc.to_dict())}, status_code=exc.status_code, headers=headers
+    )
+
+
+def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ").capitalize()
+    if exc.status_code == 404 and message == "Not Found":
+        message = "No such endpoint."
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+
+def _db_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The database is unavailable; retry shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated or isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError
+    ):
+        return _db_down(request, exc)
+    if isinstance(exc, sa_exc.DataError):
+        # A value the column cannot hold (e.g. a NUL character in JSON on PostgreSQL):
+        # bad input, so a 422, never a 500. The transaction was rolled back.
+        return error_response(
+            422,
+            "invalid_value",
+            "A value in the request cannot be stored (wrong range or characters).",
+        )
+    return _unexpected(request, exc)
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def install(api: FastAPI) -> None:
+    api.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    api.add_exception_handler(BillingError, _billing)  # type: ignore[arg-type]
+    api.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    api.add_exception_handler(sa_exc.DBAPIError, _dbapi)  # type: ignore[arg-type]
+    # Pool exhausted while the database is down: also "unavailable", not a hang or a 500.
+    api.add_exception_handler(sa_exc.TimeoutError, _db_down)
+    api.add_exception_handler(Exception, _unexpected)
+
+
+class _TooLarge(HTTPException):
+    """Raised while FastAPI reads the body; FastAPI re-raises HTTPExceptions as they are."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "The request body is larger than 1024 KiB.")
+
+
+class BodyLimitMiddleware:
+    """413 for /api bodies over MAX_BODY: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(scope, receive, send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "payload_too_large",
+            f"The request body is larger than {self.max_body // 1024} KiB.",
+            max_bytes=self.max_body,
+        )
+        await response(scope, receive, send)

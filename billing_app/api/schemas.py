@@ -1,0 +1,321 @@
+"""Request and response bodies: what /api/openapi.json documents (schemathesis checks it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from billing_app.metrics import MAX_QUANTITY, METRIC_KEYS
+
+_METRICS = ", ".join(METRIC_KEYS)
+# Ids are 32-bit INTEGER columns: larger numbers cannot name a row (and must not reach SQL).
+MAX_ID = 2**31 - 1
+
+
+# ------------------------------------------------------------------ errors
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(examples=["validation_error"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, all in the one error shape."""
+    text = {
+        400: "Malformed request",
+        401: "Not signed in / invalid API key",
+        403: "Not allowed (or quota exceeded, or CSRF check failed)",
+        404: "Not found",
+        409: "Conflict",
+        413: "Body larger than 1 MiB",
+        422: "Validation failed",
+        429: "Rate limited",
+        502: "Payment provider error",
+        503: "Database unavailable",
+    }
+    return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}
+
+
+COMMON = (400, 401, 403, 413, 422, 503)
+
+
+# ------------------------------------------------------------------ users & auth
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    display_name: str
+    role: str
+    created_at: datetime
+
+
+class AuthOut(BaseModel):
+    user: UserOut
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class LoginIn(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+    next: str | None = Field(default=None, max_length=2000)
+
+
+class SignupIn(LoginIn):
+    display_name: str = Field(default="", max_length=200)
+
+
+# ------------------------------------------------------------------ usage
+
+
+class MeterOut(BaseModel):
+    metric: str
+    label: str
+    used: int
+    limit: int = Field(description="0 means unlimited")
+    unlimited: bool
+    remaining: int | None
+    percent: float
+    period_start: datetime
+    resets_at: datetime
+
+
+class DailyOut(BaseModel):
+    day: str
+    metric: str
+    quantity: int
+
+
+class UsageSummaryOut(BaseModel):
+    plan: str
+    metrics: list[MeterOut]
+    history: list[DailyOut] | None = None
+
+
+class QuotaOut(BaseModel):
+    metric: str
+    limit: int = Field(description="0 means unlimited")
+    unlimited: bool
+    source: str = Field(description="plan or admin")
+    plan_limit: int
+    reason: str | None
+
+
+class QuotaStatusOut(QuotaOut):
+    used: int
+    remaining: int | None
+    resets_at: datetime
+
+
+class QuotasOut(BaseModel):
+    plan: str
+    quotas: list[QuotaStatusOut]
+
+
+class UsageIn(BaseModel):
+    user_id: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_ID,
+        description="Required for service keys; defaults to the caller",
+    )
+    metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
+    quantity: StrictInt = Field(gt=0, le=MAX_QUANTITY)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    metadata: dict[str, Any] | None = None
+    occurred_at: datetime | None = None
+
+
+class ConsumeIn(BaseModel):
+    user_id: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
+    metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
+    quantity: StrictInt = Field(gt=0, le=MAX_QUANTITY)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    metadata: dict[str, Any] | None = None
+
+
+class CheckIn(BaseModel):
+    user_id: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
+    metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
+    quantity: StrictInt = Field(default=1, gt=0, le=MAX_QUANTITY)
+
+
+class BatchIn(BaseModel):
+    events: list[UsageIn] = Field(min_length=1, max_length=1000)
+
+
+class EventOut(BaseModel):
+    id: int
+    user_id: int
+    metric: str
+    quantity: int
+    occurred_at: datetime
+    recorded_at: datetime
+    idempotency_key: str
+    metadata: dict[str, Any] | None
+
+
+class RecordOut(BaseModel):
+    event: EventOut
+    duplicate: bool
+    over_limit: bool
+    metric: str
+    used: int
+    limit: int
+    unlimited: bool
+    remaining: int | None
+    percent: float
+    resets_at: datetime
+
+
+class BatchOut(BaseModel):
+    recorded: int
+    duplicates: int
+    results: list[RecordOut]
+
+
+class CheckOut(BaseModel):
+    allowed: bool
+    metric: str
+    requested: int
+    used: int
+    limit: int
+    unlimited: bool
+    remaining: int | None
+    resets_at: datetime
+    reason: str | None
+
+
+# ------------------------------------------------------------------ billing
+
+
+class CheckoutIn(BaseModel):
+    plan: str = Field(max_length=32, description="basic, pro or enterprise")
+
+
+class UrlOut(BaseModel):
+    url: str
+
+
+class SubscriptionOut(BaseModel):
+    plan: str
+    plan_name: str
+    subscription: dict[str, Any] | None
+
+
+class InvoicePage(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    page: int
+    per_page: int
+    pages: int
+
+
+# ------------------------------------------------------------------ admin
+
+
+class AdminUsageOut(BaseModel):
+    metric: str
+    label: str
+    used: int
+    limit: int
+    unlimited: bool
+    percent: float
+
+
+class AdminUserRowOut(BaseModel):
+    id: int
+    email: str
+    display_name: str
+    role: str
+    plan: str
+    plan_name: str
+    status: str
+    usage: list[AdminUsageOut]
+    created_at: datetime
+
+
+class AdminUserPage(BaseModel):
+    items: list[AdminUserRowOut]
+    total: int
+    page: int
+    per_page: int
+    pages: int
+
+
+class AuditOut(BaseModel):
+    metric: str
+    old_limit: int | None
+    new_limit: int | None
+    reason: str
+    actor_user_id: int | None
+    created_at: datetime
+
+
+class AdminUserDetailOut(BaseModel):
+    user: UserOut
+    plan: str
+    plan_name: str
+    subscription: dict[str, Any] | None
+    usage: list[MeterOut]
+    quotas: list[QuotaOut]
+    audit_log: list[AuditOut]
+    invoices: list[dict[str, Any]]
+
+
+class QuotaOverrideIn(BaseModel):
+    metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
+    limit: StrictInt | None = Field(
+        default=None, ge=0, description="New limit (0 = unlimited); null clears the override"
+    )
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ApiKeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    user_id: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
+    service_name: str | None = Field(default=None, min_length=1, max_length=200)
+    scopes: list[str] = Field(default_factory=list, max_length=10)
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    kind: str
+    user_id: int | None
+    service_name: str | None
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    user_email: str | None = None
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    secret: str = Field(description="Shown once; store it now")
+
+
+class ApiKeyListOut(BaseModel):
+    items: list[ApiKeyOut]
+
+
+class StatsOut(BaseModel):
+    total_users: int
+    active_subscribers: int
+    subscribers_by_plan: dict[str, int]
+    mrr: int
+    currency: str
+    failed_payments: int
+    past_due_subscriptions: int

@@ -1,0 +1,169 @@
+"""Usage ingestion and quota checks for services: the hot path.
+
+Plain `def` routes that open their own DB session and resolve the caller inside the
+one worker thread (no per-dependency thread hops), and answer with a pre-serialised
+JSONResponse (the declared response_model documents it; FastAPI skips re-validating).
+
+A service key may act for any user (`user_id` required); a user's key or session
+only for that user (`user_id` optional, must be its own).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from billing_app.api import schemas as s
+from billing_app.api.deps import require_principal, require_scope, resolve_user_id
+from billing_app.db import session_scope
+from billing_app.errors import ValidationFailed
+from billing_app.services import metering, metering_batch
+from billing_app.services.dto import RecordResult
+
+router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409))
+
+_IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
+
+
+def record_out(r: RecordResult) -> dict[str, Any]:
+    """RecordOut as plain JSON types."""
+    ev, st = r.event, r.status
+    return {
+        "event": {
+            "id": ev.id,
+            "user_id": ev.user_id,
+            "metric": ev.metric,
+            "quantity": ev.quantity,
+            "occurred_at": ev.occurred_at.isoformat(),
+            "recorded_at": ev.recorded_at.isoformat(),
+            "idempotency_key": ev.idempotency_key,
+            "metadata": ev.metadata,
+        },
+        "duplicate": r.duplicate,
+        "over_limit": r.over_limit,
+        "metric": st.metric,
+        "used": st.used,
+        "limit": st.limit,
+        "unlimited": st.unlimited,
+        "remaining": st.remaining,
+        "percent": st.percent,
+        "resets_at": st.resets_at.isoformat(),
+    }
+
+
+def _key(body_key: str | None, header_key: str | None) -> str | None:
+    if header_key is not None and body_key is not None and header_key != body_key:
+        raise ValidationFailed(
+            "Idempotency-Key header and body idempotency_key differ.", field="idempotency_key"
+        )
+    key = body_key if body_key is not None else header_key
+    if key is not None and (not key.strip() or len(key) > 255):
+        raise ValidationFailed(
+            "Idempotency key must be 1 to 255 characters.", field="idempotency_key"
+        )
+    return key
+
+
+_CREATED = {
+    201: {"model": s.RecordOut, "description": "Recorded"},
+    200: {"model": s.RecordOut, "description": "Duplicate of an earlier event (`duplicate`)"},
+}
+
+
+@router.post("/usage", status_code=201, response_model=s.RecordOut, responses=_CREATED)
+def post_usage(
+    body: s.UsageIn,
+    request: Request,
+    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
+) -> JSONResponse:
+    """Record usage that already happened (allowed past the limit, reported as `over_limit`)."""
+    key = _key(body.idempotency_key, idempotency_key)
+    with session_scope() as session:
+        p = require_principal(request, session)
+        require_scope(p, "usage:write")
+        user_id = resolve_user_id(p, body.user_id)
+        result = metering.record(
+            session, user_id, body.metric, body.quantity, key, body.metadata, body.occurred_at
+        )
+    return JSONResponse(record_out(result), status_code=200 if result.duplicate else 201)
+
+
+@router.post(
+    "/usage/batch",
+    status_code=201,
+    response_model=s.BatchOut,
+    responses={200: {"model": s.BatchOut, "description": "Every event was a duplicate"}},
+)
+def post_usage_batch(body: s.BatchIn, request: Request) -> JSONResponse:
+    """Up to 1,000 events: all validated first (422 naming each bad one by index), then
+    stored in one transaction."""
+    with session_scope() as session:
+        p = require_principal(request, session)
+        require_scope(p, "usage:write")
+        raw = []
+        bad = []
+        for i, ev in enumerate(body.events):
+            try:
+                uid = resolve_user_id(p, ev.user_id)
+            except ValidationFailed as err:
+                bad.append({"index": i, **err.to_dict()})
+                continue
+            raw.append({**ev.model_dump(), "user_id": uid})
+        if bad:
+            raise ValidationFailed(
+                f"{len(bad)} of {len(body.events)} events are invalid; nothing was recorded.",
+                events=bad,
+            )
+        events = metering_batch.validate_batch(raw)
+        results = metering_batch.record_batch(session, events)
+    new = sum(1 for r in results if not r.duplicate)
+    return JSONResponse(
+        {
+            "recorded": new,
+            "duplicates": len(results) - new,
+            "results": [record_out(r) for r in results],
+        },
+        status_code=201 if new else 200,
+    )
+
+
+@router.post("/quota/check", response_model=s.CheckOut)
+def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
+    """Would `quantity` more fit in the user's quota? Reads only."""
+    with session_scope() as session:
+        p = require_principal(request, session)
+        require_scope(p, "usage:read")
+        user_id = resolve_user_id(p, body.user_id)
+        r = metering.check(session, user_id, body.metric, body.quantity)
+    return JSONResponse(
+        {
+            "allowed": r.allowed,
+            "metric": r.metric,
+            "requested": r.requested,
+            "used": r.used,
+            "limit": r.limit,
+            "unlimited": r.unlimited,
+            "remaining": r.remaining,
+            "resets_at": r.resets_at.isoformat(),
+            "reason": r.reason,
+        }
+    )
+
+
+@router.post("/usage/consume", status_code=201, response_model=s.RecordOut, responses=_CREATED)
+def consume(
+    body: s.ConsumeIn,
+    request: Request,
+    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
+) -> JSONResponse:
+    """Atomically check the quota and record; over the limit → 403 `quota_exceeded`, nothing
+    recorded."""
+    key = _key(body.idempotency_key, idempotency_key)
+    with session_scope() as session:
+        p = require_principal(request, session)
+        require_scope(p, "usage:write")
+        user_id = resolve_user_id(p, body.user_id)
+        result = metering.consume(session, user_id, body.metric, body.quantity, key, body.metadata)
+    return JSONResponse(record_out(result), status_code=200 if result.duplicate else 201)

@@ -1,0 +1,386 @@
+"""Admin views: the user list (fast at 100k users), one user's detail, headline stats.
+
+The list is one page query (LIMIT/OFFSET, index-backed email prefix search), plus
+one query for the page's usage counters and one for its quotas: no N+1.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from billing_app.clock import utcnow
+from billing_app.errors import ValidationFailed
+from billing_app.metrics import METRICS
+from billing_app.models import Invoice, Quota, Subscription, UsageCounter, User
+from billing_app.plans import PLAN_KEYS, get_catalog
+from billing_app.services import metering, quotas, users
+from billing_app.services.dto import AdminUserDetail, AdminUserRow, Page
+from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, plan_key_for
+from billing_app.settings import get_settings
+
+MAX_PER_PAGE = 200
+SORTS = ("email", "created", *(f"usage_{m}" for m in METRICS))
+SORT_KEYS = tuple(s for base in SORTS for s in (base, f"-{base}"))
+STATUS_FILTERS = ("none", "incomplete", "incomplete_expired", "trialing", "active", "past_due",
+                  "canceled", "unpaid", "paused")  # fmt: skip
+
+
+def _current_subs() -> Any:
+    """Each user's current subscription as a derived table (rn = 1), one pass over the table.
+
+    Same rule as subscriptions.current_subscription: the newest live one, else the newest.
+    """
+    rn = (
+        sa.func.row_number()
+        .over(
+            partition_by=Subscription.user_id,
+            order_by=(
+                sa.case((col(Subscription.status).in_(LIVE_STATUSES), 0), else_=1),
+                col(Subscription.created_at).desc(),
+                col(Subscription.id).desc(),
+            ),
+        )
+        .label("rn")
+    )
+    return select(
+        Subscription.user_id,
+        Subscription.status,
+        Subscription.plan,
+        Subscription.past_due_since,
+        Subscription.updated_at,
+        rn,
+    ).subquery("cur")
+
+
+def _plan_expr(cur: Any) -> Any:
+    """The plan the current subscription grants now (past_due only within the grace days)."""
+    cutoff = utcnow() - timedelta(days=get_settings().past_due_grace_days)
+    return sa.case(
+        (cur.c.status.in_(("active", "trialing")), cur.c.plan),
+        (
+            sa.and_(
+                cur.c.status == "past_due",
+                sa.func.coalesce(cur.c.past_due_since, cur.c.updated_at) > cutoff,
+            ),
+            cur.c.plan,
+        ),
+        else_="free",
+    )
+
+
+def _page_subscriptions(session: Session, ids: list[int]) -> dict[int, Subscription]:
+    """The current subscription of each listed user, in one query."""
+    subs = session.exec(
+        select(Subscription)
+        .where(col(Subscription.user_id).in_(ids))
+        .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
+    ).all()
+    out: dict[int, Subscription] = {}
+    for sub in subs:  # newest first: keep the first live one, else the newest
+        have = out.get(sub.user_id)
+        if have is None or (have.status not in LIVE_STATUSES and sub.status in LIVE_STATUSES):
+            out[sub.user_id] = sub
+    return out
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_users(
+    session: Session,
+    *,
+    q: str | None = None,
+    plan: str | None = None,
+    status: str | None = None,
+    sort: str = "email",
+    page: int = 1,
+    per_page: int = 50,
+) -> Page:
+    """One page of users with plan, subscription status and usage per metric.
+
+    `q` matches the start of the email (index-backed); `q` starting with "@" matches
+    the domain anywhere (a scan, for "everyone at acme.com").
+    """
+    if sort not in SORT_KEYS:
+        raise ValidationFailed(f"sort must be one of: {', '.join(SORT_KEYS)}.", field="sort")
+    if plan is not None and plan not in PLAN_KEYS:
+        raise ValidationFailed(f"plan must be one of: {', '.join(PLAN_KEYS)}.", field="plan")
+    if status is not None and status not in STATUS_FILTERS:
+        raise ValidationFailed(
+            f"status must be one of: {', '.join(STATUS_FILTERS)}.", field="status"
+        )
+    page = max(1, int(page))
+    per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
+    now = utcnow()
+
+    filters: list[Any] = []
+    if q:
+        q = q.strip().lower()[:320]
+        if q.startswith("@"):
+            filters.append(col(User.email).like(f"%{_escape_like(q)}%", escape="\\"))
+        else:
+            filters.append(col(User.email).like(f"{_escape_like(q)}%", escape="\\"))
+    cur = None
+    if status is not None or plan is not None:
+        cur = _current_subs()
+        if status is not None:
+            filters.append(sa.func.coalesce(cur.c.status, "none") == status)
+        if plan is not None:
+            filters.append(_plan_expr(cur) == plan)
+
+    def base_query(*columns: Any) -> Any:
+        stmt = select(*columns).select_from(User)
+        if cur is not None:
+            stmt = stmt.join(cur, sa.and_(cur.c.user_id == User.id, cur.c.rn == 1), isouter=True)
+        return stmt.where(*filters)
+
+    total = session.exec(base_query(sa.func.count())).one()
+
+    stmt = base_query(User.id, User.email, User.display_name, User.role, User.created_at)
+    desc = sort.startswith("-")
+    base = sort.lstrip("-")
+    if base.startswith("usage_"):
+        metric = base.removeprefix("usage_")
+        counter = aliased(UsageCounter)
+        stmt = stmt.join(
+            counter,
+            sa.and_(
+                counter.user_id == User.id,
+                counter.metric == metric,
+                counter.period_start <= now,
+                counter.period_end > now,
+            ),
+            isouter=True,
+        )
+        used = sa.func.coalesce(counter.used, 0)
+        stmt = stmt.order_by(used.desc() if desc else used.asc(), col(User.id).asc())
+    elif base == "created":
+        order = col(User.created_at).desc() if desc else col(User.created_at).asc()
+        stmt = stmt.order_by(order, col(User.id).desc() if desc else col(User.id).asc())
+    else:
+        stmt = stmt.order_by(col(User.email).desc() if desc else col(User.email).asc())
+    rows = list(session.exec(stmt.offset((page - 1) * per_page).limit(per_page)).all())
+
+    ids = [r[0] for r in rows]
+    used_by: dict[tuple[int, str], int] = {}
+    limits: dict[tuple[int, str], int] = {}
+    if ids:
+        for uid, metric, n in session.exec(
+            select(UsageCounter.user_id, UsageCounter.metric, UsageCounter.used).where(
+                col(UsageCounter.user_id).in_(ids),
+                col(UsageCounter.period_start) <= now,
+                col(UsageCounter.period_end) > now,
+            )
+        ).all():
+            used_by[(uid, metric)] = n
+        for uid, metric, lim in session.exec(
+            select(Quota.user_id, Quota.metric, Quota.limit).where(col(Quota.user_id).in_(ids))
+        ).all():
+            limits[(uid, metric)] = lim
+    current = _page_subscriptions(session, ids) if ids else {}
+    session.rollback()
+
+    catalog = get_catalog()
+    items = []
+    for uid, email, display_name, role, created_at in rows:
+        sub = current.get(uid)
+        plan_key = plan_key_for(sub)
+        sub_status = sub.status if sub is not None else "none"
+        usage = []
+        for m in METRICS.values():
+            lim = limits.get((uid, m.key), catalog["free"].limit_for(m.key))
+            n = used_by.get((uid, m.key), 0)
+            usage.append(
+                {
+                    "metric": m.key,
+                    "label": m.label,
+                    "used": n,
+                    "limit": lim,
+                    "unlimited": lim == 0,
+                    "percent": 0.0 if lim == 0 else round(min(n / lim * 100, 100.0), 1),
+                }
+            )
+        p = catalog.get(plan_key) or catalog["free"]
+        items.append(
+            AdminUserRow(
+                id=uid,
+                email=email,
+                display_name=display_name,
+                role=role,
+                plan=p.key,
+                plan_name=p.name,
+                status=sub_status,
+                usage=usage,
+                created_at=created_at,
+            )
+        )
+    return Page(items=items, total=total, page=page, per_page=per_page)
+
+
+def _subscription_dict(session: Session, user_id: int) -> dict[str, Any] | None:
+    try:  # the Stripe service's richer view, when it exists
+        from billing_app.services.subscriptions import get_subscription_dto  # type: ignore
+
+        dto = get_subscription_dto(session, user_id)
+        if dto is None:
+            return None
+        return dto.to_dict() if hasattr(dto, "to_dict") else dict(dto)
+    except ImportError:
+        pass
+    sub = current_subscription(session, user_id)
+    if sub is None:
+        return None
+    return {
+        "stripe_subscription_id": sub.stripe_subscription_id,
+        "plan": sub.plan,
+        "status": sub.status,
+        "current_period_start": sub.current_period_start,
+        "current_period_end": sub.current_period_end,
+        "cancel_at_period_end": sub.cancel_at_period_end,
+        "canceled_at": sub.canceled_at,
+        "past_due_since": sub.past_due_since,
+    }
+
+
+def _invoice_dict(inv: Invoice) -> dict[str, Any]:
+    return {
+        "id": inv.id,
+        "stripe_invoice_id": inv.stripe_invoice_id,
+        "number": inv.number,
+        "status": inv.status,
+        "amount_due": inv.amount_due,
+        "amount_paid": inv.amount_paid,
+        "currency": inv.currency,
+        "period_start": inv.period_start,
+        "period_end": inv.period_end,
+        "hosted_invoice_url": inv.hosted_invoice_url,
+        "invoice_pdf": inv.invoice_pdf,
+        "created_at": inv.created_at,
+    }
+
+
+def recent_invoices(session: Session, user_id: int | None, limit: int = 10) -> list[dict]:
+    try:  # the Stripe service's view (same shape as the invoice endpoints), when present
+        from billing_app.services.invoices import list_invoices
+
+        page = list_invoices(session, user_id=user_id, page=1, per_page=limit)
+        return [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in page.items]
+    except ImportError:
+        pass
+    q = select(Invoice).order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+    if user_id is not None:
+        q = q.where(Invoice.user_id == user_id)
+    return [_invoice_dict(i) for i in session.exec(q.limit(limit)).all()]
+
+
+def list_invoices_page(
+    session: Session,
+    *,
+    user_id: int | None = None,
+    status: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> Page:
+    """Invoices as dicts, newest first (used until the Stripe service's list_invoices lands)."""
+    page = max(1, int(page))
+    per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
+    filters: list[Any] = []
+    if user_id is not None:
+        filters.append(Invoice.user_id == user_id)
+    if status is not None:
+        filters.append(Invoice.status == status)
+    total = session.exec(select(sa.func.count()).select_from(Invoice).where(*filters)).one()
+    rows = session.exec(
+        select(Invoice)
+        .where(*filters)
+        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    ).all()
+    session.rollback()
+    return Page(items=[_invoice_dict(i) for i in rows], total=total, page=page, per_page=per_page)
+
+
+def user_detail(session: Session, user_id: int) -> AdminUserDetail:
+    user = users.get_user(session, user_id)
+    dto = users.to_dto(user)
+    plan = get_catalog().get(plan_key_for(current_subscription(session, user_id)))
+    plan = plan or get_catalog()["free"]
+    return AdminUserDetail(
+        user=dto,
+        plan=plan.key,
+        plan_name=plan.name,
+        subscription=_subscription_dict(session, user_id),
+        usage=metering.summary(session, user_id),
+        quotas=quotas.get_quotas(session, user_id),
+        audit_log=quotas.audit_log(session, user_id),
+        invoices=recent_invoices(session, user_id),
+    )
+
+
+def headline_stats(session: Session) -> dict[str, Any]:
+    """Subscribers per plan, MRR (minor units), failed payments, total users.
+
+    MRR counts active subscriptions and past_due ones still inside the grace period
+    (they are still being billed); trials are not revenue yet.
+    """
+    catalog = get_catalog()
+    cutoff = utcnow() - timedelta(days=get_settings().past_due_grace_days)
+    billed = sa.or_(
+        Subscription.status == "active",
+        sa.and_(
+            Subscription.status == "past_due",
+            sa.func.coalesce(Subscription.past_due_since, Subscription.updated_at) > cutoff,
+        ),
+    )
+    per_plan = dict(
+        session.exec(
+            select(Subscription.plan, sa.func.count(sa.distinct(Subscription.user_id)))
+            .where(col(Subscription.status).in_(("active", "trialing")))
+            .group_by(Subscription.plan)
+        ).all()
+    )
+    billed_per_plan = dict(
+        session.exec(
+            select(Subscription.plan, sa.func.count(sa.distinct(Subscription.user_id)))
+            .where(billed)
+            .group_by(Subscription.plan)
+        ).all()
+    )
+    mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items() if p in catalog)
+    troubled = select(Subscription.stripe_subscription_id).where(
+        col(Subscription.status).in_(("past_due", "unpaid"))
+    )
+    failed_filter = sa.or_(
+        Invoice.status == "uncollectible",
+        sa.and_(
+            Invoice.status == "open",
+            col(Invoice.stripe_subscription_id).in_(troubled),
+        ),
+    )
+    if hasattr(Invoice, "attempt_count"):  # when the Stripe service records attempts
+        failed_filter = sa.or_(
+            failed_filter,
+            sa.and_(Invoice.status == "open", Invoice.attempt_count > 0),  # type: ignore[attr-defined]
+        )
+    failed = session.exec(select(sa.func.count()).select_from(Invoice).where(failed_filter)).one()
+    total_users = session.exec(select(sa.func.count()).select_from(User)).one()
+    past_due = session.exec(
+        select(sa.func.count()).select_from(Subscription).where(Subscription.status == "past_due")
+    ).one()
+    session.rollback()
+    return {
+        "total_users": total_users,
+        "active_subscribers": sum(per_plan.values()),
+        "subscribers_by_plan": {p: per_plan.get(p, 0) for p in catalog if p != "free"},
+        "mrr": mrr,
+        "currency": "usd",
+        "failed_payments": failed,
+        "past_due_subscriptions": past_due,
+    }

@@ -1,0 +1,226 @@
+"""Local accounts and browser sessions: signup, login (rate limited), logout, OIDC matching.
+
+Sessions are opaque random tokens; only their SHA-256 is stored, so a database leak
+does not leak live sessions. The token travels in an HttpOnly cookie (SESSION_COOKIE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from billing_app.clock import utcnow
+from billing_app.errors import RateLimited, Unauthorized, ValidationFailed
+from billing_app.models import AuthSession, User
+from billing_app.models.tables import LoginAttempt
+from billing_app.services import passwords, users
+from billing_app.services.dto import UserDTO
+
+SESSION_COOKIE = "billing_session"
+SESSION_TTL = timedelta(days=14)
+# last_seen_at is written at most this often, so reading a session stays a pure read.
+SEEN_EVERY = timedelta(minutes=5)
+
+# Login rate limits: failed attempts inside the window, per account and per client IP.
+RATE_WINDOW = timedelta(minutes=15)
+MAX_FAILS_PER_ACCOUNT = 5
+MAX_FAILS_PER_IP = 20
+
+LOGIN_FAILED = "Email or password is incorrect."
+# Verified against when the account does not exist, so timing does not reveal accounts.
+_DUMMY_HASH = passwords.hash_password("not-a-real-password-ever")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_session(
+    session: Session, user_id: int, *, ip: str | None = None, user_agent: str | None = None
+) -> str:
+    """Open a session for a user; returns the token (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        AuthSession(
+            user_id=user_id,
+            token_hash=hash_token(token),
+            created_at=now,
+            expires_at=now + SESSION_TTL,
+            last_seen_at=now,
+            ip=(ip or None) and ip[:64],
+            user_agent=(user_agent or None) and user_agent[:500],
+        )
+    )
+    session.commit()
+    return token
+
+
+def signup(session: Session, email: str, password: str, display_name: str = "") -> UserDTO:
+    """Create a local account on the free plan (409 if the email is taken)."""
+    email = users.normalize_email(email)
+    if not isinstance(display_name, str):
+        raise ValidationFailed("Display name must be a string.", field="display_name")
+    password_hash = passwords.hash_password(password)
+    return users.create_user(session, email, display_name, password_hash=password_hash)
+
+
+def _recent_failures(session: Session, email: str, ip: str | None) -> tuple[int, int]:
+    since = utcnow() - RATE_WINDOW
+    by_account = session.exec(
+        select(sa.func.count())
+        .select_from(LoginAttempt)
+        .where(LoginAttempt.email == email, col(LoginAttempt.created_at) > since)
+    ).one()
+    by_ip = 0
+    if ip:
+        by_ip = session.exec(
+            select(sa.func.count())
+            .select_from(LoginAttempt)
+            .where(LoginAttempt.ip == ip, col(LoginAttempt.created_at) > since)
+        ).one()
+    return by_account, by_ip
+
+
+def _check_rate(session: Session, email: str, ip: str | None) -> None:
+    by_account, by_ip = _recent_failures(session, email, ip)
+    if by_account >= MAX_FAILS_PER_ACCOUNT or by_ip >= MAX_FAILS_PER_IP:
+        session.rollback()
+        raise RateLimited(
+            "Too many failed sign-in attempts. Try again in a few minutes.",
+            retry_after=int(RATE_WINDOW.total_seconds()),
+        )
+
+
+def login(session: Session, email: str, password: str, ip: str | None) -> tuple[UserDTO, str]:
+    """Check the password and open a session: (user, token).
+
+    Raises Unauthorized with one generic message whatever was wrong, and RateLimited
+    (429) after too many failures for this account or this IP within RATE_WINDOW.
+    """
+    if not isinstance(email, str) or not isinstance(password, str):
+        raise Unauthorized(LOGIN_FAILED)
+    email = email.strip().lower()[:320]
+    ip = (ip or None) and ip[:64]
+    _check_rate(session, email, ip)
+    user = session.exec(select(User).where(User.email == email)).first()
+    ok = passwords.verify_password(
+        user.password_hash if user else _DUMMY_HASH, password[:1024]
+    ) and bool(user and user.password_hash)
+    if not ok or user is None or user.id is None:
+        session.add(LoginAttempt(email=email, ip=ip))
+        # Keep the table small: this account's attempts older than the window are spent.
+        session.exec(
+            sa.delete(LoginAttempt).where(  # type: ignore[call-overload]
+                col(LoginAttempt.email) == email,
+                col(LoginAttempt.created_at) <= utcnow() - RATE_WINDOW,
+            )
+        )
+        session.commit()
+        raise Unauthorized(LOGIN_FAILED)
+    # A success clears this account's failures (the per-IP count keeps running).
+    session.exec(sa.delete(LoginAttempt).where(col(LoginAttempt.email) == email))  # type: ignore[call-overload]
+    dto = users.to_dto(user)
+    return dto, new_session(session, user.id, ip=ip)
+
+
+def user_for_token(session: Session, token: str | None) -> UserDTO | None:
+    """The signed-in user for a session token, or None (unknown, expired or revoked)."""
+    if not token or not isinstance(token, str) or len(token) > 256:
+        return None
+    now = utcnow()
+    row = session.exec(
+        select(AuthSession, User)
+        .join(User, col(User.id) == AuthSession.user_id)
+        .where(
+            AuthSession.token_hash == hash_token(token),
+            col(AuthSession.revoked_at).is_(None),
+            col(AuthSession.expires_at) > now,
+        )
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    auth, user = row
+    if auth.last_seen_at is None or auth.last_seen_at < now - SEEN_EVERY:
+        auth.last_seen_at = now
+        session.add(auth)
+        session.commit()
+    else:
+        session.rollback()
+    return users.to_dto(user)
+
+
+def logout(session: Session, token: str | None) -> None:
+    """Revoke the session (a no-op for an unknown token)."""
+    if not token or not isinstance(token, str):
+        return
+    session.exec(
+        sa.update(AuthSession)  # type: ignore[call-overload]
+        .where(
+            col(AuthSession.token_hash) == hash_token(token),
+            col(AuthSession.revoked_at).is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    session.commit()
+
+
+def logout_everywhere(session: Session, user_id: int) -> None:
+    session.exec(
+        sa.update(AuthSession)  # type: ignore[call-overload]
+        .where(col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    session.commit()
+
+
+def parse_session_cookie(cookie_header: str | None) -> str | None:
+    """The session token from a raw `Cookie:` header, or None.
+
+    Parsed by hand: SimpleCookie gives up on the whole header at the first cookie it
+    dislikes, and other apps on the same host may set such cookies.
+    """
+    if not cookie_header or not isinstance(cookie_header, str):
+        return None
+    for part in cookie_header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name.strip() == SESSION_COOKIE:
+            value = value.strip().strip('"')
+            if value:
+                return value
+    return None
+
+
+def oidc_user(
+    session: Session,
+    *,
+    subject: str,
+    email: str | None,
+    email_verified: bool,
+    name: str = "",
+) -> UserDTO:
+    """The local user for an OIDC identity: by subject, else by verified email, else new.
+
+    An unverified email is never used to match (or create) an account: that would let
+    anyone who controls an IdP account claim someone else's address.
+    """
+    if not subject:
+        raise Unauthorized("The identity provider did not return a subject.")
+    user = session.exec(select(User).where(User.oidc_subject == subject)).first()
+    if user is not None:
+        return users.to_dto(user)
+    if not email or not email_verified:
+        raise Unauthorized("Your identity provider did not confirm a verified email address.")
+    email = users.normalize_email(email)
+    user = session.exec(select(User).where(User.email == email)).first()
+    if user is not None:
+        user.oidc_subject = subject
+        session.add(user)
+        session.commit()
+        return users.to_dto(user)
+    return users.create_user(session, email, (name or "")[:200], oidc_subject=subject)

@@ -1,0 +1,244 @@
+"""Admin endpoints: users list/detail, quota overrides with audit, invoices, API keys, stats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_app.db import session_scope
+from billing_app.models import Invoice, Subscription
+from billing_app.services import admin, metering, quotas
+from tests.factories import make_user
+
+
+def _sub(user_id: int, plan: str, status: str, n: int = 0) -> None:
+    with session_scope() as s:
+        s.add(
+            Subscription(
+                user_id=user_id,
+                stripe_subscription_id=f"sub_{user_id}_{n}",
+                plan=plan,
+                status=status,
+            )
+        )
+        quotas.apply_plan(s, user_id, plan)
+        s.commit()
+
+
+def test_users_list_search_filter_sort_paginate(actors, frozen_clock):
+    with session_scope() as s:
+        carol = make_user(s, email="carol@acme.com")
+        metering.record(s, carol.id, "tokens", 5000)
+        metering.record(s, actors.b.id, "tokens", 700)
+        metering.record(s, actors.a.id, "api_calls", 30)
+    _sub(actors.a.id, "pro", "active")
+    _sub(actors.b.id, "basic", "canceled")
+    c = actors.cookie_client(actors.admin)
+    r = c.get("/api/billing/admin/users")
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["total"] == 4
+    assert [u["email"] for u in page["items"]] == [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@acme.com",
+        "root@example.com",
+    ]
+    alice = page["items"][0]
+    assert alice["plan"] == "pro" and alice["plan_name"] == "Pro" and alice["status"] == "active"
+    calls = next(u for u in alice["usage"] if u["metric"] == "api_calls")
+    assert calls == {
+        "metric": "api_calls",
+        "label": "API calls",
+        "used": 30,
+        "limit": 10_000,
+        "unlimited": False,
+        "percent": 0.3,
+    }
+    bob = page["items"][1]
+    assert bob["plan"] == "free" and bob["status"] == "canceled"
+    assert page["items"][2]["status"] == "none"
+
+    def emails(**params):
+        r = c.get("/api/billing/admin/users", params=params)
+        assert r.status_code == 200, r.text
+        return [u["email"] for u in r.json()["items"]]
+
+    assert emails(q="CAR") == ["carol@acme.com"]
+    assert emails(q="@acme") == ["carol@acme.com"]
+    assert emails(q="%") == []  # wildcards are literal
+    assert emails(plan="pro") == ["alice@example.com"]
+    assert emails(plan="free") == ["bob@example.com", "carol@acme.com", "root@example.com"]
+    assert emails(status="none") == ["carol@acme.com", "root@example.com"]
+    assert emails(sort="-usage_tokens")[:2] == ["carol@acme.com", "bob@example.com"]
+    assert emails(sort="-email")[0] == "root@example.com"
+    assert emails(sort="usage_api_calls")[-1] == "alice@example.com"
+    p2 = c.get("/api/billing/admin/users", params={"per_page": 3, "page": 2}).json()
+    assert p2["pages"] == 2 and [u["email"] for u in p2["items"]] == ["root@example.com"]
+    for bad in ({"sort": "password"}, {"plan": "gold"}, {"status": "x"}, {"per_page": 0}):
+        r = c.get("/api/billing/admin/users", params=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+
+
+def test_list_users_has_no_n_plus_one(session, actors):
+    """A page costs five queries whatever its size."""
+    import sqlalchemy as sa
+
+    from billing_app.db import get_engine
+
+    for i in range(30):
+        make_user(session, email=f"bulk{i:02d}@example.com")
+    statements: list[str] = []
+
+    def count(_conn, _cur, statement, *_args):
+        statements.append(statement)
+
+    engine = get_engine()
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with session_scope() as s:
+            page = admin.list_users(s, per_page=25, sort="-usage_tokens")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(page.items) == 25
+    selects = [st for st in statements if st.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 5, selects  # count, page, counters, quotas, subscriptions
+
+
+def test_user_detail_and_quota_override_with_audit(actors, frozen_clock):
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 50)
+        s.add(
+            Invoice(
+                stripe_invoice_id="in_1",
+                user_id=actors.a.id,
+                status="paid",
+                amount_due=1900,
+                amount_paid=1900,
+            )
+        )
+        s.commit()
+    c = actors.cookie_client(actors.admin)
+    r = c.put(
+        f"/api/billing/admin/users/{actors.a.id}/quota",
+        json={"metric": "tokens", "limit": 5, "reason": "abuse investigation"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "admin" and r.json()["limit"] == 5
+    d = c.get(f"/api/billing/admin/users/{actors.a.id}").json()
+    assert d["user"]["email"] == "alice@example.com" and d["plan"] == "free"
+    assert d["audit_log"][0]["reason"] == "abuse investigation"
+    assert d["audit_log"][0]["actor_user_id"] == actors.admin.id
+    assert d["audit_log"][0]["old_limit"] == 100_000 and d["audit_log"][0]["new_limit"] == 5
+    assert {q["metric"]: q["source"] for q in d["quotas"]}["tokens"] == "admin"
+    assert {m["metric"]: m["used"] for m in d["usage"]}["tokens"] == 50
+    assert d["invoices"][0]["stripe_invoice_id"] == "in_1"
+    # the override now binds the service API
+    svc = actors.key_client(actors.service_key)
+    r = svc.post(
+        "/api/billing/usage/consume",
+        json={"user_id": actors.a.id, "metric": "tokens", "quantity": 1},
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded"
+    clear = c.put(
+        f"/api/billing/admin/users/{actors.a.id}/quota",
+        json={"metric": "tokens", "limit": None, "reason": "resolved"},
+    )
+    assert clear.json()["source"] == "plan" and clear.json()["limit"] == 100_000
+    for bad in (
+        {"metric": "tokens", "limit": 5},
+        {"metric": "tokens", "limit": 5, "reason": ""},
+        {"metric": "gpus", "limit": 5, "reason": "x"},
+        {"metric": "tokens", "limit": -1, "reason": "x"},
+    ):
+        r = c.put(f"/api/billing/admin/users/{actors.a.id}/quota", json=bad)
+        assert r.status_code == 422, bad
+    assert c.get("/api/billing/admin/users/999999").status_code == 404
+    missing = c.put(
+        "/api/billing/admin/users/999999/quota",
+        json={"metric": "tokens", "limit": 1, "reason": "x"},
+    )
+    assert missing.status_code == 404
+
+
+def test_admin_invoices_filter(actors):
+    with session_scope() as s:
+        for i, (uid, st) in enumerate(
+            [(actors.a.id, "paid"), (actors.b.id, "open"), (actors.b.id, "uncollectible")]
+        ):
+            s.add(
+                Invoice(
+                    stripe_invoice_id=f"in_{i}",
+                    user_id=uid,
+                    status=st,
+                    amount_due=100,
+                    created_at=datetime(2026, 2, i + 1, tzinfo=UTC),
+                )
+            )
+        s.commit()
+    c = actors.cookie_client(actors.admin)
+    all_ = c.get("/api/billing/admin/invoices").json()
+    assert all_["total"] == 3 and all_["items"][0]["stripe_invoice_id"] == "in_2"
+    opened = c.get("/api/billing/admin/invoices", params={"status": "open"}).json()
+    assert [i["stripe_invoice_id"] for i in opened["items"]] == ["in_1"]
+    mine = c.get("/api/billing/admin/invoices", params={"user_id": actors.a.id}).json()
+    assert [i["stripe_invoice_id"] for i in mine["items"]] == ["in_0"]
+
+
+def test_api_keys_create_list_revoke(actors):
+    c = actors.cookie_client(actors.admin)
+    r = c.post("/api/billing/admin/api-keys", json={"name": "scraper", "service_name": "scraper"})
+    assert r.status_code == 201, r.text
+    key = r.json()
+    assert key["secret"].startswith(f"bk_live_{key['prefix']}_") and key["kind"] == "service"
+    listed = c.get("/api/billing/admin/api-keys").json()["items"]
+    assert key["id"] in [k["id"] for k in listed] and all("secret" not in k for k in listed)
+    assert "secret_hash" not in listed[0]
+    mine = c.get("/api/billing/admin/api-keys", params={"user_id": actors.a.id}).json()["items"]
+    assert [(k["name"], k["user_email"]) for k in mine] == [("alice key", "alice@example.com")]
+    svc = actors.key_client(key["secret"])
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert svc.post("/api/billing/usage", json=body).status_code == 201
+    rev = c.delete(f"/api/billing/admin/api-keys/{key['id']}")
+    assert rev.status_code == 200 and rev.json()["revoked_at"] is not None
+    assert svc.post("/api/billing/usage", json=body).status_code == 401
+    user_key = c.post("/api/billing/admin/api-keys", json={"name": "k", "user_id": actors.b.id})
+    assert user_key.status_code == 201 and user_key.json()["kind"] == "user"
+    for bad in (
+        {"name": "x"},
+        {"name": "x", "user_id": actors.b.id, "service_name": "s"},
+        {"name": "x", "service_name": "s", "scopes": ["admin"]},
+    ):
+        assert c.post("/api/billing/admin/api-keys", json=bad).status_code == 422, bad
+    assert (
+        c.post("/api/billing/admin/api-keys", json={"name": "x", "user_id": 999999}).status_code
+        == 404
+    )
+    assert c.delete("/api/billing/admin/api-keys/999999").status_code == 404
+
+
+def test_stats(actors):
+    with session_scope() as s:
+        users = [make_user(s, email=f"s{i}@example.com") for i in range(4)]
+    _sub(users[0].id, "pro", "active")
+    _sub(users[1].id, "pro", "active")
+    _sub(users[2].id, "basic", "trialing")
+    _sub(users[3].id, "enterprise", "past_due")
+    with session_scope() as s:
+        s.add(
+            Invoice(
+                stripe_invoice_id="in_f",
+                user_id=users[3].id,
+                status="open",
+                stripe_subscription_id=f"sub_{users[3].id}_0",
+                amount_due=49900,
+            )
+        )
+        s.add(Invoice(stripe_invoice_id="in_ok", user_id=users[0].id, status="paid"))
+        s.commit()
+    c = actors.cookie_client(actors.admin)
+    st = c.get("/api/billing/admin/stats").json()
+    assert st["total_users"] == 7
+    assert st["subscribers_by_plan"] == {"basic": 1, "pro": 2, "enterprise": 0}
+    assert st["active_subscribers"] == 3
+    assert st["mrr"] == 2 * 9900 + 49900  # past_due within grace still billed; trials not
+    assert st["failed_payments"] == 1 and st["past_due_subscriptions"] == 1

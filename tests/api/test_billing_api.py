@@ -1,0 +1,116 @@
+"""End-user billing endpoints: subscription, quota, usage, invoices, checkout, portal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from billing_app.db import session_scope
+from billing_app.models import Invoice, Subscription
+from billing_app.services import metering, quotas
+from stripe_sandbox import SandboxConfig, SandboxServer
+from tests.conftest import _clear_caches
+
+
+def _subscribe(user_id: int, plan: str = "pro", status: str = "active") -> None:
+    with session_scope() as s:
+        s.add(
+            Subscription(
+                user_id=user_id,
+                stripe_subscription_id=f"sub_{user_id}_{plan}",
+                plan=plan,
+                status=status,
+            )
+        )
+        quotas.apply_plan(s, user_id, plan)
+        s.commit()
+
+
+def _invoice(user_id: int, n: int, status: str = "paid") -> None:
+    with session_scope() as s:
+        s.add(
+            Invoice(
+                stripe_invoice_id=f"in_{user_id}_{n}",
+                user_id=user_id,
+                status=status,
+                amount_due=9900,
+                amount_paid=9900 if status == "paid" else 0,
+                created_at=datetime(2026, 1, n, tzinfo=UTC),
+            )
+        )
+        s.commit()
+
+
+def test_subscription_free_then_pro(actors):
+    c = actors.cookie_client(actors.a)
+    r = c.get("/api/billing/subscription")
+    assert r.status_code == 200
+    assert r.json() == {"plan": "free", "plan_name": "Free", "subscription": None}
+    _subscribe(actors.a.id)
+    data = c.get("/api/billing/subscription").json()
+    assert data["plan"] == "pro" and data["subscription"]["status"] == "active"
+
+
+def test_quota_and_usage(actors, frozen_clock):
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 2500)
+        metering.record(s, actors.b.id, "tokens", 999)
+    c = actors.cookie_client(actors.a)
+    q = c.get("/api/billing/quota").json()
+    tokens = next(x for x in q["quotas"] if x["metric"] == "tokens")
+    assert tokens["limit"] == 100_000 and tokens["used"] == 2500 and tokens["source"] == "plan"
+    u = c.get("/api/billing/usage").json()
+    assert u["history"] is None
+    m = {x["metric"]: x for x in u["metrics"]}
+    assert m["tokens"]["used"] == 2500 and m["tokens"]["remaining"] == 97_500
+    assert m["tokens"]["percent"] == 2.5 and m["tokens"]["resets_at"].startswith("2026-12-01")
+    h = c.get("/api/billing/usage", params={"history": "daily"}).json()["history"]
+    day = [x for x in h if x["day"] == "2026-11-15" and x["metric"] == "tokens"]
+    assert day == [{"day": "2026-11-15", "metric": "tokens", "quantity": 2500}]
+    assert c.get("/api/billing/usage", params={"history": "yearly"}).status_code == 422
+    # a user key reads the same, for its owner only
+    k = actors.key_client(actors.b_key)
+    assert {x["metric"]: x for x in k.get("/api/billing/usage").json()["metrics"]}["tokens"][
+        "used"
+    ] == 999
+
+
+def test_invoices_are_paginated_and_scoped(actors):
+    for n in range(1, 6):
+        _invoice(actors.a.id, n, "paid" if n != 3 else "open")
+    _invoice(actors.b.id, 9)
+    c = actors.cookie_client(actors.a)
+    page = c.get("/api/billing/invoices", params={"per_page": 2}).json()
+    assert page["total"] == 5 and page["pages"] == 3 and len(page["items"]) == 2
+    assert page["items"][0]["stripe_invoice_id"] == f"in_{actors.a.id}_5"
+    assert all(i["user_id"] == actors.a.id for i in page["items"])
+    opened = c.get("/api/billing/invoices", params={"status": "open"}).json()
+    assert [i["stripe_invoice_id"] for i in opened["items"]] == [f"in_{actors.a.id}_3"]
+    assert c.get("/api/billing/invoices", params={"status": "weird"}).status_code == 422
+    assert c.get("/api/billing/invoices", params={"page": 0}).status_code == 422
+
+
+@pytest.fixture
+def sandbox(monkeypatch, app_settings) -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxConfig()) as server:
+        monkeypatch.setenv("STRIPE_API_BASE", server.url)
+        _clear_caches()
+        yield server
+
+
+def test_checkout_and_portal_through_the_sandbox(actors, sandbox):
+    c = actors.cookie_client(actors.a)
+    none = c.post("/api/billing/portal")
+    assert none.status_code == 409 and none.json()["error"]["code"] == "no_billing_account"
+    r = c.post("/api/billing/checkout", json={"plan": "pro"})
+    assert r.status_code == 200, r.text
+    assert r.json()["url"].startswith(sandbox.url)
+    portal = c.post("/api/billing/portal")
+    assert portal.status_code == 200 and portal.json()["url"].startswith(sandbox.url)
+    for bad in ({"plan": "free"}, {"plan": "platinum"}, {}):
+        assert c.post("/api/billing/checkout", json=bad).status_code == 422
+    _subscribe(actors.a.id, "basic")
+    again = c.post("/api/billing/checkout", json={"plan": "pro"})
+    assert again.status_code == 409

@@ -1,0 +1,420 @@
+"""Service endpoints: record, batch, check, consume; idempotency; limits; bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlmodel import func, select
+
+from billing_app.db import session_scope
+from billing_app.models import ApiKey, UsageCounter, UsageEvent
+from billing_app.services import api_keys
+from tests.api.conftest import http
+
+
+def _totals(user_id: int, metric: str = "tokens") -> tuple[int, int, int]:
+    """(events, sum of quantities, counter total) straight from the database."""
+    with session_scope() as s:
+        n, total = s.exec(
+            select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
+                UsageEvent.user_id == user_id, UsageEvent.metric == metric
+            )
+        ).one()
+        counter = s.exec(
+            select(func.coalesce(func.sum(UsageCounter.used), 0)).where(
+                UsageCounter.user_id == user_id, UsageCounter.metric == metric
+            )
+        ).one()
+    return n, total, counter
+
+
+def test_record_then_duplicate(actors):
+    c = actors.key_client(actors.service_key)
+    body = {
+        "user_id": actors.a.id,
+        "metric": "tokens",
+        "quantity": 1500,
+        "idempotency_key": "req-1",
+        "metadata": {"model": "gpt-4"},
+    }
+    first = c.post("/api/billing/usage", json=body)
+    assert first.status_code == 201, first.text
+    data = first.json()
+    assert data["duplicate"] is False and data["used"] == 1500
+    assert data["limit"] == 100_000 and data["remaining"] == 98_500
+    assert data["event"]["metadata"] == {"model": "gpt-4"}
+    again = c.post("/api/billing/usage", json=body)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["event"]["id"] == data["event"]["id"]
+    assert _totals(actors.a.id) == (1, 1500, 1500)
+
+
+def test_idempotency_key_header_and_conflicts(actors):
+    c = actors.key_client(actors.service_key)
+    body = {"user_id": actors.a.id, "metric": "api_calls", "quantity": 1}
+    r1 = c.post("/api/billing/usage", json=body, headers={"Idempotency-Key": "h-1"})
+    r2 = c.post("/api/billing/usage", json=body, headers={"Idempotency-Key": "h-1"})
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert r1.json()["event"]["idempotency_key"] == "h-1"
+    differ = c.post(
+        "/api/billing/usage",
+        json={**body, "idempotency_key": "b"},
+        headers={"Idempotency-Key": "h"},
+    )
+    assert differ.status_code == 422
+    reused = c.post("/api/billing/usage", json={**body, "quantity": 7, "idempotency_key": "h-1"})
+    assert reused.status_code == 409
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert _totals(actors.a.id, "api_calls") == (1, 1, 1)
+
+
+def test_concurrent_repeats_count_once_over_real_http(actors, live_server):
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 10, "idempotency_key": "same"}
+    barrier = threading.Barrier(12)
+
+    def post(_: int) -> tuple[int, bool]:
+        with http(live_server, actors.service_key) as c:
+            barrier.wait()
+            r = c.post("/api/billing/usage", json=body)
+            return r.status_code, r.json()["duplicate"]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(post, range(12)))
+    assert sorted(results) == [(200, True)] * 11 + [(201, False)]
+    assert _totals(actors.a.id) == (1, 10, 10)
+
+
+def test_concurrent_distinct_events_are_all_counted(actors, live_server):
+    def post(i: int) -> int:
+        with http(live_server, actors.service_key) as c:
+            return c.post(
+                "/api/billing/usage",
+                json={
+                    "user_id": actors.b.id,
+                    "metric": "tokens",
+                    "quantity": 3,
+                    "idempotency_key": f"k{i}",
+                },
+            ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(post, range(40))) == {201}
+    assert _totals(actors.b.id) == (40, 120, 120)
+
+
+def test_user_key_acts_only_for_its_owner(actors):
+    c = actors.key_client(actors.a_key)
+    mine = c.post("/api/billing/usage", json={"metric": "tokens", "quantity": 2})
+    assert mine.status_code == 201 and mine.json()["event"]["user_id"] == actors.a.id
+    theirs = c.post(
+        "/api/billing/usage", json={"user_id": actors.b.id, "metric": "tokens", "quantity": 2}
+    )
+    assert theirs.status_code == 403
+    assert _totals(actors.b.id) == (0, 0, 0)
+    svc = actors.key_client(actors.service_key)
+    missing = svc.post("/api/billing/usage", json={"metric": "tokens", "quantity": 2})
+    assert missing.status_code == 422 and missing.json()["error"]["field"] == "user_id"
+
+
+def test_bad_input_is_a_clear_4xx_and_writes_nothing(actors):
+    c = actors.key_client(actors.service_key)
+    uid = actors.a.id
+    cases = [
+        ({"user_id": uid, "metric": "gpus", "quantity": 1}, 422, "unknown_metric"),
+        ({"user_id": uid, "metric": "tokens", "quantity": 0}, 422, "validation_error"),
+        ({"user_id": uid, "metric": "tokens", "quantity": -5}, 422, "validation_error"),
+        ({"user_id": uid, "metric": "tokens", "quantity": 10**12}, 422, "validation_error"),
+        ({"user_id": uid, "metric": "tokens", "quantity": "5"}, 422, "validation_error"),
+        ({"user_id": uid, "metric": "tokens", "quantity": 1.5}, 422, "validation_error"),
+        ({"user_id": uid, "metric": "tokens"}, 422, "validation_error"),
+        ({"user_id": 999_999, "metric": "tokens", "quantity": 1}, 404, "user_not_found"),
+        (
+            {"user_id": uid, "metric": "tokens", "quantity": 1, "metadata": [1]},
+            422,
+            "validation_error",
+        ),
+        (
+            {
+                "user_id": uid,
+                "metric": "tokens",
+                "quantity": 1,
+                "occurred_at": "2999-01-01T00:00:00Z",
+            },
+            422,
+            "validation_error",
+        ),
+    ]
+    for body, status, code in cases:
+        r = c.post("/api/billing/usage", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["error"]["code"] == code, (body, r.text)
+        assert "message" in r.json()["error"]
+    r = c.post("/api/billing/usage", json={"user_id": uid, "metric": "tokens", "quantity": "x"})
+    assert r.json()["error"]["fields"][0]["field"] == "quantity"
+    malformed = c.post(
+        "/api/billing/usage",
+        content=b'{"user_id": 1,',
+        headers={"Content-Type": "application/json"},
+    )
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "malformed_json"
+    assert _totals(uid) == (0, 0, 0)
+
+
+def test_bodies_over_one_mib_are_413(actors):
+    c = actors.key_client(actors.service_key)
+    big = {
+        "user_id": actors.a.id,
+        "metric": "tokens",
+        "quantity": 1,
+        "metadata": {"x": "a" * (1 << 20)},
+    }
+    r = c.post("/api/billing/usage", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+    # streamed without a Content-Length: counted as it arrives
+    def chunks():
+        payload = json.dumps(big).encode()
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    r = c.post("/api/billing/usage", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+def test_batch_stores_all_with_duplicates_marked(actors):
+    c = actors.key_client(actors.service_key)
+    c.post(
+        "/api/billing/usage",
+        json={"user_id": actors.a.id, "metric": "tokens", "quantity": 5, "idempotency_key": "old"},
+    )
+    events = [
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 10, "idempotency_key": "b1"},
+        {"user_id": actors.b.id, "metric": "api_calls", "quantity": 2},
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 5, "idempotency_key": "old"},
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 10, "idempotency_key": "b1"},
+        {
+            "user_id": actors.a.id,
+            "metric": "tokens",
+            "quantity": 7,
+            "occurred_at": "2026-01-15T10:00:00Z",
+        },
+    ]
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 201, r.text
+    data = r.json()
+    assert data["recorded"] == 3 and data["duplicates"] == 2
+    assert [x["duplicate"] for x in data["results"]] == [False, False, True, True, False]
+    assert data["results"][3]["event"]["id"] == data["results"][0]["event"]["id"]
+    assert data["results"][0]["used"] == 15
+    assert _totals(actors.a.id) == (3, 22, 22)
+    assert _totals(actors.b.id, "api_calls") == (1, 2, 2)
+    again = c.post("/api/billing/usage/batch", json={"events": events[:1]})
+    assert again.status_code == 200 and again.json()["duplicates"] == 1
+
+
+def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
+    c = actors.key_client(actors.service_key)
+    good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    events = [
+        good,
+        {**good, "metric": "gpus"},
+        good,
+        {**good, "quantity": 0},
+        {**good, "user_id": 424242},
+    ]
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422
+    assert [e["index"] for e in r.json()["error"]["events"]] == [3]  # schema errors come first
+    events[3] = good
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422
+    assert [e["index"] for e in r.json()["error"]["events"]] == [1]
+    events[1] = good
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422
+    err = r.json()["error"]["events"]
+    assert [(e["index"], e["code"]) for e in err] == [(4, "user_not_found")]
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+def test_batch_conflicting_key_rolls_back_everything(actors):
+    c = actors.key_client(actors.service_key)
+    c.post(
+        "/api/billing/usage",
+        json={"user_id": actors.a.id, "metric": "tokens", "quantity": 5, "idempotency_key": "k"},
+    )
+    events = [
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 1},
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 99, "idempotency_key": "k"},
+    ]
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 409 and r.json()["error"]["index"] == 1
+    assert _totals(actors.a.id) == (1, 5, 5)
+
+
+def test_batch_limits_and_user_keys(actors):
+    c = actors.key_client(actors.service_key)
+    ev = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage/batch", json={"events": []}).status_code == 422
+    over = c.post("/api/billing/usage/batch", json={"events": [ev] * 1001})
+    assert over.status_code == 422
+    full = c.post("/api/billing/usage/batch", json={"events": [ev] * 1000})
+    assert full.status_code == 201 and full.json()["recorded"] == 1000
+    assert _totals(actors.a.id) == (1000, 1000, 1000)
+    uk = actors.key_client(actors.a_key)
+    r = uk.post(
+        "/api/billing/usage/batch",
+        json={
+            "events": [
+                {"metric": "tokens", "quantity": 1},
+                {"user_id": actors.b.id, "metric": "tokens", "quantity": 1},
+            ]
+        },
+    )
+    assert r.status_code == 403
+    assert _totals(actors.b.id) == (0, 0, 0)
+
+
+def test_quota_check_reads_only(actors):
+    c = actors.key_client(actors.service_key)
+    r = c.post(
+        "/api/billing/quota/check",
+        json={"user_id": actors.a.id, "metric": "api_calls", "quantity": 1000},
+    )
+    assert r.status_code == 200
+    assert r.json()["allowed"] is True and r.json()["remaining"] == 1000
+    r = c.post(
+        "/api/billing/quota/check",
+        json={"user_id": actors.a.id, "metric": "api_calls", "quantity": 1001},
+    )
+    data = r.json()
+    assert data["allowed"] is False and "remain" in data["reason"] and data["resets_at"]
+    assert _totals(actors.a.id, "api_calls") == (0, 0, 0)
+
+
+def test_consume_refuses_past_the_limit_and_records_nothing(actors):
+    c = actors.key_client(actors.service_key)
+    ok = c.post(
+        "/api/billing/usage/consume",
+        json={"user_id": actors.a.id, "metric": "api_calls", "quantity": 990},
+    )
+    assert ok.status_code == 201 and ok.json()["remaining"] == 10
+    no = c.post(
+        "/api/billing/usage/consume",
+        json={"user_id": actors.a.id, "metric": "api_calls", "quantity": 11},
+    )
+    assert no.status_code == 403
+    err = no.json()["error"]
+    assert err["code"] == "quota_exceeded" and err["remaining"] == 10 and err["limit"] == 1000
+    assert _totals(actors.a.id, "api_calls") == (1, 990, 990)
+
+
+def test_concurrent_consume_never_passes_the_limit(actors, live_server):
+    def consume(i: int) -> int:
+        with http(live_server, actors.service_key) as c:
+            return c.post(
+                "/api/billing/usage/consume",
+                json={
+                    "user_id": actors.b.id,
+                    "metric": "scraping_tasks",
+                    "quantity": 7,
+                    "idempotency_key": f"c{i}",
+                },
+            ).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(consume, range(30)))
+    assert codes.count(201) == 14 and codes.count(403) == 16  # basic: 100 tasks, 14 * 7 = 98
+    assert _totals(actors.b.id, "scraping_tasks") == (14, 98, 98)
+
+
+def test_api_keys_revocation_and_last_used(actors):
+    c = actors.key_client(actors.service_key)
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage", json=body).status_code == 201
+    with session_scope() as s:
+        key = s.exec(select(ApiKey).where(ApiKey.service_name == "ingest")).one()
+        assert key.last_used_at is not None and key.secret_hash != actors.service_key
+        assert actors.service_key.startswith(f"bk_live_{key.prefix}_")
+        api_keys.revoke_key(s, key.id)
+    r = c.post("/api/billing/usage", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    for header in ("Bearer bk_live_nope", "Basic abc", "Bearer "):
+        r = actors.anon().post("/api/billing/usage", json=body, headers={"Authorization": header})
+        assert r.status_code == 401
+
+
+def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(actors):
+    c = actors.key_client(actors.service_key)
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage", json=body).status_code == 201
+    # another process revokes it: a direct UPDATE, so this process's cache is not told
+    with session_scope() as s:
+        key = s.exec(select(ApiKey).where(ApiKey.service_name == "ingest")).one()
+        key.revoked_at = key.created_at
+        s.add(key)
+        s.commit()
+    assert c.post("/api/billing/usage", json=body).status_code == 201  # cached
+    for entry in api_keys._cache.values():  # CACHE_TTL seconds later
+        entry.expires -= api_keys.CACHE_TTL + 0.1
+    assert c.post("/api/billing/usage", json=body).status_code == 401
+
+
+def test_unstorable_values_are_422_not_500(actors):
+    c = actors.key_client(actors.service_key)
+    r = c.post(
+        "/api/billing/usage",
+        json={"user_id": actors.a.id, "metric": "tokens", "quantity": 1, "metadata": {"a": "\0"}},
+    )
+    assert r.status_code in (201, 422), r.text  # SQLite stores it; PostgreSQL JSONB cannot
+    huge = c.post("/api/billing/usage", json={"user_id": 2**40, "metric": "tokens", "quantity": 1})
+    assert huge.status_code == 422
+    assert (
+        actors.cookie_client(actors.admin).get("/api/billing/admin/users/99999999999").status_code
+        == 422
+    )
+
+
+def test_concurrent_overlapping_batches_count_each_event_once(actors, live_server):
+    uid_a, uid_b = actors.a.id, actors.b.id
+
+    def batch(i: int) -> int:
+        # every batch repeats the shared keys (in a different order) plus one of its own
+        shared = [
+            {"user_id": uid, "metric": "tokens", "quantity": 2, "idempotency_key": f"s{k}"}
+            for k in range(20)
+            for uid in (uid_a, uid_b)
+        ]
+        if i % 2:
+            shared.reverse()
+        own = {"user_id": uid_a, "metric": "tokens", "quantity": 1, "idempotency_key": f"own{i}"}
+        with http(live_server, actors.service_key) as c:
+            return c.post("/api/billing/usage/batch", json={"events": [*shared, own]}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(batch, range(16))) == {201}
+    assert _totals(uid_a) == (36, 56, 56)  # 20 shared x 2 + 16 own x 1
+    assert _totals(uid_b) == (20, 40, 40)
+
+
+def test_scoped_keys_only_do_what_they_name(actors):
+    with session_scope() as s:
+        read_only = api_keys.create_key(s, name="ro", service_name="ro", scopes=["usage:read"])[1]
+    c = actors.key_client(read_only)
+    check = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/quota/check", json=check).status_code == 200
+    for path in ("/api/billing/usage", "/api/billing/usage/consume"):
+        r = c.post(path, json=check)
+        assert r.status_code == 403 and r.json()["error"]["scope"] == "usage:write"
+    r = c.post("/api/billing/usage/batch", json={"events": [check]})
+    assert r.status_code == 403
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+def test_401_names_the_scheme(actors):
+    r = actors.anon().post("/api/billing/usage", json={"metric": "tokens", "quantity": 1})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
