@@ -11,7 +11,7 @@ import json
 import logging
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,7 +36,6 @@ from billing_app.settings import get_settings
 log = logging.getLogger("billing_app.auth")
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-DEFAULT_NEXT = "/billing"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -64,13 +63,14 @@ def clear_session_cookie(response: Response) -> None:
     )
 
 
-def safe_next(value: Any) -> str:
-    """Only same-site relative paths ("/billing"), never "//evil" or "https://evil"."""
-    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
-        return DEFAULT_NEXT
-    if "\\" in value or any(ord(c) < 32 for c in value) or len(value) > 2000:
-        return DEFAULT_NEXT
-    return value
+def form_next(request: Request, body: AuthInput) -> str:
+    """Where a form post goes on: its `next`, else the `next` of the page it came from
+    (a form submitted before the page's state loaded carries an empty `next`)."""
+    value = body.data.get("next")
+    if not value:
+        referer = urlsplit(request.headers.get("referer", ""))
+        value = (parse_qs(referer.query).get("next") or [None])[0]
+    return auth.safe_next(value)
 
 
 class AuthInput:
@@ -152,7 +152,7 @@ def login(
     session: Session = Depends(db_session),
 ) -> Response:
     """Sign in with email and password; sets the HttpOnly session cookie."""
-    next_ = safe_next(body.data.get("next"))
+    next_ = form_next(request, body)
     try:
         check_same_origin(request, required=False)
         data = _parse(s.LoginIn, body.data)
@@ -183,7 +183,7 @@ def signup(
     session: Session = Depends(db_session),
 ) -> Response:
     """Create a local account on the free plan and sign in."""
-    next_ = safe_next(body.data.get("next"))
+    next_ = form_next(request, body)
     try:
         check_same_origin(request, required=False)
         data = _parse(s.SignupIn, body.data)
@@ -276,7 +276,7 @@ async def oidc_login(
 ) -> Response:
     """Start single sign-on (authorization code flow with PKCE; state in a signed cookie)."""
     client = oidc_client()
-    request.session["oidc_next"] = safe_next(next)
+    request.session["oidc_next"] = auth.safe_next(next)
     redirect_uri = str(request.url_for("oidc_callback"))
     try:
         return await client.authorize_redirect(request, redirect_uri)
@@ -296,7 +296,7 @@ async def oidc_login(
 )
 async def oidc_callback(request: Request) -> Response:
     client = oidc_client()
-    next_ = safe_next(request.session.pop("oidc_next", None))
+    next_ = auth.safe_next(request.session.pop("oidc_next", None))
     try:
         token = await client.authorize_access_token(request)
         claims = token.get("userinfo") or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -19,6 +20,18 @@ from billing_app.models import AuthSession, User
 from billing_app.models.tables import LoginAttempt
 from billing_app.services import passwords, users
 from billing_app.services.dto import UserDTO
+
+DEFAULT_NEXT = "/billing"
+
+
+def safe_next(value: Any, default: str = DEFAULT_NEXT) -> str:
+    """Only same-site relative paths ("/billing") may follow a sign-in: no open redirect."""
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
+        return default
+    if "\\" in value or any(ord(c) < 32 for c in value) or len(value) > 2000:
+        return default
+    return value
+
 
 SESSION_COOKIE = "billing_session"
 SESSION_TTL = timedelta(days=14)

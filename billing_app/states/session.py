@@ -12,14 +12,9 @@ from urllib.parse import quote
 import reflex as rx
 
 from billing_app.db import session_scope
+from billing_app.services import auth
+from billing_app.services.auth import safe_next
 from billing_app.services.dto import UserDTO
-
-
-def safe_next(target: str | None, default: str = "/billing") -> str:
-    """Only same-site relative paths may be a post-login destination (no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
 
 
 def login_url(next_path: str) -> str:
@@ -28,8 +23,6 @@ def login_url(next_path: str) -> str:
 
 def user_from_cookie(cookie_header: str) -> UserDTO | None:
     """Resolve the session cookie to a user through the auth service (one DB read)."""
-    from billing_app.services import auth  # the API engineer's module
-
     token = auth.parse_session_cookie(cookie_header or "")
     if not token:
         return None

@@ -89,6 +89,27 @@ def test_form_login_redirects_with_cookie(client):
     assert "HttpOnly" in r.headers["set-cookie"]
 
 
+def test_form_posted_before_the_page_loaded_follows_the_referers_next(client):
+    """The login page's hidden `next` is empty until its state loads; the Referer has it."""
+    _signup(client)
+    client.cookies.clear()
+    r = client.post(
+        "/api/auth/login",
+        data={"email": "new@example.com", "password": PASSWORD, "next": ""},
+        headers={"Origin": ORIGIN, "Referer": f"{ORIGIN}/login?next=/admin/billing"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/admin/billing"
+    client.cookies.clear()
+    evil = client.post(
+        "/api/auth/login",
+        data={"email": "new@example.com", "password": PASSWORD},
+        headers={"Origin": ORIGIN, "Referer": f"{ORIGIN}/login?next=//evil.example/"},
+        follow_redirects=False,
+    )
+    assert evil.status_code == 303 and evil.headers["location"] == "/billing"
+
+
 def test_form_login_failure_redirects_back_with_error(client):
     r = client.post(
         "/api/auth/login",

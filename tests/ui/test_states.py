@@ -13,12 +13,12 @@ from sqlmodel import Session
 
 from billing_app import settings as app_settings_module
 from billing_app.services import auth, metering, quotas
+from billing_app.services.auth import safe_next
 from billing_app.states import format as fmt
 from billing_app.states import views
 from billing_app.states.admin import AdminState
 from billing_app.states.auth_pages import AuthFormState
 from billing_app.states.billing import BillingState, load_live, load_slow
-from billing_app.states.session import safe_next
 from tests.factories import make_user
 
 
