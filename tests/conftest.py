@@ -17,6 +17,32 @@ from billing_app import clock, db, plans, settings
 
 PG_DEFAULT = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
+# Debian's Chromium, driven by pytest-playwright (`playwright install` cannot download here).
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests need Chromium: reported as skipped on a machine without it, but never
+    in CI, where `make test` installs it and a missing browser must fail the run."""
+    if os.path.exists(CHROMIUM) or os.environ.get("CI"):
+        return
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.skip(reason=f"{CHROMIUM} not installed"))
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
 
 def _backend_url(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str | None]:
     """(url for the tests, admin url to drop a PostgreSQL database afterwards)."""

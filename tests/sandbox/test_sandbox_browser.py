@@ -1,13 +1,10 @@
-"""One real-browser pass over the pages, through the element ids other browser tests rely on.
-Skipped when no Chromium can be launched."""
+"""One real-browser pass over the pages, through the element ids other browser tests rely on."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import pytest
 import stripe
+from playwright.sync_api import Page
 
 from stripe_sandbox import SandboxServer
 
@@ -16,27 +13,9 @@ from .helpers import new_customer
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def browser_page() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        options: dict = {"args": ["--no-sandbox"]}
-        if system_chromium := shutil.which("chromium") or shutil.which("chromium-browser"):
-            options["executable_path"] = system_chromium
-        try:
-            browser = p.chromium.launch(**options)
-        except Exception as exc:  # no browser installed here
-            pytest.skip(f"Chromium not available: {exc}")
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
-
-
 def test_checkout_and_portal_in_a_browser(
-    client: stripe.StripeClient, sandbox: SandboxServer, browser_page
+    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
 ) -> None:
-    page = browser_page
     customer = new_customer(client)
     session = client.v1.checkout.sessions.create(
         params={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import socket
 import subprocess
@@ -86,7 +87,9 @@ def test_create_app_is_a_plain_asgi_app() -> None:
             auth = {"Authorization": "Bearer sk_test_sandbox"}
             return await http.get("/v1/prices", headers=auth), await http.get("/")
 
-    prices, dashboard = asyncio.run(call())
+    # A thread of its own: pytest-playwright may hold an event loop in the main thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        prices, dashboard = pool.submit(asyncio.run, call()).result()
     assert prices.status_code == 200
     assert len(prices.json()["data"]) == 3
     assert dashboard.status_code == 200

@@ -1,0 +1,137 @@
+"""Webhook storms: one Stripe event sequence delivered shuffled and duplicated, hundreds of
+orderings (hypothesis); the final state is always the newest events'. Builds on the Stripe
+tests' helpers (tests/stripe/conftest.py: real HTTP to the app's webhook route, Stripe's
+signature scheme, payloads from Stripe's own fixture objects)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import select
+
+from billing_app.models import Invoice, Quota, StripeEvent, Subscription, User
+from tests.factories import make_user
+from tests.reliability.conftest import RUN_SLOW, report
+from tests.stripe.conftest import (  # noqa: F401  (fixtures, used by name)
+    _sandbox_server,
+    deliver,  # noqa: F811
+    http,
+    payloads,
+    receiver,
+    stripe_fixtures,
+)
+
+T0 = 1_764_000_000
+FREE = {"tokens": 10_000, "api_calls": 100, "scraping_tasks": 10}
+UNLIMITED = {"tokens": 0, "api_calls": 0, "scraping_tasks": 0}
+EXAMPLES = int(os.environ.get("STORM_EXAMPLES", "500" if RUN_SLOW else "100"))
+_seq = itertools.count(1)
+
+
+def _sequence(pl, uid: int, n: int, ends_canceled: bool) -> list[dict]:
+    sub, cus, inv = f"sub_storm_{n}", f"cus_storm_{n}", f"in_storm_{n}"
+    base = dict(sub_id=sub, customer=cus, user_id=uid)
+    p1, p2 = (T0, T0 + 2_592_000), (T0 + 2_592_000, T0 + 5_184_000)
+    failed = pl.invoice(inv_id=inv, customer=cus, sub_id=sub, status="open")
+    failed["attempt_count"] = 1
+    paid = pl.invoice(inv_id=inv, customer=cus, sub_id=sub, status="paid", amount_paid=9900)
+    ev = pl.event
+    events = [
+        ev(
+            "customer.subscription.created",
+            pl.subscription(**base, price="price_sandbox_basic", period=p1),
+            T0,
+        ),
+        ev(
+            "customer.subscription.updated",
+            pl.subscription(**base, price="price_sandbox_pro", period=p1),
+            T0 + 100,
+        ),
+        ev("invoice.payment_failed", failed, T0 + 150),
+        ev(
+            "customer.subscription.updated",
+            pl.subscription(**base, status="past_due", price="price_sandbox_pro", period=p1),
+            T0 + 151,
+        ),
+        ev("invoice.paid", paid, T0 + 200),
+        ev(
+            "customer.subscription.updated",
+            pl.subscription(**base, price="price_sandbox_enterprise", period=p2),
+            T0 + 201,
+        ),
+    ]
+    if ends_canceled:
+        events.append(
+            ev(
+                "customer.subscription.deleted",
+                pl.subscription(
+                    **base, status="canceled", price="price_sandbox_enterprise", period=p2
+                ),
+                T0 + 300,
+            )
+        )
+    return events
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), ends_canceled=st.booleans())
+def test_shuffled_duplicated_deliveries_end_on_the_newest_state(
+    data,
+    ends_canceled,
+    session,
+    deliver,  # noqa: F811
+    payloads,  # noqa: F811
+):
+    n = next(_seq)
+    user = make_user(session)
+    row = session.get(User, user.id)
+    row.stripe_customer_id = f"cus_storm_{n}"
+    session.add(row)
+    session.commit()
+    events = _sequence(payloads, user.id, n, ends_canceled)
+    copies = data.draw(st.lists(st.integers(1, 3), min_size=len(events), max_size=len(events)))
+    deliveries = [e for e, c in zip(events, copies, strict=True) for _ in range(c)]
+    order = data.draw(st.permutations(range(len(deliveries))))
+    statuses = [deliver.send(deliveries[i]).status_code for i in order]
+    assert set(statuses) == {200}, statuses
+
+    session.expire_all()
+    subs = session.exec(select(Subscription).where(Subscription.user_id == user.id)).all()
+    inv = session.exec(select(Invoice).where(Invoice.stripe_invoice_id == f"in_storm_{n}")).all()
+    stored = session.exec(
+        select(StripeEvent).where(
+            StripeEvent.stripe_event_id.in_([e["id"] for e in events])  # type: ignore[attr-defined]
+        )
+    ).all()
+    limits = {
+        q.metric: q.limit for q in session.exec(select(Quota).where(Quota.user_id == user.id)).all()
+    }
+    session.rollback()
+    wrong_state = int(
+        len(subs) != 1
+        or (subs[0].status, subs[0].plan)
+        != (("canceled", "enterprise") if ends_canceled else ("active", "enterprise"))
+    )
+    duplicated = len(subs) - 1 + max(0, len(inv) - 1) + len(stored) - len(events)
+    if n % 50 == 1 or wrong_state or duplicated:
+        report(
+            "webhook storm",
+            example=n,
+            deliveries=len(deliveries),
+            wrong_state=wrong_state,
+            duplicated=duplicated,
+            unprocessed=sum(1 for s in stored if s.processed_at is None),
+        )
+    assert wrong_state == 0, [(s.status, s.plan) for s in subs]
+    assert duplicated == 0
+    assert all(s.processed_at is not None for s in stored)
+    assert len(inv) == 1 and (inv[0].status, inv[0].amount_paid) == ("paid", 9900)
+    assert limits == (FREE if ends_canceled else UNLIMITED)
