@@ -59,3 +59,18 @@ lint: setup
 format: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
+
+# Benchmarks (not part of `make test`): each figure against a bare baseline measured in the
+# same run, on SQLite and PostgreSQL; prints a table and writes bench/results.md.
+# Sizes: BENCH_DURATION, BENCH_EVENTS, BENCH_USERS, BENCH_DBS (see bench/README.md).
+bench: setup
+	$(PY) -m bench.run
+
+# Slow fault tests (crash with kill -9, PostgreSQL outage, live fuzz, big storms) plus the
+# fast ones, on SQLite, then on PostgreSQL when it answers (required in CI).
+reliability: setup
+	RUN_RELIABILITY=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability
+	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3)" 2>/dev/null; then \
+		RUN_RELIABILITY=1 TEST_DATABASE_URL=$(PG_TEST_URL) $(PY) -m pytest -q -s -p no:cacheprovider tests/reliability; \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL at $(PG_TEST_URL) is required in CI" >&2; exit 1; \
+	else echo "PostgreSQL not reachable at $(PG_TEST_URL): skipping the PostgreSQL leg"; fi

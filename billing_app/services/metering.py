@@ -8,7 +8,10 @@ single conditional upsert on the counter row, never by reading then writing.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
+from billing_app.db import SQLITE_BEGIN
 from billing_app.errors import (
     IdempotencyConflict,
     InvalidQuantity,
@@ -26,7 +30,7 @@ from billing_app.errors import (
     ValidationFailed,
 )
 from billing_app.metrics import MAX_QUANTITY, METRICS
-from billing_app.models import UsageCounter, UsageEvent, User
+from billing_app.models import Quota, UsageCounter, UsageEvent, User
 from billing_app.plans import get_catalog
 from billing_app.services import quotas
 from billing_app.services.dto import (
@@ -45,6 +49,8 @@ FUTURE_SKEW = timedelta(minutes=5)
 
 _events = UsageEvent.__table__  # type: ignore[attr-defined]
 _counters = UsageCounter.__table__  # type: ignore[attr-defined]
+_quotas = Quota.__table__  # type: ignore[attr-defined]
+_users = User.__table__  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- validation
@@ -123,10 +129,69 @@ def _insert(session: Session, table: sa.Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+class _Statements:
+    """The hot path's statements, built once per dialect.
+
+    Profiling showed that building `insert(...).on_conflict_do_update(...)` per call
+    (and `excluded`, which is rebuilt on each access) cost more than executing it. Built
+    once, SQLAlchemy's compiled cache hits with a cheap cache key, and the statements
+    run on the session's Core connection (no ORM machinery).
+    """
+
+    def __init__(self, dialect: str) -> None:
+        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        e, c = _events.c, _counters.c
+        self.limit = sa.select(_quotas.c.limit).where(
+            _quotas.c.user_id == sa.bindparam("user_id"),
+            _quotas.c.metric == sa.bindparam("metric"),
+        )
+        self.user_exists = sa.select(_users.c.id).where(_users.c.id == sa.bindparam("user_id"))
+        self.used = sa.select(c.used).where(
+            c.user_id == sa.bindparam("user_id"),
+            c.metric == sa.bindparam("metric"),
+            c.period_start == sa.bindparam("period_start", type_=c.period_start.type),
+        )
+        self.append = (
+            ins(_events)
+            .values({col: sa.bindparam(col, type_=e[col].type) for col in _EVENT_COLS})
+            .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
+            .returning(e.id)
+        )
+        bump = ins(_counters).values(
+            {col: sa.bindparam(col, type_=c[col].type) for col in _COUNTER_COLS}
+        )
+        set_ = {"used": c.used + bump.excluded.used}
+        keys = ["user_id", "metric", "period_start"]
+        self.bump = bump.on_conflict_do_update(index_elements=keys, set_=set_).returning(c.used)
+        self.bump_within = bump.on_conflict_do_update(
+            index_elements=keys,
+            set_=set_,
+            where=c.used + bump.excluded.used <= sa.bindparam("limit", type_=sa.BigInteger()),
+        ).returning(c.used)
+
+
+_EVENT_COLS = (
+    "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
+)  # fmt: skip
+_COUNTER_COLS = ("user_id", "metric", "period_start", "period_end", "used")
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _stmts(session: Session) -> tuple[_Statements, sa.Connection]:
+    """The dialect's prebuilt statements and the session's connection (begins its transaction)."""
+    conn = session.connection()
+    name = conn.dialect.name
+    st = _STATEMENTS.get(name)
+    if st is None:
+        st = _STATEMENTS[name] = _Statements(name)
+    return st, conn
+
+
 def _limit(session: Session, user_id: int, metric: str) -> int:
-    limit = quotas.limit_for(session, user_id, metric)
+    st, conn = _stmts(session)
+    limit = conn.execute(st.limit, {"user_id": user_id, "metric": metric}).scalar()
     if limit is None:
-        if session.get(User, user_id) is None:
+        if conn.execute(st.user_exists, {"user_id": user_id}).scalar() is None:
             raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
         return get_catalog()["free"].limit_for(metric)
     return limit
@@ -161,14 +226,9 @@ def _event_dto(row: Any) -> UsageEventDTO:
 
 
 def _used(session: Session, user_id: int, metric: str, period: Period) -> int:
-    used = session.exec(
-        select(UsageCounter.used).where(
-            UsageCounter.user_id == user_id,
-            UsageCounter.metric == metric,
-            UsageCounter.period_start == period.start,
-        )
-    ).first()
-    return used or 0
+    st, conn = _stmts(session)
+    params = {"user_id": user_id, "metric": metric, "period_start": period.start}
+    return conn.execute(st.used, params).scalar() or 0
 
 
 def _duplicate(session: Session, user_id: int, key: str, metric: str, quantity: int) -> Any:
@@ -206,22 +266,18 @@ def _append_event(
     now: datetime,
 ) -> int | None:
     """Insert the event; None when (user, key) already exists."""
-    stmt = (
-        _insert(session, _events)
-        .values(
-            user_id=user_id,
-            metric=metric,
-            quantity=quantity,
-            occurred_at=occurred_at,
-            recorded_at=now,
-            idempotency_key=key,
-            metadata=metadata,
-        )
-        .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
-        .returning(_events.c.id)
-    )
+    st, conn = _stmts(session)
+    params = {
+        "user_id": user_id,
+        "metric": metric,
+        "quantity": quantity,
+        "occurred_at": occurred_at,
+        "recorded_at": now,
+        "idempotency_key": key,
+        "metadata": metadata,
+    }
     try:
-        return session.execute(stmt).scalar()
+        return conn.execute(st.append, params).scalar()
     except sa.exc.IntegrityError as err:
         # Only a missing user can fail here (foreign key); the key conflict is handled above.
         session.rollback()
@@ -235,22 +291,36 @@ def _bump_counter(
 
     Returns the new total, or None when the limit would be passed (nothing changed).
     """
-    ins = _insert(session, _counters).values(
-        user_id=user_id,
-        metric=metric,
-        period_start=period.start,
-        period_end=period.end,
-        used=quantity,
-    )
-    where = None
+    st, conn = _stmts(session)
+    params = {
+        "user_id": user_id,
+        "metric": metric,
+        "period_start": period.start,
+        "period_end": period.end,
+        "used": quantity,
+    }
     if limit:
-        where = _counters.c.used + ins.excluded.used <= limit
-    stmt = ins.on_conflict_do_update(
-        index_elements=["user_id", "metric", "period_start"],
-        set_={"used": _counters.c.used + ins.excluded.used},
-        where=where,
-    ).returning(_counters.c.used)
-    return session.execute(stmt).scalar()
+        params["limit"] = limit
+        return conn.execute(st.bump_within, params).scalar()
+    return conn.execute(st.bump, params).scalar()
+
+
+# PostgreSQL: one thread per process at a time holds a given counter row's lock (from the
+# bump to the commit). Measured on one hot row from 64 clients over 5 workers, 64
+# transactions queueing on the row lock convoyed (p99 1.5 s, 179/s); threads now queue
+# on a cheap in-process lock first, so at most one transaction per process waits on the
+# row. Striped: unrelated counters rarely share a stripe, and then only for a bump+commit.
+# The guarantee is unchanged: the conditional upsert still decides, across processes.
+_ROW_STRIPES = tuple(threading.Lock() for _ in range(64))
+
+
+@contextmanager
+def _row_turn(session: Session, user_id: int, metric: str) -> Iterator[None]:
+    if session.get_bind().dialect.name != "postgresql":
+        yield  # SQLite: writers are already serialised (billing_app.db)
+        return
+    with _ROW_STRIPES[hash((user_id, metric)) % len(_ROW_STRIPES)]:
+        yield
 
 
 # ---------------------------------------------------------------- public API
@@ -285,8 +355,9 @@ def record(
         )
         if event_id is None:
             return _duplicate(session, user_id, key, metric, quantity)
-        used = _bump_counter(session, user_id, metric, quantity, period, None)
-        session.commit()
+        with _row_turn(session, user_id, metric):
+            used = _bump_counter(session, user_id, metric, quantity, period, None)
+            session.commit()
     except BaseException:
         session.rollback()
         raise
@@ -326,7 +397,10 @@ def consume(
             event_id = _append_event(session, user_id, metric, quantity, key, metadata, now, now)
             if event_id is None:
                 return _duplicate(session, user_id, key, metric, quantity)
-            used = _bump_counter(session, user_id, metric, quantity, period, limit)
+            with _row_turn(session, user_id, metric):
+                used = _bump_counter(session, user_id, metric, quantity, period, limit)
+                if used is not None:
+                    session.commit()  # inside the turn: the row lock ends with the commit
         if used is None:
             session.rollback()
             current = _used(session, user_id, metric, period)
@@ -341,7 +415,6 @@ def consume(
                 remaining=status.remaining,
                 resets_at=period.end.isoformat(),
             )
-        session.commit()
     except BaseException:
         session.rollback()
         raise
@@ -364,12 +437,19 @@ def _reason(metric: str, limit: int, used: int, quantity: int, period: Period) -
     )
 
 
+def _begin_read(session: Session) -> None:
+    """Start a read transaction: on SQLite DEFERRED, so a check never queues behind writers."""
+    if not session.in_transaction():
+        session.connection(execution_options={SQLITE_BEGIN: "DEFERRED"})
+
+
 def check(session: Session, user_id: int, metric: str, quantity: int = 1) -> CheckResult:
     """Would `quantity` more fit in the quota? Reads only."""
     user_id = _validate_user_id(user_id)
     metric = validate_metric(metric)
     quantity = validate_quantity(quantity)
     now = utcnow()
+    _begin_read(session)
     limit = _limit(session, user_id, metric)
     period = period_for(session, user_id, now)
     used = _used(session, user_id, metric, period)
@@ -392,6 +472,7 @@ def check(session: Session, user_id: int, metric: str, quantity: int = 1) -> Che
 def summary(session: Session, user_id: int) -> list[MeterStatus]:
     """Every metric's used / limit / percent / resets_at for the current period."""
     user_id = _validate_user_id(user_id)
+    _begin_read(session)
     if session.get(User, user_id) is None:
         raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
     period = period_for(session, user_id, utcnow())

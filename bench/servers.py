@@ -1,0 +1,197 @@
+"""Scratch databases and server processes for the benchmarks and the fault tests.
+
+The app runs as `reflex run --env prod` runs its backend: granian, ASGI interface,
+factory target `billing_app.billing_app:app` (the object Reflex builds, with the
+FastAPI app from `api_transformer` in front), one worker (what Reflex starts without
+Redis; GRANIAN_WORKERS / BENCH_WORKERS overrides it). We start granian directly rather
+than through `reflex run` so the harness owns the process group and can `kill -9` it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+PG_ADMIN_URL = os.environ.get("PG_TEST_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+def pg_available(url: str = PG_ADMIN_URL) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def migrate(url: str) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["url"] = url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+@contextmanager
+def scratch_database(kind: str) -> Iterator[str]:
+    """A migrated, empty database (SQLite file, or PostgreSQL `bench_<random>`), dropped after."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-") as d:
+            url = f"sqlite:///{d}/bench.db"
+            migrate(url)
+            yield url
+        return
+    admin_url = PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        for _ in range(30):  # the server may still be letting go of its connections
+            try:
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except sa.exc.OperationalError:
+                time.sleep(1)
+        admin.dispose()
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        BENCH_DATABASE_URL=database_url,
+        REFLEX_ENV_MODE="prod",
+        REFLEX_TELEMETRY_ENABLED="false",
+        REFLEX_USE_SYSTEM_BUN="1",
+        PATH=f"{ROOT / 'tools/bun/node_modules/.bin'}:{env.get('PATH', '')}",
+        GRANIAN_LOG_LEVEL="warning",
+    )
+    env.pop("STRIPE_SECRET_KEY", None)
+    env.update(extra)
+    return env
+
+
+class Server:
+    """A granian process group we can wait on, kill -9 and restart."""
+
+    def __init__(
+        self,
+        target: str,
+        database_url: str,
+        port: int | None = None,
+        factory: bool = False,
+        workers: int | None = None,
+        log: Path | None = None,
+        **env: str,
+    ) -> None:
+        self.target = target
+        self.factory = factory
+        self.port = port or free_port()
+        self.workers = workers or int(os.environ.get("BENCH_WORKERS", "1"))
+        self.env = server_env(database_url, **env)
+        self.log = log or Path(tempfile.gettempdir()) / f"bench-server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/api/health", timeout: float = 90.0) -> Server:
+        cmd = [
+            str(VENV_BIN / "granian"),
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--no-ws",
+        ]
+        if self.factory:
+            cmd.append("--factory")
+        cmd.append(self.target)
+        with open(self.log, "ab") as log:
+            # Own session: kill -9 reaches the supervisor and its workers together.
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: see {self.log}\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.base_url + ready_path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"server not ready after {timeout}s: see {self.log}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def __enter__(self) -> Server:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def app_server(database_url: str, **kw: object) -> Server:
+    return Server("billing_app.billing_app:app", database_url, factory=True, **kw)  # type: ignore[arg-type]
+
+
+def baseline_server(database_url: str, **kw: object) -> Server:
+    return Server("bench.baseline:app", database_url, **kw)  # type: ignore[arg-type]
