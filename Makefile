@@ -17,6 +17,8 @@ help:
 	@echo "make run    set up and start the app (SQLite + local Stripe sandbox) on http://localhost:8000"
 	@echo "make test   set up and run all tests (SQLite leg, then PostgreSQL leg)"
 	@echo "make lint   ruff check + format check"
+	@echo "make reliability   slow fault tests: kill -9, PostgreSQL outage, live fuzz (~7 min)"
+	@echo "make bench  benchmarks against a bare baseline, writes bench/results.md (~12 min)"
 
 $(UV):
 	python3 -m venv .tools
