@@ -149,6 +149,25 @@ def scroll_x(child: rx.Component) -> rx.Component:
     return rx.box(child, width="100%", overflow_x="auto")
 
 
+def data_table(
+    headers: tuple[str, ...],
+    rows: Any,
+    render_row: Any,
+    table_id: str,
+    variant: str = "ghost",
+) -> rx.Component:
+    """A table over a State list var, one `render_row` per item, scrolling on a phone."""
+    return scroll_x(
+        rx.table.root(
+            rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in headers])),
+            rx.table.body(rx.foreach(rows, render_row)),
+            variant=variant,
+            width="100%",
+            id=table_id,
+        )
+    )
+
+
 def select(options: Any, value: Any, on_change: Any, label: str, **props: Any) -> rx.Component:
     """A Radix select fed by [[value, label], ...] from a State var."""
     return rx.select.root(

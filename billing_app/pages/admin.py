@@ -6,6 +6,7 @@ import reflex as rx
 
 from billing_app.components.common import (
     card,
+    data_table,
     empty,
     meter,
     pager,
@@ -126,21 +127,8 @@ def users_panel() -> rx.Component:
         users_toolbar(),
         rx.cond(
             A.total > 0,
-            scroll_x(
-                rx.table.root(
-                    rx.table.header(
-                        rx.table.row(
-                            *[
-                                rx.table.column_header_cell(h)
-                                for h in ("User", "Plan", "Status", "Usage", "Joined", "")
-                            ]
-                        )
-                    ),
-                    rx.table.body(rx.foreach(A.users, user_row)),
-                    variant="ghost",
-                    width="100%",
-                    id="users-table",
-                )
+            data_table(
+                ("User", "Plan", "Status", "Usage", "Joined", ""), A.users, user_row, "users-table"
             ),
             empty("users", "No users match", "Try another search or clear the filters."),
         ),
@@ -183,21 +171,11 @@ def invoices_panel() -> rx.Component:
         ),
         rx.cond(
             A.invoice_total > 0,
-            scroll_x(
-                rx.table.root(
-                    rx.table.header(
-                        rx.table.row(
-                            *[
-                                rx.table.column_header_cell(h)
-                                for h in ("Number", "Customer", "Date", "Amount", "Status", "")
-                            ]
-                        )
-                    ),
-                    rx.table.body(rx.foreach(A.invoices, invoice_row)),
-                    variant="ghost",
-                    width="100%",
-                    id="admin-invoices-table",
-                )
+            data_table(
+                ("Number", "Customer", "Date", "Amount", "Status", ""),
+                A.invoices,
+                invoice_row,
+                "admin-invoices-table",
             ),
             empty("receipt", "No invoices", "Nothing matches this filter."),
         ),
@@ -332,21 +310,8 @@ def keys_panel() -> rx.Component:
             rx.callout(A.key_error, icon="circle-alert", color_scheme="red", width="100%"),
         ),
         new_secret_callout(),
-        scroll_x(
-            rx.table.root(
-                rx.table.header(
-                    rx.table.row(
-                        *[
-                            rx.table.column_header_cell(h)
-                            for h in ("Name", "Prefix", "Service", "Created", "Last used", "")
-                        ]
-                    )
-                ),
-                rx.table.body(rx.foreach(A.keys, key_row)),
-                variant="ghost",
-                width="100%",
-                id="keys-table",
-            )
+        data_table(
+            ("Name", "Prefix", "Service", "Created", "Last used", ""), A.keys, key_row, "keys-table"
         ),
     )
 

@@ -6,10 +6,10 @@ import reflex as rx
 
 from billing_app.components.common import (
     card,
+    data_table,
     empty,
     meter,
     pager,
-    scroll_x,
     section_title,
     status_badge,
 )
@@ -344,21 +344,12 @@ def invoices_card() -> rx.Component:
         rx.cond(
             S.invoice_total > 0,
             rx.vstack(
-                scroll_x(
-                    rx.table.root(
-                        rx.table.header(
-                            rx.table.row(
-                                *[
-                                    rx.table.column_header_cell(h)
-                                    for h in ("Number", "Date", "Period", "Amount", "Status", "")
-                                ]
-                            )
-                        ),
-                        rx.table.body(rx.foreach(S.invoices, invoice_row)),
-                        variant="surface",
-                        width="100%",
-                        id="invoices-table",
-                    )
+                data_table(
+                    ("Number", "Date", "Period", "Amount", "Status", ""),
+                    S.invoices,
+                    invoice_row,
+                    "invoices-table",
+                    variant="surface",
                 ),
                 pager(
                     rx.text.span(
