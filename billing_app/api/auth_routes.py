@@ -137,6 +137,19 @@ def _user_out(user: UserDTO) -> dict[str, Any]:
     }
 
 
+def _signed_in(
+    body: AuthInput, next_: str, user: UserDTO, token: str, status_code: int = 200
+) -> Response:
+    """Form posts go on to `next`, JSON callers get the user; both get the session cookie."""
+    response: Response
+    if body.is_form:
+        response = RedirectResponse(next_, status_code=303)
+    else:
+        response = JSONResponse({"user": _user_out(user)}, status_code=status_code)
+    set_session_cookie(response, token)
+    return response
+
+
 _FORM_REDIRECT = {303: {"description": "Form post: redirect to `next` (or back with ?error=)"}}
 
 
@@ -161,13 +174,7 @@ def login(
         if body.is_form:
             return _form_error("/login", err.message, next_)
         raise
-    response: Response
-    if body.is_form:
-        response = RedirectResponse(next_, status_code=303)
-    else:
-        response = JSONResponse({"user": _user_out(user)})
-    set_session_cookie(response, token)
-    return response
+    return _signed_in(body, next_, user, token)
 
 
 @router.post(
@@ -195,13 +202,7 @@ def signup(
         if body.is_form:
             return _form_error("/signup", err.message, next_)
         raise
-    response: Response
-    if body.is_form:
-        response = RedirectResponse(next_, status_code=303)
-    else:
-        response = JSONResponse({"user": _user_out(user)}, status_code=201)
-    set_session_cookie(response, token)
-    return response
+    return _signed_in(body, next_, user, token, status_code=201)
 
 
 @router.post(

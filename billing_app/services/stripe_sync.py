@@ -101,6 +101,26 @@ def _insert(session: Session, table: sa.Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+def _lock(session: Session, model: Any, key: str, value: str) -> Any:
+    """The row whose unique `key` is `value`, locked for this transaction, freshly read."""
+    return session.exec(
+        select(model)
+        .where(getattr(model, key) == value)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _lock_or_create(session: Session, model: Any, key: str, value: str, **defaults: Any) -> Any:
+    """Insert-or-nothing, then lock: concurrent deliveries of one object never make two rows."""
+    session.execute(
+        _insert(session, model.__table__)
+        .values({key: value, **defaults})
+        .on_conflict_do_nothing(index_elements=[key])
+    )
+    return _lock(session, model, key, value)
+
+
 def _user_exists(session: Session, user_id: int | None) -> bool:
     return user_id is not None and session.get(User, user_id) is not None
 
@@ -210,28 +230,19 @@ def apply_subscription(
     user_id = _subscription_user(session, data)
     plan = plan_for_price(data.price_id)
     now = utcnow()
-    # Insert-or-nothing then lock: concurrent created/updated deliveries never make two rows.
-    table = Subscription.__table__  # type: ignore[attr-defined]
-    session.execute(
-        _insert(session, table)
-        .values(
-            user_id=user_id,
-            stripe_subscription_id=data.id,
-            stripe_customer_id=data.customer_id,
-            status=data.status,
-            plan="free",
-            cancel_at_period_end=False,
-            created_at=data.created or now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["stripe_subscription_id"])
+    sub = _lock_or_create(
+        session,
+        Subscription,
+        "stripe_subscription_id",
+        data.id,
+        user_id=user_id,
+        stripe_customer_id=data.customer_id,
+        status=data.status,
+        plan="free",
+        cancel_at_period_end=False,
+        created_at=data.created or now,
+        updated_at=now,
     )
-    sub = session.exec(
-        select(Subscription)
-        .where(Subscription.stripe_subscription_id == data.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
     if not force and not _subscription_wins(sub, data, at):
         return False
     if plan is None and data.status in LIVE_STATUSES + ("incomplete",):
@@ -326,26 +337,18 @@ def apply_invoice(
     data = parse_invoice(obj)
     user_id = _invoice_user(session, data)
     now = utcnow()
-    table = Invoice.__table__  # type: ignore[attr-defined]
-    session.execute(
-        _insert(session, table)
-        .values(
-            stripe_invoice_id=data.id,
-            user_id=user_id,
-            status=data.status,
-            amount_due=0,
-            amount_paid=0,
-            currency=data.currency,
-            created_at=data.created or now,
-        )
-        .on_conflict_do_nothing(index_elements=["stripe_invoice_id"])
+    inv = _lock_or_create(
+        session,
+        Invoice,
+        "stripe_invoice_id",
+        data.id,
+        user_id=user_id,
+        status=data.status,
+        amount_due=0,
+        amount_paid=0,
+        currency=data.currency,
+        created_at=data.created or now,
     )
-    inv = session.exec(
-        select(Invoice)
-        .where(Invoice.stripe_invoice_id == data.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
     if not force and not _invoice_wins(inv, data, at):
         return False
     before = _invoice_state(inv)
@@ -457,12 +460,7 @@ def _store_event(session: Session, payload: dict[str, Any]) -> bool:
 def _record_failure(session: Session, stripe_event_id: str, err: BaseException) -> None:
     text = f"{type(err).__name__}: {err}"[:MAX_ERROR_LENGTH]
     try:
-        row = session.exec(
-            select(StripeEvent)
-            .where(StripeEvent.stripe_event_id == stripe_event_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        row = _lock(session, StripeEvent, "stripe_event_id", stripe_event_id)
         row.error = text
         row.attempts = (row.attempts or 0) + 1
         session.add(row)
@@ -479,12 +477,7 @@ def _process(session: Session, stripe_event_id: str, *, reapply: bool = False) -
     concurrent copy of the delivery). Raises after recording the error on the row.
     """
     try:
-        row = session.exec(
-            select(StripeEvent)
-            .where(StripeEvent.stripe_event_id == stripe_event_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
+        row = _lock(session, StripeEvent, "stripe_event_id", stripe_event_id)
         if row.processed_at is not None and not reapply:
             session.rollback()
             return "duplicate"
