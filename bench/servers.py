@@ -95,6 +95,7 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         REFLEX_USE_SYSTEM_BUN="1",
         PATH=f"{ROOT / 'tools/bun/node_modules/.bin'}:{env.get('PATH', '')}",
         GRANIAN_LOG_LEVEL="warning",
+        REFLEX_SKIP_COMPILE="true",  # as `reflex run --env prod` starts its backend
     )
     env.pop("STRIPE_SECRET_KEY", None)
     env.update(extra)

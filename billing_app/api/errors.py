@@ -125,6 +125,30 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
+def response_for(exc: Exception) -> JSONResponse:
+    """The response the installed handlers give `exc` (for routes outside FastAPI)."""
+    if isinstance(exc, RequestValidationError):
+        return _validation(None, exc)  # type: ignore[arg-type]
+    if isinstance(exc, BillingError):
+        return _billing(None, exc)  # type: ignore[arg-type]
+    if isinstance(exc, StarletteHTTPException):
+        return _http(None, exc)  # type: ignore[arg-type]
+    if isinstance(exc, sa_exc.DBAPIError):
+        return _dbapi(None, exc)  # type: ignore[arg-type]
+    if isinstance(exc, sa_exc.TimeoutError):
+        return _db_down(None, exc)  # type: ignore[arg-type]
+    return _unexpected(None, exc)  # type: ignore[arg-type]
+
+
+def too_large(max_body: int = MAX_BODY) -> JSONResponse:
+    return error_response(
+        413,
+        "payload_too_large",
+        f"The request body is larger than {max_body // 1024} KiB.",
+        max_bytes=max_body,
+    )
+
+
 def install(api: FastAPI) -> None:
     api.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     api.add_exception_handler(BillingError, _billing)  # type: ignore[arg-type]
@@ -187,10 +211,4 @@ class BodyLimitMiddleware:
                 await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413,
-            "payload_too_large",
-            f"The request body is larger than {self.max_body // 1024} KiB.",
-            max_bytes=self.max_body,
-        )
-        await response(scope, receive, send)
+        await too_large(self.max_body)(scope, receive, send)

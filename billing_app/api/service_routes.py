@@ -1,8 +1,10 @@
 """Usage ingestion and quota checks for services: the hot path.
 
-Plain `def` routes that open their own DB session and resolve the caller inside the
-one worker thread (no per-dependency thread hops), and answer with a pre-serialised
-JSONResponse (the declared response_model documents it; FastAPI skips re-validating).
+The FastAPI routes below are the documented definition (OpenAPI) and serve session
+callers; API-key callers take the same code through the plain-ASGI fast lane
+(api/fast_lane.py). Both resolve the caller, then call the functions here: usage writes
+go to the process's group-commit writer, reads and batches run on a worker thread.
+Answers are pre-serialised JSONResponses (the response_model documents them).
 
 A service key may act for any user (`user_id` required); a user's key or session
 only for that user (`user_id` optional, must be its own).
@@ -17,10 +19,11 @@ from fastapi.responses import JSONResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
-from billing_app.db import session_scope
+from billing_app.db import read_session, session_scope
 from billing_app.errors import ValidationFailed
 from billing_app.services import metering, metering_batch
-from billing_app.services.dto import RecordResult
+from billing_app.services.dto import Principal, RecordResult
+from billing_app.services.usage_writer import writer
 
 router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409))
 
@@ -66,76 +69,28 @@ def _key(body_key: str | None, header_key: str | None) -> str | None:
     return key
 
 
-_CREATED = {
-    201: {"model": s.RecordOut, "description": "Recorded"},
-    200: {"model": s.RecordOut, "description": "Duplicate of an earlier event (`duplicate`)"},
-}
-
-
-@router.post("/usage", status_code=201, response_model=s.RecordOut, responses=_CREATED)
-def post_usage(
-    body: s.UsageIn,
-    request: Request,
-    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
-) -> JSONResponse:
-    """Record usage that already happened (allowed past the limit, reported as `over_limit`)."""
-    key = _key(body.idempotency_key, idempotency_key)
-    with session_scope() as session:
-        p = require_principal(request, session)
-        require_scope(p, "usage:write")
-        user_id = resolve_user_id(p, body.user_id)
-        result = metering.record(
-            session, user_id, body.metric, body.quantity, key, body.metadata, body.occurred_at
-        )
-    return JSONResponse(record_out(result), status_code=200 if result.duplicate else 201)
-
-
-@router.post(
-    "/usage/batch",
-    status_code=201,
-    response_model=s.BatchOut,
-    responses={200: {"model": s.BatchOut, "description": "Every event was a duplicate"}},
-)
-def post_usage_batch(body: s.BatchIn, request: Request) -> JSONResponse:
-    """Up to 1,000 events: all validated first (422 naming each bad one by index), then
-    stored in one transaction."""
-    with session_scope() as session:
-        p = require_principal(request, session)
-        require_scope(p, "usage:write")
-        raw = []
-        bad = []
-        for i, ev in enumerate(body.events):
-            try:
-                uid = resolve_user_id(p, ev.user_id)
-            except ValidationFailed as err:
-                bad.append({"index": i, **err.to_dict()})
-                continue
-            raw.append({**ev.model_dump(), "user_id": uid})
-        if bad:
-            raise ValidationFailed(
-                f"{len(bad)} of {len(body.events)} events are invalid; nothing was recorded.",
-                events=bad,
-            )
-        events = metering_batch.validate_batch(raw)
-        results = metering_batch.record_batch(session, events)
-    new = sum(1 for r in results if not r.duplicate)
-    return JSONResponse(
-        {
-            "recorded": new,
-            "duplicates": len(results) - new,
-            "results": [record_out(r) for r in results],
-        },
-        status_code=201 if new else 200,
+def usage_write(
+    p: Principal, body: s.UsageIn | s.ConsumeIn, header_key: str | None, *, consume: bool
+) -> metering.UsageWrite:
+    """The validated write a caller asks for (key, scope and whom it acts for checked)."""
+    key = _key(body.idempotency_key, header_key)
+    require_scope(p, "usage:write")
+    user_id = resolve_user_id(p, body.user_id)
+    occurred_at = None if consume else body.occurred_at  # type: ignore[union-attr]
+    return metering.prepare_write(
+        user_id, body.metric, body.quantity, key, body.metadata, occurred_at, consume=consume
     )
 
 
-@router.post("/quota/check", response_model=s.CheckOut)
-def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
-    """Would `quantity` more fit in the user's quota? Reads only."""
-    with session_scope() as session:
-        p = require_principal(request, session)
-        require_scope(p, "usage:read")
-        user_id = resolve_user_id(p, body.user_id)
+def recorded(result: RecordResult) -> JSONResponse:
+    return JSONResponse(record_out(result), status_code=200 if result.duplicate else 201)
+
+
+def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
+    """Blocking: reads the counter and limit."""
+    require_scope(p, "usage:read")
+    user_id = resolve_user_id(p, body.user_id)
+    with read_session() as session:
         r = metering.check(session, user_id, body.metric, body.quantity)
     return JSONResponse(
         {
@@ -152,6 +107,77 @@ def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
     )
 
 
+def record_batch(p: Principal, body: s.BatchIn) -> JSONResponse:
+    """Blocking: validates every event, then stores them all in one transaction."""
+    require_scope(p, "usage:write")
+    raw = []
+    bad = []
+    for i, ev in enumerate(body.events):
+        try:
+            uid = resolve_user_id(p, ev.user_id)
+        except ValidationFailed as err:
+            bad.append({"index": i, **err.to_dict()})
+            continue
+        raw.append({**ev.model_dump(), "user_id": uid})
+    if bad:
+        raise ValidationFailed(
+            f"{len(bad)} of {len(body.events)} events are invalid; nothing was recorded.",
+            events=bad,
+        )
+    events = metering_batch.validate_batch(raw)
+    with session_scope() as session:
+        results = metering_batch.record_batch(session, events)
+    new = sum(1 for r in results if not r.duplicate)
+    return JSONResponse(
+        {
+            "recorded": new,
+            "duplicates": len(results) - new,
+            "results": [record_out(r) for r in results],
+        },
+        status_code=201 if new else 200,
+    )
+
+
+def _caller(request: Request) -> Principal:
+    with session_scope() as session:
+        return require_principal(request, session)
+
+
+_CREATED = {
+    201: {"model": s.RecordOut, "description": "Recorded"},
+    200: {"model": s.RecordOut, "description": "Duplicate of an earlier event (`duplicate`)"},
+}
+
+
+@router.post("/usage", status_code=201, response_model=s.RecordOut, responses=_CREATED)
+def post_usage(
+    body: s.UsageIn,
+    request: Request,
+    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
+) -> JSONResponse:
+    """Record usage that already happened (allowed past the limit, reported as `over_limit`)."""
+    write = usage_write(_caller(request), body, idempotency_key, consume=False)
+    return recorded(writer.write(write))
+
+
+@router.post(
+    "/usage/batch",
+    status_code=201,
+    response_model=s.BatchOut,
+    responses={200: {"model": s.BatchOut, "description": "Every event was a duplicate"}},
+)
+def post_usage_batch(body: s.BatchIn, request: Request) -> JSONResponse:
+    """Up to 1,000 events: all validated first (422 naming each bad one by index), then
+    stored in one transaction."""
+    return record_batch(_caller(request), body)
+
+
+@router.post("/quota/check", response_model=s.CheckOut)
+def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
+    """Would `quantity` more fit in the user's quota? Reads only."""
+    return check_quota(_caller(request), body)
+
+
 @router.post("/usage/consume", status_code=201, response_model=s.RecordOut, responses=_CREATED)
 def consume(
     body: s.ConsumeIn,
@@ -160,10 +186,5 @@ def consume(
 ) -> JSONResponse:
     """Atomically check the quota and record; over the limit → 403 `quota_exceeded`, nothing
     recorded."""
-    key = _key(body.idempotency_key, idempotency_key)
-    with session_scope() as session:
-        p = require_principal(request, session)
-        require_scope(p, "usage:write")
-        user_id = resolve_user_id(p, body.user_id)
-        result = metering.consume(session, user_id, body.metric, body.quantity, key, body.metadata)
-    return JSONResponse(record_out(result), status_code=200 if result.duplicate else 201)
+    write = usage_write(_caller(request), body, idempotency_key, consume=True)
+    return recorded(writer.write(write))

@@ -196,6 +196,21 @@ def _touch(session: Session, key_id: int) -> None:
     session.commit()
 
 
+def cached_principal(secret: str) -> Principal | None:
+    """The principal for a recently verified secret, when no database work is due
+    (cache fresh, last_used_at written less than a minute ago); else None."""
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+        return None
+    cached = _cache.get(hash_secret(secret))
+    if cached is None or cached.expires <= time.monotonic():
+        return None
+    key_id = cached.principal.api_key_id
+    last = _last_used_written.get(key_id) if key_id is not None else None
+    if last is None or time.monotonic() - last >= LAST_USED_EVERY.total_seconds():
+        return None
+    return cached.principal
+
+
 def authenticate(session: Session, secret: str | None) -> Principal:
     """The principal for a bearer secret, or Unauthorized (unknown, malformed or revoked)."""
     if not secret or not isinstance(secret, str) or not secret.startswith(KEY_PREFIX):

@@ -8,10 +8,9 @@ single conditional upsert on the counter row, never by reading then writing.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ from sqlmodel import Session, col, select
 from billing_app.clock import as_utc, utcnow
 from billing_app.db import SQLITE_BEGIN
 from billing_app.errors import (
+    BillingError,
     IdempotencyConflict,
     InvalidQuantity,
     QuotaExceeded,
@@ -139,13 +139,25 @@ class _Statements:
     """
 
     def __init__(self, dialect: str) -> None:
-        ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.pg = dialect == "postgresql"
+        ins = postgresql.insert if self.pg else sqlite.insert
         e, c = _events.c, _counters.c
         self.limit = sa.select(_quotas.c.limit).where(
             _quotas.c.user_id == sa.bindparam("user_id"),
             _quotas.c.metric == sa.bindparam("metric"),
         )
         self.user_exists = sa.select(_users.c.id).where(_users.c.id == sa.bindparam("user_id"))
+        self.limits = (
+            sa.select(_users.c.id, _quotas.c.metric, _quotas.c.limit)
+            .select_from(_users.outerjoin(_quotas, _quotas.c.user_id == _users.c.id))
+            .where(_users.c.id.in_(sa.bindparam("ids", expanding=True)))
+        )
+        key = (
+            e.user_id == sa.bindparam("user_id"),
+            e.idempotency_key == sa.bindparam("idempotency_key"),
+        )
+        self.key_exists = sa.select(e.id).where(*key)
+        self.first_event = sa.select(_events).where(*key)
         self.used = sa.select(c.used).where(
             c.user_id == sa.bindparam("user_id"),
             c.metric == sa.bindparam("metric"),
@@ -157,23 +169,157 @@ class _Statements:
             .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
             .returning(e.id)
         )
+        # Run as an executemany: SQLAlchemy batches it into multi-row VALUES from one
+        # cached compilation ("insertmanyvalues").
+        self.append_many = (
+            ins(_events)
+            .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
+            .returning(e.id, e.user_id, e.idempotency_key)
+        )
         bump = ins(_counters).values(
             {col: sa.bindparam(col, type_=c[col].type) for col in _COUNTER_COLS}
         )
         set_ = {"used": c.used + bump.excluded.used}
         keys = ["user_id", "metric", "period_start"]
         self.bump = bump.on_conflict_do_update(index_elements=keys, set_=set_).returning(c.used)
+        self.bump_many = bump.on_conflict_do_update(index_elements=keys, set_=set_).returning(
+            c.used, sort_by_parameter_order=True
+        )
+        # PostgreSQL: many rows as arrays through unnest(). The statement text never
+        # changes, so psycopg's query cache and prepared statements apply; the
+        # multi-VALUES form above is new text for each group size (profiled: re-parsing
+        # it in psycopg and planning it in PostgreSQL cost more than the inserts).
+        self.append_rows = sa.text(
+            "INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at, "
+            "idempotency_key, metadata) SELECT u, m, q, o, r, k, CAST(md AS jsonb) FROM unnest("
+            "CAST(:user_id AS integer[]), CAST(:metric AS text[]), CAST(:quantity AS bigint[]), "
+            "CAST(:occurred_at AS timestamptz[]), CAST(:recorded_at AS timestamptz[]), "
+            "CAST(:idempotency_key AS text[]), CAST(:metadata AS text[])) "
+            "AS t(u, m, q, o, r, k, md) "
+            "ON CONFLICT (user_id, idempotency_key) DO NOTHING "
+            "RETURNING id, user_id, idempotency_key"
+        )
+        self.stored_keys = sa.text(
+            "SELECT user_id, idempotency_key FROM usage_event "
+            "WHERE (user_id, idempotency_key) IN (SELECT * FROM unnest("
+            "CAST(:user_id AS integer[]), CAST(:key AS text[])))"
+        )
+        self.bump_rows = sa.text(
+            "INSERT INTO usage_counter (user_id, metric, period_start, period_end, used) "
+            "SELECT * FROM unnest(CAST(:user_id AS integer[]), CAST(:metric AS text[]), "
+            "CAST(:period_start AS timestamptz[]), CAST(:period_end AS timestamptz[]), "
+            "CAST(:used AS bigint[])) "
+            "ON CONFLICT (user_id, metric, period_start) "
+            "DO UPDATE SET used = usage_counter.used + excluded.used "
+            "RETURNING user_id, metric, period_start, used"
+        )
+
+        self.unbump = (
+            sa.update(_counters)
+            .where(
+                c.user_id == sa.bindparam("b_user_id"),
+                c.metric == sa.bindparam("b_metric"),
+                c.period_start == sa.bindparam("b_period_start", type_=c.period_start.type),
+            )
+            .values(used=c.used - sa.bindparam("b_used", type_=sa.BigInteger()))
+            .returning(c.used)
+        )
         self.bump_within = bump.on_conflict_do_update(
             index_elements=keys,
             set_=set_,
             where=c.used + bump.excluded.used <= sa.bindparam("limit", type_=sa.BigInteger()),
         ).returning(c.used)
 
+    def insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> Any:
+        """Insert event rows, skipping repeated keys: (id, user_id, key) of the new ones."""
+        if not self.pg:
+            return conn.execute(self.append_many, rows)
+        cols: dict[str, list[Any]] = {name: [r[name] for r in rows] for name in _EVENT_COLS}
+        cols["metadata"] = [None if m is None else json.dumps(m) for m in cols["metadata"]]
+        return conn.execute(self.append_rows, cols)
+
+    def consume_each(
+        self, conn: sa.Connection, rows: list[dict[str, Any]]
+    ) -> list[tuple[int | None, int | None]]:
+        """In order, per row: the conditional bump (`used + q <= limit`, no limit when None),
+        then the event only if the bump passed: (new total or None, event id or None)."""
+        if not self.pg:
+            out: list[tuple[int | None, int | None]] = []
+            for r in rows:
+                bump = {k: r[v] for k, v in _COUNTER_KEYS.items()}
+                bump["period_end"] = r["period_end"]
+                if r["limit"] is None:
+                    used = conn.execute(self.bump, bump).scalar()
+                else:
+                    used = conn.execute(self.bump_within, {**bump, "limit": r["limit"]}).scalar()
+                event = {name: r[name] for name in _EVENT_COLS}
+                out.append(
+                    (used, None if used is None else conn.execute(self.append, event).scalar())
+                )
+            return out
+        if not rows:
+            return []
+        # One statement per consume, all sent in one pipeline (one round trip for the
+        # group); they still run one after another in this transaction, each deciding on
+        # the counter the previous one left.
+        params = [{**r, "metadata": None if r["metadata"] is None else json.dumps(r["metadata"])}
+                  for r in rows]  # fmt: skip
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if len(params) < 4:  # measured: a pipeline only pays off from a few statements
+                results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
+            else:
+                cur.executemany(_PG_CONSUME, params, returning=True)
+                results = []
+                while True:
+                    results.append(cur.fetchone())
+                    if not cur.nextset():
+                        break
+        finally:
+            cur.close()
+        return [(used, id_) for used, id_ in results]
+
+    def bump_counters(
+        self, conn: sa.Connection, rows: list[dict[str, Any]]
+    ) -> dict[tuple[int, str, datetime], int]:
+        """Add to many counters (one row each) at once: the new totals."""
+        if not self.pg:
+            result = conn.execute(self.bump_many, rows).all()
+            return {
+                (r["user_id"], r["metric"], r["period_start"]): row.used
+                for r, row in zip(rows, result, strict=True)
+            }
+        cols = {name: [r[name] for r in rows] for name in _COUNTER_COLS}
+        return {(u, m, start): used for u, m, start, used in conn.execute(self.bump_rows, cols)}
+
+
+_PG_CONSUME = """
+WITH b AS (
+    INSERT INTO usage_counter (user_id, metric, period_start, period_end, used)
+    VALUES (%(user_id)s, %(metric)s, %(period_start)s, %(period_end)s, %(quantity)s)
+    ON CONFLICT (user_id, metric, period_start)
+    DO UPDATE SET used = usage_counter.used + excluded.used
+    WHERE CAST(%(limit)s AS bigint) IS NULL
+       OR usage_counter.used + excluded.used <= CAST(%(limit)s AS bigint)
+    RETURNING used
+), e AS (
+    INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
+                             idempotency_key, metadata)
+    SELECT %(user_id)s, %(metric)s, %(quantity)s, %(occurred_at)s, %(recorded_at)s,
+           %(idempotency_key)s, CAST(%(metadata)s AS jsonb)
+    FROM b
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT used FROM b), (SELECT id FROM e)
+"""
 
 _EVENT_COLS = (
     "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
 )  # fmt: skip
 _COUNTER_COLS = ("user_id", "metric", "period_start", "period_end", "used")
+_COUNTER_KEYS = {"user_id": "user_id", "metric": "metric", "period_start": "period_start",
+                 "used": "quantity"}  # fmt: skip
 _STATEMENTS: dict[str, _Statements] = {}
 
 
@@ -221,7 +367,7 @@ def _event_dto(row: Any) -> UsageEventDTO:
         occurred_at=as_utc(row.occurred_at),
         recorded_at=as_utc(row.recorded_at),
         idempotency_key=row.idempotency_key,
-        metadata=row.meta,
+        metadata=row._mapping["metadata"],
     )
 
 
@@ -231,96 +377,280 @@ def _used(session: Session, user_id: int, metric: str, period: Period) -> int:
     return conn.execute(st.used, params).scalar() or 0
 
 
-def _duplicate(session: Session, user_id: int, key: str, metric: str, quantity: int) -> Any:
-    """The first result for a repeated key (after this transaction rolled back)."""
-    session.rollback()
-    first = session.exec(
-        select(UsageEvent).where(UsageEvent.user_id == user_id, UsageEvent.idempotency_key == key)
-    ).one()
-    if first.metric != metric or first.quantity != quantity:
-        raise IdempotencyConflict(
-            "This idempotency key was already used for a different usage event "
-            f"({first.quantity} {first.metric}).",
-            idempotency_key=key,
-        )
-    period = period_for(session, user_id, first.occurred_at)
-    used = _used(session, user_id, metric, period)
-    limit = _limit(session, user_id, metric)
-    session.commit()
-    return RecordResult(
-        event=_event_dto(first),
-        duplicate=True,
-        over_limit=limit > 0 and used > limit,
-        status=_status(metric, used, limit, period),
+# ---------------------------------------------------------------- writes
+
+
+@dataclass(frozen=True, slots=True)
+class UsageWrite:
+    """A validated usage write. `consume`: only within the quota (else QuotaExceeded);
+    otherwise the work already happened and going past the limit is allowed."""
+
+    user_id: int
+    metric: str
+    quantity: int
+    idempotency_key: str
+    metadata: dict[str, Any] | None
+    occurred_at: datetime | None  # None: the moment it is stored
+    consume: bool = False
+
+
+def prepare_write(
+    user_id: Any,
+    metric: Any,
+    quantity: Any,
+    idempotency_key: Any = None,
+    metadata: Any = None,
+    occurred_at: Any = None,
+    *,
+    consume: bool = False,
+) -> UsageWrite:
+    """Validate one write (raises a ValidationFailed naming the bad field); no database."""
+    return UsageWrite(
+        user_id=_validate_user_id(user_id),
+        metric=validate_metric(metric),
+        quantity=validate_quantity(quantity),
+        idempotency_key=_validate_key(idempotency_key),
+        metadata=_validate_metadata(metadata),
+        occurred_at=None if consume else _validate_occurred_at(occurred_at, utcnow()),
+        consume=consume,
     )
 
 
-def _append_event(
-    session: Session,
-    user_id: int,
-    metric: str,
-    quantity: int,
-    key: str,
-    metadata: dict | None,
-    occurred_at: datetime,
-    now: datetime,
-) -> int | None:
-    """Insert the event; None when (user, key) already exists."""
+def _limits(session: Session, writes: list[UsageWrite]) -> dict[tuple[int, str], int]:
+    """Effective limit of every (user, metric) written, in one query; unknown users absent."""
     st, conn = _stmts(session)
-    params = {
-        "user_id": user_id,
-        "metric": metric,
-        "quantity": quantity,
-        "occurred_at": occurred_at,
-        "recorded_at": now,
-        "idempotency_key": key,
-        "metadata": metadata,
-    }
-    try:
-        return conn.execute(st.append, params).scalar()
-    except sa.exc.IntegrityError as err:
-        # Only a missing user can fail here (foreign key); the key conflict is handled above.
-        session.rollback()
-        raise UserNotFound(f"No user with id {user_id}.", user_id=user_id) from err
+    ids = sorted({w.user_id for w in writes})
+    rows = conn.execute(st.limits, {"ids": ids}).all()
+    free = get_catalog()["free"]
+    found = {uid for uid, _, _ in rows}
+    out = {(w.user_id, w.metric): free.limit_for(w.metric) for w in writes if w.user_id in found}
+    for uid, metric, limit in rows:
+        if metric is not None:
+            out[(uid, metric)] = limit
+    return out
 
 
-def _bump_counter(
-    session: Session, user_id: int, metric: str, quantity: int, period: Period, limit: int | None
-) -> int | None:
-    """Add to the period's counter in one statement; with `limit`, only if it stays within.
+def _exceeded(metric: str, quantity: int, used: int, limit: int, period: Period) -> QuotaExceeded:
+    return QuotaExceeded(
+        _reason(metric, limit, used, quantity, period),
+        metric=metric,
+        requested=quantity,
+        used=used,
+        limit=limit,
+        remaining=max(limit - used, 0),
+        resets_at=period.end.isoformat(),
+    )
 
-    Returns the new total, or None when the limit would be passed (nothing changed).
+
+WriteOutcome = RecordResult | BillingError
+
+
+def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcome]:
+    """Run writes in the session's transaction (the caller commits): one outcome each,
+    a RecordResult or the BillingError meant for that write (nothing of it written).
+
+    Records go in as one multi-row insert (a repeated key is skipped, not an error) and
+    one upsert per counter. Each consume is one conditional upsert (`used + q <= limit`)
+    followed by its event. Counters are locked in sorted order within each kind, so
+    concurrent transactions of one kind cannot deadlock; do not mix kinds in one call
+    if that matters (the group writer does not).
     """
     st, conn = _stmts(session)
-    params = {
-        "user_id": user_id,
-        "metric": metric,
-        "period_start": period.start,
-        "period_end": period.end,
-        "used": quantity,
+    now = utcnow()
+    out: list[WriteOutcome | None] = [None] * len(writes)
+    limits = _limits(session, writes)
+    periods: dict[tuple[int, datetime], Period] = {}
+
+    def period(w: UsageWrite) -> Period:
+        at = w.occurred_at or now
+        k = (w.user_id, at.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+        p = periods.get(k)
+        if p is None or not p.start <= at < p.end:
+            p = periods[k] = period_for(session, w.user_id, at)
+        return p
+
+    live: list[int] = []
+    for i, w in enumerate(writes):
+        if (w.user_id, w.metric) in limits:
+            live.append(i)
+        else:
+            out[i] = UserNotFound(f"No user with id {w.user_id}.", user_id=w.user_id)
+
+    # 1. record events: one insert, duplicates skipped; RETURNING names the new ones
+    new_id: dict[int, int] = {}
+    recs = [i for i in live if not writes[i].consume]
+    if recs:
+        inserted: dict[tuple[int, str], int] = {}
+        rows = {}
+        for i in recs:
+            w = writes[i]
+            rows.setdefault((w.user_id, w.idempotency_key), _event_row(w, now))
+        # Sorted: transactions sharing keys wait on each other in one order.
+        for id_, uid, key in st.insert_events(conn, [rows[k] for k in sorted(rows)]):
+            inserted[(uid, key)] = id_
+        for i in recs:
+            w = writes[i]
+            id_ = inserted.pop((w.user_id, w.idempotency_key), None)
+            if id_ is not None:
+                new_id[i] = id_
+
+    # 2. counters, in sorted order: records summed into one upsert each, then consumes
+    by_counter: dict[tuple[int, str, datetime], list[int]] = defaultdict(list)
+    for i in live:
+        w = writes[i]
+        by_counter[(w.user_id, w.metric, period(w).start)].append(i)
+    used_now: dict[tuple[int, str, datetime], int] = {}
+    bumps = []
+    for ck in sorted(by_counter):
+        total = sum(writes[i].quantity for i in by_counter[ck] if i in new_id)
+        if total:
+            p = period(writes[by_counter[ck][0]])
+            bumps.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
+                          "period_end": p.end, "used": total})  # fmt: skip
+    if bumps:
+        used_now.update(st.bump_counters(conn, bumps))
+    duplicates: list[int] = []
+    consumes: list[int] = []
+    stored = _stored_keys(conn, st, [writes[i] for i in live if writes[i].consume])
+    for ck in sorted(by_counter):
+        idxs = by_counter[ck]
+        if ck in used_now:  # each new record sees the total up to and including itself
+            running = used_now[ck] - sum(writes[i].quantity for i in idxs if i in new_id)
+            for i in idxs:
+                if i in new_id:
+                    running += writes[i].quantity
+                    out[i] = _result(writes[i], new_id[i], now, running, limits, period(writes[i]))
+        for i in idxs:
+            if not writes[i].consume:
+                if i not in new_id:
+                    duplicates.append(i)
+            elif (writes[i].user_id, writes[i].idempotency_key) in stored:
+                duplicates.append(i)  # a retry: never bumps, whatever the counter says now
+            else:
+                stored.add((writes[i].user_id, writes[i].idempotency_key))
+                consumes.append(i)
+
+    # Consumes, in counter order: each its conditional bump, then its event if it passed.
+    rows = []
+    refused: list[int] = []
+    for i in consumes:
+        w, p = writes[i], period(writes[i])
+        limit = limits[(w.user_id, w.metric)]
+        if limit and w.quantity > limit:  # can never fit (a new counter row takes it whole)
+            refused.append(i)
+            continue
+        rows.append({**_event_row(w, now), "period_start": p.start, "period_end": p.end,
+                     "limit": limit or None})  # fmt: skip
+    consumes = [i for i in consumes if i not in refused]
+    for i, row, (used, id_) in zip(consumes, rows, st.consume_each(conn, rows), strict=True):
+        w, p = writes[i], period(writes[i])
+        ck = (w.user_id, w.metric, p.start)
+        if used is None:
+            refused.append(i)
+            continue
+        if id_ is None:  # stored by someone else meanwhile: give the bump back
+            used = conn.execute(
+                st.unbump, {f"b_{k}": row[v] for k, v in _COUNTER_KEYS.items()}
+            ).scalar()
+            duplicates.append(i)
+        else:
+            out[i] = _result(w, id_, now, used, limits, p)
+        used_now[ck] = used
+    for i in refused:
+        w, p = writes[i], period(writes[i])
+        limit = limits[(w.user_id, w.metric)]
+        out[i] = _exceeded(w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p)
+
+    # 3. repeated keys: the first event's result, or a conflict if the values differ
+    for i in duplicates:
+        w = writes[i]
+        first = conn.execute(st.first_event, _key_params(w)).one()
+        if first.metric != w.metric or first.quantity != w.quantity:
+            out[i] = IdempotencyConflict(
+                "This idempotency key was already used for a different usage event "
+                f"({first.quantity} {first.metric}).",
+                idempotency_key=w.idempotency_key,
+            )
+            continue
+        p = period_for(session, w.user_id, as_utc(first.occurred_at))
+        ck = (w.user_id, w.metric, p.start)
+        if ck not in used_now:
+            used_now[ck] = _used(session, w.user_id, w.metric, p)
+        limit = limits[(w.user_id, w.metric)]
+        out[i] = RecordResult(
+            event=_event_dto(first),
+            duplicate=True,
+            over_limit=limit > 0 and used_now[ck] > limit,
+            status=_status(w.metric, used_now[ck], limit, p),
+        )
+    return out  # type: ignore[return-value]
+
+
+def _stored_keys(conn: sa.Connection, st: _Statements, writes: list[UsageWrite]) -> set[Any]:
+    """(user_id, key) of these writes that are already stored."""
+    pairs = sorted({(w.user_id, w.idempotency_key) for w in writes})
+    if not pairs:
+        return set()
+    if st.pg:
+        users, keys = [u for u, _ in pairs], [k for _, k in pairs]
+        return set(map(tuple, conn.execute(st.stored_keys, {"user_id": users, "key": keys})))
+    found = (conn.execute(st.key_exists, {"user_id": u, "idempotency_key": k}) for u, k in pairs)
+    return {pair for pair, hit in zip(pairs, found, strict=True) if hit.first() is not None}
+
+
+def _key_params(w: UsageWrite) -> dict[str, Any]:
+    return {"user_id": w.user_id, "idempotency_key": w.idempotency_key}
+
+
+def _event_row(w: UsageWrite, now: datetime) -> dict[str, Any]:
+    return {
+        "user_id": w.user_id,
+        "metric": w.metric,
+        "quantity": w.quantity,
+        "occurred_at": w.occurred_at or now,
+        "recorded_at": now,
+        "idempotency_key": w.idempotency_key,
+        "metadata": w.metadata,
     }
-    if limit:
-        params["limit"] = limit
-        return conn.execute(st.bump_within, params).scalar()
-    return conn.execute(st.bump, params).scalar()
 
 
-# PostgreSQL: one thread per process at a time holds a given counter row's lock (from the
-# bump to the commit). Measured on one hot row from 64 clients over 5 workers, 64
-# transactions queueing on the row lock convoyed (p99 1.5 s, 179/s); threads now queue
-# on a cheap in-process lock first, so at most one transaction per process waits on the
-# row. Striped: unrelated counters rarely share a stripe, and then only for a bump+commit.
-# The guarantee is unchanged: the conditional upsert still decides, across processes.
-_ROW_STRIPES = tuple(threading.Lock() for _ in range(64))
+def _result(
+    w: UsageWrite,
+    event_id: int,
+    now: datetime,
+    used: int,
+    limits: dict[tuple[int, str], int],
+    period: Period,
+) -> RecordResult:
+    limit = limits[(w.user_id, w.metric)]
+    return RecordResult(
+        event=UsageEventDTO(
+            event_id,
+            w.user_id,
+            w.metric,
+            w.quantity,
+            w.occurred_at or now,
+            now,
+            w.idempotency_key,
+            w.metadata,
+        ),  # fmt: skip
+        duplicate=False,
+        over_limit=limit > 0 and used > limit,
+        status=_status(w.metric, used, limit, period),
+    )
 
 
-@contextmanager
-def _row_turn(session: Session, user_id: int, metric: str) -> Iterator[None]:
-    if session.get_bind().dialect.name != "postgresql":
-        yield  # SQLite: writers are already serialised (billing_app.db)
-        return
-    with _ROW_STRIPES[hash((user_id, metric)) % len(_ROW_STRIPES)]:
-        yield
+def write_one(session: Session, write: UsageWrite) -> RecordResult:
+    """One write in its own transaction: committed, or rolled back and its error raised."""
+    try:
+        (outcome,) = apply_writes(session, [write])
+        if isinstance(outcome, BillingError):
+            raise outcome
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return outcome
 
 
 # ---------------------------------------------------------------- public API
@@ -340,34 +670,8 @@ def record(
     The work already happened, so going past the limit is allowed and reported
     (`over_limit`). A repeated idempotency key returns the first result.
     """
-    user_id = _validate_user_id(user_id)
-    metric = validate_metric(metric)
-    quantity = validate_quantity(quantity)
-    key = _validate_key(idempotency_key)
-    metadata = _validate_metadata(metadata)
-    now = utcnow()
-    occurred_at = _validate_occurred_at(occurred_at, now)
-    try:
-        limit = _limit(session, user_id, metric)
-        period = period_for(session, user_id, occurred_at)
-        event_id = _append_event(
-            session, user_id, metric, quantity, key, metadata, occurred_at, now
-        )
-        if event_id is None:
-            return _duplicate(session, user_id, key, metric, quantity)
-        with _row_turn(session, user_id, metric):
-            used = _bump_counter(session, user_id, metric, quantity, period, None)
-            session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    assert used is not None
-    return RecordResult(
-        event=UsageEventDTO(event_id, user_id, metric, quantity, occurred_at, now, key, metadata),
-        duplicate=False,
-        over_limit=limit > 0 and used > limit,
-        status=_status(metric, used, limit, period),
-    )
+    write = prepare_write(user_id, metric, quantity, idempotency_key, metadata, occurred_at)
+    return write_one(session, write)
 
 
 def consume(
@@ -381,49 +685,10 @@ def consume(
     """Atomically check the quota and record the usage, or raise QuotaExceeded.
 
     Under any concurrency the counter never passes the limit: the bump is one
-    conditional upsert, and a refused bump rolls back the event with it.
+    conditional upsert, and the event is only written when it passed.
     """
-    user_id = _validate_user_id(user_id)
-    metric = validate_metric(metric)
-    quantity = validate_quantity(quantity)
-    key = _validate_key(idempotency_key)
-    metadata = _validate_metadata(metadata)
-    now = utcnow()
-    try:
-        limit = _limit(session, user_id, metric)
-        period = period_for(session, user_id, now)
-        used: int | None = None
-        if not limit or quantity <= limit:
-            event_id = _append_event(session, user_id, metric, quantity, key, metadata, now, now)
-            if event_id is None:
-                return _duplicate(session, user_id, key, metric, quantity)
-            with _row_turn(session, user_id, metric):
-                used = _bump_counter(session, user_id, metric, quantity, period, limit)
-                if used is not None:
-                    session.commit()  # inside the turn: the row lock ends with the commit
-        if used is None:
-            session.rollback()
-            current = _used(session, user_id, metric, period)
-            session.commit()
-            status = _status(metric, current, limit, period)
-            raise QuotaExceeded(
-                _reason(metric, limit, current, quantity, period),
-                metric=metric,
-                requested=quantity,
-                used=current,
-                limit=limit,
-                remaining=status.remaining,
-                resets_at=period.end.isoformat(),
-            )
-    except BaseException:
-        session.rollback()
-        raise
-    return RecordResult(
-        event=UsageEventDTO(event_id, user_id, metric, quantity, now, now, key, metadata),
-        duplicate=False,
-        over_limit=False,
-        status=_status(metric, used, limit, period),
-    )
+    write = prepare_write(user_id, metric, quantity, idempotency_key, metadata, consume=True)
+    return write_one(session, write)
 
 
 def _reason(metric: str, limit: int, used: int, quantity: int, period: Period) -> str:

@@ -1,5 +1,6 @@
-"""API test fixtures: the real FastAPI app (create_api) over an ASGI client, or over real
-HTTP (uvicorn on loopback) where threads must hit it concurrently."""
+"""API test fixtures: the API as production serves it (the fast lane in front of the
+FastAPI app from create_api) over an ASGI client, or over real HTTP (uvicorn on loopback)
+where threads must hit it concurrently."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ with warnings.catch_warnings():  # starlette nudges towards httpx2; httpx is wha
 
 from billing_app.api import auth_routes
 from billing_app.api.app import create_api
+from billing_app.api.fast_lane import fast_lane
 from billing_app.db import session_scope
 from billing_app.services import api_keys, auth
 from billing_app.services.dto import UserDTO
@@ -58,15 +60,21 @@ def api(app_settings: Any) -> FastAPI:
 
 
 @pytest.fixture
-def client(api: FastAPI) -> Iterator[TestClient]:
-    with TestClient(api, base_url=ORIGIN) as c:
+def app(api: FastAPI) -> Any:
+    """What production serves in front of Reflex: the fast lane, then FastAPI."""
+    return fast_lane(api)
+
+
+@pytest.fixture
+def client(app: Any) -> Iterator[TestClient]:
+    with TestClient(app, base_url=ORIGIN) as c:
         yield c
 
 
 class Actors:
     """Users A and B, an admin, and their credentials."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: Any) -> None:
         self.api = api
         with session_scope() as s:
             self.a = make_user(s, email="alice@example.com", plan="basic")
@@ -92,8 +100,8 @@ class Actors:
 
 
 @pytest.fixture
-def actors(api: FastAPI) -> Actors:
-    return Actors(api)
+def actors(app: Any) -> Actors:
+    return Actors(app)
 
 
 def _free_port() -> int:
@@ -124,9 +132,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(api: FastAPI) -> Iterator[LiveServer]:
+def live_server(app: Any) -> Iterator[LiveServer]:
     """The same app served over real HTTP on loopback."""
-    server = LiveServer(api)
+    server = LiveServer(app)
     yield server
     server.stop()
 

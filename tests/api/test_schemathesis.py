@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from billing_app.api.app import create_api
+from billing_app.api.fast_lane import fast_lane
 from stripe_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import _clear_caches
 
@@ -37,8 +38,9 @@ def sandbox(monkeypatch, app_settings) -> Iterator[SandboxServer]:
 
 
 # Built at import: the app reads its settings (database URL) per request, so the test
-# database the fixtures configure is the one it uses.
-APP = create_api()
+# database the fixtures configure is the one it uses. With the fast lane in front, as in
+# production: the bearer-key calls to the usage endpoints are answered by the lane.
+APP = fast_lane(create_api())
 schema = schemathesis.openapi.from_asgi("/api/openapi.json", APP)
 
 

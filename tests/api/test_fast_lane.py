@@ -1,0 +1,137 @@
+"""The fast lane answers exactly as the FastAPI routes it stands in front of.
+
+Every case is sent twice with a bearer key: once to production's composition (the lane
+answers) and once to the bare FastAPI app (its routes answer). Status, error body and
+the success shape must match; volatile fields (ids, timestamps) are compared by type.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from billing_app.api import service_routes
+from billing_app.api.app import create_api
+from tests.api.conftest import ORIGIN
+
+# Both sides write to the same users, so counter values differ by what the other wrote.
+VOLATILE = {"id", "recorded_at", "occurred_at", "idempotency_key", "used", "remaining", "percent"}
+
+
+def _shape(value: Any) -> Any:
+    """The body with volatile fields reduced to their type."""
+    if isinstance(value, dict):
+        return {k: type(v).__name__ if k in VOLATILE else _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return value
+
+
+@pytest.fixture
+def pair(actors, app_settings):
+    def clients(secret: str) -> tuple[TestClient, TestClient]:
+        auth = {"Authorization": f"Bearer {secret}"}
+        lane = TestClient(actors.api, base_url=ORIGIN, headers=auth)
+        plain = TestClient(create_api(), base_url=ORIGIN, headers=auth)
+        return lane, plain
+
+    return clients
+
+
+def _both(pair_clients, path: str, body: Any, tag: str, headers: dict | None = None):
+    """Send to both; a JSON body's idempotency key gets a per-side suffix so both write."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    out = []
+    for side, client in zip(("lane", "plain"), pair_clients, strict=True):
+        if isinstance(body, dict):
+            b = dict(body)
+            if "idempotency_key" in b:
+                b["idempotency_key"] = f"{b['idempotency_key']}-{side}"
+            if "events" in b:
+                b["events"] = [
+                    {**e, "idempotency_key": f"{e['idempotency_key']}-{side}"}
+                    if "idempotency_key" in e
+                    else e
+                    for e in b["events"]
+                ]
+            content = json.dumps(b).encode()
+        else:
+            content = body
+        out.append(client.post(path, content=content, headers=headers))
+    lane, plain = out
+    assert lane.status_code == plain.status_code, (tag, lane.text, plain.text)
+    assert _shape(lane.json()) == _shape(plain.json()), (tag, lane.text, plain.text)
+    assert lane.headers.get("www-authenticate") == plain.headers.get("www-authenticate")
+    return lane
+
+
+def test_lane_and_routes_answer_alike(actors, pair):
+    svc = pair(actors.service_key)
+    a, b = actors.a.id, actors.b.id
+    usage = "/api/billing/usage"
+    cases: list[tuple[str, str, Any, int]] = [
+        ("record", usage, {"user_id": a, "metric": "tokens", "quantity": 5,
+                           "idempotency_key": "k1", "metadata": {"m": 1}}, 201),
+        ("duplicate", usage, {"user_id": a, "metric": "tokens", "quantity": 5,
+                              "idempotency_key": "k1", "metadata": {"m": 1}}, 200),
+        ("conflict", usage, {"user_id": a, "metric": "tokens", "quantity": 6,
+                             "idempotency_key": "k1"}, 409),
+        ("unknown metric", usage, {"user_id": a, "metric": "gpus", "quantity": 1}, 422),
+        ("string quantity", usage, {"user_id": a, "metric": "tokens", "quantity": "5"}, 422),
+        ("missing field", usage, {"user_id": a, "metric": "tokens"}, 422),
+        ("no user_id", usage, {"metric": "tokens", "quantity": 1}, 422),
+        ("unknown user", usage, {"user_id": 999_999, "metric": "tokens", "quantity": 1}, 404),
+        ("future", usage, {"user_id": a, "metric": "tokens", "quantity": 1,
+                           "occurred_at": "2999-01-01T00:00:00Z"}, 422),
+        ("malformed", usage, b'{"user_id": 1,', 400),
+        ("empty body", usage, b"", 422),
+        ("check", "/api/billing/quota/check", {"user_id": a, "metric": "tokens"}, 200),
+        ("consume", "/api/billing/usage/consume", {"user_id": b, "metric": "scraping_tasks",
+                                                   "quantity": 1, "idempotency_key": "c1"}, 201),
+        ("over limit", "/api/billing/usage/consume", {"user_id": b, "metric": "scraping_tasks",
+                                                      "quantity": 10**6}, 403),
+        ("batch", "/api/billing/usage/batch", {"events": [
+            {"user_id": a, "metric": "api_calls", "quantity": 1, "idempotency_key": "b1"},
+            {"user_id": b, "metric": "api_calls", "quantity": 2, "idempotency_key": "b2"},
+        ]}, 201),
+        ("bad batch", "/api/billing/usage/batch", {"events": [
+            {"user_id": a, "metric": "api_calls", "quantity": 1},
+            {"user_id": a, "metric": "nope", "quantity": -1},
+        ]}, 422),
+    ]  # fmt: skip
+    for tag, path, body, status in cases:
+        r = _both(svc, path, body, tag)
+        assert r.status_code == status, (tag, r.text)
+
+    # header key vs body key
+    body = {"user_id": a, "metric": "tokens", "quantity": 1, "idempotency_key": "x"}
+    _both(svc, usage, json.dumps(body).encode(), "keys differ", headers={"Idempotency-Key": "y"})
+    # a user's key acting for someone else; a key that does not exist
+    r = _both(pair(actors.a_key), usage, {"user_id": b, "metric": "tokens", "quantity": 1}, "403")
+    assert r.status_code == 403
+    r = _both(pair("bk_live_nope_nope"), usage, {"metric": "tokens", "quantity": 1}, "401")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    # too large, by Content-Length
+    big = json.dumps({"metric": "tokens", "quantity": 1, "metadata": {"x": "a" * (1 << 20)}})
+    assert _both(svc, usage, big.encode(), "413").status_code == 413
+
+
+def test_lane_serves_bearer_calls_and_passes_the_rest_on(actors, monkeypatch):
+    def fastapi_route_was_used(_request):
+        raise AssertionError("served by the FastAPI route")
+
+    monkeypatch.setattr(service_routes, "_caller", fastapi_route_was_used)
+    c = actors.key_client(actors.service_key)
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage", json=body).status_code == 201
+    # Session callers go on to FastAPI (which now fails loudly, proving where it went).
+    monkeypatch.undo()
+    browser = actors.cookie_client(actors.a)
+    r = browser.post("/api/billing/usage", json={"metric": "tokens", "quantity": 1})
+    assert r.status_code == 201, r.text
+    # Other content types go on to FastAPI too, which answers them its own way.
+    r = c.post("/api/billing/usage", content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code in (400, 415, 422), r.text
