@@ -1,6 +1,7 @@
 """Keeping local billing state in step with Stripe.
 
-- `handle_webhook`: verify, store the event id first (exactly once), then apply it.
+- `handle_webhook`: verify, then store the event id (exactly once) and apply it in one
+  transaction; a failed apply is stored unprocessed with its error, for the retry.
 - `apply_subscription` / `apply_invoice`: idempotent, order-independent upserts. An event
   older than what was last applied never overwrites newer state; terminal states
   (canceled subscription, paid/void invoice) are never undone by a stale event.
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
@@ -25,6 +28,7 @@ from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import (
     INVOICE_STATUS_RANK,
     TERMINAL_INVOICE_STATUSES,
+    EventData,
     InvoiceData,
     MalformedObject,
     SubscriptionData,
@@ -45,7 +49,7 @@ from billing_app.models import (
 from billing_app.plans import get_catalog, plan_for_price
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
-from billing_app.services.subscriptions import LIVE_STATUSES, effective_plan_key
+from billing_app.services.subscriptions import LIVE_STATUSES, effective_plan_key, plan_key_for
 from billing_app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -95,10 +99,90 @@ class UnknownPrice(Exception):
 
 # ---------------------------------------------------------------- helpers
 
+# Hot paths use Core statements built once (no ORM flush or statement building per event);
+# `_forget_loaded` keeps the session's identity map honest after such a write.
+_EVENTS: sa.Table = StripeEvent.__table__  # type: ignore[attr-defined]
+_SUBS: sa.Table = Subscription.__table__  # type: ignore[attr-defined]
+_INVOICES: sa.Table = Invoice.__table__  # type: ignore[attr-defined]
+_QUOTAS: sa.Table = Quota.__table__  # type: ignore[attr-defined]
+_USERS: sa.Table = User.__table__  # type: ignore[attr-defined]
 
-def _insert(session: Session, table: sa.Table) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+# The subscription and, in the same round trip, whether its user already has a customer.
+_SUB_LOCK = (
+    sa.select(_SUBS, _USERS.c.stripe_customer_id.label("user_customer_id"))
+    .select_from(_SUBS.outerjoin(_USERS, _USERS.c.id == _SUBS.c.user_id))
+    .where(_SUBS.c.stripe_subscription_id == sa.bindparam("key"))
+    .with_for_update(of=_SUBS)
+)
+_SUB_UPDATE = sa.update(_SUBS).where(_SUBS.c.id == sa.bindparam("row_id"))
+_INV_LOCK = (
+    sa.select(_INVOICES)
+    .where(_INVOICES.c.stripe_invoice_id == sa.bindparam("key"))
+    .with_for_update()
+)
+_INV_UPDATE = sa.update(_INVOICES).where(_INVOICES.c.id == sa.bindparam("row_id"))
+# What refreshing a user's quotas reads, in one round trip: their subscriptions (kind 0,
+# newest first, named as plan_key_for reads them), then their quota rows (kind 1: metric,
+# source, limit, plan_limit in the status, plan, limit, plan_limit columns).
+_PLAN_INPUTS = sa.union_all(
+    sa.select(
+        sa.literal_column("0").label("kind"),
+        _SUBS.c.id,
+        _SUBS.c.status,
+        _SUBS.c.plan,
+        _SUBS.c.past_due_since,
+        _SUBS.c.updated_at,
+        _SUBS.c.created_at,
+        sa.null().label("limit"),
+        sa.null().label("plan_limit"),
+    ).where(_SUBS.c.user_id == sa.bindparam("user_id")),
+    sa.select(
+        sa.literal_column("1"),
+        _QUOTAS.c.id,
+        _QUOTAS.c.metric,
+        _QUOTAS.c.source,
+        sa.null(),
+        sa.null(),
+        sa.null(),
+        _QUOTAS.c.limit,
+        _QUOTAS.c.plan_limit,
+    ).where(_QUOTAS.c.user_id == sa.bindparam("user_id")),
+).order_by(
+    sa.literal_column("kind"),
+    sa.literal_column("created_at").desc(),
+    sa.literal_column("id").desc(),
+)
+_QUOTA_UPDATE = sa.update(_QUOTAS).where(_QUOTAS.c.id == sa.bindparam("row_id"))
+_QUOTA_INSERT = sa.insert(_QUOTAS)
+_EVENT_PROCESSED = sa.select(_EVENTS.c.processed_at).where(
+    _EVENTS.c.stripe_event_id == sa.bindparam("key")
+)
+_EVENT_NOTE = sa.update(_EVENTS).where(_EVENTS.c.id == sa.bindparam("row_id"))
+_USER_OF_CUSTOMER = sa.select(_USERS.c.id).where(_USERS.c.stripe_customer_id == sa.bindparam("key"))
+_OWNER_OF_SUB = sa.select(_SUBS.c.user_id).where(
+    _SUBS.c.stripe_subscription_id == sa.bindparam("key")
+)
+
+
+@lru_cache(maxsize=4)
+def _event_claim(dialect: str) -> Any:
+    """INSERT of an event row that does nothing when its id is stored; returns the new id."""
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_EVENTS)
+    return ins.on_conflict_do_nothing(index_elements=["stripe_event_id"]).returning(_EVENTS.c.id)
+
+
+@lru_cache(maxsize=8)
+def _create_row(dialect: str, table: sa.Table, key: str) -> Any:
+    """INSERT of a new object row returning it (it is ours, and locked); nothing on conflict."""
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return ins.on_conflict_do_nothing(index_elements=[key]).returning(*table.c)
+
+
+def _forget_loaded(session: Session, model: Any, row_id: Any) -> None:
+    """A Core write changed this row: a loaded ORM copy reloads on its next use."""
+    obj = session.identity_map.get(identity_key(model, row_id))
+    if obj is not None:
+        session.expire(obj)
 
 
 def _lock(session: Session, model: Any, key: str, value: str) -> Any:
@@ -109,16 +193,6 @@ def _lock(session: Session, model: Any, key: str, value: str) -> Any:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
-
-
-def _lock_or_create(session: Session, model: Any, key: str, value: str, **defaults: Any) -> Any:
-    """Insert-or-nothing, then lock: concurrent deliveries of one object never make two rows."""
-    session.execute(
-        _insert(session, model.__table__)
-        .values({key: value, **defaults})
-        .on_conflict_do_nothing(index_elements=[key])
-    )
-    return _lock(session, model, key, value)
 
 
 def _user_exists(session: Session, user_id: int | None) -> bool:
@@ -147,10 +221,55 @@ def _link_customer(session: Session, user_id: int, customer_id: str | None) -> b
 
 
 def refresh_quotas(session: Session, user_id: int) -> str:
-    """Set the user's quotas from their effective plan (admin overrides stay). Caller commits."""
-    plan = effective_plan_key(session, user_id)
-    quotas.apply_plan(session, user_id, plan)
-    return plan
+    """Set the user's quotas from their effective plan (admin overrides stay). Caller commits.
+
+    What `effective_plan_key` + `quotas.apply_plan` do, in Core: one read, and writes only
+    for the rows that change.
+    """
+    session.flush()
+    conn = session.connection()
+    subs: list[Any] = []
+    rows: dict[str, tuple[int, str, int, int]] = {}  # metric: (id, source, limit, plan_limit)
+    for r in conn.execute(_PLAN_INPUTS, {"user_id": user_id}):
+        if r.kind == 0:
+            subs.append(r)
+        else:
+            rows[r.status] = (r.id, r.plan, r.limit, r.plan_limit)
+    # As subscriptions.current_subscription: the newest live one, else the newest.
+    current = next((s for s in subs if s.status in LIVE_STATUSES), subs[0] if subs else None)
+    plan_key = plan_key_for(current)  # type: ignore[arg-type]  # reads the same columns
+    plan = get_catalog()[plan_key]
+    now = utcnow()
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    for metric in METRICS:
+        limit = plan.limit_for(metric)
+        q = rows.get(metric)
+        if q is None:
+            inserts.append(
+                {
+                    "user_id": user_id,
+                    "metric": metric,
+                    "limit": limit,
+                    "source": "plan",
+                    "plan_limit": limit,
+                    "updated_at": now,
+                }
+            )
+            continue
+        row_id, source, current_limit, plan_limit = q
+        if plan_limit != limit or (source != "admin" and current_limit != limit):
+            new_limit = limit if source == "plan" else current_limit
+            updates.append(
+                {"row_id": row_id, "plan_limit": limit, "limit": new_limit, "updated_at": now}
+            )
+    if updates:
+        conn.execute(_QUOTA_UPDATE, updates)
+        for u in updates:
+            _forget_loaded(session, Quota, u["row_id"])
+    if inserts:
+        conn.execute(_QUOTA_INSERT, inserts)
+    return plan_key
 
 
 def _quotas_follow(session: Session, user_id: int, plan_key: str) -> bool:
@@ -165,30 +284,30 @@ def _quotas_follow(session: Session, user_id: int, plan_key: str) -> bool:
 # ---------------------------------------------------------------- subscriptions
 
 
-def _subscription_user(session: Session, data: SubscriptionData) -> int:
-    existing = session.exec(
-        select(Subscription.user_id).where(Subscription.stripe_subscription_id == data.id)
-    ).first()
-    if existing is not None:
-        return existing
-    user = _user_by_customer(session, data.customer_id)
-    if user is not None and user.id is not None:
-        return user.id
+def _subscription_user(
+    session: Session, conn: sa.Connection, data: SubscriptionData
+) -> tuple[int, bool]:
+    """The owner of a subscription not stored yet (its customer's user, else metadata's), and
+    whether that user already holds the customer."""
+    if data.customer_id:
+        user_id = conn.execute(_USER_OF_CUSTOMER, {"key": data.customer_id}).scalar()
+        if user_id is not None:
+            return user_id, True
     if _user_exists(session, data.user_id):
         assert data.user_id is not None
-        return data.user_id
+        return data.user_id, False
     raise UnmappedObject(
         f"subscription {data.id}: no local user for customer {data.customer_id} "
         f"(metadata.user_id={data.user_id})"
     )
 
 
-def _subscription_wins(sub: Subscription, data: SubscriptionData, at: datetime | None) -> bool:
+def _subscription_wins(sub: Any, data: SubscriptionData, at: datetime | None) -> bool:
     """Should `data` (as of `at`) overwrite the stored row? Never older over newer."""
-    stored_at = sub.updated_from_stripe_at
+    stored_at = sub["updated_from_stripe_at"]
     if stored_at is None:
         return True
-    stored_terminal = sub.status in ("canceled", "incomplete_expired")
+    stored_terminal = sub["status"] in ("canceled", "incomplete_expired")
     if stored_terminal and not data.is_terminal:
         return False  # Stripe never revives a canceled subscription: this event is stale
     if at is None:
@@ -199,17 +318,49 @@ def _subscription_wins(sub: Subscription, data: SubscriptionData, at: datetime |
     return data.is_terminal or not stored_terminal
 
 
-def _state(sub: Subscription) -> tuple[Any, ...]:
-    return (
-        sub.status,
-        sub.plan,
-        sub.stripe_price_id,
-        sub.current_period_start,
-        sub.current_period_end,
-        sub.cancel_at_period_end,
-        sub.canceled_at,
-        sub.past_due_since,
-    )
+def _state(row: Any, keys: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row[k] for k in keys)
+
+
+_SUB_STATE = (
+    "status",
+    "plan",
+    "stripe_price_id",
+    "current_period_start",
+    "current_period_end",
+    "cancel_at_period_end",
+    "canceled_at",
+    "past_due_since",
+)
+
+
+def _subscription_values(
+    data: SubscriptionData, plan: Any, at: datetime | None, now: datetime, sub: Any
+) -> dict[str, Any]:
+    """The columns `data` (as of `at`) writes over the stored row `sub`."""
+    stored_at = sub["updated_from_stripe_at"]
+    past_due_since = None
+    if data.status == "past_due":
+        # The grace period counts from when Stripe moved it to past_due.
+        past_due_since = sub["past_due_since"]
+        previous_status = sub["status"] if stored_at is not None else None
+        if previous_status != "past_due" or past_due_since is None:
+            past_due_since = at or now
+    values: dict[str, Any] = {
+        "stripe_customer_id": data.customer_id or sub["stripe_customer_id"],
+        "stripe_price_id": data.price_id,
+        "plan": plan.key if plan is not None else sub["plan"],
+        "status": data.status,
+        "current_period_start": data.current_period_start or sub["current_period_start"],
+        "current_period_end": data.current_period_end or sub["current_period_end"],
+        "cancel_at_period_end": data.cancel_at_period_end,
+        "canceled_at": data.canceled_at,
+        "past_due_since": past_due_since,
+        "updated_at": now,
+    }
+    if at is not None:
+        values["updated_from_stripe_at"] = at if stored_at is None else max(as_utc(stored_at), at)
+    return values
 
 
 def apply_subscription(
@@ -227,107 +378,136 @@ def apply_subscription(
     data = parse_subscription(obj)
     if data.status not in SUBSCRIPTION_STATUSES:
         raise MalformedObject(f"subscription {data.id} has unknown status {data.status!r}")
-    user_id = _subscription_user(session, data)
+    session.flush()  # pending ORM changes first, as an ORM query would (autoflush)
+    conn = session.connection()
+    # Known subscription (the usual case): one locked read, which also tells whether its
+    # user already has a customer (then there is nothing to link).
+    row = conn.execute(_SUB_LOCK, {"key": data.id}).first()
+    if row is not None:
+        user_id, linked = row.user_id, row.user_customer_id is not None
+    else:
+        user_id, linked = _subscription_user(session, conn, data)
     plan = plan_for_price(data.price_id)
-    now = utcnow()
-    sub = _lock_or_create(
-        session,
-        Subscription,
-        "stripe_subscription_id",
-        data.id,
-        user_id=user_id,
-        stripe_customer_id=data.customer_id,
-        status=data.status,
-        plan="free",
-        cancel_at_period_end=False,
-        created_at=data.created or now,
-        updated_at=now,
-    )
-    if not force and not _subscription_wins(sub, data, at):
-        return False
     if plan is None and data.status in LIVE_STATUSES + ("incomplete",):
-        raise UnknownPrice(
+        unknown_price = UnknownPrice(
             f"subscription {data.id} is on price {data.price_id}, which is not in the plan "
             "catalog (check STRIPE_PRICE_BASIC/PRO/ENTERPRISE)"
         )
-    before = _state(sub)
-    previous_status = sub.status if sub.updated_from_stripe_at is not None else None
-    sub.stripe_customer_id = data.customer_id or sub.stripe_customer_id
-    sub.stripe_price_id = data.price_id
-    sub.plan = plan.key if plan is not None else sub.plan
-    sub.status = data.status
-    sub.current_period_start = data.current_period_start or sub.current_period_start
-    sub.current_period_end = data.current_period_end or sub.current_period_end
-    sub.cancel_at_period_end = data.cancel_at_period_end
-    sub.canceled_at = data.canceled_at
-    if data.status == "past_due":
-        # The grace period counts from when Stripe moved it to past_due.
-        if previous_status != "past_due" or sub.past_due_since is None:
-            sub.past_due_since = at or now
     else:
-        sub.past_due_since = None
-    if at is not None:
-        stored = sub.updated_from_stripe_at
-        sub.updated_from_stripe_at = at if stored is None else max(as_utc(stored), at)
-    sub.updated_at = now
-    session.add(sub)
-    session.flush()
-    _link_customer(session, user_id, data.customer_id)
+        unknown_price = None
+    now = utcnow()
+    changed: bool | None = None
+    if row is None:
+        # New: insert it with its final values (insert-or-nothing: a concurrent delivery of
+        # the same subscription never makes a second row; then we update theirs below).
+        if unknown_price is not None:
+            raise unknown_price
+        blank = {
+            "stripe_subscription_id": data.id,
+            "user_id": user_id,
+            "stripe_customer_id": data.customer_id,
+            "status": data.status,
+            "plan": "free",
+            "stripe_price_id": None,
+            "current_period_start": None,
+            "current_period_end": None,
+            "cancel_at_period_end": False,
+            "canceled_at": None,
+            "past_due_since": None,
+            "updated_from_stripe_at": None,
+            "created_at": data.created or now,
+            "updated_at": now,
+        }
+        values = _subscription_values(data, plan, at, now, blank)
+        created = conn.execute(
+            _create_row(conn.dialect.name, _SUBS, "stripe_subscription_id"),
+            {**blank, **values},
+        ).first()
+        if created is not None:
+            changed = _state(values, _SUB_STATE) != _state(blank, _SUB_STATE)
+        else:
+            row = conn.execute(_SUB_LOCK, {"key": data.id}).first()
+    if changed is None:
+        sub = row._mapping
+        if not force and not _subscription_wins(sub, data, at):
+            return False
+        if unknown_price is not None:
+            raise unknown_price
+        values = _subscription_values(data, plan, at, now, sub)
+        conn.execute(_SUB_UPDATE, {"row_id": sub["id"], **values})
+        _forget_loaded(session, Subscription, sub["id"])
+        changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
+    if not linked:
+        _link_customer(session, user_id, data.customer_id)
     refresh_quotas(session, user_id)
-    return _state(sub) != before
+    return changed
 
 
 # ---------------------------------------------------------------- invoices
 
 
-def _invoice_user(session: Session, data: InvoiceData) -> int:
-    existing = session.exec(
-        select(Invoice.user_id).where(Invoice.stripe_invoice_id == data.id)
-    ).first()
-    if existing is not None:
-        return existing
+def _invoice_user(session: Session, conn: sa.Connection, data: InvoiceData) -> int:
+    """The owner of an invoice not stored yet: its subscription's, its customer's, metadata's."""
     if data.subscription_id:
-        owner = session.exec(
-            select(Subscription.user_id).where(
-                Subscription.stripe_subscription_id == data.subscription_id
-            )
-        ).first()
+        owner = conn.execute(_OWNER_OF_SUB, {"key": data.subscription_id}).scalar()
         if owner is not None:
             return owner
-    user = _user_by_customer(session, data.customer_id)
-    if user is not None and user.id is not None:
-        return user.id
+    if data.customer_id:
+        user_id = conn.execute(_USER_OF_CUSTOMER, {"key": data.customer_id}).scalar()
+        if user_id is not None:
+            return user_id
     if _user_exists(session, data.user_id):
         assert data.user_id is not None
         return data.user_id
     raise UnmappedObject(f"invoice {data.id}: no local user for customer {data.customer_id}")
 
 
-def _invoice_wins(inv: Invoice, data: InvoiceData, at: datetime | None) -> bool:
-    stored_at = inv.updated_from_stripe_at
+def _invoice_wins(inv: Any, data: InvoiceData, at: datetime | None) -> bool:
+    stored_at = inv["updated_from_stripe_at"]
     if stored_at is None:
         return True
-    if inv.status in TERMINAL_INVOICE_STATUSES and data.status not in TERMINAL_INVOICE_STATUSES:
+    if inv["status"] in TERMINAL_INVOICE_STATUSES and data.status not in TERMINAL_INVOICE_STATUSES:
         return False  # a paid or void invoice never reopens: the event is stale
     if at is None:
         return False
     if at != stored_at:
         return at > stored_at
     # Same second: the more final status wins (paid over open/failed).
-    return INVOICE_STATUS_RANK.get(data.status, 0) >= INVOICE_STATUS_RANK.get(inv.status, 0)
+    return INVOICE_STATUS_RANK.get(data.status, 0) >= INVOICE_STATUS_RANK.get(inv["status"], 0)
 
 
-def _invoice_state(inv: Invoice) -> tuple[Any, ...]:
-    return (
-        inv.status,
-        inv.amount_due,
-        inv.amount_paid,
-        inv.number,
-        inv.hosted_invoice_url,
-        inv.invoice_pdf,
-        inv.period_start,
-        inv.period_end,
-    )
+_INVOICE_STATE = (
+    "status",
+    "amount_due",
+    "amount_paid",
+    "number",
+    "hosted_invoice_url",
+    "invoice_pdf",
+    "period_start",
+    "period_end",
+)
+
+
+def _invoice_values(data: InvoiceData, at: datetime | None, inv: Any) -> dict[str, Any]:
+    """The columns `data` (as of `at`) writes over the stored row `inv`."""
+    stored_at = inv["updated_from_stripe_at"]
+    values: dict[str, Any] = {
+        "stripe_subscription_id": data.subscription_id or inv["stripe_subscription_id"],
+        "number": data.number or inv["number"],
+        "status": data.status,
+        "amount_due": data.amount_due,
+        "amount_paid": data.amount_paid,
+        "currency": data.currency,
+        "period_start": data.period_start,
+        "period_end": data.period_end,
+        "hosted_invoice_url": data.hosted_invoice_url or inv["hosted_invoice_url"],
+        "invoice_pdf": data.invoice_pdf or inv["invoice_pdf"],
+    }
+    if data.created is not None:
+        values["created_at"] = data.created
+    if at is not None:
+        values["updated_from_stripe_at"] = at if stored_at is None else max(as_utc(stored_at), at)
+    return values
 
 
 def apply_invoice(
@@ -335,42 +515,43 @@ def apply_invoice(
 ) -> bool:
     """Upsert a Stripe invoice object seen as of `at`. Returns True when it changed."""
     data = parse_invoice(obj)
-    user_id = _invoice_user(session, data)
-    now = utcnow()
-    inv = _lock_or_create(
-        session,
-        Invoice,
-        "stripe_invoice_id",
-        data.id,
-        user_id=user_id,
-        status=data.status,
-        amount_due=0,
-        amount_paid=0,
-        currency=data.currency,
-        created_at=data.created or now,
-    )
+    session.flush()  # pending ORM changes first, as an ORM query would (autoflush)
+    conn = session.connection()
+    row = conn.execute(_INV_LOCK, {"key": data.id}).first()
+    if row is None:
+        # New: insert it with its final values (or, created concurrently, update theirs).
+        blank = {
+            "stripe_invoice_id": data.id,
+            "user_id": _invoice_user(session, conn, data),
+            "stripe_subscription_id": None,
+            "number": None,
+            "status": data.status,
+            "amount_due": 0,
+            "amount_paid": 0,
+            "currency": data.currency,
+            "period_start": None,
+            "period_end": None,
+            "hosted_invoice_url": None,
+            "invoice_pdf": None,
+            "created_at": data.created or utcnow(),
+            "updated_from_stripe_at": None,
+        }
+        created = conn.execute(
+            _create_row(conn.dialect.name, _INVOICES, "stripe_invoice_id"),
+            {**blank, **_invoice_values(data, at, blank)},
+        ).first()
+        if created is not None:
+            return True
+        row = conn.execute(_INV_LOCK, {"key": data.id}).first()
+    inv = row._mapping
     if not force and not _invoice_wins(inv, data, at):
         return False
-    before = _invoice_state(inv)
-    fresh = inv.updated_from_stripe_at is None
-    inv.stripe_subscription_id = data.subscription_id or inv.stripe_subscription_id
-    inv.number = data.number or inv.number
-    inv.status = data.status
-    inv.amount_due = data.amount_due
-    inv.amount_paid = data.amount_paid
-    inv.currency = data.currency
-    inv.period_start = data.period_start
-    inv.period_end = data.period_end
-    inv.hosted_invoice_url = data.hosted_invoice_url or inv.hosted_invoice_url
-    inv.invoice_pdf = data.invoice_pdf or inv.invoice_pdf
-    if data.created is not None:
-        inv.created_at = data.created
-    if at is not None:
-        stored = inv.updated_from_stripe_at
-        inv.updated_from_stripe_at = at if stored is None else max(as_utc(stored), at)
-    session.add(inv)
-    session.flush()
-    return fresh or _invoice_state(inv) != before
+    values = _invoice_values(data, at, inv)
+    if any(values[k] != inv[k] for k in values):
+        conn.execute(_INV_UPDATE, {"row_id": inv["id"], **values})
+        _forget_loaded(session, Invoice, inv["id"])
+    stored_at = inv["updated_from_stripe_at"]
+    return stored_at is None or _state(values, _INVOICE_STATE) != _state(inv, _INVOICE_STATE)
 
 
 # ---------------------------------------------------------------- checkout
@@ -432,29 +613,70 @@ def apply_event(session: Session, payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _store_event(session: Session, payload: dict[str, Any]) -> bool:
-    """Insert the event row in its own transaction; False when its id is already stored."""
-    event = parse_event(payload)
-    table = StripeEvent.__table__  # type: ignore[attr-defined]
+def _claim(session: Session, event: EventData, now: datetime) -> int | None:
+    """Insert the event row, already marked processed, in a transaction left open for
+    applying it: only a commit of both makes it visible. None when its id is stored."""
+    conn = session.connection()
     try:
-        inserted = session.execute(
-            _insert(session, table)
-            .values(
-                stripe_event_id=event.id,
-                type=event.type,
-                created=event.created,
-                payload=payload,
-                received_at=utcnow(),
-                attempts=0,
-            )
-            .on_conflict_do_nothing(index_elements=["stripe_event_id"])
-            .returning(table.c.id)
+        return conn.execute(
+            _event_claim(conn.dialect.name),
+            {
+                "stripe_event_id": event.id,
+                "type": event.type,
+                "created": event.created,
+                "payload": event.payload,
+                "received_at": now,
+                "processed_at": now,
+                "attempts": 1,
+            },
         ).scalar()
-        session.commit()
     except BaseException:
         session.rollback()
         raise
-    return inserted is not None
+
+
+def _apply_new(session: Session, event: EventData, row_id: int, now: datetime) -> str:
+    """Apply a just-claimed event in the claiming transaction, one commit for both.
+
+    On failure nothing of it stays, so the row is stored again unprocessed with the error,
+    as the retry path expects. Raises after that.
+    """
+    try:
+        note = apply_event(session, event.payload)
+        if note is not None:
+            session.connection().execute(_EVENT_NOTE, {"row_id": row_id, "error": note})
+        session.commit()
+    except BaseException as err:
+        session.rollback()
+        log.warning("applying stripe event %s failed: %s", event.id, err)
+        _store_failure(session, event, now, err)
+        raise
+    return "ignored" if note else "applied"
+
+
+def _store_failure(session: Session, event: EventData, now: datetime, err: BaseException) -> None:
+    text = f"{type(err).__name__}: {err}"[:MAX_ERROR_LENGTH]
+    try:
+        conn = session.connection()
+        stored = conn.execute(
+            _event_claim(conn.dialect.name),
+            {
+                "stripe_event_id": event.id,
+                "type": event.type,
+                "created": event.created,
+                "payload": event.payload,
+                "received_at": now,
+                "error": text,
+                "attempts": 1,
+            },
+        ).scalar()
+        session.commit()
+    except Exception:  # the database itself is failing; the 500 still makes Stripe retry
+        session.rollback()
+        log.exception("could not record the failure of stripe event %s", event.id)
+        return
+    if stored is None:  # a concurrent delivery stored it meanwhile
+        _record_failure(session, event.id, err)
 
 
 def _record_failure(session: Session, stripe_event_id: str, err: BaseException) -> None:
@@ -506,16 +728,23 @@ def handle_webhook(session: Session, payload: bytes, signature_header: str | Non
         return WebhookResult(
             400, {"error": {"code": "invalid_payload", "message": f"Not a Stripe event: {err}"}}
         )
-    if not _store_event(session, raw):
-        processed_at = session.exec(
-            select(StripeEvent.processed_at).where(StripeEvent.stripe_event_id == event.id)
-        ).first()
-        session.rollback()
+    now = utcnow()
+    row_id = _claim(session, event, now)  # raises (nothing stored) when the database fails
+    if row_id is None:
+        try:
+            processed_at = (
+                session.connection().execute(_EVENT_PROCESSED, {"key": event.id}).scalar()
+            )
+        finally:
+            session.rollback()
         if processed_at is not None:
             return WebhookResult(200, {"received": True, "duplicate": True})
-        # Stored but not processed: an earlier attempt failed (or is running): apply below.
+        # Stored but not processed: an earlier attempt failed: apply it under its lock.
     try:
-        outcome = _process(session, event.id)
+        if row_id is not None:
+            outcome = _apply_new(session, event, row_id, now)
+        else:
+            outcome = _process(session, event.id)
     except Exception as err:
         return WebhookResult(
             500,
