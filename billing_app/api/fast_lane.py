@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from billing_app.api import errors
+from billing_app.api import errors, webhook
 from billing_app.api import schemas as s
 from billing_app.api import service_routes as routes
 from billing_app.db import session_scope
@@ -132,12 +132,33 @@ async def _principal(secret: str) -> Principal:
     return p if p is not None else await _blocking(_authenticate, secret)
 
 
+WEBHOOK = "/api/billing/webhook"
+
+
+async def _webhook(scope: Scope, receive: Receive, send: Send) -> None:
+    """Stripe's deliveries: the raw bytes and signature go to the same code as the route's."""
+    headers = dict(scope["headers"])
+    try:
+        body = await _read_body(receive, headers)
+    except ConnectionAbortedError:
+        return
+    except _TooLarge:
+        await errors.too_large()(scope, receive, send)
+        return
+    response = await webhook.respond(body, _header(headers, b"stripe-signature"))
+    await response(scope, receive, send)
+
+
 def fast_lane(app: ASGIApp) -> ASGIApp:
-    """Wrap the API app: hot routes with a bearer key and a JSON body are answered here."""
+    """Wrap the API app: hot routes with a bearer key and a JSON body, and Stripe's
+    webhook deliveries, are answered here."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST":
+            if scope["type"] == "http" and scope["path"] == WEBHOOK and scope["method"] == "POST":
+                await _webhook(scope, receive, send)
+                return
             await app(scope, receive, send)
             return
         headers = dict(scope["headers"])

@@ -34,8 +34,11 @@ def _handle(payload: bytes, signature: str | None) -> WebhookResult:
 )
 async def stripe_webhook(request: Request) -> JSONResponse:
     # The signature covers the exact bytes: read them raw, never a parsed body.
-    payload = await request.body()
-    signature = request.headers.get("stripe-signature")
+    return await respond(await request.body(), request.headers.get("stripe-signature"))
+
+
+async def respond(payload: bytes, signature: str | None) -> JSONResponse:
+    """The answer to one delivery (shared with the fast lane, api/fast_lane.py)."""
     try:
         result = await run_in_threadpool(_handle, payload, signature)
     except Exception:

@@ -158,6 +158,25 @@ class _Statements:
         )
         self.key_exists = sa.select(e.id).where(*key)
         self.first_event = sa.select(_events).where(*key)
+        self.limit_and_used = (
+            sa.select(_quotas.c.limit, c.used)
+            .select_from(
+                _users.outerjoin(
+                    _quotas,
+                    sa.and_(
+                        _quotas.c.user_id == _users.c.id, _quotas.c.metric == sa.bindparam("metric")
+                    ),
+                ).outerjoin(
+                    _counters,
+                    sa.and_(
+                        c.user_id == _users.c.id,
+                        c.metric == sa.bindparam("metric"),
+                        c.period_start == sa.bindparam("period_start", type_=c.period_start.type),
+                    ),
+                )
+            )
+            .where(_users.c.id == sa.bindparam("user_id"))
+        )
         self.used = sa.select(c.used).where(
             c.user_id == sa.bindparam("user_id"),
             c.metric == sa.bindparam("metric"),
@@ -715,10 +734,15 @@ def check(session: Session, user_id: int, metric: str, quantity: int = 1) -> Che
     quantity = validate_quantity(quantity)
     now = utcnow()
     _begin_read(session)
-    limit = _limit(session, user_id, metric)
     period = period_for(session, user_id, now)
-    used = _used(session, user_id, metric, period)
+    st, conn = _stmts(session)
+    params = {"user_id": user_id, "metric": metric, "period_start": period.start}
+    row = conn.execute(st.limit_and_used, params).first()  # one round trip
     session.rollback()  # end the read transaction promptly
+    if row is None:
+        raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+    limit = get_catalog()["free"].limit_for(metric) if row.limit is None else row.limit
+    used = row.used or 0
     unlimited = limit == 0
     allowed = unlimited or used + quantity <= limit
     return CheckResult(

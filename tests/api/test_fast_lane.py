@@ -114,6 +114,11 @@ def test_lane_and_routes_answer_alike(actors, pair):
     assert r.status_code == 403
     r = _both(pair("bk_live_nope_nope"), usage, {"metric": "tokens", "quantity": 1}, "401")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    # Stripe's deliveries: a bad signature, a missing one (the good path: tests/stripe)
+    hook = "/api/billing/webhook"
+    r = _both(svc, hook, b'{"id": "evt_1"}', "bad sig", headers={"Stripe-Signature": "t=1,v1=00"})
+    assert r.status_code == 400
+    assert _both(svc, hook, b'{"id": "evt_1"}', "no sig").status_code == 400
     # too large, by Content-Length
     big = json.dumps({"metric": "tokens", "quantity": 1, "metadata": {"x": "a" * (1 << 20)}})
     assert _both(svc, usage, big.encode(), "413").status_code == 413
