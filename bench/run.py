@@ -9,7 +9,8 @@ Prints a table and writes bench/results.md (figures, ratios to the baseline, tar
 
 Sizes scale with environment variables (defaults are the issue's):
 BENCH_DURATION (s per load, 6), BENCH_EVENTS (10_000_000), BENCH_USERS (100_000),
-BENCH_DBS ("sqlite,postgresql"), BENCH_WORKERS (granian workers; default what Reflex starts),
+BENCH_DBS ("sqlite,postgresql"), BENCH_WORKERS (granian workers; default what the README's
+commands start),
 BENCH_SKIP_BIG=1 (only the ingestion rows: no 10 M events, admin page or webhooks),
 BENCH_OUT (where the table goes; default bench/results.md).
 """
@@ -74,11 +75,13 @@ def _fmt(n: float) -> str:
 
 
 def workers_for(kind: str) -> int:
-    """What `reflex run --env prod` starts: 1 worker without Redis (the SQLite default),
-    min(2 x cores + 1, 8) with Redis (production: PostgreSQL + Redis)."""
+    """What the README's commands start: `make run` (SQLite, no Redis) runs 1 worker; the
+    production command (PostgreSQL + Redis) sets GRANIAN_WORKERS to the number of cores."""
     if os.environ.get("BENCH_WORKERS"):
         return int(os.environ["BENCH_WORKERS"])
-    return 1 if kind == "sqlite" else min(2 * (os.cpu_count() or 1) + 1, 8)
+    if kind == "sqlite":
+        return 1
+    return int(os.environ.get("GRANIAN_WORKERS") or os.cpu_count() or 1)
 
 
 def bench_db(kind: str) -> list[Row]:

@@ -132,9 +132,14 @@ def get_engine() -> Engine:
     return create_db_engine(settings.database_url, settings.db_pool_size)
 
 
+@lru_cache(maxsize=16)
 def read_engine(engine: Engine) -> Engine:
-    """The same pool, but SQLite transactions start deferred (readers do not queue)."""
-    return engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+    """The same pool for reads. SQLite: transactions start deferred (readers do not queue
+    behind writers). PostgreSQL: autocommit, so a read is its statements alone, without
+    the BEGIN and ROLLBACK round trips (measured: 3 round trips -> 1 for a quota check)."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from billing_app.api import schemas as s
 from billing_app.api.deps import current_user, db_session
+from billing_app.db import read_session
 from billing_app.errors import ServiceUnavailable, ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import admin, metering, quotas
@@ -132,16 +133,20 @@ def quota(
 def usage(
     history: Literal["daily"] | None = Query(default=None, description="daily: per-day series"),
     user: UserDTO = Depends(current_user),
-    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
     """This period per metric: used, limit, remaining, percent, resets_at."""
-    plan_key = plan_key_for(current_subscription(session, user.id))
-    out: dict[str, Any] = {
-        "plan": plan_key,
-        "metrics": [m.to_dict() for m in metering.summary(session, user.id)],
-    }
-    if history == "daily":
-        out["history"] = [d.to_dict() for d in metering.daily_history(session, user.id)]
+    return usage_summary(user.id, history == "daily")
+
+
+def usage_summary(user_id: int, history: bool) -> dict[str, Any]:
+    """Blocking; shared with the fast lane (api/fast_lane.py)."""
+    with read_session() as session:
+        out: dict[str, Any] = {
+            "plan": plan_key_for(current_subscription(session, user_id)),
+            "metrics": [m.to_dict() for m in metering.summary(session, user_id)],
+        }
+        if history:
+            out["history"] = [d.to_dict() for d in metering.daily_history(session, user_id)]
     return out
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from billing_app.api import errors, webhook
+from billing_app.api import billing_routes, errors, webhook
 from billing_app.api import schemas as s
 from billing_app.api import service_routes as routes
 from billing_app.db import session_scope
+from billing_app.errors import Forbidden
 from billing_app.services import api_keys
 from billing_app.services.dto import Principal
 from billing_app.services.usage_writer import writer
@@ -133,6 +134,23 @@ async def _principal(secret: str) -> Principal:
 
 
 WEBHOOK = "/api/billing/webhook"
+SUMMARY = "/api/billing/usage"
+_SUMMARY_QUERIES = {b"": False, b"history=daily": True}  # others: FastAPI validates them
+
+
+async def _summary(scope: Scope, receive: Receive, send: Send, secret: str) -> None:
+    """GET /api/billing/usage for a user's key (a service key is refused as by the route)."""
+    try:
+        p = await _principal(secret)
+        if p.user is None:
+            raise Forbidden("This endpoint acts for a user; use a session or a user API key.")
+        history = _SUMMARY_QUERIES[scope["query_string"]]
+        out = await _blocking(billing_routes.usage_summary, p.user.id, history)
+        body = s.UsageSummaryOut.model_validate(out).model_dump(mode="json")
+        response: Response = JSONResponse(body)
+    except Exception as exc:
+        response = errors.response_for(exc)
+    await response(scope, receive, send)
 
 
 async def _webhook(scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,6 +176,15 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
         if route is None or scope["method"] != "POST":
             if scope["type"] == "http" and scope["path"] == WEBHOOK and scope["method"] == "POST":
                 await _webhook(scope, receive, send)
+                return
+            if (
+                scope["type"] == "http"
+                and scope["path"] == SUMMARY
+                and scope["method"] == "GET"
+                and scope["query_string"] in _SUMMARY_QUERIES
+                and (secret := _bearer(dict(scope["headers"]))) is not None
+            ):
+                await _summary(scope, receive, send, secret)
                 return
             await app(scope, receive, send)
             return

@@ -583,7 +583,14 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
     # 3. repeated keys: the first event's result, or a conflict if the values differ
     for i in duplicates:
         w = writes[i]
-        first = conn.execute(st.first_event, _key_params(w)).one()
+        first = conn.execute(st.first_event, _key_params(w)).first()
+        if first is None:  # repeats a consume of this group that was refused: so is it
+            p = period(w)
+            limit = limits[(w.user_id, w.metric)]
+            out[i] = _exceeded(
+                w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p
+            )
+            continue
         if first.metric != w.metric or first.quantity != w.quantity:
             out[i] = IdempotencyConflict(
                 "This idempotency key was already used for a different usage event "

@@ -140,3 +140,18 @@ def test_lane_serves_bearer_calls_and_passes_the_rest_on(actors, monkeypatch):
     # Other content types go on to FastAPI too, which answers them its own way.
     r = c.post("/api/billing/usage", content=b"x", headers={"Content-Type": "text/plain"})
     assert r.status_code in (400, 415, 422), r.text
+
+
+def test_usage_summary_alike(actors, pair):
+    user = pair(actors.a_key)
+    user[0].post("/api/billing/usage", json={"metric": "tokens", "quantity": 42})
+    for query in ("", "?history=daily", "?history=weekly"):
+        lane, plain = (c.get(f"/api/billing/usage{query}") for c in user)
+        assert (lane.status_code, lane.json()) == (plain.status_code, plain.json()), query
+    assert lane.status_code == 422  # the last query: not served by the lane, validated by FastAPI
+    tokens = next(m for m in user[0].get("/api/billing/usage").json()["metrics"])
+    assert tokens["metric"] == "tokens" and tokens["used"] == 42
+    service = pair(actors.service_key)
+    lane, plain = (c.get("/api/billing/usage") for c in service)
+    assert lane.status_code == plain.status_code == 403
+    assert lane.json() == plain.json()
