@@ -613,22 +613,26 @@ def apply_event(session: Session, payload: dict[str, Any]) -> str | None:
     return None
 
 
+def _event_row(event: EventData, now: datetime, **state: Any) -> dict[str, Any]:
+    """A new StripeEvent row's values, tried once; `state`: processed_at or error."""
+    return {
+        "stripe_event_id": event.id,
+        "type": event.type,
+        "created": event.created,
+        "payload": event.payload,
+        "received_at": now,
+        "attempts": 1,
+        **state,
+    }
+
+
 def _claim(session: Session, event: EventData, now: datetime) -> int | None:
     """Insert the event row, already marked processed, in a transaction left open for
     applying it: only a commit of both makes it visible. None when its id is stored."""
     conn = session.connection()
     try:
         return conn.execute(
-            _event_claim(conn.dialect.name),
-            {
-                "stripe_event_id": event.id,
-                "type": event.type,
-                "created": event.created,
-                "payload": event.payload,
-                "received_at": now,
-                "processed_at": now,
-                "attempts": 1,
-            },
+            _event_claim(conn.dialect.name), _event_row(event, now, processed_at=now)
         ).scalar()
     except BaseException:
         session.rollback()
@@ -659,16 +663,7 @@ def _store_failure(session: Session, event: EventData, now: datetime, err: BaseE
     try:
         conn = session.connection()
         stored = conn.execute(
-            _event_claim(conn.dialect.name),
-            {
-                "stripe_event_id": event.id,
-                "type": event.type,
-                "created": event.created,
-                "payload": event.payload,
-                "received_at": now,
-                "error": text,
-                "attempts": 1,
-            },
+            _event_claim(conn.dialect.name), _event_row(event, now, error=text)
         ).scalar()
         session.commit()
     except Exception:  # the database itself is failing; the 500 still makes Stripe retry
