@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from sqlmodel import Session
+from sqlmodel import Session, func, select
 
+from billing_app.models import UsageCounter, UsageEvent
 from billing_app.services import quotas, users
 from billing_app.services.dto import UserDTO
 
@@ -20,3 +21,18 @@ def make_user(
         quotas.apply_plan(session, user.id, plan)
         session.commit()
     return user
+
+
+def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:
+    """(events, sum of their quantities, counter total) for a user and metric."""
+    n, total = s.exec(
+        select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
+            UsageEvent.user_id == user_id, UsageEvent.metric == metric
+        )
+    ).one()
+    counter = s.exec(
+        select(func.coalesce(func.sum(UsageCounter.used), 0)).where(
+            UsageCounter.user_id == user_id, UsageCounter.metric == metric
+        )
+    ).one()
+    return n, total, counter

@@ -8,31 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy.exc as sa_exc
-from sqlmodel import Session, func, select
+from sqlmodel import Session
 
 from billing_app.errors import IdempotencyConflict, QuotaExceeded, UserNotFound
-from billing_app.models import UsageCounter, UsageEvent
 from billing_app.services import metering, quotas
 from billing_app.services.dto import RecordResult
 from billing_app.services.metering import prepare_write
 from billing_app.services.usage_writer import UsageWriter
-from tests.factories import make_user
+from tests.factories import make_user, usage_totals
 
 
 def _state(engine, user_id: int, metric: str) -> tuple[int, int, int]:
     """(events, sum of their quantities, counter) for the user and metric."""
     with Session(engine) as s:
-        n, total = s.exec(
-            select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-                UsageEvent.user_id == user_id, UsageEvent.metric == metric
-            )
-        ).one()
-        counter = s.exec(
-            select(func.coalesce(func.sum(UsageCounter.used), 0)).where(
-                UsageCounter.user_id == user_id, UsageCounter.metric == metric
-            )
-        ).one()
-    return n, total, counter
+        return usage_totals(s, user_id, metric)
 
 
 def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):

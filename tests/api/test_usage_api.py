@@ -6,28 +6,19 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlmodel import func, select
+from sqlmodel import select
 
 from billing_app.db import session_scope
-from billing_app.models import ApiKey, UsageCounter, UsageEvent
+from billing_app.models import ApiKey
 from billing_app.services import api_keys
 from tests.api.conftest import http
+from tests.factories import usage_totals
 
 
 def _totals(user_id: int, metric: str = "tokens") -> tuple[int, int, int]:
     """(events, sum of quantities, counter total) straight from the database."""
     with session_scope() as s:
-        n, total = s.exec(
-            select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-                UsageEvent.user_id == user_id, UsageEvent.metric == metric
-            )
-        ).one()
-        counter = s.exec(
-            select(func.coalesce(func.sum(UsageCounter.used), 0)).where(
-                UsageCounter.user_id == user_id, UsageCounter.metric == metric
-            )
-        ).one()
-    return n, total, counter
+        return usage_totals(s, user_id, metric)
 
 
 def test_record_then_duplicate(actors):
