@@ -108,3 +108,16 @@ def test_a_write_the_database_refuses_fails_alone(app_settings, engine, is_postg
         bad_future.result(timeout=30)
     assert writer.groups == 1 + 21  # the failed group, then each write alone
     assert _state(engine, user.id, "tokens") == (20, 20, 20)
+
+
+def test_a_caller_that_goes_away_does_not_stop_its_write_or_the_group(app_settings, engine):
+    with Session(engine) as s:
+        user = make_user(s)
+    writer = UsageWriter()
+    with writer.paused():
+        gone = writer.submit(prepare_write(user.id, "tokens", 2, "gone"))
+        others = [writer.submit(prepare_write(user.id, "tokens", 1, f"o{i}")) for i in range(5)]
+        assert not gone.cancel()  # e.g. asyncio.wrap_future of a cancelled request
+    assert all(not f.result(timeout=30).duplicate for f in others)
+    assert not gone.result(timeout=30).duplicate
+    assert _state(engine, user.id, "tokens") == (6, 7, 7)

@@ -61,6 +61,9 @@ class UsageWriter:
     def submit(self, write: UsageWrite) -> Future[RecordResult]:
         """Queue a write; the future gets the RecordResult after commit, or its error."""
         future: Future[RecordResult] = Future()
+        # Running from the start: a caller that goes away (a cancelled request) cannot
+        # cancel a write the writer will commit anyway, nor trip up its result delivery.
+        future.set_running_or_notify_cancel()
         self._ensure_thread()
         self.writes += 1
         self._queue.put((write, future))
