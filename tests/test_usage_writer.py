@@ -13,7 +13,7 @@ from sqlmodel import Session
 from billing_app.errors import IdempotencyConflict, QuotaExceeded, UserNotFound
 from billing_app.services import metering, quotas
 from billing_app.services.dto import RecordResult
-from billing_app.services.metering import prepare_write
+from billing_app.services.metering import UsageWrite, prepare_write
 from billing_app.services.usage_writer import UsageWriter
 from tests.factories import make_user, usage_totals
 
@@ -92,22 +92,29 @@ def test_group_commit_under_concurrency_is_exact(app_settings, engine):
 
 
 def test_a_write_the_database_refuses_fails_alone(app_settings, engine, is_postgres):
-    if not is_postgres:
-        pytest.skip("needs a value only PostgreSQL refuses (NUL in jsonb); SQLite stores it")
     with Session(engine) as s:
         user = make_user(s)
-    writer = UsageWriter()
     good = [prepare_write(user.id, "tokens", 1, f"ok{i}") for i in range(20)]
-    bad = prepare_write(user.id, "tokens", 1, "bad", metadata={"x": "nul \u0000 here"})
-    with writer.paused():
-        futures = [writer.submit(w) for w in good[:10]]
-        bad_future = writer.submit(bad)
-        futures += [writer.submit(w) for w in good[10:]]
-    assert all(not f.result(timeout=30).duplicate for f in futures)
-    with pytest.raises(sa_exc.DataError):
-        bad_future.result(timeout=30)
-    assert writer.groups == 1 + 21  # the failed group, then each write alone
-    assert _state(engine, user.id, "tokens") == (20, 20, 20)
+    # Refused by the database, not by validation: the CHECK (quantity > 0) constraint
+    # (built directly, past prepare_write); on PostgreSQL also a NUL in jsonb metadata,
+    # which passes validation.
+    bad = [(UsageWrite(user.id, "tokens", 0, "zero", None, None), sa_exc.IntegrityError)]
+    if is_postgres:
+        nul = prepare_write(user.id, "tokens", 1, "nul", metadata={"x": "nul \u0000 here"})
+        bad.append((nul, sa_exc.DataError))
+    for n, (write, error) in enumerate(bad):
+        writer = UsageWriter()
+        batch = good[10 * n : 10 * n + 10]
+        with writer.paused():
+            futures = [writer.submit(w) for w in batch[:5]]
+            bad_future = writer.submit(write)
+            futures += [writer.submit(w) for w in batch[5:]]
+        assert all(not f.result(timeout=30).duplicate for f in futures)
+        with pytest.raises(error):
+            bad_future.result(timeout=30)
+        assert writer.groups == 1 + 11  # the failed group, then each write alone
+    stored = 10 * len(bad)
+    assert _state(engine, user.id, "tokens") == (stored, stored, stored)
 
 
 def test_a_caller_that_goes_away_does_not_stop_its_write_or_the_group(app_settings, engine):
