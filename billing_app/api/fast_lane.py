@@ -167,43 +167,47 @@ async def _webhook(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+async def _service(
+    scope: Scope, receive: Receive, send: Send, path: str, secret: str, headers: dict[bytes, bytes]
+) -> None:
+    """A usage endpoint, for a bearer key with a JSON body."""
+    model, handler = ROUTES[path]
+    try:
+        # The body is validated before the caller is looked up, as FastAPI does.
+        body = _parse(model, await _read_body(receive, headers))
+        response = await handler(await _principal(secret), body, headers)
+    except ConnectionAbortedError:
+        return  # the client went away before sending its body
+    except _TooLarge:
+        response = errors.too_large()
+    except Exception as exc:  # the same answers as the FastAPI handlers give
+        response = errors.response_for(exc)
+    await response(scope, receive, send)
+
+
 def fast_lane(app: ASGIApp) -> ASGIApp:
-    """Wrap the API app: hot routes with a bearer key and a JSON body, and Stripe's
-    webhook deliveries, are answered here."""
+    """Wrap the API app: the usage endpoints for a bearer key, and Stripe's webhook
+    deliveries, are answered here; everything else goes on to `app`."""
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
-            if scope["type"] == "http" and scope["path"] == WEBHOOK and scope["method"] == "POST":
-                await _webhook(scope, receive, send)
-                return
-            if (
-                scope["type"] == "http"
-                and scope["path"] == SUMMARY
-                and scope["method"] == "GET"
-                and scope["query_string"] in _SUMMARY_QUERIES
-                and (secret := _bearer(dict(scope["headers"]))) is not None
-            ):
-                await _summary(scope, receive, send, secret)
-                return
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        path, method = scope["path"], scope["method"]
         headers = dict(scope["headers"])
         secret = _bearer(headers)
-        if secret is None or not _json_or_none(headers):
+        if method == "POST" and path == WEBHOOK:
+            await _webhook(scope, receive, send)
+        elif method == "POST" and path in ROUTES and secret and _json_or_none(headers):
+            await _service(scope, receive, send, path, secret, headers)
+        elif (
+            method == "GET"
+            and path == SUMMARY
+            and secret
+            and scope["query_string"] in _SUMMARY_QUERIES
+        ):
+            await _summary(scope, receive, send, secret)
+        else:
             await app(scope, receive, send)
-            return
-        try:
-            model, handler = route
-            # The body is validated before the caller is looked up, as FastAPI does.
-            body = _parse(model, await _read_body(receive, headers))
-            response = await handler(await _principal(secret), body, headers)
-        except ConnectionAbortedError:
-            return  # the client went away before sending its body
-        except _TooLarge:
-            response = errors.too_large()
-        except Exception as exc:  # the same answers as the FastAPI handlers give
-            response = errors.response_for(exc)
-        await response(scope, receive, send)
 
     return asgi
