@@ -27,15 +27,16 @@ from typing import Any
 
 
 def _usage(params: dict[str, Any], tag: str, n: int) -> bytes:
+    return json.dumps({**_check_body(params, n), "idempotency_key": f"{tag}-{n}"}).encode()
+
+
+def _check_body(params: dict[str, Any], n: int) -> dict[str, Any]:
     users = params["users"]
-    return json.dumps(
-        {
-            "user_id": users[n % len(users)],
-            "metric": params.get("metric", "tokens"),
-            "quantity": params.get("quantity", 1),
-            "idempotency_key": f"{tag}-{n}",
-        }
-    ).encode()
+    return {
+        "user_id": users[n % len(users)],
+        "metric": params.get("metric", "tokens"),
+        "quantity": params.get("quantity", 1),
+    }
 
 
 def _batch(params: dict[str, Any], tag: str, n: int) -> bytes:
@@ -54,14 +55,7 @@ def _batch(params: dict[str, Any], tag: str, n: int) -> bytes:
 
 
 def _check(params: dict[str, Any], tag: str, n: int) -> bytes:
-    users = params["users"]
-    return json.dumps(
-        {
-            "user_id": users[n % len(users)],
-            "metric": params.get("metric", "tokens"),
-            "quantity": params.get("quantity", 1),
-        }
-    ).encode()
+    return json.dumps(_check_body(params, n)).encode()
 
 
 def _empty(params: dict[str, Any], tag: str, n: int) -> bytes:

@@ -153,9 +153,8 @@ async def _summary(scope: Scope, receive: Receive, send: Send, secret: str) -> N
     await response(scope, receive, send)
 
 
-async def _webhook(scope: Scope, receive: Receive, send: Send) -> None:
+async def _webhook(scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
     """Stripe's deliveries: the raw bytes and signature go to the same code as the route's."""
-    headers = dict(scope["headers"])
     try:
         body = await _read_body(receive, headers)
     except ConnectionAbortedError:
@@ -197,7 +196,7 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
         headers = dict(scope["headers"])
         secret = _bearer(headers)
         if method == "POST" and path == WEBHOOK:
-            await _webhook(scope, receive, send)
+            await _webhook(scope, receive, send, headers)
         elif method == "POST" and path in ROUTES and secret and _json_or_none(headers):
             await _service(scope, receive, send, path, secret, headers)
         elif (

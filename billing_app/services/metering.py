@@ -124,11 +124,6 @@ def _validate_user_id(user_id: Any) -> int:
 # ---------------------------------------------------------------- helpers
 
 
-def _insert(session: Session, table: sa.Table) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 class _Statements:
     """The hot path's statements, built once per dialect.
 
@@ -142,11 +137,6 @@ class _Statements:
         self.pg = dialect == "postgresql"
         ins = postgresql.insert if self.pg else sqlite.insert
         e, c = _events.c, _counters.c
-        self.limit = sa.select(_quotas.c.limit).where(
-            _quotas.c.user_id == sa.bindparam("user_id"),
-            _quotas.c.metric == sa.bindparam("metric"),
-        )
-        self.user_exists = sa.select(_users.c.id).where(_users.c.id == sa.bindparam("user_id"))
         self.limits = (
             sa.select(_users.c.id, _quotas.c.metric, _quotas.c.limit)
             .select_from(_users.outerjoin(_quotas, _quotas.c.user_id == _users.c.id))
@@ -350,16 +340,6 @@ def _stmts(session: Session) -> tuple[_Statements, sa.Connection]:
     if st is None:
         st = _STATEMENTS[name] = _Statements(name)
     return st, conn
-
-
-def _limit(session: Session, user_id: int, metric: str) -> int:
-    st, conn = _stmts(session)
-    limit = conn.execute(st.limit, {"user_id": user_id, "metric": metric}).scalar()
-    if limit is None:
-        if conn.execute(st.user_exists, {"user_id": user_id}).scalar() is None:
-            raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
-        return get_catalog()["free"].limit_for(metric)
-    return limit
 
 
 def _status(metric: str, used: int, limit: int, period: Period) -> MeterStatus:
