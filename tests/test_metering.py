@@ -81,6 +81,24 @@ def test_check_reports_reason_and_reset_date(session, frozen_clock):
     assert ok.allowed is True and ok.reason is None
 
 
+def test_check_on_a_bare_connection_answers_as_on_a_session(engine, session, frozen_clock):
+    """The quota check's hot path (db.read_connection: no BEGIN, no ORM session) reads
+    the same figures, refusals included."""
+    from billing_app.db import read_connection
+
+    user = make_user(session, plan="basic")
+    metering.record(session, user.id, "api_calls", 999)
+    with read_connection(engine) as conn:
+        cases = (("api_calls", 1), ("api_calls", 2), ("tokens", 5), ("scraping_tasks", 1))
+        for metric, qty in cases:
+            assert metering.check(conn, user.id, metric, qty) == metering.check(
+                session, user.id, metric, qty
+            )
+        assert metering.check(conn, user.id, "api_calls", 2).allowed is False
+        with pytest.raises(UserNotFound):
+            metering.check(conn, user.id + 999, "tokens", 1)
+
+
 def test_check_reads_only(session, frozen_clock):
     user = make_user(session)
     for _ in range(3):
@@ -292,6 +310,11 @@ def test_billing_period_reset_follows_the_subscription(session, frozen_clock, mo
     r = metering.record(session, user.id, "tokens", 10)
     assert r.status.period_start == start
     assert r.status.resets_at == datetime(2026, 12, 10, 8, 0, tzinfo=UTC)
+    from billing_app.db import read_connection
+
+    with read_connection(session.get_bind()) as conn:  # the check's hot path looks it up too
+        c = metering.check(conn, user.id, "tokens", 1)
+    assert (c.used, c.resets_at) == (10, datetime(2026, 12, 10, 8, 0, tzinfo=UTC))
 
 
 def test_summary_and_daily_history(session, frozen_clock):

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
-from billing_app.db import read_session, session_scope
+from billing_app.db import read_connection, session_scope
 from billing_app.errors import ValidationFailed
 from billing_app.services import metering, metering_batch
 from billing_app.services.dto import Principal, RecordResult
@@ -90,8 +90,8 @@ def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
     """Blocking: reads the counter and limit."""
     require_scope(p, "usage:read")
     user_id = resolve_user_id(p, body.user_id)
-    with read_session() as session:
-        r = metering.check(session, user_id, body.metric, body.quantity)
+    with read_connection() as conn:
+        r = metering.check(conn, user_id, body.metric, body.quantity)
     return JSONResponse(
         {
             "allowed": r.allowed,
