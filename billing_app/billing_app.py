@@ -1,6 +1,9 @@
 """The Reflex app: the UI pages plus the JSON API, served from one process."""
 
+import gc
+
 import reflex as rx
+from starlette.types import ASGIApp
 
 import billing_app.models  # noqa: F401  (registers the tables with SQLModel.metadata)
 import billing_app.pages  # noqa: F401  (registers every @rx.page)
@@ -11,10 +14,30 @@ from billing_app.settings import get_settings_or_exit
 
 get_settings_or_exit()
 
-app = rx.App(
-    # FastAPI in front of Reflex, and the hot service routes in front of FastAPI.
-    api_transformer=[create_api(), fast_lane],
+
+class BillingApp(rx.App):
+    """Reflex's app with the fast lane (api/fast_lane.py) in front of everything, ahead of
+    Reflex's own ASGI layers (error, CORS and context middlewares, router and mount):
+    measured, those cost ~0.1 ms of CPU per service call on PostgreSQL."""
+
+    def __call__(self) -> ASGIApp:
+        return fast_lane(super().__call__())
+
+
+app = BillingApp(
+    api_transformer=create_api(),  # FastAPI in front of Reflex's own routes
     stylesheets=["/styles.css"],
 )
 # Past-due subscriptions fall back to the free plan's quotas once their grace ends.
 app.register_lifespan_task(grace_period_task)
+
+
+async def freeze_startup_heap() -> None:
+    """Move what startup built (Reflex, the compiled pages, SQLAlchemy's metadata: about
+    216,000 objects) out of the collector's reach. Otherwise every full collection walks
+    them all: measured ~100 ms per collection, during which the worker answers nothing;
+    after the freeze ~0.01 ms."""
+    gc.freeze()
+
+
+app.register_lifespan_task(freeze_startup_heap)

@@ -155,3 +155,45 @@ def test_usage_summary_alike(actors, pair):
     lane, plain = (c.get("/api/billing/usage") for c in service)
     assert lane.status_code == plain.status_code == 403
     assert lane.json() == plain.json()
+
+
+def test_calls_from_a_browser_page_take_the_apps_cors_layers(actors, monkeypatch):
+    """In production the lane stands in front of Reflex's layers (CORS among them), so a
+    request carrying an Origin (a page calling the API) goes on to them."""
+    served_by_route = []
+    real = service_routes._caller
+    monkeypatch.setattr(service_routes, "_caller", lambda r: served_by_route.append(1) or real(r))
+    c = actors.key_client(actors.service_key)
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage", json=body).status_code == 201
+    assert served_by_route == []
+    r = c.post("/api/billing/usage", json=body, headers={"Origin": "https://app.example"})
+    assert r.status_code == 201, r.text
+    assert served_by_route == [1]
+
+
+def test_read_thread_refuses_at_once_when_its_backlog_is_full():
+    """If the database hangs, quota checks get a 503 instead of queueing without end."""
+    import asyncio
+    import threading
+
+    from billing_app.api import errors, fast_lane
+    from billing_app.errors import ServiceUnavailable
+
+    reads = fast_lane._Reads()
+    reads.MAX_BACKLOG = 3
+    release = threading.Event()
+
+    async def scenario() -> None:
+        stuck = [asyncio.create_task(reads.run(release.wait, 10)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceUnavailable) as refused:
+            await reads.run(lambda: "never runs")
+        response = errors.response_for(refused.value)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        release.set()
+        assert await asyncio.gather(*stuck) == [True, True, True]
+        assert reads.backlog == 0
+        assert await reads.run(lambda: "served again") == "served again"
+
+    asyncio.run(scenario())
