@@ -104,6 +104,39 @@ def test_list_users_has_no_n_plus_one(session, actors):
     assert len(selects) == 5, selects  # count, page, counters, quotas, subscriptions
 
 
+def test_deep_and_searched_pages_match_an_independent_ordering(session, actors):
+    """Pages are slices of ORDER BY email, id, whatever plan the database picks to read
+    them. 600 of the 603 users share the prefix searched; ids are not in email order."""
+    import sqlalchemy as sa
+
+    from billing_app.models import User
+
+    session.add_all(
+        User(email=f"bulk{(i * 7919) % 600:04d}.{i % 7}@example.com", display_name=f"b{i}")
+        for i in range(600)
+    )
+    session.commit()
+    ordered = session.execute(sa.text('SELECT id, email FROM "user" ORDER BY email, id')).all()
+    session.rollback()
+    c = actors.cookie_client(actors.admin)
+
+    def page(**params):
+        r = c.get("/api/billing/admin/users", params={"per_page": 50, **params})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return body["total"], [(u["id"], u["email"]) for u in body["items"]]
+
+    everyone = [tuple(row) for row in ordered]
+    assert page(page=7) == (len(everyone), everyone[300:350])
+    assert page(page=13) == (len(everyone), everyone[600:])
+    bulk = [row for row in everyone if row[1].startswith("bulk")]
+    assert len(bulk) == 600
+    assert page(q="bulk") == (600, bulk[:50])
+    assert page(q="BULK", page=5) == (600, bulk[200:250])
+    assert page(q="bulk", sort="-email", page=2) == (600, bulk[::-1][50:100])
+    assert page(q="bulk02") == (100, [row for row in bulk if row[1].startswith("bulk02")][:50])
+
+
 def test_user_detail_and_quota_override_with_audit(actors, frozen_clock):
     with session_scope() as s:
         metering.record(s, actors.a.id, "tokens", 50)
