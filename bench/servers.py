@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
+from reflex_base.environment import environment
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +96,12 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         REFLEX_USE_SYSTEM_BUN="1",
         PATH=f"{ROOT / 'tools/bun/node_modules/.bin'}:{env.get('PATH', '')}",
         GRANIAN_LOG_LEVEL="warning",
-        REFLEX_SKIP_COMPILE="true",  # as `reflex run --env prod` starts its backend
     )
+    # As `reflex run --env prod` starts its backend workers: no compile in them (the
+    # variable's real name is `__REFLEX_SKIP_COMPILE`; Reflex ignores the plain one).
+    # Compiling in every worker rewrote .web and reflex.lock/ from each at once, which
+    # once left reflex.lock/package.json empty and the next start crashed.
+    env[environment.REFLEX_SKIP_COMPILE.name] = "true"
     env.pop("STRIPE_SECRET_KEY", None)
     env.update(extra)
     return env
