@@ -91,16 +91,22 @@ def test_group_commit_under_concurrency_is_exact(app_settings, engine):
     assert writer.groups < writer.writes  # grouped: fewer transactions than writes
 
 
-def test_a_write_the_database_refuses_fails_alone(app_settings, engine, is_postgres):
+@pytest.mark.parametrize("consume", [False, True], ids=["record", "consume"])
+def test_a_write_the_database_refuses_fails_alone(app_settings, engine, is_postgres, consume):
+    """Also for PostgreSQL's consumes, which run on the driver's connection in one
+    pipeline: its errors come out as SQLAlchemy's (a 422 for the bad write), not raw."""
     with Session(engine) as s:
         user = make_user(s)
-    good = [prepare_write(user.id, "tokens", 1, f"ok{i}") for i in range(20)]
+    good = [prepare_write(user.id, "tokens", 1, f"ok{i}", consume=consume) for i in range(20)]
     # Refused by the database, not by validation: the CHECK (quantity > 0) constraint
     # (built directly, past prepare_write); on PostgreSQL also a NUL in jsonb metadata,
     # which passes validation.
-    bad = [(UsageWrite(user.id, "tokens", 0, "zero", None, None), sa_exc.IntegrityError)]
+    zero = UsageWrite(user.id, "tokens", 0, "zero", None, None, consume=consume)
+    bad = [(zero, sa_exc.IntegrityError)]
     if is_postgres:
-        nul = prepare_write(user.id, "tokens", 1, "nul", metadata={"x": "nul \u0000 here"})
+        nul = prepare_write(
+            user.id, "tokens", 1, "nul", metadata={"x": "nul \u0000 here"}, consume=consume
+        )
         bad.append((nul, sa_exc.DataError))
     for n, (write, error) in enumerate(bad):
         writer = UsageWriter()
