@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -72,28 +73,41 @@ class _Reads:
     in turn, contending for the GIL): p99 5-16 -> 3.1-3.5 ms on SQLite (server CPU per
     check 0.71-0.81 -> 0.63 ms) and 8-15 -> 7.1-7.4 ms on PostgreSQL (CPU about equal).
     As fast as running them on the event loop, but a slow database never stalls the
-    loop. The backlog is bounded: if the database hangs, callers get a 503 at once
-    rather than waiting in a queue that never drains.
+    loop. If the database hangs, the queue must not: past MAX_BACKLOG waiting reads, or
+    once a read has waited MAX_WAIT seconds for its turn, the caller gets a 503 at once
+    (a read that waited that long is dropped unrun, so the queue drains quickly).
     """
 
     MAX_BACKLOG = 256
+    MAX_WAIT = 2.0  # seconds in the queue
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
         self.backlog = 0
 
+    def _turn(self, queued_at: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if time.monotonic() - queued_at > self.MAX_WAIT:
+            raise self._busy()
+        return fn(*args)
+
+    @staticmethod
+    def _busy() -> ServiceUnavailable:
+        return ServiceUnavailable(
+            "Too many reads are waiting for the database; retry shortly.", retry_after=1
+        )
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pid != os.getpid():  # a forked worker starts its own thread
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fast-lane-reads")
             self._pid = os.getpid()
         if self.backlog >= self.MAX_BACKLOG:
-            raise ServiceUnavailable(
-                "Too many reads are waiting for the database; retry shortly.", retry_after=1
-            )
+            raise self._busy()
         self.backlog += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._turn, time.monotonic(), fn, args
+            )
         finally:
             self.backlog -= 1
 

@@ -173,7 +173,8 @@ def test_calls_from_a_browser_page_take_the_apps_cors_layers(actors, monkeypatch
 
 
 def test_read_thread_refuses_at_once_when_its_backlog_is_full():
-    """If the database hangs, quota checks get a 503 instead of queueing without end."""
+    """If the database hangs, quota checks get a 503 instead of queueing without end:
+    past the backlog bound at once, and a read that waited too long is dropped unrun."""
     import asyncio
     import threading
 
@@ -182,18 +183,27 @@ def test_read_thread_refuses_at_once_when_its_backlog_is_full():
 
     reads = fast_lane._Reads()
     reads.MAX_BACKLOG = 3
+    reads.MAX_WAIT = 0.3
     release = threading.Event()
+    ran: list[str] = []
 
     async def scenario() -> None:
-        stuck = [asyncio.create_task(reads.run(release.wait, 10)) for _ in range(3)]
+        # The first read hangs (as on a hung database); two more wait behind it.
+        hung = asyncio.create_task(reads.run(release.wait, 10))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(reads.run(ran.append, n)) for n in ("a", "b")]
         await asyncio.sleep(0.05)
         with pytest.raises(ServiceUnavailable) as refused:
-            await reads.run(lambda: "never runs")
+            await reads.run(ran.append, "over the bound")
         response = errors.response_for(refused.value)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        await asyncio.sleep(reads.MAX_WAIT)
         release.set()
-        assert await asyncio.gather(*stuck) == [True, True, True]
-        assert reads.backlog == 0
+        assert await hung is True
+        for task in waiting:  # their turn came after MAX_WAIT: refused, never run
+            with pytest.raises(ServiceUnavailable):
+                await task
+        assert ran == [] and reads.backlog == 0
         assert await reads.run(lambda: "served again") == "served again"
 
     asyncio.run(scenario())
