@@ -65,7 +65,10 @@ def _load(srv: servers.Server, **kw: Any) -> dict[str, Any]:
     kw.setdefault("duration", DURATION)
     kw.setdefault("warmup", 1.0)
     kw.setdefault("tag", uuid.uuid4().hex[:8])
+    cpu = srv.cpu_seconds()
     res = loadgen.run(Spec(port=srv.port, **kw))
+    # Server CPU per 2xx answer, warm-up included on both sides of the division.
+    res["cpu_ms"] = round((srv.cpu_seconds() - cpu) * 1000 / max(res["ok_total"], 1), 3)
     log(f"  {kw.get('method', 'POST')} {kw['path']}: {json.dumps(res)}")
     return res
 
@@ -149,7 +152,7 @@ def bench_db(kind: str) -> list[Row]:
                     ">=3,000/s (PG), >=40% of baseline, p99<20 ms",
                     ok,
                     f"baseline {_fmt(b_single['ok_rps'])}/s p99 {b_single['p99_ms']} ms; "
-                    f"non-2xx {_non2xx(r)}",
+                    f"non-2xx {_non2xx(r)}; {_cpu(r, b_single)}",
                 )
             )
 
@@ -172,7 +175,8 @@ def bench_db(kind: str) -> list[Row]:
                     b_batch["ok_rps"] * 1000,
                     ">=50,000 ev/s",
                     evs >= 50_000,
-                    f"baseline {_fmt(b_batch['ok_rps'] * 1000)} ev/s; non-2xx {_non2xx(r)}",
+                    f"baseline {_fmt(b_batch['ok_rps'] * 1000)} ev/s; non-2xx {_non2xx(r)}; "
+                    f"{_cpu(r, b_batch, 'batch')}",
                 )
             )
 
@@ -217,7 +221,8 @@ def bench_db(kind: str) -> list[Row]:
                     b_hot["ok_rps"],
                     ">=2,000/s (PG), p99<25 ms, overshoot 0",
                     met,
-                    f"baseline (hot-user insert) {_fmt(b_hot['ok_rps'])}/s; limit phase: "
+                    f"baseline (hot-user insert) {_fmt(b_hot['ok_rps'])}/s; {_cpu(r, b_hot)}; "
+                    "limit phase: "
                     f"{o['ok']} of {o['sent']} granted for room {room}, "
                     f"{o['statuses'].get('403', 0)} x 403, non-2xx/403 "
                     f"{_non2xx(o, ('403',))}",
@@ -243,7 +248,7 @@ def bench_db(kind: str) -> list[Row]:
                     "p99 < 5 ms",
                     (r["p99_ms"] or 1e9) < 5 and r["ok"] == r["sent"],
                     f"baseline (one SELECT) p50 {b_check['p50_ms']} p99 "
-                    f"{b_check['p99_ms']} ms; ratio is p99/baseline p99",
+                    f"{b_check['p99_ms']} ms; ratio is p99/baseline p99; {_cpu(r, b_check)}",
                 )
             )
 
@@ -333,7 +338,7 @@ def bench_webhooks(kind: str, srv: servers.Server, eng: Any, baseline: float) ->
             baseline,
             ">=500 ev/s, exactly once",
             evs >= 500 and exactly_once and r["ok"] == r["sent"],
-            f"statuses {r['statuses']} errors {r['errors']}",
+            f"statuses {r['statuses']} errors {r['errors']}; server CPU {r['cpu_ms']} ms/delivery",
         )
     ]
 
@@ -360,6 +365,11 @@ def _get_row(
         (r["p50_ms"] or 1e9) < p50_target_ms and r["ok"] == r["sent"],
         detail if detail is not None else f"statuses {r['statuses']}",
     )
+
+
+def _cpu(r: dict[str, Any], base: dict[str, Any], per: str = "req") -> str:
+    """Server CPU per answer against the baseline's (steadier than throughput here)."""
+    return f"server CPU {r['cpu_ms']} ms/{per} (baseline {base['cpu_ms']})"
 
 
 def _non2xx(r: dict[str, Any], allowed: tuple[str, ...] = ()) -> int:

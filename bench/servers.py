@@ -171,6 +171,21 @@ class Server:
         self.kill()
         raise RuntimeError(f"server not ready after {timeout}s: see {self.log}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) its live processes have used so far (Linux /proc):
+        less noisy than throughput on a shared machine."""
+        if self.proc is None:
+            return 0.0
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(fields[2]) == self.proc.pid:  # process group: the server's session
+                total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is None:
             return
