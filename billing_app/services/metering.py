@@ -247,20 +247,16 @@ class _Statements:
         # the counter the previous one left.
         params = [{**r, "metadata": None if r["metadata"] is None else json.dumps(r["metadata"])}
                   for r in rows]  # fmt: skip
-        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with _driver_errors(conn, _PG_CONSUME):
-                if len(params) < 4:  # measured: a pipeline pays off from a few statements
-                    results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
-                else:
-                    cur.executemany(_PG_CONSUME, params, returning=True)
-                    results = []
-                    while True:
-                        results.append(cur.fetchone())
-                        if not cur.nextset():
-                            break
-        finally:
-            cur.close()
+        with _driver_cursor(conn, _PG_CONSUME) as cur:
+            if len(params) < 4:  # measured: a pipeline only pays off from a few statements
+                results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
+            else:
+                cur.executemany(_PG_CONSUME, params, returning=True)
+                results = []
+                while True:
+                    results.append(cur.fetchone())
+                    if not cur.nextset():
+                        break
         return [(used, id_) for used, id_ in results]
 
     def bump_counters(
@@ -314,13 +310,15 @@ WHERE u.id = ANY(%(ids)b::integer[])
 
 
 @contextmanager
-def _driver_errors(conn: sa.Connection, sql: str) -> Iterator[None]:
-    """Errors of a statement run on the psycopg connection itself, raised as SQLAlchemy
-    raises them (IntegrityError, DataError, OperationalError, ...), and a lost connection
-    invalidated in the pool: callers tell bad input from an outage by those."""
+def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
+    """A cursor on the connection's psycopg connection (in its transaction), closed after.
+    Its errors are raised as SQLAlchemy raises them (IntegrityError, DataError,
+    OperationalError, ...), with a lost connection invalidated in the pool: callers tell
+    bad input from an outage by those."""
     dbapi = conn.dialect.loaded_dbapi
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        yield
+        yield cur
     except dbapi.Error as err:
         lost = conn.dialect.is_disconnect(err, conn.connection.dbapi_connection, None)
         if lost:
@@ -328,17 +326,14 @@ def _driver_errors(conn: sa.Connection, sql: str) -> Iterator[None]:
         raise sa_exc.DBAPIError.instance(
             sql, None, err, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
         ) from err
+    finally:
+        cur.close()
 
 
 def _pg_fetch(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Run `sql` on the connection's psycopg connection, in its transaction."""
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        with _driver_errors(conn, sql):
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        cur.close()
+    with _driver_cursor(conn, sql) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
 
 
 _PG_CONSUME = """
@@ -769,13 +764,10 @@ def check(db: Session | sa.Connection, user_id: int, metric: str, quantity: int 
     now = utcnow()
     if isinstance(db, Session):
         _begin_read(db)
-        period = period_for(db, user_id, now)
         st, conn = _stmts(db)
     else:
-        with Session(bind=db) as lookup:  # queried only for plans that reset per billing period
-            period = period_for(lookup, user_id, now)
-        conn = db
-        st = _statements(conn.dialect.name)
+        conn, st = db, _statements(db.dialect.name)
+    period = period_for(db, user_id, now)
     params = {"user_id": user_id, "metric": metric, "period_start": period.start}
     row = conn.execute(st.limit_and_used, params).first()  # one round trip
     if isinstance(db, Session):

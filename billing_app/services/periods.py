@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session
 
 from billing_app.clock import as_utc
@@ -28,13 +29,18 @@ def calendar_month(at: datetime) -> Period:
     return Period(start, end)
 
 
-def period_for(session: Session, user_id: int, at: datetime) -> Period:
-    """Calendar month, unless the user's plan resets with its billing period."""
+def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Period:
+    """Calendar month, unless the user's plan resets with its billing period. `db` is a
+    session or a bare connection (then a session is opened on it only for the lookup)."""
     if not any(p.reset == "billing_period" for p in get_catalog().values()):
         return calendar_month(at)  # no lookup on the hot path in the default setup
     from billing_app.services.subscriptions import current_subscription
 
-    sub = current_subscription(session, user_id)
+    if isinstance(db, Session):
+        sub = current_subscription(db, user_id)
+    else:
+        with Session(bind=db) as session:
+            sub = current_subscription(session, user_id)
     plan = get_catalog().get(sub.plan) if sub else None
     if (
         sub is not None
