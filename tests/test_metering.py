@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
 from billing_app.errors import (
@@ -97,6 +98,39 @@ def test_check_on_a_bare_connection_answers_as_on_a_session(engine, session, fro
         assert metering.check(conn, user.id, "api_calls", 2).allowed is False
         with pytest.raises(UserNotFound):
             metering.check(conn, user.id + 999, "tokens", 1)
+
+
+def test_check_on_a_dropped_read_connection_is_an_outage_then_recovers(
+    engine, session, frozen_clock, is_postgres
+):
+    """PostgreSQL's check runs on the driver's cursor of the autocommit read pool: a
+    connection the server dropped must still surface as SQLAlchemy's outage error (the
+    API answers 503), be thrown out of the pool, and not poison the next check."""
+    if not is_postgres:
+        pytest.skip("needs a server that can drop the connection (PostgreSQL leg)")
+    from billing_app.db import read_connection, read_engine
+
+    user = make_user(session, plan="basic")
+    session.commit()
+    with read_connection(engine) as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    try:
+        with engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        lost = None
+        for _ in range(read_engine(engine).pool.checkedin() + 1):  # reach the dropped one
+            try:
+                with read_connection(engine) as conn:
+                    metering.check(conn, user.id, "tokens", 1)
+            except sa.exc.DBAPIError as err:
+                lost = err
+                break
+        assert lost is not None and lost.connection_invalidated
+        assert isinstance(lost, sa.exc.OperationalError)
+        with read_connection(engine) as conn:
+            assert metering.check(conn, user.id, "tokens", 1).allowed is True
+    finally:
+        read_engine(engine).dispose()
 
 
 def test_check_reads_only(session, frozen_clock):
