@@ -90,14 +90,13 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return _pg_engine(url, pool_size)
+    return _pg_engine(url, pool_size, max_overflow=pool_size)
 
 
 def _pg_engine(url: str | sa.URL, pool_size: int, **options: Any) -> Engine:
     return sa.create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
         pool_timeout=10,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
@@ -140,23 +139,64 @@ def get_engine() -> Engine:
     return create_db_engine(settings.database_url, settings.db_pool_size)
 
 
-@lru_cache(maxsize=16)
-def read_engine(engine: Engine) -> Engine:
-    """The engine for reads. SQLite: the same pool, transactions start deferred (readers
-    do not queue behind writers). PostgreSQL: a pool of its own whose connections are in
-    autocommit from the start, so a read is its statements alone, without the BEGIN and
-    ROLLBACK round trips (3 round trips -> 1 for a quota check). Its own pool, because
-    switching a shared connection to autocommit and back at each checkout, and the
-    pool's rollback on return, cost ~110 µs of CPU per quota check (measured in-process:
-    the check's statement 190 -> 60 µs with this pool and the driver's cursor)."""
+# Derived engines per main engine: (reads, one-statement reads). Kept here rather than
+# in an lru_cache so that dispose_engines() can close their pools.
+_DERIVED: dict[Engine, tuple[Engine, Engine]] = {}
+_DERIVED_LOCK = threading.Lock()
+
+
+def _derived(engine: Engine) -> tuple[Engine, Engine]:
+    found = _DERIVED.get(engine)
+    if found is None:
+        with _DERIVED_LOCK:
+            found = _DERIVED.get(engine)
+            if found is None:
+                found = _DERIVED[engine] = _make_derived(engine)
+    return found
+
+
+def _make_derived(engine: Engine) -> tuple[Engine, Engine]:
+    """SQLite: the same pool; reads begin DEFERRED (they do not queue behind writers),
+    one-statement reads begin nothing. PostgreSQL: one pool of its own for both, whose
+    connections are in autocommit from the start, so a read is its statements alone,
+    without the BEGIN and ROLLBACK round trips (3 round trips -> 1 for a quota check).
+    Its own pool, because switching a shared connection to autocommit and back at each
+    checkout, and the pool's rollback on return, cost ~110 µs of CPU per quota check
+    (measured in-process: the check's statement 190 -> 60 µs with this pool and the
+    driver's cursor). No overflow: reads wait for one of its connections rather than
+    open more."""
     if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-    return _pg_engine(
+        return (
+            engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}),
+            engine.execution_options(**{SQLITE_BEGIN: None}),
+        )
+    reads = _pg_engine(
         engine.url,
         engine.pool.size(),  # type: ignore[attr-defined]
+        max_overflow=0,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,  # nothing to roll back in autocommit
     )
+    return reads, reads
+
+
+def read_engine(engine: Engine) -> Engine:
+    """The engine for reads that may be several statements (see _make_derived)."""
+    return _derived(engine)[0]
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of the app's engine and of every read engine, and
+    forget them; the next use builds them again from the settings (tests change them)."""
+    with _DERIVED_LOCK:
+        derived = list(_DERIVED.items())
+        _DERIVED.clear()
+    for main, (reads, _) in derived:
+        if reads.pool is not main.pool:
+            reads.dispose()
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    get_engine.cache_clear()
 
 
 @contextmanager
@@ -178,17 +218,10 @@ def read_session(engine: Engine | None = None) -> Iterator[Session]:
         yield session
 
 
-@lru_cache(maxsize=16)
-def _statement_engine(engine: Engine) -> Engine:
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{SQLITE_BEGIN: None})
-    return read_engine(engine)
-
-
 @contextmanager
 def read_connection(engine: Engine | None = None) -> Iterator[sa.Connection]:
     """A pooled connection for a read that is one statement: no BEGIN, no ROLLBACK and no
     ORM session around it (measured for the quota check: 174 -> 93 µs on SQLite,
     447 -> 344 µs on PostgreSQL)."""
-    with _statement_engine(engine or get_engine()).connect() as conn:
+    with _derived(engine or get_engine())[1].connect() as conn:
         yield conn

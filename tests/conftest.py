@@ -103,7 +103,7 @@ def app_settings(monkeypatch: pytest.MonkeyPatch, _migrated: str) -> Iterator[se
 def _clear_caches() -> None:
     settings.get_settings.cache_clear()
     plans.get_catalog.cache_clear()
-    db.get_engine.cache_clear()
+    db.dispose_engines()  # closes the pools too: 100 connections is PostgreSQL's limit
 
 
 _ENGINES: dict[str, Engine] = {}
