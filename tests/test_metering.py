@@ -350,6 +350,21 @@ def test_billing_period_reset_follows_the_subscription(session, frozen_clock, mo
         c = metering.check(conn, user.id, "tokens", 1)
     assert (c.used, c.resets_at) == (10, datetime(2026, 12, 10, 8, 0, tzinfo=UTC))
 
+    # One group for two users: each write gets its own user's period (the group's period
+    # cache is per month only when no plan resets with its billing period).
+    from billing_app.services import metering_batch
+
+    monthly = make_user(session, plan="basic")
+    writes = metering_batch.validate_batch(
+        [
+            {"user_id": monthly.id, "metric": "tokens", "quantity": 1},
+            {"user_id": user.id, "metric": "tokens", "quantity": 1},
+        ]
+    )
+    first, second = metering_batch.record_batch(session, writes)
+    assert first.status.period_start == datetime(2026, 11, 1, tzinfo=UTC)
+    assert second.status.period_start == start and second.status.used == 11
+
 
 def test_summary_and_daily_history(session, frozen_clock):
     user = make_user(session, plan="pro")

@@ -43,7 +43,7 @@ from billing_app.services.dto import (
     RecordResult,
     UsageEventDTO,
 )
-from billing_app.services.periods import Period, calendar_month, period_for
+from billing_app.services.periods import Period, calendar_month, per_user_periods, period_for
 
 MAX_KEY_LENGTH = 255
 MAX_METADATA_BYTES = 16_384
@@ -506,10 +506,12 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
     out: list[WriteOutcome | None] = [None] * len(writes)
     limits = _limits(session, writes)
     periods: dict[tuple[int, datetime], Period] = {}
+    by_user = per_user_periods()  # else one lookup per month serves every user
 
     def period(w: UsageWrite) -> Period:
         at = w.occurred_at or now
-        k = (w.user_id, at.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+        month = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        k = (w.user_id if by_user else 0, month)
         p = periods.get(k)
         if p is None or not p.start <= at < p.end:
             p = periods[k] = period_for(session, w.user_id, at)

@@ -29,10 +29,15 @@ def calendar_month(at: datetime) -> Period:
     return Period(start, end)
 
 
+def per_user_periods() -> bool:
+    """Whether periods can differ between users (a plan resets with its billing period)."""
+    return any(p.reset == "billing_period" for p in get_catalog().values())
+
+
 def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Period:
     """Calendar month, unless the user's plan resets with its billing period. `db` is a
     session or a bare connection (then a session is opened on it only for the lookup)."""
-    if not any(p.reset == "billing_period" for p in get_catalog().values()):
+    if not per_user_periods():
         return calendar_month(at)  # no lookup on the hot path in the default setup
     from billing_app.services.subscriptions import current_subscription
 
