@@ -232,7 +232,7 @@ def bench_db(kind: str) -> list[Row]:
             # Autovacuum's part (off on this machine): without it, the server's
             # connections keep the check's generic plan made while usage_counter was
             # empty, a seq scan that the write phases above grew to ~1,000 pages
-            # (finding 23).
+            # (finding 24).
             seed.vacuum_analyze(eng)
             r = _load(
                 srv,

@@ -222,6 +222,6 @@ def read_session(engine: Engine | None = None) -> Iterator[Session]:
 def read_connection(engine: Engine | None = None) -> Iterator[sa.Connection]:
     """A pooled connection for a read that is one statement: no BEGIN, no ROLLBACK and no
     ORM session around it (measured for the quota check: 174 -> 93 µs on SQLite,
-    447 -> 344 µs on PostgreSQL)."""
+    447 -> 344 µs on PostgreSQL, and 85 µs on PostgreSQL's own read pool)."""
     with _derived(engine or get_engine())[1].connect() as conn:
         yield conn
