@@ -56,6 +56,40 @@ def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):
     assert _state(engine, b.id, "api_calls") == (2, 100, 100)
 
 
+def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
+    """Several consumes on one counter in a group (on PostgreSQL one statement that walks
+    them in order from the locked row): each that still fits is granted, in order, even
+    after a refusal; a new counter row (limited or not) takes its consumes too."""
+    with Session(engine, expire_on_commit=False) as s:
+        a = make_user(s)  # free: 100 API calls
+        rich = make_user(s, plan="enterprise")  # no limits
+        metering.consume(s, a.id, "api_calls", 90)  # the counter row exists: 10 left
+        writes = [
+            prepare_write(a.id, "api_calls", 4, "w1", {"step": 1}, consume=True),
+            prepare_write(a.id, "api_calls", 7, "w2", consume=True),  # 11 > 10: refused
+            prepare_write(a.id, "api_calls", 6, "w3", {"step": 3}, consume=True),  # fits
+            prepare_write(a.id, "api_calls", 1, "w4", consume=True),  # 101: refused
+            prepare_write(rich.id, "tokens", 5, "n1", consume=True),  # no counter row yet
+            prepare_write(rich.id, "tokens", 6, "n2", consume=True),
+        ]
+        out = metering.apply_writes(s, writes)
+        s.commit()
+    w1, w2, w3, w4, n1, n2 = out
+    assert (w1.status.used, w3.status.used) == (94, 100)
+    assert isinstance(w2, QuotaExceeded) and isinstance(w4, QuotaExceeded)
+    assert w1.event.metadata == {"step": 1} and w3.event.metadata == {"step": 3}
+    assert (n1.status.used, n2.status.used) == (5, 11) and n2.status.unlimited
+    assert _state(engine, a.id, "api_calls") == (3, 100, 100)
+    assert _state(engine, rich.id, "tokens") == (2, 11, 11)
+    with Session(engine) as s:
+        again = metering.apply_writes(
+            s, [prepare_write(rich.id, "tokens", 1, f"m{i}", consume=True) for i in range(3)]
+        )
+        s.commit()
+    assert [r.status.used for r in again] == [12, 13, 14]
+    assert _state(engine, rich.id, "tokens") == (5, 14, 14)
+
+
 def test_group_commit_under_concurrency_is_exact(app_settings, engine):
     """2,000 consumes from 32 threads through one writer against 500 remaining: exactly
     500 granted, and the writer really grouped them."""

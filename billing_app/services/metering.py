@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
@@ -240,24 +241,21 @@ class _Statements:
                     (used, None if used is None else conn.execute(self.append, event).scalar())
                 )
             return out
-        if not rows:
-            return []
-        # One statement per consume, all sent in one pipeline (one round trip for the
-        # group); they still run one after another in this transaction, each deciding on
-        # the counter the previous one left.
-        params = [{**r, "metadata": None if r["metadata"] is None else json.dumps(r["metadata"])}
-                  for r in rows]  # fmt: skip
-        with _driver_cursor(conn, _PG_CONSUME) as cur:
-            if len(params) < 4:  # measured: a pipeline only pays off from a few statements
-                results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
-            else:
-                cur.executemany(_PG_CONSUME, params, returning=True)
-                results = []
-                while True:
-                    results.append(cur.fetchone())
-                    if not cur.nextset():
-                        break
-        return [(used, id_) for used, id_ in results]
+        out = []
+        singles: list[dict[str, Any]] = []  # to send together, one statement each
+        # In counter order (the locking order): several consumes on one counter are one
+        # statement that writes its row once; the others go one statement each.
+        for _, same in groupby(rows, key=lambda r: (r["user_id"], r["metric"], r["period_start"])):
+            run = list(same)
+            decided = _pg_consume_run(conn, run) if len(run) > 1 else None
+            if decided is None:  # one consume, or no counter row yet
+                singles.extend(run)
+                continue
+            out.extend(_pg_consume_each(conn, singles))
+            singles = []
+            out.extend(decided)
+        out.extend(_pg_consume_each(conn, singles))
+        return out
 
     def bump_counters(
         self, conn: sa.Connection, rows: list[dict[str, Any]]
@@ -363,6 +361,95 @@ WITH b AS (
 )
 SELECT (SELECT used FROM b), (SELECT id FROM e)
 """
+
+# Several consumes on ONE existing counter row, decided in order by the database in one
+# statement: a recursive walk over the quantities from the locked row's `used` grants
+# each that still fits (`used + q <= limit`; no limit when NULL), then the row is
+# written once with the total and the granted events inserted. Same outcome as one
+# _PG_CONSUME each, but one row version per group instead of one per consume. No
+# counter row yet: `used` stays NULL, nothing is granted or written, and the caller
+# falls back to _PG_CONSUME, which creates the row.
+_PG_CONSUME_RUN = """
+WITH RECURSIVE c AS MATERIALIZED (
+    SELECT id, used FROM usage_counter
+    WHERE user_id = %(user_id)s AND metric = %(metric)s AND period_start = %(period_start)s
+    FOR UPDATE
+), items AS (
+    SELECT * FROM unnest(%(quantity)b::bigint[], %(idempotency_key)b::text[],
+                         %(metadata)b::text[], %(occurred_at)b::timestamptz[])
+                  WITH ORDINALITY AS t(q, k, md, o, n)
+), walk(n, used, granted) AS (
+    SELECT 0::bigint, (SELECT used FROM c), NULL::boolean
+    UNION ALL
+    SELECT i.n, CASE WHEN fits THEN w.used + i.q ELSE w.used END, fits
+    FROM walk w JOIN items i ON i.n = w.n + 1,
+         LATERAL (SELECT w.used IS NOT NULL
+                         AND (CAST(%(limit)s AS bigint) IS NULL
+                              OR w.used + i.q <= CAST(%(limit)s AS bigint)) AS fits) f
+), upd AS (
+    UPDATE usage_counter SET used = (SELECT used FROM walk ORDER BY n DESC LIMIT 1)
+    WHERE id = (SELECT id FROM c)
+    RETURNING used
+), e AS (
+    INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
+                             idempotency_key, metadata)
+    SELECT %(user_id)s, %(metric)s, i.q, i.o, %(recorded_at)s, i.k, CAST(i.md AS jsonb)
+    FROM items i JOIN walk w ON w.n = i.n
+    WHERE w.granted
+    ORDER BY i.n
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key
+)
+SELECT w.granted, w.used, e.id FROM items i JOIN walk w ON w.n = i.n
+LEFT JOIN e ON e.idempotency_key = i.k
+ORDER BY i.n
+"""
+
+
+def _metadata_text(r: dict[str, Any]) -> str | None:
+    return None if r["metadata"] is None else json.dumps(r["metadata"])
+
+
+def _pg_consume_run(
+    conn: sa.Connection, run: list[dict[str, Any]]
+) -> list[tuple[int | None, int | None]] | None:
+    """Consumes on one counter in one statement: (new total or None, event id or None)
+    each, in order; None when the counter row does not exist yet."""
+    first = run[0]
+    params = {
+        **{k: first[k] for k in ("user_id", "metric", "period_start", "limit", "recorded_at")},
+        "quantity": [r["quantity"] for r in run],
+        "idempotency_key": [r["idempotency_key"] for r in run],
+        "metadata": [_metadata_text(r) for r in run],
+        "occurred_at": [r["occurred_at"] for r in run],
+    }
+    rows = _pg_fetch(conn, _PG_CONSUME_RUN, params)
+    if rows[0][1] is None:  # no counter row to decide on
+        return None
+    return [(used if granted else None, id_) for granted, used, id_ in rows]
+
+
+def _pg_consume_each(
+    conn: sa.Connection, rows: list[dict[str, Any]]
+) -> list[tuple[int | None, int | None]]:
+    """One _PG_CONSUME per row, all sent in one pipeline (one round trip); they still run
+    one after another in this transaction, each deciding on the counter the previous one
+    left."""
+    if not rows:
+        return []
+    params = [{**r, "metadata": _metadata_text(r)} for r in rows]
+    with _driver_cursor(conn, _PG_CONSUME) as cur:
+        if len(params) < 4:  # measured: a pipeline only pays off from a few statements
+            results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
+        else:
+            cur.executemany(_PG_CONSUME, params, returning=True)
+            results = []
+            while True:
+                results.append(cur.fetchone())
+                if not cur.nextset():
+                    break
+    return [(used, id_) for used, id_ in results]
+
 
 _EVENT_COLS = (
     "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
