@@ -69,25 +69,23 @@ def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
             prepare_write(a.id, "api_calls", 7, "w2", consume=True),  # 11 > 10: refused
             prepare_write(a.id, "api_calls", 6, "w3", {"step": 3}, consume=True),  # fits
             prepare_write(a.id, "api_calls", 1, "w4", consume=True),  # 101: refused
-            prepare_write(rich.id, "tokens", 5, "n1", consume=True),  # no counter row yet
-            prepare_write(rich.id, "tokens", 6, "n2", consume=True),
-        ]
-        out = metering.apply_writes(s, writes)
+        ] + [prepare_write(rich.id, "tokens", 5, f"n{i}", consume=True) for i in range(4)]
+        out = metering.apply_writes(s, writes)  # rich has no counter row yet
         s.commit()
-    w1, w2, w3, w4, n1, n2 = out
+    w1, w2, w3, w4, *news = out
     assert (w1.status.used, w3.status.used) == (94, 100)
     assert isinstance(w2, QuotaExceeded) and isinstance(w4, QuotaExceeded)
     assert w1.event.metadata == {"step": 1} and w3.event.metadata == {"step": 3}
-    assert (n1.status.used, n2.status.used) == (5, 11) and n2.status.unlimited
+    assert [n.status.used for n in news] == [5, 10, 15, 20] and news[0].status.unlimited
     assert _state(engine, a.id, "api_calls") == (3, 100, 100)
-    assert _state(engine, rich.id, "tokens") == (2, 11, 11)
+    assert _state(engine, rich.id, "tokens") == (4, 20, 20)
     with Session(engine) as s:
         again = metering.apply_writes(
-            s, [prepare_write(rich.id, "tokens", 1, f"m{i}", consume=True) for i in range(3)]
+            s, [prepare_write(rich.id, "tokens", 1, f"m{i}", consume=True) for i in range(4)]
         )
         s.commit()
-    assert [r.status.used for r in again] == [12, 13, 14]
-    assert _state(engine, rich.id, "tokens") == (5, 14, 14)
+    assert [r.status.used for r in again] == [21, 22, 23, 24]
+    assert _state(engine, rich.id, "tokens") == (8, 24, 24)
 
 
 def test_group_commit_under_concurrency_is_exact(app_settings, engine):
