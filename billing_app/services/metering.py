@@ -219,7 +219,7 @@ class _Statements:
         if not self.pg:
             return conn.execute(self.append_many, rows)
         cols: dict[str, list[Any]] = {name: [r[name] for r in rows] for name in _EVENT_COLS}
-        cols["metadata"] = [None if m is None else json.dumps(m) for m in cols["metadata"]]
+        cols["metadata"] = [_json_text(m) for m in cols["metadata"]]
         return _pg_fetch(conn, _PG_APPEND, cols)
 
     def consume_each(
@@ -386,9 +386,11 @@ WITH RECURSIVE c AS MATERIALIZED (
          LATERAL (SELECT w.used IS NOT NULL
                          AND (CAST(%(limit)s AS bigint) IS NULL
                               OR w.used + i.q <= CAST(%(limit)s AS bigint)) AS fits) f
-), upd AS (
-    UPDATE usage_counter SET used = (SELECT used FROM walk ORDER BY n DESC LIMIT 1)
-    WHERE id = (SELECT id FROM c)
+), total AS (
+    SELECT used FROM walk ORDER BY n DESC LIMIT 1
+), upd AS (  -- no new row version when every consume was refused
+    UPDATE usage_counter SET used = (SELECT used FROM total)
+    WHERE id = (SELECT id FROM c) AND used <> (SELECT used FROM total)
     RETURNING used
 ), e AS (
     INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
@@ -413,8 +415,9 @@ ORDER BY i.n
 _RUN_MIN = 4
 
 
-def _metadata_text(r: dict[str, Any]) -> str | None:
-    return None if r["metadata"] is None else json.dumps(r["metadata"])
+def _json_text(value: Any) -> str | None:
+    """A value for a text parameter cast to jsonb; None stays SQL NULL."""
+    return None if value is None else json.dumps(value)
 
 
 def _pg_consume_run(
@@ -427,7 +430,7 @@ def _pg_consume_run(
         **{k: first[k] for k in ("user_id", "metric", "period_start", "limit", "recorded_at")},
         "quantity": [r["quantity"] for r in run],
         "idempotency_key": [r["idempotency_key"] for r in run],
-        "metadata": [_metadata_text(r) for r in run],
+        "metadata": [_json_text(r["metadata"]) for r in run],
         "occurred_at": [r["occurred_at"] for r in run],
     }
     rows = _pg_fetch(conn, _PG_CONSUME_RUN, params)
@@ -444,7 +447,7 @@ def _pg_consume_each(
     left."""
     if not rows:
         return []
-    params = [{**r, "metadata": _metadata_text(r)} for r in rows]
+    params = [{**r, "metadata": _json_text(r["metadata"])} for r in rows]
     with _driver_cursor(conn, _PG_CONSUME) as cur:
         if len(params) < 4:  # measured: a pipeline only pays off from a few statements
             results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
