@@ -9,6 +9,10 @@ Runs in its own process(es), apart from the server under test. Two modes:
 Bodies come from named generators (`BODIES`) so every request can carry its own
 idempotency key. Used by bench/run.py and by the fault tests (tests/reliability/).
 
+It shares the 2 cores with the server and the database, so its own CPU is kept low: on
+uvloop, with no task per request (measured against the app at ~3,000 req/s: 0.068 ->
+0.040 ms of CPU per request; the baseline's and the app's figures both rise with it).
+
     python -m bench.loadgen spec.json  # prints one JSON result line
 """
 
@@ -22,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import uvloop
 
 # ---------------------------------------------------------------- request bodies
 
@@ -245,7 +251,8 @@ async def _run_proc(spec: Spec, proc: int, start_at: float) -> Result:
     async def one(conn: _Conn, n: int, t_start: float) -> None:
         raw = build_request(spec, make_body(spec.params, tag, n), _extra_headers(spec.params, n))
         try:
-            status, _ = await asyncio.wait_for(conn.request(raw), spec.timeout)
+            async with asyncio.timeout(spec.timeout):  # no task per request, as wait_for makes
+                status, _ = await conn.request(raw)
             record(status, None, time.perf_counter() - t_start, t_start)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             conn.close()
@@ -301,7 +308,7 @@ async def _run_proc(spec: Spec, proc: int, start_at: float) -> Result:
 
 def _proc_main(spec_d: dict[str, Any], proc: int, start_at: float, q: Any) -> None:
     spec = Spec(**spec_d)
-    res = asyncio.run(_run_proc(spec, proc, start_at))
+    res = uvloop.run(_run_proc(spec, proc, start_at))
     q.put(asdict(res))
 
 
