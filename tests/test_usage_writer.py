@@ -88,6 +88,40 @@ def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
     assert _state(engine, rich.id, "tokens") == (8, 24, 24)
 
 
+def test_commit_comes_before_the_results_are_built(engine, frozen_clock, monkeypatch):
+    """With `commit`, the counter rows are committed (so no longer locked) before the
+    results are built: another connection already sees the totals (before this change it
+    saw nothing on PostgreSQL, and waited out the lock on SQLite). A `check` that raises
+    still leaves nothing written."""
+    with Session(engine, expire_on_commit=False) as s:
+        user = make_user(s, plan="basic")
+    seen: list[tuple[int, int, int]] = []
+    build = metering._result
+
+    def spy(*args, **kwargs):  # what another connection sees while a result is built
+        seen.append(_state(engine, user.id, "tokens"))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(metering, "_result", spy)
+    writes = [prepare_write(user.id, "tokens", n, f"e{n}") for n in (2, 3)]
+    with Session(engine) as s:
+        out = metering.apply_writes(s, writes, commit=True)
+        s.commit()
+    assert [r.status.used for r in out] == [2, 5]
+    assert seen == [(2, 5, 5)] * 2
+
+    def refuse(errors):
+        raise IdempotencyConflict("refused by the check")
+
+    with Session(engine) as s, pytest.raises(IdempotencyConflict):
+        try:
+            metering.apply_writes(s, [prepare_write(user.id, "tokens", 9, "e9")], check=refuse,
+                                  commit=True)  # fmt: skip
+        finally:
+            s.rollback()
+    assert _state(engine, user.id, "tokens") == (2, 5, 5)
+
+
 def test_group_commit_under_concurrency_is_exact(app_settings, engine):
     """2,000 consumes from 32 threads through one writer against 500 remaining: exactly
     500 granted, and the writer really grouped them."""

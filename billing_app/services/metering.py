@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -588,15 +588,28 @@ def _exceeded(metric: str, quantity: int, used: int, limit: int, period: Period)
 WriteOutcome = RecordResult | BillingError
 
 
-def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcome]:
-    """Run writes in the session's transaction (the caller commits): one outcome each,
-    a RecordResult or the BillingError meant for that write (nothing of it written).
+def apply_writes(
+    session: Session,
+    writes: list[UsageWrite],
+    *,
+    check: Callable[[dict[int, BillingError]], None] | None = None,
+    commit: bool = False,
+) -> list[WriteOutcome]:
+    """Run writes in the session's transaction: one outcome each, a RecordResult or the
+    BillingError meant for that write (nothing of it written).
 
     Records go in as one multi-row insert (a repeated key is skipped, not an error) and
     one upsert per counter. Each consume is one conditional upsert (`used + q <= limit`)
     followed by its event. Counters are locked in sorted order within each kind, so
     concurrent transactions of one kind cannot deadlock; do not mix kinds in one call
     if that matters (the group writer does not).
+
+    Once every statement has run, `check` gets the errors known by then (by index; all
+    but a refused consume's): if it raises, nothing is committed and the caller rolls
+    back (a batch is all or nothing). Then, with `commit`, the transaction commits before
+    the results are built, so counter rows stay locked only while the statements run
+    (bench/README.md, finding 27: concurrent batches on the same users queued behind a
+    thousand results being built); otherwise the caller commits.
     """
     st, conn = _stmts(session)
     now = utcnow()
@@ -645,7 +658,7 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
     for i in live:
         w = writes[i]
         by_counter[(w.user_id, w.metric, per[i].start)].append(i)
-    used_now: dict[tuple[int, str, datetime], int] = {}
+    bumped: dict[tuple[int, str, datetime], int] = {}  # counter -> total after the records
     bumps = []
     for ck in sorted(by_counter):
         total = sum(writes[i].quantity for i in by_counter[ck] if i in new_id)
@@ -654,19 +667,13 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
             bumps.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
                           "period_end": p.end, "used": total})  # fmt: skip
     if bumps:
-        used_now.update(st.bump_counters(conn, bumps))
+        bumped = st.bump_counters(conn, bumps)
+    used_now = dict(bumped)  # counter -> its latest total in this transaction
     duplicates: list[int] = []
     consumes: list[int] = []
     stored = _stored_keys(conn, st, [writes[i] for i in live if writes[i].consume])
     for ck in sorted(by_counter):
-        idxs = by_counter[ck]
-        if ck in used_now:  # each new record sees the total up to and including itself
-            running = used_now[ck] - sum(writes[i].quantity for i in idxs if i in new_id)
-            for i in idxs:
-                if i in new_id:
-                    running += writes[i].quantity
-                    out[i] = _result(writes[i], new_id[i], now, running, limits, per[i])
-        for i in idxs:
+        for i in by_counter[ck]:
             if not writes[i].consume:
                 if i not in new_id:
                     duplicates.append(i)
@@ -688,9 +695,9 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
         rows.append({**_event_row(w, now), "period_start": p.start, "period_end": p.end,
                      "limit": limit or None})  # fmt: skip
     consumes = [i for i in consumes if i not in refused]
+    granted: dict[int, tuple[int, int]] = {}  # consume -> its event id, total after it
     for i, row, (used, id_) in zip(consumes, rows, st.consume_each(conn, rows), strict=True):
         w, p = writes[i], per[i]
-        ck = (w.user_id, w.metric, p.start)
         if used is None:
             refused.append(i)
             continue
@@ -700,36 +707,54 @@ def apply_writes(session: Session, writes: list[UsageWrite]) -> list[WriteOutcom
             ).scalar()
             duplicates.append(i)
         else:
-            out[i] = _result(w, id_, now, used, limits, p)
-        used_now[ck] = used
-    for i in refused:
-        w, p = writes[i], per[i]
-        limit = limits[(w.user_id, w.metric)]
-        out[i] = _exceeded(w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p)
+            granted[i] = (id_, used)
+        used_now[(w.user_id, w.metric, p.start)] = used
 
-    # 3. repeated keys: the first event's result, or a conflict if the values differ
+    # 3. repeated keys: the first event, or a conflict if the values differ
+    firsts: dict[int, Any] = {}
     for i in duplicates:
         w = writes[i]
         first = conn.execute(st.first_event, _key_params(w)).first()
-        if first is None:  # repeats a consume of this group that was refused: so is it
-            p = per[i]
-            limit = limits[(w.user_id, w.metric)]
-            out[i] = _exceeded(
-                w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p
-            )
-            continue
-        if first.metric != w.metric or first.quantity != w.quantity:
+        if first is not None and (first.metric != w.metric or first.quantity != w.quantity):
             out[i] = IdempotencyConflict(
                 "This idempotency key was already used for a different usage event "
                 f"({first.quantity} {first.metric}).",
                 idempotency_key=w.idempotency_key,
+            )
+        else:
+            firsts[i] = first
+    if check is not None:
+        check({i: o for i, o in enumerate(out) if isinstance(o, BillingError)})
+    if commit:
+        session.commit()
+
+    # 4. results; the reads below run after the commit, if there was one
+    for ck, idxs in by_counter.items():
+        if ck in bumped:  # each new record sees the total up to and including itself
+            running = bumped[ck] - sum(writes[i].quantity for i in idxs if i in new_id)
+            for i in idxs:
+                if i in new_id:
+                    running += writes[i].quantity
+                    out[i] = _result(writes[i], new_id[i], now, running, limits, per[i])
+    for i, (id_, used) in granted.items():
+        out[i] = _result(writes[i], id_, now, used, limits, per[i])
+    for i in refused:
+        w, p = writes[i], per[i]
+        limit = limits[(w.user_id, w.metric)]
+        out[i] = _exceeded(w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p)
+    for i, first in firsts.items():
+        w = writes[i]
+        limit = limits[(w.user_id, w.metric)]
+        if first is None:  # repeats a consume of this group that was refused: so is it
+            p = per[i]
+            out[i] = _exceeded(
+                w.metric, w.quantity, _used(session, w.user_id, w.metric, p), limit, p
             )
             continue
         p = period_for(session, w.user_id, as_utc(first.occurred_at))
         ck = (w.user_id, w.metric, p.start)
         if ck not in used_now:
             used_now[ck] = _used(session, w.user_id, w.metric, p)
-        limit = limits[(w.user_id, w.metric)]
         out[i] = RecordResult(
             event=_event_dto(first),
             duplicate=True,

@@ -7,6 +7,7 @@ per (user, metric, period). Any event's error aborts the whole batch.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from sqlmodel import Session
@@ -72,23 +73,26 @@ def record_batch(session: Session, events: list[UsageWrite]) -> list[RecordResul
     if not events:
         return []
     try:
-        outcomes = apply_writes(session, events)
-        missing = [
-            {"index": i, "code": o.code, "message": o.message}
-            for i, o in enumerate(outcomes)
-            if isinstance(o, UserNotFound)
-        ]
-        if missing:
-            raise ValidationFailed(
-                f"{len(missing)} of {len(events)} events name an unknown user; "
-                "nothing was recorded.",
-                events=missing,
-            )
-        for i, o in enumerate(outcomes):
-            if isinstance(o, BillingError):
-                raise type(o)(f"Event {i}: {o.message} Nothing was recorded.", index=i, **o.details)
+        check = partial(_all_or_nothing, len(events))
+        outcomes = apply_writes(session, events, check=check, commit=True)
         session.commit()
     except BaseException:
         session.rollback()
         raise
     return outcomes  # type: ignore[return-value]
+
+
+def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
+    """Raise for the batch if any event failed: unknown users all named at once."""
+    missing = [
+        {"index": i, "code": o.code, "message": o.message}
+        for i, o in errors.items()
+        if isinstance(o, UserNotFound)
+    ]
+    if missing:
+        raise ValidationFailed(
+            f"{len(missing)} of {total} events name an unknown user; nothing was recorded.",
+            events=missing,
+        )
+    for i, o in errors.items():
+        raise type(o)(f"Event {i}: {o.message} Nothing was recorded.", index=i, **o.details)

@@ -116,8 +116,8 @@ class UsageWriter:
         self.groups += 1
         try:
             with session_scope() as session:
-                outcomes = apply_writes(session, [write for write, _ in items])
-                session.commit()
+                outcomes = apply_writes(session, [write for write, _ in items], commit=True)
+                session.commit()  # the reads after apply_writes' own commit
         except Exception as err:
             if len(items) == 1 or _connection_lost(err):
                 for _, future in items:
