@@ -248,10 +248,4 @@ sa.Index(
 )
 # Admin sort by sign-up date.
 sa.Index("ix_user_created_at", User.__table__.c.created_at)  # type: ignore[attr-defined]
-# Admin sort by usage: the period's counters for one metric, ordered by `used`.
-sa.Index(
-    "ix_usage_counter_metric_period_used",
-    UsageCounter.__table__.c.metric,  # type: ignore[attr-defined]
-    UsageCounter.__table__.c.period_start,  # type: ignore[attr-defined]
-    UsageCounter.__table__.c.used,  # type: ignore[attr-defined]
-)
+# No index holds usage_counter.used: every usage write changes it (migration 0003).
