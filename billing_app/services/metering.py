@@ -308,9 +308,12 @@ LEFT JOIN usage_counter c
        ON c.user_id = u.id AND c.metric = %(metric)s AND c.period_start = %(period_start)s
 WHERE u.id = %(user_id)s
 """
+# Driven from the ids, not `u.id = ANY(ids)`: in a generic plan (psycopg prepares a
+# statement after 5 runs) on tables without statistics yet, that became a scan of every
+# user testing each against the whole array: 7.5 ms for 1,000 ids among 1,000 users.
 _PG_LIMITS = """
-SELECT u.id, q.metric, q."limit" FROM "user" u LEFT JOIN quota q ON q.user_id = u.id
-WHERE u.id = ANY(%(ids)b::integer[])
+SELECT u.id, q.metric, q."limit" FROM unnest(%(ids)b::integer[]) AS i(id)
+JOIN "user" u ON u.id = i.id LEFT JOIN quota q ON q.user_id = u.id
 """
 
 
@@ -543,15 +546,17 @@ def prepare_write(
     occurred_at: Any = None,
     *,
     consume: bool = False,
+    now: datetime | None = None,
 ) -> UsageWrite:
-    """Validate one write (raises a ValidationFailed naming the bad field); no database."""
+    """Validate one write (raises a ValidationFailed naming the bad field); no database.
+    `now`: the time a record without `occurred_at` happened (default: this moment)."""
     return UsageWrite(
         user_id=_validate_user_id(user_id),
         metric=validate_metric(metric),
         quantity=validate_quantity(quantity),
         idempotency_key=_validate_key(idempotency_key),
         metadata=_validate_metadata(metadata),
-        occurred_at=None if consume else _validate_occurred_at(occurred_at, utcnow()),
+        occurred_at=None if consume else _validate_occurred_at(occurred_at, now or utcnow()),
         consume=consume,
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from billing_app.clock import utcnow
 from billing_app.errors import BillingError, IdempotencyConflict, UserNotFound, ValidationFailed
 from billing_app.services.dto import RecordResult
 from billing_app.services.metering import UsageWrite, apply_writes, prepare_write
@@ -29,6 +30,7 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
         )
     out: list[UsageWrite] = []
     errors: list[dict[str, Any]] = []
+    now = utcnow()
     seen: dict[tuple[int, str], tuple[int, UsageWrite]] = {}
     for i, raw in enumerate(events):
         try:
@@ -41,6 +43,7 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
                 raw.get("idempotency_key"),
                 raw.get("metadata"),
                 raw.get("occurred_at"),
+                now=now,
             )
         except BillingError as err:
             errors.append({"index": i, **err.to_dict()})
