@@ -23,6 +23,17 @@ def test_upgrade_head_matches_the_models(engine):
     assert diff == []
 
 
+def test_counter_pages_keep_room_for_in_place_updates(engine, is_postgres):
+    """Migration 0004 (a storage setting, which the comparison above does not see)."""
+    if not is_postgres:
+        pytest.skip("fillfactor is a PostgreSQL setting (PostgreSQL leg)")
+    with engine.connect() as conn:
+        options = conn.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'usage_counter'"
+        ).scalar()
+    assert options == ["fillfactor=70"]
+
+
 def test_sqlite_gets_wal_and_immediate_transactions(tmp_path):
     engine = db.create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with engine.connect() as conn:
