@@ -40,10 +40,11 @@ def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):
             prepare_write(b.id, "api_calls", 60, "c2", consume=True),  # 120 > 100
             prepare_write(b.id, "api_calls", 40, "c3", consume=True),
             prepare_write(b.id, "api_calls", 60, "c2", consume=True),  # repeats a refusal
+            prepare_write(b.id, "api_calls", 40, "c3", consume=True),  # repeats a grant
         ]
         out = metering.apply_writes(s, writes)
         s.commit()
-    r1, r2, rep, old, conflict, nobody, c1, c2, c3, c2_again = out
+    r1, r2, rep, old, conflict, nobody, c1, c2, c3, c2_again, c3_again = out
     assert isinstance(r1, RecordResult) and not r1.duplicate
     assert (r1.status.used, r2.status.used) == (12, 15)  # each sees the total up to itself
     assert rep.duplicate and rep.event.id == r1.event.id
@@ -52,6 +53,7 @@ def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):
     assert isinstance(nobody, UserNotFound)
     assert c1.status.used == 60 and isinstance(c2, QuotaExceeded) and c3.status.used == 100
     assert isinstance(c2_again, QuotaExceeded)
+    assert c3_again.duplicate and c3_again.event.id == c3.event.id
     assert _state(engine, a.id, "tokens") == (3, 15, 15)
     assert _state(engine, b.id, "api_calls") == (2, 100, 100)
 

@@ -214,14 +214,6 @@ class _Statements:
             where=c.used + bump.excluded.used <= sa.bindparam("limit", type_=sa.BigInteger()),
         ).returning(c.used)
 
-    def insert_events(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> Any:
-        """Insert event rows, skipping repeated keys: (id, user_id, key) of the new ones."""
-        if not self.pg:
-            return conn.execute(self.append_many, rows)
-        cols: dict[str, list[Any]] = {name: [r[name] for r in rows] for name in _EVENT_COLS}
-        cols["metadata"] = [_json_text(m) for m in cols["metadata"]]
-        return _pg_fetch(conn, _PG_APPEND, cols)
-
     def consume_each(
         self, conn: sa.Connection, rows: list[dict[str, Any]]
     ) -> list[tuple[int | None, int | None]]:
@@ -257,19 +249,6 @@ class _Statements:
         out.extend(_pg_consume_each(conn, singles))
         return out
 
-    def bump_counters(
-        self, conn: sa.Connection, rows: list[dict[str, Any]]
-    ) -> dict[tuple[int, str, datetime], int]:
-        """Add to many counters (one row each) at once: the new totals."""
-        if not self.pg:
-            result = conn.execute(self.bump_many, rows).all()
-            return {
-                (r["user_id"], r["metric"], r["period_start"]): row.used
-                for r, row in zip(rows, result, strict=True)
-            }
-        cols = {name: [r[name] for r in rows] for name in _COUNTER_COLS}
-        return {(u, m, start): used for u, m, start, used in _pg_fetch(conn, _PG_BUMP, cols)}
-
 
 # PostgreSQL: many rows as arrays through unnest(), on the session's DB-API connection
 # with binary parameters (`%(name)b`). The statement text never changes, so psycopg's
@@ -277,6 +256,8 @@ class _Statements:
 # is new text for each group size (profiled: re-parsing and re-planning it cost more
 # than the inserts). Binary, because text-format arrays escape every element with a
 # regex: measured for 16-row arrays, 304 -> 130 µs of CPU per statement.
+# The events of known users (an unknown user's is left out, not an error: the limits
+# lookup in the same round trip names them), in the given order.
 _PG_APPEND = """
 INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
                          idempotency_key, metadata)
@@ -284,6 +265,7 @@ SELECT u, m, q, o, r, k, CAST(md AS jsonb)
 FROM unnest(%(user_id)b::integer[], %(metric)b::text[], %(quantity)b::bigint[],
             %(occurred_at)b::timestamptz[], %(recorded_at)b::timestamptz[],
             %(idempotency_key)b::text[], %(metadata)b::text[]) AS t(u, m, q, o, r, k, md)
+WHERE EXISTS (SELECT 1 FROM "user" WHERE id = t.u)
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id, user_id, idempotency_key
 """
@@ -318,15 +300,13 @@ JOIN "user" u ON u.id = i.id LEFT JOIN quota q ON q.user_id = u.id
 
 
 @contextmanager
-def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
-    """A cursor on the connection's psycopg connection (in its transaction), closed after.
-    Its errors are raised as SQLAlchemy raises them (IntegrityError, DataError,
-    OperationalError, ...), with a lost connection invalidated in the pool: callers tell
-    bad input from an outage by those."""
+def _driver_errors(conn: sa.Connection, sql: str) -> Iterator[None]:
+    """Errors of the connection's psycopg connection raised as SQLAlchemy raises them
+    (IntegrityError, DataError, OperationalError, ...), with a lost connection invalidated
+    in the pool: callers tell bad input from an outage by those."""
     dbapi = conn.dialect.loaded_dbapi
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        yield cur
+        yield
     except dbapi.Error as err:
         lost = conn.dialect.is_disconnect(err, conn.connection.dbapi_connection, None)
         if lost:
@@ -334,6 +314,15 @@ def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
         raise sa_exc.DBAPIError.instance(
             sql, None, err, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
         ) from err
+
+
+@contextmanager
+def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
+    """A cursor on the connection's psycopg connection (in its transaction), closed after."""
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with _driver_errors(conn, sql):
+            yield cur
     finally:
         cur.close()
 
@@ -342,6 +331,26 @@ def _pg_fetch(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[tup
     with _driver_cursor(conn, sql) as cur:
         cur.execute(sql, params)
         return cur.fetchall()
+
+
+def _pg_round(
+    conn: sa.Connection, statements: list[tuple[str, dict[str, Any]]], *, commit: bool = False
+) -> list[list[tuple[Any, ...]]]:
+    """Statements sent together in one round trip (psycopg's pipeline), with the COMMIT
+    too if `commit`: each one's rows. If one fails, none of them is committed."""
+    pg = conn.connection.dbapi_connection
+    curs = [pg.cursor() for _ in statements]  # type: ignore[union-attr]
+    try:
+        with _driver_errors(conn, statements[-1][0]):
+            with pg.pipeline():  # type: ignore[union-attr]
+                for cur, (sql, params) in zip(curs, statements, strict=True):
+                    cur.execute(sql, params)
+                if commit:
+                    pg.commit()  # type: ignore[union-attr]
+            return [cur.fetchall() for cur in curs]
+    finally:
+        for cur in curs:
+            cur.close()
 
 
 _PG_CONSUME = """
@@ -561,14 +570,9 @@ def prepare_write(
     )
 
 
-def _limits(session: Session, writes: list[UsageWrite]) -> dict[tuple[int, str], int]:
-    """Effective limit of every (user, metric) written, in one query; unknown users absent."""
-    st, conn = _stmts(session)
-    ids = sorted({w.user_id for w in writes})
-    if st.pg:
-        rows = _pg_fetch(conn, _PG_LIMITS, {"ids": ids})
-    else:
-        rows = conn.execute(st.limits, {"ids": ids}).all()
+def _limits(rows: Any, writes: list[UsageWrite]) -> dict[tuple[int, str], int]:
+    """Effective limit of every (user, metric) written, from the limits query's rows
+    (user id, metric, limit); unknown users absent."""
     free = get_catalog()["free"]
     found = {uid for uid, _, _ in rows}
     out = {(w.user_id, w.metric): free.limit_for(w.metric) for w in writes if w.user_id in found}
@@ -593,6 +597,91 @@ def _exceeded(metric: str, quantity: int, used: int, limit: int, period: Period)
 WriteOutcome = RecordResult | BillingError
 
 
+def _periods(session: Session, writes: list[UsageWrite], now: datetime) -> list[Period]:
+    """Each write's period: one lookup per month, or per user and month when a plan
+    resets with its billing period."""
+    by_user = per_user_periods()
+    cache: dict[tuple[int, int, int], Period] = {}
+    out = []
+    for w in writes:
+        at = w.occurred_at or now
+        k = (w.user_id if by_user else 0, at.year, at.month)
+        p = cache.get(k)
+        if p is None or not p.start <= at < p.end:
+            p = cache[k] = period_for(session, w.user_id, at)
+        out.append(p)
+    return out
+
+
+def _first_of_each_key(writes: list[UsageWrite], idxs: list[int]) -> list[int]:
+    """The first write of each (user, key), sorted by (user, key): transactions sharing
+    keys then wait on each other in one order."""
+    first: dict[tuple[int, str], int] = {}
+    for i in idxs:
+        first.setdefault((writes[i].user_id, writes[i].idempotency_key), i)
+    return [first[k] for k in sorted(first)]
+
+
+def _first_round(
+    conn: sa.Connection,
+    st: _Statements,
+    writes: list[UsageWrite],
+    recs: list[int],
+    now: datetime,
+) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str], int], set[Any]]:
+    """The limits, the records' events (the first of each key; repeated keys skipped)
+    and the consumes' already stored keys: on PostgreSQL in one round trip, the events
+    of unknown users left out by the insert itself. Returns the limits, {(user, key):
+    new event id} and the stored (user, key) pairs."""
+    ids = sorted({w.user_id for w in writes})
+    rows = _first_of_each_key(writes, recs)
+    consumed = [w for w in writes if w.consume]
+    if not st.pg:
+        limits = _limits(conn.execute(st.limits, {"ids": ids}).all(), writes)
+        events = [_event_row(writes[i], now) for i in rows]
+        events = [e for e in events if (e["user_id"], e["metric"]) in limits]
+        result = conn.execute(st.append_many, events) if events else ()
+        inserted = {(uid, key): id_ for id_, uid, key in result}
+        return limits, inserted, _stored_keys(conn, st, consumed)
+    statements = [(_PG_LIMITS, {"ids": ids})]
+    if rows:
+        ws = [writes[i] for i in rows]
+        statements.append((_PG_APPEND, {
+            "user_id": [w.user_id for w in ws], "metric": [w.metric for w in ws],
+            "quantity": [w.quantity for w in ws],
+            "occurred_at": [w.occurred_at or now for w in ws], "recorded_at": [now] * len(ws),
+            "idempotency_key": [w.idempotency_key for w in ws],
+            "metadata": [_json_text(w.metadata) for w in ws],
+        }))  # fmt: skip
+    keys = sorted({(w.user_id, w.idempotency_key) for w in consumed})
+    if keys:
+        pairs = {"user_id": [u for u, _ in keys], "key": [k for _, k in keys]}
+        statements.append((_PG_STORED_KEYS, pairs))
+    results = _pg_round(conn, statements)
+    inserted = {(uid, key): id_ for id_, uid, key in results[1]} if rows else {}
+    stored = {tuple(r) for r in results[-1]} if keys else set()
+    return _limits(results[0], writes), inserted, stored
+
+
+def _bump_counters(
+    conn: sa.Connection, st: _Statements, bumps: list[dict[str, Any]], *, commit: bool
+) -> dict[tuple[int, str, datetime], int]:
+    """Add to many counters (one row each, in the given order) at once: the new totals.
+    On PostgreSQL, with `commit`, the COMMIT goes in the same round trip, so the rows
+    are locked only while the database runs the two."""
+    if not bumps:
+        return {}
+    if st.pg:
+        cols = {name: [b[name] for b in bumps] for name in _COUNTER_COLS}
+        (rows,) = _pg_round(conn, [(_PG_BUMP, cols)], commit=commit)
+        return {(u, m, start): used for u, m, start, used in rows}
+    result = conn.execute(st.bump_many, bumps).all()
+    return {
+        (b["user_id"], b["metric"], b["period_start"]): row.used
+        for b, row in zip(bumps, result, strict=True)
+    }
+
+
 def apply_writes(
     session: Session,
     writes: list[UsageWrite],
@@ -604,91 +693,77 @@ def apply_writes(
     BillingError meant for that write (nothing of it written).
 
     Records go in as one multi-row insert (a repeated key is skipped, not an error) and
-    one upsert per counter. Each consume is one conditional upsert (`used + q <= limit`)
-    followed by its event. Counters are locked in sorted order within each kind, so
-    concurrent transactions of one kind cannot deadlock; do not mix kinds in one call
-    if that matters (the group writer does not).
+    one upsert per counter; on PostgreSQL the insert shares a round trip with the limits
+    lookup. Each consume is one conditional upsert (`used + q <= limit`) followed by its
+    event. Counters are locked in sorted order within each kind, so concurrent
+    transactions of one kind cannot deadlock; do not mix kinds in one call if that
+    matters (the group writer does not).
 
-    Once every statement has run, `check` gets the errors known by then (by index; all
-    but a refused consume's): if it raises, nothing is committed and the caller rolls
-    back (a batch is all or nothing). Then, with `commit`, the transaction commits before
-    the results are built, so counter rows stay locked only while the statements run
-    (bench/README.md, finding 27: concurrent batches on the same users queued behind a
-    thousand results being built); otherwise the caller commits.
+    `check` gets the errors (by index; all but a refused consume's) once they are known:
+    for records alone before their counters are bumped, else after every statement. If it
+    raises, nothing is committed and the caller rolls back (a batch is all or nothing).
+    With `commit`, the transaction then commits before the results are built (for
+    records alone on PostgreSQL, in the counters' round trip), so counter rows stay locked
+    only while the statements run (bench/README.md, finding 27); otherwise the caller
+    commits.
     """
     st, conn = _stmts(session)
     now = utcnow()
     out: list[WriteOutcome | None] = [None] * len(writes)
-    limits = _limits(session, writes)
-    periods: dict[tuple[int, datetime], Period] = {}
-    by_user = per_user_periods()  # else one lookup per month serves every user
+    per = _periods(session, writes, now)  # each write's period, looked up once
+    recs = [i for i, w in enumerate(writes) if not w.consume]
+    only_records = len(recs) == len(writes)
 
-    def period(w: UsageWrite) -> Period:
-        at = w.occurred_at or now
-        month = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        k = (w.user_id if by_user else 0, month)
-        p = periods.get(k)
-        if p is None or not p.start <= at < p.end:
-            p = periods[k] = period_for(session, w.user_id, at)
-        return p
-
+    # 1. limits, record events, stored keys of the consumes
+    limits, inserted, stored = _first_round(conn, st, writes, recs, now)
     live: list[int] = []
     for i, w in enumerate(writes):
         if (w.user_id, w.metric) in limits:
             live.append(i)
         else:
             out[i] = UserNotFound(f"No user with id {w.user_id}.", user_id=w.user_id)
-    per = {i: period(writes[i]) for i in live}  # each write's period, looked up once
-
-    # 1. record events: one insert, duplicates skipped; RETURNING names the new ones
-    new_id: dict[int, int] = {}
-    recs = [i for i in live if not writes[i].consume]
-    if recs:
-        inserted: dict[tuple[int, str], int] = {}
-        rows = {}
-        for i in recs:
-            w = writes[i]
-            rows.setdefault((w.user_id, w.idempotency_key), _event_row(w, now))
-        # Sorted: transactions sharing keys wait on each other in one order.
-        for id_, uid, key in st.insert_events(conn, [rows[k] for k in sorted(rows)]):
-            inserted[(uid, key)] = id_
-        for i in recs:
-            w = writes[i]
-            id_ = inserted.pop((w.user_id, w.idempotency_key), None)
-            if id_ is not None:
-                new_id[i] = id_
-
-    # 2. counters, in sorted order: records summed into one upsert each, then consumes
+    new_id: dict[int, int] = {}  # the first record of each key that was new
+    for i in recs:
+        id_ = inserted.pop((writes[i].user_id, writes[i].idempotency_key), None)
+        if id_ is not None:
+            new_id[i] = id_
     by_counter: dict[tuple[int, str, datetime], list[int]] = defaultdict(list)
     for i in live:
         w = writes[i]
         by_counter[(w.user_id, w.metric, per[i].start)].append(i)
-    bumped: dict[tuple[int, str, datetime], int] = {}  # counter -> total after the records
+    duplicates: list[int] = []  # records whose key is stored
+    repeats: list[int] = []  # consumes whose key is stored, or taken earlier in this call
+    consumes: list[int] = []
     bumps = []
     for ck in sorted(by_counter):
-        total = sum(writes[i].quantity for i in by_counter[ck] if i in new_id)
+        total = 0
+        for i in by_counter[ck]:
+            w = writes[i]
+            if i in new_id:
+                total += w.quantity
+            elif not w.consume:
+                duplicates.append(i)
+            elif (w.user_id, w.idempotency_key) in stored:
+                repeats.append(i)  # a retry: never bumps, whatever the counter says now
+            else:
+                stored.add((w.user_id, w.idempotency_key))
+                consumes.append(i)
         if total:
             p = per[by_counter[ck][0]]
             bumps.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
                           "period_end": p.end, "used": total})  # fmt: skip
-    if bumps:
-        bumped = st.bump_counters(conn, bumps)
-    used_now = dict(bumped)  # counter -> its latest total in this transaction
-    duplicates: list[int] = []
-    consumes: list[int] = []
-    stored = _stored_keys(conn, st, [writes[i] for i in live if writes[i].consume])
-    for ck in sorted(by_counter):
-        for i in by_counter[ck]:
-            if not writes[i].consume:
-                if i not in new_id:
-                    duplicates.append(i)
-            elif (writes[i].user_id, writes[i].idempotency_key) in stored:
-                duplicates.append(i)  # a retry: never bumps, whatever the counter says now
-            else:
-                stored.add((writes[i].user_id, writes[i].idempotency_key))
-                consumes.append(i)
 
-    # Consumes, in counter order: each its conditional bump, then its event if it passed.
+    # 2. repeated keys of records: the first event, or a conflict if the values differ
+    firsts = _first_events(conn, st, writes, duplicates, out)
+    if check is not None and only_records:
+        check({i: o for i, o in enumerate(out) if isinstance(o, BillingError)})
+
+    # 3. counters of the new records, in sorted order (committed with them if nothing follows)
+    committed = commit and only_records and st.pg
+    bumped = _bump_counters(conn, st, bumps, commit=committed)
+    used_now = dict(bumped)  # counter -> its latest total in this transaction
+
+    # 4. consumes, in counter order: each its conditional bump, then its event if it passed
     rows = []
     refused: list[int] = []
     for i in consumes:
@@ -710,30 +785,17 @@ def apply_writes(
             used = conn.execute(
                 st.unbump, {f"b_{k}": row[v] for k, v in _COUNTER_KEYS.items()}
             ).scalar()
-            duplicates.append(i)
+            repeats.append(i)
         else:
             granted[i] = (id_, used)
         used_now[(w.user_id, w.metric, p.start)] = used
-
-    # 3. repeated keys: the first event, or a conflict if the values differ
-    firsts: dict[int, Any] = {}
-    for i in duplicates:
-        w = writes[i]
-        first = conn.execute(st.first_event, _key_params(w)).first()
-        if first is not None and (first.metric != w.metric or first.quantity != w.quantity):
-            out[i] = IdempotencyConflict(
-                "This idempotency key was already used for a different usage event "
-                f"({first.quantity} {first.metric}).",
-                idempotency_key=w.idempotency_key,
-            )
-        else:
-            firsts[i] = first
-    if check is not None:
+    firsts.update(_first_events(conn, st, writes, repeats, out))
+    if check is not None and not only_records:
         check({i: o for i, o in enumerate(out) if isinstance(o, BillingError)})
     if commit:
-        session.commit()
+        session.commit()  # nothing left to send if the counters' round trip committed
 
-    # 4. results; the reads below run after the commit, if there was one
+    # 5. results; the reads below run after the commit, if there was one
     for ck, idxs in by_counter.items():
         if ck in bumped:  # each new record sees the total up to and including itself
             running = bumped[ck] - sum(writes[i].quantity for i in idxs if i in new_id)
@@ -750,6 +812,9 @@ def apply_writes(
     for i, first in firsts.items():
         w = writes[i]
         limit = limits[(w.user_id, w.metric)]
+        if first is None and not w.consume:  # its user was deleted meanwhile
+            out[i] = UserNotFound(f"No user with id {w.user_id}.", user_id=w.user_id)
+            continue
         if first is None:  # repeats a consume of this group that was refused: so is it
             p = per[i]
             out[i] = _exceeded(
@@ -769,14 +834,35 @@ def apply_writes(
     return out  # type: ignore[return-value]
 
 
+def _first_events(
+    conn: sa.Connection,
+    st: _Statements,
+    writes: list[UsageWrite],
+    idxs: list[int],
+    out: list[WriteOutcome | None],
+) -> dict[int, Any]:
+    """For writes whose key is already stored: the stored event (None if there is none
+    after all), or an IdempotencyConflict put in `out` when the values differ."""
+    firsts: dict[int, Any] = {}
+    for i in idxs:
+        w = writes[i]
+        first = conn.execute(st.first_event, _key_params(w)).first()
+        if first is not None and (first.metric != w.metric or first.quantity != w.quantity):
+            out[i] = IdempotencyConflict(
+                "This idempotency key was already used for a different usage event "
+                f"({first.quantity} {first.metric}).",
+                idempotency_key=w.idempotency_key,
+            )
+        else:
+            firsts[i] = first
+    return firsts
+
+
 def _stored_keys(conn: sa.Connection, st: _Statements, writes: list[UsageWrite]) -> set[Any]:
-    """(user_id, key) of these writes that are already stored."""
+    """SQLite: (user_id, key) of these writes that are already stored."""
     pairs = sorted({(w.user_id, w.idempotency_key) for w in writes})
     if not pairs:
         return set()
-    if st.pg:
-        users, keys = [u for u, _ in pairs], [k for _, k in pairs]
-        return set(_pg_fetch(conn, _PG_STORED_KEYS, {"user_id": users, "key": keys}))
     found = (conn.execute(st.key_exists, {"user_id": u, "idempotency_key": k}) for u, k in pairs)
     return {pair for pair, hit in zip(pairs, found, strict=True) if hit.first() is not None}
 
