@@ -12,6 +12,9 @@ BENCH_DURATION (s per load, 6), BENCH_EVENTS (10_000_000), BENCH_USERS (100_000)
 BENCH_DBS ("sqlite,postgresql"), BENCH_WORKERS (granian workers; default what the README's
 commands start),
 BENCH_SKIP_BIG=1 (only the ingestion rows: no 10 M events, admin page or webhooks),
+BENCH_ALT_PG_WORKERS (default: the number of cores; empty to skip): a second PostgreSQL
+pass, ingestion rows only, with that many workers for baseline and app alike (one per
+core, as with PostgreSQL on a host of its own; bench/README.md, finding 33),
 BENCH_OUT (where the table goes; default bench/results.md).
 """
 
@@ -35,6 +38,7 @@ DURATION = float(os.environ.get("BENCH_DURATION", "6"))
 N_EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
 N_USERS = int(os.environ.get("BENCH_USERS", "100000"))
 DBS = os.environ.get("BENCH_DBS", "sqlite,postgresql").split(",")
+ALT_PG_WORKERS = os.environ.get("BENCH_ALT_PG_WORKERS", str(os.cpu_count() or 1))
 OUT = Path(os.environ.get("BENCH_OUT") or Path(__file__).parent / "results.md")
 
 
@@ -79,12 +83,13 @@ def _fmt(n: float) -> str:
 
 def workers_for(kind: str) -> int:
     """What the README's commands start: `make run` (SQLite, no Redis) runs 1 worker; the
-    production command (PostgreSQL + Redis) sets GRANIAN_WORKERS to the number of cores."""
+    production command (PostgreSQL + Redis) one per core, leaving PostgreSQL a core when
+    it runs on the same host, as it does here."""
     if os.environ.get("BENCH_WORKERS"):
         return int(os.environ["BENCH_WORKERS"])
     if kind == "sqlite":
         return 1
-    return int(os.environ.get("GRANIAN_WORKERS") or os.cpu_count() or 1)
+    return int(os.environ.get("GRANIAN_WORKERS") or max(1, (os.cpu_count() or 1) - 1))
 
 
 def bench_db(kind: str) -> list[Row]:
@@ -404,7 +409,8 @@ def render(rows: list[Row], started: datetime, secs: float) -> str:
         f"Run {started:%Y-%m-%d %H:%M} UTC, {secs:.0f} s, on {os.cpu_count()} cores "
         f"({platform.machine()}), {DURATION:g} s per load, granian workers: "
         f"sqlite {workers_for('sqlite')}, postgresql {workers_for('postgresql')} (baseline "
-        "and app alike). Ratio = figure / bare baseline in the same "
+        "and app alike; rows marked with a worker count: the PostgreSQL ingestion rows "
+        "again with that many). Ratio = figure / bare baseline in the same "
         "run (for latency rows: p99 / baseline p99).",
         "",
         "| db | benchmark | figure | ratio | target | met | detail |",
@@ -418,6 +424,23 @@ def render(rows: list[Row], started: datetime, secs: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _alt_pass(workers: int) -> list[Row]:
+    """The PostgreSQL ingestion rows again with another worker count (baseline too)."""
+    saved = {k: os.environ.get(k) for k in ("BENCH_WORKERS", "BENCH_SKIP_BIG")}
+    os.environ.update(BENCH_WORKERS=str(workers), BENCH_SKIP_BIG="1")
+    try:
+        alt = bench_db("postgresql")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for r in alt:
+        r.db = f"postgresql, {workers} worker{'s' if workers > 1 else ''}"
+    return alt
+
+
 def main() -> int:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -428,6 +451,9 @@ def main() -> int:
             continue
         rows.extend(bench_db(kind))
         OUT.write_text(render(rows, started, time.perf_counter() - t0))
+        if kind == "postgresql" and ALT_PG_WORKERS:
+            rows.extend(_alt_pass(int(ALT_PG_WORKERS)))
+            OUT.write_text(render(rows, started, time.perf_counter() - t0))
     text = render(rows, started, time.perf_counter() - t0)
     OUT.write_text(text)
     print(text)
