@@ -189,14 +189,16 @@ def chart_card() -> rx.Component:
             ),
         ),
         rx.box(
-            rx.recharts.area_chart(
+            # Bars, not an area: on a period's first day there is one point, which an
+            # area chart draws as nothing.
+            rx.recharts.bar_chart(
                 rx.recharts.cartesian_grid(stroke_dasharray="3 3", vertical=False),
-                rx.recharts.area(
+                rx.recharts.bar(
                     data_key="value",
                     name=S.chart_label,
-                    stroke=rx.color("indigo", 9),
-                    fill=rx.color("indigo", 4),
-                    type_="monotone",
+                    fill=rx.color("indigo", 8),
+                    max_bar_size=32,
+                    radius=[3, 3, 0, 0],
                     is_animation_active=False,
                 ),
                 rx.recharts.x_axis(data_key="day", tick_line=False, font_size=12),

@@ -125,7 +125,8 @@ def test_subscribe_pro_then_change_plan_in_portal(
     live_app.post_usage(user_id, "api_calls", 8_600)
     live_app.post_usage(user_id, "scraping_tasks", 120)
     expect(page.locator("#meter-api_calls")).to_contain_text("8,600 / 10,000")
-    expect(page.locator(".recharts-area-area")).to_be_visible()
+    # Days without usage draw no bar; today's does.
+    expect(page.locator(".recharts-bar-rectangle path").first).to_be_visible()
     screenshot(page, "billing")
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone.context.add_cookies(page.context.cookies())
