@@ -256,6 +256,7 @@ class _Statements:
 # is new text for each group size (profiled: re-parsing and re-planning it cost more
 # than the inserts). Binary, because text-format arrays escape every element with a
 # regex: measured for 16-row arrays, 304 -> 130 µs of CPU per statement.
+
 # The events of known users (an unknown user's is left out, not an error: the limits
 # lookup in the same round trip names them), in the given order.
 _PG_APPEND = """
