@@ -99,7 +99,10 @@ def _pg_engine(url: str | sa.URL, pool_size: int, **options: Any) -> Engine:
         pool_size=pool_size,
         pool_timeout=10,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5},
+        # Sessions in UTC: psycopg then loads timestamps with datetime.timezone.utc, the
+        # tzinfo of the app's own datetimes. With the server's zone (here Etc/UTC, a
+        # ZoneInfo) every comparison of the two took the slow path through utcoffset().
+        connect_args={"connect_timeout": 5, "options": "-c TimeZone=UTC"},
         **options,
     )
 
