@@ -18,6 +18,8 @@ def _plain(value: Any) -> Any:
 
 
 class DTO:
+    __slots__ = ()
+
     def to_dict(self) -> dict[str, Any]:
         # Shallow, recursing only into nested DTOs and containers: dataclasses.asdict
         # deep-copies every value and was a fifth of a batch request's time.
@@ -44,7 +46,10 @@ class QuotaDTO(DTO):
     reason: str | None
 
 
-@dataclass(frozen=True)
+# The three below are built once per recorded event (3,000 for a batch of 1,000), so
+# they are not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, 1.5 against 0.3 µs for nine fields. Nothing mutates them.
+@dataclass(slots=True)
 class UsageEventDTO(DTO):
     id: int
     user_id: int
@@ -56,7 +61,7 @@ class UsageEventDTO(DTO):
     metadata: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MeterStatus(DTO):
     """One metric for one user in the current period."""
 
@@ -71,7 +76,7 @@ class MeterStatus(DTO):
     resets_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordResult(DTO):
     event: UsageEventDTO
     duplicate: bool
