@@ -366,6 +366,44 @@ def test_billing_period_reset_follows_the_subscription(session, frozen_clock, mo
     assert second.status.period_start == start and second.status.used == 11
 
 
+def test_batch_limits_are_each_events_own_metric(session, frozen_clock):
+    """The limits lookup reads only the quotas of the metrics written: each event still
+    gets its own metric's limit, an override included, and a user without quota rows
+    the free plan's."""
+    from billing_app.plans import get_catalog
+    from billing_app.services import metering_batch
+
+    pro, free = make_user(session, plan="pro"), make_user(session)
+    quotas.set_override(session, pro.id, "api_calls", 7, reason="test")
+    session.commit()
+    writes = metering_batch.validate_batch(
+        [
+            {"user_id": pro.id, "metric": "tokens", "quantity": 2},
+            {"user_id": pro.id, "metric": "api_calls", "quantity": 9},
+            {"user_id": free.id, "metric": "scraping_tasks", "quantity": 1},
+            {"user_id": pro.id, "metric": "tokens", "quantity": 3},
+        ]
+    )
+    results = metering_batch.record_batch(session, writes)
+    got = [(r.status.metric, r.status.limit, r.status.used, r.over_limit) for r in results]
+    assert got == [
+        ("tokens", 1_000_000, 2, False),
+        ("api_calls", 7, 9, True),
+        ("scraping_tasks", get_catalog()["free"].limit_for("scraping_tasks"), 1, False),
+        ("tokens", 1_000_000, 5, False),
+    ]
+
+
+def test_postgres_sessions_run_in_utc(engine, is_postgres):
+    """Timestamps come back with datetime.UTC, the tzinfo of the app's own datetimes
+    (the fast path of comparing and hashing them), whatever the server's zone."""
+    if not is_postgres:
+        pytest.skip("the session time zone is a PostgreSQL setting (PostgreSQL leg)")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+        assert conn.exec_driver_sql("SELECT now()").scalar().tzinfo is UTC
+
+
 def test_summary_and_daily_history(session, frozen_clock):
     user = make_user(session, plan="pro")
     frozen_clock.set(datetime(2026, 11, 3, 10, tzinfo=UTC))
