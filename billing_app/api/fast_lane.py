@@ -134,8 +134,8 @@ async def _check(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Respo
     return await _reads.run(routes.check_quota, p, body)
 
 
-async def _batch(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Response:
-    return await _blocking(routes.record_batch, p, body)
+async def _batch(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Response:
+    return await _blocking(routes.record_batch, p, body, _header(headers, b"prefer"))
 
 
 # path -> (request body model, handler); usage writes go to the group-commit writer,

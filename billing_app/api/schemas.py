@@ -182,7 +182,10 @@ class RecordOut(BaseModel):
 class BatchOut(BaseModel):
     recorded: int
     duplicates: int
-    results: list[RecordOut]
+    results: list[RecordOut] | None = Field(
+        default=None,
+        description="One per event, in order; absent when asked for `Prefer: return=minimal`",
+    )
 
 
 class CheckOut(BaseModel):

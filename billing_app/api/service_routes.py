@@ -30,6 +30,10 @@ from billing_app.services.usage_writer import writer
 router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409))
 
 _IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
+_PREFER_DOC = (
+    "`return=minimal`: answer the counts only, without `results` (the answer's "
+    "`Preference-Applied` header says so); less work for the server on large batches"
+)
 
 
 def record_out(r: RecordResult, iso: dict[datetime, str] | None = None) -> dict[str, Any]:
@@ -127,8 +131,16 @@ def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
     )
 
 
-def record_batch(p: Principal, body: s.BatchIn) -> JSONResponse:
-    """Blocking: validates every event, then stores them all in one transaction."""
+def wants_minimal(prefer: str | None) -> bool:
+    """`Prefer: return=minimal` (RFC 7240) among the caller's preferences."""
+    if not prefer:
+        return False
+    return any(p.split(";")[0].strip().lower() == "return=minimal" for p in prefer.split(","))
+
+
+def record_batch(p: Principal, body: s.BatchIn, prefer: str | None = None) -> JSONResponse:
+    """Blocking: validates every event, then stores them all in one transaction. With
+    `Prefer: return=minimal`, answers the counts only (no result per event is built)."""
     require_scope(p, "usage:write")
     raw = []
     bad = []
@@ -147,9 +159,16 @@ def record_batch(p: Principal, body: s.BatchIn) -> JSONResponse:
             events=bad,
         )
     events = metering_batch.validate_batch(raw)
+    minimal = wants_minimal(prefer)
     with session_scope() as session:
-        results = metering_batch.record_batch(session, events)
-    new = sum(1 for r in results if not r.duplicate)
+        results = metering_batch.record_batch(session, events, detail=not minimal)
+    new = sum(1 for r in results if r is None or not r.duplicate)
+    if minimal:
+        return FastJSONResponse(
+            {"recorded": new, "duplicates": len(results) - new},
+            status_code=201 if new else 200,
+            headers={"Preference-Applied": "return=minimal"},
+        )
     iso: dict[datetime, str] = {}
     return FastJSONResponse(
         {
@@ -189,10 +208,14 @@ def post_usage(
     response_model=s.BatchOut,
     responses={200: {"model": s.BatchOut, "description": "Every event was a duplicate"}},
 )
-def post_usage_batch(body: s.BatchIn, request: Request) -> JSONResponse:
+def post_usage_batch(
+    body: s.BatchIn,
+    request: Request,
+    prefer: str | None = Header(default=None, description=_PREFER_DOC),
+) -> JSONResponse:
     """Up to 1,000 events: all validated first (422 naming each bad one by index), then
     stored in one transaction."""
-    return record_batch(_caller(request), body)
+    return record_batch(_caller(request), body, prefer)
 
 
 @router.post("/quota/check", response_model=s.CheckOut)

@@ -699,7 +699,8 @@ def apply_writes(
     *,
     check: Callable[[dict[int, BillingError]], None] | None = None,
     commit: bool = False,
-) -> list[WriteOutcome]:
+    detail: bool = True,
+) -> list[WriteOutcome | None]:
     """Run writes in the session's transaction: one outcome each, a RecordResult or the
     BillingError meant for that write (nothing of it written).
 
@@ -717,6 +718,9 @@ def apply_writes(
     records alone on PostgreSQL, in the counters' round trip), so counter rows stay locked
     only while the statements run (bench/README.md, finding 27); otherwise the caller
     commits.
+
+    `detail=False`: a new record's outcome is None (stored, no result built), for
+    callers that only count them (a batch sent with `Prefer: return=minimal`).
     """
     st, conn = _stmts(session)
     now = utcnow()
@@ -810,7 +814,7 @@ def apply_writes(
 
     # 5. results; the reads below run after the commit, if there was one
     for ck, idxs in by_counter.items():
-        if ck in added:  # each new record sees the total up to and including itself
+        if ck in added and detail:  # each new record sees the total up to and including itself
             running = bumped[ck] - added[ck]
             for i in idxs:
                 if i in new_id:
@@ -844,7 +848,7 @@ def apply_writes(
             over_limit=limit > 0 and used_now[ck] > limit,
             status=_status(w.metric, used_now[ck], limit, p),
         )
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _first_events(
@@ -932,7 +936,7 @@ def write_one(session: Session, write: UsageWrite) -> RecordResult:
     except BaseException:
         session.rollback()
         raise
-    return outcome
+    return outcome  # type: ignore[return-value]  # with detail, never None
 
 
 # ---------------------------------------------------------------- public API

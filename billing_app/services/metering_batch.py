@@ -68,8 +68,11 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
     return out
 
 
-def record_batch(session: Session, events: list[UsageWrite]) -> list[RecordResult]:
+def record_batch(
+    session: Session, events: list[UsageWrite], *, detail: bool = True
+) -> list[RecordResult | None]:
     """Store validated events in one transaction; a result per event, duplicates marked.
+    `detail=False`: None for each new event instead of its result (not built at all).
 
     Either every new event and its counter bump commits, or nothing does.
     """
@@ -77,7 +80,7 @@ def record_batch(session: Session, events: list[UsageWrite]) -> list[RecordResul
         return []
     try:
         check = partial(_all_or_nothing, len(events))
-        outcomes = apply_writes(session, events, check=check, commit=True)
+        outcomes = apply_writes(session, events, check=check, commit=True, detail=detail)
         session.commit()
     except BaseException:
         session.rollback()

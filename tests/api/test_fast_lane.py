@@ -65,6 +65,7 @@ def _both(pair_clients, path: str, body: Any, tag: str, headers: dict | None = N
     assert lane.status_code == plain.status_code, (tag, lane.text, plain.text)
     assert _shape(lane.json()) == _shape(plain.json()), (tag, lane.text, plain.text)
     assert lane.headers.get("www-authenticate") == plain.headers.get("www-authenticate")
+    assert lane.headers.get("preference-applied") == plain.headers.get("preference-applied")
     return lane
 
 
@@ -106,6 +107,15 @@ def test_lane_and_routes_answer_alike(actors, pair):
         r = _both(svc, path, body, tag)
         assert r.status_code == status, (tag, r.text)
 
+    # a batch asking for the counts only
+    batch = {
+        "events": [{"user_id": a, "metric": "api_calls", "quantity": 1, "idempotency_key": "m1"}]
+    }
+    r = _both(
+        svc, "/api/billing/usage/batch", batch, "minimal", headers={"Prefer": "return=minimal"}
+    )
+    assert r.json() == {"recorded": 1, "duplicates": 0}
+    assert r.headers["preference-applied"] == "return=minimal"
     # header key vs body key
     body = {"user_id": a, "metric": "tokens", "quantity": 1, "idempotency_key": "x"}
     _both(svc, usage, json.dumps(body).encode(), "keys differ", headers={"Idempotency-Key": "y"})

@@ -207,6 +207,41 @@ def test_batch_stores_all_with_duplicates_marked(actors):
     assert again.status_code == 200 and again.json()["duplicates"] == 1
 
 
+def test_batch_minimal_answer_counts_and_stores_the_same(actors):
+    """`Prefer: return=minimal`: the counts only, the same events and counters stored,
+    the same all-or-nothing refusals."""
+    c = actors.key_client(actors.service_key)
+    minimal = {"Prefer": "respond-async, return=minimal"}
+    a, b = actors.a.id, actors.b.id
+    c.post("/api/billing/usage", json={"user_id": a, "metric": "tokens", "quantity": 5,
+                                       "idempotency_key": "old"})  # fmt: skip
+    events = [
+        {"user_id": a, "metric": "tokens", "quantity": 10, "idempotency_key": "m1"},
+        {"user_id": b, "metric": "api_calls", "quantity": 2},
+        {"user_id": a, "metric": "tokens", "quantity": 5, "idempotency_key": "old"},
+        {"user_id": a, "metric": "tokens", "quantity": 10, "idempotency_key": "m1"},
+    ]
+    r = c.post("/api/billing/usage/batch", json={"events": events}, headers=minimal)
+    assert r.status_code == 201, r.text
+    assert r.json() == {"recorded": 2, "duplicates": 2}
+    assert r.headers["preference-applied"] == "return=minimal"
+    assert _totals(a) == (2, 15, 15)
+    assert _totals(b, "api_calls") == (1, 2, 2)
+    again = c.post("/api/billing/usage/batch", json={"events": events[:1]}, headers=minimal)
+    assert (again.status_code, again.json()) == (200, {"recorded": 0, "duplicates": 1})
+    # refused as without the preference, nothing stored
+    bad = [events[0] | {"idempotency_key": "m2"}, {**events[0], "quantity": 11}]
+    r = c.post("/api/billing/usage/batch", json={"events": bad}, headers=minimal)
+    assert r.status_code == 409 and r.json()["error"]["index"] == 1
+    assert "preference-applied" not in r.headers
+    assert _totals(a) == (2, 15, 15)
+    # any other preference: the full answer
+    full = c.post("/api/billing/usage/batch", json={"events": events[:1]},
+                  headers={"Prefer": "return=representation"})  # fmt: skip
+    assert full.json()["results"][0]["duplicate"] is True
+    assert "preference-applied" not in full.headers
+
+
 def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
     c = actors.key_client(actors.service_key)
     good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
