@@ -8,7 +8,7 @@ import sys
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 from billing_app import db
 from billing_app.settings import PROJECT_ROOT, ConfigError, load_settings
@@ -32,6 +32,25 @@ def test_counter_pages_keep_room_for_in_place_updates(engine, is_postgres):
             "SELECT reloptions FROM pg_class WHERE relname = 'usage_counter'"
         ).scalar()
     assert options == ["fillfactor=70"]
+
+
+def test_json_columns_round_trip_through_the_engines_encoder(session):
+    """JSON columns are encoded by pydantic-core (db._json_text), not json.dumps: what
+    goes in comes back equal, non-ASCII, nesting and large integers included."""
+    from billing_app.models import StripeEvent
+
+    assert session.get_bind().dialect._json_serializer is db._json_text
+    payload = {
+        "id": "evt_json",
+        "note": 'é ü 中 \u2028 "quoted" \\ /',
+        "nested": {"items": [1, 2.5, None, True, {"deep": ["x"]}], "empty": {}},
+        "big": 2**62,
+    }
+    session.add(StripeEvent(stripe_event_id="evt_json", type="test.json", payload=payload))
+    session.commit()
+    session.expunge_all()
+    stored = session.exec(select(StripeEvent).where(StripeEvent.stripe_event_id == "evt_json"))
+    assert stored.one().payload == payload
 
 
 def test_sqlite_gets_wal_and_immediate_transactions(tmp_path):
