@@ -57,6 +57,25 @@ def test_record_appends_event_and_bumps_counter(session, frozen_clock):
     assert _counter_total(session, user.id) == 2000
 
 
+def test_writes_meet_rows_the_orm_wrote(session, frozen_clock):
+    """The writes' SQL text stores timestamps as the ORM does (on SQLite, text compared
+    as text): a counter and an event the ORM wrote are the same rows to them."""
+    user = make_user(session, plan="basic")
+    period = metering.current_period(session, user.id)
+    session.add(UsageCounter(user_id=user.id, metric="tokens", period_start=period.start,
+                             period_end=period.end, used=5))  # fmt: skip
+    session.add(UsageEvent(user_id=user.id, metric="tokens", quantity=5, idempotency_key="orm",
+                           occurred_at=frozen_clock.now, recorded_at=frozen_clock.now))  # fmt: skip
+    session.commit()
+    r = metering.record(session, user.id, "tokens", 3)
+    assert r.status.used == 8 and r.status.period_start == period.start
+    again = metering.record(session, user.id, "tokens", 5, idempotency_key="orm")
+    assert again.duplicate and again.event.occurred_at == frozen_clock.now
+    assert metering.consume(session, user.id, "tokens", 2).status.used == 10
+    assert session.exec(select(func.count()).where(UsageCounter.user_id == user.id)).one() == 1
+    assert _events(session, user.id) == (3, 10)
+
+
 def test_record_past_the_limit_is_stored_and_reported(session, frozen_clock):
     user = make_user(session)  # free: 100 API calls
     metering.record(session, user.id, "api_calls", 90)
