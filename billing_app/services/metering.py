@@ -405,10 +405,10 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-# SQLite: one statement per row on the driver's cursor, in the session's transaction.
-# Through SQLAlchemy (insertmanyvalues, a type's bind processing per value) 1,000
-# events took 17.7 ms, on the cursor 6.8 (finding 37). Timestamps as SQLAlchemy stores
-# them there: naive UTC text with microseconds (_sq_ts).
+# SQLite: the writes on the driver's cursor, in the session's transaction. Through
+# SQLAlchemy (insertmanyvalues, a type's bind processing per value) 1,000 events took
+# 17.7 ms, with executemany 6.2 (finding 37). Timestamps as SQLAlchemy stores them
+# there: naive UTC text with microseconds (_sq_ts).
 _SQ_APPEND = """
 INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
                          idempotency_key, metadata)
@@ -422,6 +422,8 @@ VALUES (:user_id, :metric, :period_start, :period_end, :used)
 ON CONFLICT (user_id, metric, period_start)
 DO UPDATE SET used = usage_counter.used + excluded.used
 """
+_SQ_APPEND_MANY = _SQ_APPEND.replace("RETURNING id", "")
+_SQ_NEW_EVENTS = "SELECT id, user_id, idempotency_key FROM usage_event WHERE id > ?"
 _SQ_BUMP_ANY = _SQ_BUMP + "RETURNING used"
 _SQ_BUMP_WITHIN = _SQ_BUMP + "WHERE usage_counter.used + excluded.used <= :limit RETURNING used"
 
@@ -444,6 +446,31 @@ def _sq_counter(row: dict[str, Any]) -> dict[str, Any]:
     """A counter bump as SQLite parameters."""
     return {**row, "period_start": _sq_ts(row["period_start"]),
             "period_end": _sq_ts(row["period_end"])}  # fmt: skip
+
+
+def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any, int]:
+    """SQLite: insert events (a stored key skipped): {(user, key): new id}. executemany
+    returns no rows (and RETURNING row by row cost as much as SQLAlchemy), so the new
+    rows are read back: past the largest id before, as the write lock is this
+    transaction's (BEGIN IMMEDIATE; a stale snapshot could not write at all)."""
+    with _driver_cursor(conn, _SQ_APPEND_MANY) as cur:
+        (top,) = cur.execute("SELECT coalesce(max(id), 0) FROM usage_event").fetchone()
+        cur.executemany(_SQ_APPEND_MANY, rows)
+        return {(u, k): id_ for id_, u, k in cur.execute(_SQ_NEW_EVENTS, (top,))}
+
+
+def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
+    """SQLite: add to many counters with one executemany, then read their totals back."""
+    rows = [_sq_counter(b) for b in bumps]
+    ids = sorted({r["user_id"] for r in rows})
+    read = (
+        "SELECT user_id, metric, period_start, used FROM usage_counter "
+        f"WHERE user_id IN ({','.join('?' * len(ids))})"
+    )
+    with _driver_cursor(conn, _SQ_BUMP) as cur:
+        cur.executemany(_SQ_BUMP, rows)
+        found = {(u, m, start): used for u, m, start, used in cur.execute(read, ids)}
+    return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
 
 
 def _sq_each(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> list[Any]:
@@ -669,12 +696,7 @@ def _first_round(
         limits = _limits(conn.execute(st.limits, lookup).all(), writes)
         events = [_event_row(writes[i], now) for i in rows]
         events = [e for e in events if (e["user_id"], e["metric"]) in limits]
-        ids = _sq_each(conn, _SQ_APPEND, [_sq_event(e) for e in events])
-        inserted = {
-            (e["user_id"], e["idempotency_key"]): id_
-            for e, id_ in zip(events, ids, strict=True)
-            if id_ is not None
-        }
+        inserted = _sq_append_many(conn, [_sq_event(e) for e in events]) if events else {}
         return limits, inserted, _stored_keys(conn, st, consumed)
     statements = [(_PG_LIMITS, lookup)]
     if rows:
@@ -708,7 +730,7 @@ def _bump_counters(
         cols = {name: [b[name] for b in bumps] for name in _COUNTER_COLS}
         (rows,) = _pg_round(conn, [(_PG_BUMP, cols)], commit=commit)
         return {(u, m, start): used for u, m, start, used in rows}
-    totals = _sq_each(conn, _SQ_BUMP_ANY, [_sq_counter(b) for b in bumps])
+    totals = _sq_bump_many(conn, bumps)
     return {
         (b["user_id"], b["metric"], b["period_start"]): used
         for b, used in zip(bumps, totals, strict=True)
