@@ -462,14 +462,15 @@ def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any
 def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
     """SQLite: add to many counters with one executemany, then read their totals back."""
     rows = [_sq_counter(b) for b in bumps]
-    ids = sorted({r["user_id"] for r in rows})
+    keys = [sorted({r[k] for r in rows}) for k in ("user_id", "metric", "period_start")]
+    marks = [",".join("?" * len(k)) for k in keys]
     read = (
-        "SELECT user_id, metric, period_start, used FROM usage_counter "
-        f"WHERE user_id IN ({','.join('?' * len(ids))})"
+        "SELECT user_id, metric, period_start, used FROM usage_counter WHERE "
+        f"user_id IN ({marks[0]}) AND metric IN ({marks[1]}) AND period_start IN ({marks[2]})"
     )
     with _driver_cursor(conn, _SQ_BUMP) as cur:
         cur.executemany(_SQ_BUMP, rows)
-        found = {(u, m, start): used for u, m, start, used in cur.execute(read, ids)}
+        found = {(u, m, start): used for u, m, start, used in cur.execute(read, sum(keys, []))}
     return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
 
 
