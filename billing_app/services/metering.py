@@ -196,13 +196,12 @@ class _Statements:
                 bump = {k: r[v] for k, v in _COUNTER_KEYS.items()}
                 bump["period_end"] = r["period_end"]
                 if r["limit"] is None:
-                    (used,) = _sq_each(conn, _SQ_BUMP_ANY, [_sq_counter(bump)])
+                    used = _sq_one(conn, _SQ_BUMP_ANY, _sq_counter(bump))
                 else:
-                    sql, bump = _SQ_BUMP_WITHIN, {**_sq_counter(bump), "limit": r["limit"]}
-                    (used,) = _sq_each(conn, sql, [bump])
+                    limited = {**_sq_counter(bump), "limit": r["limit"]}
+                    used = _sq_one(conn, _SQ_BUMP_WITHIN, limited)
                 event = _sq_event({name: r[name] for name in _EVENT_COLS})
-                id_ = None if used is None else _sq_each(conn, _SQ_APPEND, [event])[0]
-                out.append((used, id_))
+                out.append((used, None if used is None else _sq_one(conn, _SQ_APPEND, event)))
             return out
         out = []
         singles: list[dict[str, Any]] = []  # to send together, one statement each
@@ -474,14 +473,11 @@ def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]
     return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
 
 
-def _sq_each(conn: sa.Connection, sql: str, rows: list[dict[str, Any]]) -> list[Any]:
-    """SQLite: `sql` once per row, in order: each one's RETURNING value (None if none)."""
-    out = []
+def _sq_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> Any:
+    """SQLite: one statement's RETURNING value (None when it returned no row)."""
     with _driver_cursor(conn, sql) as cur:
-        for r in rows:
-            found = cur.execute(sql, r).fetchone()
-            out.append(None if found is None else found[0])
-    return out
+        found = cur.execute(sql, params).fetchone()
+    return None if found is None else found[0]
 
 
 def _pg_consume_run(
