@@ -77,7 +77,7 @@ def _connection_class(url: str) -> type[sqlite3.Connection]:
     return type("QueuedWriterConnection", (_QueuedWriterConnection,), {"write_lock": lock})
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """JSON columns' encoder (pydantic-core, in Rust): a Stripe event's 4.6 KB payload in
     a tenth of json.dumps' time, which was 4 % of a webhook delivery (py-spy)."""
     return pydantic_core.to_json(value).decode()
@@ -94,7 +94,7 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
             },
             pool_size=pool_size,
             max_overflow=pool_size,
-            json_serializer=_json_text,
+            json_serializer=json_text,
         )
         _configure_sqlite(engine)
         return engine
@@ -111,7 +111,7 @@ def _pg_engine(url: str | sa.URL, pool_size: int, **options: Any) -> Engine:
         # tzinfo of the app's own datetimes. With the server's zone (here Etc/UTC, a
         # ZoneInfo) every comparison of the two took the slow path through utcoffset().
         connect_args={"connect_timeout": 5, "options": "-c TimeZone=UTC"},
-        json_serializer=_json_text,
+        json_serializer=json_text,
         **options,
     )
 

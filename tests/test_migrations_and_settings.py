@@ -35,11 +35,11 @@ def test_counter_pages_keep_room_for_in_place_updates(engine, is_postgres):
 
 
 def test_json_columns_round_trip_through_the_engines_encoder(session):
-    """JSON columns are encoded by pydantic-core (db._json_text), not json.dumps: what
+    """JSON columns are encoded by pydantic-core (db.json_text), not json.dumps: what
     goes in comes back equal, non-ASCII, nesting and large integers included."""
     from billing_app.models import StripeEvent
 
-    assert session.get_bind().dialect._json_serializer is db._json_text
+    assert session.get_bind().dialect._json_serializer is db.json_text
     payload = {
         "id": "evt_json",
         "note": 'é ü 中 \u2028 "quoted" \\ /',

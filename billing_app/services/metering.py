@@ -22,7 +22,7 @@ import sqlalchemy.exc as sa_exc
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.db import SQLITE_BEGIN
+from billing_app.db import SQLITE_BEGIN, json_text
 from billing_app.errors import (
     BillingError,
     IdempotencyConflict,
@@ -400,8 +400,9 @@ _RUN_MIN = 4
 
 
 def _json_text(value: Any) -> str | None:
-    """A value for a text parameter cast to jsonb; None stays SQL NULL."""
-    return None if value is None else json.dumps(value)
+    """A value for a text parameter cast to jsonb; None stays SQL NULL. Encoded as the
+    JSON columns are (db.json_text)."""
+    return None if value is None else json_text(value)
 
 
 # SQLite: the writes on the driver's cursor, in the session's transaction. Through
