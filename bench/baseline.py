@@ -3,7 +3,7 @@
 It parses the same JSON and does one raw insert into `usage_event` (a batch body:
 one executemany in one transaction), with no auth, validation or counters. Blocking
 DB work runs on a thread pool with one raw DB-API connection per thread, capped at
-20 threads = the app's pool ceiling (db_pool_size 10 + overflow 10).
+20 threads = the app's write pool ceiling (2 x db_pool_size 10).
 
     BENCH_DATABASE_URL=... granian --interface asgi bench.baseline:app
 Paths: GET /health; POST /check (one indexed SELECT instead of an insert); any other

@@ -53,6 +53,26 @@ def test_json_columns_round_trip_through_the_engines_encoder(session):
     assert stored.one().payload == payload
 
 
+def test_the_write_pool_keeps_the_connections_a_burst_opened(_migrated):
+    """Up to 2 x DB_POOL_SIZE connections, kept after a burst: with DB_POOL_SIZE kept
+    plus as many overflow, every connection past the tenth was closed on its return and
+    a new one opened for the next request (~20 PostgreSQL sessions a second under 16
+    webhook deliveries at once)."""
+    engine = db.create_db_engine(_migrated, pool_size=2)
+    try:
+        burst = [engine.connect() for _ in range(4)]  # 2 x pool_size at once
+        backends = {id(c.connection.dbapi_connection) for c in burst}
+        for conn in burst:
+            conn.close()
+        assert engine.pool.checkedin() == 4  # none closed on its way back
+        again = [engine.connect() for _ in range(4)]
+        assert {id(c.connection.dbapi_connection) for c in again} == backends
+        for conn in again:
+            conn.close()
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_gets_wal_and_immediate_transactions(tmp_path):
     engine = db.create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with engine.connect() as conn:
