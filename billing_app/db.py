@@ -11,6 +11,7 @@ from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -248,3 +249,32 @@ def read_connection(engine: Engine | None = None) -> Iterator[sa.Connection]:
     447 -> 344 µs on PostgreSQL, and 85 µs on PostgreSQL's own read pool)."""
     with _derived(engine or get_engine())[1].connect() as conn:
         yield conn
+
+
+@contextmanager
+def driver_errors(conn: sa.Connection, sql: str) -> Iterator[None]:
+    """Errors of the connection's DB-API connection raised as SQLAlchemy raises them
+    (IntegrityError, DataError, OperationalError, ...), with a lost connection invalidated
+    in the pool: callers tell bad input from an outage by those."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as err:
+        lost = conn.dialect.is_disconnect(err, conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(err)
+        raise sa_exc.DBAPIError.instance(
+            sql, None, err, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from err
+
+
+@contextmanager
+def driver_cursor(conn: sa.Connection, sql: str, **options: Any) -> Iterator[Any]:
+    """A cursor on the connection's DB-API connection (in its transaction), closed after.
+    `options`: the driver's cursor options (psycopg's `row_factory`)."""
+    cur = conn.connection.dbapi_connection.cursor(**options)  # type: ignore[union-attr]
+    try:
+        with driver_errors(conn, sql):
+            yield cur
+    finally:
+        cur.close()

@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
-import sqlalchemy.exc as sa_exc
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.db import SQLITE_BEGIN, json_text
+from billing_app.db import SQLITE_BEGIN, driver_cursor, driver_errors, json_text
 from billing_app.errors import (
     BillingError,
     IdempotencyConflict,
@@ -271,36 +269,8 @@ LEFT JOIN quota q ON q.user_id = u.id AND q.metric = ANY(%(metrics)b::text[])
 """
 
 
-@contextmanager
-def _driver_errors(conn: sa.Connection, sql: str) -> Iterator[None]:
-    """Errors of the connection's psycopg connection raised as SQLAlchemy raises them
-    (IntegrityError, DataError, OperationalError, ...), with a lost connection invalidated
-    in the pool: callers tell bad input from an outage by those."""
-    dbapi = conn.dialect.loaded_dbapi
-    try:
-        yield
-    except dbapi.Error as err:
-        lost = conn.dialect.is_disconnect(err, conn.connection.dbapi_connection, None)
-        if lost:
-            conn.invalidate(err)
-        raise sa_exc.DBAPIError.instance(
-            sql, None, err, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
-        ) from err
-
-
-@contextmanager
-def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
-    """A cursor on the connection's psycopg connection (in its transaction), closed after."""
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        with _driver_errors(conn, sql):
-            yield cur
-    finally:
-        cur.close()
-
-
 def _pg_fetch(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with _driver_cursor(conn, sql) as cur:
+    with driver_cursor(conn, sql) as cur:
         cur.execute(sql, params)
         return cur.fetchall()
 
@@ -313,7 +283,7 @@ def _pg_round(
     pg = conn.connection.dbapi_connection
     curs = [pg.cursor() for _ in statements]  # type: ignore[union-attr]
     try:
-        with _driver_errors(conn, statements[-1][0]):
+        with driver_errors(conn, statements[-1][0]):
             with pg.pipeline():  # type: ignore[union-attr]
                 for cur, (sql, params) in zip(curs, statements, strict=True):
                     cur.execute(sql, params)
@@ -453,7 +423,7 @@ def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any
     returns no rows (and RETURNING row by row cost as much as SQLAlchemy), so the new
     rows are read back: past the largest id before, as the write lock is this
     transaction's (BEGIN IMMEDIATE; a stale snapshot could not write at all)."""
-    with _driver_cursor(conn, _SQ_APPEND_MANY) as cur:
+    with driver_cursor(conn, _SQ_APPEND_MANY) as cur:
         (top,) = cur.execute("SELECT coalesce(max(id), 0) FROM usage_event").fetchone()
         cur.executemany(_SQ_APPEND_MANY, rows)
         return {(u, k): id_ for id_, u, k in cur.execute(_SQ_NEW_EVENTS, (top,))}
@@ -468,7 +438,7 @@ def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]
         "SELECT user_id, metric, period_start, used FROM usage_counter WHERE "
         f"user_id IN ({marks[0]}) AND metric IN ({marks[1]}) AND period_start IN ({marks[2]})"
     )
-    with _driver_cursor(conn, _SQ_BUMP) as cur:
+    with driver_cursor(conn, _SQ_BUMP) as cur:
         cur.executemany(_SQ_BUMP, rows)
         found = {(u, m, start): used for u, m, start, used in cur.execute(read, sum(keys, []))}
     return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
@@ -476,7 +446,7 @@ def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]
 
 def _sq_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> Any:
     """SQLite: one statement's RETURNING value (None when it returned no row)."""
-    with _driver_cursor(conn, sql) as cur:
+    with driver_cursor(conn, sql) as cur:
         found = cur.execute(sql, params).fetchone()
     return None if found is None else found[0]
 
@@ -509,7 +479,7 @@ def _pg_consume_each(
     if not rows:
         return []
     params = [{**r, "metadata": _json_text(r["metadata"])} for r in rows]
-    with _driver_cursor(conn, _PG_CONSUME) as cur:
+    with driver_cursor(conn, _PG_CONSUME) as cur:
         if len(params) < 4:  # measured: a pipeline only pays off from a few statements
             results = [cur.execute(_PG_CONSUME, p).fetchone() for p in params]
         else:

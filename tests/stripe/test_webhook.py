@@ -7,8 +7,10 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import Session, func, select
 
 from billing_app.models import Invoice, Quota, StripeEvent, Subscription, User
@@ -103,6 +105,48 @@ def test_event_for_unknown_customer_is_acknowledged(session, deliver, payloads):
     r = deliver.send(payloads.event("customer.subscription.created", sub, T0))
     assert r.status_code == 200 and r.json()["ignored"] is True
     assert _count(session, Subscription) == 0
+
+
+def test_a_delivery_stores_the_event_and_its_objects_as_the_orm_reads_them(
+    session, deliver, payloads
+):
+    """PostgreSQL's webhook statements run on the driver's cursor (stripe_sync._rows):
+    what they write reads back through the ORM as written: the payload equal to the
+    event, timestamps in UTC, the subscription and its quotas."""
+    uid = _customer_user(session)
+    sub = payloads.subscription(sub_id="sub_rows", customer="cus_test_1", user_id=uid)
+    sub["metadata"] = {"note": 'é 中 "quoted"', "big": str(2**62)}
+    evt = payloads.event("customer.subscription.created", sub, T0)
+    assert deliver.send(evt).json() == {"received": True}
+    stored = session.exec(select(StripeEvent)).one()
+    assert stored.payload == evt
+    assert stored.created is not None and stored.created.timestamp() == T0
+    assert stored.created.utcoffset() == stored.received_at.utcoffset() == timedelta(0)
+    row = session.exec(select(Subscription)).one()
+    assert (row.user_id, row.status, row.plan) == (uid, "active", "pro")
+    assert row.updated_from_stripe_at is not None
+    assert row.updated_from_stripe_at.timestamp() == T0
+    assert _limits(session, uid) == PRO
+
+
+def test_a_statement_missing_a_parameter_is_refused_before_it_runs():
+    """The driver's cursor gets the compiled SQL alone, so SQLAlchemy fills in no column
+    default there: a parameter left out (here `attempts`, whose default is 0) is an error
+    up front, not a NULL written."""
+    dialect = postgresql_psycopg.dialect()
+    claim = stripe_sync._event_claim("postgresql")
+    row = {
+        "stripe_event_id": "evt_1",
+        "type": "invoice.paid",
+        "created": None,
+        "payload": {},
+        "received_at": None,
+        "processed_at": None,
+    }
+    with pytest.raises(ValueError, match="attempts"):
+        stripe_sync._compiled(dialect, claim, frozenset(row))
+    sql = stripe_sync._compiled(dialect, claim, frozenset({**row, "attempts": 1}))
+    assert "ON CONFLICT (stripe_event_id) DO NOTHING" in sql and "%(attempts)s" in sql
 
 
 # ---------------------------------------------------------------- exactly once
