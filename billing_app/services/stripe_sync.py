@@ -156,6 +156,14 @@ _PLAN_INPUTS = sa.union_all(
     sa.literal_column("id").desc(),
 )
 _QUOTA_UPDATE = sa.update(_QUOTAS).where(_QUOTAS.c.id == sa.bindparam("row_id"))
+# PostgreSQL: a plan change's quota rows in one statement, from arrays. psycopg's
+# executemany (a pipeline) of the 3 rows cost 10 % of the worker's GIL time (py-spy).
+_PG_QUOTA_UPDATES = sa.text(
+    'UPDATE quota SET "limit" = v.new_limit, plan_limit = v.new_plan_limit, '
+    "updated_at = :updated_at FROM unnest(CAST(:row_id AS integer[]), "
+    "CAST(:limit AS bigint[]), CAST(:plan_limit AS bigint[])) AS v(id, new_limit, "
+    "new_plan_limit) WHERE quota.id = v.id"
+)
 _QUOTA_INSERT = sa.insert(_QUOTAS)
 _EVENT_PROCESSED = sa.select(_EVENTS.c.processed_at).where(
     _EVENTS.c.stripe_event_id == sa.bindparam("key")
@@ -224,8 +232,9 @@ def _rows(
 
 
 def _json_param(value: Any) -> Any:
-    """A JSON column's value (the event payload) as the text psycopg sends to JSONB."""
-    return json_text(value) if isinstance(value, dict | list) else value
+    """A JSON object (the event payload) as the text psycopg sends to JSONB. Lists stay
+    lists: psycopg sends them as arrays."""
+    return json_text(value) if isinstance(value, dict) else value
 
 
 def _first(conn: sa.Connection, stmt: Any, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -324,7 +333,11 @@ def refresh_quotas(session: Session, user_id: int) -> str:
                 {"row_id": row_id, "plan_limit": limit, "limit": new_limit, "updated_at": now}
             )
     if updates:
-        _rows(conn, _QUOTA_UPDATE, updates)
+        if conn.dialect.name == "postgresql":
+            columns = {k: [u[k] for u in updates] for k in ("row_id", "limit", "plan_limit")}
+            _rows(conn, _PG_QUOTA_UPDATES, {**columns, "updated_at": now})
+        else:
+            _rows(conn, _QUOTA_UPDATE, updates)
         for u in updates:
             _forget_loaded(session, Quota, u["row_id"])
     if inserts:
