@@ -181,7 +181,9 @@ class StripeEvent(SQLModel, table=True):
     stripe_event_id: str = Field(max_length=255, sa_column_kwargs={"unique": True})
     type: str = Field(max_length=128, index=True)
     created: datetime | None = Field(default=None, sa_type=UTCDateTime())
-    payload: dict | None = Field(default=None, sa_type=JSONType)
+    # JSON, not JSONB: the event as Stripe sent it, never queried inside. Storing it as
+    # text skips JSONB's parse: 70-200 µs of PostgreSQL's CPU per delivery (finding 38).
+    payload: dict | None = Field(default=None, sa_type=sa.JSON())
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     error: str | None = Field(default=None, sa_type=sa.Text())

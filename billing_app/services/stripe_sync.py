@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.pq import ExecStatus
 from psycopg.rows import dict_row
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.util import identity_key
@@ -228,12 +229,13 @@ def _rows(
             cur.executemany(sql, batch)
             return []
         cur.execute(sql, batch[0])
-        return cur.fetchall() if cur.description is not None else []
+        # Not `cur.description`: psycopg builds a Column per column for it.
+        return cur.fetchall() if cur.pgresult.status == ExecStatus.TUPLES_OK else []
 
 
 def _json_param(value: Any) -> Any:
-    """A JSON object (the event payload) as the text psycopg sends to JSONB. Lists stay
-    lists: psycopg sends them as arrays."""
+    """A JSON object (the event payload) as the text psycopg sends to the JSON column.
+    Lists stay lists: psycopg sends them as arrays."""
     return json_text(value) if isinstance(value, dict) else value
 
 
