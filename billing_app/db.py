@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from billing_app.clock import as_utc
 from billing_app.settings import get_settings
 
 # Execution option naming how a SQLite transaction begins: IMMEDIATE takes the write
@@ -82,6 +84,17 @@ def json_text(value: Any) -> str:
     """JSON columns' encoder (pydantic-core, in Rust): a Stripe event's 4.6 KB payload in
     a tenth of json.dumps' time, which was 4 % of a webhook delivery (py-spy)."""
     return pydantic_core.to_json(value).decode()
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """A timestamp as SQLAlchemy stores it on SQLite (UTCDateTime): naive UTC text with
+    microseconds. For writes on the driver's cursor, which must meet the ORM's rows."""
+    return as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def from_sqlite_timestamp(text: str) -> datetime:
+    """A timestamp SQLite returned (as text), as UTCDateTime gives it: aware UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 # The write pool holds up to this many times DB_POOL_SIZE connections; the read pool

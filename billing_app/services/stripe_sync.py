@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from types import SimpleNamespace
@@ -26,7 +27,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.db import driver_cursor, json_text
+from billing_app.db import driver_cursor, from_sqlite_timestamp, json_text, sqlite_timestamp
 from billing_app.errors import InvalidWebhook, UserNotFound
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import (
@@ -50,6 +51,7 @@ from billing_app.models import (
     Subscription,
     User,
 )
+from billing_app.models.types import UTCDateTime
 from billing_app.plans import get_catalog, plan_for_price
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
@@ -165,7 +167,7 @@ _PG_QUOTA_UPDATES = sa.text(
     "CAST(:limit AS bigint[]), CAST(:plan_limit AS bigint[])) AS v(id, new_limit, "
     "new_plan_limit) WHERE quota.id = v.id"
 )
-_QUOTA_INSERT = sa.insert(_QUOTAS)
+_QUOTA_INSERT = sa.insert(_QUOTAS).inline()  # no RETURNING: an executemany
 _EVENT_PROCESSED = sa.select(_EVENTS.c.processed_at).where(
     _EVENTS.c.stripe_event_id == sa.bindparam("key")
 )
@@ -191,52 +193,84 @@ def _create_row(dialect: str, table: sa.Table, key: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=[key]).returning(table.c.id)
 
 
-# Each statement compiled once per set of parameter names, for the driver's cursor.
-_COMPILED: dict[tuple[Any, frozenset[str]], str] = {}
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    # Result columns holding timestamps: SQLite returns them as text.
+    timestamps: tuple[str, ...]
 
 
-def _compiled(dialect: sa.Dialect, stmt: Any, keys: frozenset[str]) -> str:
-    sql = _COMPILED.get((stmt, keys))
-    if sql is None:
-        compiled = stmt.compile(dialect=dialect, column_keys=sorted(keys))
+# Each statement compiled once per dialect and set of parameter names.
+_COMPILED: dict[tuple[Any, str, frozenset[str]], _Compiled] = {}
+# SQLite with named parameters, so that both drivers take the same dict of values.
+_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
+
+
+def _compiled(dialect: sa.Dialect, stmt: Any, keys: frozenset[str]) -> _Compiled:
+    found = _COMPILED.get((stmt, dialect.name, keys))
+    if found is None:
+        target = _SQLITE_NAMED if dialect.name == "sqlite" else dialect
+        compiled = stmt.compile(dialect=target, column_keys=sorted(keys))
         missing = set(compiled.bind_names.values()) - keys
         if missing:  # e.g. a column default SQLAlchemy would have filled in
             raise ValueError(f"parameters missing for the driver's cursor: {sorted(missing)}")
-        sql = _COMPILED[(stmt, keys)] = compiled.string
-    return sql
+        columns = getattr(stmt, "exported_columns", ())
+        timestamps = tuple(c.name for c in columns if isinstance(c.type, UTCDateTime))
+        found = _COMPILED[(stmt, dialect.name, keys)] = _Compiled(compiled.string, timestamps)
+    return found
 
 
 def _rows(
     conn: sa.Connection, stmt: Any, params: dict[str, Any] | list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Run one of this module's Core statements (a list of parameters: executemany) and
-    return its rows as dicts.
+    """Run one of this module's Core statements on the driver's cursor (a list of
+    parameters: executemany) and return its rows as dicts.
 
-    PostgreSQL: on psycopg's cursor, compiled once. SQLAlchemy's execution around a
-    statement (context, result, typing of the row) cost ~110 µs of the ~230 the subscription
-    read takes, and a delivery runs 5-6 of them (finding 38). Its types need no processing
-    there: sessions are in UTC, so timestamps come back as UTC. The JSON payload is passed
-    as text. SQLite: through SQLAlchemy, which turns SQLite's text timestamps into datetimes.
+    Compiled once: SQLAlchemy's execution around a statement (context, result, typing of
+    the row) cost ~110 µs of the ~230 the subscription read takes on PostgreSQL, and a
+    delivery runs 5-6 of them (finding 38). The types that need converting are done
+    here: the JSON payload goes as text, and on SQLite timestamps go and come back as
+    the naive UTC text SQLAlchemy writes there. PostgreSQL sessions are in UTC, so
+    psycopg returns UTC timestamps as they are.
     """
-    if conn.dialect.name != "postgresql":
-        result = conn.execute(stmt, params)
-        return [dict(r._mapping) for r in result] if result.returns_rows else []
     batch = params if isinstance(params, list) else [params]
-    sql = _compiled(conn.dialect, stmt, frozenset(batch[0]))
-    batch = [{k: _json_param(v) for k, v in p.items()} for p in batch]
-    with driver_cursor(conn, sql, row_factory=dict_row) as cur:
+    compiled = _compiled(conn.dialect, stmt, frozenset(batch[0]))
+    if conn.dialect.name == "postgresql":
+        batch = [{k: _json_param(v) for k, v in p.items()} for p in batch]
+        with driver_cursor(conn, compiled.sql, row_factory=dict_row) as cur:
+            if len(batch) > 1:
+                cur.executemany(compiled.sql, batch)
+                return []
+            cur.execute(compiled.sql, batch[0])
+            # Not `cur.description`: psycopg builds a Column per column for it.
+            return cur.fetchall() if cur.pgresult.status == ExecStatus.TUPLES_OK else []
+    batch = [{k: _sqlite_param(v) for k, v in p.items()} for p in batch]
+    with driver_cursor(conn, compiled.sql) as cur:
         if len(batch) > 1:
-            cur.executemany(sql, batch)
+            cur.executemany(compiled.sql, batch)
             return []
-        cur.execute(sql, batch[0])
-        # Not `cur.description`: psycopg builds a Column per column for it.
-        return cur.fetchall() if cur.pgresult.status == ExecStatus.TUPLES_OK else []
+        found = cur.execute(compiled.sql, batch[0]).fetchall()
+        if not found:
+            return []
+        names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, r, strict=True)) for r in found]
+    for row in rows:
+        for name in compiled.timestamps:
+            if row[name] is not None:
+                row[name] = from_sqlite_timestamp(row[name])
+    return rows
 
 
 def _json_param(value: Any) -> Any:
     """A JSON object (the event payload) as the text psycopg sends to the JSON column.
     Lists stay lists: psycopg sends them as arrays."""
     return json_text(value) if isinstance(value, dict) else value
+
+
+def _sqlite_param(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return sqlite_timestamp(value)
+    return json_text(value) if isinstance(value, dict | list) else value
 
 
 def _first(conn: sa.Connection, stmt: Any, params: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import Session, func, select
 
@@ -129,12 +130,12 @@ def test_a_delivery_stores_the_event_and_its_objects_as_the_orm_reads_them(
     assert _limits(session, uid) == PRO
 
 
-def test_a_statement_missing_a_parameter_is_refused_before_it_runs():
+@pytest.mark.parametrize("dialect", [postgresql_psycopg.dialect(), sqlite_dialect.dialect()])
+def test_a_statement_missing_a_parameter_is_refused_before_it_runs(dialect):
     """The driver's cursor gets the compiled SQL alone, so SQLAlchemy fills in no column
     default there: a parameter left out (here `attempts`, whose default is 0) is an error
     up front, not a NULL written."""
-    dialect = postgresql_psycopg.dialect()
-    claim = stripe_sync._event_claim("postgresql")
+    claim = stripe_sync._event_claim(dialect.name)
     row = {
         "stripe_event_id": "evt_1",
         "type": "invoice.paid",
@@ -145,8 +146,9 @@ def test_a_statement_missing_a_parameter_is_refused_before_it_runs():
     }
     with pytest.raises(ValueError, match="attempts"):
         stripe_sync._compiled(dialect, claim, frozenset(row))
-    sql = stripe_sync._compiled(dialect, claim, frozenset({**row, "attempts": 1}))
-    assert "ON CONFLICT (stripe_event_id) DO NOTHING" in sql and "%(attempts)s" in sql
+    found = stripe_sync._compiled(dialect, claim, frozenset({**row, "attempts": 1}))
+    assert "ON CONFLICT (stripe_event_id) DO NOTHING" in found.sql
+    assert ("%(attempts)s" if dialect.name == "postgresql" else ":attempts") in found.sql
 
 
 # ---------------------------------------------------------------- exactly once
