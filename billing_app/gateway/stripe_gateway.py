@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import pydantic_core
 import stripe
 
 from billing_app.errors import (
@@ -286,7 +287,9 @@ class StripeGateway:
         except stripe.SignatureVerificationError as err:
             raise InvalidWebhook(f"Invalid Stripe-Signature: {err.user_message or err}") from None
         try:
-            data = json.loads(text)
+            # pydantic-core's parser: 23 against json's 39 µs for a 4.6 KB event, which
+            # was 8 % of a worker's GIL time under deliveries (py-spy, finding 38).
+            data = pydantic_core.from_json(payload)
         except ValueError as err:  # signed, but not JSON
             raise InvalidWebhookPayload(f"Webhook body is not a JSON event: {err}") from None
         if not isinstance(data, dict):

@@ -332,7 +332,11 @@ def refresh_quotas(session: Session, user_id: int) -> str:
     for the rows that change.
     """
     session.flush()
-    conn = session.connection()
+    return _refresh_quotas(session, session.connection(), user_id)
+
+
+def _refresh_quotas(session: Session, conn: sa.Connection, user_id: int) -> str:
+    """refresh_quotas on the session's connection, its pending changes flushed."""
     subs: list[Any] = []
     rows: dict[str, tuple[int, str, int, int]] = {}  # metric: (id, source, limit, plan_limit)
     for r in _rows(conn, _PLAN_INPUTS, {"user_id": user_id}):
@@ -550,7 +554,9 @@ def apply_subscription(
         changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
     if not linked:
         _link_customer(session, user_id, data.customer_id)
-    refresh_quotas(session, user_id)
+        refresh_quotas(session, user_id)  # after the ORM's write, flushed
+    else:
+        _refresh_quotas(session, conn, user_id)
     return changed
 
 
