@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -13,10 +15,35 @@ from billing_app.api.service_routes import FastJSONResponse
 from billing_app.db import session_scope
 from billing_app.services.dto import WebhookResult
 from billing_app.services.stripe_sync import handle_webhook
+from billing_app.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["billing"])
+
+
+class _Threads:
+    """The deliveries' own threads: a plain executor, as anyio's thread hop (Starlette's
+    run_in_threadpool) was 12 % of the worker's GIL time under deliveries (py-spy), and
+    not the loop's default one, which the fast lane's batches and key lookups use: a
+    burst of deliveries, or a database that hangs, does not hold those up.
+    DB_POOL_SIZE threads: half the write pool's connections, the rest left to the usage
+    writer, batches and the other routes."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def get(self) -> ThreadPoolExecutor:
+        if self._pid != os.getpid():  # a forked worker starts its own threads
+            size = get_settings().db_pool_size
+            self._pool = ThreadPoolExecutor(size, thread_name_prefix="webhook")
+            self._pid = os.getpid()
+        assert self._pool is not None
+        return self._pool
+
+
+_threads = _Threads()
 
 
 def _handle(payload: bytes, signature: str | None) -> WebhookResult:
@@ -41,10 +68,8 @@ async def stripe_webhook(request: Request) -> JSONResponse:
 async def respond(payload: bytes, signature: str | None) -> JSONResponse:
     """The answer to one delivery (shared with the fast lane, api/fast_lane.py)."""
     try:
-        # The loop's executor, as the fast lane's batches: anyio's thread hop (Starlette's
-        # run_in_threadpool) was 12 % of the worker's GIL time under deliveries (py-spy).
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, _handle, payload, signature)
+        result = await loop.run_in_executor(_threads.get(), _handle, payload, signature)
     except Exception:
         # E.g. the database is down before the event could be stored: make Stripe retry.
         log.exception("stripe webhook could not be handled")

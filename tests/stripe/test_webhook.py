@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
@@ -16,6 +17,7 @@ from sqlmodel import Session, func, select
 
 from billing_app.models import Invoice, Quota, StripeEvent, Subscription, User
 from billing_app.services import stripe_sync
+from billing_app.services.dto import WebhookResult
 from billing_app.services.subscriptions import get_subscription_dto
 from tests.factories import make_user
 from tests.stripe.conftest import sign
@@ -149,6 +151,49 @@ def test_a_statement_missing_a_parameter_is_refused_before_it_runs(dialect):
     found = stripe_sync._compiled(dialect, claim, frozenset({**row, "attempts": 1}))
     assert "ON CONFLICT (stripe_event_id) DO NOTHING" in found.sql
     assert ("%(attempts)s" if dialect.name == "postgresql" else ":attempts") in found.sql
+
+
+def test_deliveries_waiting_on_the_database_do_not_hold_up_the_other_routes(
+    session, deliver, receiver, payloads, monkeypatch
+):
+    """Deliveries run on threads of their own: more deliveries than those threads, all
+    stuck (as on a database that hangs), leave the loop's executor free for the fast
+    lane's batches and key lookups, which still answer at once."""
+    from billing_app.api import webhook
+    from billing_app.services import api_keys
+
+    release = threading.Event()
+    stuck = threading.Semaphore(0)
+
+    def hang(_session, _payload, _signature):
+        stuck.release()
+        release.wait(30)
+        return WebhookResult(200, {"received": True})
+
+    monkeypatch.setattr(webhook, "handle_webhook", hang)
+    uid = _customer_user(session)
+    key = api_keys.create_key(session, name="svc", service_name="svc")[1]
+    n = webhook._threads.get()._max_workers + 2
+    sub = payloads.subscription(sub_id="sub_hang", customer="cus_test_1", user_id=uid)
+    evt = payloads.event("customer.subscription.created", sub, T0)
+    with ThreadPoolExecutor(n) as pool:
+        waiting = [pool.submit(deliver.send, evt) for _ in range(n)]
+        try:
+            for _ in range(n - 2):  # every delivery thread is taken
+                assert stuck.acquire(timeout=10)
+            started = time.monotonic()
+            r = httpx.post(
+                receiver.url + "/api/billing/usage/batch",
+                json={"events": [{"user_id": uid, "metric": "api_calls", "quantity": 1}]},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            assert r.status_code == 201, r.text
+            assert time.monotonic() - started < 5
+            assert not any(f.done() for f in waiting)  # the deliveries are still stuck
+        finally:
+            release.set()
+        assert all(f.result().status_code == 200 for f in waiting)
 
 
 # ---------------------------------------------------------------- exactly once
