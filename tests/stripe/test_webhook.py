@@ -113,9 +113,9 @@ def test_event_for_unknown_customer_is_acknowledged(session, deliver, payloads):
 def test_a_delivery_stores_the_event_and_its_objects_as_the_orm_reads_them(
     session, deliver, payloads
 ):
-    """PostgreSQL's webhook statements run on the driver's cursor (stripe_sync._rows):
-    what they write reads back through the ORM as written: the payload equal to the
-    event, timestamps in UTC, the subscription and its quotas."""
+    """The webhook's statements run on the driver's cursor (stripe_sync._rows), on both
+    databases: what they write reads back through the ORM as written: the payload equal
+    to the event, timestamps in UTC, the subscription and its quotas."""
     uid = _customer_user(session)
     sub = payloads.subscription(sub_id="sub_rows", customer="cus_test_1", user_id=uid)
     sub["metadata"] = {"note": 'é 中 "quoted"', "big": str(2**62)}
