@@ -173,3 +173,32 @@ def test_cli_end_to_end(monkeypatch, tmp_path):
     assert '"used": 250' in summary.stdout
     dup = cli("user", "create", "--email", "OPS@example.com")
     assert dup.returncode == 2 and "already exists" in dup.stderr
+
+
+def test_rows_written_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
+    """db.driver_rows converts parameters itself on SQLite (db.sqlite_params): the stored
+    text must be what SQLAlchemy stores, or range comparisons and equality on timestamps
+    go wrong. One row each way, compared as raw text (any database leg)."""
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from billing_app.models import StripeEvent
+
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'driver.db'}")
+    table = StripeEvent.__table__
+    table.create(engine)
+    at = datetime(2026, 3, 1, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+    payload = {"é": [1, {"x": None}], "big": 2**62}
+    row = {"type": "t", "created": at, "received_at": at.replace(microsecond=0),
+           "processed_at": None, "payload": payload, "attempts": 0, "error": None}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(table), {**row, "stripe_event_id": "evt_orm"})
+        db.driver_rows(conn, sa.insert(table), {**row, "stripe_event_id": "evt_driver"})
+        raw = conn.exec_driver_sql(
+            "SELECT created, received_at, payload FROM stripe_event ORDER BY stripe_event_id"
+        ).all()
+    engine.dispose()
+    assert raw[0] == raw[1]
+    # naive UTC with microseconds, as UTCDateTime stores it
+    assert raw[0][:2] == ("2026-03-01 00:30:00.000005", "2026-03-01 00:30:00.000000")

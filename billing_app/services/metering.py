@@ -25,7 +25,7 @@ from billing_app.db import (
     driver_cursor,
     driver_errors,
     json_text,
-    sqlite_timestamp,
+    sqlite_params,
 )
 from billing_app.errors import (
     BillingError,
@@ -200,11 +200,11 @@ class _Statements:
                 bump = {k: r[v] for k, v in _COUNTER_KEYS.items()}
                 bump["period_end"] = r["period_end"]
                 if r["limit"] is None:
-                    used = _sq_one(conn, _SQ_BUMP_ANY, _sq_counter(bump))
+                    used = _sq_one(conn, _SQ_BUMP_ANY, sqlite_params(bump))
                 else:
-                    limited = {**_sq_counter(bump), "limit": r["limit"]}
+                    limited = {**sqlite_params(bump), "limit": r["limit"]}
                     used = _sq_one(conn, _SQ_BUMP_WITHIN, limited)
-                event = _sq_event({name: r[name] for name in _EVENT_COLS})
+                event = sqlite_params({name: r[name] for name in _EVENT_COLS})
                 out.append((used, None if used is None else _sq_one(conn, _SQ_APPEND, event)))
             return out
         out = []
@@ -384,7 +384,7 @@ def _json_text(value: Any) -> str | None:
 # SQLite: the writes on the driver's cursor, in the session's transaction. Through
 # SQLAlchemy (insertmanyvalues, a type's bind processing per value) 1,000 events took
 # 17.7 ms, with executemany 6.2 (finding 37). Timestamps as SQLAlchemy stores them
-# there: naive UTC text with microseconds (db.sqlite_timestamp).
+# there: naive UTC text with microseconds, and metadata as JSON text (db.sqlite_params).
 _SQ_APPEND = """
 INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at,
                          idempotency_key, metadata)
@@ -404,22 +404,6 @@ _SQ_BUMP_ANY = _SQ_BUMP + "RETURNING used"
 _SQ_BUMP_WITHIN = _SQ_BUMP + "WHERE usage_counter.used + excluded.used <= :limit RETURNING used"
 
 
-def _sq_event(row: dict[str, Any]) -> dict[str, Any]:
-    """An event row (_event_row) as SQLite parameters."""
-    return {
-        **row,
-        "occurred_at": sqlite_timestamp(row["occurred_at"]),
-        "recorded_at": sqlite_timestamp(row["recorded_at"]),
-        "metadata": _json_text(row["metadata"]),
-    }
-
-
-def _sq_counter(row: dict[str, Any]) -> dict[str, Any]:
-    """A counter bump as SQLite parameters."""
-    return {**row, "period_start": sqlite_timestamp(row["period_start"]),
-            "period_end": sqlite_timestamp(row["period_end"])}  # fmt: skip
-
-
 def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any, int]:
     """SQLite: insert events (a stored key skipped): {(user, key): new id}. executemany
     returns no rows (and RETURNING row by row cost as much as SQLAlchemy), so the new
@@ -433,7 +417,7 @@ def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any
 
 def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
     """SQLite: add to many counters with one executemany, then read their totals back."""
-    rows = [_sq_counter(b) for b in bumps]
+    rows = [sqlite_params(b) for b in bumps]
     keys = [sorted({r[k] for r in rows}) for k in ("user_id", "metric", "period_start")]
     marks = [",".join("?" * len(k)) for k in keys]
     read = (
@@ -666,7 +650,7 @@ def _first_round(
         limits = _limits(conn.execute(st.limits, lookup).all(), writes)
         events = [_event_row(writes[i], now) for i in rows]
         events = [e for e in events if (e["user_id"], e["metric"]) in limits]
-        inserted = _sq_append_many(conn, [_sq_event(e) for e in events]) if events else {}
+        inserted = _sq_append_many(conn, [sqlite_params(e) for e in events]) if events else {}
         return limits, inserted, _stored_keys(conn, st, consumed)
     statements = [(_PG_LIMITS, lookup)]
     if rows:

@@ -13,21 +13,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.pq import ExecStatus
-from psycopg.rows import dict_row
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.db import driver_cursor, from_sqlite_timestamp, json_text, sqlite_timestamp
+from billing_app.db import driver_rows
 from billing_app.errors import InvalidWebhook, UserNotFound
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import (
@@ -51,7 +48,6 @@ from billing_app.models import (
     Subscription,
     User,
 )
-from billing_app.models.types import UTCDateTime
 from billing_app.plans import get_catalog, plan_for_price
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
@@ -193,88 +189,8 @@ def _create_row(dialect: str, table: sa.Table, key: str) -> Any:
     return ins.on_conflict_do_nothing(index_elements=[key]).returning(table.c.id)
 
 
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    sql: str
-    # Result columns holding timestamps: SQLite returns them as text.
-    timestamps: tuple[str, ...]
-
-
-# Each statement compiled once per dialect and set of parameter names.
-_COMPILED: dict[tuple[Any, str, frozenset[str]], _Compiled] = {}
-# SQLite with named parameters, so that both drivers take the same dict of values.
-_SQLITE_NAMED = sqlite.dialect(paramstyle="named")
-
-
-def _compiled(dialect: sa.Dialect, stmt: Any, keys: frozenset[str]) -> _Compiled:
-    found = _COMPILED.get((stmt, dialect.name, keys))
-    if found is None:
-        target = _SQLITE_NAMED if dialect.name == "sqlite" else dialect
-        compiled = stmt.compile(dialect=target, column_keys=sorted(keys))
-        missing = set(compiled.bind_names.values()) - keys
-        if missing:  # e.g. a column default SQLAlchemy would have filled in
-            raise ValueError(f"parameters missing for the driver's cursor: {sorted(missing)}")
-        columns = getattr(stmt, "exported_columns", ())
-        timestamps = tuple(c.name for c in columns if isinstance(c.type, UTCDateTime))
-        found = _COMPILED[(stmt, dialect.name, keys)] = _Compiled(compiled.string, timestamps)
-    return found
-
-
-def _rows(
-    conn: sa.Connection, stmt: Any, params: dict[str, Any] | list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Run one of this module's Core statements on the driver's cursor (a list of
-    parameters: executemany) and return its rows as dicts.
-
-    Compiled once: SQLAlchemy's execution around a statement (context, result, typing of
-    the row) cost ~110 µs of the ~230 the subscription read takes on PostgreSQL, and a
-    delivery runs 5-6 of them (finding 38). The types that need converting are done
-    here: the JSON payload goes as text, and on SQLite timestamps go and come back as
-    the naive UTC text SQLAlchemy writes there. PostgreSQL sessions are in UTC, so
-    psycopg returns UTC timestamps as they are.
-    """
-    batch = params if isinstance(params, list) else [params]
-    compiled = _compiled(conn.dialect, stmt, frozenset(batch[0]))
-    if conn.dialect.name == "postgresql":
-        batch = [{k: _json_param(v) for k, v in p.items()} for p in batch]
-        with driver_cursor(conn, compiled.sql, row_factory=dict_row) as cur:
-            if len(batch) > 1:
-                cur.executemany(compiled.sql, batch)
-                return []
-            cur.execute(compiled.sql, batch[0])
-            # Not `cur.description`: psycopg builds a Column per column for it.
-            return cur.fetchall() if cur.pgresult.status == ExecStatus.TUPLES_OK else []
-    batch = [{k: _sqlite_param(v) for k, v in p.items()} for p in batch]
-    with driver_cursor(conn, compiled.sql) as cur:
-        if len(batch) > 1:
-            cur.executemany(compiled.sql, batch)
-            return []
-        found = cur.execute(compiled.sql, batch[0]).fetchall()
-        if not found:
-            return []
-        names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in found]
-    for row in rows:
-        for name in compiled.timestamps:
-            if row[name] is not None:
-                row[name] = from_sqlite_timestamp(row[name])
-    return rows
-
-
-def _json_param(value: Any) -> Any:
-    """A JSON object (the event payload) as the text psycopg sends to the JSON column.
-    Lists stay lists: psycopg sends them as arrays."""
-    return json_text(value) if isinstance(value, dict) else value
-
-
-def _sqlite_param(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return sqlite_timestamp(value)
-    return json_text(value) if isinstance(value, dict | list) else value
-
-
 def _first(conn: sa.Connection, stmt: Any, params: dict[str, Any]) -> dict[str, Any] | None:
-    found = _rows(conn, stmt, params)
+    found = driver_rows(conn, stmt, params)
     return found[0] if found else None
 
 
@@ -339,7 +255,7 @@ def _refresh_quotas(session: Session, conn: sa.Connection, user_id: int) -> str:
     """refresh_quotas on the session's connection, its pending changes flushed."""
     subs: list[Any] = []
     rows: dict[str, tuple[int, str, int, int]] = {}  # metric: (id, source, limit, plan_limit)
-    for r in _rows(conn, _PLAN_INPUTS, {"user_id": user_id}):
+    for r in driver_rows(conn, _PLAN_INPUTS, {"user_id": user_id}):
         if r["kind"] == 0:
             subs.append(SimpleNamespace(**r))  # as plan_key_for reads a Subscription
         else:
@@ -375,13 +291,13 @@ def _refresh_quotas(session: Session, conn: sa.Connection, user_id: int) -> str:
     if updates:
         if conn.dialect.name == "postgresql":
             columns = {k: [u[k] for u in updates] for k in ("row_id", "limit", "plan_limit")}
-            _rows(conn, _PG_QUOTA_UPDATES, {**columns, "updated_at": now})
+            driver_rows(conn, _PG_QUOTA_UPDATES, {**columns, "updated_at": now})
         else:
-            _rows(conn, _QUOTA_UPDATE, updates)
+            driver_rows(conn, _QUOTA_UPDATE, updates)
         for u in updates:
             _forget_loaded(session, Quota, u["row_id"])
     if inserts:
-        _rows(conn, _QUOTA_INSERT, inserts)
+        driver_rows(conn, _QUOTA_INSERT, inserts)
     return plan_key
 
 
@@ -549,7 +465,7 @@ def apply_subscription(
         if unknown_price is not None:
             raise unknown_price
         values = _subscription_values(data, plan, at, now, sub)
-        _rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
+        driver_rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
         _forget_loaded(session, Subscription, sub["id"])
         changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
     if not linked:
@@ -667,7 +583,7 @@ def apply_invoice(
         return False
     values = _invoice_values(data, at, inv)
     if any(values[k] != inv[k] for k in values):
-        _rows(conn, _INV_UPDATE, {"row_id": inv["id"], **values})
+        driver_rows(conn, _INV_UPDATE, {"row_id": inv["id"], **values})
         _forget_loaded(session, Invoice, inv["id"])
     stored_at = inv["updated_from_stripe_at"]
     return stored_at is None or _state(values, _INVOICE_STATE) != _state(inv, _INVOICE_STATE)
@@ -767,7 +683,7 @@ def _apply_new(session: Session, event: EventData, row_id: int, now: datetime) -
     try:
         note = apply_event(session, event.payload)
         if note is not None:
-            _rows(session.connection(), _EVENT_NOTE, {"row_id": row_id, "error": note})
+            driver_rows(session.connection(), _EVENT_NOTE, {"row_id": row_id, "error": note})
         session.commit()
     except BaseException as err:
         session.rollback()

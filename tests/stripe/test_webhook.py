@@ -15,6 +15,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlmodel import Session, func, select
 
+from billing_app.db import compile_for_driver
 from billing_app.models import Invoice, Quota, StripeEvent, Subscription, User
 from billing_app.services import stripe_sync
 from billing_app.services.dto import WebhookResult
@@ -113,7 +114,7 @@ def test_event_for_unknown_customer_is_acknowledged(session, deliver, payloads):
 def test_a_delivery_stores_the_event_and_its_objects_as_the_orm_reads_them(
     session, deliver, payloads
 ):
-    """The webhook's statements run on the driver's cursor (stripe_sync._rows), on both
+    """The webhook's statements run on the driver's cursor (db.driver_rows), on both
     databases: what they write reads back through the ORM as written: the payload equal
     to the event, timestamps in UTC, the subscription and its quotas."""
     uid = _customer_user(session)
@@ -147,8 +148,8 @@ def test_a_statement_missing_a_parameter_is_refused_before_it_runs(dialect):
         "processed_at": None,
     }
     with pytest.raises(ValueError, match="attempts"):
-        stripe_sync._compiled(dialect, claim, frozenset(row))
-    found = stripe_sync._compiled(dialect, claim, frozenset({**row, "attempts": 1}))
+        compile_for_driver(dialect, claim, frozenset(row))
+    found = compile_for_driver(dialect, claim, frozenset({**row, "attempts": 1}))
     assert "ON CONFLICT (stripe_event_id) DO NOTHING" in found.sql
     assert ("%(attempts)s" if dialect.name == "postgresql" else ":attempts") in found.sql
 
