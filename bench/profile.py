@@ -31,6 +31,14 @@ def _inline_threadpool() -> None:
         return func(*args)
 
     anyio.to_thread.run_sync = run_sync  # type: ignore[assignment]
+    # The fast lane's own hops (batches, key lookups, reads) likewise.
+    from billing_app.api import fast_lane
+
+    async def direct(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    fast_lane._blocking = direct  # type: ignore[assignment]
+    fast_lane._reads.run = direct  # type: ignore[method-assign]
 
 
 def _asgi_app() -> Any:

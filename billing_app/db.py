@@ -114,6 +114,33 @@ def _sqlite_value(value: Any) -> Any:
     return json_text(value) if isinstance(value, dict | list) else value
 
 
+def sqlite_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`sqlite_params` of many rows with the same keys, each column of one type (or
+    None), as for an executemany. Column by column, and a timestamp the rows share (a
+    batch's one `now`, a period's bounds) is formatted once: a 1,000-event batch's rows
+    took a quarter of its CPU on SQLite row by row (cProfile)."""
+    if len(rows) < 2:
+        return [sqlite_params(row) for row in rows]
+    out = [dict(row) for row in rows]
+    for k, sample in out[0].items():
+        if sample is None:
+            sample = next((row[k] for row in out if row[k] is not None), None)
+        if isinstance(sample, datetime):
+            texts: dict[datetime, str] = {}
+            for row in out:
+                value = row[k]
+                if value is not None:
+                    text = texts.get(value)
+                    if text is None:
+                        text = texts[value] = sqlite_timestamp(value)
+                    row[k] = text
+        elif isinstance(sample, dict | list):
+            for row in out:
+                if row[k] is not None:
+                    row[k] = json_text(row[k])
+    return out
+
+
 # The write pool holds up to this many times DB_POOL_SIZE connections; the read pool
 # (PostgreSQL) DB_POOL_SIZE.
 WRITE_POOL_FACTOR = 2
@@ -366,7 +393,7 @@ def driver_rows(
             cur.execute(compiled.sql, batch[0])
             # Not `cur.description`: psycopg builds a Column per column for it.
             return cur.fetchall() if cur.pgresult.status == ExecStatus.TUPLES_OK else []
-    batch = [sqlite_params(p) for p in batch]
+    batch = sqlite_rows(batch)
     with driver_cursor(conn, compiled.sql) as cur:
         if len(batch) > 1:
             cur.executemany(compiled.sql, batch)

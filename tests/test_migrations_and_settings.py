@@ -202,3 +202,51 @@ def test_rows_written_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
     assert raw[0] == raw[1]
     # naive UTC with microseconds, as UTCDateTime stores it
     assert raw[0][:2] == ("2026-03-01 00:30:00.000005", "2026-03-01 00:30:00.000000")
+
+
+def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
+    """An executemany's rows are converted column by column, a shared timestamp once
+    (db.sqlite_rows): the same text as SQLAlchemy stores, row for row, with None,
+    objects and lists, and timestamps of other zones mixed in a column."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from billing_app.models import StripeEvent
+
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'driver.db'}")
+    table = StripeEvent.__table__
+    table.create(engine)
+    at = datetime(2026, 3, 1, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+    rows = [
+        {
+            "type": "t",
+            "created": None if i % 4 == 0 else at + timedelta(seconds=i % 2),
+            "received_at": (at + timedelta(hours=i)).astimezone(UTC),
+            "processed_at": None,
+            "payload": {"i": [i, {"x": None}]} if i % 3 else [i],
+            "attempts": i,
+            "error": None,
+        }  # fmt: skip
+        for i in range(12)
+    ]
+    assert db.sqlite_rows(rows) == [db.sqlite_params(r) for r in rows]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(table), [{**r, "stripe_event_id": f"a{i:02}"} for i, r in enumerate(rows)]
+        )
+        db.driver_rows(
+            conn,
+            sa.insert(table),
+            [{**r, "stripe_event_id": f"b{i:02}"} for i, r in enumerate(rows)],
+        )
+        raw = conn.exec_driver_sql(
+            "SELECT created, received_at, processed_at, payload, attempts FROM stripe_event "
+            "ORDER BY substr(stripe_event_id, 2), stripe_event_id"
+        ).all()
+    engine.dispose()
+    assert raw[0::2] == raw[1::2]
+    assert raw[0][0] is None and raw[2][:2] == (
+        "2026-03-01 00:30:01.000005",
+        "2026-03-01 01:30:00.000005",
+    )

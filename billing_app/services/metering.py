@@ -26,6 +26,7 @@ from billing_app.db import (
     driver_errors,
     json_text,
     sqlite_params,
+    sqlite_rows,
 )
 from billing_app.errors import (
     BillingError,
@@ -417,7 +418,7 @@ def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any
 
 def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
     """SQLite: add to many counters with one executemany, then read their totals back."""
-    rows = [sqlite_params(b) for b in bumps]
+    rows = sqlite_rows(bumps)
     keys = [sorted({r[k] for r in rows}) for k in ("user_id", "metric", "period_start")]
     marks = [",".join("?" * len(k)) for k in keys]
     read = (
@@ -650,7 +651,7 @@ def _first_round(
         limits = _limits(conn.execute(st.limits, lookup).all(), writes)
         events = [_event_row(writes[i], now) for i in rows]
         events = [e for e in events if (e["user_id"], e["metric"]) in limits]
-        inserted = _sq_append_many(conn, [sqlite_params(e) for e in events]) if events else {}
+        inserted = _sq_append_many(conn, sqlite_rows(events)) if events else {}
         return limits, inserted, _stored_keys(conn, st, consumed)
     statements = [(_PG_LIMITS, lookup)]
     if rows:
