@@ -24,6 +24,7 @@ from billing_app.db import (
     SQLITE_BEGIN,
     driver_cursor,
     driver_errors,
+    driver_rows,
     json_text,
     sqlite_params,
     sqlite_rows,
@@ -1007,10 +1008,13 @@ def check(db: Session | sa.Connection, user_id: int, metric: str, quantity: int 
         conn, st = db, _statements(db.dialect.name)
     period = period_for(db, user_id, now)
     params = {"user_id": user_id, "metric": metric, "period_start": period.start}
-    if st.pg:  # the driver's cursor: ~100 µs less CPU than SQLAlchemy's execute here
+    # The driver's cursor: SQLAlchemy's execute cost ~100 µs more CPU here on PostgreSQL,
+    # and on SQLite three quarters of the check's ~210 µs (cProfile).
+    if st.pg:
         row = next(iter(_pg_fetch(conn, _PG_LIMIT_AND_USED, params)), None)
     else:
-        row = conn.execute(st.limit_and_used, params).first()  # one round trip
+        found = driver_rows(conn, st.limit_and_used, params)
+        row = (found[0]["limit"], found[0]["used"]) if found else None
     if isinstance(db, Session):
         db.rollback()  # end the read transaction promptly
     if row is None:
