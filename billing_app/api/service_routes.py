@@ -38,25 +38,22 @@ _PREFER_DOC = (
 
 def record_out(r: RecordResult, iso: dict[datetime, str] | None = None) -> dict[str, Any]:
     """RecordOut as plain JSON types. `iso`: a cache of formatted datetimes, for the many
-    results of a batch that share a few (when recorded, when the period resets)."""
-
-    def fmt(dt: datetime) -> str:
-        if iso is None:
-            return dt.isoformat()
-        text = iso.get(dt)
-        if text is None:
-            text = iso[dt] = dt.isoformat()
-        return text
-
+    results of a batch that share a few (when recorded, when the period resets); looked
+    up inline, as a helper function's 3,000 calls were a tenth of a batch (cProfile)."""
+    if iso is None:
+        iso = {}
     ev, st = r.event, r.status
+    occurred = iso.get(ev.occurred_at) or _iso(iso, ev.occurred_at)
+    recorded = iso.get(ev.recorded_at) or _iso(iso, ev.recorded_at)
+    resets = iso.get(st.resets_at) or _iso(iso, st.resets_at)
     return {
         "event": {
             "id": ev.id,
             "user_id": ev.user_id,
             "metric": ev.metric,
             "quantity": ev.quantity,
-            "occurred_at": fmt(ev.occurred_at),
-            "recorded_at": fmt(ev.recorded_at),
+            "occurred_at": occurred,
+            "recorded_at": recorded,
             "idempotency_key": ev.idempotency_key,
             "metadata": ev.metadata,
         },
@@ -68,8 +65,13 @@ def record_out(r: RecordResult, iso: dict[datetime, str] | None = None) -> dict[
         "unlimited": st.unlimited,
         "remaining": st.remaining,
         "percent": st.percent,
-        "resets_at": fmt(st.resets_at),
+        "resets_at": resets,
     }
+
+
+def _iso(cache: dict[datetime, str], dt: datetime) -> str:
+    text = cache[dt] = dt.isoformat()
+    return text
 
 
 class FastJSONResponse(JSONResponse):
