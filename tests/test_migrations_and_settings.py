@@ -78,6 +78,8 @@ def test_sqlite_gets_wal_and_immediate_transactions(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        checkpoint_at = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert checkpoint_at == db.SQLITE_WAL_AUTOCHECKPOINT == 10_000
 
 
 @pytest.mark.parametrize(
