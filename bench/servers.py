@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 PG_ADMIN_URL = os.environ.get("PG_TEST_URL", "postgresql://root@127.0.0.1:5432/test")
+LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 
 
 def pg_available(url: str = PG_ADMIN_URL) -> bool:
@@ -121,6 +122,7 @@ class Server:
         **env: str,
     ) -> None:
         self.target = target
+        self.database_url = database_url
         self.factory = factory
         self.port = port or free_port()
         self.workers = workers or int(os.environ.get("BENCH_WORKERS", "1"))
@@ -176,15 +178,8 @@ class Server:
         less noisy than throughput on a shared machine."""
         if self.proc is None:
             return 0.0
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # the process ended meanwhile
-                continue
-            if int(fields[2]) == self.proc.pid:  # process group: the server's session
-                total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
-        return total / os.sysconf("SC_CLK_TCK")
+        pgid = self.proc.pid  # process group: the server's session
+        return _cpu_seconds(lambda _name, group: group == pgid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is None:
@@ -208,6 +203,30 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cpu_seconds(match: Callable[[str, int], bool]) -> float:
+    """CPU time (user + system) so far of the live processes `match(name, group)` picks."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, rest = stat.read_text().rsplit(")", 1)
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = rest.split()
+        if match(head.split("(", 1)[1], int(fields[2])):
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def database_cpu_seconds(database_url: str) -> float | None:
+    """CPU time so far of PostgreSQL's processes when it runs on this host (its backends,
+    WAL writer, checkpointer, ...); None for SQLite (its work is in the server's own
+    CPU) or a database elsewhere."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("postgresql") or url.host not in LOCAL_HOSTS:
+        return None
+    return _cpu_seconds(lambda name, _group: name == "postgres")
 
 
 def app_server(database_url: str, **kw: object) -> Server:
