@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -58,19 +59,36 @@ def _backend_url(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str | N
     return make_url(base).set(database=name).render_as_string(hide_password=False), base
 
 
+@contextmanager
+def _scratch_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An empty database of this run's kind, dropped after (PostgreSQL)."""
+    url, admin_url = _backend_url(tmp_path_factory)
+    try:
+        yield url
+    finally:
+        if admin_url:
+            name = make_url(url).database
+            admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, admin_url = _backend_url(tmp_path_factory)
-    yield url
-    if admin_url:
-        name = make_url(url).database
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with _scratch_database(tmp_path_factory) as url:
+        yield url
 
 
-def migrate(url: str) -> None:
+@pytest.fixture
+def empty_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of its own, not migrated: for tests of the migrations themselves."""
+    with _scratch_database(tmp_path_factory) as url:
+        yield url
+
+
+def alembic(url: str, action: str = "upgrade", revision: str = "head") -> None:
+    """Run `alembic <action> <revision>` on `url`."""
     from alembic.config import Config
 
     from alembic import command
@@ -78,7 +96,11 @@ def migrate(url: str) -> None:
     cfg = Config(str(settings.PROJECT_ROOT / "alembic.ini"))
     cfg.attributes["url"] = url
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    getattr(command, action)(cfg, revision)
+
+
+def migrate(url: str) -> None:
+    alembic(url)
 
 
 @pytest.fixture(scope="session")

@@ -247,6 +247,53 @@ def test_unknown_user_is_a_clear_error(session, frozen_clock):
             fn(session, 999_999, "tokens", 1)
 
 
+def _delete_user(engine: sa.Engine, user_id: int) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DELETE FROM "user" WHERE id = {int(user_id)}')
+
+
+def test_deleting_a_user_deletes_its_events_and_counters(engine, frozen_clock):
+    """usage_event has no foreign key (migration 0006): a trigger deletes the events."""
+    with Session(engine, expire_on_commit=False) as s:
+        gone, kept = make_user(s, plan="pro"), make_user(s, plan="pro")
+        for uid in (gone.id, kept.id):
+            metering.record(s, uid, "tokens", 5)
+            metering.consume(s, uid, "api_calls", 1)
+        writes = [metering.prepare_write(u, "tokens", 2) for u in (gone.id, kept.id, gone.id)]
+        metering.apply_writes(s, writes, commit=True)
+    _delete_user(engine, gone.id)
+    with Session(engine) as s:
+        assert _events(s, gone.id) == (0, 0) and _events(s, gone.id, "api_calls") == (0, 0)
+        assert _counter_total(s, gone.id) == 0
+        assert _events(s, kept.id) == (2, 7) and _events(s, kept.id, "api_calls") == (1, 1)
+        assert _counter_total(s, kept.id) == 7
+
+
+def test_a_user_deleted_during_a_write_leaves_no_events(engine, frozen_clock):
+    """The deletion waits for a write in flight (its counter bump holds the user), then
+    takes the write's events with it: no event outlives its user."""
+    with Session(engine) as s:
+        user = make_user(s, plan="pro")
+        metering.record(s, user.id, "tokens", 1)  # an existing counter row
+        other = make_user(s, plan="pro")
+    writer = Session(engine, expire_on_commit=False)
+    writes = [metering.prepare_write(u, "tokens", 3) for u in (user.id, other.id)]
+    outcomes = metering.apply_writes(writer, writes)  # not committed: its locks are held
+    assert all(not isinstance(o, Exception) for o in outcomes)
+    deleter = threading.Thread(target=_delete_user, args=(engine, user.id))
+    deleter.start()
+    deleter.join(0.5)
+    assert deleter.is_alive()  # waiting for the write
+    writer.commit()
+    writer.close()
+    deleter.join(30)
+    assert not deleter.is_alive()
+    with Session(engine) as s:
+        assert _events(s, user.id) == (0, 0)
+        assert _counter_total(s, user.id) == 0
+        assert _events(s, other.id) == (1, 3) and _counter_total(s, other.id) == 3
+
+
 def test_idempotent_record_returns_first_result(session, frozen_clock):
     user = make_user(session)
     first = metering.record(session, user.id, "tokens", 42, idempotency_key="req-1")

@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 from billing_app import db
 from billing_app.settings import PROJECT_ROOT, ConfigError, load_settings
+from tests.conftest import alembic
 
 
 def test_upgrade_head_matches_the_models(engine):
@@ -32,6 +34,57 @@ def test_counter_pages_keep_room_for_in_place_updates(engine, is_postgres):
             "SELECT reloptions FROM pg_class WHERE relname = 'usage_counter'"
         ).scalar()
     assert options == ["fillfactor=70"]
+
+
+def test_0006_swaps_the_events_user_key_for_a_trigger_and_back(empty_database_url):
+    """Upgrade and downgrade keep the rows, and in both directions deleting a user deletes
+    its events: by the trigger at 0006, by the key's ON DELETE CASCADE at 0005."""
+    url = empty_database_url
+
+    def add_user_with_an_event(conn: sa.Connection, uid: int) -> None:
+        now = "2026-11-25 12:00:00"
+        conn.exec_driver_sql(
+            'INSERT INTO "user" (id, email, display_name, role, created_at) '
+            f"VALUES ({uid}, 'u{uid}@example.com', 'U', 'user', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at, "
+            f"idempotency_key) VALUES ({uid}, 'tokens', 1, '{now}', '{now}', 'k{uid}')"
+        )
+
+    def state(eng: sa.Engine) -> tuple[list[str], list[int]]:
+        keys = [fk["referred_table"] for fk in sa.inspect(eng).get_foreign_keys("usage_event")]
+        with eng.connect() as conn:
+            users = conn.exec_driver_sql("SELECT user_id FROM usage_event ORDER BY 1")
+            return keys, [u for (u,) in users]
+
+    def delete_user(eng: sa.Engine, uid: int) -> None:
+        with eng.begin() as conn:
+            conn.exec_driver_sql(f'DELETE FROM "user" WHERE id = {uid}')
+
+    alembic(url, "upgrade", "0005")
+    eng = db.create_db_engine(url)  # SQLite: with foreign keys enforced, as the app runs
+    try:
+        with eng.begin() as conn:
+            for uid in (1, 2, 3):
+                add_user_with_an_event(conn, uid)
+        assert state(eng) == (["user"], [1, 2, 3])
+        eng.dispose()
+        alembic(url, "upgrade", "0006")
+        assert state(eng) == ([], [1, 2, 3])
+        delete_user(eng, 1)
+        assert state(eng) == ([], [2, 3])
+        eng.dispose()
+        alembic(url, "downgrade", "0005")
+        assert state(eng) == (["user"], [2, 3])
+        delete_user(eng, 2)
+        assert state(eng) == (["user"], [3])
+        eng.dispose()
+        alembic(url, "upgrade", "head")
+        delete_user(eng, 3)
+        assert state(eng) == ([], [])
+    finally:
+        eng.dispose()
 
 
 def test_json_columns_round_trip_through_the_engines_encoder(session):

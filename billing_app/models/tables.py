@@ -111,12 +111,15 @@ class QuotaAudit(SQLModel, table=True):
 
 
 class UsageEvent(SQLModel, table=True):
-    """Append-only record of metered work."""
+    """Append-only record of metered work.
+
+    `user_id` has no foreign key: a trigger deletes a deleted user's events, and every
+    write tests that its user exists (migration 0006 says why and how)."""
 
     __tablename__ = "usage_event"
 
     id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
-    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    user_id: int
     metric: str = Field(max_length=64)
     quantity: int = Field(sa_type=sa.BigInteger(), nullable=False)
     occurred_at: datetime = Field(sa_type=UTCDateTime(), nullable=False)
