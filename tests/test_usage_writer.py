@@ -56,6 +56,7 @@ def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):
     assert c3_again.duplicate and c3_again.event.id == c3.event.id
     assert _state(engine, a.id, "tokens") == (3, 15, 15)
     assert _state(engine, b.id, "api_calls") == (2, 100, 100)
+    assert _state(engine, 999_999, "tokens") == (0, 0, 0)  # no event of the unknown user
 
 
 def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):

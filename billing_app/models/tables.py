@@ -114,7 +114,7 @@ class UsageEvent(SQLModel, table=True):
     """Append-only record of metered work.
 
     `user_id` has no foreign key: a trigger deletes a deleted user's events, and every
-    write tests that its user exists (migration 0006 says why and how)."""
+    write looks its users up in its own transaction (migration 0006 says why and how)."""
 
     __tablename__ = "usage_event"
 
