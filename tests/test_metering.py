@@ -269,6 +269,24 @@ def test_deleting_a_user_deletes_its_events_and_counters(engine, frozen_clock):
         assert _counter_total(s, kept.id) == 7
 
 
+def test_emptying_the_user_table_empties_the_events(engine, frozen_clock, is_postgres):
+    """An operator's reset: TRUNCATE ... CASCADE on PostgreSQL (migration 0007), which
+    fires no DELETE trigger; DELETE on SQLite, which has no TRUNCATE. Afterwards a new
+    user with a reused id starts with no usage and may reuse the old keys."""
+    with Session(engine, expire_on_commit=False) as s:
+        user = make_user(s, plan="pro")
+        metering.record(s, user.id, "tokens", 5, idempotency_key="k")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            'TRUNCATE "user" RESTART IDENTITY CASCADE' if is_postgres else 'DELETE FROM "user"'
+        )
+        assert conn.exec_driver_sql("SELECT count(*) FROM usage_event").scalar() == 0
+    with Session(engine, expire_on_commit=False) as s:
+        again = make_user(s, plan="pro")
+        assert not metering.record(s, again.id, "tokens", 7, idempotency_key="k").duplicate
+        assert _events(s, again.id) == (1, 7) and _counter_total(s, again.id) == 7
+
+
 def test_a_user_deleted_during_a_write_leaves_no_events(engine, frozen_clock):
     """The deletion waits for a write in flight (its counter bump holds the user), then
     takes the write's events with it: no event outlives its user."""
