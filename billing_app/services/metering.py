@@ -670,7 +670,8 @@ def _first_round(
         pairs = {"user_id": [u for u, _ in keys], "key": [k for _, k in keys]}
         statements.append((_PG_STORED_KEYS, pairs))
     results = _pg_round(conn, statements)
-    known = {uid for uid, _, _ in results[0]}
+    limits = _limits(results[0], writes)
+    known = {uid for uid, _ in limits}
     inserted: dict[tuple[int, str], int] = {}
     strays: list[int] = []
     for id_, uid, key in results[1] if rows else ():
@@ -682,7 +683,7 @@ def _first_round(
         with driver_cursor(conn, _PG_DROP_EVENTS) as cur:
             cur.execute(_PG_DROP_EVENTS, {"ids": strays})
     stored = {tuple(r) for r in results[-1]} if keys else set()
-    return _limits(results[0], writes), inserted, stored
+    return limits, inserted, stored
 
 
 def _bump_counters(
