@@ -21,6 +21,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from billing_app import pg_arrays  # noqa: F401  # registers its dumpers before any connection
 from billing_app.clock import as_utc
 from billing_app.models.types import UTCDateTime
 from billing_app.settings import get_settings

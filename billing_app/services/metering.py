@@ -40,6 +40,7 @@ from billing_app.errors import (
 )
 from billing_app.metrics import MAX_QUANTITY, METRICS
 from billing_app.models import Quota, UsageCounter, UsageEvent, User
+from billing_app.pg_arrays import int4_array, int8_array, text_array
 from billing_app.plans import get_catalog
 from billing_app.services import quotas
 from billing_app.services.dto import (
@@ -448,9 +449,9 @@ def _pg_consume_run(
     first = run[0]
     params = {
         **{k: first[k] for k in ("user_id", "metric", "period_start", "limit", "recorded_at")},
-        "quantity": [r["quantity"] for r in run],
-        "idempotency_key": [r["idempotency_key"] for r in run],
-        "metadata": [_json_text(r["metadata"]) for r in run],
+        "quantity": int8_array([r["quantity"] for r in run]),
+        "idempotency_key": text_array([r["idempotency_key"] for r in run]),
+        "metadata": text_array([_json_text(r["metadata"]) for r in run]),
         "occurred_at": [r["occurred_at"] for r in run],
     }
     rows = _pg_fetch(conn, _PG_CONSUME_RUN, params)
@@ -484,7 +485,6 @@ def _pg_consume_each(
 _EVENT_COLS = (
     "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
 )  # fmt: skip
-_COUNTER_COLS = ("user_id", "metric", "period_start", "period_end", "used")
 _COUNTER_KEYS = {"user_id": "user_id", "metric": "metric", "period_start": "period_start",
                  "used": "quantity"}  # fmt: skip
 _STATEMENTS: dict[str, _Statements] = {}
@@ -655,19 +655,25 @@ def _first_round(
         events = [e for e in events if (e["user_id"], e["metric"]) in limits]
         inserted = _sq_append_many(conn, sqlite_rows(events)) if events else {}
         return limits, inserted, _stored_keys(conn, st, consumed)
-    statements = [(_PG_LIMITS, lookup)]
+    statements = [
+        (_PG_LIMITS, {"ids": int4_array(lookup["ids"]), "metrics": text_array(lookup["metrics"])})
+    ]
     if rows:
         ws = [writes[i] for i in rows]
         statements.append((_PG_APPEND, {
-            "user_id": [w.user_id for w in ws], "metric": [w.metric for w in ws],
-            "quantity": [w.quantity for w in ws],
+            "user_id": int4_array([w.user_id for w in ws]),
+            "metric": text_array([w.metric for w in ws]),
+            "quantity": int8_array([w.quantity for w in ws]),
             "occurred_at": [w.occurred_at or now for w in ws], "recorded_at": now,
-            "idempotency_key": [w.idempotency_key for w in ws],
-            "metadata": [_json_text(w.metadata) for w in ws],
+            "idempotency_key": text_array([w.idempotency_key for w in ws]),
+            "metadata": text_array([_json_text(w.metadata) for w in ws]),
         }))  # fmt: skip
     keys = sorted({(w.user_id, w.idempotency_key) for w in consumed})
     if keys:
-        pairs = {"user_id": [u for u, _ in keys], "key": [k for _, k in keys]}
+        pairs = {
+            "user_id": int4_array([u for u, _ in keys]),
+            "key": text_array([k for _, k in keys]),
+        }
         statements.append((_PG_STORED_KEYS, pairs))
     results = _pg_round(conn, statements)
     limits = _limits(results[0], writes)
@@ -681,7 +687,7 @@ def _first_round(
             strays.append(id_)
     if strays:  # events of unknown users (_PG_APPEND does not test them)
         with driver_cursor(conn, _PG_DROP_EVENTS) as cur:
-            cur.execute(_PG_DROP_EVENTS, {"ids": strays})
+            cur.execute(_PG_DROP_EVENTS, {"ids": int8_array(strays)})
     stored = {tuple(r) for r in results[-1]} if keys else set()
     return limits, inserted, stored
 
@@ -695,7 +701,13 @@ def _bump_counters(
     if not bumps:
         return {}
     if st.pg:
-        cols = {name: [b[name] for b in bumps] for name in _COUNTER_COLS}
+        cols = {
+            "user_id": int4_array([b["user_id"] for b in bumps]),
+            "metric": text_array([b["metric"] for b in bumps]),
+            "period_start": [b["period_start"] for b in bumps],
+            "period_end": [b["period_end"] for b in bumps],
+            "used": int8_array([b["used"] for b in bumps]),
+        }
         (rows,) = _pg_round(conn, [(_PG_BUMP, cols)], commit=commit)
         return {(u, m, start): used for u, m, start, used in rows}
     totals = _sq_bump_many(conn, bumps)
