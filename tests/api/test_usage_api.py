@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlmodel import select
 
 from billing_app.db import session_scope
-from billing_app.models import ApiKey
+from billing_app.models import ApiKey, UsageEvent
 from billing_app.services import api_keys
 from tests.api.conftest import http
 from tests.factories import usage_totals
@@ -240,6 +240,57 @@ def test_batch_minimal_answer_counts_and_stores_the_same(actors):
                   headers={"Prefer": "return=representation"})  # fmt: skip
     assert full.json()["results"][0]["duplicate"] is True
     assert "preference-applied" not in full.headers
+
+
+def test_keys_and_metadata_are_stored_as_sent_and_match_their_retries(actors, is_postgres):
+    """Keys and metadata travel to PostgreSQL as binary arrays built by the app
+    (billing_app/pg_arrays.py): any text comes back as sent, and its retry is a
+    duplicate. A NUL, which PostgreSQL's text and JSONB cannot hold, makes the whole batch
+    a 422 there, with nothing stored; SQLite stores it."""
+    c = actors.key_client(actors.service_key)
+    a = actors.a.id
+    keys = ["é€😀", 'quote " and \\ backslash', "{braces},comma", " spaced ", "NULL", "x" * 255]
+    meta = {"note": 'naïve ✓ "quoted" {x}', "n": [1, None, "NULL"]}
+    events = [
+        {"user_id": a, "metric": "tokens", "quantity": i + 1, "idempotency_key": k,
+         "metadata": meta if i % 2 else None}
+        for i, k in enumerate(keys)
+    ]  # fmt: skip
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 201, r.text
+    assert [x["event"]["idempotency_key"] for x in r.json()["results"]] == keys
+    one = {"user_id": a, "metric": "tokens", "quantity": 1, "idempotency_key": "ünï 'one'"}
+    assert c.post("/api/billing/usage", json=one).status_code == 201
+    assert (
+        c.post("/api/billing/usage/consume", json={**one, "idempotency_key": "∑ c"}).status_code
+        == 201
+    )
+    with session_scope() as s:
+        stored = {
+            e.idempotency_key: e.meta
+            for e in s.exec(select(UsageEvent).where(UsageEvent.user_id == a))
+        }
+    assert stored == {
+        **{e["idempotency_key"]: e["metadata"] for e in events},
+        "ünï 'one'": None,
+        "∑ c": None,
+    }
+    again = c.post("/api/billing/usage/batch", json={"events": events})
+    assert (again.status_code, again.json()["duplicates"]) == (200, len(keys))
+    assert c.post("/api/billing/usage", json=one).status_code == 200
+    totals = _totals(a)
+    for n, bad in enumerate(({"idempotency_key": "nul\0key"}, {"metadata": {"a": "\0"}})):
+        batch = [
+            {**events[0], "idempotency_key": f"ok{n}"},
+            {**events[0], "idempotency_key": f"k{n}", **bad},
+        ]
+        r = c.post("/api/billing/usage/batch", json={"events": batch})
+        if is_postgres:  # its text and JSONB cannot hold a NUL: the whole batch refused
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "invalid_value"
+            assert _totals(a) == totals
+        else:  # SQLite stores it
+            assert r.status_code == 201, r.text
 
 
 def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
