@@ -270,7 +270,8 @@ LEFT JOIN quota q ON q.user_id = u.id AND q.metric = ANY(%(metrics)b::text[])
 """
 
 
-def _pg_fetch(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _fetch(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One statement's rows, on the driver's cursor (either database)."""
     with driver_cursor(conn, sql) as cur:
         cur.execute(sql, params)
         return cur.fetchall()
@@ -452,7 +453,7 @@ def _pg_consume_run(
         "metadata": text_array([_json_text(r["metadata"]) for r in run]),
         "occurred_at": [r["occurred_at"] for r in run],
     }
-    rows = _pg_fetch(conn, _PG_CONSUME_RUN, params)
+    rows = _fetch(conn, _PG_CONSUME_RUN, params)
     if rows[0][1] is None:  # no counter row to decide on
         return None
     return [(used if granted else None, id_) for granted, used, id_ in rows]
@@ -646,9 +647,8 @@ def _first_round(
     rows = _first_of_each_key(writes, recs)
     consumed = [w for w in writes if w.consume]
     if not st.pg:
-        with driver_cursor(conn, _SQ_LIMITS) as cur:
-            found = cur.execute(_SQ_LIMITS, {k: json_text(v) for k, v in lookup.items()})
-            limits = _limits(found.fetchall(), writes)
+        found = _fetch(conn, _SQ_LIMITS, {k: json_text(v) for k, v in lookup.items()})
+        limits = _limits(found, writes)
         events = [_event_row(writes[i], now) for i in rows]
         events = [e for e in events if (e["user_id"], e["metric"]) in limits]
         inserted = _sq_append_many(conn, sqlite_rows(events)) if events else {}
@@ -1026,7 +1026,7 @@ def check(db: Session | sa.Connection, user_id: int, metric: str, quantity: int 
     # The driver's cursor: SQLAlchemy's execute cost ~100 µs more CPU here on PostgreSQL,
     # and on SQLite three quarters of the check's ~210 µs (cProfile).
     if st.pg:
-        row = next(iter(_pg_fetch(conn, _PG_LIMIT_AND_USED, params)), None)
+        row = next(iter(_fetch(conn, _PG_LIMIT_AND_USED, params)), None)
     else:
         found = driver_rows(conn, st.limit_and_used, params)
         row = (found[0]["limit"], found[0]["used"]) if found else None
