@@ -6,8 +6,9 @@ MultiXact when batches write for the same users at once. Measured, 1,000-event i
 from 4 connections on 1,000 users: 21-27 ms of PostgreSQL CPU per batch with the key,
 15.5-21.5 without (bench/README.md, finding 43). What the key gave stays:
 - an event of an unknown user is never committed: every write looks its users up
-  in its own transaction and drops the events of any it did not find, and every new event is written in the transaction that bumps its user's
-  counter, whose own foreign key (kept) locks the user or waits for its deletion;
+  in its own transaction and drops the events of any it did not find, and every new
+  event is written in the transaction that bumps its user's counter, whose own
+  foreign key (kept) locks the user or waits for its deletion;
 - deleting a user deletes its events: the trigger below (a statement-level one with the
   deleted rows on PostgreSQL; a row-level one on SQLite).
 
