@@ -2,13 +2,15 @@
 
 Users and quotas go in with executemany; events with executemany on SQLite (one
 transaction) and COPY on PostgreSQL. The counter row of the seeded period is written
-as the exact sum of the seeded events, so `counter == sum(events)` holds afterwards.
+as the exact sum of the seeded events, and its days' rows as theirs, so
+`counter == sum(events) == sum(days)` holds afterwards.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -141,10 +143,14 @@ def user_key(
 
 
 def seed_events(engine: Engine, user_id: int, n: int, metric: str = "tokens") -> float:
-    """`n` events of quantity 1 spread over the current month, plus their exact counter."""
+    """`n` events of quantity 1 spread over the current month, plus their exact counter
+    and days' rows."""
     period = calendar_month(datetime.now(UTC))
     now = datetime.now(UTC)
     span = max((now - period.start).total_seconds() - 60, 1.0)
+    per_day: Counter[date] = Counter(
+        (period.start + timedelta(seconds=span * i / n)).date() for i in range(n)
+    )
     t0 = time.perf_counter()
     if engine.dialect.name == "postgresql":
         raw = engine.raw_connection()
@@ -192,6 +198,23 @@ def seed_events(engine: Engine, user_id: int, n: int, metric: str = "tokens") ->
             raw.close()
     add_counter(engine, user_id, metric, n)
     with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO usage_daily (user_id, metric, period_start, day, quantity) "
+                "VALUES (:u, :m, :s, :d, :q)"
+            ),
+            [
+                {
+                    "u": user_id,
+                    "m": metric,
+                    "s": _ts(engine, period.start),
+                    "d": d.isoformat(),
+                    "q": q,
+                }
+                for d, q in sorted(per_day.items())
+            ],
+        )
+    with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE usage_event")
         else:
@@ -226,7 +249,8 @@ def add_counter(engine: Engine, user_id: int, metric: str, amount: int) -> None:
 
 
 def totals(engine: Engine, user_ids: list[int] | None = None) -> dict[str, int]:
-    """Event count, event sum and counter sum (optionally for some users only)."""
+    """Event count, event sum, counter sum and daily rows' sum (optionally for some
+    users only)."""
     where = ""
     params: dict[str, Any] = {}
     if user_ids is not None:
@@ -239,4 +263,12 @@ def totals(engine: Engine, user_ids: list[int] | None = None) -> dict[str, int]:
         counter = conn.execute(
             sa.text(f"SELECT coalesce(sum(used), 0) FROM usage_counter{where}"), params
         ).scalar_one()
-    return {"events": int(count), "event_sum": int(total), "counter_sum": int(counter)}
+        daily = conn.execute(
+            sa.text(f"SELECT coalesce(sum(quantity), 0) FROM usage_daily{where}"), params
+        ).scalar_one()
+    return {
+        "events": int(count),
+        "event_sum": int(total),
+        "counter_sum": int(counter),
+        "daily_sum": int(daily),
+    }

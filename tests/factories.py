@@ -6,7 +6,7 @@ import itertools
 
 from sqlmodel import Session, func, select
 
-from billing_app.models import UsageCounter, UsageEvent
+from billing_app.models import UsageCounter, UsageDaily, UsageEvent
 from billing_app.services import quotas, users
 from billing_app.services.dto import UserDTO
 
@@ -24,7 +24,8 @@ def make_user(
 
 
 def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:
-    """(events, sum of their quantities, counter total) for a user and metric."""
+    """(events, sum of their quantities, counter total) for a user and metric; the days'
+    rows (what the chart reads) must add up to the counters, whatever the test."""
     n, total = s.exec(
         select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
             UsageEvent.user_id == user_id, UsageEvent.metric == metric
@@ -35,4 +36,14 @@ def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:
             UsageCounter.user_id == user_id, UsageCounter.metric == metric
         )
     ).one()
+    assert daily_total(s, user_id, metric) == counter, "usage_daily drifted from the counters"
     return n, total, counter
+
+
+def daily_total(s: Session, user_id: int, metric: str) -> int:
+    """The sum of a user's usage_daily rows for a metric (every period)."""
+    return s.exec(
+        select(func.coalesce(func.sum(UsageDaily.quantity), 0)).where(
+            UsageDaily.user_id == user_id, UsageDaily.metric == metric
+        )
+    ).one()

@@ -18,9 +18,10 @@ from billing_app.errors import (
     UserNotFound,
     ValidationFailed,
 )
+from billing_app.metrics import METRICS
 from billing_app.models import UsageCounter, UsageEvent
 from billing_app.services import metering, quotas
-from tests.factories import make_user
+from tests.factories import daily_total, make_user
 
 
 def _events(session: Session, user_id: int, metric: str = "tokens") -> tuple[int, int]:
@@ -39,6 +40,8 @@ def _counter_total(session: Session, user_id: int, metric: str = "tokens") -> in
             UsageCounter.user_id == user_id, UsageCounter.metric == metric
         )
     ).one()
+    # What the daily chart reads adds up to the counters in every test that looks.
+    assert daily_total(session, user_id, metric) == total, "usage_daily drifted"
     session.rollback()
     return total
 
@@ -505,6 +508,92 @@ def test_summary_and_daily_history(session, frozen_clock):
     assert by_day[("2026-11-04", "tokens")] == 0
     assert by_day[("2026-11-05", "api_calls")] == 2
     assert {h.day for h in history} == {f"2026-11-0{d}" for d in range(1, 6)}
+
+
+def _history(session: Session, user_id: int, period=None) -> dict[tuple[str, str], int]:
+    return {
+        (h.day, h.metric): h.quantity
+        for h in metering.daily_history(session, user_id, period)
+        if h.quantity
+    }
+
+
+def _events_by_day(session: Session, user_id: int, start: datetime, end: datetime):
+    """The oracle: the events themselves, summed per UTC day and metric."""
+    rows = session.exec(
+        select(UsageEvent.occurred_at, UsageEvent.metric, UsageEvent.quantity).where(
+            UsageEvent.user_id == user_id
+        )
+    ).all()
+    session.rollback()
+    out: dict[tuple[str, str], int] = {}
+    for at, metric, q in rows:
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        if start <= at < end:
+            k = (at.astimezone(UTC).date().isoformat(), metric)
+            out[k] = out.get(k, 0) + q
+    return out
+
+
+def test_daily_history_counts_every_stored_event_once_on_every_write_path(session, frozen_clock):
+    """The chart reads usage_daily, bumped with the counters: records (backdated ones in
+    their own day and period), duplicates not again, batches, consumes granted (refused
+    and repeated ones not). It always equals the events summed per day."""
+    from billing_app.services.metering_batch import record_batch, validate_batch
+
+    user = make_user(session, plan="basic")  # api_calls limit 1,000
+    frozen_clock.set(datetime(2026, 11, 15, 23, 59, tzinfo=UTC))
+    metering.record(session, user.id, "tokens", 5, idempotency_key="r1")
+    metering.record(session, user.id, "tokens", 5, idempotency_key="r1")  # duplicate
+    early = datetime(2026, 11, 3, 10, tzinfo=UTC)
+    metering.record(session, user.id, "tokens", 7, idempotency_key="r2", occurred_at=early)
+    october = datetime(2026, 10, 20, 8, tzinfo=UTC)  # the previous period's chart
+    metering.record(session, user.id, "tokens", 11, idempotency_key="r3", occurred_at=october)
+    events = [
+        {"user_id": user.id, "metric": "tokens", "quantity": 2, "idempotency_key": "b1"},
+        {"user_id": user.id, "metric": "tokens", "quantity": 3, "idempotency_key": "b2",
+         "occurred_at": datetime(2026, 11, 14, 23, 59, 59, tzinfo=UTC)},
+        {"user_id": user.id, "metric": "tokens", "quantity": 5, "idempotency_key": "r1"},
+        {"user_id": user.id, "metric": "scraping_tasks", "quantity": 4, "idempotency_key": "b3"},
+    ]  # fmt: skip
+    record_batch(session, validate_batch(events))
+    frozen_clock.set(datetime(2026, 11, 16, 0, 0, 1, tzinfo=UTC))  # the next day
+    metering.consume(session, user.id, "api_calls", 600, idempotency_key="c1")
+    metering.consume(session, user.id, "api_calls", 600, idempotency_key="c1")  # repeat
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "api_calls", 401, idempotency_key="c2")
+    metering.consume(session, user.id, "api_calls", 400, idempotency_key="c3")
+
+    expected = {
+        ("2026-11-03", "tokens"): 7,
+        ("2026-11-14", "tokens"): 3,
+        ("2026-11-15", "tokens"): 5 + 2,
+        ("2026-11-15", "scraping_tasks"): 4,
+        ("2026-11-16", "api_calls"): 1000,
+    }
+    november = metering.current_period(session, user.id)
+    assert _history(session, user.id) == expected
+    assert _events_by_day(session, user.id, november.start, november.end) == expected
+    previous = metering.calendar_month(october)
+    assert _history(session, user.id, previous) == {("2026-10-20", "tokens"): 11}
+    assert _events_by_day(session, user.id, previous.start, previous.end) == {
+        ("2026-10-20", "tokens"): 11
+    }
+    for metric in ("tokens", "api_calls", "scraping_tasks"):
+        assert daily_total(session, user.id, metric) == _counter_total(session, user.id, metric)
+
+
+def test_daily_history_lists_each_day_the_period_has_reached(session, frozen_clock):
+    """A period starting mid-day (one that resets with the subscription) lists its first
+    day, and today even before the hour the period started at."""
+    user = make_user(session)
+    frozen_clock.set(datetime(2026, 11, 5, 10, tzinfo=UTC))
+    period = metering.Period(
+        datetime(2026, 11, 3, 14, tzinfo=UTC), datetime(2026, 12, 3, 14, tzinfo=UTC)
+    )
+    days = [h.day for h in metering.daily_history(session, user.id, period)]
+    assert sorted(set(days)) == ["2026-11-03", "2026-11-04", "2026-11-05"]
+    assert len(days) == 3 * len(METRICS)
 
 
 def test_seed_functions_keep_their_signatures(session, frozen_clock):

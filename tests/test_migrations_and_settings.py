@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel, select
+from sqlmodel import Session, SQLModel, select
 
 from billing_app import db
 from billing_app.settings import PROJECT_ROOT, ConfigError, load_settings
@@ -26,14 +27,18 @@ def test_upgrade_head_matches_the_models(engine):
 
 
 def test_counter_pages_keep_room_for_in_place_updates(engine, is_postgres):
-    """Migration 0004 (a storage setting, which the comparison above does not see)."""
+    """Migrations 0004 and 0008 (a storage setting, which the comparison above does not
+    see): both tables of rows bumped in place."""
     if not is_postgres:
         pytest.skip("fillfactor is a PostgreSQL setting (PostgreSQL leg)")
     with engine.connect() as conn:
-        options = conn.exec_driver_sql(
-            "SELECT reloptions FROM pg_class WHERE relname = 'usage_counter'"
-        ).scalar()
-    assert options == ["fillfactor=70"]
+        options = dict(
+            conn.exec_driver_sql(
+                "SELECT relname, reloptions FROM pg_class "
+                "WHERE relname IN ('usage_counter', 'usage_daily')"
+            ).all()
+        )
+    assert options == {"usage_counter": ["fillfactor=70"], "usage_daily": ["fillfactor=70"]}
 
 
 def test_0006_swaps_the_events_user_key_for_a_trigger_and_back(empty_database_url):
@@ -83,6 +88,66 @@ def test_0006_swaps_the_events_user_key_for_a_trigger_and_back(empty_database_ur
         alembic(url, "upgrade", "head")
         delete_user(eng, 3)
         assert state(eng) == ([], [])
+    finally:
+        eng.dispose()
+
+
+def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
+    empty_database_url, frozen_clock
+):
+    """Upgrade: each stored event in its counter's period and UTC day, so the chart shows
+    what it showed before; downgrade: the index is back and the table gone."""
+    from billing_app.models import UsageCounter, UsageEvent, User
+    from billing_app.services import metering
+
+    url = empty_database_url
+    alembic(url, "upgrade", "0007")
+    eng = db.create_db_engine(url)
+    oct_, nov = (metering.calendar_month(datetime(2026, m, 5, tzinfo=UTC)) for m in (10, 11))
+    events = [  # (period, day, hour, metric, quantity)
+        (oct_, 31, 23, "tokens", 4),
+        (nov, 1, 0, "tokens", 5),
+        (nov, 1, 23, "tokens", 6),
+        (nov, 2, 12, "api_calls", 1),
+        (nov, 2, 13, "api_calls", 2),
+    ]
+
+    def indexes() -> set[str]:
+        return {ix["name"] for ix in sa.inspect(eng).get_indexes("usage_event")}
+
+    try:
+        with eng.begin() as conn:
+            now = datetime(2026, 11, 2, 14, tzinfo=UTC)
+            conn.execute(sa.insert(User.__table__), [{"id": 1, "email": "u@example.com",
+                         "display_name": "U", "role": "user", "created_at": now}])  # fmt: skip
+            totals: dict[tuple[datetime, str], int] = {}
+            for i, (p, day, hour, metric, q) in enumerate(events):
+                at = p.start.replace(day=day, hour=hour)
+                conn.execute(sa.insert(UsageEvent.__table__), [{
+                    "user_id": 1, "metric": metric, "quantity": q, "occurred_at": at,
+                    "recorded_at": now, "idempotency_key": f"k{i}"}])  # fmt: skip
+                totals[(p.start, metric)] = totals.get((p.start, metric), 0) + q
+            conn.execute(sa.insert(UsageCounter.__table__), [
+                {"user_id": 1, "metric": m, "period_start": start,
+                 "period_end": metering.calendar_month(start).end, "used": used}
+                for (start, m), used in totals.items()
+            ])  # fmt: skip
+        assert "ix_usage_event_user_metric_occurred" in indexes()
+        eng.dispose()
+        alembic(url, "upgrade", "head")
+        assert "ix_usage_event_user_metric_occurred" not in indexes()
+        frozen_clock.set(datetime(2026, 11, 2, 14, tzinfo=UTC))
+        with Session(eng) as s:
+            for p, expected in (
+                (oct_, {("2026-10-31", "tokens"): 4}),
+                (nov, {("2026-11-01", "tokens"): 11, ("2026-11-02", "api_calls"): 3}),
+            ):
+                history = metering.daily_history(s, 1, p)
+                assert {(h.day, h.metric): h.quantity for h in history if h.quantity} == expected
+        eng.dispose()
+        alembic(url, "downgrade", "0007")
+        assert "ix_usage_event_user_metric_occurred" in indexes()
+        assert "usage_daily" not in sa.inspect(eng).get_table_names()
     finally:
         eng.dispose()
 

@@ -12,6 +12,7 @@ from billing_app.models.tables import (
     StripeEvent,
     Subscription,
     UsageCounter,
+    UsageDaily,
     UsageEvent,
     User,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "StripeEvent",
     "Subscription",
     "UsageCounter",
+    "UsageDaily",
     "UsageEvent",
     "User",
 ]

@@ -5,7 +5,7 @@ Times are timezone-aware UTC; money is integer minor units.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -130,7 +130,6 @@ class UsageEvent(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("user_id", "idempotency_key", name="uq_usage_event_user_key"),
         sa.CheckConstraint("quantity > 0", name="ck_usage_event_quantity"),
-        sa.Index("ix_usage_event_user_metric_occurred", "user_id", "metric", "occurred_at"),
     )
 
 
@@ -152,6 +151,30 @@ class UsageCounter(SQLModel, table=True):
         # Room in each page for a bumped row's new version: PostgreSQL then updates it in
         # place, without new index entries (migration 0004).
         {"postgresql_with": {"fillfactor": 70}},
+    )
+
+
+class UsageDaily(SQLModel, table=True):
+    """Usage per user, metric, period and UTC day: what the daily chart reads, so a user
+    with millions of events costs it a few rows (migration 0008). Bumped in the
+    transaction that bumps the period's counter, and after it: on PostgreSQL the
+    counter's row lock covers the day's row too."""
+
+    __tablename__ = "usage_daily"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    metric: str = Field(max_length=64)
+    period_start: datetime = Field(sa_type=UTCDateTime(), nullable=False)
+    day: date = Field(nullable=False)
+    quantity: int = Field(default=0, sa_type=sa.BigInteger(), nullable=False)
+
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "user_id", "metric", "period_start", "day", name="uq_usage_daily_period_day"
+        ),
+        sa.CheckConstraint("quantity >= 0", name="ck_usage_daily_quantity"),
+        {"postgresql_with": {"fillfactor": 70}},  # as usage_counter (migration 0004)
     )
 
 

@@ -12,12 +12,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from billing_app.clock import as_utc, utcnow
 from billing_app.db import (
@@ -39,7 +39,7 @@ from billing_app.errors import (
     ValidationFailed,
 )
 from billing_app.metrics import MAX_QUANTITY, METRICS
-from billing_app.models import Quota, UsageCounter, UsageEvent, User
+from billing_app.models import Quota, UsageCounter, UsageDaily, UsageEvent, User
 from billing_app.pg_arrays import int4_array, int8_array, text_array
 from billing_app.plans import get_catalog
 from billing_app.services import quotas
@@ -199,7 +199,10 @@ class _Statements:
                     limited = {**sqlite_params(bump), "limit": r["limit"]}
                     used = _sq_one(conn, _SQ_BUMP_WITHIN, limited)
                 event = sqlite_params({name: r[name] for name in _EVENT_COLS})
-                out.append((used, None if used is None else _sq_one(conn, _SQ_APPEND, event)))
+                id_ = None if used is None else _sq_one(conn, _SQ_APPEND, event)
+                if id_ is not None:
+                    _sq_day_bump_many(conn, [{k: r[k] for k in _DAY_KEYS}])
+                out.append((used, id_))
             return out
         out = []
         singles: list[dict[str, Any]] = []  # to send together, one statement each
@@ -248,6 +251,14 @@ ON CONFLICT (user_id, metric, period_start)
 DO UPDATE SET used = usage_counter.used + excluded.used
 RETURNING user_id, metric, period_start, used
 """
+# Each day's row after its counter's (in the same order): the counter's lock covers it.
+_PG_DAY_BUMP = """
+INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
+SELECT * FROM unnest(%(user_id)b::integer[], %(metric)b::text[],
+                     %(period_start)b::timestamptz[], %(day)b::date[], %(quantity)b::bigint[])
+ON CONFLICT (user_id, metric, period_start, day)
+DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
+"""
 _PG_STORED_KEYS = """
 SELECT user_id, idempotency_key FROM usage_event
 WHERE (user_id, idempotency_key) IN (
@@ -291,7 +302,7 @@ def _pg_round(
                     cur.execute(sql, params)
                 if commit:
                     pg.commit()  # type: ignore[union-attr]
-            return [cur.fetchall() for cur in curs]
+            return [cur.fetchall() if cur.description else [] for cur in curs]
     finally:
         for cur in curs:
             cur.close()
@@ -314,6 +325,11 @@ WITH b AS (
     FROM b
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING id
+), d AS (  -- the day's row, only for a stored event
+    INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
+    SELECT %(user_id)s, %(metric)s, %(period_start)s, %(day)s, %(quantity)s FROM e
+    ON CONFLICT (user_id, metric, period_start, day)
+    DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
 )
 SELECT (SELECT used FROM b), (SELECT id FROM e)
 """
@@ -356,7 +372,13 @@ WITH RECURSIVE c AS MATERIALIZED (
     WHERE w.granted
     ORDER BY i.n
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
-    RETURNING id, idempotency_key
+    RETURNING id, idempotency_key, quantity
+), d AS (  -- the day's row (one day: the run's consumes share their moment)
+    INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
+    SELECT %(user_id)s, %(metric)s, %(period_start)s, %(day)s, sum(quantity) FROM e
+    HAVING count(*) > 0
+    ON CONFLICT (user_id, metric, period_start, day)
+    DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
 )
 SELECT w.granted, w.used, e.id FROM items i JOIN walk w ON w.n = i.n
 LEFT JOIN e ON e.idempotency_key = i.k
@@ -393,6 +415,12 @@ INSERT INTO usage_counter (user_id, metric, period_start, period_end, used)
 VALUES (:user_id, :metric, :period_start, :period_end, :used)
 ON CONFLICT (user_id, metric, period_start)
 DO UPDATE SET used = usage_counter.used + excluded.used
+"""
+_SQ_DAY_BUMP = """
+INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
+VALUES (:user_id, :metric, :period_start, :day, :quantity)
+ON CONFLICT (user_id, metric, period_start, day)
+DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
 """
 # The ids and metrics as two JSON arrays: one statement text whatever their number,
 # where SQLAlchemy's expanding IN rendered and bound 1,000 parameters (finding 47).
@@ -433,6 +461,13 @@ def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]
     return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
 
 
+def _sq_day_bump_many(conn: sa.Connection, days: list[dict[str, Any]]) -> None:
+    """SQLite: add to many days' rows (`day` as SQLAlchemy stores a date there: ISO text)."""
+    rows = sqlite_rows([{**d, "day": d["day"].isoformat()} for d in days])
+    with driver_cursor(conn, _SQ_DAY_BUMP) as cur:
+        cur.executemany(_SQ_DAY_BUMP, rows)
+
+
 def _sq_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> Any:
     """SQLite: one statement's RETURNING value (None when it returned no row)."""
     with driver_cursor(conn, sql) as cur:
@@ -447,7 +482,10 @@ def _pg_consume_run(
     each, in order; None when the counter row does not exist yet."""
     first = run[0]
     params = {
-        **{k: first[k] for k in ("user_id", "metric", "period_start", "limit", "recorded_at")},
+        **{
+            k: first[k]
+            for k in ("user_id", "metric", "period_start", "day", "limit", "recorded_at")
+        },
         "quantity": int8_array([r["quantity"] for r in run]),
         "idempotency_key": text_array([r["idempotency_key"] for r in run]),
         "metadata": text_array([_json_text(r["metadata"]) for r in run]),
@@ -486,6 +524,7 @@ _EVENT_COLS = (
 )  # fmt: skip
 _COUNTER_KEYS = {"user_id": "user_id", "metric": "metric", "period_start": "period_start",
                  "used": "quantity"}  # fmt: skip
+_DAY_KEYS = ("user_id", "metric", "period_start", "day", "quantity")
 _STATEMENTS: dict[str, _Statements] = {}
 
 
@@ -691,11 +730,16 @@ def _first_round(
 
 
 def _bump_counters(
-    conn: sa.Connection, st: _Statements, bumps: list[dict[str, Any]], *, commit: bool
+    conn: sa.Connection,
+    st: _Statements,
+    bumps: list[dict[str, Any]],
+    days: list[dict[str, Any]],
+    *,
+    commit: bool,
 ) -> dict[tuple[int, str, datetime], int]:
-    """Add to many counters (one row each, in the given order) at once: the new totals.
-    On PostgreSQL, with `commit`, the COMMIT goes in the same round trip, so the rows
-    are locked only while the database runs the two."""
+    """Add to many counters (one row each, in the given order) at once, then to their
+    days' rows: the counters' new totals. On PostgreSQL, with `commit`, the COMMIT goes
+    in the same round trip, so the rows are locked only while the database runs them."""
     if not bumps:
         return {}
     if st.pg:
@@ -706,9 +750,17 @@ def _bump_counters(
             "period_end": [b["period_end"] for b in bumps],
             "used": int8_array([b["used"] for b in bumps]),
         }
-        (rows,) = _pg_round(conn, [(_PG_BUMP, cols)], commit=commit)
+        day_cols = {
+            "user_id": int4_array([d["user_id"] for d in days]),
+            "metric": text_array([d["metric"] for d in days]),
+            "period_start": [d["period_start"] for d in days],
+            "day": [d["day"] for d in days],
+            "quantity": int8_array([d["quantity"] for d in days]),
+        }
+        rows, _ = _pg_round(conn, [(_PG_BUMP, cols), (_PG_DAY_BUMP, day_cols)], commit=commit)
         return {(u, m, start): used for u, m, start, used in rows}
     totals = _sq_bump_many(conn, bumps)
+    _sq_day_bump_many(conn, days)
     return {
         (b["user_id"], b["metric"], b["period_start"]): used
         for b, used in zip(bumps, totals, strict=True)
@@ -772,13 +824,18 @@ def apply_writes(
     repeats: list[int] = []  # consumes whose key is stored, or taken earlier in this call
     consumes: list[int] = []
     bumps = []
+    days = []  # the new records' totals per counter and UTC day, in the counters' order
+    today = now.date()
     added: dict[tuple[int, str, datetime], int] = {}  # counter -> its new records' total
     for ck in sorted(by_counter):
         total = 0
+        per_day: dict[date, int] = {}
         for i in by_counter[ck]:
             w = writes[i]
             if i in new_id:
                 total += w.quantity
+                day = today if w.occurred_at is None else w.occurred_at.date()
+                per_day[day] = per_day.get(day, 0) + w.quantity
             elif not w.consume:
                 duplicates.append(i)
             elif (w.user_id, w.idempotency_key) in stored:
@@ -791,6 +848,8 @@ def apply_writes(
             p = per[by_counter[ck][0]]
             bumps.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
                           "period_end": p.end, "used": total})  # fmt: skip
+            days.extend({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
+                         "day": d, "quantity": per_day[d]} for d in sorted(per_day))  # fmt: skip
 
     # 2. repeated keys of records: the first event, or a conflict if the values differ
     firsts = _first_events(conn, st, writes, duplicates, out)
@@ -799,7 +858,7 @@ def apply_writes(
 
     # 3. counters of the new records, in sorted order (committed with them if nothing follows)
     committed = commit and only_records and st.pg
-    bumped = _bump_counters(conn, st, bumps, commit=committed)
+    bumped = _bump_counters(conn, st, bumps, days, commit=committed)
     used_now = dict(bumped)  # counter -> its latest total in this transaction
 
     # 4. consumes, in counter order: each its conditional bump, then its event if it passed
@@ -812,7 +871,7 @@ def apply_writes(
             refused.append(i)
             continue
         rows.append({**_event_row(w, now), "period_start": p.start, "period_end": p.end,
-                     "limit": limit or None})  # fmt: skip
+                     "day": (w.occurred_at or now).date(), "limit": limit or None})  # fmt: skip
     consumes = [i for i in consumes if i not in refused]
     granted: dict[int, tuple[int, int]] = {}  # consume -> its event id, total after it
     for i, row, (used, id_) in zip(consumes, rows, st.consume_each(conn, rows), strict=True):
@@ -1071,33 +1130,26 @@ def summary(session: Session, user_id: int) -> list[MeterStatus]:
 
 
 def daily_history(session: Session, user_id: int, period: Period | None = None) -> list[DailyUsage]:
-    """Usage per day and metric over a period (default: the current one), zero-filled."""
+    """Usage per UTC day and metric over a period (default: the current one), zero-filled:
+    the period's usage_daily rows, not its events."""
     user_id = _validate_user_id(user_id)
     now = utcnow()
     period = period or period_for(session, user_id, now)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        day = sa.func.to_char(sa.func.timezone("UTC", col(UsageEvent.occurred_at)), "YYYY-MM-DD")
-    else:
-        day = sa.func.strftime("%Y-%m-%d", col(UsageEvent.occurred_at))
     rows = session.exec(
-        select(day.label("day"), UsageEvent.metric, sa.func.sum(UsageEvent.quantity))
-        .where(
-            UsageEvent.user_id == user_id,
-            col(UsageEvent.occurred_at) >= period.start,
-            col(UsageEvent.occurred_at) < period.end,
+        select(UsageDaily.day, UsageDaily.metric, UsageDaily.quantity).where(
+            UsageDaily.user_id == user_id, UsageDaily.period_start == period.start
         )
-        .group_by(day, UsageEvent.metric)
     ).all()
     session.rollback()
-    totals = {(d, m): int(q) for d, m, q in rows}
+    totals = {(d.isoformat(), m): q for d, m, q in rows}
     out: list[DailyUsage] = []
-    cursor = period.start
-    last = min(period.end, max(now, period.start + timedelta(days=1)))
-    while cursor < last:
-        d = cursor.date().isoformat()
+    # Every day the period has reached, its first (which may start mid-day) included.
+    end = min(period.end, max(now, period.start + timedelta(days=1)))
+    day, last = period.start.date(), (end - timedelta(microseconds=1)).date()
+    while day <= last:
+        d = day.isoformat()
         out.extend(DailyUsage(d, m, totals.get((d, m), 0)) for m in METRICS)
-        cursor += timedelta(days=1)
+        day += timedelta(days=1)
     return out
 
 

@@ -91,6 +91,7 @@ def test_kill_9_twice_loses_nothing_and_counts_once(scratch_url):
             sa.text("SELECT idempotency_key, user_id, quantity FROM usage_event")
         ).all()
         counter = conn.execute(sa.text("SELECT coalesce(sum(used), 0) FROM usage_counter")).scalar()
+        daily = conn.execute(sa.text("SELECT coalesce(sum(quantity), 0) FROM usage_daily")).scalar()
     stored = {}
     for key, user, qty in rows:
         stored[int(key.removeprefix("crash-"))] = (user, qty)
@@ -109,6 +110,7 @@ def test_kill_9_twice_loses_nothing_and_counts_once(scratch_url):
         duplicated=duplicated,
         wrong=wrong,
         counter_drift=int(counter) - event_sum,
+        daily_drift=int(daily) - event_sum,
         sum_drift=event_sum - expected_sum,
         duplicates_answered=sum(1 for s in acked.values() if s == 200),
         retries=retries,
@@ -120,3 +122,4 @@ def test_kill_9_twice_loses_nothing_and_counts_once(scratch_url):
     assert len(acked) == EVENTS
     assert lost_acked == 0 and duplicated == 0 and wrong == 0
     assert len(stored) == EVENTS and event_sum == expected_sum and int(counter) == event_sum
+    assert int(daily) == event_sum

@@ -149,10 +149,11 @@ def test_postgres_outage_gives_fast_503s_and_recovers(scratch_url):
         slowest_ms_during_outage=int(slowest * 1000),
         recovery_ms=int(recovery * 1000),
         counter_drift=totals["counter_sum"] - totals["event_sum"],
+        daily_drift=totals["daily_sum"] - totals["event_sum"],
     )
     print(f"statuses during outage: {during}")
     assert lost == 0 and count == len(keys)
-    assert totals["counter_sum"] == totals["event_sum"]
+    assert totals["counter_sum"] == totals["event_sum"] == totals["daily_sum"]
     assert during.get("503", 0) > 0, "no request saw the outage"
     assert set(during) <= {"503", "200", "201"}, during  # 2xx: answered before it noticed
     assert not bad_bodies, bad_bodies[:3]

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlmodel import Session, func, select
 
 from billing_app.errors import QuotaExceeded
-from billing_app.models import UsageCounter, UsageEvent
+from billing_app.models import UsageCounter, UsageDaily, UsageEvent
 from billing_app.services import metering, quotas
 from tests.factories import make_user
 from tests.reliability.conftest import report
@@ -20,6 +20,7 @@ THREADS = 32  # each its own connection; PostgreSQL here is shared with other su
 
 
 def _totals(engine, user_ids: list[int]) -> tuple[int, int, int]:
+    """Events, their sum, the counters' sum; the days' rows must add up to the counters."""
     with Session(engine) as s:
         count, total = s.exec(
             select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
@@ -31,6 +32,12 @@ def _totals(engine, user_ids: list[int]) -> tuple[int, int, int]:
                 UsageCounter.user_id.in_(user_ids)  # type: ignore[attr-defined]
             )
         ).one()
+        daily = s.exec(
+            select(func.coalesce(func.sum(UsageDaily.quantity), 0)).where(
+                UsageDaily.user_id.in_(user_ids)  # type: ignore[attr-defined]
+            )
+        ).one()
+    assert daily == counter, f"usage_daily {daily} != counters {counter}"
     return int(count), int(total), int(counter)
 
 
