@@ -263,8 +263,12 @@ def totals(engine: Engine, user_ids: list[int] | None = None) -> dict[str, int]:
         counter = conn.execute(
             sa.text(f"SELECT coalesce(sum(used), 0) FROM usage_counter{where}"), params
         ).scalar_one()
-        daily = conn.execute(
-            sa.text(f"SELECT coalesce(sum(quantity), 0) FROM usage_daily{where}"), params
+        daily = conn.execute(  # the chart's sources: closed days and the counters' latest
+            sa.text(
+                f"SELECT (SELECT coalesce(sum(quantity), 0) FROM usage_daily{where})"
+                f" + (SELECT coalesce(sum(day_used), 0) FROM usage_counter{where})"
+            ),
+            params,
         ).scalar_one()
     return {
         "events": int(count),

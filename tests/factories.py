@@ -41,9 +41,16 @@ def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:
 
 
 def daily_total(s: Session, user_id: int, metric: str) -> int:
-    """The sum of a user's usage_daily rows for a metric (every period)."""
-    return s.exec(
+    """What the daily chart adds up for a user and metric over every period: the closed
+    days' usage_daily rows and the counters' latest day."""
+    closed = s.exec(
         select(func.coalesce(func.sum(UsageDaily.quantity), 0)).where(
             UsageDaily.user_id == user_id, UsageDaily.metric == metric
         )
     ).one()
+    latest = s.exec(
+        select(func.coalesce(func.sum(UsageCounter.day_used), 0)).where(
+            UsageCounter.user_id == user_id, UsageCounter.metric == metric
+        )
+    ).one()
+    return closed + latest

@@ -536,9 +536,11 @@ def _events_by_day(session: Session, user_id: int, start: datetime, end: datetim
 
 
 def test_daily_history_counts_every_stored_event_once_on_every_write_path(session, frozen_clock):
-    """The chart reads usage_daily, bumped with the counters: records (backdated ones in
-    their own day and period), duplicates not again, batches, consumes granted (refused
-    and repeated ones not). It always equals the events summed per day."""
+    """The chart reads the counters' latest day and the closed days' usage_daily rows:
+    records (backdated ones into their own day and period), duplicates not again,
+    batches, consumes one by one and several on one counter at once (refused and
+    repeated ones not); a counter's day closes when it is written on a later one. It
+    always equals the events summed per day."""
     from billing_app.services.metering_batch import record_batch, validate_batch
 
     user = make_user(session, plan="basic")  # api_calls limit 1,000
@@ -557,19 +559,32 @@ def test_daily_history_counts_every_stored_event_once_on_every_write_path(sessio
         {"user_id": user.id, "metric": "scraping_tasks", "quantity": 4, "idempotency_key": "b3"},
     ]  # fmt: skip
     record_batch(session, validate_batch(events))
+    metering.consume(session, user.id, "api_calls", 100, idempotency_key="c0")
     frozen_clock.set(datetime(2026, 11, 16, 0, 0, 1, tzinfo=UTC))  # the next day
-    metering.consume(session, user.id, "api_calls", 600, idempotency_key="c1")
-    metering.consume(session, user.id, "api_calls", 600, idempotency_key="c1")  # repeat
+    metering.record(session, user.id, "tokens", 1, idempotency_key="r4")  # closes the 15th
+    late = datetime(2026, 11, 15, 12, tzinfo=UTC)  # into the closed day's row
+    metering.record(session, user.id, "tokens", 20, idempotency_key="r5", occurred_at=late)
+    metering.consume(session, user.id, "api_calls", 500, idempotency_key="c1")
+    metering.consume(session, user.id, "api_calls", 500, idempotency_key="c1")  # repeat
     with pytest.raises(QuotaExceeded):
         metering.consume(session, user.id, "api_calls", 401, idempotency_key="c2")
-    metering.consume(session, user.id, "api_calls", 400, idempotency_key="c3")
+    frozen_clock.set(datetime(2026, 11, 17, 9, tzinfo=UTC))
+    run = [  # on PostgreSQL one statement deciding them in order (a run)
+        metering.prepare_write(user.id, "api_calls", q, f"c{3 + n}", consume=True)
+        for n, q in enumerate((150, 300, 200, 50))  # 300 no longer fits
+    ]
+    outcomes = metering.apply_writes(session, run, commit=True)
+    assert [isinstance(o, QuotaExceeded) for o in outcomes] == [False, True, False, False]
 
     expected = {
         ("2026-11-03", "tokens"): 7,
         ("2026-11-14", "tokens"): 3,
-        ("2026-11-15", "tokens"): 5 + 2,
+        ("2026-11-15", "tokens"): 5 + 2 + 20,
         ("2026-11-15", "scraping_tasks"): 4,
-        ("2026-11-16", "api_calls"): 1000,
+        ("2026-11-15", "api_calls"): 100,
+        ("2026-11-16", "tokens"): 1,
+        ("2026-11-16", "api_calls"): 500,
+        ("2026-11-17", "api_calls"): 400,
     }
     november = metering.current_period(session, user.id)
     assert _history(session, user.id) == expected

@@ -127,7 +127,13 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
                     "user_id": 1, "metric": metric, "quantity": q, "occurred_at": at,
                     "recorded_at": now, "idempotency_key": f"k{i}"}])  # fmt: skip
                 totals[(p.start, metric)] = totals.get((p.start, metric), 0) + q
-            conn.execute(sa.insert(UsageCounter.__table__), [
+            c = UsageCounter.__table__.c  # the table as 0007 had it: no day columns yet
+            counters_0007 = sa.table(
+                "usage_counter",
+                *(sa.column(k, c[k].type) for k in ("user_id", "metric", "period_start",
+                                                     "period_end", "used")),
+            )  # fmt: skip
+            conn.execute(sa.insert(counters_0007), [
                 {"user_id": 1, "metric": m, "period_start": start,
                  "period_end": metering.calendar_month(start).end, "used": used}
                 for (start, m), used in totals.items()

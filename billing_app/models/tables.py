@@ -134,7 +134,11 @@ class UsageEvent(SQLModel, table=True):
 
 
 class UsageCounter(SQLModel, table=True):
-    """Running total per user, metric and period: what quota checks read (O(1))."""
+    """Running total per user, metric and period: what quota checks read (O(1)).
+
+    `day_used` is the part of `used` from `day` (UTC), the day of its latest write: a
+    write on a later day first moves it into usage_daily (a trigger, migration 0008),
+    so the daily chart costs no second row per write."""
 
     __tablename__ = "usage_counter"
 
@@ -144,6 +148,10 @@ class UsageCounter(SQLModel, table=True):
     period_start: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     period_end: datetime = Field(sa_type=UTCDateTime(), nullable=False)
     used: int = Field(default=0, sa_type=sa.BigInteger(), nullable=False)
+    day: date | None = Field(default=None)
+    day_used: int = Field(
+        default=0, sa_type=sa.BigInteger(), nullable=False, sa_column_kwargs={"server_default": "0"}
+    )
 
     __table_args__ = (
         sa.UniqueConstraint("user_id", "metric", "period_start", name="uq_usage_counter_period"),
@@ -155,10 +163,11 @@ class UsageCounter(SQLModel, table=True):
 
 
 class UsageDaily(SQLModel, table=True):
-    """Usage per user, metric, period and UTC day: what the daily chart reads, so a user
-    with millions of events costs it a few rows (migration 0008). Bumped in the
-    transaction that bumps the period's counter, and after it: on PostgreSQL the
-    counter's row lock covers the day's row too."""
+    """Usage per user, metric, period and UTC day, with the counter's `day_used`: what
+    the daily chart reads, so a user with millions of events costs it a few rows
+    (migration 0008). Written when a counter's day closes, and for a write dated
+    another day than its own, in the transaction that bumps the counter and after it:
+    on PostgreSQL the counter's row lock covers the day's row too."""
 
     __tablename__ = "usage_daily"
 

@@ -179,7 +179,11 @@ class _Statements:
                 c.metric == sa.bindparam("b_metric"),
                 c.period_start == sa.bindparam("b_period_start", type_=c.period_start.type),
             )
-            .values(used=c.used - sa.bindparam("b_used", type_=sa.BigInteger()))
+            .values(
+                used=c.used - sa.bindparam("b_used", type_=sa.BigInteger()),
+                # the bump being given back was today's, in this transaction
+                day_used=c.day_used - sa.bindparam("b_used", type_=sa.BigInteger()),
+            )
             .returning(c.used)
         )
 
@@ -193,16 +197,14 @@ class _Statements:
             for r in rows:
                 bump = {k: r[v] for k, v in _COUNTER_KEYS.items()}
                 bump["period_end"] = r["period_end"]
+                bump["day"], bump["day_used"] = r["day"].isoformat(), r["quantity"]
                 if r["limit"] is None:
                     used = _sq_one(conn, _SQ_BUMP_ANY, sqlite_params(bump))
                 else:
                     limited = {**sqlite_params(bump), "limit": r["limit"]}
                     used = _sq_one(conn, _SQ_BUMP_WITHIN, limited)
                 event = sqlite_params({name: r[name] for name in _EVENT_COLS})
-                id_ = None if used is None else _sq_one(conn, _SQ_APPEND, event)
-                if id_ is not None:
-                    _sq_day_bump_many(conn, [{k: r[k] for k in _DAY_KEYS}])
-                out.append((used, id_))
+                out.append((used, None if used is None else _sq_one(conn, _SQ_APPEND, event)))
             return out
         out = []
         singles: list[dict[str, Any]] = []  # to send together, one statement each
@@ -242,16 +244,26 @@ ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id, user_id, idempotency_key
 """
 _PG_DROP_EVENTS = "DELETE FROM usage_event WHERE id = ANY(%(ids)b::bigint[])"
-_PG_BUMP = """
-INSERT INTO usage_counter (user_id, metric, period_start, period_end, used)
-SELECT * FROM unnest(%(user_id)b::integer[], %(metric)b::text[],
-                     %(period_start)b::timestamptz[], %(period_end)b::timestamptz[],
-                     %(used)b::bigint[])
+# `day_used`: the part dated today (`day`), kept on the counter row; a counter last
+# written on another day first has that day closed into usage_daily (the trigger of
+# migration 0008). SET's right-hand sides all read the row as it was.
+_DAY_SET = """
+    day_used = CASE WHEN usage_counter.day = excluded.day
+                    THEN usage_counter.day_used + excluded.day_used
+                    ELSE excluded.day_used END,
+    day = excluded.day"""
+_PG_BUMP = f"""
+INSERT INTO usage_counter (user_id, metric, period_start, period_end, used, day, day_used)
+SELECT u, m, ps, pe, q, %(day)s, t
+FROM unnest(%(user_id)b::integer[], %(metric)b::text[], %(period_start)b::timestamptz[],
+            %(period_end)b::timestamptz[], %(used)b::bigint[], %(day_used)b::bigint[])
+     AS x(u, m, ps, pe, q, t)
 ON CONFLICT (user_id, metric, period_start)
-DO UPDATE SET used = usage_counter.used + excluded.used
+DO UPDATE SET used = usage_counter.used + excluded.used,{_DAY_SET}
 RETURNING user_id, metric, period_start, used
 """
-# Each day's row after its counter's (in the same order): the counter's lock covers it.
+# Writes dated another day: that day's row, after its counter (in the same order), so
+# the counter's lock covers it.
 _PG_DAY_BUMP = """
 INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
 SELECT * FROM unnest(%(user_id)b::integer[], %(metric)b::text[],
@@ -308,12 +320,13 @@ def _pg_round(
             cur.close()
 
 
-_PG_CONSUME = """
+_PG_CONSUME = f"""
 WITH b AS (
-    INSERT INTO usage_counter (user_id, metric, period_start, period_end, used)
-    VALUES (%(user_id)s, %(metric)s, %(period_start)s, %(period_end)s, %(quantity)s)
+    INSERT INTO usage_counter (user_id, metric, period_start, period_end, used, day, day_used)
+    VALUES (%(user_id)s, %(metric)s, %(period_start)s, %(period_end)s, %(quantity)s,
+            %(day)s, %(quantity)s)
     ON CONFLICT (user_id, metric, period_start)
-    DO UPDATE SET used = usage_counter.used + excluded.used
+    DO UPDATE SET used = usage_counter.used + excluded.used,{_DAY_SET}
     WHERE CAST(%(limit)s AS bigint) IS NULL
        OR usage_counter.used + excluded.used <= CAST(%(limit)s AS bigint)
     RETURNING used
@@ -325,11 +338,6 @@ WITH b AS (
     FROM b
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING id
-), d AS (  -- the day's row, only for a stored event
-    INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
-    SELECT %(user_id)s, %(metric)s, %(period_start)s, %(day)s, %(quantity)s FROM e
-    ON CONFLICT (user_id, metric, period_start, day)
-    DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
 )
 SELECT (SELECT used FROM b), (SELECT id FROM e)
 """
@@ -361,7 +369,10 @@ WITH RECURSIVE c AS MATERIALIZED (
 ), total AS (
     SELECT used FROM walk ORDER BY n DESC LIMIT 1
 ), upd AS (  -- no new row version when every consume was refused
-    UPDATE usage_counter SET used = (SELECT used FROM total)
+    UPDATE usage_counter SET used = (SELECT used FROM total),
+        day_used = (SELECT used FROM total) - used
+                   + CASE WHEN day = %(day)s THEN day_used ELSE 0 END,
+        day = %(day)s
     WHERE id = (SELECT id FROM c) AND used <> (SELECT used FROM total)
     RETURNING used
 ), e AS (
@@ -372,13 +383,7 @@ WITH RECURSIVE c AS MATERIALIZED (
     WHERE w.granted
     ORDER BY i.n
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
-    RETURNING id, idempotency_key, quantity
-), d AS (  -- the day's row (one day: the run's consumes share their moment)
-    INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
-    SELECT %(user_id)s, %(metric)s, %(period_start)s, %(day)s, sum(quantity) FROM e
-    HAVING count(*) > 0
-    ON CONFLICT (user_id, metric, period_start, day)
-    DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity
+    RETURNING id, idempotency_key
 )
 SELECT w.granted, w.used, e.id FROM items i JOIN walk w ON w.n = i.n
 LEFT JOIN e ON e.idempotency_key = i.k
@@ -410,11 +415,11 @@ VALUES (:user_id, :metric, :quantity, :occurred_at, :recorded_at, :idempotency_k
 ON CONFLICT (user_id, idempotency_key) DO NOTHING
 RETURNING id
 """
-_SQ_BUMP = """
-INSERT INTO usage_counter (user_id, metric, period_start, period_end, used)
-VALUES (:user_id, :metric, :period_start, :period_end, :used)
+_SQ_BUMP = f"""
+INSERT INTO usage_counter (user_id, metric, period_start, period_end, used, day, day_used)
+VALUES (:user_id, :metric, :period_start, :period_end, :used, :day, :day_used)
 ON CONFLICT (user_id, metric, period_start)
-DO UPDATE SET used = usage_counter.used + excluded.used
+DO UPDATE SET used = usage_counter.used + excluded.used,{_DAY_SET}
 """
 _SQ_DAY_BUMP = """
 INSERT INTO usage_daily (user_id, metric, period_start, day, quantity)
@@ -448,7 +453,7 @@ def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any
 
 def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
     """SQLite: add to many counters with one executemany, then read their totals back."""
-    rows = sqlite_rows(bumps)
+    rows = sqlite_rows([{**b, "day": b["day"].isoformat()} for b in bumps])
     keys = [sorted({r[k] for r in rows}) for k in ("user_id", "metric", "period_start")]
     marks = [",".join("?" * len(k)) for k in keys]
     read = (
@@ -524,7 +529,6 @@ _EVENT_COLS = (
 )  # fmt: skip
 _COUNTER_KEYS = {"user_id": "user_id", "metric": "metric", "period_start": "period_start",
                  "used": "quantity"}  # fmt: skip
-_DAY_KEYS = ("user_id", "metric", "period_start", "day", "quantity")
 _STATEMENTS: dict[str, _Statements] = {}
 
 
@@ -737,9 +741,11 @@ def _bump_counters(
     *,
     commit: bool,
 ) -> dict[tuple[int, str, datetime], int]:
-    """Add to many counters (one row each, in the given order) at once, then to their
-    days' rows: the counters' new totals. On PostgreSQL, with `commit`, the COMMIT goes
-    in the same round trip, so the rows are locked only while the database runs them."""
+    """Add to many counters (one row each, in the given order) at once, each with its
+    part dated today (`day_used`; all share `day`), then to the rows of writes dated
+    other days (`days`, rare): the counters' new totals. On PostgreSQL, with `commit`,
+    the COMMIT goes in the same round trip, so the rows are locked only while the
+    database runs them."""
     if not bumps:
         return {}
     if st.pg:
@@ -749,18 +755,24 @@ def _bump_counters(
             "period_start": [b["period_start"] for b in bumps],
             "period_end": [b["period_end"] for b in bumps],
             "used": int8_array([b["used"] for b in bumps]),
+            "day": bumps[0]["day"],
+            "day_used": int8_array([b["day_used"] for b in bumps]),
         }
-        day_cols = {
-            "user_id": int4_array([d["user_id"] for d in days]),
-            "metric": text_array([d["metric"] for d in days]),
-            "period_start": [d["period_start"] for d in days],
-            "day": [d["day"] for d in days],
-            "quantity": int8_array([d["quantity"] for d in days]),
-        }
-        rows, _ = _pg_round(conn, [(_PG_BUMP, cols), (_PG_DAY_BUMP, day_cols)], commit=commit)
+        statements = [(_PG_BUMP, cols)]
+        if days:
+            day_cols = {
+                "user_id": int4_array([d["user_id"] for d in days]),
+                "metric": text_array([d["metric"] for d in days]),
+                "period_start": [d["period_start"] for d in days],
+                "day": [d["day"] for d in days],
+                "quantity": int8_array([d["quantity"] for d in days]),
+            }
+            statements.append((_PG_DAY_BUMP, day_cols))
+        rows = _pg_round(conn, statements, commit=commit)[0]
         return {(u, m, start): used for u, m, start, used in rows}
     totals = _sq_bump_many(conn, bumps)
-    _sq_day_bump_many(conn, days)
+    if days:
+        _sq_day_bump_many(conn, days)
     return {
         (b["user_id"], b["metric"], b["period_start"]): used
         for b, used in zip(bumps, totals, strict=True)
@@ -824,18 +836,18 @@ def apply_writes(
     repeats: list[int] = []  # consumes whose key is stored, or taken earlier in this call
     consumes: list[int] = []
     bumps = []
-    days = []  # the new records' totals per counter and UTC day, in the counters' order
+    days = []  # new records dated another day than today: their totals per counter and day
     today = now.date()
     added: dict[tuple[int, str, datetime], int] = {}  # counter -> its new records' total
     for ck in sorted(by_counter):
         total = 0
-        per_day: dict[date, int] = {}
+        other_days: dict[date, int] = {}
         for i in by_counter[ck]:
             w = writes[i]
             if i in new_id:
                 total += w.quantity
-                day = today if w.occurred_at is None else w.occurred_at.date()
-                per_day[day] = per_day.get(day, 0) + w.quantity
+                if w.occurred_at is not None and (day := w.occurred_at.date()) != today:
+                    other_days[day] = other_days.get(day, 0) + w.quantity
             elif not w.consume:
                 duplicates.append(i)
             elif (w.user_id, w.idempotency_key) in stored:
@@ -847,9 +859,11 @@ def apply_writes(
             added[ck] = total
             p = per[by_counter[ck][0]]
             bumps.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
-                          "period_end": p.end, "used": total})  # fmt: skip
-            days.extend({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
-                         "day": d, "quantity": per_day[d]} for d in sorted(per_day))  # fmt: skip
+                          "period_end": p.end, "used": total, "day": today,
+                          "day_used": total - sum(other_days.values())})  # fmt: skip
+            for d, q in sorted(other_days.items()):
+                days.append({"user_id": ck[0], "metric": ck[1], "period_start": p.start,
+                             "day": d, "quantity": q})  # fmt: skip
 
     # 2. repeated keys of records: the first event, or a conflict if the values differ
     firsts = _first_events(conn, st, writes, duplicates, out)
@@ -871,7 +885,7 @@ def apply_writes(
             refused.append(i)
             continue
         rows.append({**_event_row(w, now), "period_start": p.start, "period_end": p.end,
-                     "day": (w.occurred_at or now).date(), "limit": limit or None})  # fmt: skip
+                     "day": today, "limit": limit or None})  # fmt: skip
     consumes = [i for i in consumes if i not in refused]
     granted: dict[int, tuple[int, int]] = {}  # consume -> its event id, total after it
     for i, row, (used, id_) in zip(consumes, rows, st.consume_each(conn, rows), strict=True):
@@ -1131,17 +1145,23 @@ def summary(session: Session, user_id: int) -> list[MeterStatus]:
 
 def daily_history(session: Session, user_id: int, period: Period | None = None) -> list[DailyUsage]:
     """Usage per UTC day and metric over a period (default: the current one), zero-filled:
-    the period's usage_daily rows, not its events."""
+    the period's usage_daily rows and its counters' latest day, not its events."""
     user_id = _validate_user_id(user_id)
     now = utcnow()
     period = period or period_for(session, user_id, now)
-    rows = session.exec(
-        select(UsageDaily.day, UsageDaily.metric, UsageDaily.quantity).where(
-            UsageDaily.user_id == user_id, UsageDaily.period_start == period.start
-        )
-    ).all()
+    closed = select(UsageDaily.day, UsageDaily.metric, UsageDaily.quantity).where(
+        UsageDaily.user_id == user_id, UsageDaily.period_start == period.start
+    )
+    latest = select(UsageCounter.day, UsageCounter.metric, UsageCounter.day_used).where(
+        UsageCounter.user_id == user_id,
+        UsageCounter.period_start == period.start,
+        UsageCounter.day_used > 0,
+    )
+    rows = [*session.exec(closed).all(), *session.exec(latest).all()]
     session.rollback()
-    totals = {(d.isoformat(), m): q for d, m, q in rows}
+    totals: dict[tuple[str, str], int] = defaultdict(int)
+    for d, m, q in rows:
+        totals[(d.isoformat(), m)] += q
     out: list[DailyUsage] = []
     # Every day the period has reached, its first (which may start mid-day) included.
     end = min(period.end, max(now, period.start + timedelta(days=1)))

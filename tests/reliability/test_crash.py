@@ -91,7 +91,12 @@ def test_kill_9_twice_loses_nothing_and_counts_once(scratch_url):
             sa.text("SELECT idempotency_key, user_id, quantity FROM usage_event")
         ).all()
         counter = conn.execute(sa.text("SELECT coalesce(sum(used), 0) FROM usage_counter")).scalar()
-        daily = conn.execute(sa.text("SELECT coalesce(sum(quantity), 0) FROM usage_daily")).scalar()
+        daily = conn.execute(
+            sa.text(
+                "SELECT (SELECT coalesce(sum(quantity), 0) FROM usage_daily)"
+                " + (SELECT coalesce(sum(day_used), 0) FROM usage_counter)"
+            )
+        ).scalar()
     stored = {}
     for key, user, qty in rows:
         stored[int(key.removeprefix("crash-"))] = (user, qty)

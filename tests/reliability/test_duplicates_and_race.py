@@ -32,11 +32,18 @@ def _totals(engine, user_ids: list[int]) -> tuple[int, int, int]:
                 UsageCounter.user_id.in_(user_ids)  # type: ignore[attr-defined]
             )
         ).one()
-        daily = s.exec(
-            select(func.coalesce(func.sum(UsageDaily.quantity), 0)).where(
-                UsageDaily.user_id.in_(user_ids)  # type: ignore[attr-defined]
-            )
-        ).one()
+        daily = (
+            s.exec(
+                select(func.coalesce(func.sum(UsageDaily.quantity), 0)).where(
+                    UsageDaily.user_id.in_(user_ids)  # type: ignore[attr-defined]
+                )
+            ).one()
+            + s.exec(
+                select(func.coalesce(func.sum(UsageCounter.day_used), 0)).where(
+                    UsageCounter.user_id.in_(user_ids)  # type: ignore[attr-defined]
+                )
+            ).one()
+        )
     assert daily == counter, f"usage_daily {daily} != counters {counter}"
     return int(count), int(total), int(counter)
 
