@@ -336,10 +336,8 @@ def bench_db(kind: str) -> list[Row]:
 
 def bench_webhooks(kind: str, srv: servers.Server, eng: Any, baseline: float) -> list[Row]:
     """Signed subscription events for real customers, 1 in 5 delivered twice."""
-    try:
-        from bench.webhooks import build_deliveries, webhook_state
-    except ImportError as err:  # the Stripe engineer's code is not there yet
-        return [Row(kind, "webhook", f"skipped: {err}", 0, None, ">=500 ev/s", None)]
+    from bench.webhooks import build_deliveries, webhook_state
+
     payloads, distinct = build_deliveries(
         eng, n_events=int(os.environ.get("BENCH_WEBHOOKS", "3000"))
     )

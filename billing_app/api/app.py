@@ -48,12 +48,9 @@ def create_api() -> FastAPI:
     api.include_router(service_routes.router)
     api.include_router(billing_routes.router)
     api.include_router(admin_routes.router)
-    try:  # the Stripe webhook (billing_app/api/webhook.py), when present
-        from billing_app.api import webhook
-    except ImportError:
-        webhook = None  # type: ignore[assignment]
-    if webhook is not None and hasattr(webhook, "router"):
-        api.include_router(webhook.router)
+    from billing_app.api import webhook  # imports `stripe` (through the gateway)
+
+    api.include_router(webhook.router)
 
     _install_api_fallback(api)
     return api

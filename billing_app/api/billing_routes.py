@@ -5,7 +5,6 @@ Every query is scoped by the signed-in user, never by an id from the request.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, is_dataclass
 from typing import Any, Literal
 
@@ -15,24 +14,14 @@ from sqlmodel import Session
 from billing_app.api import schemas as s
 from billing_app.api.deps import current_user, db_session
 from billing_app.db import read_session
-from billing_app.errors import ServiceUnavailable, ValidationFailed
+from billing_app.errors import ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
-from billing_app.services import admin, metering, quotas
+from billing_app.services import billing, metering, quotas, subscriptions
 from billing_app.services.dto import Page, UserDTO
+from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import current_subscription, plan_key_for
 
 router = APIRouter(prefix="/api/billing", tags=["billing"], responses=s.errors(*s.COMMON))
-
-
-def stripe_service(module: str, name: str) -> Any:
-    """A function from the Stripe engineer's services (503 until it is deployed)."""
-    try:
-        fn = getattr(importlib.import_module(f"billing_app.services.{module}"), name, None)
-    except ImportError:
-        fn = None
-    if fn is None:
-        raise ServiceUnavailable("Billing with Stripe is not available right now.")
-    return fn
 
 
 def as_dict(obj: Any) -> Any:
@@ -60,15 +49,7 @@ def page_out(page: Page) -> dict[str, Any]:
 def invoices_page(
     session: Session, *, user_id: int | None, status: str | None, page: int, per_page: int
 ) -> Page:
-    try:
-        fn = stripe_service("invoices", "list_invoices")
-    except ServiceUnavailable:
-        fn = None
-    if fn is None:
-        return admin.list_invoices_page(
-            session, user_id=user_id, status=status, page=page, per_page=per_page
-        )
-    return fn(session, user_id=user_id, status=status, page=page, per_page=per_page)
+    return list_invoices(session, user_id=user_id, status=status, page=page, per_page=per_page)
 
 
 @router.post("/checkout", response_model=s.UrlOut, responses=s.errors(409, 502))
@@ -82,8 +63,7 @@ def checkout(
         raise ValidationFailed(
             f"plan must be one of: {', '.join(PAID_PLAN_KEYS)}.", field="plan", plan=body.plan
         )
-    fn = stripe_service("billing", "create_checkout_session")
-    return {"url": fn(session, user.id, body.plan)}
+    return {"url": billing.create_checkout_session(session, user.id, body.plan)}
 
 
 @router.post("/portal", response_model=s.UrlOut, responses=s.errors(409, 502))
@@ -91,8 +71,7 @@ def portal(
     user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
 ) -> dict[str, str]:
     """Open the Stripe customer portal for the signed-in user."""
-    fn = stripe_service("billing", "create_portal_session")
-    return {"url": fn(session, user.id)}
+    return {"url": billing.create_portal_session(session, user.id)}
 
 
 @router.get("/subscription", response_model=s.SubscriptionOut)
@@ -100,15 +79,7 @@ def subscription(
     user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
 ) -> dict[str, Any]:
     plan = get_catalog()[plan_key_for(current_subscription(session, user.id))]
-    fn = None
-    try:
-        fn = stripe_service("subscriptions", "get_subscription_dto")
-    except ServiceUnavailable:
-        pass
-    if fn is not None:
-        sub = as_dict(fn(session, user.id))
-    else:
-        sub = admin._subscription_dict(session, user.id)
+    sub = as_dict(subscriptions.get_subscription_dto(session, user.id))
     session.rollback()
     return {"plan": plan.key, "plan_name": plan.name, "subscription": sub}
 

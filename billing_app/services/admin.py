@@ -18,7 +18,7 @@ from billing_app.errors import ValidationFailed
 from billing_app.metrics import METRICS
 from billing_app.models import Invoice, Quota, Subscription, UsageCounter, User
 from billing_app.plans import PLAN_KEYS, get_catalog
-from billing_app.services import metering, quotas, users
+from billing_app.services import invoices, metering, quotas, subscriptions, users
 from billing_app.services.dto import AdminUserDetail, AdminUserRow, Page
 from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, plan_key_for
 from billing_app.settings import get_settings
@@ -224,87 +224,14 @@ def list_users(
 
 
 def _subscription_dict(session: Session, user_id: int) -> dict[str, Any] | None:
-    try:  # the Stripe service's richer view, when it exists
-        from billing_app.services.subscriptions import get_subscription_dto  # type: ignore
-
-        dto = get_subscription_dto(session, user_id)
-        if dto is None:
-            return None
-        return dto.to_dict() if hasattr(dto, "to_dict") else dict(dto)
-    except ImportError:
-        pass
-    sub = current_subscription(session, user_id)
-    if sub is None:
-        return None
-    return {
-        "stripe_subscription_id": sub.stripe_subscription_id,
-        "plan": sub.plan,
-        "status": sub.status,
-        "current_period_start": sub.current_period_start,
-        "current_period_end": sub.current_period_end,
-        "cancel_at_period_end": sub.cancel_at_period_end,
-        "canceled_at": sub.canceled_at,
-        "past_due_since": sub.past_due_since,
-    }
-
-
-def _invoice_dict(inv: Invoice) -> dict[str, Any]:
-    return {
-        "id": inv.id,
-        "stripe_invoice_id": inv.stripe_invoice_id,
-        "number": inv.number,
-        "status": inv.status,
-        "amount_due": inv.amount_due,
-        "amount_paid": inv.amount_paid,
-        "currency": inv.currency,
-        "period_start": inv.period_start,
-        "period_end": inv.period_end,
-        "hosted_invoice_url": inv.hosted_invoice_url,
-        "invoice_pdf": inv.invoice_pdf,
-        "created_at": inv.created_at,
-    }
+    dto = subscriptions.get_subscription_dto(session, user_id)
+    return None if dto is None else dto.to_dict()
 
 
 def recent_invoices(session: Session, user_id: int | None, limit: int = 10) -> list[dict]:
-    try:  # the Stripe service's view (same shape as the invoice endpoints), when present
-        from billing_app.services.invoices import list_invoices
-
-        page = list_invoices(session, user_id=user_id, page=1, per_page=limit)
-        return [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in page.items]
-    except ImportError:
-        pass
-    q = select(Invoice).order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
-    if user_id is not None:
-        q = q.where(Invoice.user_id == user_id)
-    return [_invoice_dict(i) for i in session.exec(q.limit(limit)).all()]
-
-
-def list_invoices_page(
-    session: Session,
-    *,
-    user_id: int | None = None,
-    status: str | None = None,
-    page: int = 1,
-    per_page: int = 50,
-) -> Page:
-    """Invoices as dicts, newest first (used until the Stripe service's list_invoices lands)."""
-    page = max(1, int(page))
-    per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
-    filters: list[Any] = []
-    if user_id is not None:
-        filters.append(Invoice.user_id == user_id)
-    if status is not None:
-        filters.append(Invoice.status == status)
-    total = session.exec(select(sa.func.count()).select_from(Invoice).where(*filters)).one()
-    rows = session.exec(
-        select(Invoice)
-        .where(*filters)
-        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
-        .offset((page - 1) * per_page)
-        .limit(per_page)
-    ).all()
-    session.rollback()
-    return Page(items=[_invoice_dict(i) for i in rows], total=total, page=page, per_page=per_page)
+    """The newest invoices, in the shape of the invoice endpoints."""
+    page = invoices.list_invoices(session, user_id=user_id, page=1, per_page=limit)
+    return [i.to_dict() for i in page.items]
 
 
 def user_detail(session: Session, user_id: int) -> AdminUserDetail:

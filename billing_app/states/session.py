@@ -54,10 +54,7 @@ class SessionState(rx.State):
 
     def _current_user(self) -> UserDTO | None:
         """Re-derive the user from the session cookie and refresh the display vars."""
-        try:
-            user = user_from_cookie(self.router.headers.cookie)
-        except ImportError:
-            user = None
+        user = user_from_cookie(self.router.headers.cookie)
         self.auth_checked = True
         if user is None:
             self.user_id, self.user_email, self.user_name, self.user_role = 0, "", "", ""
