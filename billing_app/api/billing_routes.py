@@ -5,7 +5,6 @@ Every query is scoped by the signed-in user, never by an id from the request.
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -17,23 +16,15 @@ from billing_app.db import read_session
 from billing_app.errors import ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import billing, metering, quotas, subscriptions
-from billing_app.services.dto import Page, UserDTO
+from billing_app.services.dto import DTO, Page, UserDTO
 from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import current_subscription, plan_key_for
 
 router = APIRouter(prefix="/api/billing", tags=["billing"], responses=s.errors(*s.COMMON))
 
 
-def as_dict(obj: Any) -> Any:
-    if obj is None or isinstance(obj, dict):
-        return obj
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    return dict(obj)
+def as_dict(obj: DTO | None) -> dict[str, Any] | None:
+    return None if obj is None else obj.to_dict()
 
 
 def page_out(page: Page) -> dict[str, Any]:
