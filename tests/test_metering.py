@@ -453,6 +453,72 @@ def test_billing_period_reset_follows_the_subscription(session, frozen_clock, mo
     assert second.status.period_start == start and second.status.used == 11
 
 
+def test_billing_period_gap_before_the_renewal_webhook(session, frozen_clock, monkeypatch):
+    """After the period's end and before the renewal is synced, usage goes to the period
+    Stripe will bill (not the calendar month, whose counter the renewal would then drop),
+    so the limit holds across the gap; an ended or ending plan falls back to the month."""
+    from billing_app import plans
+    from billing_app.models import Subscription
+    from billing_app.settings import get_settings
+
+    monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
+    plans.get_catalog.cache_clear()
+    get_settings.cache_clear()
+    user = make_user(session, plan="pro")
+    start, end = datetime(2026, 11, 10, 8, tzinfo=UTC), datetime(2026, 12, 10, 8, tzinfo=UTC)
+    sub = Subscription(
+        user_id=user.id,
+        stripe_subscription_id="sub_gap",
+        plan="pro",
+        status="active",
+        current_period_start=start,
+        current_period_end=end,
+        created_at=start,
+    )
+    session.add(sub)
+    session.commit()
+    limit = metering.check(session, user.id, "tokens", 1).limit
+    next_end = datetime(2027, 1, 10, 8, tzinfo=UTC)
+
+    frozen_clock.set(datetime(2026, 12, 10, 9, tzinfo=UTC))  # period over, not yet synced
+    gap = metering.consume(session, user.id, "tokens", limit)
+    assert (gap.status.period_start, gap.status.resets_at) == (end, next_end)
+    sub.current_period_start, sub.current_period_end = end, next_end  # the renewal lands
+    session.add(sub)
+    session.commit()
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "tokens", 1)
+    assert metering.check(session, user.id, "tokens", 1).used == limit
+
+    # A backdated write in the previous billing period counts there, not in November's
+    # calendar month; one from before the subscription in its calendar month.
+    late = metering.record(
+        session, user.id, "tokens", 3, occurred_at=datetime(2026, 12, 9, tzinfo=UTC)
+    )
+    assert late.status.period_start == start
+    early = metering.record(
+        session, user.id, "tokens", 3, occurred_at=datetime(2026, 11, 2, tzinfo=UTC)
+    )
+    assert early.status.period_start == datetime(2026, 11, 1, tzinfo=UTC)
+
+    # Ending at the period's end: after it, the calendar month.
+    sub.cancel_at_period_end = True
+    session.add(sub)
+    session.commit()
+    frozen_clock.set(datetime(2027, 1, 10, 9, tzinfo=UTC))
+    assert metering.check(session, user.id, "tokens", 1).resets_at == datetime(
+        2027, 2, 1, tzinfo=UTC
+    )
+    # Canceled: the calendar month at once, whatever the stored period says.
+    sub.cancel_at_period_end, sub.status = False, "canceled"
+    session.add(sub)
+    session.commit()
+    frozen_clock.set(datetime(2027, 1, 5, tzinfo=UTC))
+    assert metering.check(session, user.id, "tokens", 1).resets_at == datetime(
+        2027, 2, 1, tzinfo=UTC
+    )
+
+
 def test_batch_limits_are_each_events_own_metric(session, frozen_clock):
     """The limits lookup reads only the quotas of the metrics written: each event still
     gets its own metric's limit, an override included, and a user without quota rows

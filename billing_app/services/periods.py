@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
     session or a bare connection (then a session is opened on it only for the lookup)."""
     if not per_user_periods():
         return calendar_month(at)  # no lookup on the hot path in the default setup
-    from billing_app.services.subscriptions import current_subscription
+    from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription
 
     if isinstance(db, Session):
         sub = current_subscription(db, user_id)
@@ -48,12 +49,55 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
             sub = current_subscription(session, user_id)
     plan = get_catalog().get(sub.plan) if sub else None
     if (
-        sub is not None
-        and plan is not None
-        and plan.reset == "billing_period"
-        and sub.current_period_start is not None
-        and sub.current_period_end is not None
-        and sub.current_period_start <= as_utc(at) < sub.current_period_end
+        sub is None
+        or sub.status not in LIVE_STATUSES  # an ended plan's period is over too
+        or plan is None
+        or plan.reset != "billing_period"
+        or sub.current_period_start is None
+        or sub.current_period_end is None
     ):
-        return Period(sub.current_period_start, sub.current_period_end)
-    return calendar_month(at)
+        return calendar_month(at)
+    known = Period(as_utc(sub.current_period_start), as_utc(sub.current_period_end))
+    if known.start <= as_utc(at) < known.end:
+        return known
+    if sub.cancel_at_period_end and as_utc(at) >= known.end:
+        return calendar_month(at)  # the plan ends with its period
+    if sub.created_at is not None and as_utc(at) < as_utc(sub.created_at):
+        return calendar_month(at)  # before this subscription
+    # Between the period's end and the renewal's webhook (or before the period, for a
+    # backdated write): the period Stripe will bill, so usage in the gap counts once.
+    return billing_period_at(known, at)
+
+
+def _add_months(at: datetime, months: int, day: int) -> datetime:
+    """`at` moved by whole months, on `day` or the month's last day (as Stripe does)."""
+    index = at.year * 12 + at.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    return at.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
+
+
+def billing_period_at(known: Period, at: datetime) -> Period:
+    """The billing period holding `at`, stepping from `known` by its interval: whole
+    months (anchored on the later day of its two ends, so Jan 31 -> Feb 28 -> Mar 31)
+    when its ends are months apart, else its length (days, weeks)."""
+    at = as_utc(at)
+    s, e = known.start, known.end
+    months = (e.year - s.year) * 12 + e.month - s.month
+    day = max(s.day, e.day)
+    if months > 0 and _add_months(s, months, day) == e:
+        n = 0
+        if at >= e:
+            # jump near the target, then settle: anchored month steps are monotonic
+            n = max(0, ((at.year - e.year) * 12 + at.month - e.month) // months - 1)
+            while _add_months(s, (n + 2) * months, day) <= at:
+                n += 1
+            n += 1
+        else:
+            n = -max(0, ((s.year - at.year) * 12 + s.month - at.month) // months - 1)
+            while _add_months(s, n * months, day) > at:
+                n -= 1
+        return Period(_add_months(s, n * months, day), _add_months(s, (n + 1) * months, day))
+    length = e - s
+    n = (at - s) // length
+    return Period(s + n * length, s + (n + 1) * length)
