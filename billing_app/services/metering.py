@@ -54,6 +54,7 @@ from billing_app.services.periods import Period, calendar_month, per_user_period
 
 MAX_KEY_LENGTH = 255
 MAX_METADATA_BYTES = 16_384
+MAX_METADATA_DEPTH = 32
 # Events may arrive a little early from a service whose clock runs ahead.
 FUTURE_SKEW = timedelta(minutes=5)
 
@@ -103,10 +104,18 @@ def _validate_metadata(metadata: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(metadata, dict):
         raise ValidationFailed("Metadata must be a JSON object.", field="metadata")
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise ValidationFailed(
+            f"Metadata nests deeper than {MAX_METADATA_DEPTH} levels.", field="metadata"
+        )
     try:
-        size = len(json.dumps(metadata, allow_nan=False))
+        # UTF-8, as stored: a lone surrogate ("\ud800") is valid JSON text but no string.
+        size = len(json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode())
     except (TypeError, ValueError):
-        raise ValidationFailed("Metadata must be JSON-serialisable.", field="metadata") from None
+        raise ValidationFailed(
+            "Metadata must be JSON-serialisable text (no NaN, no lone surrogates).",
+            field="metadata",
+        ) from None
     if size > MAX_METADATA_BYTES:
         raise ValidationFailed(
             f"Metadata is larger than {MAX_METADATA_BYTES:,} bytes.", field="metadata"
@@ -114,12 +123,30 @@ def _validate_metadata(metadata: Any) -> dict[str, Any] | None:
     return metadata
 
 
+def _depth(value: Any) -> int:
+    """How deeply a JSON value nests, without recursion (json.dumps would raise
+    RecursionError, and the JSON columns' encoder refuses 255 levels)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, (list, tuple)):
+            deepest = max(deepest, d)
+            if d <= MAX_METADATA_DEPTH:
+                stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
 def _validate_occurred_at(occurred_at: Any, now: datetime) -> datetime:
     if occurred_at is None:
         return now
     if not isinstance(occurred_at, datetime):
         raise ValidationFailed("occurred_at must be a datetime.", field="occurred_at")
-    occurred_at = as_utc(occurred_at)
+    try:
+        occurred_at = as_utc(occurred_at)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValidationFailed("occurred_at is out of range.", field="occurred_at") from None
     if occurred_at > now + FUTURE_SKEW:
         raise ValidationFailed("occurred_at is in the future.", field="occurred_at")
     return occurred_at
