@@ -7,15 +7,19 @@ from typing import Any
 
 from billing_app.clock import as_utc
 
-_CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£"}
+_CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+# Stripe's minor units are not always cents (stripe.com/docs/currencies).
+_ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+_THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
 
 
 def money(amount: int | None, currency: str | None = "usd") -> str:
-    """Minor units to "$19.00" (or "19.00 SEK" for currencies without a sign)."""
+    """Minor units to "$19.00", "¥1,500" or "19.00 SEK" (no sign known)."""
     if amount is None:
         return "—"
     cur = (currency or "usd").lower()
-    value = f"{amount / 100:,.2f}"
+    digits = 0 if cur in _ZERO_DECIMAL else 3 if cur in _THREE_DECIMAL else 2
+    value = f"{amount / 10**digits:,.{digits}f}"
     sign = _CURRENCY_SIGNS.get(cur)
     return f"{sign}{value}" if sign else f"{value} {cur.upper()}"
 

@@ -62,6 +62,9 @@ def test_meter_color_thresholds(percent: float, unlimited: bool, color: str) -> 
 def test_money_and_compact() -> None:
     assert fmt.money(9900, "usd") == "$99.00"
     assert fmt.money(123456, "sek") == "1,234.56 SEK"
+    assert fmt.money(1500, "jpy") == "¥1,500"  # zero-decimal: the amount is in yen
+    assert fmt.money(1500, "KRW") == "1,500 KRW"
+    assert fmt.money(12345, "kwd") == "12.345 KWD"
     assert fmt.compact(1_000_000) == "1M"
     assert fmt.compact(1_500) == "1.5K"
     assert fmt.compact(10) == "10"
