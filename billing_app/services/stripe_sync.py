@@ -331,20 +331,26 @@ def _subscription_user(
     )
 
 
-def _subscription_wins(sub: Any, data: SubscriptionData, at: datetime | None) -> bool:
-    """Should `data` (as of `at`) overwrite the stored row? Never older over newer."""
+# `_subscription_verdict`'s answers.
+NEWER, STALE, TIE = "newer", "stale", "tie"
+
+
+def _subscription_verdict(sub: Any, data: SubscriptionData, at: datetime | None) -> str:
+    """May `data` (as of `at`) overwrite the stored row? NEWER: yes; STALE: no (never older
+    over newer); TIE: same second, neither terminal, so the order is unknown."""
     stored_at = sub["updated_from_stripe_at"]
     if stored_at is None:
-        return True
+        return NEWER
     stored_terminal = sub["status"] in ("canceled", "incomplete_expired")
     if stored_terminal and not data.is_terminal:
-        return False  # Stripe never revives a canceled subscription: this event is stale
+        return STALE  # Stripe never revives a canceled subscription: this event is stale
     if at is None:
-        return False
+        return STALE
     if at != stored_at:
-        return at > stored_at
-    # Same second: a deleted/canceled state wins; otherwise the later delivery does.
-    return data.is_terminal or not stored_terminal
+        return NEWER if at > stored_at else STALE
+    # Same second: a deleted/canceled state wins. Otherwise `created` (whole seconds) and
+    # the delivery order (not guaranteed) cannot tell which of the two came last.
+    return NEWER if data.is_terminal else TIE
 
 
 def _state(row: Any, keys: tuple[str, ...]) -> tuple[Any, ...]:
@@ -460,11 +466,17 @@ def apply_subscription(
     if changed is None:
         assert row is not None  # the conflicting row is there and now locked
         sub = row
-        if not force and not _subscription_wins(sub, data, at):
+        verdict = NEWER if force else _subscription_verdict(sub, data, at)
+        if verdict == STALE:
             return False
+        values = _subscription_values(data, plan, at, now, sub)
+        if verdict == TIE and _state(values, _SUB_STATE) != _state(sub, _SUB_STATE):
+            # Two states in the same second: ask Stripe which is current and apply that.
+            # A failed fetch raises, so the delivery fails and Stripe retries it.
+            fresh = get_gateway().retrieve_subscription(data.id)
+            return apply_subscription(session, fresh, at, force=True)
         if unknown_price is not None:
             raise unknown_price
-        values = _subscription_values(data, plan, at, now, sub)
         driver_rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
         _forget_loaded(session, Subscription, sub["id"])
         changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
