@@ -122,7 +122,9 @@ def _version(sub: Subscription) -> str:
 
 def _refresh_from(session: Session, obj: dict[str, Any]) -> SubscriptionDTO:
     """Write what Stripe answered (the freshest state there is) and return it."""
-    apply_subscription(session, obj, utcnow(), force=True)
+    # Stamped in whole seconds, as Stripe's event `created`: an event of this same second
+    # then ties (and is settled by asking Stripe) instead of looking older and being dropped.
+    apply_subscription(session, obj, utcnow().replace(microsecond=0), force=True)
     session.commit()
     stored = session.exec(
         select(Subscription).where(

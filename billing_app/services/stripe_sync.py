@@ -870,7 +870,7 @@ def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport
     subs = subs_changed = invs = invs_changed = 0
     errors: list[str] = []
     for uid, customer_id in pairs:
-        fetched_at = utcnow()
+        fetched_at = utcnow().replace(microsecond=0)  # whole seconds, as events' `created`
         try:
             sub_objs = list(gateway.iter_subscriptions(customer_id=customer_id))
             inv_objs = list(gateway.iter_invoices(customer_id=customer_id))

@@ -4,17 +4,22 @@ settled by asking Stripe (the sandbox, over real HTTP) for the subscription as i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import select
 
+from billing_app import clock
 from billing_app.gateway import get_gateway
 from billing_app.gateway.stripe_gateway import StripeGateway
 from billing_app.models import StripeEvent, Subscription
+from billing_app.services import billing
 from billing_app.services.subscriptions import get_subscription_dto
 from tests.stripe.conftest import WEBHOOK_PATH
-from tests.stripe.test_end_to_end import PRO, limits, subscribe
+from tests.stripe.test_end_to_end import PRO, flush, limits, subscribe
 from tests.stripe.test_webhook import T0, _customer_user
+
+BASIC = {"tokens": 100_000, "api_calls": 1_000, "scraping_tasks": 100}
 
 
 def _subscription_events(sandbox) -> list[dict[str, Any]]:
@@ -113,3 +118,23 @@ def test_no_fetch_for_a_same_second_event_of_the_same_state_or_a_terminal_one(
         assert deliver.send(payloads.event(event_type, obj, T0)).status_code == 200
     assert fetched == []
     assert session.exec(select(Subscription)).one().status == "canceled"
+
+
+def test_an_event_in_the_same_second_as_a_local_refresh_is_not_dropped(session, sandbox, http):
+    """change_plan writes Stripe's answer at once; a later change of that same second (here
+    a cancel at period end) must still be applied when its webhook arrives."""
+    user = subscribe(session, http, sandbox, "basic")
+    assert limits(session, user.id) == BASIC
+    state = sandbox.state
+    # The app's clock as in production: sub-second, 0.7 s into the sandbox's second.
+    clock.set_clock(lambda: datetime.fromtimestamp(state.now() + 0.7, UTC))
+    with state.clock.frozen_at(state.now()):
+        dto = billing.change_plan(session, user.id, "pro")
+        assert (dto.plan, dto.cancel_at_period_end) == ("pro", False)
+        sub = next(iter(state.subscriptions.values()))
+        get_gateway().set_cancel_at_period_end(
+            subscription_id=sub["id"], cancel=True, version="portal"
+        )
+        flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.plan, dto.cancel_at_period_end) == ("pro", True)
