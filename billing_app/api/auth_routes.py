@@ -29,7 +29,7 @@ from billing_app.api.deps import (
 )
 from billing_app.db import session_scope
 from billing_app.errors import BillingError, NotFound, ValidationFailed
-from billing_app.services import auth
+from billing_app.services import api_keys, auth
 from billing_app.services.dto import Principal, UserDTO
 from billing_app.settings import get_settings
 
@@ -217,6 +217,8 @@ def logout(
 ) -> Response:
     """Revoke the session and clear the cookie (a form post redirects to /login)."""
     # optional_principal already ran the CSRF check for a cookie-authenticated post.
+    if p is not None:  # a scoped key names no account action (one rule for every route)
+        api_keys.check_scope(p, None)
     token = request.cookies.get(auth.SESSION_COOKIE)
     if token and p is not None and p.via == "session":
         auth.logout(session, token)

@@ -1,5 +1,8 @@
 """End-user billing endpoints (session cookie or the user's own API key).
 
+The read-only ones take `reading_user` (a scoped key needs `usage:read`); checkout and
+portal take `current_user`, which refuses any scoped key.
+
 Every query is scoped by the signed-in user, never by an id from the request.
 """
 
@@ -11,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
 from billing_app.api import schemas as s
-from billing_app.api.deps import current_user, db_session
+from billing_app.api.deps import current_user, db_session, reading_user
 from billing_app.db import read_session
 from billing_app.errors import ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
@@ -67,7 +70,7 @@ def portal(
 
 @router.get("/subscription", response_model=s.SubscriptionOut)
 def subscription(
-    user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
+    user: UserDTO = Depends(reading_user), session: Session = Depends(db_session)
 ) -> dict[str, Any]:
     plan = get_catalog()[plan_key_for(current_subscription(session, user.id))]
     sub = as_dict(subscriptions.get_subscription_dto(session, user.id))
@@ -77,7 +80,7 @@ def subscription(
 
 @router.get("/quota", response_model=s.QuotasOut)
 def quota(
-    user: UserDTO = Depends(current_user), session: Session = Depends(db_session)
+    user: UserDTO = Depends(reading_user), session: Session = Depends(db_session)
 ) -> dict[str, Any]:
     """Limits per metric (plan or admin override) with this period's usage."""
     plan_key = plan_key_for(current_subscription(session, user.id))
@@ -94,7 +97,7 @@ def quota(
 @router.get("/usage", response_model=s.UsageSummaryOut)
 def usage(
     history: Literal["daily"] | None = Query(default=None, description="daily: per-day series"),
-    user: UserDTO = Depends(current_user),
+    user: UserDTO = Depends(reading_user),
 ) -> dict[str, Any]:
     """This period per metric: used, limit, remaining, percent, resets_at."""
     return usage_summary(user.id, history == "daily")
@@ -117,7 +120,7 @@ def invoices(
     status: str | None = Query(default=None, max_length=32),
     page: int = Query(default=1, ge=1, le=100_000),
     per_page: int = Query(default=20, ge=1, le=100),
-    user: UserDTO = Depends(current_user),
+    user: UserDTO = Depends(reading_user),
     session: Session = Depends(db_session),
 ) -> dict[str, Any]:
     """The signed-in user's invoices, newest first."""

@@ -119,11 +119,32 @@ async def principal(p: Principal | None = Depends(optional_principal)) -> Princi
     return p
 
 
-async def current_user(p: Principal = Depends(principal)) -> UserDTO:
-    """A user (by session or by that user's API key); a service key is not a user."""
+def _user_of(p: Principal) -> UserDTO:
     if p.user is None:
         raise Forbidden("This endpoint acts for a user; use a session or a user API key.")
     return p.user
+
+
+def usage_reader(p: Principal) -> UserDTO:
+    """The user whose usage, quota, subscription or invoices `p` may read: a session, or
+    that user's key if unscoped or holding `usage:read`. Shared with the fast lane."""
+    user = _user_of(p)
+    api_keys.check_scope(p, "usage:read")
+    return user
+
+
+async def reading_user(p: Principal = Depends(principal)) -> UserDTO:
+    """For the user's read-only endpoints (usage, quota, subscription, invoices)."""
+    return usage_reader(p)
+
+
+async def current_user(p: Principal = Depends(principal)) -> UserDTO:
+    """A user (by session or by that user's unrestricted API key); a service key is not a
+    user. Everything not covered by a scope (checkout, portal, admin, account) uses this,
+    so a scoped key is refused by default on any endpoint that names no scope."""
+    user = _user_of(p)
+    api_keys.check_scope(p, None)
+    return user
 
 
 async def admin_user(user: UserDTO = Depends(current_user)) -> UserDTO:
@@ -134,8 +155,7 @@ async def admin_user(user: UserDTO = Depends(current_user)) -> UserDTO:
 
 def require_scope(p: Principal, scope: str) -> None:
     """An API key restricted to scopes may only do what they name (no scopes: unrestricted)."""
-    if p.via == "api_key" and p.scopes and scope not in p.scopes:
-        raise Forbidden(f"This API key lacks the {scope!r} scope.", scope=scope)
+    api_keys.check_scope(p, scope)
 
 
 def resolve_user_id(p: Principal, user_id: int | None) -> int:

@@ -27,11 +27,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from billing_app.api import billing_routes, errors, webhook
+from billing_app.api import billing_routes, deps, errors, webhook
 from billing_app.api import schemas as s
 from billing_app.api import service_routes as routes
 from billing_app.db import session_scope
-from billing_app.errors import Forbidden, ServiceUnavailable
+from billing_app.errors import ServiceUnavailable
 from billing_app.services import api_keys
 from billing_app.services.dto import Principal
 from billing_app.services.usage_writer import writer
@@ -193,13 +193,12 @@ _SUMMARY_QUERIES = {b"": False, b"history=daily": True}  # others: FastAPI valid
 
 
 async def _summary(scope: Scope, receive: Receive, send: Send, secret: str) -> None:
-    """GET /api/billing/usage for a user's key (a service key is refused as by the route)."""
+    """GET /api/billing/usage for a user's key (a service key, or a scoped key without
+    usage:read, is refused as by the route)."""
     try:
-        p = await _principal(secret)
-        if p.user is None:
-            raise Forbidden("This endpoint acts for a user; use a session or a user API key.")
+        user = deps.usage_reader(await _principal(secret))  # same rule as the route
         history = _SUMMARY_QUERIES[scope["query_string"]]
-        out = await _reads.run(billing_routes.usage_summary, p.user.id, history)
+        out = await _reads.run(billing_routes.usage_summary, user.id, history)
         body = s.UsageSummaryOut.model_validate(out).model_dump(mode="json")
         response: Response = JSONResponse(body)
     except Exception as exc:

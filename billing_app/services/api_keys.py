@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
-from billing_app.errors import NotFound, Unauthorized, ValidationFailed
+from billing_app.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from billing_app.models import ApiKey, User
 from billing_app.services import users
 from billing_app.services.dto import ApiKeyDTO, Principal
@@ -143,6 +143,24 @@ def revoke_key(session: Session, key_id: int) -> ApiKeyDTO:
         for h in [h for h, c in _cache.items() if c.principal.api_key_id == key_id]:
             del _cache[h]
     return _to_dto(key)
+
+
+def check_scope(p: Principal, scope: str | None) -> None:
+    """The scope rule for one request: Forbidden unless `p` may call an endpoint that
+    needs `scope`. `scope=None` is an endpoint outside every scope (billing, admin,
+    account): a scoped key is refused there, so a `usage:read` key can never mint an
+    unscoped key or change a quota. Sessions and unscoped keys are never restricted."""
+    if p.via != "api_key" or not p.scopes:
+        return
+    if scope is None:
+        names = ", ".join(p.scopes)
+        raise Forbidden(
+            f"This API key is limited to scopes {names}; this endpoint needs an "
+            "unrestricted key or a signed-in session.",
+            scopes=list(p.scopes),
+        )
+    if scope not in p.scopes:
+        raise Forbidden(f"This API key lacks the {scope!r} scope.", scope=scope)
 
 
 def _lookup(session: Session, digest: str) -> Principal | None:

@@ -7,10 +7,12 @@ objects → 403/404 (or simply never sees them); a service key is not a user.
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from billing_app.db import session_scope
-from billing_app.models import Invoice
-from billing_app.services import metering
+from billing_app.models import ApiKey, AuthSession, Invoice, QuotaAudit, UsageEvent, User
+from billing_app.services import api_keys, metering, quotas
+from tests.api.conftest import ORIGIN
 
 USER_ENDPOINTS = [
     ("POST", "/api/billing/checkout", {"plan": "pro"}),
@@ -60,8 +62,6 @@ def _call(client, method, path, body, actors):
 
 
 def _b_key_id(actors) -> int:
-    from billing_app.services import api_keys
-
     with session_scope() as s:
         return next(k.id for k in api_keys.list_keys(s, actors.b.id))
 
@@ -141,3 +141,169 @@ def test_user_endpoints_are_scoped_by_the_caller_not_the_request(actors):
         usage = client.get("/api/billing/usage", params={"user_id": actors.b.id}).json()
         assert all(m["used"] == 0 for m in usage["metrics"])
         assert client.get("/api/auth/me").json()["id"] == actors.a.id
+
+
+# ------------------------------------------------------------------ scoped API keys
+#
+# A key with scopes may call only the endpoints its scopes name: usage:read for the
+# user's read-only endpoints and the quota check, usage:write for recording. Every
+# other endpoint a user key reaches (checkout, portal, account, admin) needs an
+# unscoped key or a session. Each case runs in both lanes: without Origin the fast
+# lane answers what it serves itself; with Origin the request goes on to FastAPI.
+
+ANY_SCOPE = None  # the endpoint names no scope: unscoped keys and sessions only
+SCOPED_ROUTES = [
+    # (method, path, body, whose key, scope needed)
+    ("POST", "/api/billing/checkout", {"plan": "pro"}, "a", ANY_SCOPE),
+    ("POST", "/api/billing/portal", None, "a", ANY_SCOPE),
+    ("GET", "/api/billing/subscription", None, "a", "usage:read"),
+    ("GET", "/api/billing/quota", None, "a", "usage:read"),
+    ("GET", "/api/billing/usage", None, "a", "usage:read"),
+    ("GET", "/api/billing/usage?history=daily", None, "a", "usage:read"),
+    ("GET", "/api/billing/invoices", None, "a", "usage:read"),
+    ("GET", "/api/auth/me", None, "a", ANY_SCOPE),
+    ("POST", "/api/auth/logout", None, "a", ANY_SCOPE),
+    *[(m, p, b, "admin", ANY_SCOPE) for m, p, b in ADMIN_ENDPOINTS],
+    ("POST", "/api/billing/usage", {"metric": "tokens", "quantity": 1}, "a", "usage:write"),
+    (
+        "POST",
+        "/api/billing/usage/batch",
+        {"events": [{"metric": "tokens", "quantity": 1}]},
+        "a",
+        "usage:write",
+    ),
+    ("POST", "/api/billing/usage/consume", {"metric": "tokens", "quantity": 1}, "a", "usage:write"),
+    ("POST", "/api/billing/quota/check", {"metric": "tokens", "quantity": 1}, "a", "usage:read"),
+]
+# Endpoints that take no credentials (or Stripe's signature): outside the scope rule.
+PUBLIC_ROUTES = {
+    ("GET", "/api/health"),
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/signup"),
+    ("GET", "/api/auth/oidc/login"),
+    ("GET", "/api/auth/oidc/callback"),
+    ("POST", "/api/billing/webhook"),
+}
+# What an allowed call answers here (no Stripe is reachable in this test: checkout
+# gets as far as calling it; alice has no billing account for the portal yet).
+ALLOWED_STATUS = {"/api/billing/checkout": 502, "/api/billing/portal": 409}
+KEY_KINDS = ["unscoped", "usage:read", "usage:write"]
+
+
+@pytest.fixture
+def scoped_keys(actors):
+    """{(owner, kind): secret} for alice and the admin, one key per kind."""
+    keys = {}
+    with session_scope() as s:
+        for owner, user in (("a", actors.a), ("admin", actors.admin)):
+            for kind in KEY_KINDS:
+                scopes = [] if kind == "unscoped" else [kind]
+                keys[owner, kind] = api_keys.create_key(
+                    s, name=f"{owner} {kind}", user_id=user.id, scopes=scopes
+                )[1]
+    return keys
+
+
+def _written() -> tuple[int, ...]:
+    """Row counts a refused call must leave alone: keys, revocations, usage, quota
+    audit, sessions, Stripe customers."""
+    with session_scope() as s:
+        counts = (
+            s.scalar(sa.select(sa.func.count()).select_from(ApiKey)),
+            s.scalar(sa.select(sa.func.count()).where(ApiKey.revoked_at.is_not(None))),
+            s.scalar(sa.select(sa.func.count()).select_from(UsageEvent)),
+            s.scalar(sa.select(sa.func.count()).select_from(QuotaAudit)),
+            s.scalar(sa.select(sa.func.count()).where(AuthSession.revoked_at.is_not(None))),
+            s.scalar(sa.select(sa.func.count()).where(User.stripe_customer_id.is_not(None))),
+        )
+    return counts
+
+
+def _scoped_ids(routes):
+    return [f"{m} {p}" for m, p, *_ in routes]
+
+
+def test_scope_matrix_covers_every_authenticated_route(api):
+    """A new route must be added to SCOPED_ROUTES (or PUBLIC_ROUTES) to pass."""
+    routes = {
+        (method.upper(), path) for path, ops in api.openapi()["paths"].items() for method in ops
+    }
+    covered = {(m, p.split("?")[0]) for m, p, *_ in SCOPED_ROUTES}
+    covered = {
+        (m, p.replace("{b}", "{user_id}").replace("{b_key}", "{key_id}")) for m, p in covered
+    }
+    assert routes - PUBLIC_ROUTES == covered
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("kind", KEY_KINDS)
+@pytest.mark.parametrize(
+    ("method", "path", "body", "owner", "needs"), SCOPED_ROUTES, ids=_scoped_ids(SCOPED_ROUTES)
+)
+def test_scoped_keys_reach_only_what_their_scopes_name(
+    actors, scoped_keys, method, path, body, owner, needs, kind, lane
+):
+    client = actors.key_client(scoped_keys[owner, kind])
+    if lane == "fastapi":
+        client.headers["Origin"] = ORIGIN
+    before = _written()
+    r = _call(client, method, path, body, actors)
+    allowed = kind == "unscoped" or kind == needs
+    if allowed:
+        assert r.status_code in {ALLOWED_STATUS.get(path, 200), 201}, r.text
+        return
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["code"] == "forbidden"
+    if needs is ANY_SCOPE:
+        assert error["message"] == (
+            f"This API key is limited to scopes {kind}; this endpoint needs an "
+            "unrestricted key or a signed-in session."
+        )
+        assert error["scopes"] == [kind]
+    else:
+        assert error["scope"] == needs and needs in error["message"]
+    assert _written() == before
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_an_admins_read_only_key_cannot_escalate(actors, scoped_keys, lane):
+    """The reviewer's case: an admin's usage:read key must not mint an unscoped service
+    key, change a quota, or revoke a key; all three are refused with nothing written."""
+    client = actors.key_client(scoped_keys["admin", "usage:read"])
+    if lane == "fastapi":
+        client.headers["Origin"] = ORIGIN
+    minted = client.post("/api/billing/admin/api-keys", json={"name": "x", "service_name": "x"})
+    assert minted.status_code == 403 and "secret" not in minted.text
+    quota = client.put(
+        f"/api/billing/admin/users/{actors.a.id}/quota",
+        json={"metric": "tokens", "limit": 0, "reason": "unlimited please"},
+    )
+    assert quota.status_code == 403
+    revoke = client.delete(f"/api/billing/admin/api-keys/{_b_key_id(actors)}")
+    assert revoke.status_code == 403
+    with session_scope() as s:
+        keys = api_keys.list_keys(s)
+        assert not any(k.service_name == "x" for k in keys)
+        assert all(k.revoked_at is None for k in keys)
+        tokens = next(q for q in quotas.get_quotas(s, actors.a.id) if q.metric == "tokens")
+        assert tokens.source == "plan" and not tokens.unlimited
+    # the same admin's unscoped key and session still may
+    assert (
+        actors.key_client(scoped_keys["admin", "unscoped"])
+        .put(
+            f"/api/billing/admin/users/{actors.a.id}/quota",
+            json={"metric": "tokens", "limit": 0, "reason": "ok"},
+        )
+        .status_code
+        == 200
+    )
+
+
+def test_sessions_are_not_restricted_by_scopes(actors):
+    c = actors.cookie_client(actors.admin)
+    assert c.get("/api/billing/usage").status_code == 200
+    assert (
+        c.post("/api/billing/admin/api-keys", json={"name": "y", "service_name": "y"}).status_code
+        == 201
+    )
