@@ -109,3 +109,8 @@ def plan_for_price(price_id: str | None) -> Plan | None:
         if plan.stripe_price_id == price_id:
             return plan
     return None
+
+
+def plan_price_ids() -> frozenset[str]:
+    """The Stripe price ids of the paid plans (what tells a plan item from an add-on)."""
+    return frozenset(p.stripe_price_id for p in get_catalog().values() if p.stripe_price_id)

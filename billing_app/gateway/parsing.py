@@ -11,6 +11,7 @@ go through here. Both the current API shapes and the older ones are read:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -89,16 +90,32 @@ class SubscriptionData:
         return self.status in TERMINAL_SUBSCRIPTION_STATUSES
 
 
-def parse_subscription(obj: dict[str, Any]) -> SubscriptionData:
+def _item_price(item: dict[str, Any]) -> dict[str, Any] | None:
+    if isinstance(item.get("price"), dict):
+        return item["price"]
+    if isinstance(item.get("plan"), dict):
+        return item["plan"]  # very old shape: a legacy plan object
+    return None
+
+
+def _plan_item(items: Any, plan_prices: Collection[str]) -> dict[str, Any]:
+    """The item on one of `plan_prices` (others are add-ons), else the first one."""
+    items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    for item in items:
+        if ref_id(_item_price(item)) in plan_prices:
+            return item
+    return items[0] if items else {}
+
+
+def parse_subscription(obj: dict[str, Any], plan_prices: Collection[str] = ()) -> SubscriptionData:
+    """`plan_prices`: the plan catalog's price ids; the item on one of them is the plan
+    (the price, item id, amount and period read), whatever its position among the items."""
     if not isinstance(obj, dict):
         raise MalformedObject("subscription is not an object")
     sub_id = _require_str(obj, "id", "subscription")
     status = _require_str(obj, "status", "subscription")
-    items = (obj.get("items") or {}).get("data") or []
-    item = items[0] if items and isinstance(items[0], dict) else {}
-    price = item.get("price") if isinstance(item.get("price"), dict) else None
-    if price is None and isinstance(item.get("plan"), dict):
-        price = item["plan"]  # very old shape: a legacy plan object
+    item = _plan_item((obj.get("items") or {}).get("data"), plan_prices)
+    price = _item_price(item)
     if price is None and isinstance(obj.get("plan"), dict):
         price = obj["plan"]  # single-plan subscriptions before items existed
     # Current shape on the item; older one on the subscription.

@@ -16,7 +16,7 @@ from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import parse_subscription
 from billing_app.models import Subscription, User
-from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog
+from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog, plan_price_ids
 from billing_app.services.dto import SubscriptionDTO
 from billing_app.services.stripe_sync import apply_subscription
 from billing_app.services.subscriptions import (
@@ -153,7 +153,7 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
         return to_subscription_dto(sub)
     gateway = get_gateway()
     remote = gateway.retrieve_subscription(sub.stripe_subscription_id)
-    data = parse_subscription(remote)
+    data = parse_subscription(remote, plan_price_ids())  # swap the plan's item, not an add-on
     if data.status not in LIVE_STATUSES or data.item_id is None:
         _refresh_from(session, remote)
         raise Conflict("Your subscription is no longer active; choose a plan to start a new one.")

@@ -48,7 +48,7 @@ from billing_app.models import (
     Subscription,
     User,
 )
-from billing_app.plans import get_catalog, plan_for_price
+from billing_app.plans import get_catalog, plan_for_price, plan_price_ids
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
 from billing_app.services.subscriptions import LIVE_STATUSES, effective_plan_key, plan_key_for
@@ -410,7 +410,7 @@ def apply_subscription(
     `force` (reconciliation, an API response) writes it whatever was applied before.
     Returns True when the stored state changed. Caller commits.
     """
-    data = parse_subscription(obj)
+    data = parse_subscription(obj, plan_price_ids())  # the plan's item, not an add-on's
     if data.status not in SUBSCRIPTION_STATUSES:
         raise MalformedObject(f"subscription {data.id} has unknown status {data.status!r}")
     session.flush()  # pending ORM changes first, as an ORM query would (autoflush)

@@ -14,7 +14,8 @@ from sqlmodel import Session, func, select
 from billing_app import clock
 from billing_app.cli import main as cli
 from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
-from billing_app.models import Quota, Subscription, User
+from billing_app.gateway import get_gateway
+from billing_app.models import Quota, StripeEvent, Subscription, User
 from billing_app.services import billing, metering, stripe_sync
 from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import get_subscription_dto
@@ -287,3 +288,45 @@ def test_checkout_completed_alone_fetches_the_subscription(session, sandbox, htt
     dto = get_subscription_dto(session, user.id)
     assert (dto.status, dto.plan) == ("active", "basic")
     assert limits(session, user.id)["tokens"] == 100_000
+
+
+def test_a_plan_item_behind_an_add_on_is_synced_and_changed(session, sandbox, http):
+    """A subscription whose first item is an add-on (a price outside the plan catalog): the
+    plan is read from the plan's item, and a plan change swaps that item only."""
+    user = make_user(session)
+    customer = billing.ensure_customer(session, session.get(User, user.id))
+    session.rollback()
+    set_card(http, sandbox, customer, GOOD_CARD)
+    client = get_gateway().client
+    seats = client.v1.products.create(params={"name": "Extra seats"})
+    addon = client.v1.prices.create(
+        params={
+            "product": seats.id,
+            "unit_amount": 500,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": customer,
+            "items": [{"price": addon.id, "quantity": 2}, {"price": "price_sandbox_basic"}],
+            "metadata": {"user_id": str(user.id)},
+        }
+    )
+    flush(http, sandbox)
+    unprocessed = session.exec(select(StripeEvent).where(StripeEvent.processed_at.is_(None)))
+    assert [e.error for e in unprocessed.all()] == []
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.plan, dto.amount) == ("active", "basic", 1900)
+    assert limits(session, user.id)["tokens"] == 100_000
+
+    dto = billing.change_plan(session, user.id, "pro")
+    assert (dto.plan, dto.amount) == ("pro", 9900)
+    flush(http, sandbox)
+    items = sandbox.state.subscriptions[sub.id]["items"]["data"]
+    assert [(i["price"]["id"], i["quantity"]) for i in items] == [
+        (addon.id, 2),
+        ("price_sandbox_pro", 1),
+    ]
+    assert limits(session, user.id) == PRO

@@ -66,6 +66,23 @@ def test_subscription_older_shape_gives_the_same_record(stripe_fixtures):
     assert b.user_id == 42
 
 
+def test_subscription_plan_item_is_found_behind_an_add_on(stripe_fixtures):
+    obj = copy.deepcopy(stripe_fixtures["subscription"])
+    plan_item = obj["items"]["data"][0]
+    addon = copy.deepcopy(plan_item)
+    addon.update(id="si_addon", quantity=3)
+    addon["price"].update(id="price_addon_seats", unit_amount=500)
+    obj["items"]["data"] = [addon, plan_item]
+    plan_price = plan_item["price"]["id"]
+    data = parse_subscription(obj, frozenset({plan_price, "price_other_plan"}))
+    assert (data.price_id, data.item_id) == (plan_price, plan_item["id"])
+    assert data.amount == plan_item["price"]["unit_amount"]
+    # Without the catalog, or with no plan item among them, the first item is read.
+    assert parse_subscription(obj).price_id == "price_addon_seats"
+    first = parse_subscription(obj, frozenset({"price_unknown"}))
+    assert (first.price_id, first.item_id, first.amount) == ("price_addon_seats", "si_addon", 1500)
+
+
 def test_invoice_current_and_older_shapes(stripe_fixtures):
     fx = stripe_fixtures["invoice"]
     data = parse_invoice(fx)
