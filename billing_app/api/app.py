@@ -39,6 +39,7 @@ def create_api() -> FastAPI:
         https_only=urlsplit(settings.app_url).scheme == "https",
     )
     api.add_middleware(errors.BodyLimitMiddleware)
+    api.add_middleware(errors.SingleHeaderMiddleware)
 
     @api.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:

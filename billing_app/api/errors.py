@@ -7,6 +7,7 @@ anything else unexpected is a bare 500 without a stack trace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
@@ -157,6 +158,49 @@ def install(api: FastAPI) -> None:
     # Pool exhausted while the database is down: also "unavailable", not a hang or a 500.
     api.add_exception_handler(sa_exc.TimeoutError, _db_down)
     api.add_exception_handler(Exception, _unexpected)
+
+
+# Fields a request may carry once (RFC 9110 5.3: not list-based). Two Authorization
+# headers may name two callers, two Idempotency-Keys two different retries; reading
+# either one silently would act for the wrong caller or count a retry twice, and the
+# two lanes once read different ones. Both lanes refuse the request instead.
+SINGLE_HEADERS = (b"authorization", b"idempotency-key")
+
+
+def repeated_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The first of SINGLE_HEADERS that occurs more than once (ASGI names are lower case)."""
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        if name in SINGLE_HEADERS:
+            if name in seen:
+                return name.decode()
+            seen.add(name)
+    return None
+
+
+def repeated(name: str) -> JSONResponse:
+    title = "-".join(part.capitalize() for part in name.split("-"))
+    return error_response(
+        400,
+        "repeated_header",
+        f"The {title} header was sent more than once; send it once.",
+        header=title,
+    )
+
+
+class SingleHeaderMiddleware:
+    """400 for an /api request repeating a header that must come once (SINGLE_HEADERS)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            name = repeated_header(scope["headers"])
+            if name is not None:
+                await repeated(name)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _TooLarge(HTTPException):

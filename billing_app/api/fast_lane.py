@@ -246,7 +246,14 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
-        headers = dict(scope["headers"])
+        raw = scope["headers"]
+        # The first of a repeated header, as Starlette reads it (a plain dict keeps the last).
+        headers = dict(reversed(raw))
+        if len(headers) < len(raw) and path.startswith("/api/"):
+            name = errors.repeated_header(raw)  # as errors.SingleHeaderMiddleware does
+            if name is not None:
+                await errors.repeated(name)(scope, receive, send)
+                return
         secret = _bearer(headers)
         if b"origin" in headers:  # a browser's call: CORS is answered by the app's layers
             await app(scope, receive, send)

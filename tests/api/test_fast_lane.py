@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from billing_app.api import service_routes
 from billing_app.api.app import create_api
+from billing_app.db import session_scope
+from billing_app.services import metering
 from tests.api.conftest import ORIGIN
 
 # Both sides write to the same users, so counter values differ by what the other wrote.
@@ -217,3 +220,63 @@ def test_read_thread_refuses_at_once_when_its_backlog_is_full():
         assert await reads.run(lambda: "served again") == "served again"
 
     asyncio.run(scenario())
+
+
+def _tokens_used(user_id: int) -> int:
+    with session_scope() as s:
+        return next(m.used for m in metering.summary(s, user_id) if m.metric == "tokens")
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_repeated_authorization_or_idempotency_key_is_refused_over_http(
+    actors, live_server, lane
+):
+    """Two Authorization headers could name two users (the lanes once picked different
+    ones); two Idempotency-Keys two retries (one could count twice). Both lanes refuse
+    with the same 400 and record nothing, over real HTTP."""
+    alice, bob = (f"Bearer {k}" for k in (actors.a_key, actors.b_key))
+    browser = [("origin", ORIGIN)] if lane == "fastapi" else []  # Origin: on to FastAPI
+    json_type = [("content-type", "application/json")]
+    body = json.dumps({"metric": "tokens", "quantity": 1}).encode()
+    cases = [
+        ("Authorization", [("authorization", alice), ("authorization", bob)]),
+        ("Authorization", [("authorization", alice), ("authorization", alice)]),
+        (
+            "Idempotency-Key",
+            [("authorization", alice), ("idempotency-key", "k1"), ("idempotency-key", "k2")],
+        ),
+    ]
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        for name, headers in cases:
+            for method, path in (("POST", "/api/billing/usage"), ("GET", "/api/billing/usage")):
+                r = c.request(
+                    method,
+                    path,
+                    content=body if method == "POST" else None,
+                    headers=headers + json_type + browser,
+                )
+                assert r.status_code == 400, (name, method, r.text)
+                assert r.json()["error"] == {
+                    "code": "repeated_header",
+                    "message": f"The {name} header was sent more than once; send it once.",
+                    "header": name,
+                }
+        # one of each is fine
+        ok = c.post(
+            "/api/billing/usage",
+            content=body,
+            headers=[("authorization", alice), ("idempotency-key", "k1"), *json_type, *browser],
+        )
+        assert ok.status_code == 201, ok.text
+    assert (_tokens_used(actors.a.id), _tokens_used(actors.b.id)) == (1, 0)
+
+
+def test_the_lane_reads_the_first_of_a_repeated_header_as_fastapi_does(actors, pair):
+    """Other repeated headers: the lane takes the first, as Starlette does, so a body
+    sent as text/plain and then application/json is handled alike by both."""
+    body = json.dumps({"metric": "tokens", "quantity": 1}).encode()
+    headers = [("content-type", "text/plain"), ("content-type", "application/json")]
+    lane, plain = (
+        c.post("/api/billing/usage", content=body, headers=headers) for c in pair(actors.a_key)
+    )
+    assert (lane.status_code, lane.json()) == (plain.status_code, plain.json())
