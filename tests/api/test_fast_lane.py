@@ -280,3 +280,32 @@ def test_the_lane_reads_the_first_of_a_repeated_header_as_fastapi_does(actors, p
         c.post("/api/billing/usage", content=body, headers=headers) for c in pair(actors.a_key)
     )
     assert (lane.status_code, lane.json()) == (plain.status_code, plain.json())
+
+
+def test_whitespace_and_byte_order_mark_bodies_are_answered_alike(actors, pair):
+    """Only a body with no bytes is "missing" (422); whitespace alone is malformed JSON
+    (400); a UTF-8 byte order mark before good JSON is accepted (RFC 8259 8.1 allows it,
+    FastAPI's parser does), in both lanes."""
+    svc = pair(actors.service_key)
+    a = actors.a.id
+    bom = b"\xef\xbb\xbf"
+    event = json.dumps({"user_id": a, "metric": "tokens", "quantity": 1}).encode()
+    for path, good, good_status in (
+        ("/api/billing/usage", event, 201),
+        ("/api/billing/usage/consume", event, 201),
+        ("/api/billing/quota/check", event, 200),
+        ("/api/billing/usage/batch", b'{"events": [%s]}' % event, 201),
+    ):
+        for tag, body, status in (
+            ("whitespace", b"  \r\n\t ", 400),
+            ("empty", b"", 422),
+            ("bom only", bom, 400),
+            ("bom and whitespace", bom + b"  ", 400),
+            ("bom and json", bom + good, good_status),
+        ):
+            r = _both(svc, path, body, f"{path} {tag}")
+            assert r.status_code == status, (path, tag, r.text)
+            if status == 400:
+                assert r.json()["error"]["code"] == "malformed_json"
+    # each lane recorded the three good writes: usage, consume, batch
+    assert _tokens_used(a) == 6
