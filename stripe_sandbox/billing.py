@@ -26,6 +26,12 @@ RETRY_DELAYS = (3 * DAY, 5 * DAY, 7 * DAY)
 INCOMPLETE_LIFETIME = 23 * 3600  # an unpaid first invoice expires the subscription after 23 h
 LIVE_STATUSES = ("active", "past_due", "trialing", "unpaid")
 PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
+PAYMENT_BEHAVIORS = (
+    "allow_incomplete",
+    "default_incomplete",
+    "error_if_incomplete",
+    "pending_if_incomplete",
+)
 
 
 def _date(ts: int) -> str:
@@ -533,12 +539,7 @@ def create_subscription_from_params(st: SandboxState, params: dict[str, Any]) ->
     if not cus_id:
         raise missing_param("customer")
     behavior = params.get("payment_behavior") or "allow_incomplete"
-    if behavior not in (
-        "allow_incomplete",
-        "default_incomplete",
-        "error_if_incomplete",
-        "pending_if_incomplete",
-    ):
+    if behavior not in PAYMENT_BEHAVIORS:
         raise StripeError(f"Invalid payment_behavior: {behavior}", param="payment_behavior")
     if params.get("trial_period_days") or params.get("trial_end"):
         raise StripeError(
@@ -595,9 +596,33 @@ def _proration_lines(
     return lines
 
 
+def _raise_unless_paid_now(st: SandboxState, sub: dict[str, Any], lines: list[dict]) -> None:
+    """payment_behavior=error_if_incomplete: the card error (402) when the invoice these
+    lines make would have an amount due that the customer's card does not pay."""
+    total = sum(line["amount"] for line in lines)
+    cus = st.customers.get(sub["customer"])
+    credit = -min(cus["balance"], 0) if cus is not None else 0  # applied first, as finalize
+    if max(total, 0) - min(credit, max(total, 0)) <= 0:
+        return
+    card = payment_card(st, sub["customer"], sub)
+    if card is None:
+        raise StripeError(
+            "This customer has no attached payment source or default payment method.",
+            code="resource_missing",
+        )
+    if (error := card.charge_error()) is not None:
+        raise error
+
+
 def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -> dict[str, Any]:
     """Plan/quantity changes (with prorations), cancel_at_period_end, metadata, default card.
-    Emits customer.subscription.updated with previous_attributes, then any invoice events."""
+    Emits customer.subscription.updated with previous_attributes, then any invoice events.
+
+    payment_behavior, for an invoice the update makes now: allow_incomplete (default) charges
+    it and the subscription goes past_due when that fails; error_if_incomplete raises the
+    card error instead and changes nothing; default_incomplete leaves it open (past_due until
+    paid). pending_if_incomplete (pending updates) is refused: the sandbox has none.
+    """
     sub = st.get(st.subscriptions, sub_id, "subscription")
     allowed_when_ended = {"metadata", "cancellation_details", "expand"}
     if sub["status"] in ("canceled", "incomplete_expired") and set(params) - allowed_when_ended:
@@ -609,6 +634,18 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         raise StripeError(
             f"Invalid proration_behavior: must be one of {', '.join(PRORATION_BEHAVIORS)}",
             param="proration_behavior",
+        )
+    payment_behavior = params.get("payment_behavior") or "allow_incomplete"
+    if payment_behavior not in PAYMENT_BEHAVIORS:
+        raise StripeError(
+            f"Invalid payment_behavior: must be one of {', '.join(PAYMENT_BEHAVIORS)}",
+            param="payment_behavior",
+        )
+    if payment_behavior == "pending_if_incomplete":
+        raise StripeError(
+            "payment_behavior=pending_if_incomplete (pending updates) is not supported by the "
+            "Stripe sandbox.",
+            param="payment_behavior",
         )
     now = st.now()
     before, sub = sub, copy.deepcopy(sub)  # edit a copy; committed once everything validated
@@ -693,23 +730,29 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
         sub["cancellation_details"]["reason"] = None
 
-    st.subscriptions[sub_id] = sub
-    invoice = None
-    if interval_of(sub) != old_interval:
+    new_cycle = interval_of(sub) != old_interval
+    lines: list[dict[str, Any]] | None = None  # an invoice made now
+    if new_cycle:
         # A new interval restarts the billing cycle now and is invoiced at once (like Stripe):
         # credit for the old plan's unused time plus the first period of the new one.
         interval, count = interval_of(sub)
         period = (now, objects.add_interval(now, interval, count))
         for item in items:
             item.update(current_period_start=period[0], current_period_end=period[1])
-        internal.update(anchor=now, cycle=0)
         sub["billing_cycle_anchor"] = now
         credits = [line for line in prorations if line["amount"] < 0]
         lines = internal["pending"] + credits + [line_for_item(it, st) for it in items]
-        internal["pending"] = []
-        invoice = new_invoice(st, sub, "subscription_update", (now, now), lines)
     elif prorations and behavior == "always_invoice":
-        lines, internal["pending"] = internal["pending"] + prorations, []
+        lines = internal["pending"] + prorations
+    if lines is not None and payment_behavior == "error_if_incomplete":
+        _raise_unless_paid_now(st, sub, lines)  # before anything is stored or emitted
+
+    st.subscriptions[sub_id] = sub
+    invoice = None
+    if lines is not None:
+        if new_cycle:
+            internal.update(anchor=now, cycle=0)
+        internal["pending"] = []
         invoice = new_invoice(st, sub, "subscription_update", (now, now), lines)
     elif prorations and behavior == "create_prorations":
         internal["pending"] += prorations  # billed with the next renewal invoice
@@ -718,7 +761,12 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         st.emit("customer.subscription.updated", sub, objects.previous_attributes(before, sub))
     if invoice is not None:
         open_invoice(st, invoice)
-        collect(st, invoice)
+        if payment_behavior != "default_incomplete":
+            collect(st, invoice)
+        elif invoice["amount_due"] > 0 and sub["status"] == "active":
+            _set_status(st, sub, "past_due")  # awaits the customer's confirmation
+        else:
+            collect(st, invoice)  # nothing to pay: settled at once
     return sub
 
 

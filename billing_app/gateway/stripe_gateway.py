@@ -202,15 +202,19 @@ class StripeGateway:
         price_id: str,
         proration_behavior: str,
         version: str,
+        payment_behavior: str = "allow_incomplete",
     ) -> dict[str, Any]:
-        """Swap the subscription's single item to another price (prorated).
+        """Swap the subscription's plan item to another price (prorated).
 
         `version` names the local state the change starts from, so a retry of the same change
-        replays while a later change back and forth gets a new key.
+        replays while a later change back and forth gets a new key. `payment_behavior`
+        "error_if_incomplete": an invoice due now that is not paid makes Stripe answer 402
+        (CardDeclined) and change nothing.
         """
         params: dict[str, Any] = {
             "items": [{"id": item_id, "price": price_id}],
             "proration_behavior": proration_behavior,
+            "payment_behavior": payment_behavior,
             "cancel_at_period_end": False,
         }
         key = idempotency_key("plan", subscription_id, version, params=params)

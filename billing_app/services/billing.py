@@ -12,9 +12,9 @@ from typing import Any
 from sqlmodel import Session, select
 
 from billing_app.clock import utcnow
-from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
+from billing_app.errors import CardDeclined, Conflict, NoBillingAccount, ValidationFailed
 from billing_app.gateway import get_gateway
-from billing_app.gateway.parsing import parse_subscription
+from billing_app.gateway.parsing import parse_subscription, ref_id
 from billing_app.models import Subscription, User
 from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog, plan_price_ids
 from billing_app.services.dto import SubscriptionDTO
@@ -139,8 +139,8 @@ def _refresh_from(session: Session, obj: dict[str, Any]) -> SubscriptionDTO:
 def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDTO:
     """Move the user's live subscription to another paid plan, prorated; never a second one.
 
-    Upgrades are invoiced at once (the difference is charged now); downgrades credit the
-    unused time on the next invoice.
+    Upgrades are invoiced at once and must be paid then: a declined card raises CardDeclined
+    (402) and nothing changes. Downgrades credit the unused time on the next invoice.
     """
     plan = _paid_plan(plan_key)
     get_user(session, user_id)
@@ -162,14 +162,52 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
     current = get_catalog().get(sub.plan)
     upgrade = current is None or plan.amount > current.amount
     assert plan.stripe_price_id is not None
-    updated = gateway.change_subscription_price(
-        subscription_id=sub.stripe_subscription_id,
-        item_id=data.item_id,
-        price_id=plan.stripe_price_id,
-        proration_behavior="always_invoice" if upgrade else "create_prorations",
-        version=_version(sub),
-    )
+    if not upgrade:
+        updated = gateway.change_subscription_price(
+            subscription_id=sub.stripe_subscription_id,
+            item_id=data.item_id,
+            price_id=plan.stripe_price_id,
+            proration_behavior="create_prorations",
+            version=_version(sub),
+        )
+        return _refresh_from(session, updated)
+    # Stripe keeps a declined request's 402 under its idempotency key: naming the card that
+    # pays and the minute lets a retry with a new card (or a minute later) really run.
+    version = f"{_version(sub)}:{_payer(remote)}:{_bucket(utcnow(), minutes=1)}"
+    try:
+        # error_if_incomplete: an unpaid upgrade is refused (402) and nothing changes, rather
+        # than moving to the new price as past_due (whose grace would grant the new plan).
+        updated = gateway.change_subscription_price(
+            subscription_id=sub.stripe_subscription_id,
+            item_id=data.item_id,
+            price_id=plan.stripe_price_id,
+            proration_behavior="always_invoice",
+            payment_behavior="error_if_incomplete",
+            version=version,
+        )
+    except CardDeclined as err:
+        session.rollback()
+        name = current.name if current is not None else sub.plan
+        raise CardDeclined(
+            f"{err.message} Your plan is unchanged (still {name}); update your card in the "
+            f"billing portal, then try the {plan.name} plan again.",
+            **err.details,
+        ) from err
     return _refresh_from(session, updated)
+
+
+def _payer(remote: dict[str, Any]) -> str:
+    """The payment method Stripe would charge for this subscription (its own, else its
+    customer's default), or "none"."""
+    own = ref_id(remote.get("default_payment_method"))
+    if own:
+        return own
+    customer_id = ref_id(remote.get("customer"))
+    if not customer_id:
+        return "none"
+    customer = get_gateway().retrieve_customer(customer_id)
+    settings = customer.get("invoice_settings") or {}
+    return ref_id(settings.get("default_payment_method")) or "none"
 
 
 def cancel_subscription(

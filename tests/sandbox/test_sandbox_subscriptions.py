@@ -162,3 +162,81 @@ def test_cancel_immediately(client: stripe.StripeClient, http: httpx.Client) -> 
     assert [e.data.object.id for e in deleted] == [sub.id]
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.subscriptions.cancel(sub.id)
+
+
+def _upgrade(client: stripe.StripeClient, sub: stripe.Subscription, **params: str):
+    return client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": sub["items"].data[0].id, "price": "price_sandbox_enterprise"}],
+            "proration_behavior": "always_invoice",
+            **params,
+        },
+    )
+
+
+def test_update_error_if_incomplete_with_a_failing_card_changes_nothing(
+    client: stripe.StripeClient, sandbox: SandboxServer, http: httpx.Client
+) -> None:
+    customer, sub = subscribe(client, http, price="price_sandbox_basic")
+    httpx.post(
+        f"{sandbox.url}/_sandbox/customers/{customer.id}/card", data={"number": "4000000000000341"}
+    )
+    events_before = len(client.v1.events.list(params={"limit": 100}).data)
+    invoices_before = client.v1.invoices.list(params={"customer": customer.id}).data
+    with pytest.raises(stripe.CardError) as info:
+        _upgrade(client, sub, payment_behavior="error_if_incomplete")
+    assert info.value.http_status == 402 and info.value.code == "card_declined"
+    after = client.v1.subscriptions.retrieve(sub.id)
+    assert after.status == "active"
+    assert after["items"].data[0].price.id == "price_sandbox_basic"
+    assert client.v1.invoices.list(params={"customer": customer.id}).data == invoices_before
+    assert len(client.v1.events.list(params={"limit": 100}).data) == events_before
+
+    # The default (allow_incomplete): the change is made and the subscription goes past_due.
+    moved = _upgrade(client, sub)
+    assert (moved.status, moved["items"].data[0].price.id) == (
+        "past_due",
+        "price_sandbox_enterprise",
+    )
+
+
+def test_update_error_if_incomplete_goes_through_when_paid_or_nothing_is_due(
+    client: stripe.StripeClient, sandbox: SandboxServer, http: httpx.Client
+) -> None:
+    _, sub = subscribe(client, http, price="price_sandbox_basic")
+    upgraded = _upgrade(
+        client, sub, payment_behavior="error_if_incomplete", expand=["latest_invoice"]
+    )
+    assert upgraded.status == "active" and upgraded.latest_invoice.status == "paid"
+    assert upgraded["items"].data[0].price.id == "price_sandbox_enterprise"
+
+    failing, sub2 = subscribe(client, http, price="price_sandbox_pro", email="b@example.com")
+    httpx.post(
+        f"{sandbox.url}/_sandbox/customers/{failing.id}/card", data={"number": "4000000000000341"}
+    )
+    down = client.v1.subscriptions.update(  # a credit, nothing to pay now: no card needed
+        sub2.id,
+        params={
+            "items": [{"id": sub2["items"].data[0].id, "price": "price_sandbox_basic"}],
+            "proration_behavior": "always_invoice",
+            "payment_behavior": "error_if_incomplete",
+        },
+    )
+    assert down.status == "active" and down["items"].data[0].price.id == "price_sandbox_basic"
+
+
+def test_update_payment_behavior_is_validated(
+    client: stripe.StripeClient, sandbox: SandboxServer, http: httpx.Client
+) -> None:
+    _, sub = subscribe(client, http, price="price_sandbox_basic")
+    for bad in ("sometimes", "pending_if_incomplete"):
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            _upgrade(client, sub, payment_behavior=bad)
+        assert info.value.param == "payment_behavior"
+    assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].price.id == (
+        "price_sandbox_basic"
+    )
+    # default_incomplete: changed, its invoice left open for the customer to confirm.
+    moved = _upgrade(client, sub, payment_behavior="default_incomplete", expand=["latest_invoice"])
+    assert moved.status == "past_due" and moved.latest_invoice.status == "open"

@@ -13,7 +13,7 @@ from sqlmodel import Session, func, select
 
 from billing_app import clock
 from billing_app.cli import main as cli
-from billing_app.errors import Conflict, NoBillingAccount, ValidationFailed
+from billing_app.errors import CardDeclined, Conflict, NoBillingAccount, ValidationFailed
 from billing_app.gateway import get_gateway
 from billing_app.models import Quota, StripeEvent, Subscription, User
 from billing_app.services import billing, metering, stripe_sync
@@ -330,3 +330,41 @@ def test_a_plan_item_behind_an_add_on_is_synced_and_changed(session, sandbox, ht
         ("price_sandbox_pro", 1),
     ]
     assert limits(session, user.id) == PRO
+
+
+def test_an_upgrade_the_card_does_not_pay_changes_nothing(session, sandbox, http):
+    user = subscribe(session, http, sandbox, "basic")
+    customer = customer_of(session, user.id)
+    sub_id = next(iter(sandbox.state.subscriptions))
+    invoices_before = list_invoices(session, user_id=user.id).total
+    session.rollback()  # end the read: SQLite writers take the lock up front
+    set_card(http, sandbox, customer, DECLINING_CARD)
+
+    with pytest.raises(CardDeclined) as info:
+        billing.change_plan(session, user.id, "enterprise")
+    assert info.value.status_code == 402
+    assert "Your plan is unchanged (still Basic)" in info.value.message
+    flush(http, sandbox)
+    remote = sandbox.state.subscriptions[sub_id]
+    assert (remote["status"], remote["items"]["data"][0]["price"]["id"]) == (
+        "active",
+        "price_sandbox_basic",
+    )
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.plan, dto.effective_plan) == ("active", "basic", "basic")
+    assert list_invoices(session, user_id=user.id).total == invoices_before
+    session.rollback()
+    assert limits(session, user.id)["tokens"] == 100_000
+    # Not even after the past_due grace period: nothing is past_due.
+    clock.set_clock(lambda: datetime.now(UTC) + timedelta(days=30))
+    assert stripe_sync.enforce_grace_periods(session) == 0
+    assert limits(session, user.id)["tokens"] == 100_000
+    clock.set_clock(lambda: datetime.fromtimestamp(sandbox.state.now(), UTC))
+
+    # A new card: the same upgrade is a new request and goes through.
+    set_card(http, sandbox, customer, GOOD_CARD)
+    dto = billing.change_plan(session, user.id, "enterprise")
+    assert (dto.status, dto.plan) == ("active", "enterprise")
+    flush(http, sandbox)
+    assert limits(session, user.id) == UNLIMITED
+    assert list_invoices(session, user_id=user.id).total == invoices_before + 1
