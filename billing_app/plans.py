@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal
@@ -47,6 +48,26 @@ _DEFAULTS: dict[str, dict] = {
 }
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_money(key: str, extra: dict) -> None:
+    """Prices are integer minor units and ISO currency codes: a float or a string here would
+    only fail later, mid-request (comparing plans, billing)."""
+    if "amount" in extra and not _is_count(extra["amount"]):
+        raise ConfigError(
+            f"configuration error: BILLING_PLANS_JSON plan {key!r} amount must be a "
+            f"non-negative integer in minor units (e.g. 9900 for 99.00), got {extra['amount']!r}"
+        )
+    currency = extra.get("currency", "usd")
+    if not (isinstance(currency, str) and re.fullmatch(r"[a-z]{3}", currency)):
+        raise ConfigError(
+            f"configuration error: BILLING_PLANS_JSON plan {key!r} currency must be a "
+            f"3-letter lowercase ISO code such as 'usd', got {currency!r}"
+        )
+
+
 def build_catalog(settings: Settings) -> dict[str, Plan]:
     overrides: dict = {}
     if settings.billing_plans_json:
@@ -70,6 +91,11 @@ def build_catalog(settings: Settings) -> dict[str, Plan]:
             description=base["description"],
         )
         extra = overrides.get(key) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(
+                f"configuration error: BILLING_PLANS_JSON plan {key!r} must be a JSON object"
+            )
+        _check_money(key, extra)
         unknown = set(extra) - {"name", "amount", "currency", "limits", "reset", "description"}
         if unknown:
             raise ConfigError(
@@ -77,12 +103,23 @@ def build_catalog(settings: Settings) -> dict[str, Plan]:
                 f"{sorted(unknown)[0]!r}"
             )
         if "limits" in extra:
+            if not isinstance(extra["limits"], dict):
+                raise ConfigError(
+                    f"configuration error: BILLING_PLANS_JSON plan {key!r} limits must be a "
+                    "JSON object"
+                )
             bad = set(extra["limits"]) - set(METRICS)
             if bad:
                 raise ConfigError(
                     f"configuration error: BILLING_PLANS_JSON plan {key!r} has unknown metric "
                     f"{sorted(bad)[0]!r}"
                 )
+            for metric, value in extra["limits"].items():
+                if not _is_count(value):
+                    raise ConfigError(
+                        f"configuration error: BILLING_PLANS_JSON plan {key!r} limits.{metric} "
+                        f"must be a non-negative integer (0 = unlimited), got {value!r}"
+                    )
             extra = {**extra, "limits": {**plan.limits, **extra["limits"]}}
         if extra.get("reset", "calendar_month") not in ("calendar_month", "billing_period"):
             raise ConfigError(
