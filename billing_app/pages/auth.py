@@ -103,7 +103,16 @@ def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Componen
 def login() -> rx.Component:
     form = rx.el.form(
         rx.vstack(
-            field("Email", "email", "email", "email", required=True, placeholder="you@company.com"),
+            field(
+                "Email",
+                "email",
+                "email",
+                "email",
+                required=True,
+                placeholder="you@company.com",
+                value=AuthFormState.form_email,
+                on_change=AuthFormState.set_form_email,
+            ),
             field("Password", "password", "password", "current-password", required=True),
             rx.el.input(type="hidden", name="next", value=AuthFormState.next_path),
             rx.button("Sign in", type="submit", size="3", width="100%"),
@@ -128,8 +137,26 @@ def login() -> rx.Component:
 def signup() -> rx.Component:
     form = rx.el.form(
         rx.vstack(
-            field("Name", "display_name", "text", "name", placeholder="Ada Lovelace"),
-            field("Email", "email", "email", "email", required=True, placeholder="you@company.com"),
+            # Controlled, so the state keeps them across a refused post (the password is not).
+            field(
+                "Name",
+                "display_name",
+                "text",
+                "name",
+                placeholder="Ada Lovelace",
+                value=AuthFormState.form_name,
+                on_change=AuthFormState.set_form_name,
+            ),
+            field(
+                "Email",
+                "email",
+                "email",
+                "email",
+                required=True,
+                placeholder="you@company.com",
+                value=AuthFormState.form_email,
+                on_change=AuthFormState.set_form_email,
+            ),
             field(
                 "Password",
                 "password",

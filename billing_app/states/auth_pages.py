@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 import reflex as rx
@@ -10,23 +11,94 @@ from billing_app.services.auth import safe_next
 from billing_app.settings import get_settings
 from billing_app.states.session import SessionState
 
+SIGN_IN_FAILED = "Sign-in failed. Please try again."
+SIGN_UP_FAILED = "Could not create the account. Please try again."
+EMAIL_TAKEN = "An account with this email already exists. Sign in instead."
+BAD_EMAIL = "Enter a valid email address."
+BAD_PASSWORD = "Passwords are 8 to 1,024 characters long."
+BAD_NAME = "Names are at most 200 characters long."
+SSO_FAILED = "Single sign-on failed. Please try again."
+SSO_NO_EMAIL = "Your identity provider did not confirm a verified email address."
+
+# `?error=` is attacker-controlled (anyone can send a /login?error=... link), so the
+# pages only ever show one of these fixed messages, never the query's text.
+ERROR_CODES = {
+    "login_failed": "Email or password is incorrect.",
+    "rate_limited": "Too many failed sign-in attempts. Try again in a few minutes.",
+    "email_taken": EMAIL_TAKEN,
+    "invalid_email": BAD_EMAIL,
+    "invalid_password": BAD_PASSWORD,
+    "invalid_name": BAD_NAME,
+    "sso_failed": SSO_FAILED,
+    "sso_unverified_email": SSO_NO_EMAIL,
+}
+# The texts the auth routes redirect with today (err.message), until they send codes.
+_KNOWN_TEXTS = {
+    "Email or password is incorrect.": "login_failed",
+    "Too many failed sign-in attempts. Try again in a few minutes.": "rate_limited",
+    "Password must be at least 8 characters.": "invalid_password",
+    "Password is too long.": "invalid_password",
+    "Email must be a string.": "invalid_email",
+    "Display name must be a string.": "invalid_name",
+    "Display name is longer than 200 characters.": "invalid_name",
+    "Single sign-on failed. Please try again.": "sso_failed",
+    "The identity provider did not return a subject.": "sso_failed",
+    "Your identity provider did not confirm a verified email address.": "sso_unverified_email",
+}
+# Known texts that carry the typed value: matched, never echoed.
+_KNOWN_PATTERNS = (
+    (re.compile(r"A user with email \S+ already exists\."), "email_taken"),
+    (re.compile(r"'.*' is not a valid email address\.", re.DOTALL), "invalid_email"),
+    # The API's body validation: "<field>: <pydantic message>".
+    (re.compile(r"email: .*", re.DOTALL), "invalid_email"),
+    (re.compile(r"password: .*", re.DOTALL), "invalid_password"),
+    (re.compile(r"display_name: .*", re.DOTALL), "invalid_name"),
+)
+
+
+def error_message(raw: str | None, generic: str = SIGN_IN_FAILED) -> str:
+    """The app's own message for an `?error=` value: a known code or text, else `generic`."""
+    if not raw:
+        return ""
+    raw = raw.strip()[:400]
+    code = raw if raw in ERROR_CODES else _KNOWN_TEXTS.get(raw)
+    if code is None:
+        code = next((c for pattern, c in _KNOWN_PATTERNS if pattern.fullmatch(raw)), None)
+    return ERROR_CODES.get(code or "", generic)
+
 
 class AuthFormState(SessionState):
     error: str = ""
     # Empty until the page's state loads: the API then takes `next` from the Referer.
     next_path: str = ""
     sso_enabled: bool = False
+    # What was typed, so a refused sign-up comes back filled in (never the password).
+    form_email: str = ""
+    form_name: str = ""
 
     @rx.event
     def on_load(self) -> rx.event.EventSpec | None:
         params = self.router.url.query_parameters
-        self.error = (params.get("error") or "")[:300]
+        signup = self.router.url.path.rstrip("/").endswith("/signup")
+        self.error = error_message(
+            params.get("error"), SIGN_UP_FAILED if signup else SIGN_IN_FAILED
+        )
         self.next_path = safe_next(params.get("next"))
         self.sso_enabled = bool(get_settings().oidc_issuer)
+        if not self.error:  # a fresh visit starts empty; a refused post keeps what was typed
+            self.form_email = self.form_name = ""
         # Already signed in (and no error to show): go straight on.
         if not self.error and self._current_user() is not None:
             return rx.redirect(safe_next(self.next_path))
         return None
+
+    @rx.event
+    def set_form_email(self, value: str) -> None:
+        self.form_email = value[:320]
+
+    @rx.event
+    def set_form_name(self, value: str) -> None:
+        self.form_name = value[:200]
 
     @rx.var
     def sso_url(self) -> str:

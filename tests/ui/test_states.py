@@ -14,8 +14,8 @@ from sqlmodel import Session
 from billing_app import settings as app_settings_module
 from billing_app.services import auth, metering, quotas
 from billing_app.services.auth import safe_next
+from billing_app.states import auth_pages, views
 from billing_app.states import format as fmt
-from billing_app.states import views
 from billing_app.states.admin import AdminState
 from billing_app.states.auth_pages import AuthFormState
 from billing_app.states.billing import BillingState, load_live, load_slow
@@ -244,3 +244,56 @@ def test_login_page_reads_error_next_and_sso(
     )
     result = st.on_load()  # already signed in: straight on to `next`
     assert result is not None and "/admin/billing" in str(result.args)
+
+
+# ------------------------------------------------------------------ auth pages
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("login_failed", "Email or password is incorrect."),
+        ("email_taken", auth_pages.EMAIL_TAKEN),
+        # The texts the auth routes send today map to the same messages.
+        ("Email or password is incorrect.", "Email or password is incorrect."),
+        ("A user with email ada@example.com already exists.", auth_pages.EMAIL_TAKEN),
+        ("'call us now' is not a valid email address.", auth_pages.BAD_EMAIL),
+        ("password: String should have at most 1024 characters", auth_pages.BAD_PASSWORD),
+        ("Password must be at least 8 characters.", auth_pages.BAD_PASSWORD),
+        ("Single sign-on failed. Please try again.", auth_pages.SSO_FAILED),
+        # Anything else is someone else's text: a generic message instead.
+        ("Your account was suspended. Call +1 555 0100 now.", auth_pages.SIGN_IN_FAILED),
+        ("A user with email x@y.z already exists. Call 555", auth_pages.SIGN_IN_FAILED),
+        ("", ""),
+        (None, ""),
+    ],
+)  # fmt: skip
+def test_auth_error_shows_only_the_apps_messages(raw: str | None, shown: str) -> None:
+    assert auth_pages.error_message(raw) == shown
+
+
+def test_login_and_signup_pages_never_echo_the_error_query(session: Session) -> None:
+    spoof = "/login?error=Your+account+was+suspended.+Call+%2B1+555+0100"
+    st = state_for(AuthFormState, path=spoof)
+    st.on_load()
+    assert st.error == "Sign-in failed. Please try again."
+    st = state_for(AuthFormState, path="/signup?error=Visit+evil.example+to+verify")
+    st.on_load()
+    assert st.error == auth_pages.SIGN_UP_FAILED
+
+
+def test_signup_keeps_name_and_email_after_a_refused_post(session: Session) -> None:
+    st = state_for(AuthFormState, path="/signup")
+    st.on_load()
+    st.set_form_name("Ada")
+    st.set_form_email("ada@example.com")
+    # The API refused the post and redirected back: same tab, same state.
+    st.router = state_for(AuthFormState, path="/signup?error=email_taken").router
+    st.on_load()
+    assert (st.form_name, st.form_email) == ("Ada", "ada@example.com")
+    assert st.error == auth_pages.EMAIL_TAKEN
+    assert not hasattr(st, "form_password")
+    # A fresh visit starts empty.
+    st.router = state_for(AuthFormState, path="/signup").router
+    st.on_load()
+    assert (st.form_name, st.form_email) == ("", "")
