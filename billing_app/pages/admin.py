@@ -359,7 +359,7 @@ def override_form() -> rx.Component:
             width="100%",
         ),
         rx.text_area(
-            placeholder="Reason (required, kept in the audit log)",
+            placeholder="Reason (required for an override; kept in the audit log)",
             value=A.override_reason,
             on_change=A.set_override_reason,
             aria_label="Reason",

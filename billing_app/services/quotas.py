@@ -11,6 +11,9 @@ from billing_app.models import Quota, QuotaAudit, User
 from billing_app.plans import get_catalog
 from billing_app.services.dto import QuotaDTO
 
+# The audit reason of a reset to the plan's limit when the admin gave none.
+RESET_REASON = "Reset to plan"
+
 
 def _to_dto(q: Quota) -> QuotaDTO:
     return QuotaDTO(
@@ -74,10 +77,13 @@ def set_override(
     user_id: int,
     metric: str,
     limit: int | None,
-    reason: str,
+    reason: str | None = None,
     actor_user_id: int | None = None,
 ) -> QuotaDTO:
-    """Override one limit (0 = unlimited); `limit=None` removes the override."""
+    """Override one limit (0 = unlimited); `limit=None` removes the override.
+
+    An override needs a reason; a reset does not (it is logged as RESET_REASON).
+    """
     if metric not in METRICS:
         raise UnknownMetric(f"Unknown metric {metric!r}.", metric=metric)
     if limit is not None and (
@@ -88,6 +94,8 @@ def set_override(
         raise ValidationFailed(
             "Limit must be a whole number, 0 (unlimited) or more.", field="limit"
         )
+    if limit is None and (reason is None or (isinstance(reason, str) and not reason.strip())):
+        reason = RESET_REASON
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationFailed("A reason is required for a quota override.", field="reason")
     if len(reason) > 500:

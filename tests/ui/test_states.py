@@ -297,3 +297,32 @@ def test_signup_keeps_name_and_email_after_a_refused_post(session: Session) -> N
     st.router = state_for(AuthFormState, path="/signup").router
     st.on_load()
     assert (st.form_name, st.form_email) == ("", "")
+
+
+def test_admin_reset_to_plan_needs_no_typed_reason(session: Session) -> None:
+    admin = make_user(session, email="resetter@example.com", admin=True)
+    target = make_user(session, email="reset-me@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    st.on_load()
+    st.open_user(target.id)
+    st.set_override_metric("api_calls")
+    st.set_override_limit("500")
+    st.set_override_reason("Load test")
+    st.save_override()
+    assert st.override_saved == "API calls limit saved." and st.override_reason == ""
+    assert limit_of(session, target.id, "api_calls") == 500
+
+    # Saving cleared the Reason box; the reset still goes through, logged as such.
+    st.clear_override()
+    assert st.override_error == ""
+    assert st.override_saved == "API calls limit reset to the plan."
+    assert limit_of(session, target.id, "api_calls") == 100
+    log = quotas.audit_log(session, target.id)
+    session.rollback()
+    assert [e["reason"] for e in log] == [quotas.RESET_REASON, "Load test"]
+
+    # An override itself still needs a reason.
+    st.set_override_limit("900")
+    st.save_override()
+    assert "reason" in st.override_error.lower()
+    assert limit_of(session, target.id, "api_calls") == 100
