@@ -53,6 +53,8 @@ def stat_card(s: StatView) -> rx.Component:
         rx.vstack(
             rx.text(s.label, size="2", color_scheme="gray"),
             rx.text(s.value, size="7", weight="bold"),
+            # Says what is counted, so the cards read as one definition.
+            rx.cond(s.hint != "", rx.text(s.hint, size="1", color_scheme="gray")),
             spacing="1",
         ),
         size="2",

@@ -254,33 +254,31 @@ def user_detail(session: Session, user_id: int) -> AdminUserDetail:
 def headline_stats(session: Session) -> dict[str, Any]:
     """Subscribers per plan, MRR (minor units), failed payments, total users.
 
-    MRR counts active subscriptions and past_due ones still inside the grace period
-    (they are still being billed); trials are not revenue yet.
+    One definition throughout, the users list's: each user's current subscription
+    grants its plan now when active, trialing, or past_due within the grace period
+    (subscriptions.plan_key_for). Those are the subscribers; MRR sums the ones being
+    billed (all but trials, which are not revenue yet).
     """
     catalog = get_catalog()
-    cutoff = utcnow() - timedelta(days=get_settings().past_due_grace_days)
-    billed = sa.or_(
-        Subscription.status == "active",
-        sa.and_(
-            Subscription.status == "past_due",
-            sa.func.coalesce(Subscription.past_due_since, Subscription.updated_at) > cutoff,
-        ),
+    cur = _current_subs()
+    plan_now = _plan_expr(cur)
+    now = (
+        select(
+            plan_now.label("plan"),
+            sa.case((cur.c.status == "trialing", 0), else_=1).label("billed"),
+        )
+        .where(cur.c.rn == 1)
+        .subquery("now")
     )
-    per_plan = dict(
-        session.exec(
-            select(Subscription.plan, sa.func.count(sa.distinct(Subscription.user_id)))
-            .where(col(Subscription.status).in_(("active", "trialing")))
-            .group_by(Subscription.plan)
-        ).all()
-    )
-    billed_per_plan = dict(
-        session.exec(
-            select(Subscription.plan, sa.func.count(sa.distinct(Subscription.user_id)))
-            .where(billed)
-            .group_by(Subscription.plan)
-        ).all()
-    )
-    mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items() if p in catalog)
+    # Grouped over a derived table: PostgreSQL will not match a GROUP BY on an
+    # expression whose bound cutoff is a separate parameter from the SELECT's.
+    counts = session.exec(
+        select(now.c.plan, sa.func.count(), sa.func.sum(now.c.billed)).group_by(now.c.plan)
+    ).all()
+    paid = {p for p in catalog if p != "free"}
+    per_plan = {p: int(n) for p, n, _ in counts if p in paid}
+    billed_per_plan = {p: int(b or 0) for p, _, b in counts if p in paid}
+    mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items())
     troubled = select(Subscription.stripe_subscription_id).where(
         col(Subscription.status).in_(("past_due", "unpaid"))
     )
@@ -305,7 +303,7 @@ def headline_stats(session: Session) -> dict[str, Any]:
     return {
         "total_users": total_users,
         "active_subscribers": sum(per_plan.values()),
-        "subscribers_by_plan": {p: per_plan.get(p, 0) for p in catalog if p != "free"},
+        "subscribers_by_plan": {p: per_plan.get(p, 0) for p in catalog if p in paid},
         "mrr": mrr,
         "currency": "usd",
         "failed_payments": failed,

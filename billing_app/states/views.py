@@ -288,10 +288,15 @@ def api_key_view(k: Any) -> ApiKeyView:
 
 _STAT_LABELS = {
     "total_users": "Total users",
-    "active_subscribers": "Active subscribers",
+    "active_subscribers": "Subscribers",
     "mrr": "MRR",
     "failed_payments": "Failed payments",
     "past_due_subscriptions": "Past due",
+}
+# One definition for every subscriber count (services/admin.headline_stats).
+_STAT_HINTS = {
+    "active_subscribers": "Active, trialing, or past due within the grace period",
+    "mrr": "Active and past due within the grace period; trials excluded",
 }
 
 
@@ -306,12 +311,13 @@ def stat_views(stats: dict[str, Any]) -> list[StatView]:
                 out.append(StatView(label=f"{str(sub).title()} subscribers", value=_stat(key, v)))
             continue
         label = _STAT_LABELS.get(key) or key.replace("_", " ").capitalize()
+        hint = _STAT_HINTS.get(key, "")
         if key == "mrr" and isinstance(value, int | float):
-            out.append(StatView(label=label, value=fmt.money(int(value), currency)))
+            out.append(StatView(label=label, value=fmt.money(int(value), currency), hint=hint))
         else:
-            out.append(StatView(label=label, value=_stat(key, value)))
+            out.append(StatView(label=label, value=_stat(key, value), hint=hint))
     # Money and trouble first, then counts.
-    order = ["MRR", "Active subscribers", "Failed payments", "Past due", "Total users"]
+    order = ["MRR", "Subscribers", "Failed payments", "Past due", "Total users"]
     return sorted(out, key=lambda s: order.index(s.label) if s.label in order else len(order))
 
 

@@ -271,7 +271,44 @@ def test_stats(actors):
     c = actors.cookie_client(actors.admin)
     st = c.get("/api/billing/admin/stats").json()
     assert st["total_users"] == 7
-    assert st["subscribers_by_plan"] == {"basic": 1, "pro": 2, "enterprise": 0}
-    assert st["active_subscribers"] == 3
+    # past_due within grace still grants Enterprise: a subscriber, as in MRR below.
+    assert st["subscribers_by_plan"] == {"basic": 1, "pro": 2, "enterprise": 1}
+    assert st["active_subscribers"] == 4
     assert st["mrr"] == 2 * 9900 + 49900  # past_due within grace still billed; trials not
     assert st["failed_payments"] == 1 and st["past_due_subscriptions"] == 1
+
+
+def test_stats_count_subscribers_as_the_plan_they_grant_now(actors):
+    """One definition: a subscriber is a user whose current subscription grants its plan
+    now (active, trialing, past_due within the grace period), as the users list's plan
+    filter and subscriptions.plan_key_for say; MRR is those billed (not trials)."""
+    from datetime import timedelta
+
+    from sqlmodel import select
+
+    from billing_app.clock import utcnow
+
+    with session_scope() as s:
+        users = [make_user(s, email=f"g{i}@example.com") for i in range(6)]
+    _sub(users[0].id, "pro", "active")
+    _sub(users[1].id, "basic", "trialing")
+    _sub(users[2].id, "pro", "past_due")  # in grace: still Pro, still billed
+    _sub(users[3].id, "enterprise", "past_due")  # grace over: back on Free
+    _sub(users[4].id, "pro", "canceled")  # an old subscription, then a new one
+    _sub(users[4].id, "basic", "active", n=1)
+    _sub(users[5].id, "pro", "unpaid")
+    with session_scope() as s:
+        now = utcnow()
+        for sub in s.exec(select(Subscription).where(Subscription.status == "past_due")).all():
+            days = 1 if sub.plan == "pro" else 30
+            sub.past_due_since = now - timedelta(days=days)
+            s.add(sub)
+        s.commit()
+
+    st = actors.cookie_client(actors.admin).get("/api/billing/admin/stats").json()
+    assert st["subscribers_by_plan"] == {"basic": 2, "pro": 2, "enterprise": 0}
+    assert st["active_subscribers"] == 4
+    assert st["mrr"] == 2 * 9900 + 1900  # pro active + pro in grace + basic active
+    with session_scope() as s:
+        for plan, n in st["subscribers_by_plan"].items():
+            assert admin.list_users(s, plan=plan).total == n

@@ -326,3 +326,17 @@ def test_admin_reset_to_plan_needs_no_typed_reason(session: Session) -> None:
     st.save_override()
     assert "reason" in st.override_error.lower()
     assert limit_of(session, target.id, "api_calls") == 100
+
+
+def test_stat_cards_say_what_a_subscriber_is() -> None:
+    cards = views.stat_views(
+        {"total_users": 9, "active_subscribers": 4, "mrr": 21700, "currency": "usd",
+         "subscribers_by_plan": {"basic": 2, "pro": 2}, "failed_payments": 0,
+         "past_due_subscriptions": 1}
+    )  # fmt: skip
+    by_label = {c.label: c for c in cards}
+    assert by_label["Subscribers"].value == "4"
+    assert "past due within the grace period" in by_label["Subscribers"].hint
+    assert "trials excluded" in by_label["MRR"].hint and by_label["MRR"].value == "$217.00"
+    assert by_label["Pro subscribers"].value == "2"
+    assert [c.label for c in cards][:2] == ["MRR", "Subscribers"]
