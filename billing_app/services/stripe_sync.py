@@ -4,7 +4,9 @@
   transaction; a failed apply is stored unprocessed with its error, for the retry.
 - `apply_subscription` / `apply_invoice`: idempotent, order-independent upserts. An event
   older than what was last applied never overwrites newer state; terminal states
-  (canceled subscription, paid/void invoice) are never undone by a stale event.
+  (canceled subscription, paid/void invoice) are never undone by a stale event. Stamps are
+  whole seconds, as Stripe's `created`; two different subscription states of one second
+  (whose delivery order means nothing) are settled by fetching the subscription.
 - `sync_from_stripe`: pull customers, subscriptions and invoices from the API (missed webhooks).
 - `replay_events`: re-apply stored events.
 - `enforce_grace_periods`: past_due subscriptions fall back to free quotas after the grace.
@@ -353,6 +355,12 @@ def _subscription_verdict(sub: Any, data: SubscriptionData, at: datetime | None)
     return NEWER if data.is_terminal else TIE
 
 
+def _whole_second(at: datetime | None) -> datetime | None:
+    """Stripe's `created` has 1 s resolution: a local stamp (an API answer, a fetch) with
+    microseconds would make an event of that same second look older and be dropped."""
+    return None if at is None else at.replace(microsecond=0)
+
+
 def _state(row: Any, keys: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(row[k] for k in keys)
 
@@ -411,6 +419,7 @@ def apply_subscription(
     Returns True when the stored state changed. Caller commits.
     """
     data = parse_subscription(obj, plan_price_ids())  # the plan's item, not an add-on's
+    at = _whole_second(at)
     if data.status not in SUBSCRIPTION_STATUSES:
         raise MalformedObject(f"subscription {data.id} has unknown status {data.status!r}")
     session.flush()  # pending ORM changes first, as an ORM query would (autoflush)
@@ -560,6 +569,7 @@ def apply_invoice(
 ) -> bool:
     """Upsert a Stripe invoice object seen as of `at`. Returns True when it changed."""
     data = parse_invoice(obj)
+    at = _whole_second(at)
     session.flush()  # pending ORM changes first, as an ORM query would (autoflush)
     conn = session.connection()
     row = _first(conn, _INV_LOCK, {"key": data.id})

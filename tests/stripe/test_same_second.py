@@ -4,7 +4,7 @@ settled by asking Stripe (the sandbox, over real HTTP) for the subscription as i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import select
@@ -13,7 +13,7 @@ from billing_app import clock
 from billing_app.gateway import get_gateway
 from billing_app.gateway.stripe_gateway import StripeGateway
 from billing_app.models import StripeEvent, Subscription
-from billing_app.services import billing
+from billing_app.services import billing, stripe_sync
 from billing_app.services.subscriptions import get_subscription_dto
 from tests.stripe.conftest import WEBHOOK_PATH
 from tests.stripe.test_end_to_end import PRO, flush, limits, subscribe
@@ -138,3 +138,16 @@ def test_an_event_in_the_same_second_as_a_local_refresh_is_not_dropped(session, 
         flush(http, sandbox)
     dto = get_subscription_dto(session, user.id)
     assert (dto.plan, dto.cancel_at_period_end) == ("pro", True)
+
+
+def test_a_sub_second_stamp_is_stored_as_its_whole_second(session, payloads):
+    """Whatever stamp a caller passes (an API answer, a fetch), the stored one has Stripe's
+    1 s resolution, so an event of that second ties instead of looking older."""
+    uid = _customer_user(session)
+    obj = payloads.subscription(sub_id="sub_stamp", customer="cus_test_1", user_id=uid)
+    stamp = datetime.fromtimestamp(T0, UTC) + timedelta(milliseconds=700)
+    stripe_sync.apply_subscription(session, obj, stamp, force=True)
+    session.commit()
+    stored = session.exec(select(Subscription)).one().updated_from_stripe_at
+    session.rollback()
+    assert stored is not None and stored.timestamp() == T0
