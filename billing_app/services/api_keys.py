@@ -79,10 +79,12 @@ def create_key(
     scopes: list[str] | None = None,
 ) -> tuple[ApiKeyDTO, str]:
     """Create a key for a user or a service; returns (key, secret). The secret is shown once."""
-    if (user_id is None) == (service_name is None):
-        raise ValidationFailed("A key belongs to either a user or a service, not both.")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ValidationFailed("Name must be 1 to 200 characters.", field="name")
+        raise ValidationFailed("Enter a key name (1 to 200 characters).", field="name")
+    if user_id is None and service_name is None:
+        raise ValidationFailed("Choose the user or name the service the key is for.")
+    if user_id is not None and service_name is not None:
+        raise ValidationFailed("A key belongs to either a user or a service, not both.")
     if service_name is not None and (not service_name.strip() or len(service_name) > 200):
         raise ValidationFailed("Service name must be 1 to 200 characters.", field="service_name")
     scopes = list(scopes or [])
