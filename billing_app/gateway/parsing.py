@@ -166,6 +166,34 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _is_proration(line: dict[str, Any]) -> bool:
+    parent = line.get("parent") if isinstance(line.get("parent"), dict) else {}
+    for key in ("subscription_item_details", "invoice_item_details"):
+        details = parent.get(key)
+        if isinstance(details, dict) and details.get("proration"):
+            return True
+    return bool(line.get("proration"))  # the older shape
+
+
+def _lines_period(lines: Any) -> tuple[datetime, datetime] | None:
+    """What an invoice bills for: its lines' periods, earliest start to latest end, the
+    plan's own lines before prorations. The invoice's period_start/end is when its items
+    were gathered (zero-length on a first or plan-change invoice, the month before on a
+    renewal), not what it pays for."""
+    data = lines.get("data") if isinstance(lines, dict) else None
+    spans: dict[bool, list[tuple[datetime, datetime]]] = {False: [], True: []}
+    for line in data if isinstance(data, list) else ():
+        period = line.get("period") if isinstance(line, dict) else None
+        if isinstance(period, dict):
+            start, end = ts(period.get("start")), ts(period.get("end"))
+            if start is not None and end is not None:
+                spans[_is_proration(line)].append((start, end))
+    chosen = spans[False] or spans[True]
+    if not chosen:
+        return None
+    return min(s for s, _ in chosen), max(e for _, e in chosen)
+
+
 def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
     if not isinstance(obj, dict):
         raise MalformedObject("invoice is not an object")
@@ -180,6 +208,7 @@ def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
         if isinstance(obj.get("subscription_details"), dict)
         else None
     )
+    lines = _lines_period(obj.get("lines"))
     return InvoiceData(
         id=inv_id,
         customer_id=ref_id(obj.get("customer")),
@@ -189,8 +218,8 @@ def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
         amount_due=_int(obj.get("amount_due")),
         amount_paid=_int(obj.get("amount_paid")),
         currency=str(obj.get("currency") or "usd")[:3].lower(),
-        period_start=ts(obj.get("period_start")),
-        period_end=ts(obj.get("period_end")),
+        period_start=lines[0] if lines else ts(obj.get("period_start")),
+        period_end=lines[1] if lines else ts(obj.get("period_end")),
         hosted_invoice_url=obj.get("hosted_invoice_url") or None,
         invoice_pdf=obj.get("invoice_pdf") or None,
         created=ts(obj.get("created")),

@@ -197,6 +197,11 @@ def test_renewal_pays_a_new_invoice_and_usage_starts_at_zero(session, sandbox, h
     invoices = list_invoices(session, user_id=user.id)
     assert [i.status for i in invoices.items] == ["paid", "paid"]
     assert invoices.items[0].created_at > invoices.items[1].created_at  # newest first
+    # Each invoice shows the period it pays for (its lines'), not when it was gathered.
+    assert [(i.period_start, i.period_end) for i in invoices.items] == [
+        (renewed.current_period_start, renewed.current_period_end),
+        (first.current_period_start, first.current_period_end),
+    ]
     tokens = {s.metric: s for s in metering.summary(session, user.id)}["tokens"]
     assert tokens.used == 0 and tokens.period_start == renewed.current_period_start
     assert metering.record(session, user.id, "tokens", 10).status.used == 10

@@ -209,3 +209,28 @@ def test_sandbox_and_stripe_commands_are_registered():
     assert out.exit_code == 0 and "--port" in out.output
     out = CliRunner().invoke(main, ["stripe", "events", "replay", "--help"])
     assert out.exit_code == 0 and "--since" in out.output
+
+
+def test_invoice_period_is_what_its_lines_bill_for(stripe_fixtures):
+    """A renewal's own period_start/end is the month before (when its items gathered), a
+    first invoice's is zero-length: the lines say what it pays for, plan lines first."""
+    fx = copy.deepcopy(stripe_fixtures["invoice"])
+    line = fx["lines"]["data"][0]
+    fx["period_start"] = fx["period_end"] = 1_764_000_000
+    plan = copy.deepcopy(line)
+    plan["parent"]["subscription_item_details"]["proration"] = False
+    plan["parent"]["invoice_item_details"]["proration"] = False
+    plan["period"] = {"start": 1_764_000_000, "end": 1_766_592_000}
+    credit = copy.deepcopy(line)
+    credit["parent"]["subscription_item_details"]["proration"] = True
+    credit["period"] = {"start": 1_763_000_000, "end": 1_764_000_000}
+    fx["lines"]["data"] = [credit, plan]
+    data = parse_invoice(fx)
+    assert (data.period_start, data.period_end) == (_dt(1_764_000_000), _dt(1_766_592_000))
+    # Only prorations (a plan change billed at once): their span.
+    fx["lines"]["data"] = [credit]
+    data = parse_invoice(fx)
+    assert (data.period_start, data.period_end) == (_dt(1_763_000_000), _dt(1_764_000_000))
+    # No lines in the payload: the invoice's own fields.
+    fx["lines"] = {"object": "list", "data": [], "has_more": False}
+    assert parse_invoice(fx).period_end == _dt(1_764_000_000)
