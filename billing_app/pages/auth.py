@@ -78,7 +78,13 @@ def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Componen
                         spacing="1",
                     ),
                     error_callout(),
-                    form,
+                    # Mounted once on_load ran, so the inputs start from the kept values;
+                    # they stay uncontrolled, so typing never races a state update.
+                    rx.cond(
+                        rx.State.is_hydrated,
+                        form,
+                        rx.center(rx.spinner(size="3"), min_height="220px", width="100%"),
+                    ),
                     sso_button(),
                     spacing="5",
                     width="100%",
@@ -110,7 +116,7 @@ def login() -> rx.Component:
                 "email",
                 required=True,
                 placeholder="you@company.com",
-                value=AuthFormState.form_email,
+                default_value=AuthFormState.form_email,
                 on_change=AuthFormState.set_form_email,
             ),
             field("Password", "password", "password", "current-password", required=True),
@@ -137,14 +143,14 @@ def login() -> rx.Component:
 def signup() -> rx.Component:
     form = rx.el.form(
         rx.vstack(
-            # Controlled, so the state keeps them across a refused post (the password is not).
+            # Reported to the state, so a refused post comes back filled in (not the password).
             field(
                 "Name",
                 "display_name",
                 "text",
                 "name",
                 placeholder="Ada Lovelace",
-                value=AuthFormState.form_name,
+                default_value=AuthFormState.form_name,
                 on_change=AuthFormState.set_form_name,
             ),
             field(
@@ -154,7 +160,7 @@ def signup() -> rx.Component:
                 "email",
                 required=True,
                 placeholder="you@company.com",
-                value=AuthFormState.form_email,
+                default_value=AuthFormState.form_email,
                 on_change=AuthFormState.set_form_email,
             ),
             field(
