@@ -55,6 +55,8 @@ def sign_out_form() -> rx.Component:
             rx.icon("log-out", size=14),
             rx.text("Sign out", display=["none", "inline"]),
             type="submit",
+            # On a phone the text is hidden: the icon alone must still have a name.
+            aria_label="Sign out",
             variant="soft",
             color_scheme="gray",
             size="2",

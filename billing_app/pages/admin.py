@@ -94,7 +94,18 @@ def user_row(u: AdminUserView) -> rx.Component:
         rx.table.row_header_cell(
             rx.vstack(
                 rx.hstack(
-                    rx.text(u.email, weight="medium", white_space="nowrap"),
+                    # The email opens the drawer too: on a phone the Details column is
+                    # far off to the right of a sideways-scrolling table.
+                    rx.button(
+                        rx.text(u.email, weight="medium"),
+                        on_click=A.open_user(u.id),
+                        variant="ghost",
+                        color_scheme="gray",
+                        high_contrast=True,
+                        size="2",
+                        white_space="nowrap",
+                        class_name="user-email",
+                    ),
                     rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
                     align="center",
                     spacing="2",
@@ -205,7 +216,13 @@ def key_row(k: ApiKeyView) -> rx.Component:
                 rx.badge("Revoked", color_scheme="gray"),
                 rx.alert_dialog.root(
                     rx.alert_dialog.trigger(
-                        rx.button("Revoke", color_scheme="red", variant="soft", size="1")
+                        rx.button(
+                            "Revoke",
+                            color_scheme="red",
+                            variant="soft",
+                            size="1",
+                            aria_label="Revoke key " + k.name,
+                        )
                     ),
                     rx.alert_dialog.content(
                         rx.alert_dialog.title("Revoke this key?"),
