@@ -1,5 +1,5 @@
 """One module per page; importing this package registers them all."""
 
-from billing_app.pages import admin, auth, billing, index
+from billing_app.pages import admin, auth, billing, index, not_found
 
-__all__ = ["admin", "auth", "billing", "index"]
+__all__ = ["admin", "auth", "billing", "index", "not_found"]
