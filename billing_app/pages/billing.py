@@ -19,30 +19,56 @@ from billing_app.states.billing import BillingState as S
 from billing_app.states.views import InvoiceView, PlanView
 
 
+def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
+    return rx.callout.root(
+        rx.callout.icon(rx.icon(icon)),
+        rx.hstack(
+            rx.callout.text(text),
+            rx.icon_button(
+                rx.icon("x", size=14),
+                on_click=S.dismiss_notice,
+                variant="ghost",
+                color_scheme="gray",
+                size="1",
+                aria_label="Dismiss",
+            ),
+            justify="between",
+            align="start",
+            width="100%",
+        ),
+        color_scheme=color,
+        id=id_,
+        width="100%",
+        # Radix sizes the text column to its content; 1fr puts the close button at the end.
+        grid_template_columns="auto 1fr",
+    )
+
+
 def notices() -> rx.Component:
     # A fragment: absent notices leave no empty gap in the page's stack.
     return rx.fragment(
         rx.cond(
             S.checkout_notice == "success",
-            rx.callout.root(
-                rx.callout.icon(rx.icon("circle-check")),
-                rx.callout.text(
-                    "Payment received. Your new plan is active as soon as Stripe confirms it, "
-                    "usually within a few seconds."
+            dismissible(
+                "circle-check",
+                # Anyone can open ?checkout=success: claim no payment until the plan is live.
+                rx.cond(
+                    S.sub.is_subscriber,
+                    rx.text.span("Thanks - your ", S.sub.plan_name, " plan is active."),
+                    "Thanks - your plan will show here as soon as Stripe confirms the "
+                    "payment (usually a few seconds).",
                 ),
-                color_scheme="grass",
-                id="checkout-success",
-                width="100%",
+                "grass",
+                "checkout-success",
             ),
         ),
         rx.cond(
             S.checkout_notice == "canceled",
-            rx.callout.root(
-                rx.callout.icon(rx.icon("info")),
-                rx.callout.text("Checkout was canceled. You have not been charged."),
-                color_scheme="gray",
-                id="checkout-canceled",
-                width="100%",
+            dismissible(
+                "info",
+                "Checkout was canceled. You have not been charged.",
+                "gray",
+                "checkout-canceled",
             ),
         ),
         rx.cond(

@@ -94,6 +94,8 @@ class BillingState(SessionState):
     # The plan whose button is waiting for Stripe, or "portal".
     busy: str = ""
     error: str = ""
+    # Set while redirecting away from ?checkout=: the next load keeps checkout_notice.
+    _keep_notice: bool = False
     # Bumped by each page load: an older poller sees a newer generation and stops.
     _poll_gen: int = 0
 
@@ -138,10 +140,18 @@ class BillingState(SessionState):
         user = self._current_user()
         if user is None:
             return self._login_redirect()
-        checkout = self.router.url.query_parameters.get("checkout", "")
-        self.checkout_notice = checkout if checkout in ("success", "canceled", "cancel") else ""
-        if self.checkout_notice == "cancel":
-            self.checkout_notice = "canceled"
+        checkout = self.router.url.query_parameters.get("checkout")
+        if checkout is not None:
+            notice = {"success": "success", "canceled": "canceled", "cancel": "canceled"}
+            self.checkout_notice = notice.get(checkout, "")
+            # Shown once: drop the query (replacing the history entry), so a reload or
+            # Back does not bring the banner back. The next load keeps the notice.
+            self._keep_notice = self.checkout_notice != ""
+            return rx.redirect(ROUTE, replace=True)
+        if self._keep_notice:
+            self._keep_notice = False
+        else:
+            self.checkout_notice = ""
         self.error = ""
         self.busy = ""
         return [BillingState.refresh, BillingState.poll]

@@ -125,6 +125,15 @@ def _limit_text(limit: int) -> str:
     return "Unlimited" if limit == 0 else fmt.number(limit)
 
 
+def _percent_text(used: int, limit: int, percent: float) -> str:
+    """Rounded down (integer maths: 29/100 is 29%, not 28%), so 99.9% never reads 100%;
+    past the limit it always says so: 10,001 of 10,000 is "100%+", not "100%"."""
+    if not limit:
+        return f"{int(percent)}%"
+    whole = used * 100 // limit
+    return "100%+" if used > limit and whole <= 100 else f"{whole}%"
+
+
 def meter_view(m: Any) -> MeterView:
     """From a MeterStatus (or the admin row's usage dict)."""
     unlimited = bool(get(m, "unlimited", False))
@@ -142,10 +151,10 @@ def meter_view(m: Any) -> MeterView:
         used=used,
         limit=limit,
         unlimited=unlimited,
-        percent=min(int(percent), 100),
+        percent=min(used * 100 // limit if limit else int(percent), 100),
         used_text=fmt.number(used),
         limit_text=_limit_text(limit) if not unlimited else "Unlimited",
-        percent_text="" if unlimited else f"{percent:.0f}%",
+        percent_text="" if unlimited else _percent_text(used, limit, percent),
         resets_text=f"Resets on {fmt.date(resets)}" if resets else "",
         color=fmt.meter_color(percent, unlimited),
     )

@@ -112,12 +112,10 @@ def test_billing_forged_cookie_is_not_a_user(session: Session) -> None:
 
 def test_billing_load_for_signed_in_user(session: Session) -> None:
     user = make_user(session, email="reader@example.com")
-    st = state_for(
-        BillingState, cookie=cookie_for(session, user.id), path="/billing?checkout=success"
-    )
+    st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
     result = st.on_load()
     assert st.user_email == "reader@example.com" and st.signed_in
-    assert st.checkout_notice == "success"
+    assert st.checkout_notice == ""
     assert isinstance(result, list) and len(result) == 2  # refresh + live poller
 
     metering.record(session, user.id, "tokens", 9_000)
@@ -340,3 +338,39 @@ def test_stat_cards_say_what_a_subscriber_is() -> None:
     assert "trials excluded" in by_label["MRR"].hint and by_label["MRR"].value == "$217.00"
     assert by_label["Pro subscribers"].value == "2"
     assert [c.label for c in cards][:2] == ["MRR", "Subscribers"]
+
+
+def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None:
+    user = make_user(session, email="payer@example.com")
+    cookie = cookie_for(session, user.id)
+    st = state_for(BillingState, cookie=cookie, path="/billing?checkout=success&session_id=x")
+    redirect = st.on_load()
+    # The query is replaced away (no new history entry), the notice kept for the next load.
+    args = {str(k): str(v) for k, v in redirect.args}
+    assert args["path"] == '"/billing"' and args["replace"] == "true"
+    assert st.checkout_notice == "success"
+
+    st.router = state_for(BillingState, cookie=cookie, path="/billing").router
+    assert len(st.on_load()) == 2
+    assert st.checkout_notice == "success"
+    # A reload (or coming Back) does not show it again.
+    st.on_load()
+    assert st.checkout_notice == ""
+    # An unknown value shows nothing but is still cleared from the URL.
+    st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=paid").router
+    assert dict((str(k), str(v)) for k, v in st.on_load().args)["replace"] == "true"
+    assert st.checkout_notice == ""
+
+
+@pytest.mark.parametrize(
+    ("used", "limit", "text", "color"),
+    [(0, 100, "0%", "indigo"), (29, 100, "29%", "indigo"), (9_999, 10_000, "99%", "amber"),
+     (10_000, 10_000, "100%", "red"), (10_001, 10_000, "100%+", "red"),
+     (10_150, 10_000, "101%", "red"), (105, 100, "105%", "red")],
+)  # fmt: skip
+def test_meter_percent_is_rounded_down_and_never_hides_an_overage(
+    used: int, limit: int, text: str, color: str
+) -> None:
+    m = views.meter_view({"metric": "tokens", "used": used, "limit": limit, "unlimited": False})
+    assert (m.percent_text, m.color) == (text, color)
+    assert m.percent == min(used * 100 // limit, 100)
