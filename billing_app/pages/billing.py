@@ -20,27 +20,28 @@ from billing_app.states.views import InvoiceView, PlanView
 
 
 def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
-    return rx.callout.root(
-        rx.callout.icon(rx.icon(icon)),
-        rx.hstack(
-            rx.callout.text(text),
-            rx.icon_button(
-                rx.icon("x", size=14),
-                on_click=S.dismiss_notice,
-                variant="ghost",
-                color_scheme="gray",
-                size="1",
-                aria_label="Dismiss",
-            ),
-            justify="between",
-            align="start",
-            width="100%",
+    """A callout-looking banner with a close button at its end (a flex row: Radix's
+    callout grid would size the text column to its content)."""
+    return rx.flex(
+        rx.icon(icon, size=18, flex_shrink="0"),
+        rx.text(text, size="2", flex="1"),
+        rx.icon_button(
+            rx.icon("x", size=14),
+            on_click=S.dismiss_notice,
+            variant="ghost",
+            color_scheme="gray",
+            size="1",
+            aria_label="Dismiss",
         ),
-        color_scheme=color,
+        align="center",
+        spacing="3",
+        padding="16px",
+        border_radius="var(--radius-4)",
+        background=rx.color(color, 3),
+        color=rx.color(color, 11),
         id=id_,
+        role="status",
         width="100%",
-        # Radix sizes the text column to its content; 1fr puts the close button at the end.
-        grid_template_columns="auto 1fr",
     )
 
 
