@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ def meter_bar(page: Page, label: str):  # noqa: ANN201
 def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
     page.goto(f"{live_app.url}/signup")
     expect(page.get_by_role("heading", name="Create your account")).to_be_visible()
+    expect(page.locator("#email")).to_be_visible()  # the form mounts once the state loaded
     screenshot(page, "signup")
 
     email = signup(page, live_app, "ada")
@@ -43,6 +45,7 @@ def test_signed_out_billing_goes_to_login_and_back(page: Page, live_app: LiveApp
     page.goto(f"{live_app.url}/billing")
     page.wait_for_url(re.compile(r".*/login\?next=%2Fbilling|.*/login\?next=/billing"))
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#email")).to_be_visible()
     screenshot(page, "login")
     page.locator("#email").fill(live_app.user_email)
     page.locator("#password").fill(live_app.user_password)
@@ -102,8 +105,9 @@ def test_subscribe_pro_then_change_plan_in_portal(
     page.wait_for_url(re.compile(r".*/checkout/.*"))
     page.locator("#card-number").fill("4242 4242 4242 4242")
     page.locator("#pay").click()
-    page.wait_for_url(re.compile(re.escape(live_app.url) + r"/billing.*checkout=success"))
     expect(page.locator("#checkout-success")).to_be_visible()
+    # Shown once: the query leaves the URL, so a reload does not bring the banner back.
+    expect(page).to_have_url(re.compile(re.escape(live_app.url) + r"/billing/?$"))
     # The webhook lands asynchronously; the page picks it up without a reload.
     expect(page.locator("#current-plan")).to_have_text("Pro")
     expect(page.locator("#meter-tokens")).to_contain_text("/ 1,000,000")
@@ -201,6 +205,17 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
     expect(drawer).to_contain_text("777")
     expect(drawer.get_by_text("Override", exact=True)).to_be_visible()
     screenshot(page, "admin-user", full_page=False)
+    # Saving cleared the Reason box; Reset to plan needs no typed reason.
+    expect(drawer.get_by_role("textbox", name="Reason")).to_have_value("")
+    drawer.get_by_role("button", name="Reset to plan").click()
+    expect(drawer).to_contain_text("Tokens limit reset to the plan.")
+    expect(drawer).not_to_contain_text("A reason is required")
+    expect(drawer.get_by_text("Override", exact=True)).to_have_count(0)
+    expect(drawer).to_contain_text("Reset to plan")  # the audit log's reason
+    drawer.get_by_role("textbox", name="New limit").fill("777")
+    drawer.get_by_role("textbox", name="Reason").fill("Pilot customer")
+    drawer.get_by_role("button", name="Save override").click()
+    expect(drawer).to_contain_text("Tokens limit saved.")
     page.keyboard.press("Escape")
 
     # Invoices across all users, filtered by status.
@@ -223,3 +238,102 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
     expect(page.locator("#curl-example")).to_contain_text(secret)
     expect(page.locator("#keys-table")).to_contain_text("browser-test")
     live_app.post_usage(live_app.user_id("crowd07@pager.test"), "tokens", 5, key=secret)
+
+
+def test_error_query_is_never_shown_verbatim(page: Page, live_app: LiveApp) -> None:
+    spoof = "Your account was suspended. Call +1 555 0100 to restore it."
+    page.goto(f"{live_app.url}/login?error={spoof.replace(' ', '+').replace('+1', '%2B1')}")
+    expect(page.get_by_role("alert")).to_have_text("Sign-in failed. Please try again.")
+    expect(page.get_by_text("suspended")).to_have_count(0)
+    page.goto(f"{live_app.url}/signup?error=Verify+your+card+at+evil.example")
+    expect(page.get_by_role("alert")).to_have_text(
+        "Could not create the account. Please try again."
+    )
+    expect(page.get_by_text("evil.example")).to_have_count(0)
+    # The app's own refusals still read as before.
+    page.goto(f"{live_app.url}/login")
+    page.locator("#email").fill(live_app.user_email)
+    page.locator("#password").fill("not-the-password")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.get_by_role("alert")).to_have_text("Email or password is incorrect.")
+
+
+def test_signup_error_keeps_name_and_email_not_password(page: Page, live_app: LiveApp) -> None:
+    page.goto(f"{live_app.url}/signup")
+    page.locator("#display_name").fill("Second Ada")
+    page.locator("#email").fill(live_app.user_email)  # taken
+    page.locator("#password").fill("correct-horse-battery")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("alert")).to_have_text(
+        "An account with this email already exists. Sign in instead."
+    )
+    expect(page).to_have_url(re.compile(r".*/signup/?\?error="))
+    expect(page.locator("#display_name")).to_have_value("Second Ada")
+    expect(page.locator("#email")).to_have_value(live_app.user_email)
+    expect(page.locator("#password")).to_have_value("")
+    # Fixing the email and signing up goes through with the kept name.
+    email = f"second-ada-{int(time.time() * 1000) % 10**8}@example.com"
+    page.locator("#email").fill(email)
+    page.locator("#password").fill("correct-horse-battery")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(re.compile(re.escape(live_app.url) + "/billing"))
+    expect(page.get_by_text("Second Ada")).to_be_visible()
+
+
+def test_checkout_success_link_claims_no_payment_and_shows_once(
+    page: Page, live_app: LiveApp
+) -> None:
+    signup(page, live_app, "forged")
+    page.goto(f"{live_app.url}/billing?checkout=success&session_id=anything")
+    notice = page.locator("#checkout-success")
+    expect(notice).to_contain_text("as soon as Stripe confirms the payment")
+    expect(page.get_by_text("Payment received")).to_have_count(0)
+    expect(page).to_have_url(re.compile(re.escape(live_app.url) + r"/billing/?$"))
+    page.reload()
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+    expect(notice).to_have_count(0)
+    # Dismissible too.
+    page.goto(f"{live_app.url}/billing?checkout=canceled")
+    expect(page.locator("#checkout-canceled")).to_be_visible()
+    page.locator("#checkout-canceled").get_by_role("button", name="Dismiss").click()
+    expect(page.locator("#checkout-canceled")).to_have_count(0)
+
+
+def test_meter_over_the_limit_by_one_says_so(page: Page, live_app: LiveApp) -> None:
+    email = signup(page, live_app, "overage")
+    live_app.post_usage(live_app.user_id(email), "tokens", 10_001)  # Free: 10,000
+    meter = page.locator("#meter-tokens")
+    expect(meter).to_contain_text("10,001 / 10,000", timeout=4000)
+    expect(meter).to_contain_text("100%+")
+    expect(meter_bar(page, "Tokens")).to_have_attribute("data-color", "red")
+
+
+def test_404_has_the_apps_look_and_a_way_back(page: Page, live_app: LiveApp) -> None:
+    page.goto(f"{live_app.url}/no/such/page")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    expect(page).to_have_title(re.compile("Page not found"))
+    page.get_by_role("link", name="Back to billing").click()
+    page.wait_for_url(re.compile(r".*/(billing|login).*"))
+
+
+def test_phone_sign_out_and_admin_user_drawer(browser: Browser, live_app: LiveApp) -> None:
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    login(phone, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    # The icon-only Sign out button still has a name.
+    sign_out = phone.get_by_role("button", name="Sign out")
+    expect(sign_out).to_be_visible()
+    # The user's email opens the drawer: it is on screen and keyboard reachable.
+    phone.locator("#user-search").fill(live_app.user_email)
+    expect(phone.get_by_text("1–1 of 1")).to_be_visible()
+    email = phone.get_by_role("button", name=live_app.user_email, exact=True)
+    expect(email).to_be_visible()
+    box = email.bounding_box()
+    assert box is not None and box["x"] + box["width"] / 2 < 390
+    email.focus()
+    phone.keyboard.press("Enter")
+    drawer = phone.locator("#user-drawer")
+    expect(drawer).to_contain_text(live_app.user_email)
+    phone.keyboard.press("Escape")
+    sign_out.click()
+    phone.wait_for_url(re.compile(r".*/login"))
+    phone.close()
