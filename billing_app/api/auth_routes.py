@@ -28,7 +28,14 @@ from billing_app.api.deps import (
     optional_principal,
 )
 from billing_app.db import session_scope
-from billing_app.errors import BillingError, NotFound, ValidationFailed
+from billing_app.errors import (
+    BillingError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
 from billing_app.services import api_keys, auth
 from billing_app.services.dto import Principal, UserDTO
 from billing_app.settings import get_settings
@@ -122,8 +129,25 @@ def _parse(model: type, data: dict[str, Any]) -> Any:
         raise ValidationFailed(f"{field}: {first.get('msg', 'invalid')}", field=field) from None
 
 
-def _form_error(path: str, message: str, next_: str) -> RedirectResponse:
-    query = urlencode({"error": message, "next": next_})
+_FIELD_CODES = {"email": "invalid_email", "password": "invalid_password"}
+_FIELD_CODES["display_name"] = "invalid_name"
+
+
+def form_error_code(err: BillingError) -> str:
+    """The short code a refused form post goes back with (`?error=`): the pages map codes
+    to their own texts and never show the query's, which anyone can put in a link."""
+    if isinstance(err, RateLimited):
+        return "rate_limited"
+    if isinstance(err, Conflict):
+        return "email_taken"
+    field = err.details.get("field")
+    if field in _FIELD_CODES:
+        return _FIELD_CODES[field]
+    return "login_failed" if isinstance(err, Unauthorized) else "failed"
+
+
+def _form_error(path: str, code: str, next_: str) -> RedirectResponse:
+    query = urlencode({"error": code, "next": next_})
     return RedirectResponse(f"{path}?{query}", status_code=303)
 
 
@@ -172,7 +196,7 @@ def login(
         user, token = auth.login(session, data.email, data.password, client_ip(request))
     except BillingError as err:
         if body.is_form:
-            return _form_error("/login", err.message, next_)
+            return _form_error("/login", form_error_code(err), next_)
         raise
     return _signed_in(body, next_, user, token)
 
@@ -200,7 +224,7 @@ def signup(
         )
     except BillingError as err:
         if body.is_form:
-            return _form_error("/signup", err.message, next_)
+            return _form_error("/signup", form_error_code(err), next_)
         raise
     return _signed_in(body, next_, user, token, status_code=201)
 
@@ -307,7 +331,7 @@ async def oidc_callback(request: Request) -> Response:
             raise ValueError("no ID token")
     except Exception as err:  # bad state, bad code, bad ID-token signature, provider down
         log.warning("OIDC sign-in failed: %s: %s", type(err).__name__, err)
-        return _form_error("/login", "Single sign-on failed. Please try again.", next_)
+        return _form_error("/login", "sso_failed", next_)
 
     def finish() -> str:
         with session_scope() as session:
@@ -328,7 +352,8 @@ async def oidc_callback(request: Request) -> Response:
     try:
         session_token = await run_in_threadpool(finish)
     except BillingError as err:
-        return _form_error("/login", err.message, next_)
+        verified = err.details.get("field") == "email_verified"
+        return _form_error("/login", "sso_unverified_email" if verified else "sso_failed", next_)
     response = RedirectResponse(next_, status_code=303)
     set_session_cookie(response, session_token)
     return response

@@ -228,7 +228,10 @@ def oidc_user(
     if user is not None:
         return users.to_dto(user)
     if not email or not email_verified:
-        raise Unauthorized("Your identity provider did not confirm a verified email address.")
+        raise Unauthorized(
+            "Your identity provider did not confirm a verified email address.",
+            field="email_verified",
+        )
     email = users.normalize_email(email)
     user = session.exec(select(User).where(User.email == email)).first()
     if user is not None:

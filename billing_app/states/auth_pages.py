@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 import reflex as rx
@@ -32,39 +31,14 @@ ERROR_CODES = {
     "sso_failed": SSO_FAILED,
     "sso_unverified_email": SSO_NO_EMAIL,
 }
-# The texts the auth routes redirect with today (err.message), until they send codes.
-_KNOWN_TEXTS = {
-    "Email or password is incorrect.": "login_failed",
-    "Too many failed sign-in attempts. Try again in a few minutes.": "rate_limited",
-    "Password must be at least 8 characters.": "invalid_password",
-    "Password is too long.": "invalid_password",
-    "Email must be a string.": "invalid_email",
-    "Display name must be a string.": "invalid_name",
-    "Display name is longer than 200 characters.": "invalid_name",
-    "Single sign-on failed. Please try again.": "sso_failed",
-    "The identity provider did not return a subject.": "sso_failed",
-    "Your identity provider did not confirm a verified email address.": "sso_unverified_email",
-}
-# Known texts that carry the typed value: matched, never echoed.
-_KNOWN_PATTERNS = (
-    (re.compile(r"A user with email \S+ already exists\."), "email_taken"),
-    (re.compile(r"'.*' is not a valid email address\.", re.DOTALL), "invalid_email"),
-    # The API's body validation: "<field>: <pydantic message>".
-    (re.compile(r"email: .*", re.DOTALL), "invalid_email"),
-    (re.compile(r"password: .*", re.DOTALL), "invalid_password"),
-    (re.compile(r"display_name: .*", re.DOTALL), "invalid_name"),
-)
 
 
-def error_message(raw: str | None, generic: str = SIGN_IN_FAILED) -> str:
-    """The app's own message for an `?error=` value: a known code or text, else `generic`."""
-    if not raw:
+def error_message(code: str | None, generic: str = SIGN_IN_FAILED) -> str:
+    """The app's own message for an `?error=` code (the auth routes send codes), else
+    `generic`: the query's text itself is never shown."""
+    if not code:
         return ""
-    raw = raw.strip()[:400]
-    code = raw if raw in ERROR_CODES else _KNOWN_TEXTS.get(raw)
-    if code is None:
-        code = next((c for pattern, c in _KNOWN_PATTERNS if pattern.fullmatch(raw)), None)
-    return ERROR_CODES.get(code or "", generic)
+    return ERROR_CODES.get(code.strip(), generic)
 
 
 class AuthFormState(SessionState):

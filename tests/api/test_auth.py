@@ -120,7 +120,7 @@ def test_form_login_failure_redirects_back_with_error(client):
     loc = urlsplit(r.headers["location"])
     assert loc.path == "/login"
     q = parse_qs(loc.query)
-    assert q["error"] == ["Email or password is incorrect."] and q["next"] == ["/admin"]
+    assert q["error"] == ["login_failed"] and q["next"] == ["/admin"]  # a code, not a text
     assert "set-cookie" not in r.headers
 
 
@@ -139,6 +139,13 @@ def test_form_signup_and_open_redirects_are_refused(client):
         follow_redirects=False,
     )
     assert bad.status_code == 303 and bad.headers["location"].startswith("/signup?error=")
+    assert parse_qs(urlsplit(bad.headers["location"]).query)["error"] == ["invalid_email"]
+    taken = client.post(
+        "/api/auth/signup",
+        data={"email": "u22@example.com", "password": PASSWORD, "next": "/x"},
+        follow_redirects=False,
+    )
+    assert parse_qs(urlsplit(taken.headers["location"]).query)["error"] == ["email_taken"]
 
 
 def test_login_form_from_a_foreign_origin_is_refused(client):

@@ -76,6 +76,7 @@ def test_unverified_email_is_refused(client, provider):
     provider.user = {"sub": "attacker", "email": "victim@example.com", "email_verified": False}
     r = client.get(_callback_path(_approve(_start(client))), follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/login?error=")
+    assert parse_qs(urlsplit(r.headers["location"]).query)["error"] == ["sso_unverified_email"]
     assert auth.SESSION_COOKIE not in r.cookies
 
 
@@ -86,7 +87,7 @@ def test_bad_state_is_refused(client, provider, caplog):
     assert "MismatchingStateError" in caplog.text
     assert r.status_code == 303
     loc = urlsplit(r.headers["location"])
-    assert loc.path == "/login" and "Single sign-on failed" in parse_qs(loc.query)["error"][0]
+    assert loc.path == "/login" and parse_qs(loc.query)["error"] == ["sso_failed"]
     assert auth.SESSION_COOKIE not in r.cookies
     assert client.get("/api/auth/me").status_code == 401
 
