@@ -161,9 +161,15 @@ def get_settings() -> Settings:
 
 
 def get_settings_or_exit() -> Settings:
-    """For entry points: print the one-line error and exit instead of a traceback."""
+    """For entry points: print the one-line error and exit instead of a traceback. The
+    plan catalog (BILLING_PLANS_JSON) is checked too, so a bad one stops the start, not
+    the first request."""
+    from billing_app.plans import get_catalog  # plans imports this module
+
     try:
-        return get_settings()
+        settings = get_settings()
+        get_catalog()
+        return settings
     except ConfigError as err:
         print(err, file=sys.stderr)
         raise SystemExit(2) from None

@@ -48,3 +48,23 @@ def test_valid_money_overrides_load_and_compare():
     assert (catalog["pro"].amount, catalog["pro"].currency) == (12900, "eur")
     assert catalog["basic"].amount == 0
     assert catalog["pro"].amount > catalog["basic"].amount  # what change_plan compares
+
+
+def test_a_bad_catalog_stops_the_start_not_the_first_request(monkeypatch, capsys):
+    """Entry points (the app module, the CLI) call get_settings_or_exit: it loads the
+    catalog too, so a bad BILLING_PLANS_JSON exits with its one-line message."""
+    from billing_app import plans
+    from billing_app.settings import get_settings, get_settings_or_exit
+
+    monkeypatch.setenv("BILLING_PLANS_JSON", json.dumps({"pro": {"amount": 99.99}}))
+    get_settings.cache_clear()
+    plans.get_catalog.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as info:
+            get_settings_or_exit()
+        assert info.value.code == 2
+        assert "plan 'pro' amount must be a non-negative integer" in capsys.readouterr().err
+    finally:
+        monkeypatch.delenv("BILLING_PLANS_JSON")
+        get_settings.cache_clear()
+        plans.get_catalog.cache_clear()
