@@ -301,7 +301,11 @@ class QuotaOverrideIn(BaseModel):
     limit: StrictInt | None = Field(
         default=None, ge=0, description="New limit (0 = unlimited); null clears the override"
     )
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Why (kept in the audit log); required to set a limit, optional to reset",
+    )
 
 
 class ApiKeyIn(BaseModel):
@@ -335,9 +339,14 @@ class ApiKeyListOut(BaseModel):
 
 class StatsOut(BaseModel):
     total_users: int
-    active_subscribers: int
-    subscribers_by_plan: dict[str, int]
-    mrr: int
+    active_subscribers: int = Field(
+        description="Users whose subscription grants its plan now: active, trialing, or "
+        "past_due within the grace period"
+    )
+    subscribers_by_plan: dict[str, int] = Field(description="The same users, per plan")
+    mrr: int = Field(
+        description="Monthly recurring revenue in minor units: the same users less trials"
+    )
     currency: str
     failed_payments: int
     past_due_subscriptions: int

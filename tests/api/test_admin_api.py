@@ -312,3 +312,14 @@ def test_stats_count_subscribers_as_the_plan_they_grant_now(actors):
     with session_scope() as s:
         for plan, n in st["subscribers_by_plan"].items():
             assert admin.list_users(s, plan=plan).total == n
+
+
+def test_a_reset_over_the_api_needs_no_reason_an_override_does(actors):
+    c = actors.cookie_client(actors.admin)
+    url = f"/api/billing/admin/users/{actors.a.id}/quota"
+    assert c.put(url, json={"metric": "tokens", "limit": 5}).status_code == 422
+    assert c.put(url, json={"metric": "tokens", "limit": 5, "reason": "pilot"}).status_code == 200
+    reset = c.put(url, json={"metric": "tokens", "limit": None})
+    assert reset.status_code == 200, reset.text
+    log = c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"]
+    assert [e["reason"] for e in log[:2]] == ["Reset to plan", "pilot"]
