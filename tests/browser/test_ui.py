@@ -150,7 +150,10 @@ def test_subscribe_pro_then_change_plan_in_portal(
 
 
 def test_admin_console(page: Page, live_app: LiveApp) -> None:
+    from sqlmodel import select
+
     from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
     from billing_app.services import users
 
     # Enough users for several pages, all sharing a searchable domain.
@@ -159,6 +162,24 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
         for i in range(45):
             if users.get_user_by_email(session, f"crowd{i:02d}@pager.test") is None:
                 users.create_user(session, f"crowd{i:02d}@pager.test", f"Crowd {i}")
+        # A paid invoice of the crowd's own (not a crowd subscription: the filters below
+        # expect nobody in it to pay), so the test does not lean on the checkout test.
+        if (
+            session.exec(select(Invoice).where(Invoice.stripe_invoice_id == "in_crowd")).first()
+            is None
+        ):
+            payer = users.get_user_by_email(session, "crowd44@pager.test")
+            session.add(
+                Invoice(
+                    stripe_invoice_id="in_crowd",
+                    user_id=payer.id,
+                    number="CROWD-0001",
+                    status="paid",
+                    amount_due=1900,
+                    amount_paid=1900,
+                )
+            )
+            session.commit()
     engine.dispose()
 
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
@@ -226,7 +247,8 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
     page.get_by_role("combobox", name="Filter invoices by status").click()
     page.get_by_role("option", name="Paid").click()
     invoices = page.locator("#admin-invoices-table")
-    expect(invoices).to_contain_text("Paid")  # the Pro checkout earlier in this session
+    expect(invoices).to_contain_text("CROWD-0001")
+    expect(invoices).to_contain_text("Paid")
     expect(invoices).not_to_contain_text("Open")
 
     # API key: created, shown once, and it works against the usage API.
