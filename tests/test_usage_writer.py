@@ -203,3 +203,44 @@ def test_a_caller_that_goes_away_does_not_stop_its_write_or_the_group(app_settin
     assert all(not f.result(timeout=30).duplicate for f in others)
     assert not gone.result(timeout=30).duplicate
     assert _state(engine, user.id, "tokens") == (6, 7, 7)
+
+
+def test_two_processes_writers_racing_for_counters_lose_no_write(app_settings, engine):
+    """Two writers (as two workers have) send groups touching the same two counters, one
+    as a run of consumes on one counter: PostgreSQL may pick one group as a deadlock's
+    victim. Its writes run again, none fails, and the counters stay exact (on SQLite the
+    write lock orders the groups)."""
+    with Session(engine) as s:
+        user = make_user(s, plan="enterprise")
+    first, second = UsageWriter(), UsageWriter()
+    rounds, failed = 60, []
+    start = threading.Barrier(2)
+
+    def drive(name: str, writer: UsageWriter, metrics: list[str]) -> None:
+        for i in range(rounds):
+            start.wait()
+            with writer.paused():  # the round's writes go out as one group
+                futures = [
+                    writer.submit(prepare_write(user.id, m, 1, f"{name}{i}-{j}", consume=True))
+                    for j, m in enumerate(metrics)
+                ]
+            for f in futures:
+                try:
+                    f.result(60)
+                except Exception as err:  # noqa: BLE001  (counted and shown below)
+                    failed.append(f"{type(err).__name__}: {err}".splitlines()[0])
+
+    shapes = {"a": ["api_calls"] + ["tokens"] * 4, "b": ["api_calls", "tokens"]}
+    threads = [
+        threading.Thread(target=drive, args=(n, w, shapes[n]))
+        for n, w in (("a", first), ("b", second))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"[writers] failed={len(failed)} groups={first.groups}+{second.groups}")
+    assert failed == []
+    with Session(engine) as s:
+        assert usage_totals(s, user.id, "api_calls") == (2 * rounds,) * 3
+        assert usage_totals(s, user.id, "tokens") == (5 * rounds,) * 3

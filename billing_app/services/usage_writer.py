@@ -10,8 +10,9 @@ by exactly those). With no load a group is one write, as before.
 Records and consumes are committed in separate transactions, each taking counter rows
 in sorted order, so groups in different processes do not deadlock. If a group fails as
 a whole (a value the database refuses, a deadlock), each write is retried alone so only
-the bad one fails; a lost database connection fails the group at once (503) rather than
-retrying into an outage.
+the bad one fails, and a write that alone loses a lock race (deadlock, lock or
+serialization failure) runs again, up to CONFLICT_RETRIES times; a lost database
+connection fails the group at once (503) rather than retrying into an outage.
 """
 
 from __future__ import annotations
@@ -38,7 +39,20 @@ MAX_GROUP = 256  # writes per transaction; bounds statement size and lock hold t
 _Item = tuple[UsageWrite, "Future[RecordResult]"]
 
 
+# PostgreSQL's answers for a transaction that lost a lock race (deadlock, lock or
+# serialization failure): nothing of it is stored, and run again it goes through.
+_CONFLICT_STATES = frozenset({"40P01", "40001", "55P03"})
+CONFLICT_RETRIES = 3
+
+
+def _conflict(err: BaseException) -> bool:
+    orig = getattr(err, "orig", None)
+    return getattr(orig, "sqlstate", None) in _CONFLICT_STATES
+
+
 def _connection_lost(err: BaseException) -> bool:
+    if _conflict(err):
+        return False  # an OperationalError too, but the connection is fine
     if isinstance(err, sa_exc.DBAPIError):
         return err.connection_invalidated or isinstance(
             err, sa_exc.OperationalError | sa_exc.InterfaceError
@@ -112,13 +126,19 @@ class UsageWriter:
                     if not future.done():
                         future.set_exception(err)
 
-    def _commit(self, items: list[_Item]) -> None:
+    def _commit(self, items: list[_Item], attempt: int = 1) -> None:
         self.groups += 1
         try:
             with session_scope() as session:
                 outcomes = apply_writes(session, [write for write, _ in items], commit=True)
                 session.commit()  # the reads after apply_writes' own commit
         except Exception as err:
+            if len(items) == 1 and _conflict(err) and attempt <= CONFLICT_RETRIES:
+                # Another process's transaction held what this one needed; it has
+                # finished now (the database chose this one to fail), so run it again.
+                log.info("write lost a lock race (%s); retrying", err.orig)  # type: ignore[attr-defined]
+                self._commit(items, attempt + 1)
+                return
             if len(items) == 1 or _connection_lost(err):
                 for _, future in items:
                     future.set_exception(err)
