@@ -1,6 +1,8 @@
 """The Reflex app: the UI pages plus the JSON API, served from one process."""
 
+import asyncio
 import gc
+import logging
 
 import reflex as rx
 from starlette.types import ASGIApp
@@ -9,6 +11,7 @@ import billing_app.models  # noqa: F401  (registers the tables with SQLModel.met
 import billing_app.pages  # noqa: F401  (registers every @rx.page)
 from billing_app.api.app import create_api
 from billing_app.api.fast_lane import fast_lane
+from billing_app.db import schema_problem
 from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
 
@@ -30,6 +33,21 @@ app = BillingApp(
 )
 # Past-due subscriptions fall back to the free plan's quotas once their grace ends.
 app.register_lifespan_task(grace_period_task)
+
+
+async def check_schema() -> None:
+    """Say at start-up, in one line, when the database is not at this code's migration
+    (GET /api/health answers 503 with the same line until it is)."""
+    try:
+        problem = await asyncio.to_thread(schema_problem)
+    except Exception as err:  # unreachable now; requests will answer 503 meanwhile
+        logging.getLogger("billing_app").warning("database not reachable at start: %s", err)
+        return
+    if problem is not None:
+        logging.getLogger("billing_app").error(problem)
+
+
+app.register_lifespan_task(check_schema)
 
 
 # Collect the youngest generation after this many new container objects, not 700.

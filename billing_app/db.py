@@ -418,3 +418,34 @@ def driver_rows(
             if row[name] is not None:
                 row[name] = from_sqlite_timestamp(row[name])
     return rows
+
+
+@lru_cache(maxsize=1)
+def schema_head() -> str:
+    """The migration this code needs (alembic/versions' single head), read once."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from billing_app.settings import PROJECT_ROOT
+
+    head = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini"))).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_problem(engine: Engine | None = None) -> str | None:
+    """None when the database is at this code's migration; else what to do, in one line.
+    An un-migrated database otherwise starts fine and fails each request with a 500."""
+    from alembic.runtime.migration import MigrationContext
+
+    head = schema_head()
+    with (engine or get_engine()).connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current == head:
+        return None
+    if current is None:
+        return f"The database has no schema yet: run `billing-app db upgrade` (to {head})."
+    return (
+        f"The database schema is at {current}; this code needs {head}: "
+        "run `billing-app db upgrade`."
+    )

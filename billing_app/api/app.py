@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +12,9 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Receive, Scope, Send
 
 from billing_app.api import admin_routes, auth_routes, billing_routes, errors, service_routes
+from billing_app.api import schemas as s
+from billing_app.db import schema_problem
+from billing_app.errors import ServiceUnavailable
 from billing_app.settings import get_settings
 
 
@@ -41,8 +45,17 @@ def create_api() -> FastAPI:
     api.add_middleware(errors.BodyLimitMiddleware)
     api.add_middleware(errors.SingleHeaderMiddleware)
 
-    @api.get("/api/health", tags=["meta"])
+    schema_ok = threading.Event()  # checked until it first passes, then never again
+
+    @api.get("/api/health", tags=["meta"], responses=s.errors(503))
     def health() -> dict[str, str]:
+        """Ready: the database answers and its schema is this code's (503 naming the fix
+        otherwise, e.g. an un-migrated database)."""
+        if not schema_ok.is_set():
+            problem = schema_problem()
+            if problem is not None:
+                raise ServiceUnavailable(problem)
+            schema_ok.set()
         return {"status": "ok"}
 
     api.include_router(auth_routes.router)
