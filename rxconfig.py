@@ -1,20 +1,24 @@
-"""Reflex configuration. Ports and URLs follow the environment so prod can differ."""
-
-import os
+"""Reflex configuration. Port, URLs and Redis come from the app's Settings (environment
+and `.env`, validated), so Reflex serves where Checkout returns to; a bad value stops
+here with the settings' one-line message."""
 
 import reflex as rx
 from reflex.plugins.sitemap import SitemapPlugin
+
+from billing_app.settings import get_settings_or_exit
+
+settings = get_settings_or_exit()
 
 config = rx.Config(
     app_name="billing_app",
     telemetry_enabled=False,
     show_built_with_reflex=False,
     # Production (`reflex run --env prod`) serves frontend and backend on one port.
-    frontend_port=int(os.environ.get("PORT", "8000")),
-    backend_port=int(os.environ.get("PORT", "8000")),
-    api_url=os.environ.get("API_URL", f"http://localhost:{os.environ.get('PORT', '8000')}"),
-    deploy_url=os.environ.get("APP_URL", f"http://localhost:{os.environ.get('PORT', '8000')}"),
-    redis_url=os.environ.get("REFLEX_REDIS_URL") or None,
+    frontend_port=settings.port,
+    backend_port=settings.port,
+    api_url=settings.api_url,
+    deploy_url=settings.app_url,
+    redis_url=settings.reflex_redis_url,
     plugins=[
         rx.plugins.RadixThemesPlugin(
             theme=rx.theme(

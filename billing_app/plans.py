@@ -69,6 +69,7 @@ def _check_money(key: str, extra: dict) -> None:
 
 
 def build_catalog(settings: Settings) -> dict[str, Plan]:
+    """The plans with BILLING_PLANS_JSON applied; ConfigError (one line) if it is bad."""
     overrides: dict = {}
     if settings.billing_plans_json:
         try:
@@ -78,6 +79,13 @@ def build_catalog(settings: Settings) -> dict[str, Plan]:
             raise ConfigError(
                 "configuration error: BILLING_PLANS_JSON must be a JSON object"
             ) from None
+    # Keys are the lowercase plan keys: "Pro" or a typo would otherwise be ignored silently.
+    unknown_plans = sorted(set(overrides) - set(PLAN_KEYS))
+    if unknown_plans:
+        raise ConfigError(
+            f"configuration error: BILLING_PLANS_JSON has unknown plan {unknown_plans[0]!r} "
+            f"(known: {', '.join(PLAN_KEYS)})"
+        )
     catalog: dict[str, Plan] = {}
     for key in PLAN_KEYS:
         base = _DEFAULTS[key]
@@ -132,6 +140,7 @@ def build_catalog(settings: Settings) -> dict[str, Plan]:
 
 @lru_cache(maxsize=1)
 def get_catalog() -> dict[str, Plan]:
+    """The catalog for the current settings, built once."""
     return build_catalog(get_settings())
 
 

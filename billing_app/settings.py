@@ -3,15 +3,22 @@
 With no `STRIPE_SECRET_KEY` the app runs against the local Stripe sandbox
 (`stripe_sandbox/`), so a newcomer needs no keys. With a real key, the webhook
 secret and the three price ids become required.
+
+The sandbox is for this machine only: its webhook secret is in the source, so
+anyone who can reach the app could sign a webhook granting any plan. It is refused
+when ENVIRONMENT=prod or when APP_URL/API_URL point elsewhere, unless
+ENVIRONMENT=dev (or test) is set explicitly. For the same reason the default
+SESSION_SECRET is refused in prod and with real Stripe on a public URL.
 """
 
 from __future__ import annotations
 
-import os
+import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +31,22 @@ SANDBOX_PRICES = {
     "pro": "price_sandbox_pro",
     "enterprise": "price_sandbox_enterprise",
 }
+DEV_SESSION_SECRET = "dev-insecure-session-secret-change-me"
+# 32 characters is 128+ bits from `openssl rand -hex 32` (64) or any password manager.
+SESSION_SECRET_MIN_LENGTH = 32
+
+
+def is_local_url(url: str) -> bool:
+    """True when the URL's host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):
@@ -52,11 +75,15 @@ class Settings(BaseSettings):
     # JSON object overriding plan fields, e.g. {"pro": {"limits": {"tokens": 2000000}}}.
     billing_plans_json: str | None = None
 
-    # Where Checkout and the portal send people back; the app serves on PORT.
-    app_url: str = f"http://localhost:{os.environ.get('PORT', '8000')}"
-    api_url: str = f"http://localhost:{os.environ.get('PORT', '8000')}"
+    # The app's one port (UI and API); rxconfig.py takes it from here, so `.env` works too.
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Where Checkout and the portal send people back; empty = http://localhost:PORT.
+    app_url: str = ""
+    api_url: str = ""
+    # Reflex state in Redis (several workers); rxconfig.py passes it to Reflex.
+    reflex_redis_url: str | None = None
     admin_emails: str = ""
-    session_secret: str = "dev-insecure-session-secret-change-me"
+    session_secret: str = DEV_SESSION_SECRET
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None
@@ -73,6 +100,21 @@ class Settings(BaseSettings):
         if v.startswith("postgresql://"):
             v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
         return v
+
+    @field_validator("app_url", "api_url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not (urlsplit(v).scheme in ("http", "https") and urlsplit(v).hostname):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://billing.example.com")
+        return v
+
+    @field_validator("reflex_redis_url", "oidc_issuer", "oidc_client_id", "oidc_client_secret")
+    @classmethod
+    def _empty_is_unset(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        return v.strip()
 
     @field_validator("stripe_secret_key")
     @classmethod
@@ -102,7 +144,75 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _sandbox_or_real(self) -> Settings:
+    def _check_deployment(self) -> Settings:
+        # Before anything below assigns fields: assignment adds to model_fields_set.
+        explicit_env = "environment" in self.model_fields_set
+        self.app_url = self.app_url or f"http://localhost:{self.port}"
+        self.api_url = self.api_url or f"http://localhost:{self.port}"
+        exposed = next(
+            (
+                (name, url)
+                for name, url in (("APP_URL", self.app_url), ("API_URL", self.api_url))
+                if not is_local_url(url)
+            ),
+            None,
+        )
+        self._check_oidc()
+        if self.stripe_secret_key is None:
+            self._refuse_sandbox_off_this_machine(exposed, explicit_env)
+        self._sandbox_or_real()
+        # Real Stripe on a public URL is a deployment; ENVIRONMENT=test (only ever set
+        # explicitly, by the test suites) builds such settings to test the gateway.
+        real_and_public = not self.uses_stripe_sandbox and exposed and self.environment != "test"
+        if self.environment == "prod" or real_and_public:
+            self._require_session_secret(exposed)
+        return self
+
+    def _check_oidc(self) -> None:
+        # An issuer alone makes the login page offer SSO whose routes then 404.
+        if self.oidc_issuer:
+            missing = [n for n in ("oidc_client_id", "oidc_client_secret") if not getattr(self, n)]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(m.upper() for m in missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} required when OIDC_ISSUER is set"
+                )
+
+    def _refuse_sandbox_off_this_machine(
+        self, exposed: tuple[str, str] | None, explicit_env: bool
+    ) -> None:
+        # The sandbox's webhook secret is public and its checkout takes test cards:
+        # reachable by others, it lets anyone grant themselves any plan.
+        if self.environment == "prod":
+            raise ValueError(
+                "STRIPE_SECRET_KEY is required when ENVIRONMENT=prod: the local Stripe "
+                "sandbox's webhook secret is public"
+            )
+        if exposed and not explicit_env:
+            name, url = exposed
+            raise ValueError(
+                f"STRIPE_SECRET_KEY is required when {name} ({url}) is not on this machine: "
+                "the local Stripe sandbox's webhook secret is public (set ENVIRONMENT=dev to "
+                "demo the sandbox on a network)"
+            )
+
+    def _require_session_secret(self, exposed: tuple[str, str] | None) -> None:
+        if self.environment == "prod" or exposed is None:
+            why = "ENVIRONMENT=prod"
+        else:
+            why = f"{exposed[0]} ({exposed[1]}) is not on this machine"
+        if self.session_secret == DEV_SESSION_SECRET:
+            raise ValueError(
+                f"SESSION_SECRET must be set when {why} (the default is public): use "
+                f"{SESSION_SECRET_MIN_LENGTH}+ random characters, e.g. `openssl rand -hex 32`"
+            )
+        if len(self.session_secret) < SESSION_SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"SESSION_SECRET is {len(self.session_secret)} characters: use "
+                f"{SESSION_SECRET_MIN_LENGTH}+ random characters, e.g. `openssl rand -hex 32`"
+            )
+
+    def _sandbox_or_real(self) -> None:
         if self.stripe_secret_key is None:
             # Embedded default: the local sandbox, with its fixed key, secret and prices.
             self.stripe_secret_key = SANDBOX_SECRET_KEY
@@ -113,7 +223,7 @@ class Settings(BaseSettings):
             for plan, price in SANDBOX_PRICES.items():
                 if getattr(self, f"stripe_price_{plan}") is None:
                     setattr(self, f"stripe_price_{plan}", price)
-            return self
+            return
         for name in (
             "stripe_webhook_secret",
             "stripe_price_basic",
@@ -122,7 +232,6 @@ class Settings(BaseSettings):
         ):
             if getattr(self, name) is None:
                 raise ValueError(f"{name.upper()} is required when STRIPE_SECRET_KEY is set")
-        return self
 
     @property
     def uses_stripe_sandbox(self) -> bool:
