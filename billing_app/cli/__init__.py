@@ -32,14 +32,53 @@ def _print(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=_json_default))
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _database_where() -> str:
+    """DATABASE_URL without its password, to say which database failed."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(get_settings().database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only decorates the message
+        return "DATABASE_URL"
+
+
+def error_line(err: BaseException) -> str | None:
+    """The one line to print for an error an operator can fix (None: a bug, keep the
+    traceback): domain and configuration errors, the database being unreachable or
+    un-migrated, and Alembic refusing a revision."""
+    if isinstance(err, (BillingError, ConfigError)):
+        return f"error: {getattr(err, 'message', err)}"
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(err, sa_exc.DBAPIError):
+        # The driver's first line (PostgreSQL adds the statement with a caret under it).
+        first = str(err.orig).strip().splitlines()[0] if str(err.orig).strip() else "failed"
+        line = f"error: database error on {_database_where()}: {first}"
+        if isinstance(err, (sa_exc.OperationalError, sa_exc.ProgrammingError)):
+            # Unreachable, or no such table/column: a wrong URL or missing migrations.
+            line += " (check DATABASE_URL and run `billing-app db upgrade`)"
+        return line
+    alembic_exc = sys.modules.get("alembic.util.exc")  # loaded only if alembic was used
+    if alembic_exc is not None and isinstance(err, alembic_exc.CommandError):
+        return f"error: alembic: {_one_line(err)}"
+    return None
+
+
 class ErrorGroup(click.Group):
-    """Domain and configuration errors print one clear line, not a traceback."""
+    """Errors an operator can fix print one clear line and exit 2, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (BillingError, ConfigError) as err:
-            click.echo(f"error: {getattr(err, 'message', err)}", err=True)
+        except Exception as err:
+            line = error_line(err)
+            if line is None:
+                raise
+            click.echo(line, err=True)
             sys.exit(2)
 
 

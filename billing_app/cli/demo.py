@@ -160,11 +160,12 @@ def group() -> None:
 
 
 @group.command("run")
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")),
-              show_default="8000 or $PORT", help="Port for the app (UI and API).")  # fmt: skip
-def run(port: int) -> None:
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port for the app (UI and API); default PORT, 8000.")  # fmt: skip
+def run(port: int | None) -> None:
     """Migrate, seed demo accounts, start the Stripe sandbox and the app."""
     settings = get_settings_or_exit()
+    port = port or settings.port  # PORT from the environment or `.env`
     base_url = f"http://localhost:{port}"
     os.environ.setdefault("APP_URL", base_url)
     os.environ.setdefault("API_URL", base_url)

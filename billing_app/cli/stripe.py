@@ -20,7 +20,12 @@ def parse_since(value: str) -> datetime:
 
     text = value.strip()
     if m := _DURATION.match(text.lower()):
-        return utcnow() - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        try:
+            return utcnow() - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        except (OverflowError, ValueError):  # past datetime.min (year 1)
+            raise ValidationFailed(
+                f"--since {value!r} reaches back before year 1: give a shorter duration."
+            ) from None
     try:
         return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:

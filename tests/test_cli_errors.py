@@ -1,0 +1,89 @@
+"""`billing-app` turns the errors an operator can fix (database unreachable or not
+migrated, a bad --since, an unknown Alembic revision) into one line and exit code 2;
+a bug still shows its traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from billing_app.cli import error_line
+from billing_app.settings import PROJECT_ROOT
+from tests.conftest import migrate
+
+HINT = "(check DATABASE_URL and run `billing-app db upgrade`)"
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("APP_URL", "API_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "billing_app.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**env, "DATABASE_URL": database_url},
+        timeout=120,
+    )
+
+
+def last_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Exit 2, no traceback, and the error as the last line of stderr (Alembic's own INFO
+    log lines may come before it)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_unmigrated_database_is_one_line_with_the_fix(empty_database_url):
+    proc = cli(empty_database_url, "usage", "summary", "--user", "1")
+    assert proc.stderr.count("\n") == 1
+    line = last_line_error(proc)
+    assert ("no such table: user" in line) or ('relation "user" does not exist' in line)
+    assert line.startswith("error: database error on ") and line.endswith(HINT)
+
+
+def test_a_refused_connection_is_one_line_and_hides_the_password():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"postgresql://ops:sekrit@127.0.0.1:{port}/billing"
+    for args in (("db", "upgrade"), ("user", "promote", "ops@example.com")):
+        line = last_line_error(cli(url, *args))
+        assert line.startswith(
+            f"error: database error on postgresql+psycopg://ops:***@127.0.0.1:{port}/billing: "
+        )
+        assert "Connection refused" in line and line.endswith(HINT)
+        assert "sekrit" not in line
+
+
+@pytest.fixture
+def migrated_url(empty_database_url: str) -> str:
+    migrate(empty_database_url)
+    return empty_database_url
+
+
+def test_a_since_before_year_one_is_one_line(migrated_url):
+    proc = cli(migrated_url, "stripe", "events", "replay", "--since", "99999999d")
+    assert proc.stderr == (
+        "error: --since '99999999d' reaches back before year 1: give a shorter duration.\n"
+    )
+    assert proc.returncode == 2
+    ok = cli(migrated_url, "stripe", "events", "replay", "--since", "7d")
+    assert ok.returncode == 0 and '"replayed": 0' in ok.stdout
+
+
+def test_an_unknown_revision_is_one_line(migrated_url):
+    line = last_line_error(cli(migrated_url, "db", "upgrade", "--revision", "nonexistent"))
+    assert line == "error: alembic: Can't locate revision identified by 'nonexistent'"
+
+
+def test_a_bug_keeps_its_traceback():
+    """Only errors with a fix the operator can make are shortened."""
+    assert error_line(KeyError("x")) is None
+    assert error_line(OverflowError("date value out of range")) is None
