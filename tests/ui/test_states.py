@@ -229,6 +229,8 @@ def test_login_page_reads_error_next_and_sso(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OIDC_ISSUER", "https://sso.example.com")
+    monkeypatch.setenv("OIDC_CLIENT_ID", "billing")  # the issuer alone is refused
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "s3cret")
     app_settings_module.get_settings.cache_clear()
     st = state_for(AuthFormState, path="/login?error=login_failed&next=//evil")
     assert st.on_load() is None
