@@ -179,3 +179,21 @@ def select(options: Any, value: Any, on_change: Any, label: str, **props: Any) -
         on_change=on_change,
         **props,
     )
+
+
+def status_page(code: str, title: str, text: str, element_id: str) -> rx.Component:
+    """A whole-page answer such as 403 or 404: the code, what happened, a way back."""
+    return rx.center(
+        rx.vstack(
+            rx.text(code, size="9", weight="bold", color=rx.color("indigo", 9)),
+            rx.heading(title, size="6", align="center"),
+            rx.text(text, color_scheme="gray", align="center"),
+            rx.link(rx.button("Back to billing", size="3"), href="/billing"),
+            align="center",
+            spacing="4",
+            max_width="440px",
+        ),
+        padding_y="96px",
+        width="100%",
+        id=element_id,
+    )

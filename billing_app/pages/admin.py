@@ -14,6 +14,7 @@ from billing_app.components.common import (
     section_title,
     select,
     status_badge,
+    status_page,
 )
 from billing_app.components.layout import loading, page
 from billing_app.states.admin import AdminState as A
@@ -28,23 +29,11 @@ from billing_app.states.views import (
 
 
 def forbidden() -> rx.Component:
-    return rx.center(
-        rx.vstack(
-            rx.text("403", size="9", weight="bold", color=rx.color("indigo", 9)),
-            rx.heading("You don't have access to this page", size="6", align="center"),
-            rx.text(
-                "The billing console is for administrators. Ask an admin to grant you access.",
-                color_scheme="gray",
-                align="center",
-            ),
-            rx.link(rx.button("Back to billing", size="3"), href="/billing"),
-            align="center",
-            spacing="4",
-            max_width="440px",
-        ),
-        padding_y="96px",
-        width="100%",
-        id="forbidden",
+    return status_page(
+        "403",
+        "You don't have access to this page",
+        "The billing console is for administrators. Ask an admin to grant you access.",
+        "forbidden",
     )
 
 

@@ -25,6 +25,20 @@ def field(label: str, name: str, type_: str, autocomplete: str, **props: object)
     )
 
 
+def email_field() -> rx.Component:
+    """Both forms' email, starting from what was typed before a refused post."""
+    return field(
+        "Email",
+        "email",
+        "email",
+        "email",
+        required=True,
+        placeholder="you@company.com",
+        default_value=AuthFormState.form_email,
+        on_change=AuthFormState.set_form_email,
+    )
+
+
 def error_callout() -> rx.Component:
     return rx.cond(
         AuthFormState.error != "",
@@ -109,16 +123,7 @@ def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Componen
 def login() -> rx.Component:
     form = rx.el.form(
         rx.vstack(
-            field(
-                "Email",
-                "email",
-                "email",
-                "email",
-                required=True,
-                placeholder="you@company.com",
-                default_value=AuthFormState.form_email,
-                on_change=AuthFormState.set_form_email,
-            ),
+            email_field(),
             field("Password", "password", "password", "current-password", required=True),
             rx.el.input(type="hidden", name="next", value=AuthFormState.next_path),
             rx.button("Sign in", type="submit", size="3", width="100%"),
@@ -153,16 +158,7 @@ def signup() -> rx.Component:
                 default_value=AuthFormState.form_name,
                 on_change=AuthFormState.set_form_name,
             ),
-            field(
-                "Email",
-                "email",
-                "email",
-                "email",
-                required=True,
-                placeholder="you@company.com",
-                default_value=AuthFormState.form_email,
-                on_change=AuthFormState.set_form_email,
-            ),
+            email_field(),
             field(
                 "Password",
                 "password",
