@@ -94,8 +94,10 @@ class BillingState(SessionState):
     # The plan whose button is waiting for Stripe, or "portal".
     busy: str = ""
     error: str = ""
-    # Set while redirecting away from ?checkout=: the next load keeps checkout_notice.
-    _keep_notice: bool = False
+    # The page's socket while redirecting away from ?checkout=: that page's next load
+    # keeps checkout_notice. A reload is a new socket, so it never does, even if the
+    # redirect's own load never reached us (the reload cut it off).
+    _notice_socket: str = ""
     # Bumped by each page load: an older poller sees a newer generation and stops.
     _poll_gen: int = 0
 
@@ -146,12 +148,11 @@ class BillingState(SessionState):
             self.checkout_notice = notice.get(checkout, "")
             # Shown once: drop the query (replacing the history entry), so a reload or
             # Back does not bring the banner back. The next load keeps the notice.
-            self._keep_notice = self.checkout_notice != ""
+            self._notice_socket = self.router.session.session_id if self.checkout_notice else ""
             return rx.redirect(ROUTE, replace=True)
-        if self._keep_notice:
-            self._keep_notice = False
-        else:
+        if not self._notice_socket or self._notice_socket != self.router.session.session_id:
             self.checkout_notice = ""
+        self._notice_socket = ""
         self.error = ""
         self.busy = ""
         return [BillingState.refresh, BillingState.poll]

@@ -22,14 +22,18 @@ from billing_app.states.billing import BillingState, load_live, load_slow
 from tests.factories import make_user
 
 
-def state_for(cls: type[rx.State], *, cookie: str = "", path: str = "/billing") -> Any:
-    """A fresh state tree with the router a page load would give it."""
+def state_for(
+    cls: type[rx.State], *, cookie: str = "", path: str = "/billing", socket: str = "sock-1"
+) -> Any:
+    """A fresh state tree with the router a page load would give it (`socket`: the page's
+    websocket; a reload opens a new one)."""
     root = rx.State()
     data = {
         c.RouteVar.HEADERS: {"cookie": cookie, "origin": "http://localhost:8000"},
         c.RouteVar.PATH: path.split("?")[0],
         c.RouteVar.ORIGIN: path,
         c.RouteVar.CLIENT_TOKEN: "test-token",
+        c.RouteVar.SESSION_ID: socket,
     }
     root.router_data = data
     root.router = RouterData.from_router_data(data)
@@ -351,7 +355,14 @@ def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None
     st.router = state_for(BillingState, cookie=cookie, path="/billing").router
     assert len(st.on_load()) == 2
     assert st.checkout_notice == "success"
-    # A reload (or coming Back) does not show it again.
+    # A reload (a new socket), or coming Back, does not show it again.
+    st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-2").router
+    st.on_load()
+    assert st.checkout_notice == ""
+    # Nor a reload that cut off the redirect's own load before it reached the server.
+    st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=success").router
+    st.on_load()
+    st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-3").router
     st.on_load()
     assert st.checkout_notice == ""
     # An unknown value shows nothing but is still cleared from the URL.
