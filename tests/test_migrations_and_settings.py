@@ -158,6 +158,57 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
         eng.dispose()
 
 
+def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
+    """Upgrade keeps the subscriptions (cancel_at NULL until their next event) and a stored
+    date reads back as aware UTC; the health check's head is 0009, so a database at 0008
+    is told to upgrade; downgrade drops the column and keeps the rows."""
+    from billing_app.models import Subscription
+
+    url = empty_database_url
+    alembic(url, "upgrade", "0008")
+    eng = db.create_db_engine(url)
+
+    def columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
+
+    try:
+        now = "2026-11-25 12:00:00"
+        with eng.begin() as conn:
+            conn.exec_driver_sql(
+                'INSERT INTO "user" (id, email, display_name, role, created_at) '
+                f"VALUES (1, 'u@example.com', 'U', 'user', '{now}')"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
+                "cancel_at_period_end, created_at, updated_at) "
+                f"VALUES (1, 'sub_m', 'pro', 'active', false, '{now}', '{now}')"
+            )
+        assert "cancel_at" not in columns()
+        assert db.schema_head() == "0009"
+        assert "this code needs 0009" in (db.schema_problem(eng) or "")
+        eng.dispose()
+        alembic(url, "upgrade", "head")
+        assert db.schema_problem(eng) is None
+        at = datetime(2026, 12, 10, 8, tzinfo=UTC)
+        with Session(eng) as s:
+            sub = s.exec(select(Subscription)).one()
+            assert (sub.stripe_subscription_id, sub.cancel_at) == ("sub_m", None)
+            sub.cancel_at = at
+            s.add(sub)
+            s.commit()
+            s.expire_all()
+            assert s.exec(select(Subscription.cancel_at)).one() == at
+        eng.dispose()
+        alembic(url, "downgrade", "0008")
+        assert "cancel_at" not in columns()
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT stripe_subscription_id FROM subscription"
+            ).all() == [("sub_m",)]
+    finally:
+        eng.dispose()
+
+
 def test_json_columns_round_trip_through_the_engines_encoder(session):
     """JSON columns are encoded by pydantic-core (db.json_text), not json.dumps: what
     goes in comes back equal, non-ASCII, nesting and large integers included."""

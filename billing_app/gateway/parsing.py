@@ -78,6 +78,8 @@ class SubscriptionData:
     current_period_start: datetime | None
     current_period_end: datetime | None
     cancel_at_period_end: bool
+    # When Stripe will cancel it (null: not scheduled). The customer portal sets only this.
+    cancel_at: datetime | None
     canceled_at: datetime | None
     ended_at: datetime | None
     created: datetime | None
@@ -135,6 +137,7 @@ def parse_subscription(obj: dict[str, Any], plan_prices: Collection[str] = ()) -
         current_period_start=start,
         current_period_end=end,
         cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        cancel_at=ts(obj.get("cancel_at")),
         canceled_at=ts(obj.get("canceled_at")),
         ended_at=ts(obj.get("ended_at")),
         created=ts(obj.get("created")),

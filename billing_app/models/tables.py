@@ -57,6 +57,9 @@ class Subscription(SQLModel, table=True):
     current_period_start: datetime | None = Field(default=None, sa_type=UTCDateTime())
     current_period_end: datetime | None = Field(default=None, sa_type=UTCDateTime())
     cancel_at_period_end: bool = Field(default=False)
+    # When Stripe will cancel it: the customer portal (flexible billing mode) schedules a
+    # cancel here and leaves cancel_at_period_end false; the API may set an earlier date.
+    cancel_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     canceled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     # When the subscription entered past_due; the grace period counts from here.
     past_due_since: datetime | None = Field(default=None, sa_type=UTCDateTime())

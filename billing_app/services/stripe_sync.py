@@ -372,6 +372,7 @@ _SUB_STATE = (
     "current_period_start",
     "current_period_end",
     "cancel_at_period_end",
+    "cancel_at",
     "canceled_at",
     "past_due_since",
 )
@@ -397,6 +398,7 @@ def _subscription_values(
         "current_period_start": data.current_period_start or sub["current_period_start"],
         "current_period_end": data.current_period_end or sub["current_period_end"],
         "cancel_at_period_end": data.cancel_at_period_end,
+        "cancel_at": data.cancel_at,
         "canceled_at": data.canceled_at,
         "past_due_since": past_due_since,
         "updated_at": now,
@@ -456,6 +458,7 @@ def apply_subscription(
             "current_period_start": None,
             "current_period_end": None,
             "cancel_at_period_end": False,
+            "cancel_at": None,
             "canceled_at": None,
             "past_due_since": None,
             "updated_from_stripe_at": None,

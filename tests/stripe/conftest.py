@@ -131,15 +131,22 @@ class Payloads:
         price: str = "price_sandbox_pro",
         period: tuple[int, int] = (1_763_000_000, 1_765_600_000),
         cancel_at_period_end: bool = False,
+        cancel_at: int | None = None,
         old_shape: bool = False,
     ) -> dict[str, Any]:
+        """`cancel_at` alone (the flag false) is how the customer portal schedules a cancel
+        on flexible billing mode; the flag alone sets `cancel_at` to the period's end, as
+        Stripe does."""
         obj = copy.deepcopy(self.fx["subscription"])
+        if cancel_at is None and cancel_at_period_end:
+            cancel_at = period[1]
         obj.update(
             id=sub_id,
             customer=customer,
             status=status,
             metadata={"user_id": str(user_id)} if user_id else {},
             cancel_at_period_end=cancel_at_period_end,
+            cancel_at=cancel_at,
             canceled_at=None if status != "canceled" else period[0],
             ended_at=None if status != "canceled" else period[0],
             created=period[0],

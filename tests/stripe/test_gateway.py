@@ -44,6 +44,7 @@ def test_subscription_current_shape(stripe_fixtures):
     item = fx["items"]["data"][0]
     assert data.id == fx["id"] and data.customer_id == fx["customer"]
     assert data.status == "active" and data.cancel_at_period_end is True
+    assert data.cancel_at == _dt(fx["cancel_at"])
     assert data.price_id == item["price"]["id"] and data.item_id == item["id"]
     assert data.current_period_start == _dt(item["current_period_start"])
     assert data.current_period_end == _dt(item["current_period_end"])
