@@ -266,6 +266,9 @@ class AdminUserRowOut(BaseModel):
     status: str
     usage: list[AdminUsageOut]
     created_at: datetime
+    ends_at: datetime | None = Field(
+        default=None, description="When a subscription set to cancel ends; null: it renews"
+    )
 
 
 class AdminUserPage(BaseModel):

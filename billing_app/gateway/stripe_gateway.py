@@ -239,6 +239,19 @@ class StripeGateway:
             options={"idempotency_key": key},
         )
 
+    def clear_cancel_at(self, *, subscription_id: str, version: str) -> dict[str, Any]:
+        """Undo a cancellation scheduled with `cancel_at` (the customer portal's way): Stripe
+        unsets a field sent as an empty string; cancel_at_period_end=false leaves it."""
+        params = {"cancel_at": ""}
+        key = idempotency_key("cancel_at", subscription_id, version, params=params)
+        return self._call(
+            "resume the subscription",
+            self.client.v1.subscriptions.update,
+            subscription_id,
+            params=params,
+            options={"idempotency_key": key},
+        )
+
     def cancel_subscription_now(self, subscription_id: str) -> dict[str, Any]:
         # DELETE is naturally idempotent on Stripe's side (a second one is an error we map).
         return self._call(

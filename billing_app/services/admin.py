@@ -218,6 +218,9 @@ def list_users(
                 status=sub_status,
                 usage=usage,
                 created_at=created_at,
+                ends_at=subscriptions.ends_at(sub)
+                if sub is not None and sub.status in LIVE_STATUSES
+                else None,
             )
         )
     return Page(items=items, total=total, page=page, per_page=per_page)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from billing_app.clock import utcnow
+from billing_app.clock import as_utc, utcnow
 from billing_app.errors import CardDeclined, Conflict, NoBillingAccount, ValidationFailed
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import parse_subscription, ref_id
@@ -22,6 +22,7 @@ from billing_app.services.stripe_sync import apply_subscription
 from billing_app.services.subscriptions import (
     LIVE_STATUSES,
     current_subscription,
+    ends_at,
     to_subscription_dto,
 )
 from billing_app.services.users import get_user
@@ -221,8 +222,11 @@ def cancel_subscription(
         raise NoBillingAccount("You have no active subscription to cancel.")
     gateway = get_gateway()
     if at_period_end:
-        if sub.cancel_at_period_end:
-            return to_subscription_dto(sub)
+        end, period_end = ends_at(sub), sub.current_period_end
+        if sub.cancel_at_period_end or (
+            end is not None and (period_end is None or end <= as_utc(period_end))
+        ):
+            return to_subscription_dto(sub)  # already ends by then (flag or `cancel_at`)
         obj = gateway.set_cancel_at_period_end(
             subscription_id=sub.stripe_subscription_id, cancel=True, version=_version(sub)
         )
@@ -232,14 +236,23 @@ def cancel_subscription(
 
 
 def resume_subscription(session: Session, user_id: int) -> SubscriptionDTO:
-    """Undo a cancel-at-period-end before the period ends."""
+    """Undo a scheduled cancel before it happens: one made with cancel_at_period_end (ours)
+    or with only `cancel_at` (the customer portal's, or an API date)."""
     get_user(session, user_id)
     sub = _live(session, user_id)
     if sub is None:
         raise NoBillingAccount("You have no active subscription to resume.")
-    if not sub.cancel_at_period_end:
+    gateway = get_gateway()
+    if sub.cancel_at_period_end:
+        # Clears Stripe's `cancel_at` (the period's end) along with the flag.
+        obj = gateway.set_cancel_at_period_end(
+            subscription_id=sub.stripe_subscription_id, cancel=False, version=_version(sub)
+        )
+    elif sub.cancel_at is not None:
+        # The flag is already false: only unsetting `cancel_at` resumes it.
+        obj = gateway.clear_cancel_at(
+            subscription_id=sub.stripe_subscription_id, version=_version(sub)
+        )
+    else:
         return to_subscription_dto(sub)
-    obj = get_gateway().set_cancel_at_period_end(
-        subscription_id=sub.stripe_subscription_id, cancel=False, version=_version(sub)
-    )
     return _refresh_from(session, obj)

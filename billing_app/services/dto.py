@@ -169,6 +169,8 @@ class AdminUserRow(DTO):
     status: str  # the current subscription's status, "none" without one
     usage: list[dict[str, Any]]  # {metric, label, used, limit, unlimited, percent}
     created_at: datetime
+    # When the live subscription, set to cancel, ends; None when it renews (or none).
+    ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,10 @@ class SubscriptionDTO(DTO):
     amount: int
     currency: str
     canceled_at: datetime | None = None
+    # Stripe's scheduled cancel date (the customer portal sets only this, not the flag).
+    cancel_at: datetime | None = None
+    # When a live subscription set to cancel ends (subscriptions.ends_at); None: it renews.
+    ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
     session or a bare connection (then a session is opened on it only for the lookup)."""
     if not per_user_periods():
         return calendar_month(at)  # no lookup on the hot path in the default setup
-    from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription
+    from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, ends_at
 
     if isinstance(db, Session):
         sub = current_subscription(db, user_id)
@@ -58,10 +58,13 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
     ):
         return calendar_month(at)
     known = Period(as_utc(sub.current_period_start), as_utc(sub.current_period_end))
+    end = ends_at(sub)
+    if end is not None and as_utc(at) >= end:
+        # The plan ends then (with its period, or at an earlier `cancel_at`): after it,
+        # until the deletion's webhook lands, there is no billing period to count in.
+        return calendar_month(at)
     if known.start <= as_utc(at) < known.end:
         return known
-    if sub.cancel_at_period_end and as_utc(at) >= known.end:
-        return calendar_month(at)  # the plan ends with its period
     if sub.created_at is not None and as_utc(at) < as_utc(sub.created_at):
         return calendar_month(at)  # before this subscription
     # Between the period's end and the renewal's webhook (or before the period, for a

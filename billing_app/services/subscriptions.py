@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing_app.clock import utcnow
+from billing_app.clock import as_utc, utcnow
 from billing_app.models import Subscription
 from billing_app.services.dto import SubscriptionDTO
 from billing_app.settings import get_settings
@@ -44,6 +45,19 @@ def effective_plan_key(session: Session, user_id: int) -> str:
     return plan_key_for(current_subscription(session, user_id))
 
 
+def ends_at(sub: Any) -> datetime | None:
+    """When a subscription set to cancel ends, else None (it renews). One rule for every
+    reader: Stripe's `cancel_at` when set (the customer portal, on flexible billing mode,
+    schedules a cancel with it alone; the API may set a date before the period's end),
+    else the period's end when `cancel_at_period_end`. Whatever the status: callers that
+    show a live plan check that themselves."""
+    if sub.cancel_at is not None:
+        return as_utc(sub.cancel_at)
+    if sub.cancel_at_period_end and sub.current_period_end is not None:
+        return as_utc(sub.current_period_end)
+    return None
+
+
 def grace_ends_at(sub: Subscription) -> datetime | None:
     """When a past_due subscription stops granting its plan (None unless past_due)."""
     if sub.status != "past_due":
@@ -70,6 +84,8 @@ def to_subscription_dto(sub: Subscription) -> SubscriptionDTO:
         amount=plan.amount,
         currency=plan.currency,
         canceled_at=sub.canceled_at,
+        cancel_at=sub.cancel_at,
+        ends_at=ends_at(sub) if sub.status in LIVE_STATUSES else None,
     )
 
 
