@@ -104,7 +104,16 @@ def user_row(u: AdminUserView) -> rx.Component:
             )
         ),
         rx.table.cell(rx.text(u.plan_name, white_space="nowrap")),
-        rx.table.cell(status_badge(u.status_label, u.status_color)),
+        rx.table.cell(
+            rx.vstack(
+                status_badge(u.status_label, u.status_color),
+                rx.cond(
+                    u.ends_text != "",
+                    rx.text(u.ends_text, size="1", color_scheme="gray", white_space="nowrap"),
+                ),
+                spacing="1",
+            )
+        ),
         rx.table.cell(
             rx.vstack(rx.foreach(u.meters, lambda m: meter(m, compact=True)), spacing="2"),
             min_width="220px",

@@ -50,6 +50,7 @@ class SubscriptionView:
     price: str = ""
     renews_text: str = ""
     cancel_at_period_end: bool = False
+    cancels: bool = False  # set to cancel, by either Stripe field
     past_due: bool = False
     grace_text: str = ""
     is_subscriber: bool = False
@@ -83,6 +84,7 @@ class AdminUserView:
     status_color: str = "gray"
     created: str = ""
     meters: list[MeterView] = dataclasses.field(default_factory=list)
+    ends_text: str = ""  # "Cancels on <date>" for a subscription set to cancel
 
 
 @dataclasses.dataclass
@@ -194,10 +196,12 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     amount = get(sub, "amount", plan.amount if plan else None)
     end = get(sub, "current_period_end")
     cancel = bool(get(sub, "cancel_at_period_end", False))
+    # The DTO's `ends_at` (subscriptions.ends_at): a portal cancel sets only `cancel_at`.
+    ends = get(sub, "ends_at") or get(sub, "cancel_at") or (end if cancel else None)
     if not live:
         renews = f"Ended {fmt.date(end)}" if end else ""
-    elif cancel:
-        renews = f"Cancels on {fmt.date(end)}" if end else "Cancels at period end"
+    elif ends is not None or cancel:
+        renews = f"Cancels on {fmt.date(ends)}" if ends else "Cancels at period end"
     else:
         renews = f"Renews on {fmt.date(end)}" if end else ""
     grace = get(sub, "grace_ends_at")
@@ -214,6 +218,7 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         else "",
         renews_text=renews,
         cancel_at_period_end=cancel,
+        cancels=live and (ends is not None or cancel),
         past_due=status == "past_due",
         grace_text=f"Your plan stays active until {fmt.date(grace)}." if grace else "",
         is_subscriber=live,
@@ -255,6 +260,7 @@ def admin_user_view(row: Any) -> AdminUserView:
         status_color=fmt.status_color(status or "free"),
         created=fmt.date(get(row, "created_at")),
         meters=[meter_view(u) for u in (get(row, "usage", None) or [])],
+        ends_text=f"Cancels on {fmt.date(ends)}" if (ends := get(row, "ends_at")) else "",
     )
 
 
