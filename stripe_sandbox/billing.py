@@ -32,6 +32,12 @@ PAYMENT_BEHAVIORS = (
     "error_if_incomplete",
     "pending_if_incomplete",
 )
+BILLING_MODES = ("classic", "flexible")
+# Kept classic until the app reads cancel_at: a flexible subscription's portal cancel sets
+# cancel_at instead of cancel_at_period_end.
+DEFAULT_BILLING_MODE = "classic"
+# cancel_at helpers (API 2025-07-30.basil): the earliest / latest item period end.
+CANCEL_AT_ENUMS = ("min_period_end", "max_period_end")
 
 
 def _date(ts: int) -> str:
@@ -468,6 +474,8 @@ def create_subscription(
     default_payment_method: str | None = None,
     description: str | None = None,
     cancel_at_period_end: bool = False,
+    cancel_at: int | str | None = None,
+    billing_mode: dict[str, Any] | None = None,
     customer_param: str = "customer",
 ) -> dict[str, Any]:
     """customer.subscription.created, then invoice.created / .finalized and the payment
@@ -517,9 +525,12 @@ def create_subscription(
         currency=items[0][0]["currency"],
         default_payment_method=default_payment_method,
         description=description,
+        billing_mode=billing_mode or billing_mode_object(DEFAULT_BILLING_MODE, now),
     )
     if cancel_at_period_end:
         _schedule_cancel(sub, now)
+    elif cancel_at is not None:
+        _schedule_cancel_at(sub, _resolve_cancel_at(cancel_at, sub), now)
     st.subscriptions[sub_id] = sub
     st.subscription_internal[sub_id] = {"anchor": now, "cycle": 0, "pending": []}
     if cus["currency"] is None:
@@ -545,6 +556,8 @@ def create_subscription_from_params(st: SandboxState, params: dict[str, Any]) ->
         raise StripeError(
             "Trials are not supported by the Stripe sandbox.", param="trial_period_days"
         )
+    cancel_at_period_end = bool(as_bool(params.get("cancel_at_period_end"), "c"))
+    cancel_at = cancel_at_param(params, st.now(), cancel_at_period_end)
     return create_subscription(
         st,
         cus_id,
@@ -553,13 +566,112 @@ def create_subscription_from_params(st: SandboxState, params: dict[str, Any]) ->
         payment_behavior="allow_incomplete" if behavior == "pending_if_incomplete" else behavior,
         default_payment_method=params.get("default_payment_method") or None,
         description=params.get("description") or None,
-        cancel_at_period_end=bool(as_bool(params.get("cancel_at_period_end"), "c")),
+        cancel_at_period_end=cancel_at_period_end,
+        cancel_at=None if cancel_at is _UNSET else cancel_at,
+        billing_mode=billing_mode_param(params.get("billing_mode"), "billing_mode", st.now()),
     )
+
+
+def billing_mode_object(
+    mode: str, now: int, flexible: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A subscription's ``billing_mode`` as Stripe shows it; ``updated_at`` is when a flexible
+    mode was adopted (here: at creation, the sandbox has no migrate endpoint)."""
+    if mode == "classic":
+        return {"flexible": None, "type": "classic"}
+    options = {"proration_discounts": (flexible or {}).get("proration_discounts") or "included"}
+    return {"flexible": options, "type": "flexible", "updated_at": now}
+
+
+def billing_mode_param(raw: Any, param: str, now: int) -> dict[str, Any] | None:
+    """``billing_mode[type]`` (+ ``[flexible][proration_discounts]``) of a create request;
+    None when not given (the default applies)."""
+    if raw is None:
+        return None
+    spec = as_dict(raw, param)
+    mode = spec.get("type")
+    if not mode:
+        raise missing_param(f"{param}[type]")
+    if mode not in BILLING_MODES:
+        raise StripeError(
+            f"Invalid {param}[type]: must be one of {', '.join(BILLING_MODES)}",
+            param=f"{param}[type]",
+        )
+    flexible = as_dict(spec.get("flexible"), f"{param}[flexible]")
+    discounts = flexible.get("proration_discounts")
+    if discounts not in (None, "", "included", "itemized"):
+        raise StripeError(
+            f"Invalid {param}[flexible][proration_discounts]: must be one of included, itemized",
+            param=f"{param}[flexible][proration_discounts]",
+        )
+    return billing_mode_object(mode, now, flexible)
+
+
+_UNSET: Any = object()
+
+
+def cancel_at_param(params: dict[str, Any], now: int, cancel_at_period_end: bool | None) -> Any:
+    """The ``cancel_at`` parameter, validated: _UNSET when absent, None for "" (clear it), an
+    enum name (resolved once the periods are known) or a Unix timestamp in the future."""
+    raw = params.get("cancel_at", _UNSET)
+    if raw is _UNSET or raw is None:
+        return _UNSET
+    if raw == "":
+        return None
+    if cancel_at_period_end:
+        # Stripe: the cancel_at_period_end parameter is not compatible with cancel_at.
+        raise StripeError(
+            "You may only specify one of these parameters: cancel_at, cancel_at_period_end.",
+            param="cancel_at",
+        )
+    if raw in CANCEL_AT_ENUMS:
+        return raw
+    if raw == "max_billed_until":
+        raise StripeError(
+            "cancel_at=max_billed_until (billing schedules) is not supported by the Stripe "
+            "sandbox.",
+            param="cancel_at",
+        )
+    try:
+        ts = int(raw)
+    except (TypeError, ValueError):
+        raise StripeError(
+            f"Invalid cancel_at: must be a Unix timestamp or one of {', '.join(CANCEL_AT_ENUMS)}",
+            param="cancel_at",
+        ) from None
+    # The clock never runs behind a period start, so "in the future" also means "not before
+    # the current period start", Stripe's other bound.
+    if ts <= now:
+        raise StripeError(
+            "Invalid timestamp: must be an integer Unix timestamp in the future.",
+            param="cancel_at",
+        )
+    return ts
+
+
+def _resolve_cancel_at(value: int | str, sub: dict[str, Any]) -> int:
+    if isinstance(value, int):
+        return value
+    ends = [item["current_period_end"] for item in sub["items"]["data"]]
+    return min(ends) if value == "min_period_end" else max(ends)
 
 
 def _schedule_cancel(sub: dict[str, Any], now: int) -> None:
     sub.update(cancel_at_period_end=True, cancel_at=period_of(sub)[1], canceled_at=now)
     sub["cancellation_details"]["reason"] = "cancellation_requested"
+
+
+def _schedule_cancel_at(sub: dict[str, Any], cancel_at: int, now: int) -> None:
+    """A cancellation at a fixed time: cancel_at set, cancel_at_period_end false (Stripe clears
+    one when the other is set). canceled_at is when it was requested."""
+    if (sub["cancel_at"], sub["cancel_at_period_end"]) != (cancel_at, False):
+        sub.update(cancel_at_period_end=False, cancel_at=cancel_at, canceled_at=now)
+    sub["cancellation_details"]["reason"] = "cancellation_requested"
+
+
+def _unschedule_cancel(sub: dict[str, Any]) -> None:
+    sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
+    sub["cancellation_details"]["reason"] = None
 
 
 def _proration_lines(
@@ -615,7 +727,8 @@ def _raise_unless_paid_now(st: SandboxState, sub: dict[str, Any], lines: list[di
 
 
 def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Plan/quantity changes (with prorations), cancel_at_period_end, metadata, default card.
+    """Plan/quantity changes (with prorations), scheduled cancellation (cancel_at_period_end or
+    cancel_at: a timestamp, min/max_period_end, or "" to clear), metadata, default card.
     Emits customer.subscription.updated with previous_attributes, then any invoice events.
 
     payment_behavior, for an invoice the update makes now: allow_incomplete (default) charges
@@ -724,11 +837,7 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         if key in details:
             sub["cancellation_details"][key] = details[key] or None
     cancel_flag = as_bool(params.get("cancel_at_period_end"), "cancel_at_period_end")
-    if cancel_flag is True and not sub["cancel_at_period_end"]:
-        _schedule_cancel(sub, now)
-    elif cancel_flag is False and sub["cancel_at_period_end"]:
-        sub.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
-        sub["cancellation_details"]["reason"] = None
+    cancel_at = cancel_at_param(params, now, cancel_flag)
 
     new_cycle = interval_of(sub) != old_interval
     lines: list[dict[str, Any]] | None = None  # an invoice made now
@@ -744,6 +853,18 @@ def update_subscription(st: SandboxState, sub_id: str, params: dict[str, Any]) -
         lines = internal["pending"] + credits + [line_for_item(it, st) for it in items]
     elif prorations and behavior == "always_invoice":
         lines = internal["pending"] + prorations
+
+    # After the items, so an enum cancel_at takes the period end this same request sets.
+    if cancel_at is None and cancel_flag is not True and sub["cancel_at"] is not None:
+        _unschedule_cancel(sub)  # cancel_at="" undoes either form
+    if cancel_flag is True and not sub["cancel_at_period_end"]:
+        _schedule_cancel(sub, now)  # also replaces a fixed cancel_at
+    elif cancel_flag is False and sub["cancel_at_period_end"]:
+        _unschedule_cancel(sub)
+    if cancel_at is not _UNSET and cancel_at is not None:
+        _schedule_cancel_at(sub, _resolve_cancel_at(cancel_at, sub), now)
+    if sub["cancel_at_period_end"]:
+        sub["cancel_at"] = period_of(sub)[1]  # follows a period that a new interval restarted
     if lines is not None and payment_behavior == "error_if_incomplete":
         _raise_unless_paid_now(st, sub, lines)  # before anything is stored or emitted
 

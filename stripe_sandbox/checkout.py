@@ -6,7 +6,13 @@ import copy
 from typing import Any
 
 from . import objects
-from .billing import attach_card, create_customer, create_subscription, item_specs
+from .billing import (
+    attach_card,
+    billing_mode_param,
+    create_customer,
+    create_subscription,
+    item_specs,
+)
 from .cards import Card, attach_error
 from .errors import StripeError, missing_param
 from .params import apply_metadata, as_bool, as_dict, as_int, as_list
@@ -60,6 +66,9 @@ def create_checkout_session(st: SandboxState, params: dict[str, Any]) -> dict[st
             "Trials are not supported by the Stripe sandbox.",
             param="subscription_data[trial_period_days]",
         )
+    # Validated now (a bad value fails the session create, as on Stripe); the subscription's
+    # updated_at is set when it is created.
+    billing_mode_param(sub_data.get("billing_mode"), "subscription_data[billing_mode]", now)
     st.checkout_sessions[session_id] = session
     st.checkout_internal[session_id] = {
         "items": specs,
@@ -67,6 +76,7 @@ def create_checkout_session(st: SandboxState, params: dict[str, Any]) -> dict[st
             {}, as_dict(sub_data.get("metadata"), "subscription_data[metadata]")
         ),
         "subscription_description": sub_data.get("description") or None,
+        "subscription_billing_mode": sub_data.get("billing_mode"),
     }
     return session
 
@@ -127,6 +137,9 @@ def complete_checkout(
         internal["items"],
         metadata=dict(internal["subscription_metadata"]),
         description=internal["subscription_description"],
+        billing_mode=billing_mode_param(
+            internal["subscription_billing_mode"], "subscription_data[billing_mode]", st.now()
+        ),
     )
     session.update(
         status="complete",

@@ -1,5 +1,6 @@
-"""Time-based behaviour, run when the sandbox clock is advanced: renewals, payment retries,
-expiring incomplete subscriptions and checkout sessions."""
+"""Time-based behaviour, run when the sandbox clock is advanced: renewals, scheduled
+cancellations (``cancel_at_period_end`` or a ``cancel_at`` time, also mid-period), payment
+retries, expiring incomplete subscriptions and checkout sessions."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def _due_actions(st: SandboxState) -> list[tuple[int, int, str]]:
             due.append((inv["next_payment_attempt"], 0, inv["id"]))
     for sub in st.subscriptions.values():
         if sub["status"] in LIVE_STATUSES:
-            due.append((period_of(sub)[1], 1, sub["id"]))
+            # A cancel_at before the period end comes first: no renewal after it.
+            end = period_of(sub)[1]
+            due.append((min(end, sub["cancel_at"] or end), 1, sub["id"]))
         elif sub["status"] == "incomplete":
             due.append((sub["created"] + INCOMPLETE_LIFETIME, 2, sub["id"]))
     for session in st.checkout_sessions.values():
@@ -68,11 +71,14 @@ def advance_clock(st: SandboxState, target: int) -> int:
 
 
 def _period_end(st: SandboxState, sub: dict[str, Any]) -> None:
-    """Renew (customer.subscription.updated, invoice events) or end a subscription."""
+    """Renew (customer.subscription.updated, invoice events) or end a subscription: at its
+    period end with cancel_at_period_end, or at its cancel_at (which may be mid-period)."""
     start, end = period_of(sub)
     internal = st.subscription_internal[sub["id"]]
-    if sub["cancel_at_period_end"]:
-        sub.update(status="canceled", ended_at=end, cancel_at=end)
+    cancel_at = sub["cancel_at"]
+    if sub["cancel_at_period_end"] or (cancel_at is not None and cancel_at <= end):
+        ended = end if sub["cancel_at_period_end"] else cancel_at
+        sub.update(status="canceled", ended_at=ended, cancel_at=ended)
         internal["pending"] = []
         stop_retries(st, sub)
         st.emit("customer.subscription.deleted", sub)

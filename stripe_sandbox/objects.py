@@ -260,8 +260,11 @@ def subscription(
     currency: str,
     default_payment_method: str | None = None,
     description: str | None = None,
+    billing_mode: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     obj = template("subscription")
+    if billing_mode is not None:
+        obj["billing_mode"] = billing_mode
     obj.update(
         id=sub_id,
         customer=customer_id,

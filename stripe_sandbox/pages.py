@@ -318,8 +318,10 @@ def _portal_page(
         item = sub["items"]["data"][0]
         price = item["price"]
         end = item["current_period_end"]
-        if sub["cancel_at_period_end"]:
-            when = f'Cancels on <b id="period-end{suffix}">{fmt_date(end)}</b>'
+        # cancel_at is set by either form of scheduled cancellation (classic or flexible).
+        scheduled = sub["cancel_at"] is not None
+        if scheduled:
+            when = f'Cancels on <b id="period-end{suffix}">{fmt_date(sub["cancel_at"])}</b>'
         elif sub["status"] == "past_due":
             when = (
                 "Payment failed — update your card to keep your subscription "
@@ -330,7 +332,7 @@ def _portal_page(
         else:
             when = f'Renews on <b id="period-end{suffix}">{fmt_date(end)}</b>'
         hidden = f'<input type="hidden" name="subscription" value="{e(sub["id"])}">'
-        if sub["cancel_at_period_end"]:
+        if scheduled:
             schedule_button = (
                 f'<form method="post" action="/portal/{sid}/resume">{hidden}'
                 f'<button id="resume{suffix}">Resume subscription</button></form>'
@@ -509,7 +511,11 @@ def portal_routes(st: SandboxState) -> list[Route]:
 
     def resume(session: dict[str, Any], form: dict[str, Any]) -> str:
         sub = own_subscription(session, form)
-        billing.update_subscription(st, sub["id"], {"cancel_at_period_end": "false"})
+        # Undo whichever form the cancellation took: the flag, or a cancel_at time.
+        undo = (
+            {"cancel_at_period_end": "false"} if sub["cancel_at_period_end"] else {"cancel_at": ""}
+        )
+        billing.update_subscription(st, sub["id"], undo)
         return "resumed"
 
     def card(session: dict[str, Any], form: dict[str, Any]) -> str:
@@ -645,7 +651,7 @@ def dashboard_routes(st: SandboxState) -> list[Route]:
                     f"<tr><td><code>{e(s['id'])}</code></td><td>{e(who)}</td>"
                     f"<td>{e(_product_name(st, item['price']))}</td>"
                     f"<td><span class='badge {e(s['status'])}'>{e(s['status'])}</span>"
-                    f"{' (cancels)' if s['cancel_at_period_end'] else ''}</td>"
+                    f"{' (cancels)' if s['cancel_at'] and s['status'] != 'canceled' else ''}</td>"
                     f"<td>{fmt_date(item['current_period_end'])}</td></tr>"
                 )
             subs = (
