@@ -207,9 +207,9 @@ def test_a_caller_that_goes_away_does_not_stop_its_write_or_the_group(app_settin
 
 def test_two_processes_writers_racing_for_counters_lose_no_write(app_settings, engine):
     """Two writers (as two workers have) send groups touching the same two counters, one
-    as a run of consumes on one counter: PostgreSQL may pick one group as a deadlock's
-    victim. Its writes run again, none fails, and the counters stay exact (on SQLite the
-    write lock orders the groups)."""
+    as a run of consumes on one counter. Both lock the counters in the same order, so
+    neither is ever a deadlock's victim: no write fails or runs twice, and the counters
+    stay exact (on SQLite the write lock orders the groups)."""
     with Session(engine) as s:
         user = make_user(s, plan="enterprise")
     first, second = UsageWriter(), UsageWriter()
@@ -241,6 +241,7 @@ def test_two_processes_writers_racing_for_counters_lose_no_write(app_settings, e
         t.join()
     print(f"[writers] failed={len(failed)} groups={first.groups}+{second.groups}")
     assert failed == []
+    assert (first.groups, second.groups) == (rounds, rounds)  # no group was retried
     with Session(engine) as s:
         assert usage_totals(s, user.id, "api_calls") == (2 * rounds,) * 3
         assert usage_totals(s, user.id, "tokens") == (5 * rounds,) * 3

@@ -240,15 +240,17 @@ class _Statements:
         singles: list[dict[str, Any]] = []  # to send together, one statement each
         # In counter order (the locking order): _RUN_MIN or more consumes on one counter
         # are one statement that writes its row once; the others go one statement each.
+        # The singles before a run go out first, so no counter is locked out of order.
         for _, same in groupby(rows, key=lambda r: (r["user_id"], r["metric"], r["period_start"])):
             run = list(same)
-            decided = _pg_consume_run(conn, run) if len(run) >= _RUN_MIN else None
-            if decided is None:  # a few consumes, or no counter row yet
-                singles.extend(run)
-                continue
-            out.extend(_pg_consume_each(conn, singles))
-            singles = []
-            out.extend(decided)
+            if len(run) >= _RUN_MIN:
+                out.extend(_pg_consume_each(conn, singles))
+                singles = []
+                decided = _pg_consume_run(conn, run)
+                if decided is not None:
+                    out.extend(decided)
+                    continue
+            singles.extend(run)  # a few consumes, or no counter row yet
         out.extend(_pg_consume_each(conn, singles))
         return out
 
