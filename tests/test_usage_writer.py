@@ -91,6 +91,55 @@ def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
     assert _state(engine, rich.id, "tokens") == (8, 24, 24)
 
 
+@pytest.mark.parametrize("runs", [1, 5], ids=["single-statements", "run-statement"])
+def test_a_key_taken_meanwhile_gives_its_room_to_the_later_consumes(
+    engine, frozen_clock, is_postgres, runs
+):
+    """Another transaction stores a consume's key while this group runs: that consume's
+    bump is given back, and the later consumes on its counter that were refused because
+    of it are decided again, so none is refused while there is room (on SQLite the other
+    writer finishes before this group starts, with the same outcome)."""
+    with Session(engine, expire_on_commit=False) as s:
+        user = make_user(s)  # free: 100 API calls
+        metering.consume(s, user.id, "api_calls", 90)  # 10 left
+    other = Session(engine)  # stores the key "raced" (for tokens) and holds it
+    metering.apply_writes(other, [prepare_write(user.id, "tokens", 6, "raced")])
+    writes = [
+        prepare_write(user.id, "api_calls", 6, "raced", consume=True),
+        prepare_write(user.id, "api_calls", 5, "after", consume=True),  # 6 + 5 > 10
+    ] + [prepare_write(user.id, "api_calls", 1, f"one{n}", consume=True) for n in range(runs)]
+    out: list = []
+
+    def run() -> None:
+        with Session(engine) as s:
+            out.extend(metering.apply_writes(s, writes))
+            s.commit()
+
+    group = threading.Thread(target=run)
+    group.start()
+    if is_postgres:  # wait until its insert of "raced" waits for the other transaction
+        with engine.connect() as conn:
+            for _ in range(200):
+                waiting = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).scalar()
+                if waiting:
+                    break
+                group.join(0.05)
+            assert waiting == 1
+    group.join(0.5)
+    assert group.is_alive()
+    other.commit()
+    other.close()
+    group.join(30)
+    raced, after, *ones = out
+    assert isinstance(raced, IdempotencyConflict)  # the key is the tokens event's
+    assert isinstance(after, RecordResult) and after.status.used <= 100
+    assert all(isinstance(o, RecordResult) for o in ones)
+    assert _state(engine, user.id, "api_calls") == (2 + runs, 95 + runs, 95 + runs)
+    assert _state(engine, user.id, "tokens") == (1, 6, 6)
+
+
 def test_commit_comes_before_the_results_are_built(engine, frozen_clock, monkeypatch):
     """With `commit`, the counter rows are committed (so no longer locked) before the
     results are built: another connection already sees the totals (before this change it

@@ -919,20 +919,39 @@ def apply_writes(
         rows.append({**_event_row(w, now), "period_start": p.start, "period_end": p.end,
                      "day": today, "limit": limit or None})  # fmt: skip
     consumes = [i for i in consumes if i not in refused]
+    row_of = dict(zip(consumes, rows, strict=True))
     granted: dict[int, tuple[int, int]] = {}  # consume -> its event id, total after it
-    for i, row, (used, id_) in zip(consumes, rows, st.consume_each(conn, rows), strict=True):
-        w, p = writes[i], per[i]
-        if used is None:
-            refused.append(i)
-            continue
-        if id_ is None:  # stored by someone else meanwhile: give the bump back
-            used = conn.execute(
-                st.unbump, {f"b_{k}": row[v] for k, v in _COUNTER_KEYS.items()}
-            ).scalar()
-            repeats.append(i)
-        else:
-            granted[i] = (id_, used)
-        used_now[(w.user_id, w.metric, p.start)] = used
+    gave_back: set[tuple[int, str, datetime]] = set()  # counters a key race gave room to
+
+    def settle(idxs: list[int]) -> list[int]:
+        """Run these consumes (in counter order); the ones the database refused."""
+        denied = []
+        results = st.consume_each(conn, [row_of[i] for i in idxs])
+        for i, (used, id_) in zip(idxs, results, strict=True):
+            w, p = writes[i], per[i]
+            ck = (w.user_id, w.metric, p.start)
+            if used is None:
+                denied.append(i)
+                continue
+            if id_ is None:  # stored by someone else meanwhile: give the bump back
+                used = conn.execute(
+                    st.unbump, {f"b_{k}": row_of[i][v] for k, v in _COUNTER_KEYS.items()}
+                ).scalar()
+                repeats.append(i)
+                gave_back.add(ck)
+            else:
+                granted[i] = (id_, used)
+            used_now[ck] = used
+        return denied
+
+    denied = settle(consumes)
+    # The consumes after a given-back bump on its counter were decided with it counted:
+    # those refused are decided once more (their counters are still locked by us).
+    if again := [i for i in denied if (writes[i].user_id, writes[i].metric, per[i].start)
+                 in gave_back]:  # fmt: skip
+        still = set(settle(again))
+        denied = [i for i in denied if i not in again or i in still]
+    refused.extend(denied)
     firsts.update(_first_events(conn, st, writes, repeats, out))
     if check is not None and not only_records:
         check({i: o for i, o in enumerate(out) if isinstance(o, BillingError)})
