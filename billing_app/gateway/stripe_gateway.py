@@ -203,8 +203,11 @@ class StripeGateway:
         proration_behavior: str,
         version: str,
         payment_behavior: str = "allow_incomplete",
+        clear_cancel_at: bool = False,
     ) -> dict[str, Any]:
-        """Swap the subscription's plan item to another price (prorated).
+        """Swap the subscription's plan item to another price (prorated), undoing a
+        scheduled cancel: `clear_cancel_at` for one scheduled with `cancel_at` alone (the
+        customer portal's), else cancel_at_period_end=false (Stripe takes only one of them).
 
         `version` names the local state the change starts from, so a retry of the same change
         replays while a later change back and forth gets a new key. `payment_behavior`
@@ -215,8 +218,11 @@ class StripeGateway:
             "items": [{"id": item_id, "price": price_id}],
             "proration_behavior": proration_behavior,
             "payment_behavior": payment_behavior,
-            "cancel_at_period_end": False,
         }
+        if clear_cancel_at:
+            params["cancel_at"] = ""
+        else:
+            params["cancel_at_period_end"] = False
         key = idempotency_key("plan", subscription_id, version, params=params)
         return self._call(
             "change the plan",

@@ -163,6 +163,8 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
     current = get_catalog().get(sub.plan)
     upgrade = current is None or plan.amount > current.amount
     assert plan.stripe_price_id is not None
+    # A plan change undoes a scheduled cancel, the portal's (`cancel_at` alone) too.
+    clear_cancel_at = data.cancel_at is not None and not data.cancel_at_period_end
     if not upgrade:
         updated = gateway.change_subscription_price(
             subscription_id=sub.stripe_subscription_id,
@@ -170,6 +172,7 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
             price_id=plan.stripe_price_id,
             proration_behavior="create_prorations",
             version=_version(sub),
+            clear_cancel_at=clear_cancel_at,
         )
         return _refresh_from(session, updated)
     # Stripe keeps a declined request's 402 under its idempotency key: naming the card that
@@ -185,6 +188,7 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
             proration_behavior="always_invoice",
             payment_behavior="error_if_incomplete",
             version=version,
+            clear_cancel_at=clear_cancel_at,
         )
     except CardDeclined as err:
         session.rollback()

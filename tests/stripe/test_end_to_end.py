@@ -138,6 +138,27 @@ def test_cancel_at_period_end_keeps_quotas_until_the_period_ends(session, sandbo
     assert limits(session, user.id) == FREE
 
 
+@pytest.mark.parametrize("plan", ["basic", "enterprise"], ids=["downgrade", "upgrade"])
+def test_a_plan_change_undoes_a_cancel_the_portal_scheduled(session, sandbox, http, plan):
+    """The customer portal schedules a cancel with `cancel_at` alone (flexible billing
+    mode); choosing another plan afterwards keeps the subscription going, as it does after
+    a cancel_at_period_end."""
+    user = subscribe(session, http, sandbox, "pro")
+    sub_id = session.exec(select(Subscription.stripe_subscription_id)).one()
+    session.rollback()
+    get_gateway().client.v1.subscriptions.update(sub_id, params={"cancel_at": "max_period_end"})
+    flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert dto.cancel_at_period_end is False and dto.ends_at == dto.current_period_end
+
+    dto = billing.change_plan(session, user.id, plan)
+    assert (dto.plan, dto.ends_at, dto.cancel_at) == (plan, None, None)
+    assert sandbox.state.subscriptions[sub_id]["cancel_at"] is None
+    flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.plan, dto.status, dto.ends_at) == (plan, "active", None)
+
+
 def test_declined_card_at_checkout_creates_nothing(session, sandbox, http):
     user = make_user(session)
     url = billing.create_checkout_session(session, user.id, "pro")
