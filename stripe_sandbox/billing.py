@@ -15,6 +15,7 @@ from typing import Any
 
 from . import objects
 from .cards import Card, attach_error
+from .config import API_VERSION
 from .errors import StripeError, card_declined, missing_param, no_such
 from .params import apply_metadata, as_bool, as_dict, as_int, as_list
 from .store import SandboxState
@@ -33,9 +34,15 @@ PAYMENT_BEHAVIORS = (
     "pending_if_incomplete",
 )
 BILLING_MODES = ("classic", "flexible")
-# Kept classic until the app reads cancel_at: a flexible subscription's portal cancel sets
-# cancel_at instead of cancel_at_period_end.
-DEFAULT_BILLING_MODE = "classic"
+
+
+def default_billing_mode(api_version: str) -> str:
+    """Stripe makes new subscriptions flexible from API 2025-09-30.clover on (classic before)."""
+    return "flexible" if api_version[:10] >= "2025-09-30" else "classic"
+
+
+# For the version the sandbox reports (stripe-python's pin): flexible.
+DEFAULT_BILLING_MODE = default_billing_mode(API_VERSION)
 # cancel_at helpers (API 2025-07-30.basil): the earliest / latest item period end.
 CANCEL_AT_ENUMS = ("min_period_end", "max_period_end")
 

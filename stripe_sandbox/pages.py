@@ -506,7 +506,12 @@ def portal_routes(st: SandboxState) -> list[Route]:
         if form.get("when") == "now":
             billing.cancel_subscription(st, sub["id"], {})
             return "canceled"
-        billing.update_subscription(st, sub["id"], {"cancel_at_period_end": "true"})
+        if sub["billing_mode"]["type"] == "flexible":
+            # Stripe's portal (since late 2025) schedules a flexible subscription's end as
+            # cancel_at = the period end and leaves cancel_at_period_end false.
+            billing.update_subscription(st, sub["id"], {"cancel_at": "max_period_end"})
+        else:
+            billing.update_subscription(st, sub["id"], {"cancel_at_period_end": "true"})
         return "scheduled"
 
     def resume(session: dict[str, Any], form: dict[str, Any]) -> str:

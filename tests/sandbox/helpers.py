@@ -73,8 +73,15 @@ def new_customer(client: stripe.StripeClient, email: str = "ada@example.com") ->
 
 
 def new_checkout(
-    client: stripe.StripeClient, customer: str, price: str = "price_sandbox_pro"
+    client: stripe.StripeClient,
+    customer: str,
+    price: str = "price_sandbox_pro",
+    billing_mode: str | None = None,
 ) -> stripe.checkout.Session:
+    """``billing_mode``: the subscription's billing_mode[type] (None: Stripe's default)."""
+    subscription_data: dict[str, Any] = {"metadata": {"user_id": "7"}}
+    if billing_mode is not None:
+        subscription_data["billing_mode"] = {"type": billing_mode}
     return client.v1.checkout.sessions.create(
         params={
             "mode": "subscription",
@@ -83,7 +90,7 @@ def new_checkout(
             "client_reference_id": "user-7",
             "success_url": "http://app.test/billing/success?session_id={CHECKOUT_SESSION_ID}",
             "cancel_url": "http://app.test/billing",
-            "subscription_data": {"metadata": {"user_id": "7"}},
+            "subscription_data": subscription_data,
             "metadata": {"user_id": "7"},
             "allow_promotion_codes": True,
         }
@@ -108,10 +115,11 @@ def subscribe(
     price: str = "price_sandbox_pro",
     card: str = "4242 4242 4242 4242",
     email: str = "ada@example.com",
+    billing_mode: str | None = None,
 ) -> tuple[stripe.Customer, stripe.Subscription]:
     """Customer + completed checkout; returns the customer and the active subscription."""
     customer = new_customer(client, email)
-    session = new_checkout(client, customer.id, price)
+    session = new_checkout(client, customer.id, price, billing_mode)
     response = pay(http, session.url, card)
     assert response.status_code == 303, response.text
     subs = client.v1.subscriptions.list(params={"customer": customer.id}).data

@@ -51,4 +51,6 @@ def test_checkout_and_portal_in_a_browser(
 
     subs = client.v1.subscriptions.list(params={"customer": customer.id}).data
     assert [s["items"].data[0].price.id for s in subs] == ["price_sandbox_basic"]
-    assert subs[0].cancel_at_period_end is False
+    # New subscriptions are flexible: the cancel set cancel_at and the resume cleared it.
+    assert (subs[0].billing_mode.type, subs[0].cancel_at_period_end) == ("flexible", False)
+    assert subs[0].cancel_at is None

@@ -11,7 +11,7 @@ import stripe
 
 from stripe_sandbox import SandboxServer
 
-from .helpers import advance, event_types, new_customer, pay, subscribe
+from .helpers import advance, event_types, subscribe
 
 DAY = 86400
 
@@ -23,24 +23,6 @@ def last_update(client: stripe.StripeClient) -> stripe.Event:
 def period(sub: stripe.Subscription) -> tuple[int, int]:
     item = sub["items"].data[0]
     return item.current_period_start, item.current_period_end
-
-
-def subscribe_with_mode(
-    client: stripe.StripeClient, http: httpx.Client, mode: str
-) -> tuple[stripe.Customer, stripe.Subscription]:
-    """Checkout with subscription_data[billing_mode][type]."""
-    customer = new_customer(client)
-    session = client.v1.checkout.sessions.create(
-        params={
-            "mode": "subscription",
-            "customer": customer.id,
-            "line_items": [{"price": "price_sandbox_pro"}],
-            "success_url": "http://app.test/billing?session_id={CHECKOUT_SESSION_ID}",
-            "subscription_data": {"billing_mode": {"type": mode}},
-        }
-    )
-    assert pay(http, session.url).status_code == 303
-    return customer, client.v1.subscriptions.list(params={"customer": customer.id}).data[0]
 
 
 def test_cancel_at_a_time_sets_it_and_reports_the_change(
@@ -236,32 +218,38 @@ def test_clock_renews_until_the_period_that_holds_cancel_at(
     assert len(client.v1.invoices.list(params={"subscription": sub.id}).data) == 2
 
 
-def test_billing_mode_is_reported_and_can_be_chosen(
+def test_billing_mode_follows_the_api_version_and_can_be_chosen(
     client: stripe.StripeClient, http: httpx.Client
 ) -> None:
-    customer, classic = subscribe_with_mode(client, http, "classic")
-    assert classic.billing_mode.type == "classic"
-
-    flexible = client.v1.subscriptions.create(
-        params={
-            "customer": customer.id,
-            "items": [{"price": "price_sandbox_basic"}],
-            "billing_mode": {"type": "flexible"},
-        }
+    # The sandbox reports a Clover-or-later version: new subscriptions are flexible.
+    assert stripe.api_version >= "2025-09-30"
+    customer, default = subscribe(client, http)
+    assert default.billing_mode.type == "flexible"
+    assert default.billing_mode.flexible.proration_discounts == "included"
+    assert default.billing_mode.updated_at == default.created
+    by_api = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"price": "price_sandbox_basic"}]}
     )
-    assert flexible.billing_mode.type == "flexible"
-    assert flexible.billing_mode.flexible.proration_discounts == "included"
-    assert flexible.billing_mode.updated_at == flexible.created
-    itemized = client.v1.subscriptions.create(
+    assert by_api.billing_mode.type == "flexible"
+
+    _, classic = subscribe(client, http, billing_mode="classic", email="bob@example.com")
+    assert classic.billing_mode.to_dict() == {"flexible": None, "type": "classic"}
+    classic_by_api = client.v1.subscriptions.create(
         params={
             "customer": customer.id,
             "items": [{"price": "price_sandbox_enterprise"}],
+            "billing_mode": {"type": "classic"},
+        }
+    )
+    assert classic_by_api.billing_mode.type == "classic"
+    itemized = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": "price_sandbox_pro"}],
             "billing_mode": {"type": "flexible", "flexible": {"proration_discounts": "itemized"}},
         }
     )
     assert itemized.billing_mode.flexible.proration_discounts == "itemized"
-    _, from_checkout = subscribe_with_mode(client, http, "flexible")
-    assert from_checkout.billing_mode.type == "flexible"
 
     with pytest.raises(stripe.InvalidRequestError) as info:
         client.v1.subscriptions.create(

@@ -89,10 +89,10 @@ def test_plan_switch_updates_the_one_subscription_with_prorations(
     assert all(line.parent.invoice_item_details.proration for line in proration.lines.data)
 
 
-def test_cancel_at_period_end_resume_and_cancel_now(
+def test_classic_cancel_at_period_end_resume_and_cancel_now(
     client: stripe.StripeClient, http: httpx.Client
 ) -> None:
-    customer, sub = subscribe(client, http)
+    customer, sub = subscribe(client, http, billing_mode="classic")
     portal = open_portal(client, customer.id)
     post(http, portal.url + "/cancel", subscription=sub.id, when="period_end")
     scheduled = client.v1.subscriptions.retrieve(sub.id)
@@ -115,6 +115,48 @@ def test_cancel_at_period_end_resume_and_cancel_now(
     assert canceled.ended_at is not None and canceled.canceled_at is not None
     assert event_types(client)[-1] == "customer.subscription.deleted"
     assert 'id="no-subscription"' in http.get(portal.url).text
+
+
+def test_flexible_cancel_sets_cancel_at_and_resume_clears_it(
+    client: stripe.StripeClient, http: httpx.Client, sandbox: SandboxServer
+) -> None:
+    # Today's Stripe portal: a flexible subscription gets cancel_at = period end, and
+    # cancel_at_period_end stays false.
+    customer, sub = subscribe(client, http)  # flexible: the default for new subscriptions
+    assert sub.billing_mode.type == "flexible"
+    end = sub["items"].data[0].current_period_end
+    portal = open_portal(client, customer.id)
+    response = post(http, portal.url + "/cancel", subscription=sub.id, when="period_end")
+    assert response.headers["location"].endswith("notice=scheduled")
+    scheduled = client.v1.subscriptions.retrieve(sub.id)
+    assert (scheduled.cancel_at, scheduled.cancel_at_period_end) == (end, False)
+    assert scheduled.status == "active" and scheduled.canceled_at is not None
+    assert scheduled.cancellation_details.reason == "cancellation_requested"
+    update = client.v1.events.list(params={"type": "customer.subscription.updated"}).data[0]
+    assert update.data.previous_attributes.to_dict() == {
+        "cancel_at": None,
+        "canceled_at": None,
+        "cancellation_details": {"reason": None},
+    }
+    page = http.get(portal.url).text
+    assert "Cancels on" in page and 'id="resume"' in page
+
+    post(http, portal.url + "/resume", subscription=sub.id)
+    resumed = client.v1.subscriptions.retrieve(sub.id)
+    assert (resumed.cancel_at, resumed.cancel_at_period_end, resumed.canceled_at) == (
+        None,
+        False,
+        None,
+    )
+    update = client.v1.events.list(params={"type": "customer.subscription.updated"}).data[0]
+    assert update.data.previous_attributes.cancel_at == end
+
+    # Scheduled again, the clock ends it at the period end with no renewal.
+    post(http, portal.url + "/cancel", subscription=sub.id, when="period_end")
+    result = advance(sandbox, months=2)
+    assert [e["type"] for e in result["events"]] == ["customer.subscription.deleted"]
+    ended = client.v1.subscriptions.retrieve(sub.id)
+    assert (ended.status, ended.ended_at) == ("canceled", end)
 
 
 def test_fixing_the_card_pays_the_open_invoice(
