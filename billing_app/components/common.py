@@ -6,7 +6,7 @@ from typing import Any
 
 import reflex as rx
 
-from billing_app.states.views import MeterView
+from billing_app.states.views import InvoiceView, MeterView
 
 
 def card(*children: rx.Component, **props: Any) -> rx.Component:
@@ -165,6 +165,68 @@ def data_table(
             width="100%",
             id=table_id,
         )
+    )
+
+
+def invoice_row(inv: InvoiceView, with_period: bool = True) -> rx.Component:
+    """One invoice: number, date, (period), amount, status, View and PDF links."""
+    return rx.table.row(
+        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
+        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
+        *(
+            [rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray"))]
+            if with_period
+            else []
+        ),
+        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
+        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
+        rx.table.cell(
+            rx.hstack(
+                rx.cond(
+                    inv.hosted_url != "",
+                    rx.link(
+                        rx.hstack(
+                            rx.text("View"),
+                            rx.icon("external-link", size=12),
+                            spacing="1",
+                            align="center",
+                        ),
+                        href=inv.hosted_url,
+                        is_external=True,
+                        size="2",
+                        white_space="nowrap",
+                    ),
+                ),
+                rx.cond(
+                    inv.pdf_url != "",
+                    rx.link(
+                        rx.hstack(
+                            rx.text("PDF"),
+                            rx.icon("download", size=12),
+                            spacing="1",
+                            align="center",
+                        ),
+                        href=inv.pdf_url,
+                        is_external=True,
+                        size="2",
+                        white_space="nowrap",
+                    ),
+                ),
+                spacing="3",
+            )
+        ),
+        align="center",
+    )
+
+
+def invoice_table(
+    rows: Any, table_id: str, with_period: bool = True, variant: str = "ghost"
+) -> rx.Component:
+    """The customer's invoice table (billing page, admin drawer): a list of InvoiceView.
+    Without the period column it fits the admin drawer."""
+    headers = ("Number", "Date", *(("Period",) if with_period else ()), "Amount", "Status", "")
+    return data_table(
+        headers, rows, lambda inv: invoice_row(inv, with_period), table_id, variant=variant
     )
 
 

@@ -6,8 +6,8 @@ import reflex as rx
 
 from billing_app.components.common import (
     card,
-    data_table,
     empty,
+    invoice_table,
     meter,
     pager,
     section_title,
@@ -16,7 +16,7 @@ from billing_app.components.common import (
 from billing_app.components.layout import loading, page
 from billing_app.metrics import METRICS
 from billing_app.states.billing import BillingState as S
-from billing_app.states.views import InvoiceView, PlanView
+from billing_app.states.views import PlanView
 
 
 def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
@@ -321,65 +321,13 @@ def plans_section() -> rx.Component:
     )
 
 
-def invoice_row(inv: InvoiceView) -> rx.Component:
-    return rx.table.row(
-        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
-        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
-        rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray")),
-        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
-        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
-        rx.table.cell(
-            rx.hstack(
-                rx.cond(
-                    inv.hosted_url != "",
-                    rx.link(
-                        rx.hstack(
-                            rx.text("View"),
-                            rx.icon("external-link", size=12),
-                            spacing="1",
-                            align="center",
-                        ),
-                        href=inv.hosted_url,
-                        is_external=True,
-                        size="2",
-                        white_space="nowrap",
-                    ),
-                ),
-                rx.cond(
-                    inv.pdf_url != "",
-                    rx.link(
-                        rx.hstack(
-                            rx.text("PDF"),
-                            rx.icon("download", size=12),
-                            spacing="1",
-                            align="center",
-                        ),
-                        href=inv.pdf_url,
-                        is_external=True,
-                        size="2",
-                        white_space="nowrap",
-                    ),
-                ),
-                spacing="3",
-            )
-        ),
-        align="center",
-    )
-
-
 def invoices_card() -> rx.Component:
     return card(
         section_title("Invoices", "Receipts for every charge, downloadable as PDF."),
         rx.cond(
             S.invoice_total > 0,
             rx.vstack(
-                data_table(
-                    ("Number", "Date", "Period", "Amount", "Status", ""),
-                    S.invoices,
-                    invoice_row,
-                    "invoices-table",
-                    variant="surface",
-                ),
+                invoice_table(S.invoices, "invoices-table", variant="surface"),
                 pager(
                     rx.text.span(
                         S.invoice_total, rx.cond(S.invoice_total == 1, " invoice", " invoices")
