@@ -8,6 +8,7 @@ from billing_app.components.common import (
     card,
     data_table,
     empty,
+    invoice_table,
     meter,
     pager,
     scroll_x,
@@ -402,6 +403,60 @@ def override_form() -> rx.Component:
     )
 
 
+def copyable_id(label: str, value: rx.Var, url: rx.Var) -> rx.Component:
+    """A Stripe id as copyable text; a dashboard link only with real Stripe (url set)."""
+    return rx.cond(
+        value != "",
+        rx.hstack(
+            rx.text(label, size="1", color_scheme="gray", min_width="88px"),
+            rx.code(value, size="1", word_break="break-all"),
+            rx.icon_button(
+                rx.icon("copy", size=12),
+                on_click=rx.set_clipboard(value),
+                variant="ghost",
+                size="1",
+                aria_label="Copy " + label.lower(),
+            ),
+            rx.cond(
+                url != "",
+                rx.link(
+                    rx.icon("external-link", size=12),
+                    href=url,
+                    is_external=True,
+                    aria_label="Open in the Stripe dashboard",
+                ),
+            ),
+            align="center",
+            spacing="2",
+        ),
+    )
+
+
+def subscription_summary() -> rx.Component:
+    sub = A.detail_sub
+    return rx.vstack(
+        rx.hstack(
+            rx.text(sub.headline, size="3", weight="medium"),
+            rx.cond(sub.has_subscription, status_badge(sub.status_label, sub.status_color)),
+            justify="between",
+            align="center",
+            width="100%",
+            wrap="wrap",
+        ),
+        rx.cond(sub.ends_text != "", rx.text(sub.ends_text, size="2")),
+        rx.cond(sub.period_text != "", rx.text(sub.period_text, size="2", color_scheme="gray")),
+        rx.cond(
+            sub.grace_text != "",
+            rx.text(sub.grace_text, size="2", color=rx.color("amber", 11)),
+        ),
+        copyable_id("Customer", sub.customer_id, sub.customer_url),
+        copyable_id("Subscription", sub.subscription_id, sub.subscription_url),
+        spacing="1",
+        width="100%",
+        id="drawer-subscription",
+    )
+
+
 def user_drawer() -> rx.Component:
     return rx.drawer.root(
         rx.drawer.overlay(z_index="50"),
@@ -425,6 +480,19 @@ def user_drawer() -> rx.Component:
                         justify="between",
                         align="start",
                         width="100%",
+                    ),
+                    rx.heading("Subscription", size="3"),
+                    subscription_summary(),
+                    rx.cond(
+                        A.detail_invoices.length() > 0,
+                        rx.vstack(
+                            rx.heading("Recent invoices", size="3"),
+                            invoice_table(
+                                A.detail_invoices, "drawer-invoices-table", with_period=False
+                            ),
+                            spacing="2",
+                            width="100%",
+                        ),
                     ),
                     rx.heading("Usage this period", size="3"),
                     rx.vstack(

@@ -237,6 +237,17 @@ def recent_invoices(session: Session, user_id: int | None, limit: int = 10) -> l
     return [i.to_dict() for i in page.items]
 
 
+def stripe_dashboard_base() -> str | None:
+    """Where the Stripe dashboard shows this account's objects (test-mode keys' under
+    /test); None on the local sandbox, which has no dashboard to link to."""
+    settings = get_settings()
+    key = settings.stripe_secret_key
+    if settings.uses_stripe_sandbox or not key:
+        return None
+    test = key.startswith(("sk_test_", "rk_test_"))
+    return "https://dashboard.stripe.com" + ("/test" if test else "")
+
+
 def user_detail(session: Session, user_id: int) -> AdminUserDetail:
     user = users.get_user(session, user_id)
     dto = users.to_dto(user)

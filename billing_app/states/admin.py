@@ -14,7 +14,7 @@ from billing_app.errors import BillingError
 from billing_app.metrics import METRICS
 from billing_app.plans import PLAN_KEYS, get_catalog
 from billing_app.services import admin as admin_service
-from billing_app.services import invoices, metering, quotas
+from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
 from billing_app.states import views
 from billing_app.states.session import SessionState
@@ -82,21 +82,21 @@ def load_keys() -> list[views.ApiKeyView]:
 
 
 def load_detail(user_id: int) -> dict[str, Any]:
-    from billing_app.services import users
-
+    # The admin API's own detail (GET /api/billing/admin/users/{id}): one source for both.
     with read_session() as session:
-        user = users.get_user(session, user_id)
-        email, name, role = user.email, user.display_name, user.role
-        meters = [views.meter_view(m) for m in metering.summary(session, user_id)]
-        qs = [views.quota_view(q) for q in quotas.get_quotas(session, user_id)]
-        audit = [views.audit_view(a) for a in quotas.audit_log(session, user_id, limit=10)]
+        detail = admin_service.user_detail(session, user_id)
+    user = detail.user
     return {
-        "email": email,
-        "name": name,
-        "role": role,
-        "meters": meters,
-        "quotas": qs,
-        "audit": audit,
+        "email": user.email,
+        "name": user.display_name,
+        "role": user.role,
+        "subscription": views.admin_subscription_view(
+            detail.subscription, user, get_catalog(), admin_service.stripe_dashboard_base()
+        ),
+        "invoices": [views.invoice_view(i) for i in detail.invoices],
+        "meters": [views.meter_view(m) for m in detail.usage],
+        "quotas": [views.quota_view(q) for q in detail.quotas],
+        "audit": [views.audit_view(a) for a in detail.audit_log[:10]],
     }
 
 
@@ -139,6 +139,8 @@ class AdminState(SessionState):
     detail_email: str = ""
     detail_name: str = ""
     detail_role: str = ""
+    detail_sub: views.AdminSubscriptionView = views.AdminSubscriptionView()
+    detail_invoices: list[views.InvoiceView] = []
     detail_meters: list[views.MeterView] = []
     detail_quotas: list[views.QuotaView] = []
     detail_audit: list[views.AuditView] = []
@@ -394,6 +396,8 @@ class AdminState(SessionState):
             self.detail_email = data["email"]
             self.detail_name = data["name"]
             self.detail_role = data["role"]
+            self.detail_sub = data["subscription"]
+            self.detail_invoices = data["invoices"]
             self.detail_meters = data["meters"]
             self.detail_quotas = data["quotas"]
             self.detail_audit = data["audit"]

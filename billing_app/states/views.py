@@ -88,6 +88,23 @@ class AdminUserView:
 
 
 @dataclasses.dataclass
+class AdminSubscriptionView:
+    """One user's plan and subscription, as the admin drawer shows it."""
+
+    has_subscription: bool = False
+    headline: str = "Free plan · no subscription"  # "Pro · $99.00 / month" when paying
+    status_label: str = ""
+    status_color: str = "gray"
+    period_text: str = ""
+    ends_text: str = ""  # "Renews on" / "Cancels on" / "Ended": the dashboard's wording
+    grace_text: str = ""
+    customer_id: str = ""
+    customer_url: str = ""  # empty on the sandbox: it has no dashboard
+    subscription_id: str = ""
+    subscription_url: str = ""
+
+
+@dataclasses.dataclass
 class QuotaView:
     metric: str = ""
     label: str = ""
@@ -241,6 +258,50 @@ def invoice_view(inv: Any) -> InvoiceView:
         hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
         pdf_url=str(get(inv, "invoice_pdf", "") or ""),
         user_email=str(get(inv, "user_email", "") or ""),
+    )
+
+
+def admin_subscription_view(
+    sub: Any, user: Any, catalog: dict[str, Plan], dashboard: str | None = None
+) -> AdminSubscriptionView:
+    """From the admin detail's subscription (a SubscriptionDTO or its dict) and user.
+    `dashboard`: services.admin.stripe_dashboard_base(), None on the sandbox."""
+    customer = str(get(user, "stripe_customer_id", "") or "")
+    customer_url = f"{dashboard}/customers/{customer}" if dashboard and customer else ""
+    if sub is None:
+        return AdminSubscriptionView(customer_id=customer, customer_url=customer_url)
+    # The dashboard's own view model: same status wording, colours and renew/cancel rule.
+    shown = subscription_view(sub, catalog)
+    status = shown.status
+    plan_name = str(get(sub, "plan_name", "") or get(sub, "plan", "")).strip()
+    if shown.is_subscriber:
+        headline = f"{plan_name} · {shown.price}" if shown.price else plan_name
+        period_label = "Current period"
+    else:
+        headline = f"Free plan · {plan_name} subscription {fmt.status_label(status).lower()}"
+        period_label = "Last period"
+    period = fmt.period(get(sub, "current_period_start"), get(sub, "current_period_end"))
+    grace = get(sub, "grace_ends_at")
+    grace_text = ""
+    if grace is not None and status == "past_due":
+        # effective_plan says whether the grace days are still running.
+        if str(get(sub, "effective_plan", "") or "") == "free":
+            grace_text = f"Grace period ended on {fmt.date(grace)}: on Free quotas"
+        else:
+            grace_text = f"Grace period ends on {fmt.date(grace)}, then Free quotas"
+    sub_id = str(get(sub, "stripe_subscription_id", "") or "")
+    return AdminSubscriptionView(
+        has_subscription=True,
+        headline=headline,
+        status_label=shown.status_label,
+        status_color=shown.status_color,
+        period_text=f"{period_label}: {period}" if period else "",
+        ends_text=shown.renews_text,
+        grace_text=grace_text,
+        customer_id=customer,
+        customer_url=customer_url,
+        subscription_id=sub_id,
+        subscription_url=f"{dashboard}/subscriptions/{sub_id}" if dashboard and sub_id else "",
     )
 
 
