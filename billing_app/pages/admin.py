@@ -526,6 +526,9 @@ def user_drawer() -> rx.Component:
                     ),
                     spacing="4",
                     width="100%",
+                    # Taller than the screen: its own height, the drawer scrolls. Stretched
+                    # to the drawer's (a flex row), it squeezed the tables' scroll boxes.
+                    align_self="flex-start",
                 ),
                 position="fixed",
                 top="0",

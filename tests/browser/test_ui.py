@@ -149,7 +149,7 @@ def test_subscribe_pro_then_change_plan_in_portal(
     expect(page.locator("#meter-tokens")).to_contain_text("/ 100,000")
 
 
-def test_admin_console(page: Page, live_app: LiveApp) -> None:
+def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     from sqlmodel import select
 
     from billing_app.db import create_db_engine, session_scope
@@ -225,7 +225,6 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
     expect(drawer).to_contain_text("Tokens limit saved.")
     expect(drawer).to_contain_text("777")
     expect(drawer.get_by_text("Override", exact=True)).to_be_visible()
-    screenshot(page, "admin-user", full_page=False)
     # Saving cleared the Reason box; Reset to plan needs no typed reason.
     expect(drawer.get_by_role("textbox", name="Reason")).to_have_value("")
     drawer.get_by_role("button", name="Reset to plan").click()
@@ -237,6 +236,51 @@ def test_admin_console(page: Page, live_app: LiveApp) -> None:
     drawer.get_by_role("textbox", name="Reason").fill("Pilot customer")
     drawer.get_by_role("button", name="Save override").click()
     expect(drawer).to_contain_text("Tokens limit saved.")
+    page.keyboard.press("Escape")
+
+    # A paying customer (through the sandbox's Checkout, in a page of their own): the
+    # drawer shows their plan, status, renewal, Stripe ids and invoices.
+    buyer = browser.new_page()
+    buyer_email = signup(buyer, live_app, "drawer")
+    buyer.locator("#choose-pro").click()
+    buyer.wait_for_url(re.compile(r".*/checkout/.*"))
+    buyer.locator("#card-number").fill("4242 4242 4242 4242")
+    buyer.locator("#pay").click()
+    expect(buyer.locator("#current-plan")).to_have_text("Pro")
+    expect(buyer.locator("#invoices-table")).to_contain_text("$99.00")
+    buyer.close()
+    # The filters above still say Free / No subscription.
+    page.get_by_role("combobox", name="Filter by plan").click()
+    page.get_by_role("option", name="All plans").click()
+    page.get_by_role("combobox", name="Filter by status").click()
+    page.get_by_role("option", name="All statuses").click()
+    page.locator("#user-search").fill(buyer_email)
+    page.get_by_role("button", name=f"Details for {buyer_email}").click()
+    expect(drawer).to_contain_text(buyer_email)
+    summary = drawer.locator("#drawer-subscription")
+    expect(summary).to_contain_text("Pro · $99.00 / month")
+    expect(summary.get_by_text("Active", exact=True)).to_be_visible()
+    expect(summary).to_contain_text(re.compile(r"Renews on [A-Z][a-z]{2} \d{1,2}, \d{4}"))
+    expect(summary).to_contain_text(re.compile(r"cus_\w+"))
+    expect(summary).to_contain_text(re.compile(r"sub_\w+"))
+    # The sandbox has no Stripe dashboard: the ids are text, not links.
+    expect(summary.get_by_role("link")).to_have_count(0)
+    drawer_invoices = drawer.locator("#drawer-invoices-table")
+    expect(drawer_invoices).to_contain_text("$99.00")
+    expect(drawer_invoices).to_contain_text("Paid")
+    for name in ("View", "PDF"):
+        href = drawer_invoices.get_by_role("link", name=name).first.get_attribute("href")
+        assert href and href.startswith("http")
+        assert httpx.get(href, timeout=10).status_code == 200
+    # Taller than the screen now: the tables keep their height and the drawer scrolls
+    # (stretched to the screen, the drawer's column had squeezed the quotas to a header).
+    assert drawer.evaluate(
+        "d => [...d.querySelectorAll('.rt-TableRoot')]"
+        ".every(t => t.parentElement.clientHeight >= t.offsetHeight)"
+    )
+    # Not mid-slide: the drawer has just opened.
+    page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')")
+    screenshot(page, "admin-user", full_page=False)
     page.keyboard.press("Escape")
 
     # Invoices across all users, filtered by status.
