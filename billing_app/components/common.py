@@ -168,20 +168,21 @@ def data_table(
     )
 
 
-def invoice_row(inv: InvoiceView, with_period: bool = True) -> rx.Component:
-    """One invoice: number, date, (period), amount, status, View and PDF links."""
+def invoice_row(inv: InvoiceView, compact: bool = False) -> rx.Component:
+    """One invoice: number, date, period, amount, status, View and PDF links; `compact`
+    (the admin drawer) leaves the period out and stacks the links."""
     return rx.table.row(
         rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
         rx.table.cell(rx.text(inv.date, white_space="nowrap")),
         *(
             [rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray"))]
-            if with_period
+            if not compact
             else []
         ),
         rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
         rx.table.cell(status_badge(inv.status_label, inv.status_color)),
         rx.table.cell(
-            rx.hstack(
+            (rx.vstack if compact else rx.hstack)(
                 rx.cond(
                     inv.hosted_url != "",
                     rx.link(
@@ -212,7 +213,7 @@ def invoice_row(inv: InvoiceView, with_period: bool = True) -> rx.Component:
                         white_space="nowrap",
                     ),
                 ),
-                spacing="3",
+                spacing="1" if compact else "3",
             )
         ),
         align="center",
@@ -220,13 +221,13 @@ def invoice_row(inv: InvoiceView, with_period: bool = True) -> rx.Component:
 
 
 def invoice_table(
-    rows: Any, table_id: str, with_period: bool = True, variant: str = "ghost"
+    rows: Any, table_id: str, compact: bool = False, variant: str = "ghost"
 ) -> rx.Component:
     """The customer's invoice table (billing page, admin drawer): a list of InvoiceView.
-    Without the period column it fits the admin drawer."""
-    headers = ("Number", "Date", *(("Period",) if with_period else ()), "Amount", "Status", "")
+    `compact` fits the admin drawer: no period column, the links stacked."""
+    headers = ("Number", "Date", *(() if compact else ("Period",)), "Amount", "Status", "")
     return data_table(
-        headers, rows, lambda inv: invoice_row(inv, with_period), table_id, variant=variant
+        headers, rows, lambda inv: invoice_row(inv, compact), table_id, variant=variant
     )
 
 

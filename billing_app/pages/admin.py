@@ -487,9 +487,7 @@ def user_drawer() -> rx.Component:
                         A.detail_invoices.length() > 0,
                         rx.vstack(
                             rx.heading("Recent invoices", size="3"),
-                            invoice_table(
-                                A.detail_invoices, "drawer-invoices-table", with_period=False
-                            ),
+                            invoice_table(A.detail_invoices, "drawer-invoices-table", compact=True),
                             spacing="2",
                             width="100%",
                         ),

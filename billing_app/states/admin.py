@@ -275,11 +275,14 @@ class AdminState(SessionState):
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
         try:
             users = await rx.run_in_thread(lambda: load_users(*args))
+            # With the list, so the counts above it are of the same moment.
+            stats = await rx.run_in_thread(load_stats)
         except BillingError as err:
             async with self:
                 self.error = err.message
             return
         async with self:
+            self.stats = stats
             # A newer search may have been typed meanwhile: keep only the latest answer.
             if args == (self.search, self.plan_filter, self.status_filter, self.sort, self.page):
                 self._set_users(users)

@@ -240,6 +240,10 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
 
     # A paying customer (through the sandbox's Checkout, in a page of their own): the
     # drawer shows their plan, status, renewal, Stripe ids and invoices.
+    pro_card = page.locator("#stats .rt-Card", has_text="Pro subscribers")
+    found = re.search(r"Pro subscribers\s*(\d+)", pro_card.inner_text())
+    assert found
+    pros = int(found.group(1))
     buyer = browser.new_page()
     buyer_email = signup(buyer, live_app, "drawer")
     buyer.locator("#choose-pro").click()
@@ -255,6 +259,8 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     page.get_by_role("combobox", name="Filter by status").click()
     page.get_by_role("option", name="All statuses").click()
     page.locator("#user-search").fill(buyer_email)
+    # The counts are reloaded with the list: the new customer is in both.
+    expect(pro_card).to_contain_text(re.compile(rf"Pro subscribers\s*{pros + 1}\b"))
     page.get_by_role("button", name=f"Details for {buyer_email}").click()
     expect(drawer).to_contain_text(buyer_email)
     summary = drawer.locator("#drawer-subscription")
