@@ -6,7 +6,7 @@ import itertools
 
 from sqlmodel import Session, func, select
 
-from billing_app.models import UsageCounter, UsageDaily, UsageEvent
+from billing_app.models import UsageCounter, UsageDaily, UsageEvent, User
 from billing_app.services import quotas, users
 from billing_app.services.dto import UserDTO
 
@@ -14,11 +14,23 @@ _seq = itertools.count(1)
 
 
 def make_user(
-    session: Session, *, email: str | None = None, plan: str = "free", admin: bool = False
+    session: Session,
+    *,
+    email: str | None = None,
+    plan: str = "free",
+    admin: bool = False,
+    customer: str | None = None,
 ) -> UserDTO:
+    """A user; `customer` links a Stripe customer id (as checkout would), for webhooks."""
     user = users.create_user(session, email or f"user{next(_seq)}@example.com", admin=admin)
     if plan != "free":
         quotas.apply_plan(session, user.id, plan)
+        session.commit()
+    if customer is not None:
+        row = session.get(User, user.id)
+        assert row is not None
+        row.stripe_customer_id = customer
+        session.add(row)
         session.commit()
     return user
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from billing_app.models import Invoice, Quota, StripeEvent, Subscription, User
+from billing_app.models import Invoice, Quota, StripeEvent, Subscription
 from tests.factories import make_user
 from tests.reliability.conftest import RUN_SLOW, report
 from tests.stripe.conftest import (  # noqa: F401  (fixtures, used by name)
@@ -91,11 +91,7 @@ def test_shuffled_duplicated_deliveries_end_on_the_newest_state(
     payloads,  # noqa: F811
 ):
     n = next(_seq)
-    user = make_user(session)
-    row = session.get(User, user.id)
-    row.stripe_customer_id = f"cus_storm_{n}"
-    session.add(row)
-    session.commit()
+    user = make_user(session, customer=f"cus_storm_{n}")
     events = _sequence(payloads, user.id, n, ends_canceled)
     copies = data.draw(st.lists(st.integers(1, 3), min_size=len(events), max_size=len(events)))
     deliveries = [e for e, c in zip(events, copies, strict=True) for _ in range(c)]

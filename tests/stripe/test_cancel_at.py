@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from billing_app.models import Subscription, User
+from billing_app.models import Subscription
 from billing_app.plans import get_catalog
 from billing_app.services import admin, billing, metering
 from billing_app.services.subscriptions import get_subscription_dto
@@ -37,13 +37,7 @@ EARLY = datetime(2026, 11, 20, 8, tzinfo=UTC)  # an API-set cancel_at before the
 
 
 def _user(session: Session, customer: str = "cus_portal") -> int:
-    user = make_user(session, email=f"{customer}@example.com")
-    row = session.get(User, user.id)
-    assert row is not None
-    row.stripe_customer_id = customer
-    session.add(row)
-    session.commit()
-    return user.id
+    return make_user(session, email=f"{customer}@example.com", customer=customer).id
 
 
 class Subs:

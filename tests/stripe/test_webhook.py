@@ -27,13 +27,7 @@ T0 = 1_764_000_000  # 2025-11-24: events' `created`
 
 
 def _customer_user(session: Session, customer: str = "cus_test_1") -> int:
-    user = make_user(session)
-    row = session.get(User, user.id)
-    assert row is not None
-    row.stripe_customer_id = customer
-    session.add(row)
-    session.commit()
-    return user.id
+    return make_user(session, customer=customer).id
 
 
 def _count(session: Session, model: type) -> int:

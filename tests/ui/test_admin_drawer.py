@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from billing_app.models import Invoice, Subscription, User
+from billing_app.models import Invoice, Subscription
 from billing_app.states import admin as admin_state
 from billing_app.states import views
 from tests.conftest import FrozenClock, _clear_caches
@@ -21,13 +21,7 @@ HOSTED = "http://127.0.0.1:12111/invoices/in_1/hosted"
 
 
 def _customer(session: Session, email: str) -> int:
-    user = make_user(session, email=email)
-    row = session.get(User, user.id)
-    assert row is not None
-    row.stripe_customer_id = "cus_drawer1"
-    session.add(row)
-    session.commit()
-    return user.id
+    return make_user(session, email=email, customer="cus_drawer1").id
 
 
 def _subscribe(session: Session, uid: int, **fields: Any) -> None:
