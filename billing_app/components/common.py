@@ -168,6 +168,20 @@ def data_table(
     )
 
 
+def _icon_link(label: str, icon: str, href: Any) -> rx.Component:
+    """A small external link with an icon after its label; nothing when `href` is empty."""
+    return rx.cond(
+        href != "",
+        rx.link(
+            rx.hstack(rx.text(label), rx.icon(icon, size=12), spacing="1", align="center"),
+            href=href,
+            is_external=True,
+            size="2",
+            white_space="nowrap",
+        ),
+    )
+
+
 def invoice_row(inv: InvoiceView, compact: bool = False) -> rx.Component:
     """One invoice: number, date, period, amount, status, View and PDF links; `compact`
     (the admin drawer) leaves the period out and stacks the links."""
@@ -183,36 +197,8 @@ def invoice_row(inv: InvoiceView, compact: bool = False) -> rx.Component:
         rx.table.cell(status_badge(inv.status_label, inv.status_color)),
         rx.table.cell(
             (rx.vstack if compact else rx.hstack)(
-                rx.cond(
-                    inv.hosted_url != "",
-                    rx.link(
-                        rx.hstack(
-                            rx.text("View"),
-                            rx.icon("external-link", size=12),
-                            spacing="1",
-                            align="center",
-                        ),
-                        href=inv.hosted_url,
-                        is_external=True,
-                        size="2",
-                        white_space="nowrap",
-                    ),
-                ),
-                rx.cond(
-                    inv.pdf_url != "",
-                    rx.link(
-                        rx.hstack(
-                            rx.text("PDF"),
-                            rx.icon("download", size=12),
-                            spacing="1",
-                            align="center",
-                        ),
-                        href=inv.pdf_url,
-                        is_external=True,
-                        size="2",
-                        white_space="nowrap",
-                    ),
-                ),
+                _icon_link("View", "external-link", inv.hosted_url),
+                _icon_link("PDF", "download", inv.pdf_url),
                 spacing="1" if compact else "3",
             )
         ),

@@ -223,35 +223,33 @@ class StripeGateway:
             params["cancel_at"] = ""
         else:
             params["cancel_at_period_end"] = False
-        key = idempotency_key("plan", subscription_id, version, params=params)
-        return self._call(
-            "change the plan",
-            self.client.v1.subscriptions.update,
-            subscription_id,
-            params=params,
-            options={"idempotency_key": key},
+        return self._update_subscription(
+            "change the plan", "plan", subscription_id, version, params
         )
 
     def set_cancel_at_period_end(
         self, *, subscription_id: str, cancel: bool, version: str
     ) -> dict[str, Any]:
+        action = "cancel the subscription" if cancel else "resume the subscription"
         params = {"cancel_at_period_end": cancel}
-        key = idempotency_key("cancel_at_end", subscription_id, version, params=params)
-        return self._call(
-            "cancel the subscription" if cancel else "resume the subscription",
-            self.client.v1.subscriptions.update,
-            subscription_id,
-            params=params,
-            options={"idempotency_key": key},
-        )
+        return self._update_subscription(action, "cancel_at_end", subscription_id, version, params)
 
     def clear_cancel_at(self, *, subscription_id: str, version: str) -> dict[str, Any]:
         """Undo a cancellation scheduled with `cancel_at` (the customer portal's way): Stripe
         unsets a field sent as an empty string; cancel_at_period_end=false leaves it."""
         params = {"cancel_at": ""}
-        key = idempotency_key("cancel_at", subscription_id, version, params=params)
+        return self._update_subscription(
+            "resume the subscription", "cancel_at", subscription_id, version, params
+        )
+
+    def _update_subscription(
+        self, action: str, kind: str, subscription_id: str, version: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One subscription update, keyed by what it does, the local state it starts from
+        (`version`) and its parameters."""
+        key = idempotency_key(kind, subscription_id, version, params=params)
         return self._call(
-            "resume the subscription",
+            action,
             self.client.v1.subscriptions.update,
             subscription_id,
             params=params,
