@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.browser.conftest import LiveApp, login, screenshot, signup
 
@@ -16,6 +16,16 @@ pytestmark = pytest.mark.browser
 
 def meter_bar(page: Page, label: str):  # noqa: ANN201
     return page.get_by_role("progressbar", name=label)
+
+
+def expect_paid_invoice(table: Locator, amount: str) -> None:
+    """The invoice table lists a paid invoice of `amount` whose View and PDF links answer."""
+    expect(table).to_contain_text(amount)
+    expect(table).to_contain_text("Paid")
+    for name in ("View", "PDF"):
+        href = table.get_by_role("link", name=name).first.get_attribute("href")
+        assert href and href.startswith("http")
+        assert httpx.get(href, timeout=10).status_code == 200
 
 
 def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
@@ -115,13 +125,7 @@ def test_subscribe_pro_then_change_plan_in_portal(
     expect(page.get_by_role("button", name="Current plan")).to_be_disabled()
 
     # The invoice table lists the payment with working links.
-    table = page.locator("#invoices-table")
-    expect(table).to_contain_text("$99.00")
-    expect(table).to_contain_text("Paid")
-    for name in ("View", "PDF"):
-        href = table.get_by_role("link", name=name).first.get_attribute("href")
-        assert href and href.startswith("http")
-        assert httpx.get(href, timeout=10).status_code == 200
+    expect_paid_invoice(page.locator("#invoices-table"), "$99.00")
 
     # Some usage, so the screenshot shows bars and a chart.
     user_id = live_app.user_id(email)
@@ -271,13 +275,7 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     expect(summary).to_contain_text(re.compile(r"sub_\w+"))
     # The sandbox has no Stripe dashboard: the ids are text, not links.
     expect(summary.get_by_role("link")).to_have_count(0)
-    drawer_invoices = drawer.locator("#drawer-invoices-table")
-    expect(drawer_invoices).to_contain_text("$99.00")
-    expect(drawer_invoices).to_contain_text("Paid")
-    for name in ("View", "PDF"):
-        href = drawer_invoices.get_by_role("link", name=name).first.get_attribute("href")
-        assert href and href.startswith("http")
-        assert httpx.get(href, timeout=10).status_code == 200
+    expect_paid_invoice(drawer.locator("#drawer-invoices-table"), "$99.00")
     # Taller than the screen now: the tables keep their height and the drawer scrolls
     # (stretched to the screen, the drawer's column had squeezed the quotas to a header).
     assert drawer.evaluate(
