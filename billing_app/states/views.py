@@ -213,8 +213,7 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     amount = get(sub, "amount", plan.amount if plan else None)
     end = get(sub, "current_period_end")
     cancel = bool(get(sub, "cancel_at_period_end", False))
-    # The DTO's `ends_at` (subscriptions.ends_at): a portal cancel sets only `cancel_at`.
-    ends = get(sub, "ends_at") or get(sub, "cancel_at") or (end if cancel else None)
+    ends = get(sub, "ends_at")  # subscriptions.ends_at: either Stripe field, one rule
     if not live:
         renews = f"Ended {fmt.date(end)}" if end else ""
     elif ends is not None or cancel:

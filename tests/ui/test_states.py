@@ -221,7 +221,7 @@ def test_subscription_view_past_due_and_canceled() -> None:
     assert past_due.past_due and past_due.is_subscriber and past_due.plan == "pro"
     assert past_due.status_color == "amber" and "Dec 2, 2026" in past_due.grace_text
     canceling = views.subscription_view(
-        {**base, "status": "active", "cancel_at_period_end": True}, get_catalog()
+        {**base, "status": "active", "cancel_at_period_end": True, "ends_at": end}, get_catalog()
     )
     assert canceling.renews_text == "Cancels on Dec 25, 2026"
     canceled = views.subscription_view({**base, "status": "canceled"}, get_catalog())
