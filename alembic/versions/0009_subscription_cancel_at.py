@@ -8,7 +8,7 @@ NULL until the subscription's next event: `billing-app stripe sync` fills it at 
 
 Revision ID: 0009
 Revises: 0008
-Create Date: 2026-12-07 10:00:00
+Create Date: 2026-12-06 13:50:00
 """
 
 from collections.abc import Sequence
