@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reflex as rx
+from reflex.vars.function import ArgsFunctionOperation
 
 from billing_app.components.common import (
     card,
@@ -198,6 +199,12 @@ def usage_card() -> rx.Component:
     )
 
 
+# 1,000,000 rather than 1000000 on the axis and in the tooltip: a JS function built from
+# Reflex's own number formatting (Python, compiled), as Recharts takes only functions.
+_value = rx.Var("value").to(int)
+_GROUPED = ArgsFunctionOperation.create(("value",), f"{_value:,}")
+
+
 def chart_card() -> rx.Component:
     return card(
         section_title(
@@ -229,8 +236,14 @@ def chart_card() -> rx.Component:
                     is_animation_active=False,
                 ),
                 rx.recharts.x_axis(data_key="day", tick_line=False, font_size=12),
-                rx.recharts.y_axis(tick_line=False, axis_line=False, font_size=12, width=80),
-                rx.recharts.graphing_tooltip(),
+                rx.recharts.y_axis(
+                    tick_line=False,
+                    axis_line=False,
+                    font_size=12,
+                    width=80,
+                    tick_formatter=_GROUPED,
+                ),
+                rx.recharts.graphing_tooltip(custom_attrs={"formatter": _GROUPED}),
                 data=S.chart_data,
                 width="100%",
                 height=240,

@@ -135,7 +135,13 @@ def test_subscribe_pro_then_change_plan_in_portal(
     expect(page.locator("#meter-api_calls")).to_contain_text("8,600 / 10,000")
     # Days without usage draw no bar; today's does.
     expect(page.locator(".recharts-bar-rectangle path").first).to_be_visible()
+    # Thousands grouped on the chart's axis and in its tooltip, as on the meters.
+    expect(page.locator(".recharts-yAxis-tick-labels text").last).to_have_text(
+        re.compile(r"^\d{1,3}(,\d{3})+$")
+    )
     screenshot(page, "billing")
+    page.locator(".recharts-bar-rectangle path").last.hover()
+    expect(page.locator(".recharts-tooltip-wrapper")).to_contain_text("420,000")
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone.context.add_cookies(page.context.cookies())
     phone.goto(f"{live_app.url}/billing")
