@@ -26,6 +26,8 @@ from billing_app.settings import get_settings
 MAX_PER_PAGE = 200
 SORTS = ("email", "created", *(f"usage_{m}" for m in METRICS))
 SORT_KEYS = tuple(s for base in SORTS for s in (base, f"-{base}"))
+# Audit entries in a user's detail (the JSON API's); the drawer asks for the 10 it shows.
+DETAIL_AUDIT_LIMIT = 50
 STATUS_FILTERS = ("none", "incomplete", "incomplete_expired", "trialing", "active", "past_due",
                   "canceled", "unpaid", "paused")  # fmt: skip
 
@@ -248,7 +250,9 @@ def stripe_dashboard_base() -> str | None:
     return "https://dashboard.stripe.com" + ("/test" if test else "")
 
 
-def user_detail(session: Session, user_id: int) -> AdminUserDetail:
+def user_detail(
+    session: Session, user_id: int, *, audit_limit: int = DETAIL_AUDIT_LIMIT
+) -> AdminUserDetail:
     user = users.get_user(session, user_id)
     dto = users.to_dto(user)
     plan = get_catalog().get(plan_key_for(current_subscription(session, user_id)))
@@ -260,7 +264,7 @@ def user_detail(session: Session, user_id: int) -> AdminUserDetail:
         subscription=_subscription_dict(session, user_id),
         usage=metering.summary(session, user_id),
         quotas=quotas.get_quotas(session, user_id),
-        audit_log=quotas.audit_log(session, user_id),
+        audit_log=quotas.audit_log(session, user_id, limit=audit_limit),
         invoices=recent_invoices(session, user_id),
     )
 

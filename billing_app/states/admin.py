@@ -33,6 +33,7 @@ STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete"
 INVOICE_STATUSES = ("paid", "open", "draft", "void", "uncollectible")
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
 SERVICE_SCOPES = ["usage:write", "usage:read"]
+DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
 
 
 def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def load_keys() -> list[views.ApiKeyView]:
 def load_detail(user_id: int) -> dict[str, Any]:
     # The admin API's own detail (GET /api/billing/admin/users/{id}): one source for both.
     with read_session() as session:
-        detail = admin_service.user_detail(session, user_id)
+        detail = admin_service.user_detail(session, user_id, audit_limit=DRAWER_AUDIT)
     user = detail.user
     return {
         "email": user.email,
@@ -96,7 +97,7 @@ def load_detail(user_id: int) -> dict[str, Any]:
         "invoices": [views.invoice_view(i) for i in detail.invoices],
         "meters": [views.meter_view(m) for m in detail.usage],
         "quotas": [views.quota_view(q) for q in detail.quotas],
-        "audit": [views.audit_view(a) for a in detail.audit_log[:10]],
+        "audit": [views.audit_view(a) for a in detail.audit_log],
     }
 
 

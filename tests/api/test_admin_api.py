@@ -323,3 +323,33 @@ def test_a_reset_over_the_api_needs_no_reason_an_override_does(actors):
     assert reset.status_code == 200, reset.text
     log = c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"]
     assert [e["reason"] for e in log[:2]] == ["Reset to plan", "pilot"]
+
+
+def test_user_detail_api_keeps_50_audit_entries_the_drawer_reads_the_10_it_shows(
+    actors, monkeypatch
+):
+    from billing_app.states import admin as admin_state
+
+    with session_scope() as s:
+        for i in range(55):
+            quotas.set_override(s, actors.a.id, "tokens", 1_000 + i, f"change {i}")
+    newest_first = [f"change {i}" for i in range(54, -1, -1)]
+
+    c = actors.cookie_client(actors.admin)
+    log = c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"]
+    assert [e["reason"] for e in log] == newest_first[:50]
+    assert (log[0]["old_limit"], log[0]["new_limit"]) == (1_053, 1_054)
+
+    read: list[int] = []
+    audit_log = quotas.audit_log
+
+    def counted(*args, **kwargs):
+        rows = audit_log(*args, **kwargs)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(quotas, "audit_log", counted)
+    shown = admin_state.load_detail(actors.a.id)["audit"]
+    assert read == [10]  # read from the database: what the drawer shows, no more
+    assert [a.reason for a in shown] == newest_first[:10]
+    assert shown[0].change == "1,053 → 1,054"
