@@ -457,6 +457,63 @@ def subscription_summary() -> rx.Component:
     )
 
 
+def detail_placeholder() -> rx.Component:
+    """Shown until a newly opened user's detail arrives (never the previous user's)."""
+    return rx.vstack(
+        *[rx.skeleton(height=h, width="100%") for h in ("96px", "140px", "180px")],
+        spacing="4",
+        width="100%",
+        id="drawer-loading",
+        role="status",
+        aria_label="Loading user detail",
+        aria_busy="true",
+    )
+
+
+def detail_body() -> rx.Component:
+    return rx.fragment(
+        rx.heading("Subscription", size="3"),
+        subscription_summary(),
+        rx.cond(
+            A.detail_invoices.length() > 0,
+            rx.vstack(
+                rx.heading("Recent invoices", size="3"),
+                invoice_table(A.detail_invoices, "drawer-invoices-table", compact=True),
+                spacing="2",
+                width="100%",
+            ),
+        ),
+        rx.heading("Usage this period", size="3"),
+        rx.vstack(rx.foreach(A.detail_meters, lambda m: meter(m)), spacing="4", width="100%"),
+        rx.heading("Quotas", size="3"),
+        scroll_x(
+            rx.table.root(
+                rx.table.header(
+                    rx.table.row(
+                        *[
+                            rx.table.column_header_cell(h)
+                            for h in ("Metric", "Limit", "Plan limit", "Source")
+                        ]
+                    )
+                ),
+                rx.table.body(rx.foreach(A.detail_quotas, quota_row)),
+                size="1",
+                width="100%",
+            )
+        ),
+        override_form(),
+        rx.cond(
+            A.detail_audit.length() > 0,
+            rx.vstack(
+                rx.heading("Recent changes", size="3"),
+                rx.foreach(A.detail_audit, audit_row),
+                spacing="2",
+                width="100%",
+            ),
+        ),
+    )
+
+
 def user_drawer() -> rx.Component:
     return rx.drawer.root(
         rx.drawer.overlay(z_index="50"),
@@ -481,47 +538,7 @@ def user_drawer() -> rx.Component:
                         align="start",
                         width="100%",
                     ),
-                    rx.heading("Subscription", size="3"),
-                    subscription_summary(),
-                    rx.cond(
-                        A.detail_invoices.length() > 0,
-                        rx.vstack(
-                            rx.heading("Recent invoices", size="3"),
-                            invoice_table(A.detail_invoices, "drawer-invoices-table", compact=True),
-                            spacing="2",
-                            width="100%",
-                        ),
-                    ),
-                    rx.heading("Usage this period", size="3"),
-                    rx.vstack(
-                        rx.foreach(A.detail_meters, lambda m: meter(m)), spacing="4", width="100%"
-                    ),
-                    rx.heading("Quotas", size="3"),
-                    scroll_x(
-                        rx.table.root(
-                            rx.table.header(
-                                rx.table.row(
-                                    *[
-                                        rx.table.column_header_cell(h)
-                                        for h in ("Metric", "Limit", "Plan limit", "Source")
-                                    ]
-                                )
-                            ),
-                            rx.table.body(rx.foreach(A.detail_quotas, quota_row)),
-                            size="1",
-                            width="100%",
-                        )
-                    ),
-                    override_form(),
-                    rx.cond(
-                        A.detail_audit.length() > 0,
-                        rx.vstack(
-                            rx.heading("Recent changes", size="3"),
-                            rx.foreach(A.detail_audit, audit_row),
-                            spacing="2",
-                            width="100%",
-                        ),
-                    ),
+                    rx.cond(A.detail_loading, detail_placeholder(), detail_body()),
                     spacing="4",
                     width="100%",
                     # Taller than the screen: its own height, the drawer scrolls. Stretched

@@ -88,6 +88,7 @@ def load_detail(user_id: int) -> dict[str, Any]:
         detail = admin_service.user_detail(session, user_id, audit_limit=DRAWER_AUDIT)
     user = detail.user
     return {
+        "id": user.id,
         "email": user.email,
         "name": user.display_name,
         "role": user.role,
@@ -137,6 +138,8 @@ class AdminState(SessionState):
     # user drawer
     drawer_open: bool = False
     detail_id: int = 0
+    detail_loading: bool = False  # a newly opened user's detail has not arrived yet
+    _detail_load: int = 0  # bumped by each load: only the newest one's answer is applied
     detail_email: str = ""
     detail_name: str = ""
     detail_role: str = ""
@@ -366,13 +369,30 @@ class AdminState(SessionState):
     def open_user(self, user_id: int) -> Any:
         if self._admin() is None:
             return None
-        self.detail_id = int(user_id)
+        user_id = int(user_id)
+        if user_id != self.detail_id:
+            # Nothing of the previous user's under this one's name while the detail loads;
+            # the list's row gives the email and name at once.
+            row = next((u for u in self.users if u.id == user_id), None)
+            self._clear_detail()
+            self.detail_email = row.email if row is not None else ""
+            self.detail_name = row.display_name if row is not None else ""
+            self.detail_loading = True
+        self.detail_id = user_id
         self.override_error = ""
         self.override_saved = ""
         self.override_limit = ""
         self.override_reason = ""
         self.drawer_open = True
         return AdminState.load_detail
+
+    def _clear_detail(self) -> None:
+        self.detail_email = self.detail_name = self.detail_role = ""
+        self.detail_sub = views.AdminSubscriptionView()
+        self.detail_invoices = []
+        self.detail_meters = []
+        self.detail_quotas = []
+        self.detail_audit = []
 
     @rx.event
     def set_drawer_open(self, value: bool) -> None:
@@ -388,14 +408,19 @@ class AdminState(SessionState):
             if self._admin() is None:
                 return
             user_id = self.detail_id
+            self._detail_load += 1
+            load = self._detail_load
         try:
             data = await rx.run_in_thread(lambda: load_detail(user_id))
         except BillingError as err:
             async with self:
-                self.override_error = err.message
+                if (user_id, load) == (self.detail_id, self._detail_load):
+                    self.override_error = err.message
+                    self.detail_loading = False
             return
         async with self:
-            if user_id != self.detail_id:
+            # A late answer, for a user opened before or from an older load, is dropped.
+            if (data["id"], load) != (self.detail_id, self._detail_load):
                 return
             self.detail_email = data["email"]
             self.detail_name = data["name"]
@@ -405,6 +430,7 @@ class AdminState(SessionState):
             self.detail_meters = data["meters"]
             self.detail_quotas = data["quotas"]
             self.detail_audit = data["audit"]
+            self.detail_loading = False
 
     @rx.event
     def set_override_metric(self, value: str) -> None:

@@ -1,9 +1,12 @@
-"""The admin drawer's billing part: what `load_detail` hands AdminState for a user with a
-renewing, cancelling, past_due or canceled subscription, and for one with none, read from
-a real database through the admin service's user detail."""
+"""The admin drawer: what `load_detail` hands AdminState for a user with a renewing,
+cancelling, past_due or canceled subscription, and for one with none, read from a real
+database through the admin service's user detail; and what the drawer shows while another
+user's detail is on its way."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,10 +14,13 @@ import pytest
 from sqlmodel import Session
 
 from billing_app.models import Invoice, Subscription
+from billing_app.services import quotas
 from billing_app.states import admin as admin_state
 from billing_app.states import views
+from billing_app.states.admin import AdminState
 from tests.conftest import FrozenClock, _clear_caches
 from tests.factories import make_user
+from tests.ui.test_states import cookie_for, state_for
 
 START, END = datetime(2026, 11, 10, 8, tzinfo=UTC), datetime(2026, 12, 10, 8, tzinfo=UTC)
 HOSTED = "http://127.0.0.1:12111/invoices/in_1/hosted"
@@ -156,3 +162,163 @@ def test_real_stripe_links_the_ids_to_its_dashboard(
     sub = admin_state.load_detail(uid)["subscription"]
     assert sub.customer_url == f"{base}/customers/cus_drawer1"
     assert sub.subscription_url == f"{base}/subscriptions/sub_drawer1"
+
+
+# ------------------------------------------------------------------ opening another user
+
+
+class _Locked:
+    """The state as a background handler sees it: `async with self` around each change
+    (Reflex's StateProxy, without the state manager a test has no app for)."""
+
+    def __init__(self, state: AdminState) -> None:
+        object.__setattr__(self, "_state", state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._state, name, value)
+
+    async def __aenter__(self) -> _Locked:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+LOAD_DETAIL = AdminState.event_handlers["load_detail"].fn
+
+
+class _InTransit:
+    """Replaces the loader: each call reads the detail at once, then its answer waits
+    until released (a slow network, a busy worker), so answers can arrive out of order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._real = admin_state.load_detail
+        self.held: list[threading.Event] = []
+        self._read = threading.Semaphore(0)
+        monkeypatch.setattr(admin_state, "load_detail", self._load)
+
+    def _load(self, user_id: int) -> dict[str, Any]:
+        data = self._real(user_id)
+        gate = threading.Event()
+        self.held.append(gate)
+        self._read.release()
+        assert gate.wait(10), "answer never released"
+        return data
+
+    async def start(self, st: AdminState) -> asyncio.Task[None]:
+        """load_detail as the drawer runs it, up to its answer being read and held."""
+        task = asyncio.create_task(LOAD_DETAIL(_Locked(st)))
+        assert await asyncio.to_thread(self._read.acquire, True, 10)
+        return task
+
+    async def deliver(self, n: int, task: asyncio.Task[None]) -> None:
+        self.held[n].set()
+        await task
+
+
+def _two_customers(session: Session) -> tuple[AdminState, int, int]:
+    """An admin's console listing A (paying, with an invoice and an override) and B."""
+    admin = make_user(session, email="boss@example.com", admin=True)
+    a = _customer(session, "first@example.com")
+    _subscribe(session, a)
+    _invoice(session, a)
+    quotas.set_override(session, a, "tokens", 777, "Pilot customer")
+    b = make_user(session, email="second@example.com").id
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    st.on_load()
+    st.users = admin_state.load_users("", admin_state.ALL, admin_state.ALL, "-created", 1)["rows"]
+    return st, a, b
+
+
+def _shows_nothing_of_first(st: AdminState) -> None:
+    assert (st.detail_email, st.detail_role) == ("second@example.com", "")
+    assert st.detail_sub == views.AdminSubscriptionView()
+    assert (st.detail_invoices, st.detail_meters, st.detail_quotas, st.detail_audit) == (
+        [], [], [], []
+    )  # fmt: skip
+    assert st.detail_loading  # the drawer shows a placeholder instead
+
+
+def _shows_second(st: AdminState) -> None:
+    assert st.detail_email == "second@example.com"
+    assert not st.detail_sub.has_subscription and st.detail_invoices == []
+    assert st.detail_audit == []
+    assert {q.metric: q.limit_text for q in st.detail_quotas}["tokens"] == "10,000"
+    assert not st.detail_loading
+
+
+def test_opening_another_user_shows_nothing_of_the_previous_one_until_it_loads(
+    session: Session, frozen_clock: FrozenClock
+) -> None:
+    st, a, b = _two_customers(session)
+    st.open_user(a)
+    asyncio.run(LOAD_DETAIL(_Locked(st)))
+    assert st.detail_email == "first@example.com"
+    assert st.detail_sub.headline == "Pro · $99.00 / month"
+    assert [i.number for i in st.detail_invoices] == ["DRAWER-0001"]
+    assert [x.reason for x in st.detail_audit] == ["Pilot customer"]
+
+    # B's drawer: B's email and name from the list at once, a placeholder for the rest.
+    st.open_user(b)
+    _shows_nothing_of_first(st)
+    asyncio.run(LOAD_DETAIL(_Locked(st)))
+    _shows_second(st)
+
+    # Reopening the user already shown keeps their detail while it refreshes.
+    st.open_user(b)
+    assert not st.detail_loading and st.detail_quotas
+
+
+def test_a_late_answer_for_a_user_opened_before_is_dropped(
+    session: Session, frozen_clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, a, b = _two_customers(session)
+    wire = _InTransit(monkeypatch)
+
+    async def scenario() -> None:
+        st.open_user(a)
+        await wire.deliver(0, await wire.start(st))
+        assert st.detail_email == "first@example.com"
+        # A reload of A (as a saved override sends) is on its way when B is opened.
+        for_a = await wire.start(st)
+        st.open_user(b)
+        for_b = await wire.start(st)
+        # A's answer arrives while B's is still on its way: B's drawer keeps waiting.
+        await wire.deliver(1, for_a)
+        _shows_nothing_of_first(st)
+        await wire.deliver(2, for_b)
+        _shows_second(st)
+
+        # A's answer after B's: still B.
+        st.open_user(a)
+        again_a = await wire.start(st)
+        st.open_user(b)
+        again_b = await wire.start(st)
+        await wire.deliver(4, again_b)
+        await wire.deliver(3, again_a)
+        _shows_second(st)
+
+    asyncio.run(scenario())
+
+
+def test_an_older_answer_for_the_same_user_does_not_undo_a_newer_one(
+    session: Session, frozen_clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, _a, b = _two_customers(session)
+    wire = _InTransit(monkeypatch)
+
+    async def scenario() -> None:
+        st.open_user(b)
+        before = await wire.start(st)
+        # An override saved meanwhile reloads the drawer; the newer answer comes first.
+        quotas.set_override(session, b, "tokens", 5_000, "Trial cap")
+        after = await wire.start(st)
+        await wire.deliver(1, after)
+        await wire.deliver(0, before)
+        assert {q.metric: q.limit_text for q in st.detail_quotas}["tokens"] == "5,000"
+        assert [x.reason for x in st.detail_audit] == ["Trial cap"]
+
+    asyncio.run(scenario())
