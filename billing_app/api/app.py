@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Match, Mount
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from billing_app.api import admin_routes, auth_routes, billing_routes, errors, service_routes
@@ -27,7 +31,7 @@ def create_api() -> FastAPI:
             "Stripe subscriptions and usage metering. Authenticate with the session cookie "
             "(`billing_session`, set by /api/auth/login) or `Authorization: Bearer <API key>`."
         ),
-        docs_url="/api/docs",
+        docs_url=None,  # _install_docs: FastAPI's own page loads Swagger UI from a CDN
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -66,8 +70,30 @@ def create_api() -> FastAPI:
 
     api.include_router(webhook.router)
 
+    _install_docs(api)
     _install_api_fallback(api)
     return api
+
+
+DOCS_ASSETS = "/api/docs/assets"
+
+
+def _install_docs(api: FastAPI) -> None:
+    """/api/docs with Swagger UI from a pinned package (fastapi-offline's copy), served
+    by the app itself: FastAPI's default page fetches it from cdn.jsdelivr.net, so on a
+    network without that host the docs were a blank page."""
+    static = files("fastapi_offline") / "static"
+    api.mount(DOCS_ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
+
+    @api.get("/api/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(api.openapi_url),
+            title=f"{api.title} - docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
 
 
 class ApiFallback(BaseRoute):

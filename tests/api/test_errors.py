@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 
 from tests.conftest import _clear_caches
@@ -23,6 +25,22 @@ def test_openapi_and_docs_are_published(client):
     err = spec["components"]["schemas"]["ErrorResponse"]
     assert err["properties"]["error"]
     assert client.get("/api/docs").status_code == 200
+
+
+def test_docs_page_loads_swagger_ui_from_the_app_itself(client):
+    """No CDN: every script, stylesheet and icon of /api/docs is a path of this app,
+    and each answers (the browser test renders the page with the network cut off)."""
+    html = client.get("/api/docs").text
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert refs and all(r.startswith("/") and not r.startswith("//") for r in refs), refs
+    assert "/api/openapi.json" in html
+    types = {}
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200, ref
+        types[ref.rsplit(".", 1)[-1]] = r.headers["content-type"]
+    assert "javascript" in types["js"] and types["css"].startswith("text/css")
+    assert client.get("/api/docs/assets/nothing.js").status_code == 404
 
 
 def test_database_down_is_503_not_500(actors, monkeypatch):
