@@ -162,6 +162,20 @@ def user_promote(user: str) -> None:
         _print(users.set_role(session, _resolve_user(session, user), "admin"))
 
 
+@user.command("set-password")
+@click.argument("user")
+@click.option("--password", default="-", help="The new password (prompted if - or omitted)")
+def user_set_password(user: str, password: str) -> None:
+    """Reset USER's (email or id) password; their open sessions are signed out."""
+    from billing_app.db import session_scope
+    from billing_app.services import auth
+
+    if password == "-":
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with session_scope() as session:
+        _print(auth.set_password(session, _resolve_user(session, user), password))
+
+
 # ------------------------------------------------------------------ usage
 
 

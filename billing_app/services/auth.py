@@ -183,13 +183,22 @@ def logout(session: Session, token: str | None) -> None:
     session.commit()
 
 
-def logout_everywhere(session: Session, user_id: int) -> None:
+def set_password(session: Session, user_id: int, password: str) -> UserDTO:
+    """An operator's reset of a user's local password. Every open session of the user is
+    signed out (whoever held one no longer does) and the account's failed attempts are
+    forgotten, so its owner can sign in with the new password at once."""
+    password_hash = passwords.hash_password(password)
+    user = users.get_user(session, user_id)
+    user.password_hash = password_hash
+    session.add(user)
     session.exec(
         sa.update(AuthSession)  # type: ignore[call-overload]
         .where(col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None))
         .values(revoked_at=utcnow())
     )
+    session.exec(sa.delete(LoginAttempt).where(col(LoginAttempt.email) == user.email))  # type: ignore[call-overload]
     session.commit()
+    return users.to_dto(user)
 
 
 def parse_session_cookie(cookie_header: str | None) -> str | None:
