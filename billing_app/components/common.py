@@ -182,10 +182,12 @@ def _icon_link(label: str, icon: str, href: Any) -> rx.Component:
     )
 
 
-def invoice_row(inv: InvoiceView, compact: bool = False) -> rx.Component:
+def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False) -> rx.Component:
     """One invoice: number, date, period, amount, status, View and PDF links; `compact`
-    (the admin drawer) leaves the period out and stacks the links."""
+    (the admin drawer) leaves the period out and stacks the links; `customer` (the admin's
+    all-invoices tab) leads with the customer's email."""
     return rx.table.row(
+        *([rx.table.cell(rx.text(inv.user_email, white_space="nowrap"))] if customer else []),
         rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
         rx.table.cell(rx.text(inv.date, white_space="nowrap")),
         *(
@@ -207,13 +209,22 @@ def invoice_row(inv: InvoiceView, compact: bool = False) -> rx.Component:
 
 
 def invoice_table(
-    rows: Any, table_id: str, compact: bool = False, variant: str = "ghost"
+    rows: Any, table_id: str, compact: bool = False, variant: str = "ghost", customer: bool = False
 ) -> rx.Component:
-    """The customer's invoice table (billing page, admin drawer): a list of InvoiceView.
-    `compact` fits the admin drawer: no period column, the links stacked."""
-    headers = ("Number", "Date", *(() if compact else ("Period",)), "Amount", "Status", "")
+    """The invoice table (billing page, admin drawer, admin invoices tab): a list of
+    InvoiceView. `compact` fits the admin drawer: no period column, the links stacked;
+    `customer` adds a leading Customer column, for a list of everyone's invoices."""
+    headers = (
+        *(("Customer",) if customer else ()),
+        "Number",
+        "Date",
+        *(() if compact else ("Period",)),
+        "Amount",
+        "Status",
+        "",
+    )
     return data_table(
-        headers, rows, lambda inv: invoice_row(inv, compact), table_id, variant=variant
+        headers, rows, lambda inv: invoice_row(inv, compact, customer), table_id, variant=variant
     )
 
 

@@ -23,7 +23,6 @@ from billing_app.states.views import (
     AdminUserView,
     ApiKeyView,
     AuditView,
-    InvoiceView,
     QuotaView,
     StatView,
 )
@@ -148,23 +147,6 @@ def users_panel() -> rx.Component:
     )
 
 
-def invoice_row(inv: InvoiceView) -> rx.Component:
-    return rx.table.row(
-        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
-        rx.table.cell(rx.text(inv.user_email, white_space="nowrap")),
-        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
-        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
-        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
-        rx.table.cell(
-            rx.cond(
-                inv.hosted_url != "",
-                rx.link("View", href=inv.hosted_url, is_external=True, size="2"),
-            )
-        ),
-        align="center",
-    )
-
-
 def invoices_panel() -> rx.Component:
     return card(
         rx.hstack(
@@ -183,12 +165,7 @@ def invoices_panel() -> rx.Component:
         ),
         rx.cond(
             A.invoice_total > 0,
-            data_table(
-                ("Number", "Customer", "Date", "Amount", "Status", ""),
-                A.invoices,
-                invoice_row,
-                "admin-invoices-table",
-            ),
+            invoice_table(A.invoices, "admin-invoices-table", customer=True),
             empty("receipt", "No invoices", "Nothing matches this filter."),
         ),
         pager(

@@ -46,6 +46,8 @@ def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
     page.locator("#password").fill("not-the-password")
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("incorrect")
+    # There is no reset by email; the page says who can reset it.
+    expect(page.locator("#forgot-password")).to_contain_text("administrator can reset")
 
     login(page, live_app, email, "correct-horse-battery")
     expect(page.get_by_text(email)).to_be_visible()
@@ -304,6 +306,12 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     expect(invoices).to_contain_text("CROWD-0001")
     expect(invoices).to_contain_text("Paid")
     expect(invoices).not_to_contain_text("Open")
+    # The billing page's invoice table with a leading Customer column: the same View
+    # and PDF links (the buyer's invoice is the newest).
+    expect(invoices.get_by_role("columnheader").first).to_have_text("Customer")
+    bought = invoices.get_by_role("row").filter(has_text=buyer_email)
+    expect(bought.get_by_role("cell").first).to_have_text(buyer_email)
+    expect_paid_invoice(bought, "$99.00")
 
     # API key: created, shown once, and it works against the usage API.
     page.get_by_role("tab", name="API keys").click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -208,6 +209,34 @@ def test_admin_filters_only_accept_known_values(session: Session) -> None:
     st.page = 3
     st.set_status_filter("past_due")
     assert st.status_filter == "past_due" and st.page == 1
+
+
+def test_admin_invoices_tab_is_the_shared_invoice_table_with_a_customer_column(
+    session: Session,
+) -> None:
+    from billing_app.models import Invoice
+    from billing_app.pages.admin import invoices_panel
+    from billing_app.states import admin as admin_state
+
+    payer = make_user(session, email="payer@example.com")
+    hosted = "http://127.0.0.1:12111/invoices/in_tab/hosted"
+    session.add(
+        Invoice(stripe_invoice_id="in_tab", user_id=payer.id, number="TAB-0001", status="paid",
+                amount_due=1900, amount_paid=1900, hosted_invoice_url=hosted,
+                invoice_pdf=hosted + "/pdf")
+    )  # fmt: skip
+    session.commit()
+    (row,) = admin_state.load_invoices(admin_state.ALL, 1)["rows"]
+    assert (row.user_email, row.hosted_url, row.pdf_url) == (
+        "payer@example.com", hosted, hosted + "/pdf"
+    )  # fmt: skip
+
+    # Compiled, the tab's table leads with Customer, then the shared row's columns and
+    # its View and PDF links.
+    tab = str(invoices_panel())
+    headers = re.findall(r"ColumnHeaderCell,\{\},\"([^\"]*)\"", tab)
+    assert headers == ["Customer", "Number", "Date", "Period", "Amount", "Status", ""]
+    assert '"View"' in tab and '"PDF"' in tab and 'to:inv_rx_state_?.["pdf_url"]' in tab
 
 
 def test_subscription_view_past_due_and_canceled() -> None:
