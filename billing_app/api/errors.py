@@ -87,7 +87,14 @@ def _billing(_request: Request, exc: BillingError) -> JSONResponse:
     )
 
 
+# FastAPI's answer for a JSON body it cannot decode (bytes that are not UTF-8, -16 or
+# -32): not valid JSON either, so the same answer as for any other malformed body.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
+        return error_response(400, "malformed_json", "The request body is not valid JSON.")
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ").capitalize()
     if exc.status_code == 404 and message == "Not Found":

@@ -16,6 +16,7 @@ Same contract as the FastAPI routes: the error shape and statuses of api/errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,15 @@ def _parse(model: type[BaseModel], body: bytes) -> Any:
     # and refused in the other.
     if body.startswith(_BOM):
         body = body[3:]
+    elif body[0] == 0 or body[0] >= 0xFE or (len(body) > 1 and body[1] == 0):
+        # UTF-16 or UTF-32 (a zero in the first two bytes, or their BOM), which FastAPI's
+        # json.loads also reads: re-encoded, so the two lanes agree on every body.
+        try:
+            body = body.decode(json.detect_encoding(body)).encode()
+        except UnicodeDecodeError:
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error"}]
+            ) from None
     try:
         return model.model_validate_json(body)
     except ValidationError as err:

@@ -302,10 +302,16 @@ def test_whitespace_and_byte_order_mark_bodies_are_answered_alike(actors, pair):
             ("bom only", bom, 400),
             ("bom and whitespace", bom + b"  ", 400),
             ("bom and json", bom + good, good_status),
+            # json.loads (FastAPI) reads UTF-16 and UTF-32 too, with or without a BOM.
+            ("utf-16", good.decode().encode("utf-16"), good_status),
+            ("utf-16-be", good.decode().encode("utf-16-be"), good_status),
+            ("utf-32-le", good.decode().encode("utf-32-le"), good_status),
+            ("utf-16, cut short", good.decode().encode("utf-16-le")[:-1], 400),
+            ("not utf-8", good[:-1] + b'"\xff"', 400),
         ):
             r = _both(svc, path, body, f"{path} {tag}")
             assert r.status_code == status, (path, tag, r.text)
             if status == 400:
                 assert r.json()["error"]["code"] == "malformed_json"
-    # each lane recorded the three good writes: usage, consume, batch
-    assert _tokens_used(a) == 6
+    # each lane recorded the good writes, four encodings each: usage, consume, batch
+    assert _tokens_used(a) == 24
