@@ -127,6 +127,13 @@ def login() -> rx.Component:
             field("Password", "password", "password", "current-password", required=True),
             rx.el.input(type="hidden", name="next", value=AuthFormState.next_path),
             rx.button("Sign in", type="submit", size="3", width="100%"),
+            # No reset by email: an operator runs `billing-app user set-password`.
+            rx.text(
+                "Forgot your password? Ask an administrator to reset it.",
+                size="1",
+                color_scheme="gray",
+                id="forgot-password",
+            ),
             spacing="4",
             width="100%",
         ),

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from tests.browser.conftest import LiveApp
+from tests.browser.conftest import LiveApp, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -32,4 +32,5 @@ def test_api_docs_render_with_only_the_app_reachable(page: Page, live_app: LiveA
     expect(batch).to_be_visible()
     batch.locator(".opblock-summary").click()
     expect(batch).to_contain_text("return=minimal")
+    screenshot(page, "api-docs", full_page=False)
     assert outside == [], outside

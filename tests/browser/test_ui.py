@@ -47,7 +47,7 @@ def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("incorrect")
     # There is no reset by email; the page says who can reset it.
-    expect(page.locator("#forgot-password")).to_contain_text("administrator can reset")
+    expect(page.locator("#forgot-password")).to_contain_text("Ask an administrator to reset it")
 
     login(page, live_app, email, "correct-horse-battery")
     expect(page.get_by_text(email)).to_be_visible()
