@@ -1,0 +1,475 @@
+"""A typed Python client for the billing service API (service keys: record, consume, check).
+
+Imports only the standard library and httpx, so a service can import or vendor this one
+file without the server's dependencies.
+
+    with BillingClient("https://billing.example.com", api_key) as billing:
+        billing.consume(user_id, "scraping_tasks", 1, idempotency_key=f"job-{job.id}")
+        ...  # the work
+        billing.record(user_id, "tokens", tokens_used, metadata={"model": "gpt-4"})
+
+Exactly once: every write carries an idempotency key. When the caller gives none, one is
+generated before the first attempt and every retry of that call sends the same one, so a
+write whose answer was lost is answered as a duplicate (`result.duplicate`) instead of
+being counted twice. Give your own key (a job or request id) when the work itself may be
+re-run later: a key generated here lives only as long as the call.
+
+Retried, with capped exponential backoff and jitter: connection errors, timeouts, and the
+statuses 429, 502, 503 and 504 (Retry-After is honoured). Nothing else is retried: any
+other error is raised at once as a BillingAPIError carrying the server's
+{"error": {"code", "message", ...}}.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Required, TypedDict
+
+import httpx
+
+__all__ = [
+    "AuthenticationError",
+    "BatchResult",
+    "BillingAPIError",
+    "BillingClient",
+    "CheckResult",
+    "Conflict",
+    "Event",
+    "QuotaExceeded",
+    "RecordResult",
+    "Unavailable",
+    "UsageEvent",
+    "ValidationError",
+]
+
+log = logging.getLogger("billing_client")
+
+MAX_BATCH = 1000
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Transport errors worth another attempt: the request may not have arrived, or its answer
+# was lost (a dropped connection is a RemoteProtocolError: "Server disconnected").
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """A stored usage event (for a duplicate: the one first stored under its key)."""
+
+    id: int
+    user_id: int
+    metric: str
+    quantity: int
+    occurred_at: datetime
+    recorded_at: datetime
+    idempotency_key: str
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """The answer to record or consume: the event and the metric's quota status now."""
+
+    event: UsageEvent
+    duplicate: bool  # the key was already stored: this call counted nothing
+    over_limit: bool
+    metric: str
+    used: int
+    limit: int  # 0 means unlimited
+    unlimited: bool
+    remaining: int | None
+    percent: float
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    recorded: int
+    duplicates: int
+    results: list[RecordResult] | None  # one per event, in order; None when minimal=True
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    allowed: bool
+    metric: str
+    requested: int
+    used: int
+    limit: int  # 0 means unlimited
+    unlimited: bool
+    remaining: int | None
+    resets_at: datetime
+    reason: str | None
+
+
+class Event(TypedDict, total=False):
+    """One event of record_batch."""
+
+    user_id: Required[int]
+    metric: Required[str]
+    quantity: Required[int]
+    idempotency_key: str
+    metadata: dict[str, Any] | None
+    occurred_at: datetime | str | None
+
+
+def _dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _event(d: Mapping[str, Any]) -> UsageEvent:
+    return UsageEvent(
+        id=d["id"],
+        user_id=d["user_id"],
+        metric=d["metric"],
+        quantity=d["quantity"],
+        occurred_at=_dt(d["occurred_at"]),
+        recorded_at=_dt(d["recorded_at"]),
+        idempotency_key=d["idempotency_key"],
+        metadata=d["metadata"],
+    )
+
+
+def _record(d: Mapping[str, Any]) -> RecordResult:
+    return RecordResult(
+        event=_event(d["event"]),
+        duplicate=d["duplicate"],
+        over_limit=d["over_limit"],
+        metric=d["metric"],
+        used=d["used"],
+        limit=d["limit"],
+        unlimited=d["unlimited"],
+        remaining=d["remaining"],
+        percent=d["percent"],
+        resets_at=_dt(d["resets_at"]),
+    )
+
+
+def _check(d: Mapping[str, Any]) -> CheckResult:
+    return CheckResult(
+        allowed=d["allowed"],
+        metric=d["metric"],
+        requested=d["requested"],
+        used=d["used"],
+        limit=d["limit"],
+        unlimited=d["unlimited"],
+        remaining=d["remaining"],
+        resets_at=_dt(d["resets_at"]),
+        reason=d["reason"],
+    )
+
+
+# ------------------------------------------------------------------ errors
+
+
+class BillingAPIError(Exception):
+    """An error answer: the status and the server's {"error": {code, message, ...details}}.
+
+    `status` is None when no answer came (Unavailable after connection errors).
+    `idempotency_keys`: the keys a failed write sent (generated ones included), so that a
+    later retry of the same work can send them again and be counted once.
+    """
+
+    def __init__(
+        self, status: int | None, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{status or 'no answer'} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+        self.idempotency_keys: list[str] = []
+
+
+class AuthenticationError(BillingAPIError):
+    """401 (no or invalid key) or 403 (the key may not do this: scope, or another user)."""
+
+
+class QuotaExceeded(BillingAPIError):
+    """403 quota_exceeded from consume: nothing was recorded. `details` has metric,
+    requested, used, limit, remaining and resets_at."""
+
+
+class ValidationError(BillingAPIError):
+    """422: the request was refused, nothing was recorded."""
+
+    @property
+    def fields(self) -> list[dict[str, Any]]:
+        """Per-field errors ({field, message, type}), when the request's shape was wrong."""
+        return list(self.details.get("fields", []))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """A batch's bad events, each with its `index` in the batch."""
+        return list(self.details.get("events", []))
+
+
+class Conflict(BillingAPIError):
+    """409: e.g. idempotency_key_reused, the key was stored with another metric or quantity."""
+
+
+class Unavailable(BillingAPIError):
+    """No usable answer after every attempt (connection errors, timeouts, 429/502/503/504).
+    A write may or may not have been stored: send it again with `idempotency_keys`."""
+
+    def __init__(
+        self,
+        status: int | None,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(status, code, message, details)
+        self.attempts = attempts
+
+
+def _error_of(response: httpx.Response) -> BillingAPIError:
+    status = response.status_code
+    try:
+        body = dict(response.json()["error"])
+        code, message = str(body.pop("code")), str(body.pop("message"))
+    except (ValueError, KeyError, TypeError):  # not our error shape (e.g. a proxy's page)
+        body = {}
+        code, message = f"http_{status}", response.text[:200] or response.reason_phrase
+    if status == 403 and code == "quota_exceeded":
+        cls: type[BillingAPIError] = QuotaExceeded
+    elif status in (401, 403):
+        cls = AuthenticationError
+    elif status == 409:
+        cls = Conflict
+    elif status == 422:
+        cls = ValidationError
+    else:
+        cls = BillingAPIError
+    return cls(status, code, message, body)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), None if absent or unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# ------------------------------------------------------------------ the client
+
+
+class BillingClient:
+    """One httpx.Client to the billing API, with a service key; thread-safe like httpx's.
+
+    `timeout`: seconds per attempt. `retries`: further attempts after the first.
+    `backoff`: the first retry's delay in seconds, doubled each retry up to `max_backoff`
+    and jittered (half of it to all of it). A Retry-After the server sends is waited for
+    when it is at most `max_backoff`; a longer one ends the retries (Unavailable).
+    `transport`: an httpx transport (tests, proxies, custom TLS).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if retries < 0 or backoff < 0 or max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must not be negative")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "billing-client/1"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __enter__(self) -> BillingClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -------------------------------------------------------------- endpoints
+
+    def record(
+        self,
+        user_id: int,
+        metric: str,
+        quantity: int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        occurred_at: datetime | None = None,
+    ) -> RecordResult:
+        """Record usage that already happened (allowed past the limit: `over_limit`)."""
+        body = _write_body(user_id, metric, quantity, idempotency_key, metadata)
+        if occurred_at is not None:
+            body["occurred_at"] = occurred_at.isoformat()
+        return _record(self._post("/api/billing/usage", body, keys=[body["idempotency_key"]]))
+
+    def consume(
+        self,
+        user_id: int,
+        metric: str,
+        quantity: int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RecordResult:
+        """Atomically check the quota and record; raises QuotaExceeded (nothing recorded)
+        when `quantity` more would pass the limit."""
+        body = _write_body(user_id, metric, quantity, idempotency_key, metadata)
+        return _record(
+            self._post("/api/billing/usage/consume", body, keys=[body["idempotency_key"]])
+        )
+
+    def check(self, user_id: int, metric: str, quantity: int = 1) -> CheckResult:
+        """Would `quantity` more fit in the user's quota? Reads only."""
+        body = {"user_id": user_id, "metric": metric, "quantity": quantity}
+        return _check(self._post("/api/billing/quota/check", body))
+
+    def record_batch(self, events: Sequence[Event], *, minimal: bool = False) -> BatchResult:
+        """Record 1 to 1,000 events in one transaction (all or nothing: one bad event is a
+        ValidationError naming it by index). `minimal=True`: the counts only, no results."""
+        if not 1 <= len(events) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} events, got {len(events)}")
+        sent = []
+        for ev in events:
+            out: dict[str, Any] = dict(ev)
+            if out.get("idempotency_key") is None:
+                out["idempotency_key"] = str(uuid.uuid4())  # fixed before the first attempt
+            if isinstance(out.get("occurred_at"), datetime):
+                out["occurred_at"] = out["occurred_at"].isoformat()
+            sent.append(out)
+        headers = {"Prefer": "return=minimal"} if minimal else None
+        data = self._post(
+            "/api/billing/usage/batch",
+            {"events": sent},
+            keys=[ev["idempotency_key"] for ev in sent],
+            headers=headers,
+        )
+        results = data.get("results")
+        return BatchResult(
+            recorded=data["recorded"],
+            duplicates=data["duplicates"],
+            results=None if results is None else [_record(r) for r in results],
+        )
+
+    # -------------------------------------------------------------- transport
+
+    def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        keys: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """POST `body` (the same bytes on every attempt) and return the JSON answer."""
+        try:
+            response = self._send(path, body, headers)
+            if response.is_success:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise BillingAPIError(
+                        response.status_code, "invalid_response", "The answer is not JSON."
+                    ) from None
+            raise _error_of(response)
+        except BillingAPIError as err:
+            err.idempotency_keys = list(keys or [])
+            raise
+
+    def _send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+    ) -> httpx.Response:
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.post(path, json=body, headers=headers)
+            except RETRY_ERRORS as exc:
+                if attempt == attempts:
+                    code = (
+                        "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
+                    )
+                    raise Unavailable(
+                        None, code, f"{type(exc).__name__}: {exc}", attempts=attempt
+                    ) from exc
+                why, delay = type(exc).__name__, self._delay(attempt)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                asked = _retry_after(response)
+                if attempt == attempts or (asked is not None and asked > self.max_backoff):
+                    err = _error_of(response)
+                    raise Unavailable(
+                        err.status, err.code, err.message, err.details, attempts=attempt
+                    )
+                why, delay = str(response.status_code), max(asked or 0.0, self._delay(attempt))
+            log.info(
+                "POST %s: %s, attempt %d of %d, retrying in %.2f s",
+                path,
+                why,
+                attempt,
+                attempts,
+                delay,
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter: between half and all of the step."""
+        step = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return random.uniform(step / 2, step)
+
+
+def _write_body(
+    user_id: int,
+    metric: str,
+    quantity: int,
+    idempotency_key: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A single write's body, its key fixed here, before the first attempt."""
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "metric": metric,
+        "quantity": quantity,
+        "idempotency_key": idempotency_key if idempotency_key is not None else str(uuid.uuid4()),
+    }
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return body
