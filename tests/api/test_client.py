@@ -1,0 +1,386 @@
+"""billing_app/client.py against the real app over real HTTP (uvicorn on loopback, the
+fast lane in front of FastAPI, as production serves it), on the leg's database.
+
+Faults are made by httpx transports wrapped around a real one: the server is never
+mocked. A wrapper either forwards the request and then loses the answer (the write is
+stored, the client sees a connection error), or answers an attempt itself (a 503 from a
+proxy in front) and forwards the rest. Counters are read back from the database.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from billing_app import client as client_module
+from billing_app.client import (
+    AuthenticationError,
+    BillingAPIError,
+    BillingClient,
+    Conflict,
+    QuotaExceeded,
+    Unavailable,
+    ValidationError,
+)
+from billing_app.db import session_scope
+from tests.api.conftest import _free_port
+from tests.factories import usage_totals
+
+
+def _totals(user_id: int, metric: str = "tokens") -> tuple[int, int, int]:
+    """(events, sum of their quantities, counter total), straight from the database."""
+    with session_scope() as s:
+        return usage_totals(s, user_id, metric)
+
+
+class Forward(httpx.BaseTransport):
+    """Sends every attempt to the real server, keeping what was sent and answered."""
+
+    def __init__(self) -> None:
+        self.real = httpx.HTTPTransport()
+        self.sent: list[dict[str, Any]] = []  # each attempt's JSON body
+        self.answers: list[tuple[int, Any]] = []  # (status, JSON) the server gave
+
+    @property
+    def attempts(self) -> int:
+        return len(self.sent)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(json.loads(request.content))
+        return self.answer(request, self.attempts)
+
+    def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
+        response = self.real.handle_request(request)
+        response.read()
+        self.answers.append((response.status_code, json.loads(response.content)))
+        return response
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class LoseAnswers(Forward):
+    """The first `times` attempts reach the server, which stores the write and answers;
+    the answer is then lost (`error` is raised, as a reset connection or a read timeout
+    would), so the client cannot know the write was stored."""
+
+    def __init__(self, error: type[httpx.TransportError] = httpx.ReadError, times: int = 1):
+        super().__init__()
+        self.error, self.times = error, times
+
+    def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
+        response = super().answer(request, attempt)
+        if attempt <= self.times:
+            response.close()
+            raise self.error("connection lost before the answer arrived", request=request)
+        return response
+
+
+class AnswerFirst(Forward):
+    """Answers the first `times` attempts itself (None: all of them) with `status` in the
+    API's error shape, as a proxy or an overloaded server would; forwards the rest."""
+
+    def __init__(self, status: int, *, times: int | None = 1, retry_after: str | None = None):
+        super().__init__()
+        self.status, self.times, self.retry_after = status, times, retry_after
+
+    def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
+        if self.times is None or attempt <= self.times:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            body = {"error": {"code": "service_unavailable", "message": "Retry shortly."}}
+            return httpx.Response(self.status, json=body, headers=headers)
+        return super().answer(request, attempt)
+
+
+def billing(server: Any, key: str, transport: httpx.BaseTransport | None = None, **kw: Any):
+    kw.setdefault("backoff", 0.01)
+    return BillingClient(server.url, key, transport=transport, **kw)
+
+
+# ------------------------------------------------------------------ happy paths
+
+
+def test_record_check_consume_against_the_real_routes(actors, live_server):
+    a = actors.a.id  # basic: 100,000 tokens, 1,000 API calls
+    with billing(live_server, actors.service_key) as c:
+        r = c.record(a, "tokens", 1500, idempotency_key="req-1", metadata={"model": "gpt-4"})
+        assert (r.duplicate, r.over_limit, r.used, r.limit, r.remaining) == (
+            False,
+            False,
+            1500,
+            100_000,
+            98_500,
+        )
+        assert r.event.user_id == a and r.event.idempotency_key == "req-1"
+        assert r.event.metadata == {"model": "gpt-4"} and r.event.occurred_at.tzinfo is not None
+        again = c.record(a, "tokens", 1500, idempotency_key="req-1")
+        assert again.duplicate and again.event.id == r.event.id
+
+        chk = c.check(a, "tokens", 98_501)
+        assert (chk.allowed, chk.used, chk.remaining, chk.requested) == (
+            False,
+            1500,
+            98_500,
+            98_501,
+        )
+        assert chk.reason and chk.resets_at == r.resets_at
+        assert c.check(a, "tokens", 98_500).allowed
+
+        used = c.consume(a, "api_calls", 3)
+        assert (used.duplicate, used.used, used.remaining) == (False, 3, 997)
+        assert len(used.event.idempotency_key) == 36  # generated (uuid4)
+    assert _totals(a) == (1, 1500, 1500)
+    assert _totals(a, "api_calls") == (1, 3, 3)
+
+
+def test_batch_full_and_minimal(actors, live_server):
+    a, b = actors.a.id, actors.b.id
+    events: list[Any] = [
+        {"user_id": a, "metric": "tokens", "quantity": 10, "idempotency_key": "b-1"},
+        {"user_id": a, "metric": "tokens", "quantity": 20},
+        {"user_id": b, "metric": "api_calls", "quantity": 2, "metadata": {"job": 7}},
+    ]
+    with billing(live_server, actors.service_key) as c:
+        out = c.record_batch(events)
+        assert (out.recorded, out.duplicates) == (3, 0)
+        assert out.results is not None and [r.event.quantity for r in out.results] == [10, 20, 2]
+        keys = [r.event.idempotency_key for r in out.results]
+        assert keys[0] == "b-1" and len(set(keys)) == 3
+        assert "idempotency_key" not in events[1]  # the caller's events are not changed
+
+        minimal = c.record_batch(
+            [events[0], {"user_id": b, "metric": "tokens", "quantity": 5}], minimal=True
+        )
+        assert (minimal.recorded, minimal.duplicates, minimal.results) == (1, 1, None)
+    assert _totals(a) == (2, 30, 30)
+    assert _totals(b, "api_calls") == (1, 2, 2)
+    assert _totals(b) == (1, 5, 5)
+
+
+# ------------------------------------------------------------------ exactly once
+
+
+# Why the key must be fixed before the first attempt: the first attempt below is stored
+# and counted by the server; only its answer is lost. The retry is the same request
+# again. With the same key the server finds the event and answers `duplicate`, counting
+# nothing; with a key made per attempt the retry would be a second, new event: (2, 1400,
+# 1400) in the database and `duplicate` False. Checked by breaking the client for a run
+# (the key made inside the retry loop, per attempt, where the caller gave none): this
+# test failed on the counter with (2, 1400, 1400), the consume below was refused
+# quota_exceeded on its retry, and the batch counted (5, 10, 10).
+@pytest.mark.parametrize("error", [httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError])
+def test_a_lost_answer_is_retried_with_the_same_key_and_counted_once(actors, live_server, error):
+    lose = LoseAnswers(error)
+    with billing(live_server, actors.service_key, lose) as c:
+        r = c.record(actors.a.id, "tokens", 700)
+    assert lose.attempts == 2
+    assert lose.answers[0][0] == 201  # the lost answer: stored
+    assert _totals(actors.a.id) == (1, 700, 700)
+    assert r.duplicate
+    assert lose.sent[0]["idempotency_key"] == lose.sent[1]["idempotency_key"]
+    assert r.event.idempotency_key == lose.sent[0]["idempotency_key"]
+
+
+def test_a_consume_whose_answer_is_lost_is_not_refused_on_retry(actors, live_server):
+    """Basic allows 100 scraping tasks: all 100 are reserved, the answer is lost. The retry
+    (same key) is the same reservation: answered as a duplicate, not as quota_exceeded,
+    which a new key would get (and the caller would give up work it holds a quota for)."""
+    lose = LoseAnswers()
+    with billing(live_server, actors.service_key, lose) as c:
+        r = c.consume(actors.a.id, "scraping_tasks", 100)
+    assert lose.attempts == 2 and r.duplicate and r.remaining == 0
+    assert _totals(actors.a.id, "scraping_tasks") == (1, 100, 100)
+
+
+def test_a_batch_whose_answer_is_lost_is_counted_once(actors, live_server):
+    a = actors.a.id
+    events: list[Any] = [
+        {"user_id": a, "metric": "tokens", "quantity": 1},
+        {"user_id": a, "metric": "tokens", "quantity": 2},
+        {"user_id": a, "metric": "tokens", "quantity": 4, "idempotency_key": "mine"},
+    ]
+    lose = LoseAnswers()
+    with billing(live_server, actors.service_key, lose) as c:
+        out = c.record_batch(events, minimal=True)
+    assert lose.attempts == 2
+    assert lose.answers[0][1] == {"recorded": 3, "duplicates": 0}  # the lost answer
+    assert _totals(a) == (3, 7, 7)
+    assert (out.recorded, out.duplicates) == (0, 3)
+    assert lose.sent[0] == lose.sent[1]
+
+
+def test_unavailable_carries_the_keys_so_a_later_retry_counts_once(actors, live_server):
+    """Every answer lost: Unavailable. The write was stored; sending it again later with the
+    key the error carries is answered as a duplicate."""
+    lose = LoseAnswers(times=2)
+    with billing(live_server, actors.service_key, lose, retries=1) as c:
+        with pytest.raises(Unavailable) as caught:
+            c.record(actors.a.id, "tokens", 9)
+        err = caught.value
+        assert (err.status, err.code, err.attempts) == (None, "connection_error", 2)
+        assert err.idempotency_keys == [lose.sent[0]["idempotency_key"]]
+        later = c.record(actors.a.id, "tokens", 9, idempotency_key=err.idempotency_keys[0])
+    assert later.duplicate
+    assert _totals(actors.a.id) == (1, 9, 9)
+
+
+# ------------------------------------------------------------------ what is retried
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_retryable_status_is_retried(actors, live_server, status):
+    first = AnswerFirst(status)
+    with billing(live_server, actors.service_key, first) as c:
+        r = c.record(actors.a.id, "tokens", 5)
+    assert first.attempts == 2 and not r.duplicate  # the first never reached the server
+    assert first.sent[0] == first.sent[1]
+    assert _totals(actors.a.id) == (1, 5, 5)
+
+
+def test_retry_after_is_honoured(actors, live_server):
+    first = AnswerFirst(503, retry_after="1")
+    with billing(live_server, actors.service_key, first) as c:
+        started = time.monotonic()
+        r = c.consume(actors.a.id, "api_calls", 1)
+        waited = time.monotonic() - started
+    assert first.attempts == 2 and r.used == 1
+    assert waited >= 1.0  # backoff alone would have waited at most 0.01 s
+
+
+def test_a_retry_after_longer_than_max_backoff_ends_the_retries(actors, live_server):
+    always = AnswerFirst(503, times=None, retry_after="60")
+    with billing(live_server, actors.service_key, always, max_backoff=2) as c:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            c.check(actors.a.id, "tokens")
+    assert always.attempts == 1 and caught.value.attempts == 1
+    assert time.monotonic() - started < 1
+
+
+def test_retries_exhausted_raise_unavailable(actors, live_server):
+    always = AnswerFirst(503, times=None)
+    with billing(live_server, actors.service_key, always, retries=2) as c:
+        with pytest.raises(Unavailable) as caught:
+            c.record(actors.a.id, "tokens", 5)
+    err = caught.value
+    assert (err.status, err.code, err.message, err.attempts) == (
+        503,
+        "service_unavailable",
+        "Retry shortly.",
+        3,
+    )
+    assert always.attempts == 3
+    assert len({body["idempotency_key"] for body in always.sent}) == 1
+    assert err.idempotency_keys == [always.sent[0]["idempotency_key"]]
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+def test_no_server_raises_unavailable_after_every_attempt(actors):
+    dead = Forward()  # nothing listens on the port: every attempt is refused
+    url = f"http://127.0.0.1:{_free_port()}"
+    with BillingClient(url, actors.service_key, transport=dead, retries=2, backoff=0.01) as c:
+        with pytest.raises(Unavailable) as caught:
+            c.check(actors.a.id, "tokens")
+    assert (caught.value.status, caught.value.code, caught.value.attempts) == (
+        None,
+        "connection_error",
+        3,
+    )
+    assert dead.attempts == 3
+
+
+def _reuse_key_with_another_quantity(c: BillingClient, a: int) -> None:
+    c.record(a, "tokens", 1, idempotency_key="k-1")
+    c.record(a, "tokens", 2, idempotency_key="k-1")
+
+
+@pytest.mark.parametrize(
+    ("call", "key", "error", "status", "code"),
+    [
+        (
+            lambda c, a: c.record(a, "tokens", 0),
+            "service",
+            ValidationError,
+            422,
+            "validation_error",
+        ),
+        (lambda c, a: c.consume(a, "gpus", 1), "service", ValidationError, 422, "unknown_metric"),
+        (lambda c, a: c.check(a, "tokens"), "bk_live_nope_nope", AuthenticationError, 401, None),
+        (_reuse_key_with_another_quantity, "service", Conflict, 409, "idempotency_key_reused"),
+        (
+            lambda c, a: c.consume(a, "scraping_tasks", 101),
+            "service",
+            QuotaExceeded,
+            403,
+            "quota_exceeded",
+        ),
+        (lambda c, a: c.record(a, "tokens", 1), "bob", AuthenticationError, 403, "forbidden"),
+        (lambda c, a: c.record(2**31 - 1, "tokens", 1), "service", BillingAPIError, 404, None),
+    ],
+    ids=["422", "422-metric", "401", "409", "403-quota", "403-other-user", "404"],
+)
+def test_client_errors_are_raised_at_once_with_the_servers_answer(
+    actors, live_server, call, key, error, status, code
+):
+    secret = {"service": actors.service_key, "bob": actors.b_key}.get(key, key)
+    seen = Forward()
+    with billing(live_server, secret, seen) as c:
+        with pytest.raises(error) as caught:
+            call(c, actors.a.id)
+    err = caught.value
+    assert not isinstance(err, Unavailable)
+    # One attempt per call (the 409 case makes two calls, the first a success): no retry.
+    assert seen.attempts == (2 if code == "idempotency_key_reused" else 1)
+    assert seen.answers[-1][0] == status
+    server = dict(seen.answers[-1][1]["error"])
+    assert (err.status, err.code, err.message) == (
+        status,
+        server.pop("code"),
+        server.pop("message"),
+    )
+    assert err.details == server
+    if code is not None:
+        assert err.code == code
+    assert _totals(actors.a.id, "scraping_tasks") == (0, 0, 0)
+
+
+def test_validation_error_names_the_bad_events_of_a_batch(actors, live_server):
+    good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    with billing(live_server, actors.service_key) as c:
+        with pytest.raises(ValidationError) as caught:
+            c.record_batch([good, {**good, "quantity": 0}, good])
+        with pytest.raises(ValueError):
+            c.record_batch([good] * 1001)  # refused before sending
+    assert [e["index"] for e in caught.value.events] == [1]
+    assert caught.value.fields[0]["field"] == "events.1.quantity"
+    assert len(caught.value.idempotency_keys) == 3
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+# ------------------------------------------------------------------ the module itself
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    with BillingClient("http://127.0.0.1:1", "k", backoff=1, max_backoff=3) as c:
+        for attempt, (low, high) in {1: (0.5, 1), 2: (1, 2), 3: (1.5, 3), 9: (1.5, 3)}.items():
+            delays = {c._delay(attempt) for _ in range(50)}
+            assert all(low <= d <= high for d in delays) and len(delays) > 1
+
+
+def test_the_client_imports_only_the_standard_library_and_httpx():
+    tree = ast.parse(Path(client_module.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports"
+            imported.add((node.module or "").split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"httpx"}
