@@ -6,6 +6,7 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 BUN_DIR := tools/bun
+AXE := tools/axe/node_modules/axe-core/axe.min.js
 export PATH := $(CURDIR)/$(BUN_DIR)/node_modules/.bin:$(PATH)
 export REFLEX_USE_SYSTEM_BUN := 1
 export REFLEX_TELEMETRY_ENABLED := false
@@ -32,9 +33,14 @@ $(BUN_DIR)/node_modules/.bin/bun: $(BUN_DIR)/package.json $(BUN_DIR)/package-loc
 	cd $(BUN_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(AXE): tools/axe/package.json tools/axe/package-lock.json
+	cd tools/axe && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 setup: .venv/.synced $(BUN_DIR)/node_modules/.bin/bun
 
-browsers:
+# Chromium for the browser tests, and axe-core, which they inject to audit each page.
+browsers: $(AXE)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # Migrates, seeds the demo admin/user (credentials printed), starts the Stripe sandbox
@@ -44,7 +50,7 @@ run: setup
 
 test: setup browsers lint test-sqlite test-postgres
 
-test-sqlite: setup
+test-sqlite: setup $(AXE)
 	$(PY) -m pytest -q
 
 # The PostgreSQL leg runs when a server answers (always in CI).

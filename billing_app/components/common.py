@@ -149,8 +149,25 @@ def scroll_x(child: rx.Component) -> rx.Component:
     return rx.box(child, width="100%", overflow_x="auto")
 
 
+# The usual visually-hidden pattern: out of sight, still read by screen readers.
+_SR_ONLY = {
+    "position": "absolute",
+    "width": "1px",
+    "height": "1px",
+    "margin": "-1px",
+    "overflow": "hidden",
+    "clip": "rect(0, 0, 0, 0)",
+    "white_space": "nowrap",
+}
+
+
+def sr_only(text: str) -> rx.Component:
+    """A name only screen readers read, e.g. for a column of buttons or links."""
+    return rx.el.span(text, style=_SR_ONLY)
+
+
 def data_table(
-    headers: tuple[str, ...],
+    headers: tuple[str | rx.Component, ...],
     rows: Any,
     render_row: Any,
     table_id: str,
@@ -221,7 +238,7 @@ def invoice_table(
         *(() if compact else ("Period",)),
         "Amount",
         "Status",
-        "",
+        sr_only("Documents"),
     )
     return data_table(
         headers, rows, lambda inv: invoice_row(inv, compact, customer), table_id, variant=variant

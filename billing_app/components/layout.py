@@ -82,17 +82,21 @@ def user_chip() -> rx.Component:
 
 
 def navbar() -> rx.Component:
-    return rx.box(
+    # Landmarks (banner, navigation, main) let screen-reader users jump between parts.
+    return rx.el.header(
         rx.hstack(
             rx.hstack(
                 logo(),
                 rx.cond(
                     SessionState.signed_in,
-                    rx.hstack(
-                        nav_link("Billing", "/billing"),
-                        rx.cond(SessionState.is_admin, nav_link("Admin", "/admin/billing")),
-                        spacing="4",
-                        padding_left="4",
+                    rx.el.nav(
+                        rx.hstack(
+                            nav_link("Billing", "/billing"),
+                            rx.cond(SessionState.is_admin, nav_link("Admin", "/admin/billing")),
+                            spacing="4",
+                            padding_left="4",
+                        ),
+                        aria_label="Main",
                     ),
                 ),
                 align="center",
@@ -123,7 +127,7 @@ def navbar() -> rx.Component:
 def shell(content: rx.Component) -> rx.Component:
     return rx.box(
         navbar(),
-        rx.box(
+        rx.el.main(
             content,
             max_width="1200px",
             margin_x="auto",

@@ -14,6 +14,7 @@ from billing_app.components.common import (
     scroll_x,
     section_title,
     select,
+    sr_only,
     status_badge,
     status_page,
 )
@@ -139,7 +140,10 @@ def users_panel() -> rx.Component:
         rx.cond(
             A.total > 0,
             data_table(
-                ("User", "Plan", "Status", "Usage", "Joined", ""), A.users, user_row, "users-table"
+                ("User", "Plan", "Status", "Usage", "Joined", sr_only("Actions")),
+                A.users,
+                user_row,
+                "users-table",
             ),
             empty("users", "No users match", "Try another search or clear the filters."),
         ),
@@ -306,7 +310,10 @@ def keys_panel() -> rx.Component:
         ),
         new_secret_callout(),
         data_table(
-            ("Name", "Prefix", "Service", "Created", "Last used", ""), A.keys, key_row, "keys-table"
+            ("Name", "Prefix", "Service", "Created", "Last used", sr_only("Actions")),
+            A.keys,
+            key_row,
+            "keys-table",
         ),
     )
 

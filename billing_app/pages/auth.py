@@ -82,33 +82,36 @@ def sso_button() -> rx.Component:
 
 def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Component) -> rx.Component:
     return rx.center(
-        rx.vstack(
-            logo(),
-            rx.card(
-                rx.vstack(
+        rx.el.main(
+            rx.vstack(
+                logo(),
+                rx.card(
                     rx.vstack(
-                        rx.heading(title, size="6"),
-                        rx.text(subtitle, size="2", color_scheme="gray"),
-                        spacing="1",
+                        rx.vstack(
+                            rx.heading(title, size="6"),
+                            rx.text(subtitle, size="2", color_scheme="gray"),
+                            spacing="1",
+                        ),
+                        error_callout(),
+                        # Mounted once on_load ran, so the inputs start from the kept values;
+                        # they stay uncontrolled, so typing never races a state update.
+                        rx.cond(
+                            rx.State.is_hydrated,
+                            form,
+                            rx.center(rx.spinner(size="3"), min_height="220px", width="100%"),
+                        ),
+                        sso_button(),
+                        spacing="5",
+                        width="100%",
                     ),
-                    error_callout(),
-                    # Mounted once on_load ran, so the inputs start from the kept values;
-                    # they stay uncontrolled, so typing never races a state update.
-                    rx.cond(
-                        rx.State.is_hydrated,
-                        form,
-                        rx.center(rx.spinner(size="3"), min_height="220px", width="100%"),
-                    ),
-                    sso_button(),
-                    spacing="5",
+                    size="4",
                     width="100%",
                 ),
-                size="4",
+                footer,
+                spacing="5",
+                align="center",
                 width="100%",
             ),
-            footer,
-            spacing="5",
-            align="center",
             width="100%",
             max_width="420px",
         ),

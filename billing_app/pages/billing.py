@@ -96,6 +96,7 @@ def notices() -> rx.Component:
                     wrap="wrap",
                 ),
                 color_scheme="amber",
+                high_contrast=True,  # amber 11 on amber 3 is under WCAG's 4.5:1
                 role="alert",
                 id="past-due-banner",
                 width="100%",
@@ -128,6 +129,7 @@ def notices() -> rx.Component:
                     rx.callout.icon(rx.icon("gauge")),
                     rx.callout.text("You have used over 80% of a limit this period."),
                     color_scheme="amber",
+                    high_contrast=True,
                     width="100%",
                 ),
             ),
