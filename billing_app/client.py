@@ -15,8 +15,8 @@ being counted twice. Give your own key (a job or request id) when the work itsel
 re-run later: a key generated here lives only as long as the call.
 
 Retried, with capped exponential backoff and jitter: connection errors, timeouts, and the
-statuses 429, 502, 503 and 504 (Retry-After is honoured). Nothing else is retried: any
-other error is raised at once as a BillingAPIError carrying the server's
+statuses 429, 502, 503 and 504 (Retry-After waited for, up to max_backoff). Nothing else
+is retried: any other error is raised at once as a BillingAPIError carrying the server's
 {"error": {"code", "message", ...}}.
 """
 
@@ -210,7 +210,9 @@ class ValidationError(BillingAPIError):
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """A batch's bad events, each with its `index` in the batch."""
+        """A batch's bad events, each with its `index` in the batch and either `errors`
+        (a list of {field, message}: the event's shape) or `code` and `message` (a rule
+        checked by the server, e.g. unknown_metric, user_not_found)."""
         return list(self.details.get("events", []))
 
 
