@@ -586,6 +586,12 @@ def console() -> rx.Component:
     )
 
 
+@page("/admin", "Admin", on_load=rx.redirect("/admin/billing"), with_shell=False)
+def admin_home() -> rx.Component:
+    """/admin, as people type it: the console is /admin/billing."""
+    return loading("Redirecting…")
+
+
 @page("/admin/billing", "Admin", on_load=A.on_load)
 def admin() -> rx.Component:
     return rx.cond(
