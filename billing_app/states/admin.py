@@ -17,6 +17,7 @@ from billing_app.services import admin as admin_service
 from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
 from billing_app.states import views
+from billing_app.states.live import is_newest, start_load
 from billing_app.states.session import SessionState
 
 USERS_PER_PAGE = 20
@@ -34,6 +35,9 @@ INVOICE_STATUSES = ("paid", "open", "draft", "void", "uncollectible")
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
 SERVICE_SCOPES = ["usage:write", "usage:read"]
 DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
+# Each part of the console numbers its loads (live.start_load); only the newest one's
+# answer or error is shown. The stat cards load with the users list, under its number.
+USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "_detail_load"
 
 
 def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
@@ -139,7 +143,6 @@ class AdminState(SessionState):
     drawer_open: bool = False
     detail_id: int = 0
     detail_loading: bool = False  # a newly opened user's detail has not arrived yet
-    _detail_load: int = 0  # bumped by each load: only the newest one's answer is applied
     detail_email: str = ""
     detail_name: str = ""
     detail_role: str = ""
@@ -163,6 +166,13 @@ class AdminState(SessionState):
     curl_example: str = ""
 
     error: str = ""
+    # Which load's failure `error` tells of ("page", "users", "invoices"): a later good
+    # answer for that part takes the message away.
+    _error_of: str = ""
+    _users_load: int = 0
+    _invoices_load: int = 0
+    _keys_load: int = 0
+    _detail_load: int = 0
 
     # ------------------------------------------------------------ derived
 
@@ -243,6 +253,7 @@ class AdminState(SessionState):
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
             inv_args = (self.invoice_status, self.invoice_page)
+            loads = {part: start_load(self, part) for part in (USERS, INVOICES, KEYS)}
         try:
             users = await rx.run_in_thread(lambda: load_users(*args))
             stats = await rx.run_in_thread(load_stats)
@@ -250,15 +261,25 @@ class AdminState(SessionState):
             keys = await rx.run_in_thread(load_keys)
         except BillingError as err:
             async with self:
-                self.error = err.message
+                # Nothing applied: what shows stays whole, under the message.
+                if any(is_newest(self, part, n) for part, n in loads.items()):
+                    self._show_error("page", err)
                 self.loaded = True
             return
         async with self:
-            self._set_users(users)
-            self._set_invoices(invs)
-            self.stats = stats
-            self.keys = keys
-            self.error = ""
+            # A part loaded again meanwhile (a search, a filter, a page, a new key) shows
+            # that newer answer, now or when it comes.
+            shown = ["page"]
+            if is_newest(self, USERS, loads[USERS]):
+                self._set_users(users)
+                self.stats = stats
+                shown.append("users")
+            if is_newest(self, INVOICES, loads[INVOICES]):
+                self._set_invoices(invs)
+                shown.append("invoices")
+            if is_newest(self, KEYS, loads[KEYS]):
+                self.keys = keys
+            self._clear_error(*shown)
             self.loaded = True
 
     def _set_users(self, data: dict[str, Any]) -> None:
@@ -271,25 +292,37 @@ class AdminState(SessionState):
         self.invoice_total = data["total"]
         self.invoice_pages = data["pages"]
 
+    def _show_error(self, part: str, err: BillingError) -> None:
+        self.error = err.message
+        self._error_of = part
+
+    def _clear_error(self, *parts: str) -> None:
+        if self._error_of in parts:
+            self.error = self._error_of = ""
+
     @rx.event(background=True)
     async def reload_users(self) -> None:
+        # Typing in the search box, each filter and each page send one: answers come back
+        # in any order, and only the newest load's is shown.
         async with self:
             if self._admin() is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
+            load = start_load(self, USERS)
         try:
             users = await rx.run_in_thread(lambda: load_users(*args))
             # With the list, so the counts above it are of the same moment.
             stats = await rx.run_in_thread(load_stats)
         except BillingError as err:
             async with self:
-                self.error = err.message
+                if is_newest(self, USERS, load):
+                    self._show_error("users", err)
             return
         async with self:
-            self.stats = stats
-            # A newer search may have been typed meanwhile: keep only the latest answer.
-            if args == (self.search, self.plan_filter, self.status_filter, self.sort, self.page):
+            if is_newest(self, USERS, load):
                 self._set_users(users)
+                self.stats = stats
+                self._clear_error("users")
 
     @rx.event(background=True)
     async def reload_invoices(self) -> None:
@@ -297,9 +330,18 @@ class AdminState(SessionState):
             if self._admin() is None:
                 return
             args = (self.invoice_status, self.invoice_page)
-        invs = await rx.run_in_thread(lambda: load_invoices(*args))
+            load = start_load(self, INVOICES)
+        try:
+            invs = await rx.run_in_thread(lambda: load_invoices(*args))
+        except BillingError as err:
+            async with self:
+                if is_newest(self, INVOICES, load):
+                    self._show_error("invoices", err)
+            return
         async with self:
-            self._set_invoices(invs)
+            if is_newest(self, INVOICES, load):
+                self._set_invoices(invs)
+                self._clear_error("invoices")
 
     # ------------------------------------------------------------ users table
 
@@ -408,19 +450,18 @@ class AdminState(SessionState):
             if self._admin() is None:
                 return
             user_id = self.detail_id
-            self._detail_load += 1
-            load = self._detail_load
+            load = start_load(self, DETAIL)
         try:
             data = await rx.run_in_thread(lambda: load_detail(user_id))
         except BillingError as err:
             async with self:
-                if (user_id, load) == (self.detail_id, self._detail_load):
+                if user_id == self.detail_id and is_newest(self, DETAIL, load):
                     self.override_error = err.message
                     self.detail_loading = False
             return
         async with self:
             # A late answer, for a user opened before or from an older load, is dropped.
-            if (data["id"], load) != (self.detail_id, self._detail_load):
+            if data["id"] != self.detail_id or not is_newest(self, DETAIL, load):
                 return
             self.detail_email = data["email"]
             self.detail_name = data["name"]
@@ -515,6 +556,7 @@ class AdminState(SessionState):
                     scopes=SERVICE_SCOPES,
                 )
                 self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
+                start_load(self, KEYS)  # a page load's older list, still on its way, is dropped
         except BillingError as err:
             self.key_error = err.message
             return
@@ -539,5 +581,6 @@ class AdminState(SessionState):
             with session_scope() as session:
                 api_keys.revoke_key(session, int(key_id))
                 self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
+                start_load(self, KEYS)
         except BillingError as err:
             self.key_error = err.message

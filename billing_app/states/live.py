@@ -1,6 +1,9 @@
-"""Is the browser tab that started a background task still connected?"""
+"""Background tasks' two questions: is the browser tab that started one still connected,
+and is the answer it brings back still the one the page wants?"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 def client_connected(token: str) -> bool:
@@ -18,3 +21,20 @@ def client_connected(token: str) -> bool:
     if namespace is None:
         return False
     return token in namespace.token_to_sid
+
+
+def start_load(state: Any, counter: str) -> int:
+    """Number a load of one part of the page: bumps `counter`, an int backend var of the
+    state (`_users_load`), and returns this load's number. Call it inside `async with self`,
+    with the load's arguments read in the same block."""
+    n = getattr(state, counter) + 1
+    setattr(state, counter, n)
+    return n
+
+
+def is_newest(state: Any, counter: str, n: int) -> bool:
+    """True while load `n` is the newest of its part (inside `async with self`). Answers
+    arrive in any order (a slower query, another thread), so only the newest load's answer
+    or error may be shown: an older one arriving last would show data, or an error, for
+    filters, a page or a moment the page has moved on from."""
+    return getattr(state, counter) == n
