@@ -14,7 +14,7 @@ from billing_app.metrics import METRICS
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import invoices, metering, subscriptions
 from billing_app.states import views
-from billing_app.states.live import client_connected
+from billing_app.states.live import client_connected, is_newest, start_load
 from billing_app.states.session import SessionState, user_from_cookie
 
 POLL_SECONDS = 1.5
@@ -22,6 +22,9 @@ POLL_SECONDS = 1.5
 SLOW_EVERY = 4
 INVOICES_PER_PAGE = 10
 ROUTE = "/billing"
+# The page load, paging and the poller each number their reads (live.start_load): only
+# the newest read of each part is shown.
+LIVE, SLOW = "_live_load", "_slow_load"
 
 
 @dataclass
@@ -100,6 +103,10 @@ class BillingState(SessionState):
     _notice_socket: str = ""
     # Bumped by each page load: an older poller sees a newer generation and stops.
     _poll_gen: int = 0
+    _live_load: int = 0
+    _slow_load: int = 0
+    # `error` tells of a failed load (not of a plan button's): the next good load clears it.
+    _load_error: bool = False
 
     # ------------------------------------------------------------ derived
 
@@ -162,15 +169,23 @@ class BillingState(SessionState):
         async with self:
             cookie = self.router.headers.cookie
             page = self.invoice_page
+            live_n, slow_n = start_load(self, LIVE), start_load(self, SLOW)
         user = await rx.run_in_thread(lambda: user_from_cookie(cookie))
         if user is None:
             return
-        live = await rx.run_in_thread(lambda: load_live(user.id))
-        slow = await rx.run_in_thread(lambda: load_slow(user.id, page))
+        try:
+            live = await rx.run_in_thread(lambda: load_live(user.id))
+            slow = await rx.run_in_thread(lambda: load_slow(user.id, page))
+        except BillingError as err:
+            async with self:
+                # Nothing applied: the page keeps its last answer whole, and says why. (The
+                # poller reads LIVE every tick, so SLOW tells whether this is still newest.)
+                if is_newest(self, SLOW, slow_n):
+                    self.error = err.message
+                    self._load_error = True
+            return
         async with self:
-            self._apply_live(live)
-            self._apply_slow(slow)
-            self.loaded = True
+            self._apply_newest(live, live_n, slow, slow_n)
 
     @rx.event(background=True)
     async def poll(self) -> None:
@@ -196,23 +211,42 @@ class BillingState(SessionState):
                     return
                 cookie = self.router.headers.cookie
                 page = self.invoice_page
+                tick += 1
+                # Until the page has shown, every tick reads all of it: a failed first load
+                # is retried, and the newest full read is the one that shows the page.
+                live_n = start_load(self, LIVE)
+                slow_n = start_load(self, SLOW) if tick % SLOW_EVERY == 0 or not self.loaded else 0
             user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
             if user is None:
                 return
-            tick += 1
             try:
                 live = await rx.run_in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
-                if tick % SLOW_EVERY == 0:
+                if slow_n:
                     slow = await rx.run_in_thread(lambda: load_slow(user.id, page))  # noqa: B023
             except Exception:  # a DB hiccup must not kill the live view; try next tick
                 continue
             async with self:
                 if gen != self._poll_gen:
                     return
-                self._apply_live(live)
-                if slow is not None:
-                    self._apply_slow(slow)
+                self._apply_newest(live, live_n, slow, slow_n)
+
+    def _apply_newest(
+        self, live: LiveData, live_n: int, slow: SlowData | None, slow_n: int
+    ) -> None:
+        """Apply what is still the newest read of its part. A read started before a newer
+        one (a tick before Next's page, a page before the next) is dropped."""
+        live_shown = is_newest(self, LIVE, live_n)
+        if live_shown:
+            self._apply_live(live)
+        if slow is None or not is_newest(self, SLOW, slow_n):
+            return
+        self._apply_slow(slow)
+        if self._load_error:
+            self.error = ""
+            self._load_error = False
+        if live_shown:
+            self.loaded = True
 
     def _apply_live(self, live: LiveData) -> None:
         if live.meters != self.meters:
@@ -295,11 +329,13 @@ class BillingState(SessionState):
             async with self:
                 self.busy = ""
                 self.error = err.message
+                self._load_error = False  # a plan button's error: loads do not clear it
             return None
         except Exception:
             async with self:
                 self.busy = ""
                 self.error = "Could not reach the payment provider. Please try again."
+                self._load_error = False
             return None
         # A different host, so the browser does a full navigation (is_external would open a tab).
         return rx.redirect(url)

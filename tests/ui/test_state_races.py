@@ -1,5 +1,5 @@
 """Background loads whose answers arrive out of order, or fail: the admin console's users
-list, invoices tab and page load.
+list, invoices tab and page load, and the /billing dashboard's paging and live poller.
 
 Each test runs the real background handler with one loader swapped for a wire that reads at
 once and holds the answer (or the error) until the test releases it, as a slow query or a
@@ -17,18 +17,25 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from billing_app.errors import BillingError, ServiceUnavailable
+from billing_app.errors import BillingError, PaymentProviderError, ServiceUnavailable
 from billing_app.models import Invoice
+from billing_app.services import metering
 from billing_app.states import admin as admin_state
+from billing_app.states import billing as billing_state
 from billing_app.states.admin import AdminState
+from billing_app.states.billing import BillingState
 from tests.factories import make_user
 from tests.ui.test_admin_drawer import _Locked
 from tests.ui.test_states import cookie_for, state_for
 
 BUSY = "The database is busy; try again shortly."
+REFUSED = "Stripe refused the request."
 REFRESH_ALL = AdminState.event_handlers["refresh_all"].fn
 RELOAD_USERS = AdminState.event_handlers["reload_users"].fn
 RELOAD_INVOICES = AdminState.event_handlers["reload_invoices"].fn
+REFRESH = BillingState.event_handlers["refresh"].fn
+POLL = BillingState.event_handlers["poll"].fn
+CHOOSE_PLAN = BillingState.event_handlers["choose_plan"].fn
 
 
 class Wire:
@@ -65,6 +72,13 @@ class Wire:
     async def deliver(self, n: int, task: asyncio.Task[Any]) -> None:
         self.held[n].set()
         await task
+
+
+def one_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The /billing poller ticks at once, and once: the tab is gone at its second tick."""
+    monkeypatch.setattr(billing_state, "POLL_SECONDS", 0)
+    answers = iter([True])
+    monkeypatch.setattr(billing_state, "client_connected", lambda _t: next(answers, False))
 
 
 # ------------------------------------------------------------------ admin console
@@ -234,3 +248,147 @@ def test_a_page_loads_late_answer_leaves_a_newer_search_and_a_new_key(
         assert [k.name for k in st.keys] == ["scraper-prod"]
 
     asyncio.run(key_during_load())
+
+
+# ------------------------------------------------------------------ /billing dashboard
+
+
+def _dashboard(session: Session) -> tuple[BillingState, int]:
+    """A customer with 25 invoices (3 pages of 10, newest first: INV-25 ... INV-1)."""
+    user = make_user(session, email="payer@example.com")
+    for n in range(1, 26):
+        _invoice(session, user.id, f"INV-{n}", "paid", n)
+    st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
+    assert len(st.on_load()) == 2
+    asyncio.run(REFRESH(_Locked(st)))
+    assert st.loaded and st.invoice_pages == 3
+    return st, user.id
+
+
+def page_of(n: int) -> list[str]:
+    last = 25 - (n - 1) * 10
+    return [f"INV-{k}" for k in range(last, max(last - 10, 0), -1)]
+
+
+def tokens_used(st: BillingState) -> int:
+    return next(m.used for m in st.meters if m.metric == "tokens")
+
+
+def test_invoice_paging_shows_the_newest_pages_answer(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, _ = _dashboard(session)
+    wire = Wire(monkeypatch, billing_state, "load_slow")
+
+    async def scenario() -> None:
+        st.next_invoices()
+        to_2 = await wire.start(REFRESH, st)
+        st.next_invoices()
+        to_3 = await wire.start(REFRESH, st)
+        await wire.deliver(1, to_3)
+        await wire.deliver(0, to_2)
+        assert (st.invoice_page, numbers(st.invoices)) == (3, page_of(3))
+
+        # Nor does an older page's failure, arriving last.
+        st.prev_invoices()
+        failing = await wire.start(REFRESH, st, fail=ServiceUnavailable(BUSY))
+        st.prev_invoices()
+        to_1 = await wire.start(REFRESH, st)
+        await wire.deliver(3, to_1)
+        await wire.deliver(2, failing)
+        assert (st.error, st.invoice_page, numbers(st.invoices)) == ("", 1, page_of(1))
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_tick_read_before_next_does_not_bring_the_old_page_back(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, _ = _dashboard(session)
+    one_tick(monkeypatch)
+    monkeypatch.setattr(billing_state, "SLOW_EVERY", 1)  # this tick reads invoices too
+    wire = Wire(monkeypatch, billing_state, "load_slow")
+
+    async def scenario() -> None:
+        tick = await wire.start(POLL, st)  # page 1's invoices, on their way
+        st.next_invoices()
+        to_2 = await wire.start(REFRESH, st)
+        await wire.deliver(1, to_2)
+        await wire.deliver(0, tick)
+        assert (st.invoice_page, numbers(st.invoices)) == (2, page_of(2))
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_ticks_older_usage_does_not_move_the_bars_back(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, uid = _dashboard(session)
+    one_tick(monkeypatch)
+    wire = Wire(monkeypatch, billing_state, "load_live")
+
+    async def scenario() -> None:
+        tick = await wire.start(POLL, st)  # read before the usage below
+        metering.record(session, uid, "tokens", 5_000)
+        st.next_invoices()
+        fresh = await wire.start(REFRESH, st)
+        await wire.deliver(1, fresh)
+        assert tokens_used(st) == 5_000
+        await wire.deliver(0, tick)
+        assert tokens_used(st) == 5_000
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_page_of_invoices_is_a_message_over_the_dashboard_it_had(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, _ = _dashboard(session)
+    before = (numbers(st.invoices), st.invoice_total, st.invoice_pages, st.meters, st.history)
+    wire = Wire(monkeypatch, billing_state, "load_slow")
+
+    async def scenario() -> None:
+        st.next_invoices()
+        await wire.deliver(0, await wire.start(REFRESH, st, fail=ServiceUnavailable(BUSY)))
+        assert st.error == BUSY
+        assert (numbers(st.invoices), st.invoice_total, st.invoice_pages, st.meters,
+                st.history) == before  # fmt: skip
+
+        st.prev_invoices()
+        await wire.deliver(1, await wire.start(REFRESH, st))
+        assert (st.error, numbers(st.invoices)) == ("", page_of(1))
+
+        # A plan button's message is not a load's: the next good load leaves it.
+        st.next_invoices()
+        await wire.deliver(2, await wire.start(REFRESH, st, fail=ServiceUnavailable(BUSY)))
+        await CHOOSE_PLAN(_Locked(st), "pro")
+        assert (st.error, st.busy) == (REFUSED, "")
+        await wire.deliver(3, await wire.start(REFRESH, st))
+        assert (st.error, numbers(st.invoices)) == (REFUSED, page_of(2))
+
+    def refused(*_args: Any) -> str:
+        raise PaymentProviderError(REFUSED)
+
+    monkeypatch.setattr(billing_state, "start_checkout", refused)
+    asyncio.run(scenario())
+
+
+def test_a_failed_first_load_keeps_the_spinner_until_the_poller_loads_the_page(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user(session, email="payer@example.com")
+    _invoice(session, user.id, "INV-1", "paid", 1)
+    st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
+    st.on_load()
+    one_tick(monkeypatch)
+    wire = Wire(monkeypatch, billing_state, "load_slow")
+
+    async def scenario() -> None:
+        await wire.deliver(0, await wire.start(REFRESH, st, fail=ServiceUnavailable(BUSY)))
+        # No dashboard of empty defaults (a Free plan) as this customer's.
+        assert not st.loaded
+        await wire.deliver(1, await wire.start(POLL, st))
+        assert st.loaded and st.error == ""
+        assert numbers(st.invoices) == ["INV-1"] and tokens_used(st) == 0
+
+    asyncio.run(scenario())
