@@ -210,9 +210,10 @@ class ValidationError(BillingAPIError):
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """A batch's bad events, each with its `index` in the batch and either `errors`
-        (a list of {field, message}: the event's shape) or `code` and `message` (a rule
-        checked by the server, e.g. unknown_metric, user_not_found)."""
+        """A batch's bad events, each {index, code, message, errors}: its index in the
+        batch, the first problem's code (validation_error, unknown_metric,
+        user_not_found, idempotency_key_reused) and message, and every problem as
+        {field, code, message}."""
         return list(self.details.get("events", []))
 
 

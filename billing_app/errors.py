@@ -23,6 +23,13 @@ class ValidationFailed(BillingError):
     code = "validation_error"
 
 
+def batch_event_error(index: int, errors: list[dict[str, Any]], message: str) -> dict[str, Any]:
+    """A bad event of a batch in one shape, whatever refused it (the JSON's shape in the
+    API, or a rule of the service): its index, the first problem's code and `message`,
+    and every problem as {field, code, message}."""
+    return {"index": index, "code": errors[0]["code"], "message": message, "errors": errors}
+
+
 class UnknownMetric(ValidationFailed):
     code = "unknown_metric"
 

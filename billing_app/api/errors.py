@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from billing_app.errors import BillingError
+from billing_app.errors import BillingError, ValidationFailed, batch_event_error
 
 log = logging.getLogger("billing_app.api")
 
@@ -64,10 +64,15 @@ def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # Batch events are named by their index: body.events.<i>.<field>
         if len(loc) >= 3 and loc[:2] == ("body", "events") and isinstance(loc[2], int):
             field = ".".join(str(p) for p in loc[3:]) or "event"
-            events.setdefault(loc[2], []).append({"field": field, "message": item["message"]})
+            events.setdefault(loc[2], []).append(
+                {"field": field, "code": ValidationFailed.code, "message": item["message"]}
+            )
     details: dict[str, Any] = {"fields": fields}
     if events:
-        details["events"] = [{"index": i, "errors": errs_} for i, errs_ in sorted(events.items())]
+        details["events"] = [
+            batch_event_error(i, errs_, f"{errs_[0]['field']}: {errs_[0]['message']}")
+            for i, errs_ in sorted(events.items())
+        ]
         message = f"{len(events)} event(s) are invalid; nothing was recorded."
     else:
         first = fields[0] if fields else {"field": "body", "message": "invalid"}

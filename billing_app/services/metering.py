@@ -73,6 +73,7 @@ def validate_metric(metric: Any) -> str:
     if not isinstance(metric, str) or metric not in METRICS:
         raise UnknownMetric(
             f"Unknown metric {metric!r}; expected one of: {', '.join(METRICS)}.",
+            field="metric",
             metric=metric if isinstance(metric, str) else None,
         )
     return metric

@@ -13,7 +13,13 @@ from typing import Any
 from sqlmodel import Session
 
 from billing_app.clock import utcnow
-from billing_app.errors import BillingError, IdempotencyConflict, UserNotFound, ValidationFailed
+from billing_app.errors import (
+    BillingError,
+    IdempotencyConflict,
+    UserNotFound,
+    ValidationFailed,
+    batch_event_error,
+)
 from billing_app.services.dto import RecordResult
 from billing_app.services.metering import UsageWrite, apply_writes, prepare_write
 
@@ -46,18 +52,12 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
                 now=now,
             )
         except BillingError as err:
-            errors.append({"index": i, **err.to_dict()})
+            errors.append(_bad_event(i, err.code, err.message, **err.details))
             continue
         first, prev = seen.setdefault((ev.user_id, ev.idempotency_key), (i, ev))
         if (prev.metric, prev.quantity) != (ev.metric, ev.quantity):
-            errors.append(
-                {
-                    "index": i,
-                    "code": IdempotencyConflict.code,
-                    "message": f"Idempotency key repeats event {first} with different values.",
-                    "field": "idempotency_key",
-                }
-            )
+            message = f"Idempotency key repeats event {first} with different values."
+            errors.append(_bad_event(i, IdempotencyConflict.code, message, field="idempotency_key"))
             continue
         out.append(ev)
     if errors:
@@ -91,7 +91,7 @@ def record_batch(
 def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
     """Raise for the batch if any event failed: unknown users all named at once."""
     missing = [
-        {"index": i, "code": o.code, "message": o.message}
+        _bad_event(i, o.code, o.message, field="user_id")
         for i, o in errors.items()
         if isinstance(o, UserNotFound)
     ]
@@ -102,3 +102,10 @@ def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
         )
     for i, o in errors.items():
         raise type(o)(f"Event {i}: {o.message} Nothing was recorded.", index=i, **o.details)
+
+
+def _bad_event(index: int, code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The shape of api/errors.py's bad events, keeping the error's own details (e.g.
+    the field, or the unknown metric)."""
+    problem = {"field": details.get("field", "event"), "code": code, "message": message}
+    return {**details, **batch_event_error(index, [problem], message)}

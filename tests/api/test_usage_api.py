@@ -318,6 +318,33 @@ def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
     assert _totals(actors.a.id) == (0, 0, 0)
 
 
+def test_a_batchs_bad_events_have_one_shape_whatever_refused_them(actors):
+    """The JSON's shape (quantity 0), a rule of the service (an unknown metric, a key
+    repeated with other values) or an unknown user: every bad event reads
+    {index, code, message, errors: [{field, code, message}]}."""
+    c = actors.key_client(actors.service_key)
+    good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    cases = [
+        ([good, {**good, "quantity": 0}], "validation_error", "quantity"),
+        ([good, {**good, "metric": "gpus"}], "unknown_metric", "metric"),
+        ([good, {**good, "user_id": 424242}], "user_not_found", "user_id"),
+        (
+            [{**good, "idempotency_key": "k"}, {**good, "quantity": 2, "idempotency_key": "k"}],
+            "idempotency_key_reused",
+            "idempotency_key",
+        ),
+    ]
+    for events, code, field in cases:
+        r = c.post("/api/billing/usage/batch", json={"events": events})
+        assert r.status_code == 422, r.text
+        (bad,) = r.json()["error"]["events"]
+        assert (bad["index"], bad["code"]) == (1, code), bad
+        assert field in bad["message"] or bad["message"] == bad["errors"][0]["message"]
+        assert [(e["field"], e["code"]) for e in bad["errors"]] == [(field, code)], bad
+        assert all(isinstance(e["message"], str) and e["message"] for e in bad["errors"])
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
 def test_batch_conflicting_key_rolls_back_everything(actors):
     c = actors.key_client(actors.service_key)
     c.post(
