@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from billing_app import pg_arrays  # noqa: F401  # registers its dumpers before any connection
 from billing_app.clock import as_utc
+from billing_app.errors import ServiceUnavailable
 from billing_app.models.types import UTCDateTime
 from billing_app.settings import get_settings
 
@@ -288,6 +289,31 @@ def dispose_engines() -> None:
     if get_engine.cache_info().currsize:
         get_engine().dispose()
     get_engine.cache_clear()
+
+
+# What callers are told while the database cannot be reached (the API's 503, the pages).
+UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+
+
+def unavailable(err: BaseException) -> ServiceUnavailable | None:
+    """The app's ServiceUnavailable when `err` means the database cannot be reached now,
+    else None (a bug, a constraint, bad input: not an outage).
+
+    An outage: the driver's OperationalError or InterfaceError (PostgreSQL stopped or
+    unreachable, the SQLite file locked past its timeout), any DBAPIError that lost its
+    connection, and the pool's TimeoutError (every connection taken while the database
+    hangs). The rule the API has always answered 503 by, with what that takes in: a
+    deadlock or serialization failure on PostgreSQL (for which a retry is right), and on
+    SQLite a missing table or an SQL syntax error, which pysqlite raises as
+    OperationalError too.
+    """
+    if isinstance(err, sa_exc.DBAPIError):
+        down = err.connection_invalidated or isinstance(
+            err, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    else:
+        down = isinstance(err, sa_exc.TimeoutError)
+    return ServiceUnavailable(UNAVAILABLE_MESSAGE) if down else None
 
 
 @contextmanager

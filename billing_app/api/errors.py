@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billing_app.db import UNAVAILABLE_MESSAGE, unavailable
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error
 
 log = logging.getLogger("billing_app.api")
@@ -112,15 +113,13 @@ def _db_down(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(
         503,
         "service_unavailable",
-        "The database is unavailable; retry shortly.",
+        UNAVAILABLE_MESSAGE,
         headers={"Retry-After": "5"},
     )
 
 
 def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
-    if exc.connection_invalidated or isinstance(
-        exc, sa_exc.OperationalError | sa_exc.InterfaceError
-    ):
+    if unavailable(exc) is not None:
         return _db_down(request, exc)
     if isinstance(exc, sa_exc.DataError):
         # A value the column cannot hold (e.g. a NUL character in JSON on PostgreSQL):
