@@ -17,7 +17,7 @@ from billing_app.services import admin as admin_service
 from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
 from billing_app.states import views
-from billing_app.states.live import is_newest, start_load
+from billing_app.states.live import is_newest, outage_as_error, start_load
 from billing_app.states.session import SessionState
 
 USERS_PER_PAGE = 20
@@ -41,7 +41,7 @@ USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "
 
 
 def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         result = admin_service.list_users(
             session,
             q=q.strip() or None,
@@ -59,12 +59,12 @@ def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str
 
 
 def load_stats() -> list[views.StatView]:
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         return views.stat_views(admin_service.headline_stats(session))
 
 
 def load_invoices(status: str, page: int) -> dict[str, Any]:
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         result = invoices.list_invoices(
             session,
             user_id=None,
@@ -82,13 +82,13 @@ def load_invoices(status: str, page: int) -> dict[str, Any]:
 def load_keys() -> list[views.ApiKeyView]:
     from billing_app.services import api_keys
 
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         return [views.api_key_view(k) for k in api_keys.list_keys(session)]
 
 
 def load_detail(user_id: int) -> dict[str, Any]:
     # The admin API's own detail (GET /api/billing/admin/users/{id}): one source for both.
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         detail = admin_service.user_detail(session, user_id, audit_limit=DRAWER_AUDIT)
     user = detail.user
     return {
@@ -217,8 +217,14 @@ class AdminState(SessionState):
 
     # ------------------------------------------------------------ guard
 
-    def _admin(self) -> UserDTO | None:
-        user = self._current_user()
+    def _admin(self, part: str) -> UserDTO | None:
+        """The signed-in admin, else None. While the database is down nobody is known:
+        None, after its message is shown as `part`'s error (see _show_error)."""
+        try:
+            user = self._current_user()
+        except BillingError as err:
+            self._show_error(part, err)
+            return None
         if user is None or user.role != "admin":
             self.forbidden = user is not None
             return None
@@ -237,7 +243,11 @@ class AdminState(SessionState):
 
     @rx.event
     def on_load(self) -> Any:
-        redirect = self._guard()
+        try:
+            redirect = self._guard()
+        except BillingError as err:  # the database is down: who this is is not known
+            self._show_error("page", err)
+            return None
         if redirect is not None:
             return redirect
         if self.forbidden:
@@ -249,7 +259,7 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def refresh_all(self) -> None:
         async with self:
-            if self._admin() is None:
+            if self._admin("page") is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
             inv_args = (self.invoice_status, self.invoice_page)
@@ -293,8 +303,17 @@ class AdminState(SessionState):
         self.invoice_pages = data["pages"]
 
     def _show_error(self, part: str, err: BillingError) -> None:
-        self.error = err.message
-        self._error_of = part
+        """`err`'s message where the page shows `part`'s: the user drawer's ("drawer") and
+        the API keys tab's ("keys") own messages; else the console's, which the part's
+        next good load ("page", "users", "invoices") takes away."""
+        if part == "drawer":
+            self.override_error = err.message
+            self.detail_loading = False  # the drawer shows its message, not a placeholder
+        elif part == "keys":
+            self.key_error = err.message
+        else:
+            self.error = err.message
+            self._error_of = part
 
     def _clear_error(self, *parts: str) -> None:
         if self._error_of in parts:
@@ -305,7 +324,7 @@ class AdminState(SessionState):
         # Typing in the search box, each filter and each page send one: answers come back
         # in any order, and only the newest load's is shown.
         async with self:
-            if self._admin() is None:
+            if self._admin("users") is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
             load = start_load(self, USERS)
@@ -327,7 +346,7 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def reload_invoices(self) -> None:
         async with self:
-            if self._admin() is None:
+            if self._admin("invoices") is None:
                 return
             args = (self.invoice_status, self.invoice_page)
             load = start_load(self, INVOICES)
@@ -409,7 +428,7 @@ class AdminState(SessionState):
 
     @rx.event
     def open_user(self, user_id: int) -> Any:
-        if self._admin() is None:
+        if self._admin("users") is None:
             return None
         user_id = int(user_id)
         if user_id != self.detail_id:
@@ -447,7 +466,7 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def load_detail(self) -> None:
         async with self:
-            if self._admin() is None:
+            if self._admin("drawer") is None:
                 return
             user_id = self.detail_id
             load = start_load(self, DETAIL)
@@ -495,10 +514,10 @@ class AdminState(SessionState):
         return self._override(clear=True)
 
     def _override(self, clear: bool) -> Any:
-        admin = self._admin()
+        self.override_error = self.override_saved = ""
+        admin = self._admin("drawer")
         if admin is None:
             return None
-        self.override_error = self.override_saved = ""
         limit: int | None = None
         if not clear:
             text = self.override_limit.replace(",", "").replace("_", "").strip()
@@ -509,7 +528,7 @@ class AdminState(SessionState):
                 return None
             limit = int(text)
         try:
-            with session_scope() as session:
+            with outage_as_error(), session_scope() as session:
                 quotas.set_override(
                     session,
                     self.detail_id,
@@ -543,12 +562,12 @@ class AdminState(SessionState):
     def create_key(self) -> None:
         from billing_app.services import api_keys
 
-        if self._admin() is None:
+        if self._admin("keys") is None:
             return
         self.key_error = ""
         service = self.key_service.strip() or self.key_name.strip()
         try:
-            with session_scope() as session:
+            with outage_as_error(), session_scope() as session:
                 _key, secret = api_keys.create_key(
                     session,
                     name=self.key_name,
@@ -575,10 +594,10 @@ class AdminState(SessionState):
     def revoke_key(self, key_id: int) -> None:
         from billing_app.services import api_keys
 
-        if self._admin() is None:
+        if self._admin("keys") is None:
             return
         try:
-            with session_scope() as session:
+            with outage_as_error(), session_scope() as session:
                 api_keys.revoke_key(session, int(key_id))
                 self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
                 start_load(self, KEYS)

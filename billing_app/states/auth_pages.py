@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 import reflex as rx
 
+from billing_app.errors import BillingError
 from billing_app.services.auth import safe_next
 from billing_app.settings import get_settings
 from billing_app.states.session import SessionState
@@ -61,8 +62,15 @@ class AuthFormState(SessionState):
         self.sso_enabled = bool(get_settings().oidc_issuer)
         if not self.error:  # a fresh visit starts empty; a refused post keeps what was typed
             self.form_email = self.form_name = ""
+        if self.error:
+            return None
+        try:
+            user = self._current_user()
+        except BillingError as err:  # the database is down: the form says so
+            self.error = err.message
+            return None
         # Already signed in (and no error to show): go straight on.
-        if not self.error and self._current_user() is not None:
+        if user is not None:
             return rx.redirect(safe_next(self.next_path))
         return None
 

@@ -14,7 +14,7 @@ from billing_app.metrics import METRICS
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import invoices, metering, subscriptions
 from billing_app.states import views
-from billing_app.states.live import client_connected, is_newest, start_load
+from billing_app.states.live import client_connected, is_newest, outage_as_error, start_load
 from billing_app.states.session import SessionState, user_from_cookie
 
 POLL_SECONDS = 1.5
@@ -46,7 +46,7 @@ class SlowData:
 
 def load_live(user_id: int) -> LiveData:
     catalog = get_catalog()
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         meters = [views.meter_view(m) for m in metering.summary(session, user_id)]
         dto = subscriptions.get_subscription_dto(session, user_id)
         sub = views.subscription_view(dto, catalog)
@@ -54,10 +54,10 @@ def load_live(user_id: int) -> LiveData:
 
 
 def load_slow(user_id: int, invoice_page: int) -> SlowData:
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         history = [h.to_dict() for h in metering.daily_history(session, user_id)]
     out = SlowData(history=history)
-    with read_session() as session:
+    with outage_as_error(), read_session() as session:
         page = invoices.list_invoices(
             session, user_id=user_id, page=invoice_page, per_page=INVOICES_PER_PAGE
         )
@@ -70,14 +70,14 @@ def load_slow(user_id: int, invoice_page: int) -> SlowData:
 def start_checkout(user_id: int, plan_key: str) -> str:
     from billing_app.services import billing
 
-    with session_scope() as session:
+    with outage_as_error(), session_scope() as session:
         return billing.create_checkout_session(session, user_id, plan_key)
 
 
 def open_portal(user_id: int) -> str:
     from billing_app.services import billing
 
-    with session_scope() as session:
+    with outage_as_error(), session_scope() as session:
         return billing.create_portal_session(session, user_id)
 
 
@@ -146,7 +146,13 @@ class BillingState(SessionState):
     @rx.event
     def on_load(self) -> Any:
         """Guard, then load everything and start the live poller."""
-        user = self._current_user()
+        try:
+            user = self._current_user()
+        except BillingError as err:
+            # The database is down: who this is is not known yet. The poller reads again
+            # each tick; its first full read takes the message away.
+            self._load_failed(err)
+            return BillingState.poll
         if user is None:
             return self._login_redirect()
         checkout = self.router.url.query_parameters.get("checkout")
@@ -170,10 +176,10 @@ class BillingState(SessionState):
             cookie = self.router.headers.cookie
             page = self.invoice_page
             live_n, slow_n = start_load(self, LIVE), start_load(self, SLOW)
-        user = await rx.run_in_thread(lambda: user_from_cookie(cookie))
-        if user is None:
-            return
         try:
+            user = await rx.run_in_thread(lambda: user_from_cookie(cookie))
+            if user is None:
+                return
             live = await rx.run_in_thread(lambda: load_live(user.id))
             slow = await rx.run_in_thread(lambda: load_slow(user.id, page))
         except BillingError as err:
@@ -181,8 +187,7 @@ class BillingState(SessionState):
                 # Nothing applied: the page keeps its last answer whole, and says why. (The
                 # poller reads LIVE every tick, so SLOW tells whether this is still newest.)
                 if is_newest(self, SLOW, slow_n):
-                    self.error = err.message
-                    self._load_error = True
+                    self._load_failed(err)
             return
         async with self:
             self._apply_newest(live, live_n, slow, slow_n)
@@ -216,14 +221,21 @@ class BillingState(SessionState):
                 # is retried, and the newest full read is the one that shows the page.
                 live_n = start_load(self, LIVE)
                 slow_n = start_load(self, SLOW) if tick % SLOW_EVERY == 0 or not self.loaded else 0
-            user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
-            if user is None:
-                return
             try:
+                user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
+                if user is None:
+                    return
                 live = await rx.run_in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
                 if slow_n:
                     slow = await rx.run_in_thread(lambda: load_slow(user.id, page))  # noqa: B023
+            except BillingError as err:  # the database is down: say so, and read again next tick
+                async with self:
+                    if gen != self._poll_gen:
+                        return
+                    if is_newest(self, LIVE, live_n):
+                        self._load_failed(err)
+                continue
             except Exception:  # a DB hiccup must not kill the live view; try next tick
                 continue
             async with self:
@@ -247,6 +259,11 @@ class BillingState(SessionState):
             self._load_error = False
         if live_shown:
             self.loaded = True
+
+    def _load_failed(self, err: BillingError) -> None:
+        """A load's failure: its message, which the next good full read takes away."""
+        self.error = err.message
+        self._load_error = True
 
     def _apply_live(self, live: LiveData) -> None:
         if live.meters != self.meters:
@@ -300,7 +317,11 @@ class BillingState(SessionState):
         async with self:
             if self.busy:
                 return None
-            user = self._current_user()
+            try:
+                user = self._current_user()
+            except BillingError as err:
+                self._button_failed(err.message)
+                return None
             if user is None:
                 return self._login_redirect()
             subscriber = self.sub.is_subscriber
@@ -315,7 +336,11 @@ class BillingState(SessionState):
         async with self:
             if self.busy:
                 return None
-            user = self._current_user()
+            try:
+                user = self._current_user()
+            except BillingError as err:
+                self._button_failed(err.message)
+                return None
             if user is None:
                 return self._login_redirect()
             self.busy = "portal"
@@ -327,15 +352,16 @@ class BillingState(SessionState):
             url = await rx.run_in_thread(call)
         except BillingError as err:
             async with self:
-                self.busy = ""
-                self.error = err.message
-                self._load_error = False  # a plan button's error: loads do not clear it
+                self._button_failed(err.message)
             return None
         except Exception:
             async with self:
-                self.busy = ""
-                self.error = "Could not reach the payment provider. Please try again."
-                self._load_error = False
+                self._button_failed("Could not reach the payment provider. Please try again.")
             return None
         # A different host, so the browser does a full navigation (is_external would open a tab).
         return rx.redirect(url)
+
+    def _button_failed(self, message: str) -> None:
+        self.busy = ""
+        self.error = message
+        self._load_error = False  # a plan button's error: loads do not clear it

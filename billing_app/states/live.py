@@ -1,9 +1,17 @@
 """Background tasks' two questions: is the browser tab that started one still connected,
-and is the answer it brings back still the one the page wants?"""
+and is the answer it brings back still the one the page wants? And how a state's database
+work fails when the database cannot be reached: as a message, like any BillingError."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from billing_app.db import unavailable
+
+log = logging.getLogger(__name__)
 
 
 def client_connected(token: str) -> bool:
@@ -38,3 +46,19 @@ def is_newest(state: Any, counter: str, n: int) -> bool:
     or error may be shown: an older one arriving last would show data, or an error, for
     filters, a page or a moment the page has moved on from."""
     return getattr(state, counter) == n
+
+
+@contextmanager
+def outage_as_error() -> Iterator[None]:
+    """Around a state's database work: an outage (db.unavailable: the database stopped or
+    unreachable, the SQLite file locked past its timeout, the pool exhausted) is raised as
+    the app's ServiceUnavailable, a BillingError, so the handler shows its message where
+    it shows any BillingError. Any other error (a bug, a constraint) goes on as it was."""
+    try:
+        yield
+    except Exception as err:
+        down = unavailable(err)
+        if down is None:
+            raise
+        log.warning("database unavailable: %s", type(err).__name__)
+        raise down from err

@@ -7,14 +7,17 @@ as identity: handlers call `_current_user()` again each time.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from urllib.parse import quote
 
 import reflex as rx
 
 from billing_app.db import session_scope
+from billing_app.errors import BillingError
 from billing_app.services import auth
 from billing_app.services.auth import safe_next
 from billing_app.services.dto import UserDTO
+from billing_app.states.live import outage_as_error
 
 
 def login_url(next_path: str) -> str:
@@ -22,11 +25,13 @@ def login_url(next_path: str) -> str:
 
 
 def user_from_cookie(cookie_header: str) -> UserDTO | None:
-    """Resolve the session cookie to a user through the auth service (one DB read)."""
+    """Resolve the session cookie to a user through the auth service (one DB read).
+    Raises ServiceUnavailable while the database cannot be reached: nobody is known then,
+    neither signed in nor out."""
     token = auth.parse_session_cookie(cookie_header or "")
     if not token:
         return None
-    with session_scope() as session:
+    with outage_as_error(), session_scope() as session:
         return auth.user_for_token(session, token)
 
 
@@ -53,7 +58,9 @@ class SessionState(rx.State):
         return (self.user_name or self.user_email or "?")[:1].upper()
 
     def _current_user(self) -> UserDTO | None:
-        """Re-derive the user from the session cookie and refresh the display vars."""
+        """Re-derive the user from the session cookie and refresh the display vars.
+        ServiceUnavailable (a BillingError) while the database is down: each handler shows
+        it where it shows its own errors."""
         user = user_from_cookie(self.router.headers.cookie)
         self.auth_checked = True
         if user is None:
@@ -73,13 +80,20 @@ class SessionState(rx.State):
 
     @rx.event
     def load_user(self) -> None:
-        """on_load for public pages: show who is signed in in the header."""
-        self._current_user()
+        """on_load for public pages: show who is signed in in the header. While the
+        database is down the header stays as it was (these pages have no message)."""
+        with suppress(BillingError):
+            self._current_user()
 
     @rx.event
     def redirect_home(self) -> rx.event.EventSpec:
-        """`/`: the dashboard when signed in, else the sign-in page."""
-        user = self._current_user()
+        """`/`: the dashboard when signed in, else the sign-in page (also while the database
+        is down: that page says so, and once it is back, reloaded, sends a signed-in user
+        on to the dashboard)."""
+        try:
+            user = self._current_user()
+        except BillingError:
+            return rx.redirect("/login")
         if user is None:
             return rx.redirect("/login")
         return rx.redirect("/billing")

@@ -1,0 +1,280 @@
+"""The pages' states while the database cannot be reached: every handler that reads or
+writes says "The database is unavailable; retry shortly." where it shows its other errors,
+over what the page had, and raises nothing; a database error that is not an outage still
+raises.
+
+The outage is real: DATABASE_URL points at a port nothing listens on (as the API's
+test_database_down_is_503_not_500 does). Each scenario runs twice: with the session's user
+lookup meeting the outage first ("lookup"), and with that lookup answered from just before
+the outage, so that the handler's own reads and writes meet it ("loads")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy.exc as sa_exc
+from sqlmodel import Session
+
+from billing_app.models import Invoice
+from billing_app.services import api_keys
+from billing_app.services.dto import UserDTO
+from billing_app.states import billing as billing_state
+from billing_app.states import session as session_state
+from billing_app.states.admin import AdminState
+from billing_app.states.auth_pages import AuthFormState
+from billing_app.states.billing import BillingState
+from billing_app.states.session import SessionState
+from tests.conftest import _clear_caches
+from tests.factories import make_user
+from tests.ui.test_admin_drawer import _Locked
+from tests.ui.test_state_races import one_tick
+from tests.ui.test_states import cookie_for, state_for
+
+DOWN = "The database is unavailable; retry shortly."
+NOBODY_LISTENS = "postgresql://nobody@127.0.0.1:1/none"
+WHERE = pytest.mark.parametrize("where", ["lookup", "loads"])
+
+REFRESH = BillingState.event_handlers["refresh"].fn
+POLL = BillingState.event_handlers["poll"].fn
+CHOOSE_PLAN = BillingState.event_handlers["choose_plan"].fn
+MANAGE = BillingState.event_handlers["manage_subscription"].fn
+REFRESH_ALL = AdminState.event_handlers["refresh_all"].fn
+RELOAD_USERS = AdminState.event_handlers["reload_users"].fn
+RELOAD_INVOICES = AdminState.event_handlers["reload_invoices"].fn
+LOAD_DETAIL = AdminState.event_handlers["load_detail"].fn
+
+
+@contextmanager
+def outage(signed_in: UserDTO | None = None) -> Iterator[None]:
+    """The database unreachable for the block. `signed_in`: the session lookups answer
+    this user, as a lookup just before the outage would have."""
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DATABASE_URL", NOBODY_LISTENS)
+            _clear_caches()
+            if signed_in is not None:
+                for module in (session_state, billing_state):
+                    mp.setattr(module, "user_from_cookie", lambda _cookie: signed_in)
+            yield
+    finally:
+        _clear_caches()  # the test's database again
+
+
+def run(handler: Any, st: Any, *args: Any) -> Any:
+    """A background handler as Reflex runs it, to the end."""
+    return asyncio.run(handler(_Locked(st), *args))
+
+
+# ------------------------------------------------------------------ sign-in, home, header
+
+
+def test_sign_in_and_sign_up_pages_say_the_database_is_down(session: Session) -> None:
+    user = make_user(session, email="back@example.com")
+    cookie = cookie_for(session, user.id)
+    for path in ("/login?next=/admin/billing", "/signup"):
+        st = state_for(AuthFormState, cookie=cookie, path=path)
+        with outage():
+            assert st.on_load() is None  # the form, with the message
+        assert st.error == DOWN
+        # Back up: a signed-in visitor goes straight on, as always.
+        result = st.on_load()
+        assert result is not None and st.error == ""
+
+
+def test_home_sends_to_the_sign_in_page_and_the_header_stays_as_it_was(
+    session: Session,
+) -> None:
+    user = make_user(session, email="back@example.com")
+    st = state_for(SessionState, cookie=cookie_for(session, user.id), path="/")
+    st.load_user()
+    assert st.user_email == "back@example.com"
+    with outage():
+        home = st.redirect_home()
+        st.load_user()  # the 404 page's on_load: nowhere to say it, nothing raised
+    assert "/login" in str(home.args)  # whose page says the database is down
+    assert st.user_email == "back@example.com"
+
+
+# ------------------------------------------------------------------ /billing
+
+
+def _dashboard(session: Session) -> tuple[BillingState, UserDTO]:
+    user = make_user(session, email="payer@example.com")
+    session.add(Invoice(stripe_invoice_id="in_1", user_id=user.id, number="INV-1",
+                        status="paid", amount_due=1900, amount_paid=1900))  # fmt: skip
+    session.commit()
+    st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
+    assert len(st.on_load()) == 2
+    run(REFRESH, st)
+    assert st.loaded and st.error == "" and [i.number for i in st.invoices] == ["INV-1"]
+    return st, user
+
+
+def shown(st: BillingState) -> tuple[Any, ...]:
+    return (st.meters, st.sub, st.plans, st.history, st.invoices, st.invoice_total)
+
+
+def test_dashboard_page_load_says_the_database_is_down_and_the_poller_takes_it_away(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, _ = _dashboard(session)
+    before = shown(st)
+    with outage():
+        assert st.on_load() == BillingState.poll  # reads again each tick
+    assert st.error == DOWN and st.loaded and shown(st) == before
+
+    one_tick(monkeypatch)
+    monkeypatch.setattr(billing_state, "SLOW_EVERY", 1)  # this tick reads all of the page
+    run(POLL, st)  # the database is back: the first full read takes the message away
+    assert st.error == "" and shown(st) == before
+
+
+@WHERE
+def test_dashboard_reads_say_the_database_is_down_over_what_they_had(
+    session: Session, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    st, user = _dashboard(session)
+    before = shown(st)
+    monkeypatch.setattr(billing_state, "SLOW_EVERY", 1)
+    with outage(user if where == "loads" else None):
+        st.next_invoices()
+        st.invoice_pages = 2
+        st.next_invoices()
+        run(REFRESH, st)  # paging
+        assert st.error == DOWN and shown(st) == before
+
+        st.error = ""
+        one_tick(monkeypatch)
+        run(POLL, st)  # one tick: it says so, and would read again at the next
+        assert st.error == DOWN and shown(st) == before
+
+    st.invoice_page = 1
+    one_tick(monkeypatch)
+    run(POLL, st)
+    assert st.error == "" and shown(st) == before
+
+
+@WHERE
+def test_plan_buttons_say_the_database_is_down(session: Session, where: str) -> None:
+    st, user = _dashboard(session)
+    with outage(user if where == "loads" else None):
+        assert run(CHOOSE_PLAN, st, "pro") is None
+        assert (st.error, st.busy) == (DOWN, "")
+        st.error = ""
+        assert run(MANAGE, st) is None
+        assert (st.error, st.busy) == (DOWN, "")
+
+
+# ------------------------------------------------------------------ /admin/billing
+
+
+def _console(session: Session) -> tuple[AdminState, UserDTO, int]:
+    """An admin's console, loaded, with a customer's drawer open and one API key."""
+    admin = make_user(session, email="boss@example.com", admin=True)
+    customer = make_user(session, email="alice@example.com").id
+    make_user(session, email="bob@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    st.on_load()
+    run(REFRESH_ALL, st)
+    st.open_user(customer)
+    run(LOAD_DETAIL, st)
+    st.set_key_name("scraper-prod")
+    st.create_key()
+    st.dismiss_secret()
+    assert st.loaded and st.error == st.override_error == st.key_error == ""
+    assert st.detail_email == "alice@example.com" and len(st.keys) == 1
+    return st, admin, customer
+
+
+def console(st: AdminState) -> tuple[Any, ...]:
+    return (st.users, st.total, st.stats, st.invoices, st.keys, st.detail_meters)
+
+
+@WHERE
+def test_console_loads_say_the_database_is_down_over_what_they_had(
+    session: Session, where: str
+) -> None:
+    st, admin, customer = _console(session)
+    before = console(st)
+    with outage(admin if where == "loads" else None):
+        if where == "lookup":
+            assert st.on_load() is None
+            assert st.error == DOWN
+            st.error = ""
+        run(REFRESH_ALL, st)
+        assert st.error == DOWN
+        st.error = ""
+        st.set_invoice_status("paid")
+        run(RELOAD_INVOICES, st)
+        assert st.error == DOWN
+        st.set_search("bob")
+        run(RELOAD_USERS, st)
+        assert st.error == DOWN and console(st) == before
+
+        st.detail_loading = True
+        run(LOAD_DETAIL, st)
+        assert (st.override_error, st.detail_loading) == (DOWN, False)
+        assert console(st) == before
+
+    run(RELOAD_USERS, st)  # back up: the users list's next answer takes the message away
+    assert st.error == "" and [u.email for u in st.users] == ["bob@example.com"]
+
+
+@WHERE
+def test_console_actions_say_the_database_is_down(session: Session, where: str) -> None:
+    st, admin, customer = _console(session)
+    before = console(st)
+    key = st.keys[0].id
+    with outage(admin if where == "loads" else None):
+        st.set_override_limit("500")
+        st.set_override_reason("Pilot customer")
+        assert st.save_override() is None
+        assert (st.override_error, st.override_saved) == (DOWN, "")
+        st.override_error = ""
+        assert st.clear_override() is None
+        assert st.override_error == DOWN
+
+        st.set_key_name("another")
+        st.create_key()
+        assert (st.key_error, st.new_secret) == (DOWN, "")
+        st.key_error = ""
+        st.revoke_key(key)
+        assert st.key_error == DOWN
+        assert console(st) == before and not st.keys[0].revoked
+
+        if where == "lookup":  # opening a user reads nothing but who is asking
+            st.drawer_open = False
+            assert st.open_user(customer) is None
+            assert st.error == DOWN and not st.drawer_open
+
+    st.key_error = ""
+    st.revoke_key(key)
+    assert st.key_error == "" and st.keys[0].revoked
+
+
+# ------------------------------------------------------------------ not an outage
+
+
+def test_a_database_error_that_is_not_an_outage_still_raises(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second key with the first one's secret: a unique constraint (a bug, were it to
+    happen), not the database being down. It raises, and says nothing on the page."""
+    st, _, _ = _console(session)
+
+    class SameSecrets:
+        token_hex = staticmethod(lambda _n: "c0ffee00")
+        token_urlsafe = staticmethod(lambda _n: "same-secret")
+
+    monkeypatch.setattr(api_keys, "secrets", SameSecrets)
+    st.set_key_name("first")
+    st.create_key()
+    assert st.key_error == "" and st.new_secret
+    st.set_key_name("second")
+    with pytest.raises(sa_exc.IntegrityError):
+        st.create_key()
+    assert st.key_error == ""
