@@ -596,6 +596,7 @@ class AdminState(SessionState):
 
         if self._admin("keys") is None:
             return
+        self.key_error = ""  # a previous failure's message goes, as when creating a key
         try:
             with outage_as_error(), session_scope() as session:
                 api_keys.revoke_key(session, int(key_id))
