@@ -1,29 +1,49 @@
-"""End-user billing endpoints (session cookie or the user's own API key).
+"""End-user billing endpoints (session cookie or the user's own API key), and the usage
+and quota reads that services share with them.
 
-The read-only ones take `reading_user` (a scoped key needs `usage:read`); checkout and
-portal take `current_user`, which refuses any scoped key.
+The read-only ones need `usage:read` from a scoped key; checkout and portal take
+`current_user`, which refuses any scoped key.
 
-Every query is scoped by the signed-in user, never by an id from the request.
+GET /usage and /quota read one user's: a service key names the user in `?user_id=`,
+a session or user key reads its own (`user_id` omitted or its own id; another user's
+is 403): `deps.usage_subject`, which the fast lane shares. Subscription and invoices
+act only for the caller's own user (`reading_user`), never an id from the request.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from sqlmodel import Session
 
 from billing_app.api import schemas as s
-from billing_app.api.deps import current_user, db_session, reading_user
+from billing_app.api.deps import (
+    current_user,
+    db_session,
+    reading_user,
+    usage_caller,
+    usage_subject,
+)
 from billing_app.db import read_session
 from billing_app.errors import ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import billing, metering, quotas, subscriptions
-from billing_app.services.dto import DTO, Page, UserDTO
+from billing_app.services.dto import DTO, Page, Principal, UserDTO
 from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import current_subscription, plan_key_for
 
 router = APIRouter(prefix="/api/billing", tags=["billing"], responses=s.errors(*s.COMMON))
+
+_USER_ID_DOC = (
+    "Whose usage and quotas: required with a service key, which reads any user's (404 "
+    "`user_not_found` for an unknown one). A session or a user's key reads its own "
+    "user's: omit it or give its own id; another user's id is 403."
+)
+UserIdQuery = Annotated[int | None, Query(gt=0, le=s.MAX_ID, description=_USER_ID_DOC)]
+_UNKNOWN_USER = {
+    404: {"model": s.ErrorResponse, "description": "No user has this `user_id` (service keys)"}
+}
 
 
 def as_dict(obj: DTO | None) -> dict[str, Any] | None:
@@ -78,15 +98,19 @@ def subscription(
     return {"plan": plan.key, "plan_name": plan.name, "subscription": sub}
 
 
-@router.get("/quota", response_model=s.QuotasOut)
+@router.get("/quota", response_model=s.QuotasOut, responses=_UNKNOWN_USER)
 def quota(
-    user: UserDTO = Depends(reading_user), session: Session = Depends(db_session)
+    user_id: UserIdQuery = None,
+    p: Principal = Depends(usage_caller),
+    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
-    """Limits per metric (plan or admin override) with this period's usage."""
-    plan_key = plan_key_for(current_subscription(session, user.id))
-    meters = {m.metric: m for m in metering.summary(session, user.id)}
+    """Limits per metric (plan or admin override) with this period's usage, for the
+    caller's own user or, with a service key, the user `user_id` names."""
+    uid = usage_subject(p, user_id)
+    plan_key = plan_key_for(current_subscription(session, uid))
+    meters = {m.metric: m for m in metering.summary(session, uid)}  # 404 for an unknown user
     out = []
-    for q in quotas.get_quotas(session, user.id):
+    for q in quotas.get_quotas(session, uid):
         m = meters[q.metric]
         out.append(
             {**q.to_dict(), "used": m.used, "remaining": m.remaining, "resets_at": m.resets_at}
@@ -94,17 +118,20 @@ def quota(
     return {"plan": plan_key, "quotas": out}
 
 
-@router.get("/usage", response_model=s.UsageSummaryOut)
+@router.get("/usage", response_model=s.UsageSummaryOut, responses=_UNKNOWN_USER)
 def usage(
     history: Literal["daily"] | None = Query(default=None, description="daily: per-day series"),
-    user: UserDTO = Depends(reading_user),
+    user_id: UserIdQuery = None,
+    p: Principal = Depends(usage_caller),
 ) -> dict[str, Any]:
-    """This period per metric: used, limit, remaining, percent, resets_at."""
-    return usage_summary(user.id, history == "daily")
+    """This period per metric: used, limit, remaining, percent, resets_at; for the
+    caller's own user or, with a service key, the user `user_id` names."""
+    return usage_summary(usage_subject(p, user_id), history == "daily")
 
 
 def usage_summary(user_id: int, history: bool) -> dict[str, Any]:
-    """Blocking; shared with the fast lane (api/fast_lane.py)."""
+    """Blocking; shared with the fast lane (api/fast_lane.py). UserNotFound (404) for
+    an unknown user, from metering.summary: no lookup of its own."""
     with read_session() as session:
         out: dict[str, Any] = {
             "plan": plan_key_for(current_subscription(session, user_id)),

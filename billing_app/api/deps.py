@@ -126,16 +126,35 @@ def _user_of(p: Principal) -> UserDTO:
 
 
 def usage_reader(p: Principal) -> UserDTO:
-    """The user whose usage, quota, subscription or invoices `p` may read: a session, or
-    that user's key if unscoped or holding `usage:read`. Shared with the fast lane."""
+    """The user whose subscription or invoices `p` may read: a session, or that user's
+    key if unscoped or holding `usage:read` (usage and quotas: `usage_subject`)."""
     user = _user_of(p)
     api_keys.check_scope(p, "usage:read")
     return user
 
 
 async def reading_user(p: Principal = Depends(principal)) -> UserDTO:
-    """For the user's read-only endpoints (usage, quota, subscription, invoices)."""
+    """For the user's read-only endpoints that act only for the caller's own user
+    (subscription, invoices)."""
     return usage_reader(p)
+
+
+async def usage_caller(p: Principal = Depends(principal)) -> Principal:
+    """For GET /usage and /quota: a caller that may read usage (a session, an unscoped
+    key, or a key holding `usage:read`), service keys included. Checked here, before the
+    query is validated, as `reading_user` does; whose usage: `usage_subject`."""
+    api_keys.check_scope(p, "usage:read")
+    return p
+
+
+def usage_subject(p: Principal, user_id: int | None) -> int:
+    """Whose usage and quotas `p` may read: a service key names the user (`user_id`
+    required, 422 without it), a session or user key reads its own (`user_id` omitted
+    or its own id; another user's is 403). A scoped key needs `usage:read`. One rule for
+    the routes and the fast lane (the routes' `usage_caller` has checked the scope once
+    already, before their query was validated)."""
+    api_keys.check_scope(p, "usage:read")
+    return resolve_user_id(p, user_id)
 
 
 async def current_user(p: Principal = Depends(principal)) -> UserDTO:

@@ -209,16 +209,51 @@ async def _principal(secret: str) -> Principal:
 
 WEBHOOK = "/api/billing/webhook"
 SUMMARY = "/api/billing/usage"
-_SUMMARY_QUERIES = {b"": False, b"history=daily": True}  # others: FastAPI validates them
+# The usual queries, looked up whole: (user_id, history).
+_SUMMARY_QUERIES: dict[bytes, tuple[int | None, bool]] = {
+    b"": (None, False),
+    b"history=daily": (None, True),
+}
+_MAX_ID_DIGITS = len(str(s.MAX_ID))
 
 
-async def _summary(scope: Scope, receive: Receive, send: Send, secret: str) -> None:
-    """GET /api/billing/usage for a user's key (a service key, or a scoped key without
-    usage:read, is refused as by the route)."""
+def _summary_query(query: bytes) -> tuple[int | None, bool] | None:
+    """(user_id, history) of GET /usage's query string in its plain form: `user_id` a
+    positive id in digits (no sign, no leading zero, at most MAX_ID) and `history=daily`,
+    each at most once, in any order. None for anything else (a bad, repeated, encoded or
+    unknown parameter): FastAPI's route validates and answers those."""
+    known = _SUMMARY_QUERIES.get(query)
+    if known is not None:
+        return known
+    user_id: int | None = None
+    history = False
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if (
+            name == b"user_id"
+            and user_id is None
+            and 0 < len(value) <= _MAX_ID_DIGITS
+            and value.isdigit()
+            and value[0] != 0x30  # "0"
+        ):
+            user_id = int(value)
+            if user_id > s.MAX_ID:
+                return None
+        elif name == b"history" and value == b"daily" and not history:
+            history = True
+        else:
+            return None
+    return user_id, history
+
+
+async def _summary(
+    scope: Scope, receive: Receive, send: Send, secret: str, query: tuple[int | None, bool]
+) -> None:
+    """GET /api/billing/usage for a bearer key: the caller's own user's, or (a service
+    key) the user `user_id` names; the route's rule (deps.usage_subject) and answers."""
     try:
-        user = deps.usage_reader(await _principal(secret))  # same rule as the route
-        history = _SUMMARY_QUERIES[scope["query_string"]]
-        out = await _reads.run(billing_routes.usage_summary, user.id, history)
+        user_id = deps.usage_subject(await _principal(secret), query[0])
+        out = await _reads.run(billing_routes.usage_summary, user_id, query[1])
         body = s.UsageSummaryOut.model_validate(out).model_dump(mode="json")
         response: Response = JSONResponse(body)
     except Exception as exc:
@@ -285,9 +320,9 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
             method == "GET"
             and path == SUMMARY
             and secret
-            and scope["query_string"] in _SUMMARY_QUERIES
+            and (query := _summary_query(scope["query_string"])) is not None
         ):
-            await _summary(scope, receive, send, secret)
+            await _summary(scope, receive, send, secret, query)
         else:
             await app(scope, receive, send)
 

@@ -1,7 +1,8 @@
 """Authorization matrix: every user, admin and service endpoint against every kind of caller.
 
 No credentials → 401; a non-admin on admin endpoints → 403; user A against user B's
-objects → 403/404 (or simply never sees them); a service key is not a user.
+objects → 403/404 (or simply never sees them); a service key is not a user, but reads
+any user's usage and quotas when it names the user.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _fill(value, ids):
 
 
 def _call(client, method, path, body, actors):
-    ids = {"b": actors.b.id, "b_key": _b_key_id(actors)}
+    ids = {"a": actors.a.id, "b": actors.b.id, "b_key": _b_key_id(actors)}
     return client.request(method, path.format(**ids), json=_fill(body, ids))
 
 
@@ -121,9 +122,12 @@ def test_service_key_acts_for_anyone(actors, method, path, body):
     assert r.status_code in (200, 201), r.text
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body"), USER_ENDPOINTS[2:], ids=_ids(USER_ENDPOINTS[2:])
-)
+USER_ONLY = [
+    e for e in USER_ENDPOINTS[2:] if e[1] not in ("/api/billing/quota", "/api/billing/usage")
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), USER_ONLY, ids=_ids(USER_ONLY))
 def test_service_keys_are_not_users(actors, method, path, body):
     r = _call(actors.key_client(actors.service_key), method, path, body, actors)
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
@@ -135,12 +139,148 @@ def test_user_endpoints_are_scoped_by_the_caller_not_the_request(actors):
         s.add(Invoice(stripe_invoice_id="in_b", user_id=actors.b.id, status="paid"))
         s.commit()
     for client in (actors.cookie_client(actors.a), actors.key_client(actors.a_key)):
-        # an id smuggled in the query string is ignored: A sees only A
+        # an id smuggled in the query string is ignored by invoices: A sees only A
         inv = client.get("/api/billing/invoices", params={"user_id": actors.b.id}).json()
         assert inv["total"] == 0
-        usage = client.get("/api/billing/usage", params={"user_id": actors.b.id}).json()
-        assert all(m["used"] == 0 for m in usage["metrics"])
+        # usage and quota take user_id (for service keys): another user's is refused
+        for path in ("/api/billing/usage", "/api/billing/quota"):
+            r = client.get(path, params={"user_id": actors.b.id})
+            assert r.status_code == 403 and "777" not in r.text
         assert client.get("/api/auth/me").json()["id"] == actors.a.id
+
+
+# ------------------------------------------------------------------ who reads whose usage
+#
+# GET /usage and /quota: a service key names the user (`?user_id=`, required); a session
+# or a user's key reads its own user's (no user_id, or its own id); another user's id is
+# 403, whether or not that user exists (a user key cannot probe ids). Each case in both
+# lanes: without Origin the fast lane answers GET /usage itself; with it, FastAPI.
+
+USAGE_READS = ["/api/billing/usage", "/api/billing/usage?history=daily", "/api/billing/quota"]
+UNKNOWN_ID = 999_999
+# (caller, user_id to send: "a", "b", "unknown" or None, status, error code)
+WHO_READS_WHOSE = [
+    ("service", "b", 200, None),
+    ("service", "a", 200, None),
+    ("service", None, 422, "validation_error"),
+    ("service", "unknown", 404, "user_not_found"),
+    ("service usage:read", "b", 200, None),
+    ("service usage:read", None, 422, "validation_error"),
+    ("service usage:write", "b", 403, "forbidden"),
+    ("service usage:write", None, 403, "forbidden"),
+    ("a key", None, 200, None),
+    ("a key", "a", 200, None),
+    ("a key", "b", 403, "forbidden"),
+    ("a key", "unknown", 403, "forbidden"),
+    ("a usage:read", "a", 200, None),
+    ("a usage:read", "b", 403, "forbidden"),
+    ("a usage:write", "a", 403, "forbidden"),
+    ("a session", None, 200, None),
+    ("a session", "a", 200, None),
+    ("a session", "b", 403, "forbidden"),
+    ("admin session", "b", 403, "forbidden"),  # admins read others through /admin/users
+]
+
+
+def _tokens_used(body: dict) -> int:
+    rows = body["quotas"] if "quotas" in body else body["metrics"]
+    return next(m["used"] for m in rows if m["metric"] == "tokens")
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", USAGE_READS)
+@pytest.mark.parametrize(
+    ("caller", "whose", "status", "code"),
+    WHO_READS_WHOSE,
+    ids=[f"{c} for {w}" for c, w, *_ in WHO_READS_WHOSE],
+)
+def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lane):
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 111)
+        metering.record(s, actors.b.id, "tokens", 222)
+        keys = {
+            "service": actors.service_key,
+            "a key": actors.a_key,
+            **{
+                f"service {scope}": api_keys.create_key(
+                    s, name=scope, service_name="reader", scopes=[scope]
+                )[1]
+                for scope in ("usage:read", "usage:write")
+            },
+            **{
+                f"a {scope}": api_keys.create_key(
+                    s, name=scope, user_id=actors.a.id, scopes=[scope]
+                )[1]
+                for scope in ("usage:read", "usage:write")
+            },
+        }
+    if caller.endswith("session"):
+        client = actors.cookie_client(actors.admin if caller.startswith("admin") else actors.a)
+    else:
+        client = actors.key_client(keys[caller])
+        if lane == "fastapi":
+            client.headers["Origin"] = ORIGIN
+    user_id = {"a": actors.a.id, "b": actors.b.id, "unknown": UNKNOWN_ID, None: None}[whose]
+    url = path if user_id is None else f"{path}{'&' if '?' in path else '?'}user_id={user_id}"
+    r = client.get(url)
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert _tokens_used(r.json()) == (222 if whose == "b" else 111)
+        assert (r.json().get("history") is not None) == ("history" in path)
+        return
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert "111" not in r.text and "222" not in r.text
+    if caller.endswith("usage:write"):
+        assert error == {
+            "code": "forbidden",
+            "message": "This API key lacks the 'usage:read' scope.",
+            "scope": "usage:read",
+        }
+    elif status == 403:
+        assert error == {
+            "code": "forbidden",
+            "message": "This key may only act for its own user.",
+            "user_id": user_id,
+        }
+    elif status == 422:
+        assert error == {
+            "code": "validation_error",
+            "message": "user_id is required with a service key.",
+            "field": "user_id",
+        }
+    else:
+        assert error == {
+            "code": "user_not_found",
+            "message": f"No user with id {UNKNOWN_ID}.",
+            "user_id": UNKNOWN_ID,
+        }
+
+
+def test_openapi_says_who_may_pass_user_id(api):
+    paths = api.openapi()["paths"]
+    for path in ("/api/billing/usage", "/api/billing/quota"):
+        op = paths[path]["get"]
+        (param,) = [p for p in op["parameters"] if p["name"] == "user_id"]
+        assert param["in"] == "query" and not param["required"]
+        assert "required with a service key" in param["description"]
+        assert "another user's id is 403" in param["description"]
+        assert "404" in op["responses"]
+    for path in ("/api/billing/subscription", "/api/billing/invoices"):  # own user only
+        assert "user_id" not in {p["name"] for p in paths[path]["get"].get("parameters", [])}
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", ["/api/billing/usage", "/api/billing/quota"])
+@pytest.mark.parametrize("user_id", ["0", "-1", "abc", "1.5", str(2**31), ""])
+def test_a_bad_user_id_is_422(actors, path, user_id, lane):
+    client = actors.key_client(actors.service_key)
+    if lane == "fastapi":
+        client.headers["Origin"] = ORIGIN
+    r = client.get(f"{path}?user_id={user_id}")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error" and "user_id" in error["message"]
 
 
 # ------------------------------------------------------------------ scoped API keys
@@ -161,6 +301,11 @@ SCOPED_ROUTES = [
     ("GET", "/api/billing/usage", None, "a", "usage:read"),
     ("GET", "/api/billing/usage?history=daily", None, "a", "usage:read"),
     ("GET", "/api/billing/invoices", None, "a", "usage:read"),
+    ("GET", "/api/billing/usage?user_id={a}", None, "a", "usage:read"),
+    ("GET", "/api/billing/quota?user_id={a}", None, "a", "usage:read"),
+    ("GET", "/api/billing/usage?user_id={b}", None, "service", "usage:read"),
+    ("GET", "/api/billing/usage?history=daily&user_id={b}", None, "service", "usage:read"),
+    ("GET", "/api/billing/quota?user_id={b}", None, "service", "usage:read"),
     ("GET", "/api/auth/me", None, "a", ANY_SCOPE),
     ("POST", "/api/auth/logout", None, "a", ANY_SCOPE),
     *[(m, p, b, "admin", ANY_SCOPE) for m, p, b in ADMIN_ENDPOINTS],
@@ -192,14 +337,18 @@ KEY_KINDS = ["unscoped", "usage:read", "usage:write"]
 
 @pytest.fixture
 def scoped_keys(actors):
-    """{(owner, kind): secret} for alice and the admin, one key per kind."""
+    """{(owner, kind): secret} for alice, the admin and a service, one key per kind."""
     keys = {}
     with session_scope() as s:
-        for owner, user in (("a", actors.a), ("admin", actors.admin)):
+        for owner, user in (("a", actors.a), ("admin", actors.admin), ("service", None)):
             for kind in KEY_KINDS:
                 scopes = [] if kind == "unscoped" else [kind]
                 keys[owner, kind] = api_keys.create_key(
-                    s, name=f"{owner} {kind}", user_id=user.id, scopes=scopes
+                    s,
+                    name=f"{owner} {kind}",
+                    user_id=user.id if user else None,
+                    service_name=None if user else "reader",
+                    scopes=scopes,
                 )[1]
     return keys
 

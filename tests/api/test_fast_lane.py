@@ -14,10 +14,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from billing_app.api import service_routes
+from billing_app.api import fast_lane, service_routes
 from billing_app.api.app import create_api
 from billing_app.db import session_scope
-from billing_app.services import metering
+from billing_app.services import api_keys, metering
 from tests.api.conftest import ORIGIN
 
 # Both sides write to the same users, so counter values differ by what the other wrote.
@@ -166,8 +166,84 @@ def test_usage_summary_alike(actors, pair):
     assert tokens["metric"] == "tokens" and tokens["used"] == 42
     service = pair(actors.service_key)
     lane, plain = (c.get("/api/billing/usage") for c in service)
-    assert lane.status_code == plain.status_code == 403
+    assert lane.status_code == plain.status_code == 422  # a service key names the user
     assert lane.json() == plain.json()
+
+
+def test_usage_of_a_user_alike(actors, pair, monkeypatch):
+    """GET /usage?user_id=: the same answer from both lanes for every caller and query;
+    the lane serves the plain forms itself and passes any other on to FastAPI."""
+    a, b = actors.a.id, actors.b.id
+    with session_scope() as s:
+        metering.record(s, a, "tokens", 11)
+        metering.record(s, b, "tokens", 22)
+        reader, writer_ = (
+            api_keys.create_key(s, name=scope, service_name="svc", scopes=[scope])[1]
+            for scope in ("usage:read", "usage:write")
+        )
+    reached_fastapi: list[bytes] = []
+    api = create_api()
+
+    async def behind(scope, receive, send):  # what the lane passes on
+        reached_fastapi.append(scope["query_string"])
+        await api(scope, receive, send)
+
+    def clients(secret: str) -> tuple[TestClient, TestClient]:
+        auth = {"Authorization": f"Bearer {secret}"}
+        return (
+            TestClient(fast_lane.fast_lane(behind), base_url=ORIGIN, headers=auth),
+            TestClient(create_api(), base_url=ORIGIN, headers=auth),
+        )
+
+    A, B = 11, 22  # what a and b used: whose usage a 200 answers
+    served = [  # (key, query, status or whose tokens): answered by the lane itself
+        (actors.service_key, f"user_id={b}", B),
+        (actors.service_key, f"user_id={a}&history=daily", A),
+        (actors.service_key, f"history=daily&user_id={b}", B),
+        (actors.service_key, "", 422),
+        (actors.service_key, "history=daily", 422),
+        (actors.service_key, "user_id=999999", 404),
+        (actors.service_key, f"user_id={2**31 - 1}", 404),
+        (reader, f"user_id={b}", B),
+        (reader, "", 422),
+        (writer_, f"user_id={b}", 403),
+        (writer_, "", 403),
+        (actors.a_key, "", A),
+        (actors.a_key, f"user_id={a}", A),
+        (actors.a_key, f"user_id={a}&history=daily", A),
+        (actors.a_key, f"user_id={b}", 403),
+        (actors.a_key, "user_id=999999", 403),
+        ("bk_live_nope_nope", f"user_id={b}", 401),
+    ]
+    passed_on = [  # (key, query, status or whose tokens): validated and answered by FastAPI
+        (actors.service_key, "user_id=0", 422),
+        (actors.service_key, "user_id=-1", 422),
+        (actors.service_key, "user_id=abc", 422),
+        (actors.service_key, "user_id=", 422),
+        (actors.service_key, f"user_id={2**31}", 422),
+        (actors.service_key, "user_id=99999999999999999999", 422),
+        (actors.service_key, f"user_id=0{b}", B),
+        (actors.service_key, f"user_id=%3{b}", B),  # its first digit percent-encoded
+        (actors.service_key, f"user_id={a}&user_id={b}", B),  # repeated: FastAPI's pick
+        (actors.service_key, f"user_id={b}&history=weekly", 422),
+        (actors.service_key, f"user_id={b}&other=1", B),
+        (actors.service_key, f"user_id={b}&", B),
+        (writer_, "user_id=abc", 403),  # the scope is refused before the query is read
+        (actors.a_key, f"user_id={b}&history=daily&history=daily", 403),
+    ]
+    for served_here, cases in ((True, served), (False, passed_on)):
+        for secret, query, expected in cases:
+            reached_fastapi.clear()
+            lane, plain = (c.get(f"/api/billing/usage?{query}") for c in clients(secret))
+            tag = (secret[:12], query)
+            assert (lane.status_code, lane.json()) == (plain.status_code, plain.json()), tag
+            assert reached_fastapi == ([] if served_here else [query.encode()]), tag
+            if expected in (A, B):
+                assert lane.status_code == 200, (tag, lane.text)
+                tokens = next(m for m in lane.json()["metrics"] if m["metric"] == "tokens")
+                assert tokens["used"] == expected, tag
+            else:
+                assert lane.status_code == expected, (tag, lane.text)
 
 
 def test_calls_from_a_browser_page_take_the_apps_cors_layers(actors, monkeypatch):
