@@ -1,4 +1,5 @@
-"""A typed Python client for the billing service API (service keys: record, consume, check).
+"""A typed Python client for the billing service API (service keys: record, consume, check,
+and read a user's usage and quotas).
 
 Imports only the standard library and httpx, so a service can import or vendor this one
 file without the server's dependencies.
@@ -7,6 +8,7 @@ file without the server's dependencies.
         billing.consume(user_id, "scraping_tasks", 1, idempotency_key=f"job-{job.id}")
         ...  # the work
         billing.record(user_id, "tokens", tokens_used, metadata={"model": "gpt-4"})
+        left = billing.usage(user_id).metric("tokens").remaining  # None when unlimited
 
 Exactly once: every write carries an idempotency key. When the caller gives none, one is
 generated before the first attempt and every retry of that call sends the same one, so a
@@ -15,7 +17,8 @@ being counted twice. Give your own key (a job or request id) when the work itsel
 re-run later: a key generated here lives only as long as the call.
 
 Retried, with capped exponential backoff and jitter: connection errors, timeouts, and the
-statuses 429, 502, 503 and 504 (Retry-After waited for, up to max_backoff). Nothing else
+statuses 429, 502, 503 and 504 (Retry-After waited for, up to max_backoff); reads are
+retried the same way, as they change nothing. Nothing else
 is retried: any other error is raised at once as a BillingAPIError carrying the server's
 {"error": {"code", "message", ...}}.
 """
@@ -28,7 +31,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Required, TypedDict
@@ -42,10 +45,15 @@ __all__ = [
     "BillingClient",
     "CheckResult",
     "Conflict",
+    "DailyUsage",
     "Event",
+    "MetricUsage",
     "QuotaExceeded",
+    "QuotaStatus",
+    "Quotas",
     "RecordResult",
     "Unavailable",
+    "Usage",
     "UsageEvent",
     "ValidationError",
 ]
@@ -112,6 +120,77 @@ class CheckResult:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class MetricUsage:
+    """One metric of a user's usage this period."""
+
+    metric: str
+    label: str
+    used: int
+    limit: int  # 0 means unlimited
+    unlimited: bool
+    remaining: int | None  # None when unlimited
+    percent: float
+    period_start: datetime
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    """One metric's usage on one UTC day of the period."""
+
+    day: date
+    metric: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The answer to usage(): the user's plan and every metric this period, and with
+    history=True the period's usage per UTC day and metric (zero-filled)."""
+
+    plan: str
+    metrics: list[MetricUsage]
+    history: list[DailyUsage] | None  # None unless asked for
+
+    def metric(self, name: str) -> MetricUsage:
+        """The metric named `name` (KeyError when there is none)."""
+        for m in self.metrics:
+            if m.metric == name:
+                return m
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """One metric's limit (the plan's, or an admin's override) and this period's usage."""
+
+    metric: str
+    limit: int  # 0 means unlimited
+    unlimited: bool
+    source: str  # "plan" or "admin"
+    plan_limit: int
+    reason: str | None  # an admin override's reason
+    used: int
+    remaining: int | None  # None when unlimited
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """The answer to quotas(): the user's plan and a limit per metric."""
+
+    plan: str
+    quotas: list[QuotaStatus]
+
+    def metric(self, name: str) -> QuotaStatus:
+        """The quota of the metric named `name` (KeyError when there is none)."""
+        for q in self.quotas:
+            if q.metric == name:
+                return q
+        raise KeyError(name)
+
+
 class Event(TypedDict, total=False):
     """One event of record_batch."""
 
@@ -169,6 +248,53 @@ def _check(d: Mapping[str, Any]) -> CheckResult:
     )
 
 
+def _usage(d: Mapping[str, Any]) -> Usage:
+    history = d.get("history")
+    return Usage(
+        plan=d["plan"],
+        metrics=[
+            MetricUsage(
+                metric=m["metric"],
+                label=m["label"],
+                used=m["used"],
+                limit=m["limit"],
+                unlimited=m["unlimited"],
+                remaining=m["remaining"],
+                percent=m["percent"],
+                period_start=_dt(m["period_start"]),
+                resets_at=_dt(m["resets_at"]),
+            )
+            for m in d["metrics"]
+        ],
+        history=None
+        if history is None
+        else [
+            DailyUsage(day=date.fromisoformat(h["day"]), metric=h["metric"], quantity=h["quantity"])
+            for h in history
+        ],
+    )
+
+
+def _quotas(d: Mapping[str, Any]) -> Quotas:
+    return Quotas(
+        plan=d["plan"],
+        quotas=[
+            QuotaStatus(
+                metric=q["metric"],
+                limit=q["limit"],
+                unlimited=q["unlimited"],
+                source=q["source"],
+                plan_limit=q["plan_limit"],
+                reason=q["reason"],
+                used=q["used"],
+                remaining=q["remaining"],
+                resets_at=_dt(q["resets_at"]),
+            )
+            for q in d["quotas"]
+        ],
+    )
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -192,7 +318,8 @@ class BillingAPIError(Exception):
 
 
 class AuthenticationError(BillingAPIError):
-    """401 (no or invalid key) or 403 (the key may not do this: scope, or another user)."""
+    """401 (no or invalid key) or 403 (the key may not do this: scope, or another user's
+    usage or quotas with a user's key)."""
 
 
 class QuotaExceeded(BillingAPIError):
@@ -364,6 +491,21 @@ class BillingClient:
         body = {"user_id": user_id, "metric": metric, "quantity": quantity}
         return _check(self._post("/api/billing/quota/check", body))
 
+    def usage(self, user_id: int, *, history: bool = False) -> Usage:
+        """The user's usage this period, per metric (used, limit, remaining, percent,
+        resets_at); `history=True` adds it per UTC day. A service key reads any user's,
+        a user's key only its own. An unknown user is a BillingAPIError, 404
+        user_not_found."""
+        params: dict[str, Any] = {"user_id": user_id}
+        if history:
+            params["history"] = "daily"
+        return _usage(self._get("/api/billing/usage", params))
+
+    def quotas(self, user_id: int) -> Quotas:
+        """The user's limit per metric (the plan's or an admin's override: `source`) with
+        this period's usage. Who may read whose: as usage()."""
+        return _quotas(self._get("/api/billing/quota", {"user_id": user_id}))
+
     def record_batch(self, events: Sequence[Event], *, minimal: bool = False) -> BatchResult:
         """Record 1 to 1,000 events in one transaction (all or nothing: one bad event is a
         ValidationError naming it by index). `minimal=True`: the counts only, no results."""
@@ -393,6 +535,10 @@ class BillingClient:
 
     # -------------------------------------------------------------- transport
 
+    def _get(self, path: str, params: dict[str, Any]) -> Any:
+        """GET `path?params` (a read: retried as a write is) and return the JSON answer."""
+        return self._call("GET", path, params=params)
+
     def _post(
         self,
         path: str,
@@ -402,8 +548,22 @@ class BillingClient:
         headers: dict[str, str] | None = None,
     ) -> Any:
         """POST `body` (the same bytes on every attempt) and return the JSON answer."""
+        return self._call("POST", path, body=body, keys=keys, headers=headers)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        keys: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One call with its retries: the JSON answer, or the error raised (carrying the
+        idempotency `keys` a write sent)."""
         try:
-            response = self._send(path, body, headers)
+            response = self._send(method, path, body, params, headers)
             if response.is_success:
                 try:
                     return response.json()
@@ -417,12 +577,19 @@ class BillingClient:
             raise
 
     def _send(
-        self, path: str, body: dict[str, Any], headers: dict[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        params: dict[str, Any] | None,
+        headers: dict[str, str] | None,
     ) -> httpx.Response:
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                response = self._http.post(path, json=body, headers=headers)
+                response = self._http.request(
+                    method, path, json=body, params=params, headers=headers
+                )
             except RETRY_ERRORS as exc:
                 if attempt == attempts:
                     code = (
@@ -443,7 +610,8 @@ class BillingClient:
                     )
                 why, delay = str(response.status_code), max(asked or 0.0, self._delay(attempt))
             log.info(
-                "POST %s: %s, attempt %d of %d, retrying in %.2f s",
+                "%s %s: %s, attempt %d of %d, retrying in %.2f s",
+                method,
                 path,
                 why,
                 attempt,

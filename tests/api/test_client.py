@@ -25,11 +25,18 @@ from billing_app.client import (
     BillingAPIError,
     BillingClient,
     Conflict,
+    DailyUsage,
+    MetricUsage,
     QuotaExceeded,
+    Quotas,
+    QuotaStatus,
     Unavailable,
+    Usage,
     ValidationError,
 )
 from billing_app.db import session_scope
+from billing_app.metrics import METRIC_KEYS
+from billing_app.services import quotas
 from tests.api.conftest import _free_port
 from tests.factories import usage_totals
 
@@ -45,7 +52,7 @@ class Forward(httpx.BaseTransport):
 
     def __init__(self) -> None:
         self.real = httpx.HTTPTransport()
-        self.sent: list[dict[str, Any]] = []  # each attempt's JSON body
+        self.sent: list[Any] = []  # each attempt's JSON body (a GET's: its query string)
         self.answers: list[tuple[int, Any]] = []  # (status, JSON) the server gave
 
     @property
@@ -53,7 +60,7 @@ class Forward(httpx.BaseTransport):
         return len(self.sent)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(json.loads(request.content))
+        self.sent.append(json.loads(request.content) if request.content else request.url.query)
         return self.answer(request, self.attempts)
 
     def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
@@ -162,6 +169,82 @@ def test_batch_full_and_minimal(actors, live_server):
     assert _totals(a) == (2, 30, 30)
     assert _totals(b, "api_calls") == (1, 2, 2)
     assert _totals(b) == (1, 5, 5)
+
+
+def test_usage_and_quotas_of_a_user(actors, live_server):
+    """A service key reads any user's usage and quotas, typed; the answer is that user's."""
+    a, b = actors.a.id, actors.b.id  # basic: 100,000 tokens, 100 scraping tasks
+    with session_scope() as s:
+        quotas.set_override(s, b, "scraping_tasks", 5, reason="trial")
+    seen = Forward()
+    with billing(live_server, actors.service_key, seen) as c:
+        c.record(a, "tokens", 1500)
+        c.record(b, "tokens", 40)
+        c.consume(b, "scraping_tasks", 2)
+
+        u = c.usage(a)
+        assert isinstance(u, Usage) and u.history is None
+        assert [m.metric for m in u.metrics] == list(METRIC_KEYS)
+        tokens = u.metric("tokens")
+        assert isinstance(tokens, MetricUsage)
+        assert (tokens.used, tokens.limit, tokens.remaining, tokens.unlimited) == (
+            1500,
+            100_000,
+            98_500,
+            False,
+        )
+        assert tokens.percent == 1.5 and tokens.label == "Tokens"
+        assert tokens.period_start.tzinfo is not None
+        assert tokens.period_start < tokens.resets_at
+        assert u.metric("scraping_tasks").used == 0
+        with pytest.raises(KeyError):
+            u.metric("gpus")
+
+        h = c.usage(b, history=True)
+        assert h.metric("tokens").used == 40 and h.history is not None
+        assert all(isinstance(d, DailyUsage) for d in h.history)
+        assert sum(d.quantity for d in h.history if d.metric == "tokens") == 40
+        assert h.history[-1].day >= h.metrics[0].period_start.date()
+
+        q = c.quotas(b)
+        assert isinstance(q, Quotas) and q.plan == u.plan
+        tasks = q.metric("scraping_tasks")
+        assert isinstance(tasks, QuotaStatus)
+        assert (tasks.limit, tasks.source, tasks.plan_limit, tasks.reason) == (
+            5,
+            "admin",
+            100,
+            "trial",
+        )
+        assert (tasks.used, tasks.remaining) == (2, 3)
+        assert q.metric("tokens").source == "plan"
+        assert q.metric("tokens").resets_at == tokens.resets_at
+    # user_id in the query string, history=daily after it: the fast lane's plain form
+    assert [s for s in seen.sent if isinstance(s, bytes)] == [
+        f"user_id={a}".encode(),
+        f"user_id={b}&history=daily".encode(),
+        f"user_id={b}".encode(),
+    ]
+
+
+def test_a_users_key_reads_only_its_own_usage(actors, live_server):
+    with billing(live_server, actors.a_key) as c:
+        c.record(actors.a.id, "tokens", 7)
+        assert c.usage(actors.a.id).metric("tokens").used == 7
+        assert c.quotas(actors.a.id).metric("tokens").used == 7
+        for read in (c.usage, c.quotas):
+            with pytest.raises(AuthenticationError) as caught:
+                read(actors.b.id)
+            assert (caught.value.status, caught.value.code) == (403, "forbidden")
+            assert caught.value.details == {"user_id": actors.b.id}
+
+
+def test_a_read_is_retried(actors, live_server):
+    first = AnswerFirst(503)
+    with billing(live_server, actors.service_key, first) as c:
+        assert c.usage(actors.a.id).metric("tokens").used == 0
+    assert first.attempts == 2 and first.sent[0] == first.sent[1]
+    assert first.answers == [(200, first.answers[0][1])]
 
 
 # ------------------------------------------------------------------ exactly once
@@ -323,8 +406,36 @@ def _reuse_key_with_another_quantity(c: BillingClient, a: int) -> None:
         ),
         (lambda c, a: c.record(a, "tokens", 1), "bob", AuthenticationError, 403, "forbidden"),
         (lambda c, a: c.record(2**31 - 1, "tokens", 1), "service", BillingAPIError, 404, None),
+        (
+            lambda c, a: c.usage(2**31 - 1),
+            "service",
+            BillingAPIError,
+            404,
+            "user_not_found",
+        ),
+        (
+            lambda c, a: c.quotas(2**31 - 1),
+            "service",
+            BillingAPIError,
+            404,
+            "user_not_found",
+        ),
+        (lambda c, a: c.quotas(0), "service", ValidationError, 422, "validation_error"),
+        (lambda c, a: c.usage(a), "bk_live_nope_nope", AuthenticationError, 401, None),
     ],
-    ids=["422", "422-metric", "401", "409", "403-quota", "403-other-user", "404"],
+    ids=[
+        "422",
+        "422-metric",
+        "401",
+        "409",
+        "403-quota",
+        "403-other-user",
+        "404",
+        "404-usage",
+        "404-quotas",
+        "422-quotas",
+        "401-usage",
+    ],
 )
 def test_client_errors_are_raised_at_once_with_the_servers_answer(
     actors, live_server, call, key, error, status, code
