@@ -386,4 +386,26 @@ def dashboard() -> rx.Component:
 
 @page("/billing", "Billing", on_load=S.on_load)
 def billing() -> rx.Component:
-    return rx.cond(S.signed_in & S.loaded, dashboard(), loading())
+    return rx.cond(
+        S.signed_in & S.loaded,
+        dashboard(),
+        # Opened while the database is down: say so; the poller shows the page once it
+        # is back.
+        rx.cond(S.error != "", unavailable_notice(), loading()),
+    )
+
+
+def unavailable_notice() -> rx.Component:
+    return rx.center(
+        rx.callout.root(
+            rx.callout.icon(rx.icon("circle-alert")),
+            rx.callout.text(S.error, " This page retries by itself."),
+            color_scheme="red",
+            role="alert",
+            id="load-error",
+            max_width="560px",
+            width="100%",
+        ),
+        padding_y="96px",
+        width="100%",
+    )

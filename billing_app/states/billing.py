@@ -193,7 +193,7 @@ class BillingState(SessionState):
             self._apply_newest(live, live_n, slow, slow_n)
 
     @rx.event(background=True)
-    async def poll(self) -> None:
+    async def poll(self) -> Any:
         """Re-read usage every POLL_SECONDS while this tab is open on /billing.
 
         Started from on_load, so Reflex 0.10 already cancels it when the tab
@@ -224,6 +224,11 @@ class BillingState(SessionState):
             try:
                 user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
                 if user is None:
+                    # Signed out meanwhile, or (a page first opened while the database was
+                    # down) never known: a page not yet shown goes to sign in.
+                    async with self:
+                        if gen == self._poll_gen and not self.loaded:
+                            return self._login_redirect()
                     return
                 live = await rx.run_in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
@@ -241,6 +246,8 @@ class BillingState(SessionState):
             async with self:
                 if gen != self._poll_gen:
                     return
+                if not self.signed_in:  # the page load could not tell who this is
+                    self._show_user(user)
                 self._apply_newest(live, live_n, slow, slow_n)
 
     def _apply_newest(

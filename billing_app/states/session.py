@@ -62,15 +62,19 @@ class SessionState(rx.State):
         ServiceUnavailable (a BillingError) while the database is down: each handler shows
         it where it shows its own errors."""
         user = user_from_cookie(self.router.headers.cookie)
+        self._show_user(user)
+        return user
+
+    def _show_user(self, user: UserDTO | None) -> None:
+        """The header's display vars for `user` (signed out for None)."""
         self.auth_checked = True
         if user is None:
             self.user_id, self.user_email, self.user_name, self.user_role = 0, "", "", ""
-            return None
+            return
         self.user_id = user.id
         self.user_email = user.email
         self.user_name = user.display_name
         self.user_role = user.role
-        return user
 
     def _login_redirect(self) -> rx.event.EventSpec:
         url = self.router.url

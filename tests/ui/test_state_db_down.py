@@ -133,6 +133,39 @@ def test_dashboard_page_load_says_the_database_is_down_and_the_poller_takes_it_a
     assert st.error == "" and shown(st) == before
 
 
+def test_a_dashboard_first_opened_while_the_database_is_down_says_so_then_shows_itself(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh tab: who this is cannot be known, so the page (not yet shown) says why
+    instead of spinning; once the database is back, the poller shows the whole page."""
+    from billing_app.pages.billing import billing
+
+    user = make_user(session, email="fresh@example.com")
+    st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
+    with outage():
+        assert st.on_load() == BillingState.poll
+    assert st.error == DOWN and not st.loaded and not st.signed_in
+    # The page shows the message where the spinner was.
+    assert '"load-error"' in str(billing())
+
+    one_tick(monkeypatch)
+    run(POLL, st)
+    assert st.loaded and st.signed_in and st.error == ""
+    assert st.user_email == "fresh@example.com" and st.meters
+
+
+def test_a_tab_opened_during_the_outage_by_someone_signed_out_goes_to_sign_in(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = state_for(BillingState, cookie="billing_session=expired", path="/billing")
+    with outage():
+        st.on_load()
+    assert st.error == DOWN and not st.loaded
+    one_tick(monkeypatch)
+    result = run(POLL, st)
+    assert result is not None and "/login" in str(result.args)
+
+
 @WHERE
 def test_dashboard_reads_say_the_database_is_down_over_what_they_had(
     session: Session, monkeypatch: pytest.MonkeyPatch, where: str
