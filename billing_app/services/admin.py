@@ -1,11 +1,13 @@
 """Admin views: the user list (fast at 100k users), one user's detail, headline stats.
 
 The list is one page query (LIMIT/OFFSET, index-backed email prefix search), plus
-one query for the page's usage counters and one for its quotas: no N+1.
+one query for the page's usage counters and one for its quotas: no N+1. The CSV export
+(services/exports.py) reads every matching user through the same query, in chunks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -94,21 +96,8 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def list_users(
-    session: Session,
-    *,
-    q: str | None = None,
-    plan: str | None = None,
-    status: str | None = None,
-    sort: str = "email",
-    page: int = 1,
-    per_page: int = 50,
-) -> Page:
-    """One page of users with plan, subscription status and usage per metric.
-
-    `q` matches the start of the email (index-backed); `q` starting with "@" matches
-    the domain anywhere (a scan, for "everyone at acme.com").
-    """
+def check_user_filters(plan: str | None, status: str | None, sort: str) -> None:
+    """ValidationFailed (422) for a sort, plan or status the users list does not know."""
     if sort not in SORT_KEYS:
         raise ValidationFailed(f"sort must be one of: {', '.join(SORT_KEYS)}.", field="sort")
     if plan is not None and plan not in PLAN_KEYS:
@@ -117,10 +106,14 @@ def list_users(
         raise ValidationFailed(
             f"status must be one of: {', '.join(STATUS_FILTERS)}.", field="status"
         )
-    page = max(1, int(page))
-    per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
-    now = utcnow()
 
+
+def _users_query(
+    q: str | None, plan: str | None, status: str | None, sort: str, now: Any
+) -> tuple[Any, Any]:
+    """(count, ordered rows) statements for the users the filters match: one definition
+    for the list's pages and the CSV export. Rows: id, email, display_name, role,
+    created_at."""
     filters: list[Any] = []
     if q:
         q = q.strip().lower()[:320]
@@ -142,8 +135,7 @@ def list_users(
             stmt = stmt.join(cur, sa.and_(cur.c.user_id == User.id, cur.c.rn == 1), isouter=True)
         return stmt.where(*filters)
 
-    total = session.exec(base_query(sa.func.count())).one()
-
+    total = base_query(sa.func.count())
     stmt = base_query(User.id, User.email, User.display_name, User.role, User.created_at)
     desc = sort.startswith("-")
     base = sort.lstrip("-")
@@ -167,8 +159,15 @@ def list_users(
         stmt = stmt.order_by(order, col(User.id).desc() if desc else col(User.id).asc())
     else:
         stmt = stmt.order_by(col(User.email).desc() if desc else col(User.email).asc())
-    rows = list(session.exec(stmt.offset((page - 1) * per_page).limit(per_page)).all())
+    return total, stmt
 
+
+def _user_rows(
+    session: Session, rows: list[Any], now: Any
+) -> list[tuple[AdminUserRow, Subscription | None]]:
+    """The list's row for each (id, email, display_name, role, created_at), with the
+    user's current subscription: three queries whatever the number of rows. Leaves the
+    transaction open (the export reads on in it)."""
     ids = [r[0] for r in rows]
     used_by: dict[tuple[int, str], int] = {}
     limits: dict[tuple[int, str], int] = {}
@@ -186,10 +185,9 @@ def list_users(
         ).all():
             limits[(uid, metric)] = lim
     current = _page_subscriptions(session, ids) if ids else {}
-    session.rollback()
 
     catalog = get_catalog()
-    items = []
+    out = []
     for uid, email, display_name, role, created_at in rows:
         sub = current.get(uid)
         plan_key = plan_key_for(sub)
@@ -209,23 +207,71 @@ def list_users(
                 }
             )
         p = catalog.get(plan_key) or catalog["free"]
-        items.append(
-            AdminUserRow(
-                id=uid,
-                email=email,
-                display_name=display_name,
-                role=role,
-                plan=p.key,
-                plan_name=p.name,
-                status=sub_status,
-                usage=usage,
-                created_at=created_at,
-                ends_at=subscriptions.ends_at(sub)
-                if sub is not None and sub.status in LIVE_STATUSES
-                else None,
-            )
+        row = AdminUserRow(
+            id=uid,
+            email=email,
+            display_name=display_name,
+            role=role,
+            plan=p.key,
+            plan_name=p.name,
+            status=sub_status,
+            usage=usage,
+            created_at=created_at,
+            ends_at=subscriptions.ends_at(sub)
+            if sub is not None and sub.status in LIVE_STATUSES
+            else None,
         )
+        out.append((row, sub))
+    return out
+
+
+def list_users(
+    session: Session,
+    *,
+    q: str | None = None,
+    plan: str | None = None,
+    status: str | None = None,
+    sort: str = "email",
+    page: int = 1,
+    per_page: int = 50,
+) -> Page:
+    """One page of users with plan, subscription status and usage per metric.
+
+    `q` matches the start of the email (index-backed); `q` starting with "@" matches
+    the domain anywhere (a scan, for "everyone at acme.com").
+    """
+    check_user_filters(plan, status, sort)
+    page = max(1, int(page))
+    per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
+    now = utcnow()
+    total_stmt, stmt = _users_query(q, plan, status, sort, now)
+    total = session.exec(total_stmt).one()
+    rows = list(session.exec(stmt.offset((page - 1) * per_page).limit(per_page)).all())
+    items = [row for row, _sub in _user_rows(session, rows, now)]
+    session.rollback()
     return Page(items=items, total=total, page=page, per_page=per_page)
+
+
+def iter_users(
+    session: Session,
+    *,
+    q: str | None = None,
+    plan: str | None = None,
+    status: str | None = None,
+    sort: str = "email",
+    chunk: int = 1000,
+) -> Iterator[tuple[AdminUserRow, Subscription | None]]:
+    """Every user the list's filters match, in the list's order, with their current
+    subscription: the list's own query read `chunk` rows at a time (a server-side cursor
+    on PostgreSQL, which needs a transaction), each chunk's rows built as a page's are.
+    Memory stays that of one chunk however many users match. Reads on in the caller's
+    transaction and leaves it open: the caller ends it."""
+    check_user_filters(plan, status, sort)
+    now = utcnow()
+    _total, stmt = _users_query(q, plan, status, sort, now)
+    result = session.exec(stmt.execution_options(yield_per=chunk))
+    for part in result.partitions():
+        yield from _user_rows(session, list(part), now)
 
 
 def _subscription_dict(session: Session, user_id: int) -> dict[str, Any] | None:
