@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import chain
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from sqlmodel import Session
+from starlette.responses import StreamingResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.billing_routes import invoices_page, page_out
 from billing_app.api.deps import admin_user, db_session
-from billing_app.services import admin, api_keys, quotas
+from billing_app.db import read_session
+from billing_app.services import admin, api_keys, exports, quotas
 from billing_app.services.dto import ApiKeyDTO, UserDTO
 
 router = APIRouter(prefix="/api/billing/admin", tags=["admin"], responses=s.errors(*s.COMMON, 404))
@@ -40,6 +45,101 @@ def users(
         session, q=q, plan=plan, status=status, sort=sort, page=page, per_page=per_page
     )
     return page_out(result)
+
+
+class CSVResponse(StreamingResponse):
+    media_type = "text/csv"  # what OpenAPI names; the header says charset=utf-8
+
+
+# The file, and the errors in their JSON shape: FastAPI would document a `model` under
+# the route's own media type (text/csv).
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "CSV (RFC 4180), a header row and every matching row, as an attachment",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+        "headers": {
+            "Content-Disposition": {
+                "description": 'attachment; filename="<users|invoices>-<UTC date>.csv"',
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    **{
+        status: {
+            "description": doc["description"],
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+            },
+        }
+        for status, doc in s.errors(*s.COMMON, 404).items()
+    },
+}
+
+
+@contextmanager
+def export_session() -> Iterator[Session]:
+    """A read session for an export: on SQLite it holds no write lock (BEGIN DEFERRED);
+    on PostgreSQL one read-only REPEATABLE READ transaction, which the server-side cursor
+    needs (the read pool is in autocommit) and which makes the file one snapshot."""
+    with read_session() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(
+                execution_options={
+                    "isolation_level": "REPEATABLE READ",
+                    "postgresql_readonly": True,
+                }
+            )
+        yield session
+
+
+def _csv_rows(write: Callable[[Session], Iterator[str]]) -> Iterator[str]:
+    with export_session() as session:
+        yield from write(session)
+
+
+def csv_response(
+    kind: str, write: Callable[[Session], Iterator[str]], request_session: Session
+) -> CSVResponse:
+    """The CSV that `write` streams from a session of its own, as the attachment
+    `<kind>-<UTC date>.csv`.
+
+    The request's session (authentication's) is closed first: whatever transaction it
+    left open would otherwise last as long as the download, since FastAPI closes it only
+    after the response; on SQLite a write transaction holds the write lock. (Reading the
+    signed-in user back after auth's rollback begins one.) The first chunk is read here,
+    before the status is sent: a refused filter is a 422 and a database down a 503, not
+    a 200 cut short."""
+    request_session.close()
+    rows = _csv_rows(write)
+    first = next(rows)
+    return CSVResponse(
+        chain([first], rows),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{exports.filename(kind)}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/users.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
+def users_csv(
+    q: str | None = Query(default=None, max_length=320, description="email prefix, or @domain"),
+    plan: str | None = Query(default=None, max_length=32),
+    status: str | None = Query(default=None, max_length=32, description="subscription status"),
+    sort: str = Query(default="email", max_length=32, description=", ".join(admin.SORT_KEYS)),
+    _admin: UserDTO = Depends(admin_user),
+    session: Session = Depends(db_session),
+) -> CSVResponse:
+    """Every user the users list's filters match, in its order, as CSV (streamed): id,
+    email, name, role, plan, status, period_end, cancels_at, joined, then `<metric>_used`
+    and `<metric>_limit` per metric (`unlimited` for no limit). Times ISO 8601 UTC; text
+    that could start a spreadsheet formula is prefixed with a single quote."""
+    return csv_response(
+        "users",
+        lambda export: exports.users_csv(export, q=q, plan=plan, status=status, sort=sort),
+        session,
+    )
 
 
 @router.get("/stats", response_model=s.StatsOut)
@@ -83,6 +183,21 @@ def invoices(
 ) -> dict[str, Any]:
     return page_out(
         invoices_page(session, user_id=user_id, status=status, page=page, per_page=per_page)
+    )
+
+
+@router.get("/invoices.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
+def invoices_csv(
+    status: str | None = Query(default=None, max_length=32),
+    _admin: UserDTO = Depends(admin_user),
+    session: Session = Depends(db_session),
+) -> CSVResponse:
+    """Every invoice with `status` (all without), newest first, as CSV (streamed): number,
+    stripe_invoice_id, customer_email, status, currency (its code), amount_due and
+    amount_paid (decimal amounts of that currency), created, period_start, period_end,
+    hosted_invoice_url, invoice_pdf."""
+    return csv_response(
+        "invoices", lambda export: exports.invoices_csv(export, status=status), session
     )
 
 

@@ -30,6 +30,8 @@ ADMIN_ENDPOINTS = [
     ("GET", "/api/billing/admin/users/{b}", None),
     ("PUT", "/api/billing/admin/users/{b}/quota", {"metric": "tokens", "limit": 1, "reason": "x"}),
     ("GET", "/api/billing/admin/invoices", None),
+    ("GET", "/api/billing/admin/users.csv", None),
+    ("GET", "/api/billing/admin/invoices.csv", None),
     ("POST", "/api/billing/admin/api-keys", {"name": "x", "service_name": "x"}),
     ("GET", "/api/billing/admin/api-keys", None),
     ("DELETE", "/api/billing/admin/api-keys/{b_key}", None),
