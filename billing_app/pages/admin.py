@@ -52,6 +52,25 @@ def stat_card(s: StatView) -> rx.Component:
     )
 
 
+def export_link(href: rx.Var, rows: str) -> rx.Component:
+    """A plain link to a CSV export carrying the current filters; the session cookie
+    signs it. A document request (not the client-side router's), so the browser saves
+    the attachment and the console stays."""
+    return rx.link(
+        rx.icon("download", size=16),
+        "Export CSV",
+        href=href,
+        reload_document=True,
+        title=f"Download every {rows} matching the filters as a CSV file",
+        size="2",
+        weight="medium",
+        display="inline-flex",
+        align_items="center",
+        gap="6px",
+        white_space="nowrap",
+    )
+
+
 def users_toolbar() -> rx.Component:
     return rx.flex(
         rx.input(
@@ -73,7 +92,9 @@ def users_toolbar() -> rx.Component:
             name="status",
         ),
         select(A.sort_options, A.sort, A.set_sort, "Sort", name="sort"),
+        export_link(A.users_csv_href, "user"),
         spacing="2",
+        align="center",
         wrap="wrap",
         width="100%",
     )
@@ -155,12 +176,18 @@ def invoices_panel() -> rx.Component:
     return card(
         rx.hstack(
             rx.heading("All invoices", size="4"),
-            select(
-                A.invoice_status_options,
-                A.invoice_status,
-                A.set_invoice_status,
-                "Filter invoices by status",
-                name="invoice_status",
+            rx.hstack(
+                select(
+                    A.invoice_status_options,
+                    A.invoice_status,
+                    A.set_invoice_status,
+                    "Filter invoices by status",
+                    name="invoice_status",
+                ),
+                export_link(A.invoices_csv_href, "invoice"),
+                spacing="3",
+                align="center",
+                wrap="wrap",
             ),
             justify="between",
             align="center",

@@ -6,6 +6,7 @@ Every handler re-checks the admin role from the server-side session first.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import reflex as rx
 
@@ -214,6 +215,22 @@ class AdminState(SessionState):
         first = (self.invoice_page - 1) * INVOICES_PER_PAGE + 1
         last = min(self.invoice_page * INVOICES_PER_PAGE, self.invoice_total)
         return f"{first:,}–{last:,} of {self.invoice_total:,}"
+
+    @rx.var(cache=True)
+    def users_csv_href(self) -> str:
+        """The users export (GET /api/billing/admin/users.csv) with the list's filters and
+        sort: a plain link, the session cookie signs it."""
+        params = {"q": self.search.strip(), "plan": self.plan_filter,
+                  "status": self.status_filter, "sort": self.sort}  # fmt: skip
+        kept = {k: v for k, v in params.items() if v and v != ALL}
+        return "/api/billing/admin/users.csv?" + urlencode(kept)
+
+    @rx.var(cache=True)
+    def invoices_csv_href(self) -> str:
+        """The invoices export with the tab's status filter."""
+        status = self.invoice_status
+        query = "" if status == ALL else "?" + urlencode({"status": status})
+        return "/api/billing/admin/invoices.csv" + query
 
     # ------------------------------------------------------------ guard
 

@@ -1,0 +1,69 @@
+"""The console's "Export CSV" links in a real browser: a download of what the tab shows.
+
+After test_ui.py (by name), so its users and draft invoice are not in the admin
+screenshot's numbers; a draft counts as no failed payment either way."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import LiveApp, login
+
+pytestmark = pytest.mark.browser
+
+
+def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) -> None:
+    from sqlmodel import select
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
+    from billing_app.services import users
+
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        for i, name in enumerate(("Ann", "=1+1", "Cy")):
+            if users.get_user_by_email(session, f"export{i}@csv.test") is None:
+                users.create_user(session, f"export{i}@csv.test", name)
+        if not session.exec(select(Invoice).where(Invoice.stripe_invoice_id == "in_csv")).first():
+            payer = users.get_user_by_email(session, "export0@csv.test")
+            session.add(
+                Invoice(stripe_invoice_id="in_csv", user_id=payer.id, number="CSV-0001",
+                        status="draft", amount_due=1500, currency="jpy")
+            )  # fmt: skip
+            session.commit()
+    engine.dispose()
+
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("@csv.test")
+    expect(page.get_by_text("1–3 of 3")).to_be_visible()
+    page.get_by_role("combobox", name="Sort").click()
+    page.get_by_role("option", name="Email A–Z").click()
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Export CSV").click()
+    download = info.value
+    assert re.fullmatch(r"users-\d{4}-\d{2}-\d{2}\.csv", download.suggested_filename)
+    with open(download.path(), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["email"], r["name"]) for r in rows] == [
+        ("export0@csv.test", "Ann"), ("export1@csv.test", "'=1+1"), ("export2@csv.test", "Cy")
+    ]  # fmt: skip
+    # A download: the console is still there, with its filter.
+    expect(page).to_have_url(re.compile(r"/admin/billing/?$"))
+    expect(page.get_by_text("1–3 of 3")).to_be_visible()
+
+    page.get_by_role("tab", name="Invoices").click()
+    page.get_by_role("combobox", name="Filter invoices by status").click()
+    page.get_by_role("option", name="Draft").click()
+    expect(page.locator("#admin-invoices-table")).to_contain_text("CSV-0001")
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Export CSV").click()
+    assert re.fullmatch(r"invoices-\d{4}-\d{2}-\d{2}\.csv", info.value.suggested_filename)
+    with open(info.value.path(), newline="", encoding="utf-8") as f:
+        invoices = list(csv.DictReader(f))
+    assert [(i["number"], i["currency"], i["amount_due"]) for i in invoices] == [
+        ("CSV-0001", "JPY", "1500")
+    ]
