@@ -159,13 +159,17 @@ def user_for_token(session: Session, token: str | None) -> UserDTO | None:
         session.rollback()
         return None
     auth, user = row
+    # Read before the transaction ends: the row is expired after it, and reading it then
+    # would begin another, which on SQLite (BEGIN IMMEDIATE) holds the write lock until
+    # the caller's session ends (a streamed download's whole length).
+    dto = users.to_dto(user)
     if auth.last_seen_at is None or auth.last_seen_at < now - SEEN_EVERY:
         auth.last_seen_at = now
         session.add(auth)
         session.commit()
     else:
         session.rollback()
-    return users.to_dto(user)
+    return dto
 
 
 def logout(session: Session, token: str | None) -> None:

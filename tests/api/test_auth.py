@@ -264,3 +264,15 @@ def test_sessions_track_last_seen_cheaply(client, frozen_clock):
     client.get("/api/auth/me")
     with session_scope() as s:
         assert s.exec(select(AuthSession)).one().last_seen_at == utcnow()
+
+
+def test_a_session_lookup_leaves_no_transaction_open(client, frozen_clock):
+    """Whether it records last_seen (commit) or not (rollback), the lookup ends its
+    transaction and starts no other: on SQLite an open one holds the write lock."""
+    _signup(client)
+    token = client.cookies.get(auth.SESSION_COOKIE)
+    for step in (auth.SEEN_EVERY + timedelta(seconds=1), timedelta(seconds=1)):
+        frozen_clock.set(frozen_clock.now + step)
+        with session_scope() as s:
+            assert auth.user_for_token(s, token).email == "new@example.com"
+            assert not s.in_transaction()
