@@ -72,6 +72,9 @@ def sso_button() -> rx.Component:
                     width="100%",
                 ),
                 href=AuthFormState.sso_url,
+                # A server route (it redirects to the provider): a full page load, not the
+                # app's client-side routing, which would show its 404.
+                reload_document=True,
                 width="100%",
             ),
             width="100%",

@@ -19,6 +19,10 @@ from playwright.sync_api import Page, expect
 
 from billing_app.cli import demo
 from billing_app.settings import PROJECT_ROOT
+from tests.api.conftest import LiveServer
+from tests.api.oidc_provider import CLIENT_ID as OIDC_CLIENT_ID
+from tests.api.oidc_provider import CLIENT_SECRET as OIDC_CLIENT_SECRET
+from tests.api.oidc_provider import OIDCProvider
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 BUILD_TIMEOUT = 300.0
@@ -99,6 +103,11 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
         SandboxConfig(webhook_url=f"http://127.0.0.1:{port}/api/billing/webhook")
     )
     sandbox.start()
+    # Single sign-on against the tests' loopback provider, so the SSO button is there
+    # and can be followed in a real browser.
+    idp = OIDCProvider()
+    idp_server = LiveServer(idp.app)
+    idp.url = idp_server.url
     env = demo.app_env(
         port,
         {
@@ -107,6 +116,9 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             "API_URL": url,
             "STRIPE_SANDBOX_PORT": str(sandbox.port),
             "ENVIRONMENT": "test",
+            "OIDC_ISSUER": idp.url,
+            "OIDC_CLIENT_ID": OIDC_CLIENT_ID,
+            "OIDC_CLIENT_SECRET": OIDC_CLIENT_SECRET,
         },
     )
     for var in ("STRIPE_SECRET_KEY", "BILLING_PLANS_JSON", "ADMIN_EMAILS", "STRIPE_API_BASE"):
@@ -143,6 +155,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             except ProcessLookupError:
                 pass
         sandbox.stop()
+        idp_server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,16 @@ def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
     expect(page.get_by_text(email)).to_be_visible()
 
 
+def test_sso_button_signs_in_through_the_identity_provider(page: Page, live_app: LiveApp) -> None:
+    """The button leaves the app for the provider (a full page load, not the app's own
+    routing, which would answer its 404) and comes back signed in, to the page asked."""
+    page.goto(f"{live_app.url}/login?next=/billing")
+    page.get_by_role("link", name="Sign in with SSO").click()
+    page.wait_for_url(re.compile(re.escape(live_app.url) + r"/billing/?$"))
+    expect(page.get_by_text("sso@example.com")).to_be_visible()
+    expect(page.locator("#current-plan")).to_have_text("Free")
+
+
 def test_signed_out_billing_goes_to_login_and_back(page: Page, live_app: LiveApp) -> None:
     page.goto(f"{live_app.url}/billing")
     page.wait_for_url(re.compile(r".*/login\?next=%2Fbilling|.*/login\?next=/billing"))
