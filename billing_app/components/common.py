@@ -258,6 +258,29 @@ def select(options: Any, value: Any, on_change: Any, label: str, **props: Any) -
     )
 
 
+def load_error(message: Any, hint: str, retry: Any = None) -> rx.Component:
+    """In place of a page that could not load (e.g. the database is down): why, and
+    what happens next; `retry`, an event, adds a Try again button."""
+    return rx.center(
+        rx.callout.root(
+            rx.callout.icon(rx.icon("circle-alert")),
+            rx.callout.text(message, " ", hint),
+            *(
+                [rx.button("Try again", on_click=retry, variant="soft", color_scheme="red")]
+                if retry is not None
+                else []
+            ),  # fmt: skip
+            color_scheme="red",
+            role="alert",
+            id="load-error",
+            max_width="560px",
+            width="100%",
+        ),
+        padding_y="96px",
+        width="100%",
+    )
+
+
 def status_page(code: str, title: str, text: str, element_id: str) -> rx.Component:
     """A whole-page answer such as 403 or 404: the code, what happened, a way back."""
     return rx.center(

@@ -9,6 +9,7 @@ from billing_app.components.common import (
     data_table,
     empty,
     invoice_table,
+    load_error,
     meter,
     pager,
     scroll_x,
@@ -624,5 +625,10 @@ def admin() -> rx.Component:
     return rx.cond(
         A.forbidden,
         forbidden(),
-        rx.cond(A.signed_in & A.loaded, console(), loading()),
+        rx.cond(
+            A.signed_in & A.loaded,
+            console(),
+            # Opened while the database is down: say so, with a way to try again.
+            rx.cond(A.error != "", load_error(A.error, "", retry=A.on_load), loading()),
+        ),
     )

@@ -9,6 +9,7 @@ from billing_app.components.common import (
     card,
     empty,
     invoice_table,
+    load_error,
     meter,
     pager,
     section_title,
@@ -391,21 +392,5 @@ def billing() -> rx.Component:
         dashboard(),
         # Opened while the database is down: say so; the poller shows the page once it
         # is back.
-        rx.cond(S.error != "", unavailable_notice(), loading()),
-    )
-
-
-def unavailable_notice() -> rx.Component:
-    return rx.center(
-        rx.callout.root(
-            rx.callout.icon(rx.icon("circle-alert")),
-            rx.callout.text(S.error, " This page retries by itself."),
-            color_scheme="red",
-            role="alert",
-            id="load-error",
-            max_width="560px",
-            width="100%",
-        ),
-        padding_y="96px",
-        width="100%",
+        rx.cond(S.error != "", load_error(S.error, "This page retries by itself."), loading()),
     )

@@ -223,6 +223,25 @@ def _console(session: Session) -> tuple[AdminState, UserDTO, int]:
     return st, admin, customer
 
 
+def test_a_console_first_opened_while_the_database_is_down_says_so_and_tries_again(
+    session: Session,
+) -> None:
+    from billing_app.pages.admin import admin as admin_page
+
+    admin = make_user(session, email="boss@example.com", admin=True)
+    make_user(session, email="alice@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    with outage():
+        assert st.on_load() is None
+    assert st.error == DOWN and not st.loaded and not st.signed_in
+    page = str(admin_page())
+    assert '"load-error"' in page and '"Try again"' in page  # where the spinner was
+    # Back up: Try again (the page's on_load) loads the console and takes the message away.
+    assert st.on_load() == [AdminState.refresh_all]
+    run(REFRESH_ALL, st)
+    assert st.loaded and st.signed_in and st.error == "" and st.total == 2
+
+
 def console(st: AdminState) -> tuple[Any, ...]:
     return (st.users, st.total, st.stats, st.invoices, st.keys, st.detail_meters)
 
