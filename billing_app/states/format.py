@@ -6,11 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from billing_app.clock import as_utc
+from billing_app.services.money import minor_digits, to_decimal
 
 _CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
-# Stripe's minor units are not always cents (stripe.com/docs/currencies).
-_ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
-_THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
 
 
 def money(amount: int | None, currency: str | None = "usd") -> str:
@@ -18,8 +16,7 @@ def money(amount: int | None, currency: str | None = "usd") -> str:
     if amount is None:
         return "—"
     cur = (currency or "usd").lower()
-    digits = 0 if cur in _ZERO_DECIMAL else 3 if cur in _THREE_DECIMAL else 2
-    value = f"{amount / 10**digits:,.{digits}f}"
+    value = f"{to_decimal(amount, cur):,.{minor_digits(cur)}f}"
     sign = _CURRENCY_SIGNS.get(cur)
     return f"{sign}{value}" if sign else f"{value} {cur.upper()}"
 
