@@ -6,7 +6,7 @@ import itertools
 
 from sqlmodel import Session, func, select
 
-from billing_app.models import UsageCounter, UsageDaily, UsageEvent, User
+from billing_app.models import Subscription, UsageCounter, UsageDaily, UsageEvent, User
 from billing_app.services import quotas, users
 from billing_app.services.dto import UserDTO
 
@@ -33,6 +33,29 @@ def make_user(
         session.add(row)
         session.commit()
     return user
+
+
+def make_subscription(
+    session: Session,
+    user_id: int,
+    *,
+    plan: str = "pro",
+    status: str = "active",
+    sub_id: str | None = None,
+    **fields: object,
+) -> None:
+    """A subscription row as the webhooks store it, and the plan's quotas."""
+    session.add(
+        Subscription(
+            user_id=user_id,
+            stripe_subscription_id=sub_id or f"sub_{user_id}_{plan}",
+            plan=plan,
+            status=status,
+            **fields,
+        )
+    )
+    quotas.apply_plan(session, user_id, plan)
+    session.commit()
 
 
 def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:

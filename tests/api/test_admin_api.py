@@ -7,21 +7,12 @@ from datetime import UTC, datetime
 from billing_app.db import session_scope
 from billing_app.models import Invoice, Subscription
 from billing_app.services import admin, metering, quotas
-from tests.factories import make_user
+from tests.factories import make_subscription, make_user
 
 
 def _sub(user_id: int, plan: str, status: str, n: int = 0) -> None:
     with session_scope() as s:
-        s.add(
-            Subscription(
-                user_id=user_id,
-                stripe_subscription_id=f"sub_{user_id}_{n}",
-                plan=plan,
-                status=status,
-            )
-        )
-        quotas.apply_plan(s, user_id, plan)
-        s.commit()
+        make_subscription(s, user_id, plan=plan, status=status, sub_id=f"sub_{user_id}_{n}")
 
 
 def test_users_list_search_filter_sort_paginate(actors, frozen_clock):

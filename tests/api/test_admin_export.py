@@ -12,10 +12,10 @@ import sqlalchemy as sa
 
 from billing_app.api import admin_routes
 from billing_app.db import session_scope
-from billing_app.models import Invoice, Subscription, User
+from billing_app.models import Invoice, User
 from billing_app.services import exports, metering, quotas
 from tests.api.conftest import PASSWORD
-from tests.factories import make_user
+from tests.factories import make_subscription, make_user
 
 USERS = "/api/billing/admin/users.csv"
 INVOICES = "/api/billing/admin/invoices.csv"
@@ -40,17 +40,7 @@ def records(text: str) -> list[dict[str, str]]:
 
 def _sub(user_id: int, plan: str, status: str, **fields) -> None:
     with session_scope() as s:
-        s.add(
-            Subscription(
-                user_id=user_id,
-                stripe_subscription_id=f"sub_{user_id}_{plan}",
-                plan=plan,
-                status=status,
-                **fields,
-            )
-        )
-        quotas.apply_plan(s, user_id, plan)
-        s.commit()
+        make_subscription(s, user_id, plan=plan, status=status, **fields)
 
 
 def test_users_csv_columns_and_values(frozen_clock, actors):  # everyone joins at 12:00

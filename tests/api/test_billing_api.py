@@ -8,24 +8,16 @@ from datetime import UTC, datetime
 import pytest
 
 from billing_app.db import session_scope
-from billing_app.models import Invoice, Subscription
-from billing_app.services import metering, quotas
+from billing_app.models import Invoice
+from billing_app.services import metering
 from stripe_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import _clear_caches
+from tests.factories import make_subscription
 
 
 def _subscribe(user_id: int, plan: str = "pro", status: str = "active") -> None:
     with session_scope() as s:
-        s.add(
-            Subscription(
-                user_id=user_id,
-                stripe_subscription_id=f"sub_{user_id}_{plan}",
-                plan=plan,
-                status=status,
-            )
-        )
-        quotas.apply_plan(s, user_id, plan)
-        s.commit()
+        make_subscription(s, user_id, plan=plan, status=status)
 
 
 def _invoice(user_id: int, n: int, status: str = "paid") -> None:
