@@ -31,8 +31,13 @@ CHROMIUM_ARGS = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Browser tests need Chromium: reported as skipped on a machine without it, but never
-    in CI, where `make test` installs it and a missing browser must fail the run."""
+    """Browser tests run last: Playwright's sync API keeps an event loop running in this
+    thread from the first of them to the end of the session, and asyncio.run (the State
+    tests drive background handlers with it) refuses to start under a running loop.
+
+    They need Chromium: reported as skipped on a machine without it, but never in CI,
+    where `make test` installs it and a missing browser must fail the run."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
     if os.path.exists(CHROMIUM) or os.environ.get("CI"):
         return
     for item in items:
