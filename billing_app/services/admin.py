@@ -22,6 +22,7 @@ from billing_app.models import Invoice, Quota, Subscription, UsageCounter, User
 from billing_app.plans import PLAN_KEYS, get_catalog
 from billing_app.services import invoices, metering, quotas, subscriptions, users
 from billing_app.services.dto import AdminUserDetail, AdminUserRow, Page
+from billing_app.services.periods import calendar_month, per_user_periods
 from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, plan_key_for
 from billing_app.settings import get_settings
 
@@ -108,6 +109,29 @@ def check_user_filters(plan: str | None, status: str | None, sort: str) -> None:
         )
 
 
+def _current(counter: Any, now: Any) -> list[Any]:
+    """Conditions for the counter a user's usage goes to `now`, at most one per user and
+    metric. With calendar months (the default), this month's: an index lookup. With plans
+    that reset on their billing period, the newest one covering now: a user who
+    subscribed mid-month has this month's and the period's, and writes go to the
+    period's (periods.period_for). (After such a plan has ended, within what was its
+    period, writes go back to the month while this still reads the period's.)"""
+    if not per_user_periods():
+        return [counter.period_start == calendar_month(now).start]
+    newer = aliased(UsageCounter)
+    return [
+        counter.period_start <= now,
+        counter.period_end > now,
+        ~sa.exists().where(
+            newer.user_id == counter.user_id,
+            newer.metric == counter.metric,
+            newer.period_start > counter.period_start,
+            newer.period_start <= now,
+            newer.period_end > now,
+        ),
+    ]
+
+
 def _users_query(
     q: str | None, plan: str | None, status: str | None, sort: str, now: Any
 ) -> tuple[Any, Any]:
@@ -144,12 +168,7 @@ def _users_query(
         counter = aliased(UsageCounter)
         stmt = stmt.join(
             counter,
-            sa.and_(
-                counter.user_id == User.id,
-                counter.metric == metric,
-                counter.period_start <= now,
-                counter.period_end > now,
-            ),
+            sa.and_(counter.user_id == User.id, counter.metric == metric, *_current(counter, now)),
             isouter=True,
         )
         used = sa.func.coalesce(counter.used, 0)
@@ -172,11 +191,10 @@ def _user_rows(
     used_by: dict[tuple[int, str], int] = {}
     limits: dict[tuple[int, str], int] = {}
     if ids:
+        counter = aliased(UsageCounter)
         for uid, metric, n in session.exec(
-            select(UsageCounter.user_id, UsageCounter.metric, UsageCounter.used).where(
-                col(UsageCounter.user_id).in_(ids),
-                col(UsageCounter.period_start) <= now,
-                col(UsageCounter.period_end) > now,
+            select(counter.user_id, counter.metric, counter.used).where(
+                counter.user_id.in_(ids), *_current(counter, now)
             )
         ).all():
             used_by[(uid, metric)] = n

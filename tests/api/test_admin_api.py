@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from billing_app.db import session_scope
 from billing_app.models import Invoice, Subscription
@@ -344,3 +344,65 @@ def test_user_detail_api_keeps_50_audit_entries_the_drawer_reads_the_10_it_shows
     assert read == [10]  # read from the database: what the drawer shows, no more
     assert [a.reason for a in shown] == newest_first[:10]
     assert shown[0].change == "1,053 → 1,054"
+
+
+def test_a_user_with_a_month_and_a_billing_period_is_listed_once(actors, frozen_clock, monkeypatch):
+    """With plans that reset on their billing period, a user who used the free month and
+    then subscribed mid-month has two counters covering today. The list shows each user
+    once, sorted and shown by the counter the user's usage goes to now: the period's."""
+    from billing_app import plans
+    from billing_app.settings import get_settings
+
+    monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
+    plans.get_catalog.cache_clear()
+    get_settings.cache_clear()
+    with session_scope() as s:
+        heavy = make_user(s, email="heavy@example.com")
+        metering.record(s, heavy.id, "tokens", 9000)  # free, in November's month
+        frozen_clock.now += timedelta(days=1)
+        make_subscription(
+            s,
+            heavy.id,
+            plan="pro",
+            current_period_start=frozen_clock.now,
+            current_period_end=datetime(2026, 12, 16, 12, tzinfo=UTC),
+        )
+        r = metering.record(s, heavy.id, "tokens", 40)  # the pro period's
+        assert r.status.period_start == frozen_clock.now and r.status.used == 40
+        metering.record(s, actors.b.id, "tokens", 700)
+    for sort in ("-usage_tokens", "usage_tokens", "email"):
+        with session_scope() as s:
+            page = admin.list_users(s, sort=sort)
+        ids = [u.id for u in page.items]
+        assert len(ids) == len(set(ids)) == page.total == 4, (sort, ids)
+        row = next(u for u in page.items if u.id == heavy.id)
+        assert next(m["used"] for m in row.usage if m["metric"] == "tokens") == 40
+    with session_scope() as s:
+        order = [u.email for u in admin.list_users(s, sort="-usage_tokens").items]
+    assert order[:2] == ["bob@example.com", "heavy@example.com"]
+
+
+def test_calendar_months_list_this_months_counter_only(actors, frozen_clock):
+    """A period's counter left from when a plan reset on its billing period (the setting
+    changed since) still covers today; with calendar months the list reads this month's,
+    as the user's own usage page does, and shows the user once."""
+    from billing_app.models import UsageCounter
+
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 25)
+        s.add(
+            UsageCounter(
+                user_id=actors.a.id,
+                metric="tokens",
+                period_start=datetime(2026, 11, 10, 8, tzinfo=UTC),
+                period_end=datetime(2026, 12, 10, 8, tzinfo=UTC),
+                used=5000,
+            )
+        )
+        s.commit()
+        own = next(m for m in metering.summary(s, actors.a.id) if m.metric == "tokens")
+        page = admin.list_users(s, sort="-usage_tokens")
+    assert own.used == 25
+    assert [u.id for u in page.items].count(actors.a.id) == 1 and page.total == len(page.items)
+    alice = next(u for u in page.items if u.id == actors.a.id)
+    assert next(m["used"] for m in alice.usage if m["metric"] == "tokens") == 25
