@@ -30,21 +30,25 @@ def key_out(k: ApiKeyDTO) -> dict[str, Any]:
     return {**k.to_dict(), "kind": k.kind}
 
 
-@router.get("/users", response_model=s.AdminUserPage)
-def users(
+def user_filters(
     q: str | None = Query(default=None, max_length=320, description="email prefix, or @domain"),
     plan: str | None = Query(default=None, max_length=32),
     status: str | None = Query(default=None, max_length=32, description="subscription status"),
     sort: str = Query(default="email", max_length=32, description=", ".join(admin.SORT_KEYS)),
+) -> admin.UserFilters:
+    """The users list's query parameters, shared by the list and its export."""
+    return admin.UserFilters(q=q, plan=plan, status=status, sort=sort)
+
+
+@router.get("/users", response_model=s.AdminUserPage)
+def users(
     page: int = Query(default=1, ge=1, le=1_000_000),
     per_page: int = Query(default=50, ge=1, le=admin.MAX_PER_PAGE),
+    filters: admin.UserFilters = Depends(user_filters),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
 ) -> dict[str, Any]:
-    result = admin.list_users(
-        session, q=q, plan=plan, status=status, sort=sort, page=page, per_page=per_page
-    )
-    return page_out(result)
+    return page_out(admin.list_users(session, filters, page=page, per_page=per_page))
 
 
 class CSVResponse(StreamingResponse):
@@ -124,10 +128,7 @@ def csv_response(
 
 @router.get("/users.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
 def users_csv(
-    q: str | None = Query(default=None, max_length=320, description="email prefix, or @domain"),
-    plan: str | None = Query(default=None, max_length=32),
-    status: str | None = Query(default=None, max_length=32, description="subscription status"),
-    sort: str = Query(default="email", max_length=32, description=", ".join(admin.SORT_KEYS)),
+    filters: admin.UserFilters = Depends(user_filters),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
 ) -> CSVResponse:
@@ -135,11 +136,7 @@ def users_csv(
     email, name, role, plan, status, period_end, cancels_at, joined, then `<metric>_used`
     and `<metric>_limit` per metric (`unlimited` for no limit). Times ISO 8601 UTC; text
     that could start a spreadsheet formula is prefixed with a single quote."""
-    return csv_response(
-        "users",
-        lambda export: exports.users_csv(export, q=q, plan=plan, status=status, sort=sort),
-        session,
-    )
+    return csv_response("users", lambda export: exports.users_csv(export, filters), session)
 
 
 @router.get("/stats", response_model=s.StatsOut)

@@ -8,6 +8,7 @@ one query for the page's usage counters and one for its quotas: no N+1. The CSV 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -97,16 +98,31 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def check_user_filters(plan: str | None, status: str | None, sort: str) -> None:
-    """ValidationFailed (422) for a sort, plan or status the users list does not know."""
-    if sort not in SORT_KEYS:
-        raise ValidationFailed(f"sort must be one of: {', '.join(SORT_KEYS)}.", field="sort")
-    if plan is not None and plan not in PLAN_KEYS:
-        raise ValidationFailed(f"plan must be one of: {', '.join(PLAN_KEYS)}.", field="plan")
-    if status is not None and status not in STATUS_FILTERS:
-        raise ValidationFailed(
-            f"status must be one of: {', '.join(STATUS_FILTERS)}.", field="status"
-        )
+@dataclass(frozen=True)
+class UserFilters:
+    """The users list's search, filters and sort, checked when built (ValidationFailed,
+    a 422, for a plan, status or sort the list does not know): the list's pages and its
+    CSV export take them as one value.
+
+    `q` matches the start of the email (index-backed); `q` starting with "@" matches the
+    domain anywhere (a scan, for "everyone at acme.com"). Blank is no search."""
+
+    q: str | None = None
+    plan: str | None = None
+    status: str | None = None
+    sort: str = "email"
+
+    def __post_init__(self) -> None:
+        q = (self.q or "").strip().lower()[:320]
+        object.__setattr__(self, "q", q or None)
+        if self.sort not in SORT_KEYS:
+            raise ValidationFailed(f"sort must be one of: {', '.join(SORT_KEYS)}.", field="sort")
+        if self.plan is not None and self.plan not in PLAN_KEYS:
+            raise ValidationFailed(f"plan must be one of: {', '.join(PLAN_KEYS)}.", field="plan")
+        if self.status is not None and self.status not in STATUS_FILTERS:
+            raise ValidationFailed(
+                f"status must be one of: {', '.join(STATUS_FILTERS)}.", field="status"
+            )
 
 
 def _current(counter: Any, now: Any) -> list[Any]:
@@ -132,26 +148,21 @@ def _current(counter: Any, now: Any) -> list[Any]:
     ]
 
 
-def _users_query(
-    q: str | None, plan: str | None, status: str | None, sort: str, now: Any
-) -> tuple[Any, Any]:
+def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
     """(count, ordered rows) statements for the users the filters match: one definition
     for the list's pages and the CSV export. Rows: id, email, display_name, role,
     created_at."""
     filters: list[Any] = []
-    if q:
-        q = q.strip().lower()[:320]
-        if q.startswith("@"):
-            filters.append(col(User.email).like(f"%{_escape_like(q)}%", escape="\\"))
-        else:
-            filters.append(col(User.email).like(f"{_escape_like(q)}%", escape="\\"))
+    if f.q:
+        pattern = f"%{_escape_like(f.q)}%" if f.q.startswith("@") else f"{_escape_like(f.q)}%"
+        filters.append(col(User.email).like(pattern, escape="\\"))
     cur = None
-    if status is not None or plan is not None:
+    if f.status is not None or f.plan is not None:
         cur = _current_subs()
-        if status is not None:
-            filters.append(sa.func.coalesce(cur.c.status, "none") == status)
-        if plan is not None:
-            filters.append(_plan_expr(cur) == plan)
+        if f.status is not None:
+            filters.append(sa.func.coalesce(cur.c.status, "none") == f.status)
+        if f.plan is not None:
+            filters.append(_plan_expr(cur) == f.plan)
 
     def base_query(*columns: Any) -> Any:
         stmt = select(*columns).select_from(User)
@@ -161,8 +172,8 @@ def _users_query(
 
     total = base_query(sa.func.count())
     stmt = base_query(User.id, User.email, User.display_name, User.role, User.created_at)
-    desc = sort.startswith("-")
-    base = sort.lstrip("-")
+    desc = f.sort.startswith("-")
+    base = f.sort.lstrip("-")
     if base.startswith("usage_"):
         metric = base.removeprefix("usage_")
         counter = aliased(UsageCounter)
@@ -244,25 +255,14 @@ def _user_rows(
 
 
 def list_users(
-    session: Session,
-    *,
-    q: str | None = None,
-    plan: str | None = None,
-    status: str | None = None,
-    sort: str = "email",
-    page: int = 1,
-    per_page: int = 50,
+    session: Session, filters: UserFilters | None = None, *, page: int = 1, per_page: int = 50
 ) -> Page:
-    """One page of users with plan, subscription status and usage per metric.
-
-    `q` matches the start of the email (index-backed); `q` starting with "@" matches
-    the domain anywhere (a scan, for "everyone at acme.com").
-    """
-    check_user_filters(plan, status, sort)
+    """One page of the users `filters` match (all, by email, without), with plan,
+    subscription status and usage per metric."""
     page = max(1, int(page))
     per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
     now = utcnow()
-    total_stmt, stmt = _users_query(q, plan, status, sort, now)
+    total_stmt, stmt = _users_query(filters or UserFilters(), now)
     total = session.exec(total_stmt).one()
     rows = list(session.exec(stmt.offset((page - 1) * per_page).limit(per_page)).all())
     items = [row for row, _sub in _user_rows(session, rows, now)]
@@ -271,22 +271,15 @@ def list_users(
 
 
 def iter_users(
-    session: Session,
-    *,
-    q: str | None = None,
-    plan: str | None = None,
-    status: str | None = None,
-    sort: str = "email",
-    chunk: int = 1000,
+    session: Session, filters: UserFilters, *, chunk: int = 1000
 ) -> Iterator[tuple[AdminUserRow, Subscription | None]]:
-    """Every user the list's filters match, in the list's order, with their current
-    subscription: the list's own query read `chunk` rows at a time (a server-side cursor
-    on PostgreSQL, which needs a transaction), each chunk's rows built as a page's are.
-    Memory stays that of one chunk however many users match. Reads on in the caller's
-    transaction and leaves it open: the caller ends it."""
-    check_user_filters(plan, status, sort)
+    """Every user `filters` match, in the list's order, with their current subscription:
+    the list's own query read `chunk` rows at a time (a server-side cursor on PostgreSQL,
+    which needs a transaction), each chunk's rows built as a page's are. Memory stays
+    that of one chunk however many users match. Reads on in the caller's transaction and
+    leaves it open: the caller ends it."""
     now = utcnow()
-    _total, stmt = _users_query(q, plan, status, sort, now)
+    _total, stmt = _users_query(filters, now)
     result = session.exec(stmt.execution_options(yield_per=chunk))
     for part in result.partitions():
         yield from _user_rows(session, list(part), now)

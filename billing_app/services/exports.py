@@ -111,22 +111,14 @@ def write_csv(
 
 
 def user_rows(
-    session: Session,
-    *,
-    q: str | None = None,
-    plan: str | None = None,
-    status: str | None = None,
-    sort: str = "email",
-    chunk: int = CHUNK,
+    session: Session, filters: admin.UserFilters, *, chunk: int = CHUNK
 ) -> Iterator[list[Any]]:
-    """USER_COLUMNS for every user the users list's filters match, in its order.
+    """USER_COLUMNS for every user the users list's `filters` match, in its order.
 
     `period_end` (when it renews) and `cancels_at` (when, set to cancel, it ends: the
     list's "Cancels on") are the live subscription's (active, trialing, past_due);
     usage is this period's, limits are the user's own (plan or admin override)."""
-    for row, sub in admin.iter_users(
-        session, q=q, plan=plan, status=status, sort=sort, chunk=chunk
-    ):
+    for row, sub in admin.iter_users(session, filters, chunk=chunk):
         live = sub is not None and sub.status in LIVE_STATUSES
         usage: list[Any] = []
         for m in row.usage:
@@ -145,20 +137,9 @@ def user_rows(
         ]
 
 
-def users_csv(
-    session: Session,
-    *,
-    q: str | None = None,
-    plan: str | None = None,
-    status: str | None = None,
-    sort: str = "email",
-    chunk: int = CHUNK,
-) -> Iterator[str]:
-    """The users export as CSV text, a chunk of rows at a time; ValidationFailed for a
-    filter the list refuses, at once, before anything is read or written."""
-    admin.check_user_filters(plan, status, sort)
-    rows = user_rows(session, q=q, plan=plan, status=status, sort=sort, chunk=chunk)
-    return write_csv(USER_COLUMNS, rows, chunk)
+def users_csv(session: Session, filters: admin.UserFilters, *, chunk: int = CHUNK) -> Iterator[str]:
+    """The users export as CSV text, a chunk of rows at a time."""
+    return write_csv(USER_COLUMNS, user_rows(session, filters, chunk=chunk), chunk)
 
 
 def check_invoice_status(status: str | None) -> None:

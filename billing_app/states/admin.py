@@ -42,16 +42,14 @@ USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "
 
 
 def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
+    filters = admin_service.UserFilters(
+        q=q,
+        plan=None if plan == ALL else plan,
+        status=None if status == ALL else status,
+        sort=sort,
+    )
     with outage_as_error(), read_session() as session:
-        result = admin_service.list_users(
-            session,
-            q=q.strip() or None,
-            plan=None if plan == ALL else plan,
-            status=None if status == ALL else status,
-            sort=sort,
-            page=page,
-            per_page=USERS_PER_PAGE,
-        )
+        result = admin_service.list_users(session, filters, page=page, per_page=USERS_PER_PAGE)
     return {
         "rows": [views.admin_user_view(r) for r in result.items],
         "total": result.total,

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from billing_app.api import admin_routes
 from billing_app.db import session_scope
 from billing_app.models import Invoice, User
-from billing_app.services import exports, metering, quotas
+from billing_app.services import admin, exports, metering, quotas
 from tests.api.conftest import PASSWORD
 from tests.factories import make_subscription, make_user
 
@@ -172,7 +172,7 @@ def test_users_csv_has_every_row_not_one_page(session, actors):
     ]
     # The text comes a chunk of rows at a time, each piece whole lines.
     with session_scope() as s:
-        pieces = list(exports.users_csv(s, chunk=500))
+        pieces = list(exports.users_csv(s, admin.UserFilters(), chunk=500))
     assert len(pieces) == 5 and all(p.endswith("\r\n") for p in pieces)
     assert "".join(pieces) == r.text
 
@@ -293,7 +293,7 @@ def test_an_export_under_way_holds_no_write_lock_and_reads_one_snapshot(session,
     and the file is the moment it began: a change made meanwhile is in no row."""
     session.add_all(User(email=f"u{i:04d}@example.com", display_name="before") for i in range(300))
     session.commit()
-    stream = admin_routes._csv_rows(lambda s: exports.users_csv(s, chunk=50))
+    stream = admin_routes._csv_rows(lambda s: exports.users_csv(s, admin.UserFilters(), chunk=50))
     first = next(stream)  # the read transaction is open, its cursor part-way
     assert first.count("\r\n") == 51
 
@@ -328,8 +328,8 @@ def test_a_download_under_way_over_http_blocks_no_writer(actors, live_server, mo
     gate = threading.Event()
     real = exports.users_csv
 
-    def held(session, **filters):
-        pieces = real(session, chunk=10, **filters)
+    def held(session, filters):
+        pieces = real(session, filters, chunk=10)
         yield next(pieces)
         gate.wait(timeout=30)
         yield from pieces

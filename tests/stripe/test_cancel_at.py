@@ -66,7 +66,7 @@ def _row(session: Session) -> Subscription:
 
 
 def _admin_row(session: Session, uid: int) -> Any:
-    page = admin.list_users(session, q="cus_portal")
+    page = admin.list_users(session, admin.UserFilters(q="cus_portal"))
     session.rollback()  # its rows' reads after its own rollback began another transaction
     (row,) = [r for r in page.items if r.id == uid]
     return row
