@@ -53,6 +53,7 @@ def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str
     return {
         "rows": [views.admin_user_view(r) for r in result.items],
         "total": result.total,
+        "page": result.page,
         "pages": result.pages,
     }
 
@@ -74,6 +75,7 @@ def load_invoices(status: str, page: int) -> dict[str, Any]:
     return {
         "rows": [views.invoice_view(i) for i in result.items],
         "total": result.total,
+        "page": result.page,
         "pages": result.pages,
     }
 
@@ -168,6 +170,9 @@ class AdminState(SessionState):
     # Which load's failure `error` tells of ("page", "users", "invoices"): a later good
     # answer for that part takes the message away.
     _error_of: str = ""
+    # The pages of the rows shown: a failed load of another puts the pager back on it.
+    _page_shown: int = 1
+    _invoice_page_shown: int = 1
     _users_load: int = 0
     _invoices_load: int = 0
     _keys_load: int = 0
@@ -310,11 +315,13 @@ class AdminState(SessionState):
     def _set_users(self, data: dict[str, Any]) -> None:
         self.users = data["rows"]
         self.total = data["total"]
+        self.page = self._page_shown = data["page"]
         self.pages = data["pages"]
 
     def _set_invoices(self, data: dict[str, Any]) -> None:
         self.invoices = data["rows"]
         self.invoice_total = data["total"]
+        self.invoice_page = self._invoice_page_shown = data["page"]
         self.invoice_pages = data["pages"]
 
     def _show_error(self, part: str, err: BillingError) -> None:
@@ -329,6 +336,11 @@ class AdminState(SessionState):
         else:
             self.error = err.message
             self._error_of = part
+            # The pager tells of the rows still shown, so Next asks for the next of them.
+            if part in ("page", "users"):
+                self.page = self._page_shown
+            if part in ("page", "invoices"):
+                self.invoice_page = self._invoice_page_shown
 
     def _clear_error(self, *parts: str) -> None:
         if self._error_of in parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from billing_app.services import invoices, metering, subscriptions
 from billing_app.states import views
 from billing_app.states.live import client_connected, is_newest, outage_as_error, start_load
 from billing_app.states.session import SessionState, user_from_cookie
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5
 # Every Nth poll also refreshes the slower-moving parts (chart, invoices).
@@ -41,6 +44,7 @@ class SlowData:
     history: list[dict[str, Any]] = field(default_factory=list)
     invoices: list[views.InvoiceView] = field(default_factory=list)
     invoice_total: int = 0
+    invoice_page: int = 1
     invoice_pages: int = 1
 
 
@@ -63,6 +67,7 @@ def load_slow(user_id: int, invoice_page: int) -> SlowData:
         )
     out.invoices = [views.invoice_view(i) for i in page.items]
     out.invoice_total = page.total
+    out.invoice_page = page.page
     out.invoice_pages = page.pages
     return out
 
@@ -107,6 +112,8 @@ class BillingState(SessionState):
     _slow_load: int = 0
     # `error` tells of a failed load (not of a plan button's): the next good load clears it.
     _load_error: bool = False
+    # The page of the invoices shown: a failed load of another puts the pager back on it.
+    _invoice_page_shown: int = 1
 
     # ------------------------------------------------------------ derived
 
@@ -241,7 +248,8 @@ class BillingState(SessionState):
                     if is_newest(self, LIVE, live_n):
                         self._load_failed(err)
                 continue
-            except Exception:  # a DB hiccup must not kill the live view; try next tick
+            except Exception:  # a bug must not stop the live view: logged, read again next tick
+                log.exception("the /billing poller's read failed; reading again next tick")
                 continue
             async with self:
                 if gen != self._poll_gen:
@@ -271,6 +279,7 @@ class BillingState(SessionState):
         """A load's failure: its message, which the next good full read takes away."""
         self.error = err.message
         self._load_error = True
+        self.invoice_page = self._invoice_page_shown
 
     def _apply_live(self, live: LiveData) -> None:
         if live.meters != self.meters:
@@ -286,6 +295,7 @@ class BillingState(SessionState):
         if slow.invoices != self.invoices:
             self.invoices = slow.invoices
         self.invoice_total = slow.invoice_total
+        self.invoice_page = self._invoice_page_shown = slow.invoice_page
         self.invoice_pages = slow.invoice_pages
 
     @rx.event

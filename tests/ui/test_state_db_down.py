@@ -177,18 +177,19 @@ def test_dashboard_reads_say_the_database_is_down_over_what_they_had(
         st.next_invoices()
         st.invoice_pages = 2
         st.next_invoices()
+        assert st.invoice_page == 2
         run(REFRESH, st)  # paging
         assert st.error == DOWN and shown(st) == before
+        assert st.invoice_page == 1  # the pager tells of the invoices still shown
 
         st.error = ""
         one_tick(monkeypatch)
         run(POLL, st)  # one tick: it says so, and would read again at the next
         assert st.error == DOWN and shown(st) == before
 
-    st.invoice_page = 1
     one_tick(monkeypatch)
     run(POLL, st)
-    assert st.error == "" and shown(st) == before
+    assert st.error == "" and shown(st) == before and st.invoice_page == 1
 
 
 @WHERE
@@ -277,6 +278,41 @@ def test_console_loads_say_the_database_is_down_over_what_they_had(
 
 
 @WHERE
+def test_a_page_that_could_not_load_leaves_the_pager_on_the_rows_shown(
+    session: Session, where: str
+) -> None:
+    """Next during an outage: the list keeps its rows and says why, and the pager stays
+    on their page ("1–20 of 45", not "21–40"), so Next once the database is back asks
+    for page 2, not 3."""
+    st, admin, _customer = _console(session)
+    for i in range(40):
+        make_user(session, email=f"u{i:02d}@example.com")
+    make_user(session, email="inv@example.com")
+    run(REFRESH_ALL, st)
+    st.invoice_pages = 2  # as if there were a second page of invoices
+    assert (st.page, st.pages, st.page_text) == (1, 3, "1–20 of 44")
+    rows = st.users
+    with outage(admin if where == "loads" else None):
+        st.next_page()
+        assert st.page == 2
+        run(RELOAD_USERS, st)
+        assert st.error == DOWN and st.users == rows
+        assert (st.page, st.page_text) == (1, "1–20 of 44")
+        st.next_invoices()
+        run(RELOAD_INVOICES, st)
+        assert st.error == DOWN and (st.invoice_page, st.invoice_page_text) == (1, "No invoices")
+        st.next_page()
+        st.next_invoices()
+        run(REFRESH_ALL, st)
+        assert st.error == DOWN and (st.page, st.invoice_page) == (1, 1)
+    st.next_page()
+    run(RELOAD_USERS, st)
+    assert (st.page, st.page_text) == (2, "21–40 of 44") and st.users != rows
+    run(REFRESH_ALL, st)  # the console's own load takes its message away
+    assert st.error == "" and st.page == 2
+
+
+@WHERE
 def test_console_actions_say_the_database_is_down(session: Session, where: str) -> None:
     st, admin, customer = _console(session)
     before = console(st)
@@ -329,3 +365,29 @@ def test_a_database_error_that_is_not_an_outage_still_raises(
     with pytest.raises(sa_exc.IntegrityError):
         st.create_key()
     assert st.key_error == ""
+
+
+def test_the_pollers_other_errors_are_logged_and_it_reads_again(
+    session: Session, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is not an outage (a bug) does not stop the live view, and is not
+    lost: it is logged with its traceback, and the next tick reads again."""
+    st, _user = _dashboard(session)
+    real = billing_state.load_live
+    calls: list[int] = []
+
+    def broken_once(user_id: int) -> Any:
+        calls.append(user_id)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a read")
+        return real(user_id)
+
+    monkeypatch.setattr(billing_state, "load_live", broken_once)
+    monkeypatch.setattr(billing_state, "POLL_SECONDS", 0)
+    answers = iter([True, True])
+    monkeypatch.setattr(billing_state, "client_connected", lambda _t: next(answers, False))
+    with caplog.at_level("ERROR", logger="billing_app.states.billing"):
+        run(POLL, st)
+    assert len(calls) == 2 and st.error == ""
+    logged = [r for r in caplog.records if r.name == "billing_app.states.billing"]
+    assert len(logged) == 1 and "a bug in a read" in str(logged[0].exc_info[1])

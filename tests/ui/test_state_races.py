@@ -353,18 +353,20 @@ def test_a_failed_page_of_invoices_is_a_message_over_the_dashboard_it_had(
         assert st.error == BUSY
         assert (numbers(st.invoices), st.invoice_total, st.invoice_pages, st.meters,
                 st.history) == before  # fmt: skip
+        assert st.invoice_page == 1  # the pager stays on the page shown
 
-        st.prev_invoices()
+        st.next_invoices()  # Next again, and this time it loads
         await wire.deliver(1, await wire.start(REFRESH, st))
-        assert (st.error, numbers(st.invoices)) == ("", page_of(1))
+        assert (st.error, numbers(st.invoices), st.invoice_page) == ("", page_of(2), 2)
 
         # A plan button's message is not a load's: the next good load leaves it.
-        st.next_invoices()
+        st.prev_invoices()
         await wire.deliver(2, await wire.start(REFRESH, st, fail=ServiceUnavailable(BUSY)))
         await CHOOSE_PLAN(_Locked(st), "pro")
         assert (st.error, st.busy) == (REFUSED, "")
+        st.prev_invoices()
         await wire.deliver(3, await wire.start(REFRESH, st))
-        assert (st.error, numbers(st.invoices)) == (REFUSED, page_of(2))
+        assert (st.error, numbers(st.invoices)) == (REFUSED, page_of(1))
 
     def refused(*_args: Any) -> str:
         raise PaymentProviderError(REFUSED)
