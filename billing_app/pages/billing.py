@@ -246,7 +246,7 @@ def chart_card() -> rx.Component:
                     width=80,
                     tick_formatter=_GROUPED,
                 ),
-                rx.recharts.graphing_tooltip(custom_attrs={"formatter": _GROUPED}),
+                rx.recharts.graphing_tooltip(separator=": ", custom_attrs={"formatter": _GROUPED}),
                 data=S.chart_data,
                 width="100%",
                 height=240,

@@ -155,7 +155,7 @@ def test_subscribe_pro_then_change_plan_in_portal(
     )
     screenshot(page, "billing")
     page.locator(".recharts-bar-rectangle path").last.hover()
-    expect(page.locator(".recharts-tooltip-wrapper")).to_contain_text("420,000")
+    expect(page.locator(".recharts-tooltip-item")).to_have_text("tokens: 420,000")
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone.context.add_cookies(page.context.cookies())
     phone.goto(f"{live_app.url}/billing")
