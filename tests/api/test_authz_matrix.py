@@ -386,13 +386,23 @@ def test_scope_matrix_covers_every_authenticated_route(api):
     assert routes - PUBLIC_ROUTES == covered
 
 
+@pytest.fixture
+def no_stripe(monkeypatch):
+    """Stripe at a port nothing listens on, whatever runs on this machine (a `make run`
+    beside the tests has its sandbox on the default port)."""
+    from billing_app.settings import get_settings
+
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:1")
+    get_settings.cache_clear()
+
+
 @pytest.mark.parametrize("lane", ["fast", "fastapi"])
 @pytest.mark.parametrize("kind", KEY_KINDS)
 @pytest.mark.parametrize(
     ("method", "path", "body", "owner", "needs"), SCOPED_ROUTES, ids=_scoped_ids(SCOPED_ROUTES)
 )
 def test_scoped_keys_reach_only_what_their_scopes_name(
-    actors, scoped_keys, method, path, body, owner, needs, kind, lane
+    actors, scoped_keys, no_stripe, method, path, body, owner, needs, kind, lane
 ):
     client = actors.key_client(scoped_keys[owner, kind])
     if lane == "fastapi":
