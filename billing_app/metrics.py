@@ -31,3 +31,5 @@ METRIC_KEYS: tuple[str, ...] = tuple(METRICS)
 
 # One event may not carry more than this (guards against typos and overflow).
 MAX_QUANTITY = 1_000_000_000
+# The largest limit an admin may set (0 is unlimited): a thousand of the largest events.
+MAX_LIMIT = MAX_QUANTITY * 1000

@@ -8,7 +8,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from typing_extensions import TypedDict  # pydantic needs this one before 3.12
 
-from billing_app.metrics import MAX_QUANTITY, METRIC_KEYS
+from billing_app.metrics import MAX_LIMIT, MAX_QUANTITY, METRIC_KEYS
 
 _METRICS = ", ".join(METRIC_KEYS)
 # Ids are 32-bit INTEGER columns: larger numbers cannot name a row (and must not reach SQL).
@@ -302,7 +302,10 @@ class AdminUserDetailOut(BaseModel):
 class QuotaOverrideIn(BaseModel):
     metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
     limit: StrictInt | None = Field(
-        default=None, ge=0, description="New limit (0 = unlimited); null clears the override"
+        default=None,
+        ge=0,
+        le=MAX_LIMIT,
+        description="New limit (0 = unlimited); null clears the override",
     )
     reason: str | None = Field(
         default=None,

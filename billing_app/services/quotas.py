@@ -6,7 +6,7 @@ from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
 from billing_app.errors import NotFound, UnknownMetric, ValidationFailed
-from billing_app.metrics import MAX_QUANTITY, METRICS
+from billing_app.metrics import MAX_LIMIT, METRICS
 from billing_app.models import Quota, QuotaAudit, User
 from billing_app.plans import get_catalog
 from billing_app.services.dto import QuotaDTO
@@ -87,12 +87,10 @@ def set_override(
     if metric not in METRICS:
         raise UnknownMetric(f"Unknown metric {metric!r}.", metric=metric)
     if limit is not None and (
-        isinstance(limit, bool)
-        or not isinstance(limit, int)
-        or not 0 <= limit <= MAX_QUANTITY * 1000
+        isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT
     ):
         raise ValidationFailed(
-            "Limit must be a whole number, 0 (unlimited) or more.", field="limit"
+            f"Limit must be a whole number from 0 (unlimited) to {MAX_LIMIT:,}.", field="limit"
         )
     if limit is None and (reason is None or (isinstance(reason, str) and not reason.strip())):
         reason = RESET_REASON

@@ -176,6 +176,9 @@ def test_user_detail_and_quota_override_with_audit(actors, frozen_clock):
     ):
         r = c.put(f"/api/billing/admin/users/{actors.a.id}/quota", json=bad)
         assert r.status_code == 422, bad
+    huge = {"metric": "tokens", "limit": 10**13, "reason": "x"}
+    r = c.put(f"/api/billing/admin/users/{actors.a.id}/quota", json=huge)
+    assert r.status_code == 422 and "1000000000000" in r.text.replace(",", ""), r.text
     assert c.get("/api/billing/admin/users/999999").status_code == 404
     missing = c.put(
         "/api/billing/admin/users/999999/quota",

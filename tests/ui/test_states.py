@@ -182,6 +182,12 @@ def test_admin_override_and_api_key(session: Session) -> None:
     st.set_override_reason("x")
     st.save_override()
     assert "whole number" in st.override_error
+    st.set_override_limit("99999999999999999999")  # a whole number, but too large: say so
+    st.save_override()
+    assert st.override_error == (
+        "Limit must be a whole number from 0 (unlimited) to 1,000,000,000,000."
+    )
+    assert limit_of(session, target.id, "tokens") == 25_000
 
     st.set_override_reason("Back to plan")
     st.clear_override()
