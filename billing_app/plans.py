@@ -135,7 +135,22 @@ def build_catalog(settings: Settings) -> dict[str, Plan]:
                 "calendar_month or billing_period"
             )
         catalog[key] = replace(plan, **extra)
+    currencies = {catalog[k].currency for k in PAID_PLAN_KEYS}
+    if len(currencies) > 1:
+        # A Stripe customer pays in one currency, plan changes compare amounts, and the
+        # admin's MRR adds them up.
+        raise ConfigError(
+            "configuration error: BILLING_PLANS_JSON plans must share one currency, got "
+            + ", ".join(sorted(currencies))
+        )
+    (currency,) = currencies
+    catalog["free"] = replace(catalog["free"], currency=currency)
     return catalog
+
+
+def catalog_currency() -> str:
+    """The one currency every plan is priced in (`usd` unless BILLING_PLANS_JSON says)."""
+    return get_catalog()["pro"].currency
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from billing_app.clock import utcnow
 from billing_app.errors import ValidationFailed
 from billing_app.metrics import METRICS
 from billing_app.models import Invoice, Quota, Subscription, UsageCounter, User
-from billing_app.plans import PLAN_KEYS, get_catalog
+from billing_app.plans import PLAN_KEYS, catalog_currency, get_catalog
 from billing_app.services import invoices, metering, quotas, subscriptions, users
 from billing_app.services.dto import AdminUserDetail, AdminUserRow, Page
 from billing_app.services.periods import calendar_month, per_user_periods
@@ -380,7 +380,7 @@ def headline_stats(session: Session) -> dict[str, Any]:
         "active_subscribers": sum(per_plan.values()),
         "subscribers_by_plan": {p: per_plan.get(p, 0) for p in catalog if p in paid},
         "mrr": mrr,
-        "currency": "usd",
+        "currency": catalog_currency(),
         "failed_payments": failed,
         "past_due_subscriptions": past_due,
     }

@@ -411,3 +411,24 @@ def test_calendar_months_list_this_months_counter_only(actors, frozen_clock):
     assert [u.id for u in page.items].count(actors.a.id) == 1 and page.total == len(page.items)
     alice = next(u for u in page.items if u.id == actors.a.id)
     assert next(m["used"] for m in alice.usage if m["metric"] == "tokens") == 25
+
+
+def test_stats_give_mrr_in_the_plans_currency(actors, monkeypatch):
+    """Plans priced in yen: MRR is 2,000 yen, shown as ¥2,000, not $20.00."""
+    import json
+
+    from billing_app.states.views import stat_views
+    from tests.conftest import _clear_caches
+
+    yen = {"basic": 500, "pro": 2000, "enterprise": 9000}
+    plans_json = {k: {"amount": v, "currency": "jpy"} for k, v in yen.items()}
+    monkeypatch.setenv("BILLING_PLANS_JSON", json.dumps(plans_json))
+    _clear_caches()
+    _sub(actors.a.id, "pro", "active")
+    with session_scope() as s:
+        stats = admin.headline_stats(s)
+    assert (stats["mrr"], stats["currency"]) == (2000, "jpy")
+    mrr = next(v.value for v in stat_views(stats) if v.label == "MRR")
+    assert mrr == "¥2,000"
+    r = actors.cookie_client(actors.admin).get("/api/billing/admin/stats")
+    assert (r.json()["mrr"], r.json()["currency"]) == (2000, "jpy")

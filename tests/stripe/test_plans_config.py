@@ -44,10 +44,21 @@ def test_a_plan_override_that_is_not_an_object_is_refused():
 
 
 def test_valid_money_overrides_load_and_compare():
-    catalog = _catalog({"pro": {"amount": 12900, "currency": "eur"}, "basic": {"amount": 0}})
+    eur = {"currency": "eur"}
+    catalog = _catalog(
+        {"pro": {"amount": 12900, **eur}, "basic": {"amount": 0, **eur}, "enterprise": eur}
+    )
     assert (catalog["pro"].amount, catalog["pro"].currency) == (12900, "eur")
     assert catalog["basic"].amount == 0
     assert catalog["pro"].amount > catalog["basic"].amount  # what change_plan compares
+    assert {p.currency for p in catalog.values()} == {"eur"}  # the free plan's too
+
+
+def test_plans_in_two_currencies_are_refused():
+    """A Stripe customer pays in one currency, a plan change compares amounts and the
+    admin's MRR adds them up: plans priced in two currencies stop the start."""
+    with pytest.raises(ConfigError, match="plans must share one currency, got eur, usd"):
+        _catalog({"pro": {"amount": 12900, "currency": "eur"}})
 
 
 def test_a_bad_catalog_stops_the_start_not_the_first_request(monkeypatch, capsys):
