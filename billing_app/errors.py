@@ -78,6 +78,10 @@ class PaymentProviderError(BillingError):
     code = "payment_provider_error"
 
 
+class CustomerGone(PaymentProviderError):
+    """Stripe no longer has the customer we hold for a user (deleted in Stripe)."""
+
+
 class ServiceUnavailable(BillingError):
     status_code = 503
     code = "service_unavailable"

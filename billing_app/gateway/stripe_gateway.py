@@ -18,6 +18,7 @@ import stripe
 
 from billing_app.errors import (
     CardDeclined,
+    CustomerGone,
     InvalidWebhook,
     InvalidWebhookPayload,
     PaymentProviderError,
@@ -81,6 +82,8 @@ def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
             f"Stripe rejected a repeated request while trying to {action}: {detail}", **extra
         )
     if isinstance(err, stripe.InvalidRequestError):
+        if err.code == "resource_missing" and getattr(err, "param", None) == "customer":
+            return CustomerGone(f"Stripe rejected the request to {action}: {detail}", **extra)
         return PaymentProviderError(f"Stripe rejected the request to {action}: {detail}", **extra)
     return PaymentProviderError(f"Stripe failed to {action}: {detail}", **extra)
 
@@ -121,15 +124,20 @@ class StripeGateway:
 
     # ------------------------------------------------------------------ customers
 
-    def create_customer(self, *, user_id: int, email: str, name: str | None) -> dict[str, Any]:
+    def create_customer(
+        self, *, user_id: int, email: str, name: str | None, replaces: str | None = None
+    ) -> dict[str, Any]:
+        """`replaces`: the user's customer Stripe no longer has (a new key: the first
+        creation's would replay that customer)."""
         params: dict[str, Any] = {"email": email, "metadata": {"user_id": str(user_id)}}
         if name:
             params["name"] = name
+        parts = [user_id, f"replaces-{replaces}"] if replaces else [user_id]
         return self._call(
             "create a customer",
             self.client.v1.customers.create,
             params=params,
-            options={"idempotency_key": idempotency_key("customer", user_id, params=params)},
+            options={"idempotency_key": idempotency_key("customer", *parts, params=params)},
         )
 
     def retrieve_customer(self, customer_id: str) -> dict[str, Any]:

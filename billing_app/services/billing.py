@@ -12,7 +12,13 @@ from typing import Any
 from sqlmodel import Session, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.errors import CardDeclined, Conflict, NoBillingAccount, ValidationFailed
+from billing_app.errors import (
+    CardDeclined,
+    Conflict,
+    CustomerGone,
+    NoBillingAccount,
+    ValidationFailed,
+)
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import parse_subscription, ref_id
 from billing_app.models import Subscription, User
@@ -59,13 +65,14 @@ def _live(session: Session, user_id: int) -> Subscription | None:
     return sub if sub is not None and sub.status in LIVE_STATUSES else None
 
 
-def ensure_customer(session: Session, user: User) -> str:
-    """The user's Stripe customer id, creating the customer (metadata user_id) if needed."""
+def ensure_customer(session: Session, user: User, replaces: str | None = None) -> str:
+    """The user's Stripe customer id, creating the customer (metadata user_id) if needed;
+    `replaces`: the customer Stripe no longer has, which this one follows."""
     if user.stripe_customer_id:
         return user.stripe_customer_id
     assert user.id is not None
     customer = get_gateway().create_customer(
-        user_id=user.id, email=user.email, name=user.display_name or None
+        user_id=user.id, email=user.email, name=user.display_name or None, replaces=replaces
     )
     user.stripe_customer_id = customer["id"]
     session.add(user)
@@ -84,20 +91,37 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
             "portal (or the change-plan action) instead of starting a new checkout.",
             plan=live.plan,
         )
-    customer_id = ensure_customer(session, user)
     base = get_settings().app_url.rstrip("/") + BILLING_PATH
     assert plan.stripe_price_id is not None
-    checkout = get_gateway().create_checkout_session(
-        user_id=user_id,
-        customer_id=customer_id,
-        price_id=plan.stripe_price_id,
-        plan_key=plan.key,
-        success_url=base + "?checkout=success&session_id={CHECKOUT_SESSION_ID}",
-        cancel_url=base + "?checkout=canceled",
-        bucket=_bucket(utcnow()),
-    )
+
+    def checkout(customer_id: str) -> dict[str, Any]:
+        return get_gateway().create_checkout_session(
+            user_id=user_id,
+            customer_id=customer_id,
+            price_id=plan.stripe_price_id,
+            plan_key=plan.key,
+            success_url=base + "?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=base + "?checkout=canceled",
+            bucket=_bucket(utcnow()),
+        )
+
+    customer_id = ensure_customer(session, user)
+    try:
+        started = checkout(customer_id)
+    except CustomerGone:
+        # Deleted in Stripe, and its customer.deleted event not applied (or undone by an
+        # older event delivered after it): a new customer, as for a first checkout.
+        forget_customer(session, user)
+        started = checkout(ensure_customer(session, user, replaces=customer_id))
     session.rollback()
-    return checkout["url"]
+    return started["url"]
+
+
+def forget_customer(session: Session, user: User) -> None:
+    """Drop the user's Stripe customer, which Stripe no longer has."""
+    user.stripe_customer_id = None
+    session.add(user)
+    session.commit()
 
 
 def create_portal_session(session: Session, user_id: int) -> str:
@@ -105,12 +129,16 @@ def create_portal_session(session: Session, user_id: int) -> str:
     user = get_user(session, user_id)
     if not user.stripe_customer_id:
         raise NoBillingAccount(NO_ACCOUNT_MESSAGE)
-    portal = get_gateway().create_portal_session(
-        user_id=user_id,
-        customer_id=user.stripe_customer_id,
-        return_url=get_settings().app_url.rstrip("/") + BILLING_PATH,
-        bucket=_bucket(utcnow(), minutes=1),
-    )
+    try:
+        portal = get_gateway().create_portal_session(
+            user_id=user_id,
+            customer_id=user.stripe_customer_id,
+            return_url=get_settings().app_url.rstrip("/") + BILLING_PATH,
+            bucket=_bucket(utcnow(), minutes=1),
+        )
+    except CustomerGone:
+        forget_customer(session, user)
+        raise NoBillingAccount(NO_ACCOUNT_MESSAGE) from None
     session.rollback()
     return portal["url"]
 

@@ -493,7 +493,10 @@ def apply_subscription(
         _forget_loaded(session, Subscription, sub["id"])
         changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
     if not linked:
-        _link_customer(session, user_id, data.customer_id)
+        if data.status not in ("canceled", "incomplete_expired"):
+            # An ended subscription does not bring back a customer: it may be a deleted
+            # customer's, its customer.deleted applied first (their order is not given).
+            _link_customer(session, user_id, data.customer_id)
         refresh_quotas(session, user_id)  # after the ORM's write, flushed
     else:
         _refresh_quotas(session, conn, user_id)
