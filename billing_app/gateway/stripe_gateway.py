@@ -183,6 +183,27 @@ class StripeGateway:
             options={"idempotency_key": key},
         )
 
+    def expire_other_checkouts(self, *, customer_id: str, keep: str) -> list[str]:
+        """Expire the customer's open Checkout Sessions but `keep`: an earlier tab's page
+        stays payable for a day, and paying both would make two subscriptions. Returns
+        the ids expired; one completed or expired meanwhile is skipped."""
+        expired = []
+        params = {"customer": customer_id, "status": "open", "limit": 100}
+        for session in self._iter(
+            "list open checkouts", self.client.v1.checkout.sessions.list, params
+        ):
+            if session["id"] == keep:
+                continue
+            try:
+                self.client.v1.checkout.sessions.expire(session["id"])
+            except stripe.InvalidRequestError as err:  # no longer open
+                log.info("checkout %s not expired: %s", session["id"], err)
+                continue
+            except stripe.StripeError as err:
+                raise _translate(err, "expire an earlier checkout") from err
+            expired.append(session["id"])
+        return expired
+
     def create_portal_session(
         self, *, user_id: int, customer_id: str, return_url: str, bucket: str
     ) -> dict[str, Any]:

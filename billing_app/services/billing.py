@@ -6,6 +6,7 @@ answered (webhooks confirm the same state later, and the ordering rules make tha
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from billing_app.errors import (
     Conflict,
     CustomerGone,
     NoBillingAccount,
+    PaymentProviderError,
     ValidationFailed,
 )
 from billing_app.gateway import get_gateway
@@ -33,6 +35,8 @@ from billing_app.services.subscriptions import (
 )
 from billing_app.services.users import get_user
 from billing_app.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # Where Stripe sends the browser back to (the dashboard's billing page).
 BILLING_PATH = "/billing"
@@ -112,8 +116,14 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
         # Deleted in Stripe, and its customer.deleted event not applied (or undone by an
         # older event delivered after it): a new customer, as for a first checkout.
         forget_customer(session, user)
-        started = checkout(ensure_customer(session, user, replaces=customer_id))
+        customer_id = ensure_customer(session, user, replaces=customer_id)
+        started = checkout(customer_id)
     session.rollback()
+    try:
+        get_gateway().expire_other_checkouts(customer_id=customer_id, keep=started["id"])
+    except PaymentProviderError as err:
+        # The new page works; an earlier one stays payable until Stripe expires it.
+        log.warning("earlier checkouts of %s not expired: %s", customer_id, err)
     return started["url"]
 
 

@@ -394,3 +394,29 @@ def test_an_upgrade_the_card_does_not_pay_changes_nothing(session, sandbox, http
     flush(http, sandbox)
     assert limits(session, user.id) == UNLIMITED
     assert list_invoices(session, user_id=user.id).total == invoices_before + 1
+
+
+def test_a_second_checkout_expires_the_first_so_paying_both_cannot_bill_twice(
+    session, sandbox, http
+):
+    """Pro in one tab, back, Enterprise in another: the Pro page no longer takes a card,
+    and the user ends with one subscription, the one paid for."""
+    user = make_user(session)
+    pro_url = billing.create_checkout_session(session, user.id, "pro")
+    enterprise_url = billing.create_checkout_session(session, user.id, "enterprise")
+    assert pay(http, enterprise_url).status_code == 303
+    flush(http, sandbox)
+    page = http.get(pro_url)
+    assert 'id="pay"' not in page.text and "expired" in page.text.lower()
+    card = {"card_number": GOOD_CARD, "card_expiry": "12 / 34", "card_cvc": "123"}
+    old = http.post(pro_url, data={**card, "card_name": "T"}, follow_redirects=False)
+    assert old.status_code != 303  # not paid: the page has expired
+    flush(http, sandbox)
+    subs = session.exec(select(Subscription).where(Subscription.user_id == user.id)).all()
+    assert [(s.plan, s.status) for s in subs] == [("enterprise", "active")]
+    session.rollback()
+    # A double click (the same plan, moments apart) is the same page, still payable.
+    other = make_user(session)
+    first = billing.create_checkout_session(session, other.id, "basic")
+    assert billing.create_checkout_session(session, other.id, "basic") == first
+    assert pay(http, first).status_code == 303
