@@ -96,7 +96,7 @@ async def auth_input(request: Request) -> AuthInput:
     raw = await request.body()
     try:
         data = json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         from fastapi.exceptions import RequestValidationError
 
         raise RequestValidationError(

@@ -52,6 +52,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
 
 
+# Pydantic's words where a person would not know what they mean.
+_MESSAGES = {"extra_forbidden": "No such field here; check its spelling against /api/docs."}
+
+
 def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errs):
@@ -60,7 +64,8 @@ def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
     events: dict[int, list[dict[str, Any]]] = {}
     for e in errs:
         loc = tuple(e.get("loc") or ())
-        item = {"field": _loc(loc), "message": e.get("msg", "invalid"), "type": e.get("type")}
+        msg = _MESSAGES.get(e.get("type", ""), e.get("msg", "invalid"))
+        item = {"field": _loc(loc), "message": msg, "type": e.get("type")}
         fields.append(item)
         # Batch events are named by their index: body.events.<i>.<field>
         if len(loc) >= 3 and loc[:2] == ("body", "events") and isinstance(loc[2], int):
@@ -99,6 +104,8 @@ _UNPARSABLE_BODY = "There was an error parsing the body"
 
 
 def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, _TooLarge):  # a streamed body over the limit: the one 413 shape
+        return too_large()
     if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
         return error_response(400, "malformed_json", "The request body is not valid JSON.")
     code = _HTTP_CODES.get(exc.status_code, "error")

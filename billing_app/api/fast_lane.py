@@ -10,7 +10,8 @@ routes, which stay the documented definition (OpenAPI) and share the handlers in
 api/service_routes.py.
 
 Same contract as the FastAPI routes: the error shape and statuses of api/errors.py, the
-1 MiB body limit, pydantic validation with the same models.
+1 MiB body limit, pydantic validation with the same models. A body the models refuse
+goes on to the FastAPI route with the bytes already read, so its error is the route's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_app.api import billing_routes, deps, errors, webhook
 from billing_app.api import schemas as s
@@ -155,7 +156,13 @@ async def _check(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Respo
 
 
 async def _batch(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Response:
-    return await _blocking(routes.record_batch, p, body, _header(headers, b"prefer"))
+    return await _blocking(
+        routes.record_batch,
+        p,
+        body,
+        _header(headers, b"prefer"),
+        _header(headers, b"idempotency-key"),
+    )
 
 
 # path -> (request body model, handler); usage writes go to the group-commit writer,
@@ -176,11 +183,26 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
 
 
 def _json_or_none(headers: dict[bytes, bytes]) -> bool:
+    """No Content-Type, or one FastAPI reads as JSON: application/json or application/*+json."""
     ctype = headers.get(b"content-type")
     if ctype is None:
         return True
-    mime = ctype.split(b";", 1)[0].strip().lower()
-    return mime == b"application/json" or mime.endswith(b"+json")
+    main, _, sub = ctype.split(b";", 1)[0].strip().lower().partition(b"/")
+    return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app behind, with the body this lane already read."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
@@ -275,18 +297,32 @@ async def _webhook(scope: Scope, receive: Receive, send: Send, headers: dict[byt
 
 
 async def _service(
-    scope: Scope, receive: Receive, send: Send, path: str, secret: str, headers: dict[bytes, bytes]
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    path: str,
+    secret: str,
+    headers: dict[bytes, bytes],
 ) -> None:
-    """A usage endpoint, for a bearer key with a JSON body."""
+    """A usage endpoint, for a bearer key with a JSON body. A body the model refuses
+    goes on to `app` (FastAPI's route), whose answer is then the one there is."""
     model, handler = ROUTES[path]
     try:
-        # The body is validated before the caller is looked up, as FastAPI does.
-        body = _parse(model, await _read_body(receive, headers))
-        response = await handler(await _principal(secret), body, headers)
+        raw = await _read_body(receive, headers)
     except ConnectionAbortedError:
         return  # the client went away before sending its body
     except _TooLarge:
-        response = errors.too_large()
+        await errors.too_large()(scope, receive, send)
+        return
+    try:
+        # The body is validated before the caller is looked up, as FastAPI does.
+        body = _parse(model, raw)
+    except RequestValidationError:
+        await app(scope, _replay(raw, receive), send)
+        return
+    try:
+        response = await handler(await _principal(secret), body, headers)
     except Exception as exc:  # the same answers as the FastAPI handlers give
         response = errors.response_for(exc)
     await response(scope, receive, send)
@@ -315,7 +351,7 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
         elif method == "POST" and path == WEBHOOK:
             await _webhook(scope, receive, send, headers)
         elif method == "POST" and path in ROUTES and secret and _json_or_none(headers):
-            await _service(scope, receive, send, path, secret, headers)
+            await _service(app, scope, receive, send, path, secret, headers)
         elif (
             method == "GET"
             and path == SUMMARY

@@ -67,6 +67,13 @@ class OkOut(BaseModel):
     ok: bool = True
 
 
+class BodyIn(BaseModel):
+    """A request body: a field it does not have is refused (422), not ignored. A
+    misspelled `idempotencyKey` ignored would make a retry count twice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class LoginIn(BaseModel):
     email: str = Field(max_length=320)
     password: str = Field(max_length=1024)
@@ -134,7 +141,7 @@ QuantityIn = Annotated[StrictInt, Field(gt=0, le=MAX_QUANTITY)]
 KeyIn = Annotated[str | None, Field(min_length=1, max_length=255)]
 
 
-class UsageIn(BaseModel):
+class UsageIn(BodyIn):
     user_id: UserIdIn = None
     metric: MetricIn
     quantity: QuantityIn
@@ -148,6 +155,8 @@ class UsageIn(BaseModel):
 class BatchEventIn(TypedDict):
     """One usage event of a batch, with the same fields and rules as a single event."""
 
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
     user_id: NotRequired[UserIdIn]
     metric: MetricIn
     quantity: QuantityIn
@@ -156,7 +165,7 @@ class BatchEventIn(TypedDict):
     occurred_at: NotRequired[datetime | None]
 
 
-class ConsumeIn(BaseModel):
+class ConsumeIn(BodyIn):
     user_id: UserIdIn = None
     metric: MetricIn
     quantity: QuantityIn
@@ -164,13 +173,13 @@ class ConsumeIn(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class CheckIn(BaseModel):
+class CheckIn(BodyIn):
     user_id: UserIdIn = None
     metric: MetricIn
     quantity: QuantityIn = 1
 
 
-class BatchIn(BaseModel):
+class BatchIn(BodyIn):
     events: list[BatchEventIn] = Field(min_length=1, max_length=1000)
 
 
@@ -222,7 +231,7 @@ class CheckOut(BaseModel):
 # ------------------------------------------------------------------ billing
 
 
-class CheckoutIn(BaseModel):
+class CheckoutIn(BodyIn):
     plan: str = Field(max_length=32, description="basic, pro or enterprise")
 
 
@@ -299,7 +308,7 @@ class AdminUserDetailOut(BaseModel):
     invoices: list[dict[str, Any]]
 
 
-class QuotaOverrideIn(BaseModel):
+class QuotaOverrideIn(BodyIn):
     metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
     limit: StrictInt | None = Field(
         default=None,
@@ -314,7 +323,7 @@ class QuotaOverrideIn(BaseModel):
     )
 
 
-class ApiKeyIn(BaseModel):
+class ApiKeyIn(BodyIn):
     name: str = Field(min_length=1, max_length=200)
     user_id: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
     service_name: str | None = Field(default=None, min_length=1, max_length=200)

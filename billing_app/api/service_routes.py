@@ -13,6 +13,7 @@ only for that user (`user_id` optional, must be its own).
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pydantic_core
@@ -30,6 +31,11 @@ from billing_app.services.usage_writer import writer
 router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409))
 
 _IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
+BATCH_KEY_MAX = 250
+_BATCH_KEY_DOC = (
+    f"Keys every event without its own `idempotency_key` as `<key>#<index>` (1 to "
+    f"{BATCH_KEY_MAX} characters): a retried batch is then all duplicates"
+)
 _PREFER_DOC = (
     "`return=minimal`: answer the counts only, without `results` (the answer's "
     "`Preference-Applied` header says so); less work for the server on large batches"
@@ -141,23 +147,26 @@ def wants_minimal(prefer: str | None) -> bool:
     return any(p.split(";")[0].strip().lower() == "return=minimal" for p in prefer.split(","))
 
 
-def record_batch(p: Principal, body: s.BatchIn, prefer: str | None = None) -> JSONResponse:
+def record_batch(
+    p: Principal, body: s.BatchIn, prefer: str | None = None, batch_key: str | None = None
+) -> JSONResponse:
     """Blocking: validates every event, then stores them all in one transaction. With
-    `Prefer: return=minimal`, answers the counts only (no result per event is built)."""
+    `Prefer: return=minimal`, answers the counts only (no result per event is built).
+    `batch_key` (the Idempotency-Key header) keys each event without a key of its own
+    as `<key>#<index>`: the same batch sent again is all duplicates."""
     require_scope(p, "usage:write")
     raw: list[dict[str, Any]] = body.events  # type: ignore[assignment]  # parsed dicts, ours
-    bad = []
-    for i, ev in enumerate(raw):
-        try:
-            ev["user_id"] = resolve_user_id(p, ev.get("user_id"))
-        except ValidationFailed as err:
-            bad.append({"index": i, **err.to_dict()})
-    if bad:
-        raise ValidationFailed(
-            f"{len(bad)} of {len(raw)} events are invalid; nothing was recorded.",
-            events=bad,
-        )
-    events = metering_batch.validate_batch(raw)
+    if batch_key is not None:
+        if not batch_key.strip() or len(batch_key) > BATCH_KEY_MAX:
+            raise ValidationFailed(
+                f"A batch's Idempotency-Key must be 1 to {BATCH_KEY_MAX} characters "
+                "(each event's key is it followed by #<index>).",
+                field="idempotency_key",
+            )
+        for i, ev in enumerate(raw):
+            if isinstance(ev, dict) and ev.get("idempotency_key") is None:
+                ev["idempotency_key"] = f"{batch_key}#{i}"
+    events = metering_batch.validate_batch(raw, partial(resolve_user_id, p))
     minimal = wants_minimal(prefer)
     with session_scope() as session:
         results = metering_batch.record_batch(session, events, detail=not minimal)
@@ -211,10 +220,11 @@ def post_usage_batch(
     body: s.BatchIn,
     request: Request,
     prefer: str | None = Header(default=None, description=_PREFER_DOC),
+    idempotency_key: str | None = Header(default=None, description=_BATCH_KEY_DOC),
 ) -> JSONResponse:
     """Up to 1,000 events: all validated first (422 naming each bad one by index), then
     stored in one transaction."""
-    return record_batch(_caller(request), body, prefer)
+    return record_batch(_caller(request), body, prefer, idempotency_key)
 
 
 @router.post("/quota/check", response_model=s.CheckOut)

@@ -7,6 +7,7 @@ per (user, metric, period). Any event's error aborts the whole batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlmodel import Session
 from billing_app.clock import utcnow
 from billing_app.errors import (
     BillingError,
+    Forbidden,
     IdempotencyConflict,
     UserNotFound,
     ValidationFailed,
@@ -26,8 +28,12 @@ from billing_app.services.metering import UsageWrite, apply_writes, prepare_writ
 MAX_BATCH = 1000
 
 
-def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
-    """Check every event; raise one ValidationFailed listing each bad event by index."""
+def validate_batch(
+    events: list[dict[str, Any]], resolve_user: Callable[[Any], int] | None = None
+) -> list[UsageWrite]:
+    """Check every event; raise one ValidationFailed listing each bad event by index.
+    `resolve_user`: whom an event's `user_id` (None when absent) acts for, or a
+    ValidationFailed naming the event; a Forbidden refuses the whole batch."""
     if not isinstance(events, list) or not events:
         raise ValidationFailed("A batch needs at least one event.", field="events")
     if len(events) > MAX_BATCH:
@@ -42,8 +48,9 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
         try:
             if not isinstance(raw, dict):
                 raise ValidationFailed("Each event must be a JSON object.")
+            user_id = raw.get("user_id")
             ev = prepare_write(
-                raw.get("user_id"),
+                user_id if resolve_user is None else resolve_user(user_id),
                 raw.get("metric"),
                 raw.get("quantity"),
                 raw.get("idempotency_key"),
@@ -51,6 +58,8 @@ def validate_batch(events: list[dict[str, Any]]) -> list[UsageWrite]:
                 raw.get("occurred_at"),
                 now=now,
             )
+        except Forbidden:
+            raise
         except BillingError as err:
             errors.append(_bad_event(i, err.code, err.message, **err.details))
             continue

@@ -1,0 +1,157 @@
+"""Edges of the API contract an engineer wiring a service meets: a body nested deeper
+than a parser goes, batch errors in one shape whatever refused the event, keys the
+server would otherwise ignore, and the same answer from both lanes for bodies the fast
+lane does not take."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from billing_app.api.app import create_api
+from billing_app.db import session_scope
+from tests.api.conftest import ORIGIN
+from tests.factories import usage_totals
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _lanes(actors, secret: str) -> tuple[TestClient, TestClient]:
+    """The production composition (the fast lane in front) and FastAPI alone."""
+    auth = {"Authorization": f"Bearer {secret}"}
+    lane = TestClient(actors.api, base_url=ORIGIN, headers=auth, raise_server_exceptions=False)
+    plain = TestClient(create_api(), base_url=ORIGIN, headers=auth, raise_server_exceptions=False)
+    return lane, plain
+
+
+@pytest.mark.parametrize("path", ["/api/auth/login", "/api/auth/signup"])
+def test_a_body_nested_deeper_than_the_parser_goes_is_malformed_json_not_a_500(actors, path):
+    anon = TestClient(actors.api, base_url=ORIGIN, raise_server_exceptions=False)
+    r = anon.post(path, content=b"[" * 100_000 + b"]" * 100_000, headers=JSON)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "malformed_json"
+
+
+def test_a_batch_event_without_user_id_is_named_as_every_bad_event_is(actors):
+    svc = actors.key_client(actors.service_key)
+    r = svc.post(
+        "/api/billing/usage/batch",
+        json={
+            "events": [
+                {"user_id": actors.a.id, "metric": "tokens", "quantity": 1},
+                {"metric": "tokens", "quantity": 1},  # a service key names the user
+                {"user_id": actors.a.id, "metric": "gpus", "quantity": 1},
+            ]
+        },
+    )
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["message"] == "2 of 3 events are invalid; nothing was recorded."
+    missing, unknown = error["events"]
+    assert missing["index"] == 1 and missing["errors"] == [
+        {"field": "user_id", "code": "validation_error", "message": missing["message"]}
+    ]
+    assert unknown["index"] == 2 and unknown["errors"][0]["field"] == "metric"
+
+
+def test_a_user_key_naming_another_user_in_a_batch_is_refused_whole(actors):
+    from billing_app.services import api_keys
+
+    with session_scope() as s:
+        own = api_keys.create_key(s, name="mine", user_id=actors.a.id)[1]
+    r = actors.key_client(own).post(
+        "/api/billing/usage/batch",
+        json={"events": [{"metric": "tokens", "quantity": 1, "user_id": actors.b.id}]},
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_batch_sent_again_with_the_same_idempotency_key_header_counts_once(actors, lane):
+    client = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    events = [
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 5},
+        {"user_id": actors.a.id, "metric": "tokens", "quantity": 7, "idempotency_key": "own"},
+    ]
+    send = lambda: client.post(  # noqa: E731
+        "/api/billing/usage/batch", json={"events": events}, headers={"Idempotency-Key": "b-1"}
+    )
+    first, again = send(), send()
+    assert (first.status_code, first.json()["recorded"]) == (201, 2), first.text
+    assert (again.status_code, again.json()["duplicates"]) == (200, 2), again.text
+    keys = [r["event"]["idempotency_key"] for r in first.json()["results"]]
+    assert keys == ["b-1#0", "own"]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (2, 12, 12)
+    too_long = client.post(
+        "/api/billing/usage/batch", json={"events": events}, headers={"Idempotency-Key": "k" * 251}
+    )
+    assert too_long.status_code == 422 and "1 to 250" in too_long.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_misspelled_field_is_refused_not_ignored(actors, lane):
+    """`idempotencyKey` ignored would make the retry count twice."""
+    client = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    ev = {"user_id": actors.a.id, "metric": "tokens", "quantity": 5, "idempotencyKey": "job-1"}
+    r = client.post("/api/billing/usage", json=ev)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "idempotencyKey"
+    assert "spelling" in r.json()["error"]["message"]
+    batch = client.post("/api/billing/usage/batch", json={"events": [ev]})
+    assert batch.status_code == 422
+    assert batch.json()["error"]["events"][0]["errors"][0]["field"] == "idempotencyKey"
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+BODIES = {
+    "lone surrogate": b'{"user_id": %d, "metric": "tokens", "quantity": 1, '
+    b'"idempotency_key": "k\\ud800"}',
+    "array": b"[]",
+    "string": b'"x"',
+    "null": b"null",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_a_body_the_lane_does_not_take_gets_fastapis_answer(actors, name):
+    body = BODIES[name].replace(b"%d", str(actors.a.id).encode())
+    lane, plain = _lanes(actors, actors.service_key)
+    a = lane.post("/api/billing/usage", content=body, headers=JSON)
+    b = plain.post("/api/billing/usage", content=body, headers=JSON)
+    assert a.status_code < 500 and (a.status_code, a.json()) == (b.status_code, b.json())
+
+
+def test_only_application_json_types_are_json_in_both_lanes(actors):
+    lane, plain = _lanes(actors, actors.service_key)
+    for ctype in ("text/plain+json", "text/json"):
+        answers = []
+        for i, client in enumerate((lane, plain)):
+            body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+            r = client.post(
+                "/api/billing/usage",
+                content=json.dumps({**body, "idempotency_key": f"{ctype}{i}"}),
+                headers={"Content-Type": ctype},
+            )
+            answers.append((r.status_code, r.json()["error"]["code"]))
+        assert answers[0] == answers[1] and answers[0][0] == 422, (ctype, answers)
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+def test_a_streamed_body_over_the_limit_is_the_same_413_in_both_lanes(actors):
+    def chunks():
+        yield b'{"user_id": 1, "metric": "tokens", "quantity": 1, "metadata": {"x": "'
+        for _ in range(20):
+            yield b"a" * 65536
+        yield b'"}}'
+
+    lane, plain = _lanes(actors, actors.service_key)
+    a = lane.post("/api/billing/usage", content=chunks(), headers=JSON)
+    b = plain.post("/api/billing/usage", content=chunks(), headers=JSON)
+    assert a.status_code == b.status_code == 413
+    assert a.json() == b.json() and a.json()["error"]["max_bytes"] == 1024 * 1024
