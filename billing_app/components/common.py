@@ -204,7 +204,15 @@ def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False)
     (the admin drawer) leaves the period out and stacks the links; `customer` (the admin's
     all-invoices tab) leads with the customer's email."""
     return rx.table.row(
-        *([rx.table.cell(rx.text(inv.user_email, white_space="nowrap"))] if customer else []),
+        *(
+            [
+                rx.table.cell(
+                    rx.text(inv.user_email, truncate=True, max_width="240px", title=inv.user_email)
+                )
+            ]
+            if customer
+            else []
+        ),
         rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
         rx.table.cell(rx.text(inv.date, white_space="nowrap")),
         *(

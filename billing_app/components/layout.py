@@ -71,9 +71,14 @@ def user_chip() -> rx.Component:
     return rx.hstack(
         rx.avatar(fallback=SessionState.user_initial, size="2", radius="full", variant="soft"),
         rx.vstack(
-            rx.text(SessionState.user_name, size="2", weight="medium", trim="both"),
-            rx.text(SessionState.user_email, size="1", color_scheme="gray", trim="both"),
+            # Cut short, not wrapped: a long name pushed Sign out off a tablet's screen.
+            rx.text(SessionState.user_name, size="2", weight="medium", trim="both", truncate=True),
+            rx.text(
+                SessionState.user_email, size="1", color_scheme="gray", trim="both", truncate=True
+            ),
             spacing="1",
+            max_width="220px",
+            title=SessionState.user_email,
             display=["none", "none", "flex"],
         ),
         align="center",

@@ -77,7 +77,11 @@ def users_toolbar() -> rx.Component:
         rx.input(
             rx.input.slot(rx.icon("search", size=16)),
             placeholder="Search by email, or @domain",
-            on_change=A.set_search.debounce(300),
+            # Controlled: the box shows the search the list is filtered by, also after
+            # the page is left and opened again (the state keeps it).
+            value=A.search,
+            on_change=A.set_search,
+            debounce_timeout=300,
             size="2",
             flex="1",
             min_width="200px",
@@ -109,8 +113,11 @@ def user_row(u: AdminUserView) -> rx.Component:
                     # The email opens the drawer too: on a phone the Details column is
                     # far off to the right of a sideways-scrolling table.
                     rx.button(
-                        rx.text(u.email, weight="medium"),
+                        # A long email is cut short (the whole one is its title and the
+                        # drawer's): it pushed the table's last columns out of sight.
+                        rx.text(u.email, weight="medium", truncate=True, max_width="260px"),
                         on_click=A.open_user(u.id),
+                        title=u.email,
                         variant="ghost",
                         color_scheme="gray",
                         high_contrast=True,
@@ -309,7 +316,7 @@ def new_secret_callout() -> rx.Component:
 def keys_panel() -> rx.Component:
     return card(
         section_title("API keys", "Services use these to post usage and check quotas."),
-        rx.flex(
+        rx.form(
             rx.input(
                 placeholder="Key name, e.g. scraper-prod",
                 value=A.key_name,
@@ -327,9 +334,11 @@ def keys_panel() -> rx.Component:
                 flex="1",
                 min_width="160px",
             ),
-            rx.button(rx.icon("plus", size=16), "Create key", on_click=A.create_key),
-            spacing="2",
-            wrap="wrap",
+            rx.button(rx.icon("plus", size=16), "Create key", type="submit"),
+            on_submit=A.submit_key,
+            display="flex",
+            gap="8px",
+            flex_wrap="wrap",
             width="100%",
         ),
         rx.cond(
@@ -371,46 +380,57 @@ def audit_row(a: AuditView) -> rx.Component:
 
 
 def override_form() -> rx.Component:
-    return rx.vstack(
-        rx.heading("Override a quota", size="3"),
-        rx.flex(
-            select(A.metric_options, A.override_metric, A.set_override_metric, "Metric"),
-            rx.input(
-                placeholder="New limit (0 = unlimited)",
-                value=A.override_limit,
-                on_change=A.set_override_limit,
-                aria_label="New limit",
-                input_mode="numeric",
-                flex="1",
-                min_width="140px",
+    # A form, so that Enter in the limit saves it as the button does.
+    return rx.form(
+        rx.vstack(
+            rx.heading("Override a quota", size="3"),
+            rx.flex(
+                select(A.metric_options, A.override_metric, A.set_override_metric, "Metric"),
+                rx.input(
+                    placeholder="New limit (0 = unlimited)",
+                    value=A.override_limit,
+                    on_change=A.set_override_limit,
+                    aria_label="New limit",
+                    input_mode="numeric",
+                    flex="1",
+                    min_width="140px",
+                ),
+                spacing="2",
+                wrap="wrap",
+                width="100%",
             ),
-            spacing="2",
-            wrap="wrap",
+            rx.text_area(
+                placeholder="Reason (required for an override; kept in the audit log)",
+                value=A.override_reason,
+                on_change=A.set_override_reason,
+                aria_label="Reason",
+                width="100%",
+            ),
+            rx.cond(
+                A.override_error != "",
+                rx.callout(A.override_error, icon="circle-alert", color_scheme="red", width="100%"),
+            ),
+            rx.cond(
+                A.override_saved != "",
+                rx.callout(
+                    A.override_saved, icon="circle-check", color_scheme="grass", width="100%"
+                ),
+            ),
+            rx.hstack(
+                rx.button("Save override", type="submit"),
+                rx.button(
+                    "Reset to plan",
+                    on_click=A.clear_override,
+                    type="button",
+                    variant="soft",
+                    color_scheme="gray",
+                ),
+                spacing="2",
+            ),
+            spacing="3",
             width="100%",
         ),
-        rx.text_area(
-            placeholder="Reason (required for an override; kept in the audit log)",
-            value=A.override_reason,
-            on_change=A.set_override_reason,
-            aria_label="Reason",
-            width="100%",
-        ),
-        rx.cond(
-            A.override_error != "",
-            rx.callout(A.override_error, icon="circle-alert", color_scheme="red", width="100%"),
-        ),
-        rx.cond(
-            A.override_saved != "",
-            rx.callout(A.override_saved, icon="circle-check", color_scheme="grass", width="100%"),
-        ),
-        rx.hstack(
-            rx.button("Save override", on_click=A.save_override),
-            rx.button(
-                "Reset to plan", on_click=A.clear_override, variant="soft", color_scheme="gray"
-            ),
-            spacing="2",
-        ),
-        spacing="3",
+        on_submit=A.submit_override,
         width="100%",
     )
 
@@ -534,9 +554,12 @@ def user_drawer() -> rx.Component:
                 rx.vstack(
                     rx.hstack(
                         rx.vstack(
-                            rx.drawer.title(A.detail_email),
-                            rx.drawer.description(A.detail_name, color="var(--gray-11)"),
+                            rx.drawer.title(A.detail_email, overflow_wrap="anywhere"),
+                            rx.drawer.description(
+                                A.detail_name, color="var(--gray-11)", overflow_wrap="anywhere"
+                            ),
                             spacing="1",
+                            min_width="0",
                         ),
                         rx.drawer.close(
                             rx.icon_button(
@@ -566,6 +589,9 @@ def user_drawer() -> rx.Component:
                 width=["100%", "480px"],
                 padding="24px",
                 overflow_y="auto",
+                # Not sideways: vaul's ::after reaches two drawers' widths past the edge (it
+                # covers the gap while dragging), and overflow-y alone let that scroll.
+                overflow_x="hidden",
                 background="var(--color-panel-solid)",
                 z_index="51",
                 id="user-drawer",
@@ -575,15 +601,32 @@ def user_drawer() -> rx.Component:
         open=A.drawer_open,
         on_open_change=A.set_drawer_open,
         direction="right",
+        # Focus goes into the drawer and stays there while it is open (vaul leaves it
+        # behind by default, and Tab then walked the table under the overlay).
+        custom_attrs={"autoFocus": True},
     )
 
 
 def console() -> rx.Component:
     return rx.vstack(
-        rx.vstack(
-            rx.heading("Billing admin", size="7"),
-            rx.text("Customers, plans, usage and revenue.", color_scheme="gray"),
-            spacing="1",
+        rx.hstack(
+            rx.vstack(
+                rx.heading("Billing admin", size="7"),
+                rx.text("Customers, plans, usage and revenue.", color_scheme="gray"),
+                spacing="1",
+            ),
+            # The console reads once per visit (the numbers move with webhooks): read again.
+            rx.button(
+                rx.icon("refresh-cw", size=16),
+                "Refresh",
+                on_click=A.refresh_all,
+                variant="soft",
+                color_scheme="gray",
+                id="refresh-console",
+            ),
+            justify="between",
+            align="start",
+            width="100%",
         ),
         rx.cond(
             A.error != "",

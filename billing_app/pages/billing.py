@@ -175,9 +175,12 @@ def plan_summary() -> rx.Component:
                 width="100%",
                 id="manage-subscription",
             ),
-            rx.link(
-                rx.button("See plans", variant="soft", size="3", width="100%"),
-                href="#plans",
+            # One element (a link styled as the button beside it), so one Tab stop.
+            rx.button(
+                rx.link("See plans", href="#plans", underline="none"),
+                as_child=True,
+                variant="soft",
+                size="3",
                 width="100%",
             ),
         ),
@@ -243,7 +246,7 @@ def chart_card() -> rx.Component:
                     tick_line=False,
                     axis_line=False,
                     font_size=12,
-                    width=80,
+                    width="auto",  # as wide as its longest tick (1,200,000 was cut at 80)
                     tick_formatter=_GROUPED,
                 ),
                 rx.recharts.graphing_tooltip(separator=": ", custom_attrs={"formatter": _GROUPED}),

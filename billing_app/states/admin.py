@@ -177,6 +177,7 @@ class AdminState(SessionState):
     _invoices_load: int = 0
     _keys_load: int = 0
     _detail_load: int = 0
+    _new_key_id: int = 0  # whose secret `new_secret` is
 
     # ------------------------------------------------------------ derived
 
@@ -537,6 +538,11 @@ class AdminState(SessionState):
         return self._override(clear=False)
 
     @rx.event
+    def submit_override(self, _form: dict[str, Any]) -> Any:
+        """Enter in the override form: what Save override does (the fields are state)."""
+        return self._override(clear=False)
+
+    @rx.event
     def clear_override(self) -> Any:
         return self._override(clear=True)
 
@@ -587,6 +593,9 @@ class AdminState(SessionState):
 
     @rx.event
     def create_key(self) -> None:
+        self._create_key()
+
+    def _create_key(self) -> None:
         from billing_app.services import api_keys
 
         if self._admin("keys") is None:
@@ -595,7 +604,7 @@ class AdminState(SessionState):
         service = self.key_service.strip() or self.key_name.strip()
         try:
             with outage_as_error(), session_scope() as session:
-                _key, secret = api_keys.create_key(
+                key, secret = api_keys.create_key(
                     session,
                     name=self.key_name,
                     service_name=service or None,
@@ -608,14 +617,23 @@ class AdminState(SessionState):
             return
         # Shown once; it lives only in this tab's state until dismissed or the page reloads.
         self.new_secret = secret
+        self._new_key_id = key.id or 0
         self.curl_example = curl_example(self.router.url.origin, secret, self.user_id)
         self.key_name = ""
         self.key_service = ""
 
     @rx.event
+    def submit_key(self, _form: dict[str, Any]) -> None:
+        """Enter in the new key's fields: what Create key does (the fields are state)."""
+        self._create_key()
+
+    @rx.event
     def dismiss_secret(self) -> None:
-        self.new_secret = ""
-        self.curl_example = ""
+        self._dismiss_secret()
+
+    def _dismiss_secret(self) -> None:
+        self.new_secret = self.curl_example = ""
+        self._new_key_id = 0
 
     @rx.event
     def revoke_key(self, key_id: int) -> None:
@@ -631,3 +649,6 @@ class AdminState(SessionState):
                 start_load(self, KEYS)
         except BillingError as err:
             self.key_error = err.message
+            return
+        if int(key_id) == self._new_key_id:  # its secret no longer works: not shown as if it did
+            self._dismiss_secret()

@@ -150,7 +150,7 @@ def _percent_text(used: int, limit: int, percent: float) -> str:
     if not limit:
         return f"{int(percent)}%"
     whole = used * 100 // limit
-    return "100%+" if used > limit and whole <= 100 else f"{whole}%"
+    return "100%+" if used > limit and whole <= 100 else f"{whole:,}%"
 
 
 def meter_view(m: Any) -> MeterView:

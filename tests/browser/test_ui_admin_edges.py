@@ -1,0 +1,157 @@
+"""What an admin and a customer meet past the happy path: long names, the keyboard, a
+search kept across visits, a revoked key's secret, numbers read again on demand, and a
+chart and meters far past the limit."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import LiveApp, login
+
+pytestmark = pytest.mark.browser
+
+LONG_NAME = "Maximiliana Alexandrovna Konstantinopolskaya-Longname the 3rd"
+LONG_EMAIL = (
+    "x.maximiliana.alexandrovna.konstantinopolskaya.longaddress@subdomain.example-enterprise.com"
+)
+
+
+def _users(live_app: LiveApp) -> int:
+    """The long-named customer (created once); returns their id."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+    from billing_app.services.passwords import hash_password
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:
+            user = users.get_user_by_email(session, LONG_EMAIL)
+            if user is None:
+                secret = hash_password("long-pass-123")
+                user = users.create_user(session, LONG_EMAIL, LONG_NAME, password_hash=secret)
+            return user.id
+    finally:
+        engine.dispose()
+
+
+def test_a_long_email_keeps_the_table_and_the_drawer_on_screen(
+    page: Page, live_app: LiveApp, browser: Browser
+) -> None:
+    _users(live_app)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("x.maximiliana")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    # Every column in sight at 1280 wide: the Details button too.
+    details = page.get_by_role("button", name=f"Details for {LONG_EMAIL}")
+    box = details.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1280, box
+
+    # On a phone the drawer fills the screen; its close button stays on it.
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone.context.add_cookies(page.context.cookies())
+    phone.goto(f"{live_app.url}/admin/billing")
+    phone.locator("#user-search").fill("x.maximiliana")
+    phone.get_by_role("button", name=LONG_EMAIL, exact=True).click()
+    drawer = phone.locator("#user-drawer")
+    expect(drawer).to_contain_text(LONG_EMAIL)
+    phone.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')")
+    close = drawer.get_by_role("button", name="Close")
+    box = close.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390, box
+    # A sideways swipe (a wheel here) does not move the drawer's content.
+    phone.mouse.move(200, 400)
+    phone.mouse.wheel(600, 0)
+    phone.wait_for_timeout(300)
+    assert drawer.evaluate("d => d.scrollLeft") == 0
+    close.click()
+    expect(drawer).to_have_count(0)
+    phone.close()
+
+
+def test_the_console_by_keyboard(page: Page, live_app: LiveApp) -> None:
+    uid = _users(live_app)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("x.maximiliana")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+
+    # The drawer takes the focus and keeps it.
+    details = page.get_by_role("button", name=f"Details for {LONG_EMAIL}")
+    details.focus()
+    page.keyboard.press("Enter")
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text(LONG_NAME)
+    inside = "() => !!document.activeElement.closest('#user-drawer')"
+    page.wait_for_function(inside)
+    for key in ("Tab", "Tab", "Shift+Tab", "Shift+Tab", "Shift+Tab"):
+        page.keyboard.press(key)
+        assert page.evaluate(inside), key
+
+    # Enter in the limit saves the override, as the button does.
+    drawer.get_by_role("textbox", name="Reason").fill("Keyboard test")
+    drawer.get_by_role("textbox", name="New limit").fill("4242")
+    drawer.get_by_role("textbox", name="New limit").press("Enter")
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    expect(drawer).to_contain_text("4,242")
+    page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+
+    # Enter in the key's name creates it; revoking it takes its secret off the screen.
+    page.get_by_role("tab", name="API keys").click()
+    page.get_by_role("textbox", name="Key name").fill("keyboard-key")
+    page.get_by_role("textbox", name="Key name").press("Enter")
+    expect(page.locator("#new-secret")).to_contain_text("bk_")
+    row = page.locator("#keys-table").get_by_role("row").filter(has_text="keyboard-key")
+    row.get_by_role("button", name="Revoke key keyboard-key").click()
+    page.get_by_role("alertdialog").get_by_role("button", name="Revoke key").click()
+    expect(row).to_contain_text("Revoked")
+    expect(page.locator("#new-secret")).to_have_count(0)
+    assert uid
+
+
+def test_the_search_stays_with_the_list_and_refresh_reads_again(
+    page: Page, live_app: LiveApp
+) -> None:
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+
+    _users(live_app)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("x.maximiliana")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    # Away and back: the box still says what the list is filtered by.
+    page.get_by_role("link", name="Billing", exact=True).click()
+    page.wait_for_url(re.compile(r".*/billing$"))
+    page.get_by_role("link", name="Admin", exact=True).click()
+    page.wait_for_url(re.compile(r".*/admin/billing$"))
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    expect(page.locator("#user-search")).to_have_value("x.maximiliana")
+
+    # A customer signs up meanwhile: Refresh reads the numbers again.
+    total = page.locator("#stats .rt-Card", has_text="Total users")
+    before = int(re.sub(r"\D", "", total.inner_text()))
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        users.create_user(session, f"refresh{before}@example.com", "Refresh")
+    engine.dispose()
+    page.get_by_role("button", name="Refresh").click()
+    expect(total).to_contain_text(f"{before + 1:,}")
+
+
+def test_far_past_the_limit_the_numbers_read_whole(page: Page, live_app: LiveApp) -> None:
+    uid = _users(live_app)
+    live_app.post_usage(uid, "tokens", 1_050_000)
+    login(page, live_app, LONG_EMAIL, "long-pass-123")
+    # Thousands grouped in the percentage too (the limit may be an override by now).
+    expect(page.locator("#meter-tokens")).to_contain_text(re.compile(r"· \d{1,3}(,\d{3})+%"))
+    # The axis's top tick is drawn whole, inside the chart.
+    tick = page.locator(".recharts-yAxis-tick-labels text").last
+    expect(tick).to_have_text(re.compile(r"^1,\d{3},\d{3}$"))
+    box, chart = tick.bounding_box(), page.locator(".recharts-wrapper").bounding_box()
+    assert box is not None and chart is not None and box["x"] >= chart["x"] - 1, (box, chart)
+    # "See plans" is one stop for Tab, a link to the plans.
+    see = page.get_by_role("link", name="See plans")
+    expect(see).to_have_count(1)
+    assert see.evaluate("a => a.querySelectorAll('button, a').length") == 0
