@@ -8,6 +8,13 @@ import reflex as rx
 
 from billing_app.states.views import InvoiceView, MeterView
 
+# One line, cut short with an ellipsis (Reflex's rx.text has no `truncate` prop).
+ONE_LINE: dict[str, str] = {
+    "overflow": "hidden",
+    "text_overflow": "ellipsis",
+    "white_space": "nowrap",
+}
+
 
 def card(*children: rx.Component, **props: Any) -> rx.Component:
     return rx.card(
@@ -207,7 +214,7 @@ def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False)
         *(
             [
                 rx.table.cell(
-                    rx.text(inv.user_email, truncate=True, max_width="240px", title=inv.user_email)
+                    rx.text(inv.user_email, max_width="240px", title=inv.user_email, **ONE_LINE)
                 )
             ]
             if customer

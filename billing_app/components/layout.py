@@ -8,6 +8,7 @@ from typing import Any
 
 import reflex as rx
 
+from billing_app.components.common import ONE_LINE
 from billing_app.states.session import SessionState
 
 BRAND = "Acme AI"
@@ -72,9 +73,21 @@ def user_chip() -> rx.Component:
         rx.avatar(fallback=SessionState.user_initial, size="2", radius="full", variant="soft"),
         rx.vstack(
             # Cut short, not wrapped: a long name pushed Sign out off a tablet's screen.
-            rx.text(SessionState.user_name, size="2", weight="medium", trim="both", truncate=True),
             rx.text(
-                SessionState.user_email, size="1", color_scheme="gray", trim="both", truncate=True
+                SessionState.user_name,
+                size="2",
+                weight="medium",
+                trim="both",
+                max_width="100%",
+                **ONE_LINE,
+            ),
+            rx.text(
+                SessionState.user_email,
+                size="1",
+                color_scheme="gray",
+                trim="both",
+                max_width="100%",
+                **ONE_LINE,
             ),
             spacing="1",
             max_width="220px",

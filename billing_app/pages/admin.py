@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from billing_app.components.common import (
+    ONE_LINE,
     card,
     data_table,
     empty,
@@ -115,7 +116,7 @@ def user_row(u: AdminUserView) -> rx.Component:
                     rx.button(
                         # A long email is cut short (the whole one is its title and the
                         # drawer's): it pushed the table's last columns out of sight.
-                        rx.text(u.email, weight="medium", truncate=True, max_width="260px"),
+                        rx.text(u.email, weight="medium", max_width="260px", **ONE_LINE),
                         on_click=A.open_user(u.id),
                         title=u.email,
                         variant="ghost",

@@ -155,3 +155,9 @@ def test_far_past_the_limit_the_numbers_read_whole(page: Page, live_app: LiveApp
     see = page.get_by_role("link", name="See plans")
     expect(see).to_have_count(1)
     assert see.evaluate("a => a.querySelectorAll('button, a').length") == 0
+    # A long name in the header on a tablet: cut short, Sign out still on the screen.
+    for width in (768, 900):
+        page.set_viewport_size({"width": width, "height": 900})
+        out = page.get_by_role("button", name="Sign out").bounding_box()
+        assert out is not None and out["x"] + out["width"] <= width, (width, out)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
