@@ -247,10 +247,12 @@ def parse_checkout_session(obj: dict[str, Any]) -> CheckoutSessionData:
     if not isinstance(obj, dict):
         raise MalformedObject("checkout.session is not an object")
     ref = obj.get("client_reference_id")
-    user_id = None
-    if isinstance(ref, str) and ref.strip().isdigit():
-        user_id = int(ref.strip())
-    user_id = user_id or metadata_user_id(obj.get("metadata"))
+    # The user a session is for: the app's own sessions carry it in metadata (which only
+    # the API sets) and as client_reference_id. A Payment Link takes client_reference_id
+    # from its URL, so that alone names nobody.
+    user_id = metadata_user_id(obj.get("metadata"))
+    if user_id is not None and isinstance(ref, str) and ref.strip() != str(user_id):
+        user_id = None
     return CheckoutSessionData(
         id=_require_str(obj, "id", "checkout.session"),
         customer_id=ref_id(obj.get("customer")),

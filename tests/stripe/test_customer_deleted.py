@@ -69,3 +69,23 @@ def test_a_checkout_for_a_customer_stripe_no_longer_has_makes_a_new_one(
     assert checkout.startswith(sandbox.url + "/checkout/")
     assert customer_of(session, user.id) != gone
     assert pay(http, checkout).status_code == 303
+
+
+def test_a_payment_links_client_reference_id_does_not_link_a_strangers_customer(
+    session, deliver, payloads, stripe_fixtures
+):
+    """A Payment Link on the same Stripe account takes client_reference_id from its URL:
+    anyone can put a user's id there. The user is not linked to the payer's customer."""
+    uid = make_user(session).id
+    link_session = {
+        **stripe_fixtures["checkout.session"],
+        "id": "cs_link",
+        "client_reference_id": str(uid),
+        "customer": "cus_stranger",
+        "metadata": {},
+        "subscription": None,
+    }
+    event = payloads.event("checkout.session.completed", link_session, T0)
+    assert deliver.send(event).status_code == 200
+    session.expire_all()
+    assert session.get(User, uid).stripe_customer_id is None

@@ -102,9 +102,15 @@ def test_invoice_current_and_older_shapes(stripe_fixtures):
 def test_checkout_session_and_event(stripe_fixtures):
     cs = copy.deepcopy(stripe_fixtures["checkout.session"])
     assert parse_checkout_session(cs).user_id is None
+    # The app's own sessions: metadata and client_reference_id name the same user.
     cs["client_reference_id"] = "17"
+    cs["metadata"] = {"user_id": "17", "plan": "pro"}
     data = parse_checkout_session(cs)
     assert data.user_id == 17 and data.id == cs["id"]
+    # A Payment Link's client_reference_id comes from its URL: alone, or against the
+    # metadata, it names nobody.
+    assert parse_checkout_session({**cs, "metadata": {}}).user_id is None
+    assert parse_checkout_session({**cs, "client_reference_id": "18"}).user_id is None
     evt = parse_event(stripe_fixtures["event"])
     assert evt.type == "plan.created" and evt.created == _dt(1234567890)
     for bad in ({}, {"id": "evt_1", "type": "x"}, [], {"id": 1, "type": "x", "data": {}}):
