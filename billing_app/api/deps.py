@@ -77,7 +77,11 @@ def _bearer(request: Request) -> str | None:
     if not header:
         return None
     scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    if scheme.lower() != "bearer":
+        # Not ours (a proxy's Basic auth in front of a staging site): the session cookie
+        # still signs the browser's calls.
+        return None
+    if not value.strip():
         raise Unauthorized("Authorization must be 'Bearer <API key>'.")
     return value.strip()
 

@@ -13,7 +13,8 @@ from billing_app.services import quotas
 from billing_app.services.dto import UserDTO
 from billing_app.settings import get_settings
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# No spaces or control characters (a NUL is stored by SQLite and refused by PostgreSQL).
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 def normalize_email(email: str) -> str:

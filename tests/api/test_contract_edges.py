@@ -155,3 +155,27 @@ def test_a_streamed_body_over_the_limit_is_the_same_413_in_both_lanes(actors):
     b = plain.post("/api/billing/usage", content=chunks(), headers=JSON)
     assert a.status_code == b.status_code == 413
     assert a.json() == b.json() and a.json()["error"]["max_bytes"] == 1024 * 1024
+
+
+def test_a_proxys_basic_auth_does_not_hide_the_session_cookie(actors):
+    """A staging site behind a proxy's Basic auth: the browser sends that Authorization
+    header on every call, and its session cookie still signs it in."""
+    browser = actors.cookie_client(actors.a)
+    browser.headers["Authorization"] = "Basic dXNlcjpwYXNz"
+    me = browser.get("/api/auth/me")
+    assert me.status_code == 200 and me.json()["email"] == "alice@example.com"
+    assert browser.get("/api/billing/usage").status_code == 200
+    # Without a cookie it is a plain 401; an empty Bearer is still refused as such.
+    anon = TestClient(actors.api, base_url=ORIGIN, headers={"Authorization": "Basic eDp5"})
+    assert anon.get("/api/billing/usage").status_code == 401
+    empty = TestClient(actors.api, base_url=ORIGIN, headers={"Authorization": "Bearer "})
+    r = empty.get("/api/billing/usage")
+    assert r.status_code == 401 and "Bearer <API key>" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("email", ["a\x00b@example.com", "ab@exa\x7fmple.com", "a\tb@example.com"])
+def test_an_email_with_a_control_character_is_refused_on_either_database(actors, email):
+    anon = TestClient(actors.api, base_url=ORIGIN, headers={"Origin": ORIGIN})
+    r = anon.post("/api/auth/signup", json={"email": email, "password": "correct-horse-battery"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "email"
