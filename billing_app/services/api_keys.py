@@ -42,6 +42,9 @@ class _Cached:
 _cache: dict[str, _Cached] = {}
 _last_used_written: dict[int, float] = {}
 _lock = threading.Lock()
+# Bumped by each revocation: a lookup that read the key before a revocation committed
+# does not cache what it read (it would put a revoked key back for CACHE_TTL).
+_revocations = 0
 
 
 def clear_cache() -> None:
@@ -141,7 +144,9 @@ def revoke_key(session: Session, key_id: int) -> ApiKeyDTO:
         key.revoked_at = utcnow()
         session.add(key)
         session.commit()
+    global _revocations
     with _lock:
+        _revocations += 1
         for h in [h for h, c in _cache.items() if c.principal.api_key_id == key_id]:
             del _cache[h]
     return _to_dto(key)
@@ -243,6 +248,7 @@ def authenticate(session: Session, secret: str | None) -> Principal:
     if cached is not None and cached.expires > now_mono:
         principal = cached.principal
     else:
+        seen = _revocations
         principal = _lookup(session, digest)
         session.rollback()
         if principal is None:
@@ -252,7 +258,8 @@ def authenticate(session: Session, secret: str | None) -> Principal:
         with _lock:
             if len(_cache) > 10_000:  # bound memory against many distinct keys
                 _cache.clear()
-            _cache[digest] = _Cached(principal, now_mono + CACHE_TTL)
+            if _revocations == seen:
+                _cache[digest] = _Cached(principal, now_mono + CACHE_TTL)
     assert principal.api_key_id is not None
     _touch(session, principal.api_key_id)
     return principal

@@ -18,7 +18,7 @@ from billing_app.clock import utcnow
 from billing_app.errors import RateLimited, Unauthorized, ValidationFailed
 from billing_app.models import AuthSession, User
 from billing_app.models.tables import LoginAttempt
-from billing_app.services import passwords, users
+from billing_app.services import api_keys, passwords, users
 from billing_app.services.dto import UserDTO
 
 DEFAULT_NEXT = "/billing"
@@ -79,7 +79,10 @@ def signup(session: Session, email: str, password: str, display_name: str = "") 
     if not isinstance(display_name, str):
         raise ValidationFailed("Display name must be a string.", field="display_name")
     password_hash = passwords.hash_password(password)
-    return users.create_user(session, email, display_name, password_hash=password_hash)
+    # Anyone can type any address here: ADMIN_EMAILS does not apply (SSO, the CLI).
+    return users.create_user(
+        session, email, display_name, password_hash=password_hash, email_verified=False
+    )
 
 
 def _recent_failures(session: Session, email: str, ip: str | None) -> tuple[int, int]:
@@ -121,9 +124,10 @@ def login(session: Session, email: str, password: str, ip: str | None) -> tuple[
     ip = (ip or None) and ip[:64]
     _check_rate(session, email, ip)
     user = session.exec(select(User).where(User.email == email)).first()
-    ok = passwords.verify_password(
-        user.password_hash if user else _DUMMY_HASH, password[:1024]
-    ) and bool(user and user.password_hash)
+    # A hash is checked whoever asks (an unknown email, an SSO-only account without a
+    # password): the answer's timing must not tell which accounts exist.
+    stored = user.password_hash if user is not None else None
+    ok = passwords.verify_password(stored or _DUMMY_HASH, password[:1024]) and bool(stored)
     if not ok or user is None or user.id is None:
         session.add(LoginAttempt(email=email, ip=ip))
         # Keep the table small: this account's attempts older than the window are spent.
@@ -248,8 +252,29 @@ def oidc_user(
     email = users.normalize_email(email)
     user = session.exec(select(User).where(User.email == email)).first()
     if user is not None:
+        if user.password_hash is not None:
+            # A password signup never proved this email: whoever made it may not be the
+            # verified owner signing in now. The owner takes the account; the password,
+            # its sessions and its API keys (which that signup may hold) stop working.
+            _revoke_access(session, user)
         user.oidc_subject = subject
         session.add(user)
         session.commit()
         return users.to_dto(user)
     return users.create_user(session, email, (name or "")[:200], oidc_subject=subject)
+
+
+def _revoke_access(session: Session, user: User) -> None:
+    """Revoke the account's API keys (each committed) and sessions, and drop its
+    password. Caller commits the rest."""
+    user_id = user.id
+    assert user_id is not None
+    for key in api_keys.list_keys(session, user_id=user_id):
+        if key.revoked_at is None:
+            api_keys.revoke_key(session, key.id)
+    session.exec(
+        sa.update(AuthSession)  # type: ignore[call-overload]
+        .where(col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    user.password_hash = None

@@ -46,12 +46,16 @@ def create_user(
     admin: bool = False,
     password_hash: str | None = None,
     oidc_subject: str | None = None,
+    email_verified: bool = True,
 ) -> UserDTO:
-    """Create a user on the free plan. ADMIN_EMAILS makes the user an admin."""
+    """Create a user on the free plan. ADMIN_EMAILS makes the user an admin, when the
+    email is known to be theirs (`email_verified`: an identity provider's verified email,
+    an operator's command); a password signup proves nothing of the sort."""
     email = normalize_email(email)
     if len(display_name) > 200:
         raise ValidationFailed("Display name is longer than 200 characters.", field="display_name")
-    role = "admin" if admin or email in get_settings().admin_email_set else "user"
+    listed = email_verified and email in get_settings().admin_email_set
+    role = "admin" if admin or listed else "user"
     user = User(
         email=email,
         display_name=display_name.strip() or email.split("@")[0],
