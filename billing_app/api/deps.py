@@ -29,15 +29,18 @@ def _origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def allowed_origins(request: Request) -> set[str]:
-    """The app's own origins: APP_URL, API_URL and the host this request was sent to."""
+def own_origins(host: str | None) -> set[str]:
+    """The app's own origins: APP_URL, API_URL and `host`, the one a request was sent to."""
     settings = get_settings()
     out = {o for o in (_origin_of(settings.app_url), _origin_of(settings.api_url)) if o}
-    host = request.headers.get("host")
     if host:
         # Behind a TLS-terminating proxy the scheme seen here may be http: accept both.
         out |= {f"http://{host}".lower(), f"https://{host}".lower()}
     return out
+
+
+def allowed_origins(request: Request) -> set[str]:
+    return own_origins(request.headers.get("host"))
 
 
 def request_origin(request: Request) -> str | None:

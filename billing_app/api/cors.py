@@ -1,0 +1,43 @@
+"""Cross-origin reads with the user's cookie: only from the app's own origins.
+
+Reflex answers CORS for every origin with credentials allowed (its default `*`, echoed
+back). Its websocket needs that list, so the list stays; this layer, outside Reflex's,
+takes the CORS headers off any HTTP answer to another origin. A page elsewhere on the
+same site (a sibling subdomain, another port of localhost), which the browser sends the
+SameSite=Lax cookie from, can then not read an admin's export or a user's usage.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from billing_app.api.deps import own_origins
+
+
+def own_origins_only(app: ASGIApp) -> ASGIApp:
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        host = headers.get(b"host")
+        if origin is None or origin.decode("latin-1").lower().rstrip("/") in own_origins(
+            host.decode("latin-1") if host is not None else None
+        ):
+            await app(scope, receive, send)
+            return
+
+        async def without_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v)
+                    for k, v in message["headers"]
+                    if not k.lower().startswith(b"access-control-")
+                ]
+                message = {**message, "headers": kept}
+            await send(message)
+
+        await app(scope, receive, without_cors)
+
+    return asgi
