@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,17 +48,14 @@ def create_api() -> FastAPI:
     api.add_middleware(errors.BodyLimitMiddleware)
     api.add_middleware(errors.SingleHeaderMiddleware)
 
-    schema_ok = threading.Event()  # checked until it first passes, then never again
-
     @api.get("/api/health", tags=["meta"], responses=s.errors(503))
     def health() -> dict[str, str]:
         """Ready: the database answers and its schema is this code's (503 naming the fix
-        otherwise, e.g. an un-migrated database)."""
-        if not schema_ok.is_set():
-            problem = schema_problem()
-            if problem is not None:
-                raise ServiceUnavailable(problem)
-            schema_ok.set()
+        otherwise, e.g. an un-migrated database). Asked each time (one small read): a
+        load balancer must see a database that went away, or was migrated back."""
+        problem = schema_problem()
+        if problem is not None:
+            raise ServiceUnavailable(problem)
         return {"status": "ok"}
 
     api.include_router(auth_routes.router)

@@ -16,6 +16,7 @@ def _set_revision(engine, revision: str) -> None:
 def test_health_names_a_database_behind_the_code(client, engine):
     head = schema_head()
     assert schema_problem(engine) is None
+    assert client.get("/api/health").status_code == 200  # asked again on every call
     _set_revision(engine, "0007")
     try:
         r = client.get("/api/health")
@@ -38,3 +39,13 @@ def test_an_empty_database_has_no_schema_yet(tmp_path):
         )
     finally:
         empty.dispose()
+
+
+def test_health_says_503_when_the_database_goes_away_after_a_200(client, monkeypatch):
+    from tests.conftest import _clear_caches
+
+    assert client.get("/api/health").status_code == 200
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    _clear_caches()
+    r = client.get("/api/health")
+    assert r.status_code == 503, r.text
