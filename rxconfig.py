@@ -5,7 +5,7 @@ here with the settings' one-line message."""
 import reflex as rx
 from reflex.plugins.sitemap import SitemapPlugin
 
-from billing_app.settings import get_settings_or_exit
+from billing_app.settings import get_settings_or_exit, is_local_url
 
 settings = get_settings_or_exit()
 
@@ -17,6 +17,17 @@ config = rx.Config(
     frontend_port=settings.port,
     backend_port=settings.port,
     api_url=settings.api_url,
+    # With the local Stripe sandbox its webhook secret is public: whoever reaches the
+    # webhook could give themselves any plan, so the app then listens on this machine
+    # only, unless its URLs say it is served on a network (which needs ENVIRONMENT=dev
+    # set explicitly: the README's sandbox demo on a network).
+    backend_host=(
+        "127.0.0.1"
+        if settings.uses_stripe_sandbox
+        and is_local_url(settings.app_url)
+        and is_local_url(settings.api_url)
+        else "0.0.0.0"
+    ),
     deploy_url=settings.app_url,
     redis_url=settings.reflex_redis_url,
     plugins=[

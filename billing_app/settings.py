@@ -116,6 +116,14 @@ class Settings(BaseSettings):
             return None
         return v.strip()
 
+    @field_validator("reflex_redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        # Reflex refuses another scheme at start, with a traceback: say it here, in one line.
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
     @field_validator("stripe_secret_key")
     @classmethod
     def _check_secret_key(cls, v: str | None) -> str | None:

@@ -87,3 +87,49 @@ def test_a_bug_keeps_its_traceback():
     """Only errors with a fix the operator can make are shortened."""
     assert error_line(KeyError("x")) is None
     assert error_line(OverflowError("date value out of range")) is None
+
+
+def test_settings_are_checked_before_any_command(migrated_url, monkeypatch):
+    """A malformed setting stops every command with its one line (it stopped the app,
+    but `db upgrade` and `apikey list` went on)."""
+    for var, value, says in (
+        ("BILLING_PLANS_JSON", "{bad", "BILLING_PLANS_JSON must be a JSON object"),
+        ("REFLEX_REDIS_URL", "notaurl", "REFLEX_REDIS_URL must be a redis://"),
+    ):
+        monkeypatch.setenv(var, value)
+        for args in (("db", "upgrade"), ("apikey", "list")):
+            proc = cli(migrated_url, *args)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            assert says in proc.stderr, proc.stderr
+        monkeypatch.delenv(var)
+
+
+def test_db_upgrade_says_where_the_database_is(migrated_url):
+    """Asked for an older revision on a database at head, it says head (it echoed the
+    revision asked for, which the database was not at)."""
+    from billing_app.db import schema_head
+
+    proc = cli(migrated_url, "db", "upgrade", "--revision", "0005")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(f"database at {schema_head()}:")
+
+
+def test_demo_run_refuses_a_sandbox_port_another_process_holds(empty_database_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "billing_app.cli", "demo", "run", "--port", "8199"],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env={
+                **os.environ,
+                "DATABASE_URL": empty_database_url,
+                "STRIPE_SANDBOX_PORT": str(port),
+            },  # fmt: skip
+            timeout=120,
+        )
+    assert proc.returncode != 0
+    assert f"port {port} (STRIPE_SANDBOX_PORT) is in use" in proc.stderr, proc.stderr

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from billing_app.errors import BillingError
-from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings
+from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings, get_settings_or_exit
 
 
 def _json_default(value: Any) -> str:
@@ -85,6 +85,9 @@ class ErrorGroup(click.Group):
 @click.group(cls=ErrorGroup)
 def main() -> None:
     """Billing and usage metering over Stripe."""
+    # Every command checks the whole configuration first (the plan catalog too), so a
+    # malformed setting stops any command with its one line, as it stops the app.
+    get_settings_or_exit()
 
 
 # ------------------------------------------------------------------ db
@@ -107,7 +110,18 @@ def db_upgrade(revision: str) -> None:
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
     cfg.attributes["url"] = settings.database_url
     command.upgrade(cfg, revision)
-    click.echo(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+    # What the database is at now (upgrading to an older revision changes nothing).
+    from alembic.runtime.migration import MigrationContext
+
+    from billing_app.db import create_db_engine
+
+    engine = create_db_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision() or "base"
+    finally:
+        engine.dispose()
+    click.echo(f"database at {current}: {settings.database_url.split('@')[-1]}")
 
 
 # ------------------------------------------------------------------ users

@@ -144,6 +144,16 @@ def start_sandbox(port: int, webhook_url: str, env: dict[str, str]) -> subproces
     )
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port`."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _stop(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -178,6 +188,12 @@ def run(port: int | None) -> None:
 
     sandbox = None
     if settings.uses_stripe_sandbox:
+        if not port_free(settings.stripe_sandbox_port):
+            # Another process there would answer the app's Stripe calls in its place.
+            raise click.ClickException(
+                f"port {settings.stripe_sandbox_port} (STRIPE_SANDBOX_PORT) is in use; "
+                "stop what holds it or choose another port"
+            )
         webhook = f"http://127.0.0.1:{port}/api/billing/webhook"
         sandbox = start_sandbox(settings.stripe_sandbox_port, webhook, env)
         if not wait_for_port(settings.stripe_sandbox_port):
@@ -207,6 +223,8 @@ def run(port: int | None) -> None:
         + f"\n{bar}\n",
     )
     app = subprocess.Popen(reflex_command(), cwd=PROJECT_ROOT, env=env)
+    # SIGTERM (systemd, docker stop) stops the app and the sandbox as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app.wait()
     except KeyboardInterrupt:

@@ -15,7 +15,12 @@ def group() -> None:
 
 
 @group.command("run")
-@click.option("--port", type=int, default=None, help="Port (default STRIPE_SANDBOX_PORT, 12111)")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port (default STRIPE_SANDBOX_PORT, 12111)",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--webhook-url",
@@ -36,7 +41,7 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
             "this sandbox.",
             err=True,
         )
-    port = port or settings.stripe_sandbox_port
+    port = settings.stripe_sandbox_port if port is None else port
     public_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     config = SandboxConfig(
         api_key=SANDBOX_SECRET_KEY,
