@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from billing_app.errors import BillingError
-from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings, get_settings_or_exit
+from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings
 
 
 def _json_default(value: Any) -> str:
@@ -87,7 +87,10 @@ def main() -> None:
     """Billing and usage metering over Stripe."""
     # Every command checks the whole configuration first (the plan catalog too), so a
     # malformed setting stops any command with its one line, as it stops the app.
-    get_settings_or_exit()
+    from billing_app.plans import get_catalog
+
+    get_settings()
+    get_catalog()
 
 
 # ------------------------------------------------------------------ db
