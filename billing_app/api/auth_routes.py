@@ -253,6 +253,10 @@ def logout(
     else:
         response = JSONResponse({"ok": True})
     clear_session_cookie(response)
+    # The browser tab's pages keep their state under a token in sessionStorage: cleared,
+    # the next page load (whoever signs in next) starts from fresh state, not from the
+    # previous user's (an admin's user list, a key's secret).
+    response.headers["Clear-Site-Data"] = '"storage"'
     return response
 
 

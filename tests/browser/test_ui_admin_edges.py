@@ -161,3 +161,26 @@ def test_far_past_the_limit_the_numbers_read_whole(page: Page, live_app: LiveApp
         out = page.get_by_role("button", name="Sign out").bounding_box()
         assert out is not None and out["x"] + out["width"] <= width, (width, out)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def test_signing_out_leaves_the_next_user_of_the_tab_nothing(page: Page, live_app: LiveApp) -> None:
+    """The tab's pages keep their state under a token in sessionStorage: an admin who made
+    a key and signed out must not hand that state (the key's secret) to whoever signs in
+    next in the same tab."""
+    _users(live_app)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="API keys").click()
+    page.get_by_role("textbox", name="Key name").fill("left-behind")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret.startswith("bk_")
+    before = page.evaluate("sessionStorage.getItem('token')")
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(str(f))))
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r".*/login"))
+    expect(page.locator("#email")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('token')") != before
+    login(page, live_app, LONG_EMAIL, "long-pass-123")
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+    assert frames and not any(secret in f for f in frames)
