@@ -296,17 +296,27 @@ UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
 
 
 def unavailable(err: BaseException) -> ServiceUnavailable | None:
-    """The app's ServiceUnavailable when `err` means the database cannot be reached now,
-    else None (a bug, a constraint, bad input: not an outage).
+    """The app's ServiceUnavailable when `err` means the database cannot serve now, else
+    None (a bug, a constraint, bad input: not an outage).
 
     An outage: the driver's OperationalError or InterfaceError (PostgreSQL stopped or
     unreachable, the SQLite file locked past its timeout), any DBAPIError that lost its
     connection, and the pool's TimeoutError (every connection taken while the database
     hangs). The rule the API has always answered 503 by, with what that takes in: a
     deadlock or serialization failure on PostgreSQL (for which a retry is right), and on
-    SQLite a missing table or an SQL syntax error, which pysqlite raises as
-    OperationalError too.
+    SQLite an SQL syntax error, which pysqlite raises as OperationalError too.
+
+    A missing table or column while the database is not at this code's migration is one
+    too, with schema_problem's line as the message: PostgreSQL raises it as a
+    ProgrammingError, which was a 500, and SQLite's 503 did not say what to do.
     """
+    if _missing_schema(err):
+        try:
+            problem = schema_problem()
+        except Exception:  # the database went away meanwhile: the plain rule below
+            problem = None
+        if problem is not None:
+            return ServiceUnavailable(problem)
     if isinstance(err, sa_exc.DBAPIError):
         down = err.connection_invalidated or isinstance(
             err, sa_exc.OperationalError | sa_exc.InterfaceError
@@ -314,6 +324,23 @@ def unavailable(err: BaseException) -> ServiceUnavailable | None:
     else:
         down = isinstance(err, sa_exc.TimeoutError)
     return ServiceUnavailable(UNAVAILABLE_MESSAGE) if down else None
+
+
+# PostgreSQL's undefined_table and undefined_column.
+_PG_MISSING = frozenset({"42P01", "42703"})
+
+
+def _missing_schema(err: BaseException) -> bool:
+    """A table or column the statement names is not in the database."""
+    if not isinstance(err, sa_exc.DBAPIError):
+        return False
+    orig = err.orig
+    if getattr(orig, "sqlstate", None) in _PG_MISSING:
+        return True
+    if not isinstance(orig, sqlite3.OperationalError):
+        return False
+    text = str(orig)
+    return text.startswith(("no such table", "no such column")) or "has no column named" in text
 
 
 @contextmanager

@@ -115,19 +115,15 @@ def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-def _db_down(_request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", type(exc).__name__)
-    return error_response(
-        503,
-        "service_unavailable",
-        UNAVAILABLE_MESSAGE,
-        headers={"Retry-After": "5"},
-    )
+def _db_down(_request: Request, exc: Exception, message: str = UNAVAILABLE_MESSAGE) -> JSONResponse:
+    log.warning("database unavailable: %s: %s", type(exc).__name__, message)
+    return error_response(503, "service_unavailable", message, headers={"Retry-After": "5"})
 
 
 def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
-    if unavailable(exc) is not None:
-        return _db_down(request, exc)
+    down = unavailable(exc)
+    if down is not None:
+        return _db_down(request, exc, down.message)
     if isinstance(exc, sa_exc.DataError):
         # A value the column cannot hold (e.g. a NUL character in JSON on PostgreSQL):
         # bad input, so a 422, never a 500. The transaction was rolled back.

@@ -26,7 +26,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.db import driver_rows
+from billing_app.db import driver_rows, unavailable
 from billing_app.errors import InvalidWebhook, UserNotFound
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import (
@@ -960,6 +960,10 @@ async def grace_period_task(interval_seconds: float = GRACE_CHECK_INTERVAL_SECON
             changed = await asyncio.to_thread(enforce_grace_periods_now)
             if changed:
                 log.info("past_due grace over: %d user(s) moved to free quotas", changed)
-        except Exception:  # keep the loop alive; the next pass retries
-            log.exception("enforcing past_due grace periods failed")
+        except Exception as err:  # keep the loop alive; the next pass retries
+            down = unavailable(err)
+            if down is None:
+                log.exception("enforcing past_due grace periods failed")
+            else:  # an outage or an un-migrated database: one line, not a traceback
+                log.warning("enforcing past_due grace periods: %s", down.message)
         await asyncio.sleep(interval_seconds)

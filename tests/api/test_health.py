@@ -49,3 +49,69 @@ def test_health_says_503_when_the_database_goes_away_after_a_200(client, monkeyp
     _clear_caches()
     r = client.get("/api/health")
     assert r.status_code == 503, r.text
+
+
+def test_requests_to_an_unmigrated_database_answer_503_naming_the_fix(
+    empty_database_url, monkeypatch
+):
+    """Every route, not only /api/health: a login, a signup and a usage post against a
+    database nobody migrated say what to do, where PostgreSQL's "relation does not exist"
+    was a 500 (SQLite's "no such table" a 503 with no hint)."""
+    from fastapi.testclient import TestClient
+
+    from billing_app.api.app import create_api
+    from billing_app.api.fast_lane import fast_lane
+    from tests.api.conftest import ORIGIN
+    from tests.conftest import _clear_caches
+
+    monkeypatch.setenv("DATABASE_URL", empty_database_url)
+    _clear_caches()
+    fix = f"The database has no schema yet: run `billing-app db upgrade` (to {schema_head()})."
+    with TestClient(fast_lane(create_api()), base_url=ORIGIN) as api:
+        answers = [
+            api.post("/api/auth/login", json={"email": "a@example.com", "password": "x" * 12}),
+            api.post("/api/auth/signup", json={"email": "a@example.com", "password": "x" * 12}),
+            api.post(
+                "/api/billing/usage",
+                headers={"Authorization": "Bearer bk_live_nothing"},
+                json={"metric": "tokens", "quantity": 1, "idempotency_key": "k1"},
+            ),
+            api.post(
+                "/api/billing/quota/check",
+                headers={"Authorization": "Bearer bk_live_nothing"},
+                json={"metric": "tokens", "quantity": 1},
+            ),
+            api.get("/api/health"),
+        ]
+    for r in answers:
+        assert r.status_code == 503, (r.request.url, r.text)
+        assert r.json()["error"] == {"code": "service_unavailable", "message": fix}, r.text
+
+
+def test_the_grace_task_says_the_fix_in_one_line_on_an_unmigrated_database(
+    empty_database_url, monkeypatch, caplog
+):
+    import asyncio
+    import logging
+
+    from billing_app.services.stripe_sync import grace_period_task
+    from tests.conftest import _clear_caches
+
+    monkeypatch.setenv("DATABASE_URL", empty_database_url)
+    _clear_caches()
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(grace_period_task(interval_seconds=60))
+        while not caplog.records:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="billing_app"):
+        asyncio.run(asyncio.wait_for(one_pass(), timeout=10))
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "enforcing past_due grace periods: The database has no schema yet: "
+        f"run `billing-app db upgrade` (to {schema_head()})."
+    )
