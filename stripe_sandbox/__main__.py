@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import uvicorn
 
 from .app import create_app
-from .config import DEFAULT_HOST, DEFAULT_PORT, SandboxConfig
+from .config import DEFAULT_HOST, DEFAULT_PORT, Plan, SandboxConfig
+
+
+def plans_json(text: str) -> list[Plan]:
+    """`--plans`: a JSON list of Plan fields, checked here so a bad one is a usage error."""
+    try:
+        plans = [Plan(*fields) for fields in json.loads(text)]
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(f"not a JSON list of plans: {err}") from err
+    for plan in plans:
+        if not (isinstance(plan.unit_amount, int) and plan.unit_amount >= 0):
+            raise argparse.ArgumentTypeError(f"{plan.price_id}: unit_amount must be an integer")
+    return plans
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         "--public-url", help="base URL of the checkout/portal pages (env STRIPE_SANDBOX_PUBLIC_URL)"
     )
     parser.add_argument("--api-key", help="accepted secret key (any sk_test_... also works)")
+    parser.add_argument(
+        "--plans",
+        type=plans_json,
+        help="the prices to seed, a JSON list of [price_id, product_name, unit_amount, "
+        "currency, interval] (default: Basic, Pro and Enterprise at 19, 99 and 499 usd)",
+    )
     args = parser.parse_args(argv)
 
     config = SandboxConfig.from_env(
@@ -33,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_secret=args.webhook_secret,
         public_url=args.public_url,
         api_key=args.api_key,
+        plans=args.plans,
     )
     if not config.public_url:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -7,6 +7,7 @@ set) and runs Reflex in production mode. Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -135,8 +136,20 @@ def reflex_command() -> list[str]:
 
 
 def start_sandbox(port: int, webhook_url: str, env: dict[str, str]) -> subprocess.Popen:
+    from billing_app.cli.sandbox import catalog_prices
+
     return subprocess.Popen(
-        [sys.executable, "-m", "stripe_sandbox", "--port", str(port), "--webhook-url", webhook_url],
+        [
+            sys.executable,
+            "-m",
+            "stripe_sandbox",
+            "--port",
+            str(port),
+            "--webhook-url",
+            webhook_url,
+            "--plans",
+            json.dumps(catalog_prices()),
+        ],  # fmt: skip
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -9,6 +9,19 @@ from billing_app.cli import ErrorGroup
 WEBHOOK_PATH = "/api/billing/webhook"
 
 
+def catalog_prices() -> list[tuple[str, str, int, str, str]]:
+    """The sandbox's prices from the app's catalog (BILLING_PLANS_JSON applied), as
+    (price_id, product_name, unit_amount, currency, interval): checkout and invoices then
+    charge what the plan cards show, not the sandbox's built-in 19/99/499 usd."""
+    from billing_app.plans import get_catalog
+
+    return [
+        (plan.stripe_price_id, plan.name, plan.amount, plan.currency, "month")
+        for plan in get_catalog().values()
+        if plan.stripe_price_id is not None
+    ]
+
+
 @click.group(name="sandbox", cls=ErrorGroup)
 def group() -> None:
     """The local Stripe sandbox (development and tests)."""
@@ -48,6 +61,7 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
         webhook_url=webhook_url or settings.api_url.rstrip("/") + WEBHOOK_PATH,
         webhook_secret=settings.stripe_webhook_secret or "whsec_sandbox_secret",
         public_url=f"http://{public_host}:{port}",
+        plans=list(catalog_prices()),
     )
     click.echo(
         f"Stripe sandbox on http://{host}:{port}; webhooks -> {config.webhook_url}", err=True
