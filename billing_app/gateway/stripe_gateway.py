@@ -88,6 +88,12 @@ def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
     return PaymentProviderError(f"Stripe failed to {action}: {detail}", **extra)
 
 
+def _log_failure(action: str, err: stripe.StripeError) -> None:
+    """One line: stripe-python's network errors span four, with blank lines, which log
+    collectors split into entries of their own (and the CLI printed above its error)."""
+    log.warning("stripe call failed (%s): %s", action, " ".join(str(err).split()))
+
+
 class StripeGateway:
     """Thin, typed wrapper over `stripe.StripeClient` for the calls the app makes."""
 
@@ -111,7 +117,7 @@ class StripeGateway:
         try:
             return _plain(fn(*args, **kwargs))
         except stripe.StripeError as err:
-            log.warning("stripe call failed (%s): %s", action, err)
+            _log_failure(action, err)
             raise _translate(err, action) from err
 
     def _iter(self, action: str, fn: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -119,7 +125,7 @@ class StripeGateway:
             for obj in fn(params=params).auto_paging_iter():
                 yield _plain(obj)
         except stripe.StripeError as err:
-            log.warning("stripe call failed (%s): %s", action, err)
+            _log_failure(action, err)
             raise _translate(err, action) from err
 
     # ------------------------------------------------------------------ customers

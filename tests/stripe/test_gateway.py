@@ -185,7 +185,7 @@ def test_stripe_errors_become_domain_errors(sandbox):
         bad_key.retrieve_subscription("sub_x")
 
 
-def test_unreachable_stripe_is_a_clear_error(app_settings):
+def test_unreachable_stripe_is_a_clear_error(app_settings, caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -195,6 +195,12 @@ def test_unreachable_stripe_is_a_clear_error(app_settings):
     with pytest.raises(PaymentProviderError, match="Could not reach Stripe") as err:
         gw.retrieve_customer("cus_x")
     assert err.value.status_code == 502
+    # Logged once, on one line, with where it failed (stripe-python's text spans four).
+    [record] = [r for r in caplog.records if r.name == "billing_app.gateway.stripe_gateway"]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert message.startswith("stripe call failed (read a customer): ")
+    assert f"port={port}" in message and "Connection refused" in message
 
 
 def test_card_errors_are_402():
