@@ -89,7 +89,9 @@ class RecordResult:
     """The answer to record or consume: the event and the metric's quota status now."""
 
     event: UsageEvent
-    duplicate: bool  # the key was already stored: this call counted nothing
+    # The key was stored before this call: this call counted nothing. Never for a key the
+    # client made: a retry that finds its own lost attempt's event counted it (this call).
+    duplicate: bool
     over_limit: bool
     metric: str
     used: int
@@ -102,6 +104,10 @@ class RecordResult:
 
 @dataclass(frozen=True)
 class BatchResult:
+    """`duplicates`: events whose key was stored before this call, as RecordResult's
+    `duplicate` (with minimal=True and some keys the caller's, the server's count, which
+    also counts this call's own lost attempt)."""
+
     recorded: int
     duplicates: int
     results: list[RecordResult] | None  # one per event, in order; None when minimal=True
@@ -219,10 +225,12 @@ def _event(d: Mapping[str, Any]) -> UsageEvent:
     )
 
 
-def _record(d: Mapping[str, Any]) -> RecordResult:
+def _record(d: Mapping[str, Any], *, own_key: bool = False) -> RecordResult:
+    """`own_key`: the client made the event's key, so the server's `duplicate` can only be
+    this call's own earlier attempt, whose answer was lost."""
     return RecordResult(
         event=_event(d["event"]),
-        duplicate=d["duplicate"],
+        duplicate=d["duplicate"] and not own_key,
         over_limit=d["over_limit"],
         metric=d["metric"],
         used=d["used"],
@@ -428,6 +436,13 @@ class BillingClient:
     ) -> None:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must not be negative")
+        # A key read from a file ends in a newline; httpx would refuse the header later with
+        # the whole secret in its message. The key itself is never put into these errors.
+        api_key = api_key.strip()
+        if not api_key or not all("!" <= ch <= "~" for ch in api_key):
+            raise ValueError("api_key is empty or holds characters no API key has")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -468,7 +483,8 @@ class BillingClient:
         body = _write_body(user_id, metric, quantity, idempotency_key, metadata)
         if occurred_at is not None:
             body["occurred_at"] = occurred_at.isoformat()
-        return _record(self._post("/api/billing/usage", body, keys=[body["idempotency_key"]]))
+        data = self._post("/api/billing/usage", body, keys=[body["idempotency_key"]])
+        return _record(data, own_key=idempotency_key is None)
 
     def consume(
         self,
@@ -482,9 +498,8 @@ class BillingClient:
         """Atomically check the quota and record; raises QuotaExceeded (nothing recorded)
         when `quantity` more would pass the limit."""
         body = _write_body(user_id, metric, quantity, idempotency_key, metadata)
-        return _record(
-            self._post("/api/billing/usage/consume", body, keys=[body["idempotency_key"]])
-        )
+        data = self._post("/api/billing/usage/consume", body, keys=[body["idempotency_key"]])
+        return _record(data, own_key=idempotency_key is None)
 
     def check(self, user_id: int, metric: str, quantity: int = 1) -> CheckResult:
         """Would `quantity` more fit in the user's quota? Reads only."""
@@ -511,10 +526,11 @@ class BillingClient:
         ValidationError naming it by index). `minimal=True`: the counts only, no results."""
         if not 1 <= len(events) <= MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} events, got {len(events)}")
-        sent = []
+        sent, own = [], []
         for ev in events:
             out: dict[str, Any] = dict(ev)
-            if out.get("idempotency_key") is None:
+            own.append(out.get("idempotency_key") is None)
+            if own[-1]:
                 out["idempotency_key"] = str(uuid.uuid4())  # fixed before the first attempt
             if isinstance(out.get("occurred_at"), datetime):
                 out["occurred_at"] = out["occurred_at"].isoformat()
@@ -526,12 +542,16 @@ class BillingClient:
             keys=[ev["idempotency_key"] for ev in sent],
             headers=headers,
         )
-        results = data.get("results")
-        return BatchResult(
-            recorded=data["recorded"],
-            duplicates=data["duplicates"],
-            results=None if results is None else [_record(r) for r in results],
-        )
+        recorded, duplicates = data["recorded"], data["duplicates"]
+        if data.get("results") is not None:
+            results = [_record(r, own_key=o) for r, o in zip(data["results"], own, strict=True)]
+            duplicates = sum(r.duplicate for r in results)
+            recorded = len(results) - duplicates
+        else:  # counts only: exact when every key is the client's, else the server's
+            results = None
+            if all(own):
+                recorded, duplicates = recorded + duplicates, 0
+        return BatchResult(recorded=recorded, duplicates=duplicates, results=results)
 
     # -------------------------------------------------------------- transport
 

@@ -22,6 +22,15 @@ class ValidationFailed(BillingError):
     status_code = 422
     code = "validation_error"
 
+    def to_dict(self) -> dict[str, Any]:
+        """A rule's 422 names its field in `fields` too, as a schema's 422 does, so a
+        caller (and the client's ValidationError.fields) reads one shape for both."""
+        out = super().to_dict()
+        field = self.details.get("field")
+        if isinstance(field, str) and "fields" not in out:
+            out["fields"] = [{"field": field, "message": self.message, "type": self.code}]
+        return out
+
 
 def batch_event_error(index: int, errors: list[dict[str, Any]], message: str) -> dict[str, Any]:
     """A bad event of a batch in one shape, whatever refused it (the JSON's shape in the

@@ -95,7 +95,9 @@ def _key(body_key: str | None, header_key: str | None) -> str | None:
             "Idempotency-Key header and body idempotency_key differ.", field="idempotency_key"
         )
     key = body_key if body_key is not None else header_key
-    if key is not None and (not key.strip() or len(key) > 255):
+    if key is not None and not key.strip():
+        raise ValidationFailed("Idempotency key must not be blank.", field="idempotency_key")
+    if key is not None and len(key) > 255:
         raise ValidationFailed(
             "Idempotency key must be 1 to 255 characters.", field="idempotency_key"
         )

@@ -99,6 +99,11 @@ def _validate_key(key: Any) -> str:
             f"Idempotency key must be a non-empty string of at most {MAX_KEY_LENGTH} characters.",
             field="idempotency_key",
         )
+    if "\x00" in key:  # PostgreSQL refuses it, SQLite stored it: refused on both
+        raise ValidationFailed(
+            "Idempotency key must not contain a NUL character (\\u0000).",
+            field="idempotency_key",
+        )
     return key
 
 
@@ -114,7 +119,8 @@ def _validate_metadata(metadata: Any) -> dict[str, Any] | None:
         )
     try:
         # UTF-8, as stored: a lone surrogate ("\ud800") is valid JSON text but no string.
-        size = len(_META_JSON.encode(metadata).encode())
+        encoded = _META_JSON.encode(metadata)
+        size = len(encoded.encode())
     except (TypeError, ValueError):
         raise ValidationFailed(
             "Metadata must be JSON-serialisable text (no NaN, no lone surrogates).",
@@ -124,7 +130,23 @@ def _validate_metadata(metadata: Any) -> dict[str, Any] | None:
         raise ValidationFailed(
             f"Metadata is larger than {MAX_METADATA_BYTES:,} bytes.", field="metadata"
         )
+    if "\\u0000" in encoded and _has_nul(metadata):  # jsonb refuses it, SQLite stored it
+        raise ValidationFailed(
+            "Metadata must not contain a NUL character (\\u0000).", field="metadata"
+        )
     return metadata
+
+
+def _has_nul(value: Any) -> bool:
+    """A NUL character in any key or string (the encoded text's "\\u0000" may also be an
+    escaped backslash followed by "u0000")."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _depth(value: Any) -> int:

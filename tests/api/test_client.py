@@ -253,7 +253,8 @@ def test_a_read_is_retried(actors, live_server):
 # Why the key must be fixed before the first attempt: the first attempt below is stored
 # and counted by the server; only its answer is lost. The retry is the same request
 # again. With the same key the server finds the event and answers `duplicate`, counting
-# nothing; with a key made per attempt the retry would be a second, new event: (2, 1400,
+# nothing (the client reports duplicate False: the key is its own, so the event is this
+# call's); with a key made per attempt the retry would be a second, new event: (2, 1400,
 # 1400) in the database and `duplicate` False. Checked by breaking the client for a run
 # (the key made inside the retry loop, per attempt, where the caller gave none): this
 # test failed on the counter with (2, 1400, 1400), the consume below was refused
@@ -266,7 +267,8 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_counted_once(actors, liv
     assert lose.attempts == 2
     assert lose.answers[0][0] == 201  # the lost answer: stored
     assert _totals(actors.a.id) == (1, 700, 700)
-    assert r.duplicate
+    assert lose.answers[1][1]["duplicate"] is True  # the server found the lost attempt's
+    assert not r.duplicate  # which is this call's own event: it counted
     assert lose.sent[0]["idempotency_key"] == lose.sent[1]["idempotency_key"]
     assert r.event.idempotency_key == lose.sent[0]["idempotency_key"]
 
@@ -278,7 +280,8 @@ def test_a_consume_whose_answer_is_lost_is_not_refused_on_retry(actors, live_ser
     lose = LoseAnswers()
     with billing(live_server, actors.service_key, lose) as c:
         r = c.consume(actors.a.id, "scraping_tasks", 100)
-    assert lose.attempts == 2 and r.duplicate and r.remaining == 0
+    assert lose.attempts == 2 and lose.answers[1][1]["duplicate"] is True
+    assert not r.duplicate and r.remaining == 0
     assert _totals(actors.a.id, "scraping_tasks") == (1, 100, 100)
 
 
@@ -295,8 +298,35 @@ def test_a_batch_whose_answer_is_lost_is_counted_once(actors, live_server):
     assert lose.attempts == 2
     assert lose.answers[0][1] == {"recorded": 3, "duplicates": 0}  # the lost answer
     assert _totals(a) == (3, 7, 7)
+    # With "mine" the caller's key, the counts are the server's (it may be an earlier call's).
     assert (out.recorded, out.duplicates) == (0, 3)
     assert lose.sent[0] == lose.sent[1]
+
+
+@pytest.mark.parametrize("minimal", [False, True])
+def test_a_batch_retried_on_the_clients_own_keys_reports_its_events_as_recorded(
+    actors, live_server, minimal
+):
+    """The events of a batch whose keys the client made can only be duplicates of this
+    call's own lost attempt: recorded by this call, not duplicates."""
+    a = actors.a.id
+    events: list[Any] = [{"user_id": a, "metric": "tokens", "quantity": q} for q in (1, 2)]
+    if not minimal:
+        events.append({"user_id": a, "metric": "tokens", "quantity": 4, "idempotency_key": "k"})
+        with billing(live_server, actors.service_key) as c:
+            c.record(a, "tokens", 4, idempotency_key="k")  # an earlier call's
+    lose = LoseAnswers()
+    with billing(live_server, actors.service_key, lose) as c:
+        out = c.record_batch(events, minimal=minimal)
+    assert lose.attempts == 2
+    assert lose.answers[1][1]["duplicates"] == len(events)
+    if minimal:
+        assert (out.recorded, out.duplicates, out.results) == (2, 0, None)
+        assert _totals(a) == (2, 3, 3)
+    else:
+        assert (out.recorded, out.duplicates) == (2, 1)
+        assert [r.duplicate for r in out.results or []] == [False, False, True]
+        assert _totals(a) == (3, 7, 7)
 
 
 def test_unavailable_carries_the_keys_so_a_later_retry_counts_once(actors, live_server):
@@ -321,7 +351,7 @@ def test_unavailable_carries_the_keys_so_a_later_retry_counts_once(actors, live_
 def test_a_retryable_status_is_retried(actors, live_server, status):
     first = AnswerFirst(status)
     with billing(live_server, actors.service_key, first) as c:
-        r = c.record(actors.a.id, "tokens", 5)
+        r = c.record(actors.a.id, "tokens", 5, idempotency_key=f"k-{status}")
     assert first.attempts == 2 and not r.duplicate  # the first never reached the server
     assert first.sent[0] == first.sent[1]
     assert _totals(actors.a.id) == (1, 5, 5)
@@ -495,3 +525,22 @@ def test_the_client_imports_only_the_standard_library_and_httpx():
             assert node.level == 0, "no relative imports"
             imported.add((node.module or "").split(".")[0])
     assert imported - set(sys.stdlib_module_names) == {"httpx"}
+
+
+# ------------------------------------------------------------------ construction
+
+
+def test_a_key_read_from_a_file_works_and_a_bad_one_never_shows_the_secret(actors, live_server):
+    key = actors.service_key
+    with billing(live_server, key + "\n") as c:  # as `open(path).read()` gives it
+        assert c.check(actors.a.id, "tokens").allowed
+    for bad in (key[:12] + "\n" + key[12:], key[:12] + " " + key[12:], "  \n"):
+        with pytest.raises(ValueError) as caught:
+            BillingClient(live_server.url, bad)
+        assert key[12:] not in str(caught.value)
+        assert "api_key" in str(caught.value)
+
+
+def test_a_base_url_without_a_scheme_is_refused_at_once():
+    with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
+        BillingClient("billing.internal:8000", "bk_live_x_y")

@@ -179,3 +179,63 @@ def test_an_email_with_a_control_character_is_refused_on_either_database(actors,
     r = anon.post("/api/auth/signup", json={"email": email, "password": "correct-horse-battery"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "email"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"metric": "tokens", "quantity": 1}, "user_id"),  # a service key names the user
+        ({"metric": "tokenz", "quantity": 1, "user_id": "A"}, "metric"),
+        ({"metric": "tokens", "quantity": 1, "user_id": "A", "idempotency_key": " "}, None),
+    ],
+)
+def test_a_rules_422_lists_its_field_as_a_schemas_422_does(actors, body, field):
+    """One shape for every 422: `fields` [{field, message, type}] (the client's
+    ValidationError.fields read it), whether the schema or a rule refused the body."""
+    body = {**body, "user_id": actors.a.id} if body.get("user_id") == "A" else body
+    r = actors.key_client(actors.service_key).post("/api/billing/usage", json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    field = field or "idempotency_key"
+    assert error["fields"] == [{"field": field, "message": error["message"], "type": error["code"]}]
+    assert error["field"] == field
+
+
+@pytest.mark.parametrize("where", ["idempotency_key", "metadata key", "metadata value"])
+def test_a_nul_character_is_refused_naming_the_field_on_both_databases(actors, where):
+    """PostgreSQL cannot store U+0000 (text or jsonb); SQLite stored it. Both refuse it now,
+    naming the field, in the single and the batch endpoint."""
+    event: dict = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    field = where.split()[0]
+    if where == "idempotency_key":
+        event["idempotency_key"] = "job\x007"
+    elif where == "metadata key":
+        event["metadata"] = {"a\x00b": 1}
+    else:
+        event["metadata"] = {"tags": ["ok", "x\x00"]}
+    svc = actors.key_client(actors.service_key)
+    single = svc.post("/api/billing/usage", json=event)
+    assert single.status_code == 422, single.text
+    assert single.json()["error"]["field"] == field
+    assert "NUL" in single.json()["error"]["message"]
+    batch = svc.post("/api/billing/usage/batch", json={"events": [event]})
+    assert batch.status_code == 422, batch.text
+    [bad] = batch.json()["error"]["events"]
+    assert bad["index"] == 0 and bad["errors"][0]["field"] == field
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul(actors):
+    svc = actors.key_client(actors.service_key)
+    r = svc.post(
+        "/api/billing/usage",
+        json={
+            "user_id": actors.a.id,
+            "metric": "tokens",
+            "quantity": 1,
+            "metadata": {"path": "C:\\u0000"},
+        },  # fmt: skip
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["event"]["metadata"] == {"path": "C:\\u0000"}
