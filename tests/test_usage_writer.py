@@ -216,14 +216,14 @@ def test_a_write_the_database_refuses_fails_alone(app_settings, engine, is_postg
     with Session(engine) as s:
         user = make_user(s)
     good = [prepare_write(user.id, "tokens", 1, f"ok{i}", consume=consume) for i in range(20)]
-    # Refused by the database, not by validation: the CHECK (quantity > 0) constraint
-    # (built directly, past prepare_write); on PostgreSQL also a NUL in jsonb metadata,
-    # which passes validation.
+    # Refused by the database, not by validation (both built directly, past prepare_write,
+    # which refuses them): the CHECK (quantity > 0) constraint; on PostgreSQL also a NUL
+    # in jsonb metadata.
     zero = UsageWrite(user.id, "tokens", 0, "zero", None, None, consume=consume)
     bad = [(zero, sa_exc.IntegrityError)]
     if is_postgres:
-        nul = prepare_write(
-            user.id, "tokens", 1, "nul", metadata={"x": "nul \u0000 here"}, consume=consume
+        nul = UsageWrite(
+            user.id, "tokens", 1, "nul", {"x": "nul \u0000 here"}, None, consume=consume
         )
         bad.append((nul, sa_exc.DataError))
     for n, (write, error) in enumerate(bad):
