@@ -50,7 +50,14 @@ from billing_app.services.dto import (
     RecordResult,
     UsageEventDTO,
 )
-from billing_app.services.periods import Period, calendar_month, per_user_periods, period_for
+from billing_app.services.periods import (
+    Period,
+    calendar_month,
+    per_user_periods,
+    period_for,
+    period_of,
+    subscription_for_periods,
+)
 
 MAX_KEY_LENGTH = 255
 MAX_METADATA_BYTES = 16_384
@@ -702,17 +709,24 @@ WriteOutcome = RecordResult | BillingError
 
 
 def _periods(session: Session, writes: list[UsageWrite], now: datetime) -> list[Period]:
-    """Each write's period: one lookup per month, or per user and month when a plan
-    resets with its billing period."""
-    by_user = per_user_periods()
-    cache: dict[tuple[int, int, int], Period] = {}
+    """Each write's period: one calendar month per month, or, when a plan resets with
+    its billing period, one subscription lookup per user and the period worked out per
+    write (a user's periods overlap within a month: see periods.period_of)."""
+    if per_user_periods():
+        subs: dict[int, Any] = {}
+        out = []
+        for w in writes:
+            if w.user_id not in subs:
+                subs[w.user_id] = subscription_for_periods(session, w.user_id)
+            out.append(period_of(subs[w.user_id], w.occurred_at or now))
+        return out
+    months: dict[tuple[int, int], Period] = {}
     out = []
     for w in writes:
         at = w.occurred_at or now
-        k = (w.user_id if by_user else 0, at.year, at.month)
-        p = cache.get(k)
-        if p is None or not p.start <= at < p.end:
-            p = cache[k] = period_for(session, w.user_id, at)
+        p = months.get((at.year, at.month))
+        if p is None:
+            p = months[(at.year, at.month)] = calendar_month(at)
         out.append(p)
     return out
 

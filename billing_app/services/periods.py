@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -40,13 +41,26 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
     session or a bare connection (then a session is opened on it only for the lookup)."""
     if not per_user_periods():
         return calendar_month(at)  # no lookup on the hot path in the default setup
-    from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, ends_at
+    return period_of(subscription_for_periods(db, user_id), at)
+
+
+def subscription_for_periods(db: Session | sa.Connection, user_id: int) -> Any:
+    """The subscription `period_of` decides by (the user's current one, or None)."""
+    from billing_app.services.subscriptions import current_subscription
 
     if isinstance(db, Session):
-        sub = current_subscription(db, user_id)
-    else:
-        with Session(bind=db) as session:
-            sub = current_subscription(session, user_id)
+        return current_subscription(db, user_id)
+    with Session(bind=db) as session:
+        return current_subscription(session, user_id)
+
+
+def period_of(sub: Any, at: datetime) -> Period:
+    """The period `at` counts in for a user whose current subscription is `sub` (None:
+    none). A user's periods overlap: the calendar month applies before the subscription
+    began and after its plan ended, its billing period in between; so the period of one
+    moment says nothing about another's in the same month."""
+    from billing_app.services.subscriptions import LIVE_STATUSES, ends_at
+
     plan = get_catalog().get(sub.plan) if sub else None
     if (
         sub is None

@@ -1,0 +1,142 @@
+"""Plans that reset with their billing period: a user's periods overlap within a month
+(the calendar month before the subscription began and after its plan ended, the billing
+period in between), so each write's period is worked out from its own moment, also when
+writes share a batch or a group commit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import Session, select
+
+from billing_app import plans
+from billing_app.errors import QuotaExceeded
+from billing_app.models import UsageEvent
+from billing_app.services import metering, metering_batch, stripe_sync
+from billing_app.settings import get_settings
+from tests.factories import make_user
+
+START = datetime(2026, 11, 10, 8, tzinfo=UTC)  # the subscription's period: Nov 10 - Dec 10
+END = datetime(2026, 12, 10, 8, tzinfo=UTC)
+
+
+def _pro_resets_with_billing_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's own example configuration: pro follows the billing period, the other
+    plans the calendar month."""
+    monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
+    get_settings.cache_clear()
+    plans.get_catalog.cache_clear()
+
+
+def _sub(user_id: int, plan: str, status: str = "active", **extra) -> dict:
+    """A Stripe subscription object as a webhook carries it (current API shape)."""
+    price = plans.get_catalog()[plan].stripe_price_id
+    return {
+        "id": f"sub_h2_{user_id}",
+        "object": "subscription",
+        "customer": f"cus_h2_{user_id}",
+        "status": status,
+        "created": int(START.timestamp()),
+        "metadata": {"user_id": str(user_id)},
+        "items": {
+            "data": [
+                {
+                    "id": f"si_h2_{user_id}",
+                    "price": {"id": price, "unit_amount": 100},
+                    "quantity": 1,
+                    "current_period_start": int(START.timestamp()),
+                    "current_period_end": int(END.timestamp()),
+                }
+            ]
+        },  # fmt: skip
+        **extra,
+    }
+
+
+def _webhook(session: Session, obj: dict, at: datetime) -> None:
+    stripe_sync.apply_subscription(session, obj, at)
+    session.commit()
+
+
+def _events_in(session: Session, user_id: int, start: datetime, end: datetime) -> int:
+    """Oracle: the stored events' quantities whose occurred_at falls in [start, end)."""
+    rows = session.exec(
+        select(UsageEvent.occurred_at, UsageEvent.quantity).where(UsageEvent.user_id == user_id)
+    ).all()
+    session.rollback()
+    return sum(q for at, q in rows if start <= at.astimezone(UTC) < end)
+
+
+# ------------------------------------------------------------------ writes sharing a transaction
+
+
+def test_writes_in_one_batch_straddling_the_subscription_start_keep_their_periods(
+    session, frozen_clock, monkeypatch
+):
+    """One batch (or one group-commit transaction) with an event from before the pro
+    subscription began and one from after: each must count in its own period, exactly
+    as when the same two events are sent one by one."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session, customer=None)
+    _webhook(session, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 10, 10, tzinfo=UTC))
+    before = datetime(2026, 11, 10, 7, tzinfo=UTC)  # free plan, calendar month
+    during = datetime(2026, 11, 10, 9, tzinfo=UTC)  # pro, billing period Nov 10 08:00
+
+    # One by one: right.
+    alone = metering.record(session, user.id, "tokens", 1, "alone", occurred_at=during)
+    assert alone.status.period_start == START
+
+    writes = metering_batch.validate_batch([
+        {"user_id": user.id, "metric": "tokens", "quantity": 5, "idempotency_key": "b0",
+         "occurred_at": before},
+        {"user_id": user.id, "metric": "tokens", "quantity": 7, "idempotency_key": "b1",
+         "occurred_at": during},
+    ])  # fmt: skip
+    r_before, r_during = metering_batch.record_batch(session, writes)
+    assert r_before.status.period_start == datetime(2026, 11, 1, tzinfo=UTC)
+    # The pro period's counter (what quotas and GET /usage read) must hold 1 + 7.
+    summary = {m.metric: m for m in metering.summary(session, user.id)}
+    assert summary["tokens"].used == _events_in(session, user.id, START, END) == 8
+    assert r_during.status.period_start == START
+
+
+def test_a_batch_straddling_the_subscription_start_does_not_let_consume_pass_the_limit(
+    session, frozen_clock, monkeypatch
+):
+    """The effect on quotas: the pro period's work, batched together with one event from
+    before the subscription, lands in the calendar month's counter; the pro period's
+    counter (what consume decides on) never sees it, so consume grants past the limit."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    _webhook(session, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 20, tzinfo=UTC))
+    writes = metering_batch.validate_batch([
+        {"user_id": user.id, "metric": "scraping_tasks", "quantity": 1,
+         "idempotency_key": "pre-sub", "occurred_at": datetime(2026, 11, 5, tzinfo=UTC)},
+        {"user_id": user.id, "metric": "scraping_tasks", "quantity": 1_000,  # pro's limit
+         "idempotency_key": "pro-work", "occurred_at": datetime(2026, 11, 19, tzinfo=UTC)},
+    ])  # fmt: skip
+    metering_batch.record_batch(session, writes)
+    assert _events_in(session, user.id, START, END) == 1_000  # the pro period is used up
+    with pytest.raises(QuotaExceeded):
+        metering.consume(session, user.id, "scraping_tasks", 1_000, "more")
+
+
+def test_single_posts_sharing_a_group_commit_keep_their_periods(engine, frozen_clock, monkeypatch):
+    """Two plain POST /usage requests that the group-commit writer happens to put in one
+    transaction: a late event from before the subscription, then the current one."""
+    from billing_app.services.usage_writer import UsageWriter
+
+    _pro_resets_with_billing_period(monkeypatch)
+    with Session(engine, expire_on_commit=False) as s:
+        user = make_user(s)
+        _webhook(s, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 20, tzinfo=UTC))
+    writer = UsageWriter()
+    with writer.paused():  # both queued while the writer is busy: one group
+        late = datetime(2026, 11, 5, tzinfo=UTC)
+        writer.submit(metering.prepare_write(user.id, "tokens", 1, "late", occurred_at=late))
+        now = writer.submit(metering.prepare_write(user.id, "tokens", 9, "now"))
+    assert now.result().status.period_start == START
