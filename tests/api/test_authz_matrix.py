@@ -250,6 +250,13 @@ def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lan
             "code": "validation_error",
             "message": "user_id is required with a service key.",
             "field": "user_id",
+            "fields": [
+                {
+                    "field": "user_id",
+                    "message": "user_id is required with a service key.",
+                    "type": "validation_error",
+                }
+            ],
         }
     else:
         assert error == {
