@@ -193,7 +193,13 @@ def login(
     try:
         check_same_origin(request, required=False)
         data = _parse(s.LoginIn, body.data)
-        user, token = auth.login(session, data.email, data.password, client_ip(request))
+        user, token = auth.login(
+            session,
+            data.email,
+            data.password,
+            client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+        )
     except BillingError as err:
         if body.is_form:
             return _form_error("/login", form_error_code(err), next_)

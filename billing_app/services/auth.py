@@ -102,17 +102,46 @@ def _recent_failures(session: Session, email: str, ip: str | None) -> tuple[int,
     return by_account, by_ip
 
 
-def _check_rate(session: Session, email: str, ip: str | None) -> None:
+def _claim_attempt(session: Session, email: str, ip: str | None) -> int:
+    """Record this attempt, committed, then count: RateLimited (the attempt taken back)
+    when it is one too many for the account or the IP; else its row's id.
+
+    Recorded before the password is checked, not after: each attempt then counts every
+    attempt committed before it, so at most MAX_FAILS_PER_ACCOUNT of any number sent at
+    once get a password check. Counting first let 20 parallel attempts all through on
+    PostgreSQL (none saw the others' uncommitted rows). And nothing stays locked during
+    the check: on SQLite the count's write transaction held every writer for 100+ ms."""
+    attempt = LoginAttempt(email=email, ip=ip)
+    session.add(attempt)
+    # Keep the table small: this account's attempts older than the window are spent.
+    session.exec(
+        sa.delete(LoginAttempt).where(  # type: ignore[call-overload]
+            col(LoginAttempt.email) == email,
+            col(LoginAttempt.created_at) <= utcnow() - RATE_WINDOW,
+        )
+    )
+    session.commit()
+    assert attempt.id is not None
     by_account, by_ip = _recent_failures(session, email, ip)
-    if by_account >= MAX_FAILS_PER_ACCOUNT or by_ip >= MAX_FAILS_PER_IP:
-        session.rollback()
+    if by_account > MAX_FAILS_PER_ACCOUNT or by_ip > MAX_FAILS_PER_IP:
+        # Refused attempts are not counted: the lock-out ends a window after the failures.
+        session.exec(sa.delete(LoginAttempt).where(col(LoginAttempt.id) == attempt.id))  # type: ignore[call-overload]
+        session.commit()
         raise RateLimited(
             "Too many failed sign-in attempts. Try again in a few minutes.",
             retry_after=int(RATE_WINDOW.total_seconds()),
         )
+    session.rollback()  # end the read: no transaction is open during the password check
+    return attempt.id
 
 
-def login(session: Session, email: str, password: str, ip: str | None) -> tuple[UserDTO, str]:
+def login(
+    session: Session,
+    email: str,
+    password: str,
+    ip: str | None,
+    user_agent: str | None = None,
+) -> tuple[UserDTO, str]:
     """Check the password and open a session: (user, token).
 
     Raises Unauthorized with one generic message whatever was wrong, and RateLimited
@@ -122,27 +151,19 @@ def login(session: Session, email: str, password: str, ip: str | None) -> tuple[
         raise Unauthorized(LOGIN_FAILED)
     email = email.strip().lower()[:320]
     ip = (ip or None) and ip[:64]
-    _check_rate(session, email, ip)
+    _claim_attempt(session, email, ip)
     user = session.exec(select(User).where(User.email == email)).first()
+    stored = user.password_hash if user is not None else None
+    dto = users.to_dto(user) if user is not None and user.id is not None else None
+    session.rollback()
     # A hash is checked whoever asks (an unknown email, an SSO-only account without a
     # password): the answer's timing must not tell which accounts exist.
-    stored = user.password_hash if user is not None else None
     ok = passwords.verify_password(stored or _DUMMY_HASH, password[:1024]) and bool(stored)
-    if not ok or user is None or user.id is None:
-        session.add(LoginAttempt(email=email, ip=ip))
-        # Keep the table small: this account's attempts older than the window are spent.
-        session.exec(
-            sa.delete(LoginAttempt).where(  # type: ignore[call-overload]
-                col(LoginAttempt.email) == email,
-                col(LoginAttempt.created_at) <= utcnow() - RATE_WINDOW,
-            )
-        )
-        session.commit()
-        raise Unauthorized(LOGIN_FAILED)
+    if not ok or dto is None:
+        raise Unauthorized(LOGIN_FAILED)  # the attempt stays recorded: a failure
     # A success clears this account's failures (the per-IP count keeps running).
     session.exec(sa.delete(LoginAttempt).where(col(LoginAttempt.email) == email))  # type: ignore[call-overload]
-    dto = users.to_dto(user)
-    return dto, new_session(session, user.id, ip=ip)
+    return dto, new_session(session, dto.id, ip=ip, user_agent=user_agent)
 
 
 def user_for_token(session: Session, token: str | None) -> UserDTO | None:
