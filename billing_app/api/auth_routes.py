@@ -23,6 +23,7 @@ from billing_app.api import schemas as s
 from billing_app.api.deps import (
     check_same_origin,
     client_ip,
+    cookie_header,
     current_user,
     db_session,
     optional_principal,
@@ -54,7 +55,7 @@ def cookie_secure() -> bool:
 
 def set_session_cookie(response: Response, token: str) -> None:
     response.set_cookie(
-        auth.SESSION_COOKIE,
+        auth.session_cookie_name(),
         token,
         max_age=int(auth.SESSION_TTL.total_seconds()),
         httponly=True,
@@ -66,7 +67,7 @@ def set_session_cookie(response: Response, token: str) -> None:
 
 def clear_session_cookie(response: Response) -> None:
     response.delete_cookie(
-        auth.SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=cookie_secure()
+        auth.session_cookie_name(), path="/", httponly=True, samesite="lax", secure=cookie_secure()
     )
 
 
@@ -249,9 +250,8 @@ def logout(
     # optional_principal already ran the CSRF check for a cookie-authenticated post.
     if p is not None:  # a scoped key names no account action (one rule for every route)
         api_keys.check_scope(p, None)
-    token = request.cookies.get(auth.SESSION_COOKIE)
-    if token and p is not None and p.via == "session":
-        auth.logout(session, token)
+    if p is not None and p.via == "session":
+        auth.logout(session, cookie_header(request))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     response: Response
     if ctype in FORM_TYPES:

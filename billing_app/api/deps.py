@@ -103,15 +103,18 @@ def require_principal(request: Request, session: Session) -> Principal:
     return p
 
 
+def cookie_header(request: Request) -> str:
+    """Every Cookie header of the request, joined (as the pages' state sees them;
+    Starlette's `request.cookies` reads the first header and keeps a name's last value)."""
+    return "; ".join(request.headers.getlist("cookie"))
+
+
 def resolve_principal(request: Request, session: Session) -> Principal | None:
     """Bearer API key, else the session cookie (with the CSRF rule for state changes)."""
     secret = _bearer(request)
     if secret is not None:
         return api_keys.authenticate(session, secret)
-    token = request.cookies.get(auth.SESSION_COOKIE)
-    if not token:
-        return None
-    user = auth.user_for_token(session, token)
+    user = auth.user_for_cookie(session, cookie_header(request))
     if user is None:
         return None
     if request.method not in SAFE_METHODS:

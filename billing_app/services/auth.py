@@ -1,7 +1,7 @@
 """Local accounts and browser sessions: signup, login (rate limited), logout, OIDC matching.
 
 Sessions are opaque random tokens; only their SHA-256 is stored, so a database leak
-does not leak live sessions. The token travels in an HttpOnly cookie (SESSION_COOKIE).
+does not leak live sessions. The token travels in an HttpOnly cookie (session_cookie_name()).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from billing_app.models import AuthSession, User
 from billing_app.models.tables import LoginAttempt
 from billing_app.services import api_keys, passwords, users
 from billing_app.services.dto import UserDTO
+from billing_app.settings import get_settings
 
 DEFAULT_NEXT = "/billing"
 
@@ -34,6 +35,17 @@ def safe_next(value: Any, default: str = DEFAULT_NEXT) -> str:
 
 
 SESSION_COOKIE = "billing_session"
+# Its name when the app is served over HTTPS: a browser accepts a `__Host-` cookie only
+# from this very host (Secure, Path=/, no Domain), so another host of the site (a
+# sibling subdomain) cannot set one that the browser would send here.
+HOST_SESSION_COOKIE = "__Host-" + SESSION_COOKIE
+
+
+def session_cookie_name() -> str:
+    """The session cookie's name for this deployment (see HOST_SESSION_COOKIE)."""
+    return HOST_SESSION_COOKIE if get_settings().app_url.startswith("https://") else SESSION_COOKIE
+
+
 SESSION_TTL = timedelta(days=14)
 # last_seen_at is written at most this often, so reading a session stays a pure read.
 SEEN_EVERY = timedelta(minutes=5)
@@ -197,14 +209,16 @@ def user_for_token(session: Session, token: str | None) -> UserDTO | None:
     return dto
 
 
-def logout(session: Session, token: str | None) -> None:
-    """Revoke the session (a no-op for an unknown token)."""
-    if not token or not isinstance(token, str):
+def logout(session: Session, cookie_header: str | None) -> None:
+    """Revoke every session the header's cookies carry (unknown tokens are no-ops): with
+    two, revoking one left the other, which the pages or the API could still be using."""
+    tokens = session_tokens(cookie_header)
+    if not tokens:
         return
     session.exec(
         sa.update(AuthSession)  # type: ignore[call-overload]
         .where(
-            col(AuthSession.token_hash) == hash_token(token),
+            col(AuthSession.token_hash).in_([hash_token(t) for t in tokens]),
             col(AuthSession.revoked_at).is_(None),
         )
         .values(revoked_at=utcnow())
@@ -230,20 +244,38 @@ def set_password(session: Session, user_id: int, password: str) -> UserDTO:
     return users.to_dto(user)
 
 
-def parse_session_cookie(cookie_header: str | None) -> str | None:
-    """The session token from a raw `Cookie:` header, or None.
+# The most session cookies of one request looked up (a browser sends a few at most).
+MAX_SESSION_COOKIES = 4
 
-    Parsed by hand: SimpleCookie gives up on the whole header at the first cookie it
-    dislikes, and other apps on the same host may set such cookies.
-    """
+
+def session_tokens(cookie_header: str | None) -> list[str]:
+    """Every session token in a raw `Cookie:` header, in the order sent.
+
+    A browser sends two when another host of the site set one for the parent domain,
+    or an old one with another path is left over: the API and the pages must pick the
+    same one (see user_for_cookie). Parsed by hand: SimpleCookie gives up on the whole
+    header at the first cookie it dislikes, and other apps on the same host may set such
+    cookies."""
     if not cookie_header or not isinstance(cookie_header, str):
-        return None
+        return []
+    tokens: list[str] = []
+    wanted = session_cookie_name()
     for part in cookie_header.split(";"):
         name, sep, value = part.strip().partition("=")
-        if sep and name.strip() == SESSION_COOKIE:
+        if sep and name.strip() == wanted:
             value = value.strip().strip('"')
-            if value:
-                return value
+            if value and value not in tokens:
+                tokens.append(value)
+    return tokens[:MAX_SESSION_COOKIES]
+
+
+def user_for_cookie(session: Session, cookie_header: str | None) -> UserDTO | None:
+    """The user of the first session cookie in the header that is a live session: the
+    one rule of the API and the pages, so both act for the same user."""
+    for token in session_tokens(cookie_header):
+        user = user_for_token(session, token)
+        if user is not None:
+            return user
     return None
 
 

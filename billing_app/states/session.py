@@ -28,11 +28,10 @@ def user_from_cookie(cookie_header: str) -> UserDTO | None:
     """Resolve the session cookie to a user through the auth service (one DB read).
     Raises ServiceUnavailable while the database cannot be reached: nobody is known then,
     neither signed in nor out."""
-    token = auth.parse_session_cookie(cookie_header or "")
-    if not token:
+    if not auth.session_tokens(cookie_header):
         return None
     with outage_as_error(), session_scope() as session:
-        return auth.user_for_token(session, token)
+        return auth.user_for_cookie(session, cookie_header)
 
 
 class SessionState(rx.State):

@@ -238,12 +238,16 @@ def test_csrf_cookie_post_needs_our_origin(actors):
     assert k.post("/api/billing/usage", json=body).status_code == 201
 
 
-def test_parse_session_cookie():
-    assert auth.parse_session_cookie(None) is None
-    assert auth.parse_session_cookie("") is None
-    assert auth.parse_session_cookie("a=1; billing_session=tok123; b=2") == "tok123"
-    assert auth.parse_session_cookie("other=1") is None
-    assert auth.parse_session_cookie('bad"cookie; billing_session=tok9') == "tok9"
+def test_session_tokens():
+    assert auth.session_tokens(None) == []
+    assert auth.session_tokens("") == []
+    assert auth.session_tokens("a=1; billing_session=tok123; b=2") == ["tok123"]
+    assert auth.session_tokens("other=1") == []
+    assert auth.session_tokens('bad"cookie; billing_session=tok9') == ["tok9"]
+    two = "billing_session=old; x=1; billing_session=new; billing_session=old"
+    assert auth.session_tokens(two) == ["old", "new"]
+    many = "; ".join(f"billing_session=t{i}" for i in range(10))
+    assert len(auth.session_tokens(many)) == auth.MAX_SESSION_COOKIES
 
 
 def test_user_for_token_handles_junk(session):
