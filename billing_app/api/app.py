@@ -28,7 +28,8 @@ def create_api() -> FastAPI:
         version="1.0.0",
         description=(
             "Stripe subscriptions and usage metering. Authenticate with the session cookie "
-            "(`billing_session`, set by /api/auth/login) or `Authorization: Bearer <API key>`."
+            "(`billing_session`, or `__Host-billing_session` over HTTPS, set by "
+            "/api/auth/login) or `Authorization: Bearer <API key>`."
         ),
         docs_url=None,  # _install_docs: FastAPI's own page loads Swagger UI from a CDN
         redoc_url=None,
@@ -66,9 +67,48 @@ def create_api() -> FastAPI:
 
     api.include_router(webhook.router)
 
+    _install_security_schemes(api)
     _install_docs(api)
     _install_api_fallback(api)
     return api
+
+
+SECURITY_SCHEMES = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`bk_live_...`): a service's, or a user's own.",
+    },
+    "sessionCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "billing_session",
+        "description": "The browser session (`__Host-billing_session` over HTTPS).",
+    },
+}
+
+
+def _install_security_schemes(api: FastAPI) -> None:
+    """Declare how to authenticate in /api/openapi.json: /api/docs then has its Authorize
+    button, and generated clients send the key. The routes read the caller themselves
+    (deps.resolve_principal), so FastAPI cannot see it: an operation that can answer 401
+    takes either scheme (sign-in's 401 is a wrong password: it takes none)."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        doc = build()
+        doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for path, operations in doc.get("paths", {}).items():
+            for op in operations.values():
+                if path == "/api/auth/login" or not isinstance(op, dict):
+                    continue
+                if "401" in op.get("responses", {}):
+                    op["security"] = [{"apiKey": []}, {"sessionCookie": []}]
+        return doc
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 DOCS_ASSETS = "/api/docs/assets"

@@ -115,3 +115,29 @@ def test_the_grace_task_says_the_fix_in_one_line_on_an_unmigrated_database(
         "enforcing past_due grace periods: The database has no schema yet: "
         f"run `billing-app db upgrade` (to {schema_head()})."
     )
+
+
+def test_openapi_declares_how_to_authenticate(client):
+    """/api/docs gets its Authorize button and generated clients send the key: the API
+    key (bearer) or the session cookie, on every operation that can answer 401."""
+    doc = client.get("/api/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["apiKey"]["type"] == "http" and schemes["apiKey"]["scheme"] == "bearer"
+    assert schemes["sessionCookie"] == {**schemes["sessionCookie"], "in": "cookie"}
+    either = [{"apiKey": []}, {"sessionCookie": []}]
+    paths = doc["paths"]
+    for path, method in [
+        ("/api/billing/usage", "post"),
+        ("/api/billing/usage/batch", "post"),
+        ("/api/billing/quota/check", "post"),
+        ("/api/billing/admin/users", "get"),
+        ("/api/auth/me", "get"),
+    ]:
+        assert paths[path][method]["security"] == either, path
+    for path, method in [
+        ("/api/health", "get"),
+        ("/api/auth/login", "post"),
+        ("/api/auth/signup", "post"),
+        ("/api/billing/webhook", "post"),
+    ]:
+        assert "security" not in paths[path][method], path
