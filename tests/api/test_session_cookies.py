@@ -55,9 +55,7 @@ def test_sign_out_revokes_every_session_cookie_sent(actors):
         assert _me(actors, f"{auth.SESSION_COOKIE}={token}").status_code == 401
 
 
-def test_over_https_the_cookie_is_host_only_and_a_plain_named_one_is_ignored(
-    actors, monkeypatch
-):
+def test_over_https_the_cookie_is_host_only_and_a_plain_named_one_is_ignored(actors, monkeypatch):
     """Served over HTTPS, the cookie is `__Host-billing_session`, which browsers take only
     from this host (Secure, Path=/, no Domain): a sibling subdomain cannot toss one in.
     A `billing_session` cookie (which any host of the site could set) is not read."""
