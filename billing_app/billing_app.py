@@ -12,6 +12,7 @@ import billing_app.pages  # noqa: F401  (registers every @rx.page)
 from billing_app.api.app import create_api
 from billing_app.api.cors import own_origins_only
 from billing_app.api.fast_lane import fast_lane
+from billing_app.api.proxies import behind_proxies
 from billing_app.db import schema_problem
 from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
@@ -25,7 +26,7 @@ class BillingApp(rx.App):
     measured, those cost ~0.1 ms of CPU per service call on PostgreSQL."""
 
     def __call__(self) -> ASGIApp:
-        return fast_lane(own_origins_only(super().__call__()))
+        return behind_proxies(fast_lane(own_origins_only(super().__call__())))
 
 
 app = BillingApp(

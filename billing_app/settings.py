@@ -83,12 +83,33 @@ class Settings(BaseSettings):
     # Reflex state in Redis (several workers); rxconfig.py passes it to Reflex.
     reflex_redis_url: str | None = None
     admin_emails: str = ""
+    # Reverse proxies whose X-Forwarded-For / -Proto are believed (IPs or CIDRs, comma-
+    # separated). Empty: none, so a client cannot pick the address its login limit counts.
+    trusted_proxies: str = ""
     session_secret: str = DEV_SESSION_SECRET
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None
 
     environment: Literal["dev", "prod", "test"] = "dev"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, v: str) -> str:
+        for part in (p.strip() for p in v.split(",")):
+            if not part:
+                continue
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network (CIDR)") from None
+        return v
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """Addresses as written, networks normalised (10.0.0.1/8 -> 10.0.0.0/8)."""
+        parts = (p.strip() for p in self.trusted_proxies.split(","))
+        return [str(ipaddress.ip_network(p, strict=False)) if "/" in p else p for p in parts if p]
 
     @field_validator("database_url")
     @classmethod
