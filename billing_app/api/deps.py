@@ -99,8 +99,17 @@ def require_principal(request: Request, session: Session) -> Principal:
     """For hot-path routes that resolve the caller inside their own thread (no extra hops)."""
     p = resolve_principal(request, session)
     if p is None:
-        raise Unauthorized("Sign in or send an API key.")
+        raise no_caller(request)
     return p
+
+
+def no_caller(request: Request) -> Unauthorized:
+    """The 401 for a request without a caller; an API key sent under another scheme
+    (`Authorization: Token bk_live_...`, or the bare key) is told the scheme."""
+    header = request.headers.get("authorization", "")
+    if "bk_live_" in header:
+        return Unauthorized("Send the API key as 'Authorization: Bearer <API key>'.")
+    return Unauthorized("Sign in or send an API key.")
 
 
 def cookie_header(request: Request) -> str:
@@ -122,10 +131,12 @@ def resolve_principal(request: Request, session: Session) -> Principal | None:
     return Principal(kind="user", user=user, via="session")
 
 
-async def principal(p: Principal | None = Depends(optional_principal)) -> Principal:
+async def principal(
+    request: Request, p: Principal | None = Depends(optional_principal)
+) -> Principal:
     # async: no I/O here, so no thread hop on the hot path
     if p is None:
-        raise Unauthorized("Sign in or send an API key.")
+        raise no_caller(request)
     return p
 
 

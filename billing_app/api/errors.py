@@ -56,10 +56,33 @@ def _loc(loc: tuple[Any, ...]) -> str:
 _MESSAGES = {"extra_forbidden": "No such field here; check its spelling against /api/docs."}
 
 
-def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+def _sent_as_other_than_json(request: Request | None) -> bool:
+    """A body sent with a Content-Type that is not JSON (`curl -d` sends a form's)."""
+    if request is None:
+        return False
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not ctype:
+        return False
+    return not (
+        ctype == "application/json"
+        or (ctype.startswith("application/") and ctype.endswith("+json"))
+    )
+
+
+def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errs):
         return error_response(400, "malformed_json", "The request body is not valid JSON.")
+    if _sent_as_other_than_json(request) and any(
+        tuple(e.get("loc") or ()) == ("body",) for e in errs
+    ):
+        # FastAPI read no JSON and said the body is "not a valid dictionary": say why.
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        return error_response(
+            415,
+            "unsupported_media_type",
+            f"Send the body as JSON with Content-Type: application/json (it came as {ctype}).",
+        )
     fields = []
     events: dict[int, list[dict[str, Any]]] = {}
     for e in errs:

@@ -37,6 +37,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found",
         409: "Conflict",
         413: "Body larger than 1 MiB",
+        415: "Body not sent as JSON (Content-Type: application/json)",
         422: "Validation failed",
         429: "Rate limited",
         502: "Payment provider error",

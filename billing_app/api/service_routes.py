@@ -23,12 +23,14 @@ from fastapi.responses import JSONResponse
 from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
 from billing_app.db import read_connection, session_scope
-from billing_app.errors import ValidationFailed
+from billing_app.errors import ValidationFailed, batch_event_error
 from billing_app.services import metering, metering_batch
 from billing_app.services.dto import Principal, RecordResult
 from billing_app.services.usage_writer import writer
 
-router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409))
+router = APIRouter(
+    prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409, 415)
+)
 
 _IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
 BATCH_KEY_MAX = 250
@@ -165,9 +167,23 @@ def record_batch(
                 "(each event's key is it followed by #<index>).",
                 field="idempotency_key",
             )
+        own = {ev.get("idempotency_key") for ev in raw if isinstance(ev, dict)}
+        clashes = []
         for i, ev in enumerate(raw):
             if isinstance(ev, dict) and ev.get("idempotency_key") is None:
                 ev["idempotency_key"] = f"{batch_key}#{i}"
+                if ev["idempotency_key"] in own:  # it would be taken for that event's retry
+                    message = (
+                        f"Its key would be {ev['idempotency_key']}, which another event of "
+                        "the batch has as its own: give this one a key, or rename that one."
+                    )
+                    problem = {"field": "idempotency_key", "code": "validation_error"}
+                    clashes.append(batch_event_error(i, [{**problem, "message": message}], message))
+        if clashes:
+            raise ValidationFailed(
+                f"{len(clashes)} of {len(raw)} events are invalid; nothing was recorded.",
+                events=clashes,
+            )
     events = metering_batch.validate_batch(raw, partial(resolve_user_id, p))
     minimal = wants_minimal(prefer)
     with session_scope() as session:

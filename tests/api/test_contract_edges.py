@@ -138,7 +138,7 @@ def test_only_application_json_types_are_json_in_both_lanes(actors):
                 headers={"Content-Type": ctype},
             )
             answers.append((r.status_code, r.json()["error"]["code"]))
-        assert answers[0] == answers[1] and answers[0][0] == 422, (ctype, answers)
+        assert answers[0] == answers[1] and answers[0] == (415, "unsupported_media_type"), (ctype, answers)
     with session_scope() as s:
         assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
 
@@ -239,3 +239,60 @@ def test_an_escaped_backslash_before_u0000_is_text_not_a_nul(actors):
     )
     assert r.status_code == 201, r.text
     assert r.json()["event"]["metadata"] == {"path": "C:\\u0000"}
+
+
+def test_a_batch_key_that_would_repeat_an_events_own_key_is_refused(actors):
+    """With `Idempotency-Key: job-7`, the second event's key would be `job-7#1`, which the
+    first has as its own: it was taken for a duplicate of it and dropped with a 2xx."""
+    svc = actors.key_client(actors.service_key)
+    ev = {"user_id": actors.a.id, "metric": "tokens", "quantity": 5}
+    r = svc.post(
+        "/api/billing/usage/batch",
+        json={"events": [{**ev, "idempotency_key": "job-7#1"}, ev]},
+        headers={"Idempotency-Key": "job-7"},
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == "1 of 2 events are invalid; nothing was recorded."
+    [clash] = error["events"]
+    assert clash["index"] == 1 and clash["errors"][0]["field"] == "idempotency_key"
+    assert "job-7#1" in clash["message"]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("ctype", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_sent_as_another_type_is_415_saying_so(actors, ctype):
+    """`curl -d` without `-H Content-Type: application/json` sends a form's type: the
+    answer was a 422 "body: Input should be a valid dictionary", naming no cause."""
+    for client in _lanes(actors, actors.service_key):
+        r = client.post(
+            "/api/billing/usage",
+            content=json.dumps({"user_id": actors.a.id, "metric": "tokens", "quantity": 1}),
+            headers={"Content-Type": ctype},
+        )
+        assert r.status_code == 415, r.text
+        assert r.json()["error"] == {
+            "code": "unsupported_media_type",
+            "message": "Send the body as JSON with Content-Type: application/json "
+            f"(it came as {ctype}).",
+        }
+
+
+@pytest.mark.parametrize("header", ["Token {key}", "{key}", "ApiKey {key}"])
+def test_an_api_key_under_another_scheme_is_told_the_scheme(actors, header):
+    anon = TestClient(actors.api, base_url=ORIGIN)
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    auth = {"Authorization": header.format(key=actors.service_key)}
+    for path, method in [("/api/billing/usage", "post"), ("/api/billing/usage", "get")]:
+        if method == "post":
+            r = anon.post(path, json=body, headers=auth)
+        else:
+            r = anon.get(path, headers=auth)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["message"] == (
+            "Send the API key as 'Authorization: Bearer <API key>'."
+        )
+        assert actors.service_key not in r.text
+    plain = anon.get("/api/billing/usage", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert plain.json()["error"]["message"] == "Sign in or send an API key."
