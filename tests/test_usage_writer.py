@@ -294,3 +294,46 @@ def test_two_processes_writers_racing_for_counters_lose_no_write(app_settings, e
     with Session(engine) as s:
         assert usage_totals(s, user.id, "api_calls") == (2 * rounds,) * 3
         assert usage_totals(s, user.id, "tokens") == (5 * rounds,) * 3
+
+
+def test_a_row_held_elsewhere_fails_its_write_alone_and_soon(app_settings, engine, is_postgres):
+    """A counter row another transaction holds (a psql session, a slow job) fails its own
+    write after db.PG_LOCK_TIMEOUT with a 503 cause, and the writes grouped with it go on.
+    The writer used to wait for as long as the row was held: every user's writes in the
+    worker stalled behind one row."""
+    import time
+
+    import sqlalchemy as sa
+
+    from billing_app.db import unavailable
+
+    if not is_postgres:
+        pytest.skip("row locks another session holds are PostgreSQL's (PostgreSQL leg)")
+    with Session(engine) as s:
+        a, b = make_user(s), make_user(s)
+    writer = UsageWriter()
+    for user in (a, b):  # their counters exist
+        writer.submit(prepare_write(user.id, "tokens", 1, "first")).result(timeout=30)
+    holder = engine.connect()
+    try:
+        holder.execute(
+            sa.text("SELECT 1 FROM usage_counter WHERE user_id = :u FOR UPDATE"), {"u": a.id}
+        )
+        started = time.monotonic()
+        with writer.paused():  # one group: a's write, then b's
+            held = writer.submit(prepare_write(a.id, "tokens", 1, "held"))
+            free = writer.submit(prepare_write(b.id, "tokens", 1, "free"))
+        assert not free.result(timeout=8).duplicate
+        with pytest.raises(sa_exc.OperationalError) as caught:
+            held.result(timeout=8)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert caught.value.orig.sqlstate == "55P03"  # type: ignore[union-attr]
+    assert unavailable(caught.value) is not None  # the API answers 503, Retry-After
+    assert elapsed < 7, elapsed  # two lock timeouts (the group's, then its own), no retries
+    retried = writer.submit(prepare_write(a.id, "tokens", 1, "held")).result(timeout=30)
+    assert not retried.duplicate  # nothing of the failed write was stored
+    assert _state(engine, a.id, "tokens") == (2, 2, 2)
+    assert _state(engine, b.id, "tokens") == (2, 2, 2)

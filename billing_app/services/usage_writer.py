@@ -39,9 +39,13 @@ MAX_GROUP = 256  # writes per transaction; bounds statement size and lock hold t
 _Item = tuple[UsageWrite, "Future[RecordResult]"]
 
 
-# PostgreSQL's answers for a transaction that lost a lock race (deadlock, lock or
+# PostgreSQL's answers for a transaction that lost a lock race (deadlock or
 # serialization failure): nothing of it is stored, and run again it goes through.
-_CONFLICT_STATES = frozenset({"40P01", "40001", "55P03"})
+_CONFLICT_STATES = frozenset({"40P01", "40001"})
+# lock_not_available: a row stayed locked past db.PG_LOCK_TIMEOUT (a long transaction
+# elsewhere). Not run again: its write answers 503 at once, and the writes grouped with
+# it go on one by one, instead of the writer waiting as long as that lock is held.
+_LOCK_TIMEOUT_STATE = "55P03"
 CONFLICT_RETRIES = 3
 
 
@@ -51,7 +55,10 @@ def _conflict(err: BaseException) -> bool:
 
 
 def _connection_lost(err: BaseException) -> bool:
-    if _conflict(err):
+    if (
+        _conflict(err)
+        or getattr(getattr(err, "orig", None), "sqlstate", None) == _LOCK_TIMEOUT_STATE
+    ):
         return False  # an OperationalError too, but the connection is fine
     if isinstance(err, sa_exc.DBAPIError):
         return err.connection_invalidated or isinstance(
