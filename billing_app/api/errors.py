@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
@@ -15,11 +16,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billing_app.api.schemas import BatchEventIn
 from billing_app.db import UNAVAILABLE_MESSAGE, unavailable
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error
+from billing_app.services.metering_batch import check_events
 
 log = logging.getLogger("billing_app.api")
 
@@ -98,15 +103,45 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
             )
     details: dict[str, Any] = {"fields": fields}
     if events:
-        details["events"] = [
+        bad = [
             batch_event_error(i, errs_, f"{errs_[0]['field']}: {errs_[0]['message']}")
             for i, errs_ in sorted(events.items())
         ]
-        message = f"{len(events)} event(s) are invalid; nothing was recorded."
+        raw = exc.body.get("events") if isinstance(exc.body, dict) else None
+        total = len(raw) if isinstance(raw, list) else len(events)
+        if isinstance(raw, list):  # the rules too, for the events the schema took
+            bad = sorted(bad + _rule_errors(raw, set(events)), key=lambda e: e["index"])
+        details["events"] = bad
+        message = f"{len(bad)} of {total} events are invalid; nothing was recorded."
     else:
         first = fields[0] if fields else {"field": "body", "message": "invalid"}
         message = f"{first['field']}: {first['message']}"
     return error_response(422, "validation_error", message, **details)
+
+
+@lru_cache(maxsize=1)
+def _batch_event_adapter() -> TypeAdapter[Any]:
+    """Built on the first refused batch, not at import."""
+    return TypeAdapter(BatchEventIn)
+
+
+def _rule_errors(raw: list[Any], skip: set[int]) -> list[dict[str, Any]]:
+    """The service's checks of a refused batch's other events (unknown metric, a key
+    repeated with other values...), so one answer names every bad event. Whom an event
+    acts for is not known here: a missing user_id is left to the next attempt."""
+    adapter = _batch_event_adapter()
+    parsed: list[Any] = []
+    for i, event in enumerate(raw):
+        if i in skip:
+            parsed.append(None)
+            continue
+        try:
+            parsed.append(adapter.validate_python(event))
+        except PydanticValidationError:  # the schema refused it too: already named
+            skip.add(i)
+            parsed.append(None)
+    _, errors = check_events(parsed, lambda uid: 1 if uid is None else uid, frozenset(skip))
+    return errors
 
 
 def _billing(_request: Request, exc: BillingError) -> JSONResponse:

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
-from billing_app.db import read_connection, session_scope
+from billing_app.db import read_connection, read_session, session_scope
 from billing_app.errors import ValidationFailed, batch_event_error
-from billing_app.services import metering, metering_batch
+from billing_app.services import metering, metering_batch, users
 from billing_app.services.dto import Principal, RecordResult
 from billing_app.services.usage_writer import writer
 
@@ -151,6 +151,11 @@ def wants_minimal(prefer: str | None) -> bool:
     return any(p.split(";")[0].strip().lower() == "return=minimal" for p in prefer.split(","))
 
 
+def _existing_users(ids: set[int]) -> set[int]:
+    with read_session() as session:
+        return users.existing_ids(session, ids)
+
+
 def record_batch(
     p: Principal, body: s.BatchIn, prefer: str | None = None, batch_key: str | None = None
 ) -> JSONResponse:
@@ -184,7 +189,7 @@ def record_batch(
                 f"{len(clashes)} of {len(raw)} events are invalid; nothing was recorded.",
                 events=clashes,
             )
-    events = metering_batch.validate_batch(raw, partial(resolve_user_id, p))
+    events = metering_batch.validate_batch(raw, partial(resolve_user_id, p), _existing_users)
     minimal = wants_minimal(prefer)
     with session_scope() as session:
         results = metering_batch.record_batch(session, events, detail=not minimal)

@@ -29,22 +29,44 @@ MAX_BATCH = 1000
 
 
 def validate_batch(
-    events: list[dict[str, Any]], resolve_user: Callable[[Any], int] | None = None
+    events: list[dict[str, Any]],
+    resolve_user: Callable[[Any], int] | None = None,
+    known_users: Callable[[set[int]], set[int]] | None = None,
 ) -> list[UsageWrite]:
     """Check every event; raise one ValidationFailed listing each bad event by index.
     `resolve_user`: whom an event's `user_id` (None when absent) acts for, or a
-    ValidationFailed naming the event; a Forbidden refuses the whole batch."""
+    ValidationFailed naming the event; a Forbidden refuses the whole batch.
+    `known_users`: which of some user ids exist; asked only when the batch is refused
+    anyway, so its error also names the events of unknown users (otherwise found when
+    the batch is written)."""
     if not isinstance(events, list) or not events:
         raise ValidationFailed("A batch needs at least one event.", field="events")
     if len(events) > MAX_BATCH:
         raise ValidationFailed(
             f"A batch holds at most {MAX_BATCH:,} events; got {len(events):,}.", field="events"
         )
-    out: list[UsageWrite] = []
+    out, errors = check_events(events, resolve_user)
+    if errors:
+        if known_users is not None:
+            errors = sorted(errors + _unknown_users(out, known_users), key=lambda e: e["index"])
+        raise_bad_events(errors, len(events))
+    return [w for _, w in out]
+
+
+def check_events(
+    events: list[Any],
+    resolve_user: Callable[[Any], int] | None = None,
+    skip: frozenset[int] = frozenset(),
+) -> tuple[list[tuple[int, UsageWrite]], list[dict[str, Any]]]:
+    """Each event's checks but `skip`'s: (index, write) of the good ones, and the bad
+    ones in the one shape (api/errors.py's)."""
+    out: list[tuple[int, UsageWrite]] = []
     errors: list[dict[str, Any]] = []
     now = utcnow()
     seen: dict[tuple[int, str], tuple[int, UsageWrite]] = {}
     for i, raw in enumerate(events):
+        if i in skip:
+            continue
         try:
             if not isinstance(raw, dict):
                 raise ValidationFailed("Each event must be a JSON object.")
@@ -68,13 +90,26 @@ def validate_batch(
             message = f"Idempotency key repeats event {first} with different values."
             errors.append(_bad_event(i, IdempotencyConflict.code, message, field="idempotency_key"))
             continue
-        out.append(ev)
-    if errors:
-        raise ValidationFailed(
-            f"{len(errors)} of {len(events)} events are invalid; nothing was recorded.",
-            events=errors,
-        )
-    return out
+        out.append((i, ev))
+    return out, errors
+
+
+def raise_bad_events(errors: list[dict[str, Any]], total: int) -> None:
+    raise ValidationFailed(
+        f"{len(errors)} of {total} events are invalid; nothing was recorded.", events=errors
+    )
+
+
+def _unknown_users(
+    writes: list[tuple[int, UsageWrite]], known_users: Callable[[set[int]], set[int]]
+) -> list[dict[str, Any]]:
+    ids = {w.user_id for _, w in writes}
+    missing = ids - known_users(ids)
+    return [
+        _bad_event(i, UserNotFound.code, f"No user with id {w.user_id}.", field="user_id")
+        for i, w in writes
+        if w.user_id in missing
+    ]
 
 
 def record_batch(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from billing_app.errors import Conflict, UserNotFound, ValidationFailed
 from billing_app.models import User
@@ -80,6 +80,13 @@ def get_user(session: Session, user_id: int) -> User:
     if user is None:
         raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
     return user
+
+
+def existing_ids(session: Session, ids: set[int]) -> set[int]:
+    """Which of `ids` are users (one query)."""
+    if not ids:
+        return set()
+    return set(session.exec(select(User.id).where(col(User.id).in_(ids))).all())  # type: ignore[arg-type]
 
 
 def get_user_by_email(session: Session, email: str) -> User | None:

@@ -296,3 +296,39 @@ def test_an_api_key_under_another_scheme_is_told_the_scheme(actors, header):
         assert actors.service_key not in r.text
     plain = anon.get("/api/billing/usage", headers={"Authorization": "Basic dXNlcjpwYXNz"})
     assert plain.json()["error"]["message"] == "Sign in or send an API key."
+
+
+def _bad_indices(r) -> list[int]:
+    assert r.status_code == 422, r.text
+    return [e["index"] for e in r.json()["error"]["events"]]
+
+
+def test_a_refused_batch_names_every_bad_event_whatever_refused_it(actors):
+    """The schema (quantity 0, an unknown field), a rule (an unknown metric) and an
+    unknown user, in one answer: it used to name only those of the first check that
+    refused the batch, so finding every bad event took three round trips."""
+    svc = actors.key_client(actors.service_key)
+    a = actors.a.id
+    events = [
+        {"user_id": a, "metric": "api_call", "quantity": 1},  # rule: unknown metric
+        {"user_id": a, "metric": "tokens", "quantity": 0},  # schema
+        {"user_id": a, "metric": "tokens", "quantity": 1},  # good
+        {"user_id": 999_999, "metric": "tokens", "quantity": 1},  # unknown user
+        {"user_id": a, "metric": "tokens", "quantity": 1, "idempotencyKey": "x"},  # schema
+    ]
+    schema_first = svc.post("/api/billing/usage/batch", json={"events": events})
+    assert _bad_indices(schema_first) == [0, 1, 4]  # the user is looked up at the write
+    error = schema_first.json()["error"]
+    assert error["message"] == "3 of 5 events are invalid; nothing was recorded."
+    assert error["events"][0]["code"] == "unknown_metric"
+    rules_first = svc.post(
+        "/api/billing/usage/batch", json={"events": [events[0], events[2], events[3]]}
+    )
+    assert _bad_indices(rules_first) == [0, 2]
+    unknown = rules_first.json()["error"]["events"][1]
+    assert unknown["code"] == "user_not_found"
+    assert unknown["errors"] == [
+        {"field": "user_id", "code": "user_not_found", "message": "No user with id 999999."}
+    ]
+    with session_scope() as s:
+        assert usage_totals(s, a, "tokens") == (0, 0, 0)

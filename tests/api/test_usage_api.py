@@ -303,11 +303,13 @@ def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
     ]
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 422
-    assert [e["index"] for e in r.json()["error"]["events"]] == [3]  # schema errors come first
+    # The schema's and the rules' at once; users are looked up once the schema is met.
+    assert [e["index"] for e in r.json()["error"]["events"]] == [1, 3]
     events[3] = good
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 422
-    assert [e["index"] for e in r.json()["error"]["events"]] == [1]
+    err = r.json()["error"]["events"]
+    assert [(e["index"], e["code"]) for e in err] == [(1, "unknown_metric"), (4, "user_not_found")]
     events[1] = good
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 422
