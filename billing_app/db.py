@@ -169,23 +169,10 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return _pg_engine(
-        url,
-        WRITE_POOL_FACTOR * pool_size,
-        max_overflow=0,
-        settings=f"-c lock_timeout={PG_LOCK_TIMEOUT}",
-    )
+    return _pg_engine(url, WRITE_POOL_FACTOR * pool_size, max_overflow=0)
 
 
-# How long a write waits for a row another transaction holds. Past it, the write fails
-# (503, Retry-After) instead of waiting: one usage writer thread per process runs the
-# writes in turn, so one row held by a long transaction (a psql session, a slow job)
-# stalled every user's writes in the worker for as long as it was held (measured: 11 s
-# for a 12 s lock). The app's own transactions hold rows for milliseconds.
-PG_LOCK_TIMEOUT = "2s"
-
-
-def _pg_engine(url: str | sa.URL, pool_size: int, *, settings: str = "", **options: Any) -> Engine:
+def _pg_engine(url: str | sa.URL, pool_size: int, **options: Any) -> Engine:
     return sa.create_engine(
         url,
         pool_size=pool_size,
@@ -194,7 +181,7 @@ def _pg_engine(url: str | sa.URL, pool_size: int, *, settings: str = "", **optio
         # Sessions in UTC: psycopg then loads timestamps with datetime.timezone.utc, the
         # tzinfo of the app's own datetimes. With the server's zone (here Etc/UTC, a
         # ZoneInfo) every comparison of the two took the slow path through utcoffset().
-        connect_args={"connect_timeout": 5, "options": f"-c TimeZone=UTC {settings}".strip()},
+        connect_args={"connect_timeout": 5, "options": "-c TimeZone=UTC"},
         json_serializer=json_text,
         **options,
     )

@@ -298,7 +298,7 @@ def test_two_processes_writers_racing_for_counters_lose_no_write(app_settings, e
 
 def test_a_row_held_elsewhere_fails_its_write_alone_and_soon(app_settings, engine, is_postgres):
     """A counter row another transaction holds (a psql session, a slow job) fails its own
-    write after db.PG_LOCK_TIMEOUT with a 503 cause, and the writes grouped with it go on.
+    write after usage_writer.LOCK_TIMEOUT with a 503 cause, and the writes grouped with it go on.
     The writer used to wait for as long as the row was held: every user's writes in the
     worker stalled behind one row."""
     import time
