@@ -16,7 +16,16 @@ def group() -> None:
 @click.option("--service", "service_name", default=None, help="Service name (a service key)")
 @click.option("--user", "user_ref", default=None, help="User email or id (a user key)")
 @click.option("--name", default=None, help="Label (default: the service or user)")
-def create(service_name: str | None, user_ref: str | None, name: str | None) -> None:
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(["usage:write", "usage:read"]),
+    help="Limit the key to this scope (repeatable; default: every scope)",
+)
+def create(
+    service_name: str | None, user_ref: str | None, name: str | None, scopes: tuple[str, ...]
+) -> None:
     """Create a key; prints it once with its secret."""
     from billing_app.db import session_scope
     from billing_app.services import api_keys
@@ -30,6 +39,7 @@ def create(service_name: str | None, user_ref: str | None, name: str | None) -> 
             name=name or service_name or user_ref or "key",
             user_id=user_id,
             service_name=service_name,
+            scopes=list(scopes),
         )
         _print({**key.to_dict(), "kind": key.kind, "secret": secret})
     click.echo("Store the secret now: it is not shown again.", err=True)

@@ -97,8 +97,7 @@ def create_key(
             f"Unknown scope {bad[0]!r}; expected some of: {', '.join(KNOWN_SCOPES)}.",
             field="scopes",
         )
-    if user_id is not None:
-        users.get_user(session, user_id)
+    owner = users.get_user(session, user_id) if user_id is not None else None
     prefix = secrets.token_hex(4)
     secret = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -111,7 +110,7 @@ def create_key(
     )
     session.add(key)
     session.commit()
-    return _to_dto(key), secret
+    return _to_dto(key, owner.email if owner is not None else None), secret
 
 
 def list_keys(session: Session, user_id: int | None = None) -> list[ApiKeyDTO]:

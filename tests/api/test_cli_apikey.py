@@ -25,6 +25,7 @@ def test_create_list_revoke(actors):
     r = _run("apikey", "create", "--user", "alice@example.com", "--name", "laptop")
     user_key = json.loads(r.stdout)
     assert user_key["user_id"] == actors.a.id and user_key["name"] == "laptop"
+    assert user_key["user_email"] == "alice@example.com"  # was null
     listed = json.loads(_run("apikey", "list").stdout)
     assert {k["name"] for k in listed} >= {"scraper", "laptop"}
     assert all("secret" not in k and "secret_hash" not in k for k in listed)
@@ -41,3 +42,18 @@ def test_errors_are_one_line(actors):
     assert r.exit_code == 2 and "error: No API key with id 99999" in r.output
     r = CliRunner().invoke(main, ["apikey", "create"])
     assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_a_key_limited_to_a_scope(actors):
+    """Least privilege from the command line: a service that only reports usage."""
+    r = _run("apikey", "create", "--service", "reporter", "--scope", "usage:write")
+    assert r.exit_code == 0, r.output
+    created = json.loads(r.stdout)
+    assert created["scopes"] == ["usage:write"]
+    c = actors.key_client(created["secret"])
+    body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    assert c.post("/api/billing/usage", json=body).status_code == 201
+    denied = c.get(f"/api/billing/usage?user_id={actors.a.id}")
+    assert denied.status_code == 403 and denied.json()["error"]["scope"] == "usage:read"
+    bad = CliRunner().invoke(main, ["apikey", "create", "--service", "x", "--scope", "admin"])
+    assert bad.exit_code == 2 and "Invalid value for '--scope'" in bad.output
