@@ -147,6 +147,13 @@ def user() -> None:
     """Accounts and roles."""
 
 
+def _read_password(label: str) -> str:
+    """Asked twice at a terminal; from a pipe (a script, a secret store), its first line."""
+    if sys.stdin.isatty():
+        return str(click.prompt(label, hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 @user.command("create")
 @click.option("--email", required=True)
 @click.option("--name", default="", help="Display name")
@@ -160,7 +167,7 @@ def user_create(email: str, name: str, admin: bool, password: str | None) -> Non
     password_hash = None
     if password is not None:
         if password == "-":
-            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+            password = _read_password("Password")
         from billing_app.services import passwords
 
         password_hash = passwords.hash_password(password)
@@ -188,7 +195,7 @@ def user_set_password(user: str, password: str) -> None:
     from billing_app.services import auth
 
     if password == "-":
-        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+        password = _read_password("New password")
     with session_scope() as session:
         _print(auth.set_password(session, _resolve_user(session, user), password))
 

@@ -67,3 +67,19 @@ def test_set_password_errors_are_one_line_and_change_nothing(client, actors):
     client.cookies.clear()
     r = client.post("/api/auth/login", json={"email": actors.a.email, "password": NEW_PASSWORD})
     assert r.status_code == 200
+
+
+def test_a_password_piped_in_is_one_line(actors):
+    """`echo "$PW" | billing-app user create --password -`: asked twice at a terminal, but
+    a pipe gives one line (it used to need it twice, else "Aborted!")."""
+    from billing_app.db import session_scope
+
+    r = CliRunner().invoke(
+        main,
+        ["user", "create", "--email", "piped@example.com", "--password", "-"],
+        input=f"{NEW_PASSWORD}\n",
+    )
+    assert r.exit_code == 0, r.output
+    with session_scope() as s:
+        user, _ = auth.login(s, "piped@example.com", NEW_PASSWORD, "198.51.100.1")
+    assert user.email == "piped@example.com"
