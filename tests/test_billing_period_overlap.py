@@ -140,3 +140,90 @@ def test_single_posts_sharing_a_group_commit_keep_their_periods(engine, frozen_c
         writer.submit(metering.prepare_write(user.id, "tokens", 1, "late", occurred_at=late))
         now = writer.submit(metering.prepare_write(user.id, "tokens", 9, "now"))
     assert now.result().status.period_start == START
+
+
+# ------------------------------------------------------------------ a plan change mid-period
+
+
+def test_a_downgrade_mid_period_keeps_the_usage_already_made(session, frozen_clock, monkeypatch):
+    """Pro (billing period) -> basic (calendar month) in the customer portal mid-period:
+    the tokens used this month do not vanish, and basic's limit is not granted afresh."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    _webhook(session, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 15, tzinfo=UTC))
+    metering.consume(session, user.id, "tokens", 900_000, "pro-work")
+    assert metering.check(session, user.id, "tokens", 1).used == 900_000
+
+    frozen_clock.set(datetime(2026, 11, 16, tzinfo=UTC))
+    _webhook(session, _sub(user.id, "basic"), datetime(2026, 11, 16, tzinfo=UTC))
+    summary = {m.metric: m for m in metering.summary(session, user.id)}
+    assert summary["tokens"].limit == 100_000
+    # November's usage (the new period's) per the events themselves:
+    nov = metering.calendar_month(frozen_clock.now)
+    assert _events_in(session, user.id, nov.start, nov.end) == 900_000
+    with pytest.raises(QuotaExceeded):  # 900,000 of 100,000 already used this month
+        metering.consume(session, user.id, "tokens", 100_000, "basic-work")
+
+
+def test_a_cancel_mid_period_does_not_grant_a_fresh_free_quota(session, frozen_clock, monkeypatch):
+    """Pro (billing period) canceled immediately: the user is on free for the rest of
+    November, having already used far more than free's 10,000 tokens in November."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    _webhook(session, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 15, tzinfo=UTC))
+    metering.consume(session, user.id, "tokens", 500_000, "pro-work")
+    at = datetime(2026, 11, 16, tzinfo=UTC)
+    frozen_clock.set(at)
+    _webhook(session, _sub(user.id, "pro", "canceled", canceled_at=int(at.timestamp()),
+                           ended_at=int(at.timestamp())), at)  # fmt: skip
+    c = metering.check(session, user.id, "tokens", 10_000)
+    assert c.limit == 10_000
+    assert not c.allowed, f"free quota granted afresh: used={c.used}"
+    assert c.used == 500_000 and c.resets_at == END  # the billing period runs to its end
+    frozen_clock.set(datetime(2026, 12, 10, 9, tzinfo=UTC))  # after it: free's month
+    after = metering.check(session, user.id, "tokens", 1)
+    assert (after.used, after.resets_at) == (0, datetime(2027, 1, 1, tzinfo=UTC))
+
+
+def test_an_upgrade_to_a_billing_period_plan_starts_its_periods_at_the_renewal(
+    session, frozen_clock, monkeypatch
+):
+    """Basic (calendar month) -> pro (billing period) mid-period: the month's usage stays
+    counted under pro's limit until the renewal; the renewal starts pro's first period."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    _webhook(session, _sub(user.id, "basic"), START)
+    frozen_clock.set(datetime(2026, 11, 15, tzinfo=UTC))
+    metering.consume(session, user.id, "tokens", 90_000, "basic-work")
+    frozen_clock.set(datetime(2026, 11, 16, tzinfo=UTC))
+    _webhook(session, _sub(user.id, "pro"), datetime(2026, 11, 16, tzinfo=UTC))
+    c = metering.check(session, user.id, "tokens", 1)
+    assert (c.limit, c.used, c.resets_at) == (1_000_000, 90_000, datetime(2026, 12, 1, tzinfo=UTC))
+    renewed = END + (END - START)
+    frozen_clock.set(datetime(2026, 12, 10, 9, tzinfo=UTC))
+    _webhook(
+        session,
+        _sub(
+            user.id,
+            "pro",
+            items={
+                "data": [
+                    {
+                        "id": f"si_h2_{user.id}",
+                        "price": {
+                            "id": plans.get_catalog()["pro"].stripe_price_id,
+                            "unit_amount": 100,
+                        },
+                        "quantity": 1,
+                        "current_period_start": int(END.timestamp()),
+                        "current_period_end": int(renewed.timestamp()),
+                    }
+                ]
+            },
+        ),  # fmt: skip
+        datetime(2026, 12, 10, 9, tzinfo=UTC),
+    )
+    first = metering.check(session, user.id, "tokens", 1)
+    assert (first.used, first.resets_at) == (0, renewed)

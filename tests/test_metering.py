@@ -509,11 +509,14 @@ def test_billing_period_gap_before_the_renewal_webhook(session, frozen_clock, mo
     assert metering.check(session, user.id, "tokens", 1).resets_at == datetime(
         2027, 2, 1, tzinfo=UTC
     )
-    # Canceled: the calendar month at once, whatever the stored period says.
+    # Canceled within its period: the period still, to its end (a fresh calendar month's
+    # counter would hand out a fresh quota); after it, the calendar month.
     sub.cancel_at_period_end, sub.status = False, "canceled"
     session.add(sub)
     session.commit()
     frozen_clock.set(datetime(2027, 1, 5, tzinfo=UTC))
+    assert metering.check(session, user.id, "tokens", 1).resets_at == next_end
+    frozen_clock.set(datetime(2027, 1, 10, 9, tzinfo=UTC))
     assert metering.check(session, user.id, "tokens", 1).resets_at == datetime(
         2027, 2, 1, tzinfo=UTC
     )

@@ -160,8 +160,8 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
 
 def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
     """Upgrade keeps the subscriptions (cancel_at NULL until their next event) and a stored
-    date reads back as aware UTC; the health check's head is 0009, so a database at 0008
-    is told to upgrade; downgrade drops the column and keeps the rows."""
+    date reads back as aware UTC; a database at 0008 is told to upgrade to the head;
+    downgrade drops the column and keeps the rows."""
     from billing_app.models import Subscription
 
     url = empty_database_url
@@ -184,8 +184,7 @@ def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
                 f"VALUES (1, 'sub_m', 'pro', 'active', false, '{now}', '{now}')"
             )
         assert "cancel_at" not in columns()
-        assert db.schema_head() == "0009"
-        assert "this code needs 0009" in (db.schema_problem(eng) or "")
+        assert f"this code needs {db.schema_head()}" in (db.schema_problem(eng) or "")
         eng.dispose()
         alembic(url, "upgrade", "head")
         assert db.schema_problem(eng) is None
@@ -205,6 +204,46 @@ def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
             assert conn.exec_driver_sql(
                 "SELECT stripe_subscription_id FROM subscription"
             ).all() == [("sub_m",)]
+    finally:
+        eng.dispose()
+
+
+def test_0010_adds_subscription_period_reset_and_back(empty_database_url):
+    """Existing subscriptions keep their rows with period_reset NULL (the plan's rule until
+    their next event); downgrade drops the column and keeps the rows."""
+    url = empty_database_url
+    alembic(url, "upgrade", "0009")
+    eng = db.create_db_engine(url)
+
+    def columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
+
+    try:
+        now = "2026-11-25 12:00:00"
+        with eng.begin() as conn:
+            conn.exec_driver_sql(
+                'INSERT INTO "user" (id, email, display_name, role, created_at) '
+                f"VALUES (1, 'u@example.com', 'U', 'user', '{now}')"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
+                "cancel_at_period_end, created_at, updated_at) "
+                f"VALUES (1, 'sub_r', 'pro', 'active', false, '{now}', '{now}')"
+            )
+        eng.dispose()
+        alembic(url, "upgrade", "0010")
+        assert db.schema_head() == "0010" and db.schema_problem(eng) is None
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT stripe_subscription_id, period_reset FROM subscription"
+            ).all() == [("sub_r", None)]
+        eng.dispose()
+        alembic(url, "downgrade", "0009")
+        assert "period_reset" not in columns()
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT stripe_subscription_id FROM subscription"
+            ).all() == [("sub_r",)]
     finally:
         eng.dispose()
 

@@ -63,6 +63,10 @@ class Subscription(SQLModel, table=True):
     canceled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     # When the subscription entered past_due; the grace period counts from here.
     past_due_since: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    # The reset rule of the current period ("billing_period" or "calendar_month"): its
+    # plan's when the period began. A plan change mid-period takes its own rule at the
+    # next period, so usage keeps counting where it was (NULL: the plan's, older rows).
+    period_reset: str | None = Field(default=None, max_length=16)
     # `created` of the newest Stripe event applied: older events never overwrite newer state.
     updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)

@@ -130,8 +130,7 @@ def _current(counter: Any, now: Any) -> list[Any]:
     metric. With calendar months (the default), this month's: an index lookup. With plans
     that reset on their billing period, the newest one covering now: a user who
     subscribed mid-month has this month's and the period's, and writes go to the
-    period's (periods.period_for). (After such a plan has ended, within what was its
-    period, writes go back to the month while this still reads the period's.)"""
+    period's (periods.period_of), also after a cancel or a plan change, to its end."""
     if not per_user_periods():
         return [counter.period_start == calendar_month(now).start]
     newer = aliased(UsageCounter)

@@ -57,29 +57,36 @@ def subscription_for_periods(db: Session | sa.Connection, user_id: int) -> Any:
 def period_of(sub: Any, at: datetime) -> Period:
     """The period `at` counts in for a user whose current subscription is `sub` (None:
     none). A user's periods overlap: the calendar month applies before the subscription
-    began and after its plan ended, its billing period in between; so the period of one
-    moment says nothing about another's in the same month."""
+    began and after its period ended, its billing period in between; so the period of
+    one moment says nothing about another's in the same month.
+
+    The rule is the one the subscription's current period began with (`period_reset`),
+    up to that period's end, whatever changed since: a downgrade to a calendar-month
+    plan or a cancel mid-period keeps counting in the billing period (a fresh month's
+    counter would hand out a fresh quota), and an upgrade to a billing-period plan
+    starts its periods at the next renewal."""
     from billing_app.services.subscriptions import LIVE_STATUSES, ends_at
 
-    plan = get_catalog().get(sub.plan) if sub else None
-    if (
-        sub is None
-        or sub.status not in LIVE_STATUSES  # an ended plan's period is over too
-        or plan is None
-        or plan.reset != "billing_period"
-        or sub.current_period_start is None
-        or sub.current_period_end is None
-    ):
+    if sub is None or sub.current_period_start is None or sub.current_period_end is None:
+        return calendar_month(at)
+    rule = getattr(sub, "period_reset", None)
+    if rule is None:
+        plan = get_catalog().get(sub.plan)
+        rule = plan.reset if plan is not None else None
+    if rule != "billing_period":
         return calendar_month(at)
     known = Period(as_utc(sub.current_period_start), as_utc(sub.current_period_end))
+    at = as_utc(at)
+    if known.start <= at < known.end:
+        return known
+    if sub.status not in LIVE_STATUSES:
+        return calendar_month(at)  # ended: no period after the last one
     end = ends_at(sub)
-    if end is not None and as_utc(at) >= end:
+    if end is not None and at >= end:
         # The plan ends then (with its period, or at an earlier `cancel_at`): after it,
         # until the deletion's webhook lands, there is no billing period to count in.
         return calendar_month(at)
-    if known.start <= as_utc(at) < known.end:
-        return known
-    if sub.created_at is not None and as_utc(at) < as_utc(sub.created_at):
+    if sub.created_at is not None and at < as_utc(sub.created_at):
         return calendar_month(at)  # before this subscription
     # Between the period's end and the renewal's webhook (or before the period, for a
     # backdated write): the period Stripe will bill, so usage in the gap counts once.

@@ -391,6 +391,7 @@ def _subscription_values(
         if previous_status != "past_due" or past_due_since is None:
             past_due_since = at or now
     values: dict[str, Any] = {
+        "period_reset": _period_reset(data, plan, sub),
         "stripe_customer_id": data.customer_id or sub["stripe_customer_id"],
         "stripe_price_id": data.price_id,
         "plan": plan.key if plan is not None else sub["plan"],
@@ -406,6 +407,21 @@ def _subscription_values(
     if at is not None:
         values["updated_from_stripe_at"] = at if stored_at is None else max(as_utc(stored_at), at)
     return values
+
+
+def _period_reset(data: SubscriptionData, plan: Any, sub: Any) -> str | None:
+    """The reset rule of the period `data` is in: the plan's when the period begins (a
+    new subscription, or a renewal: another period start), else the one stored."""
+    stored_start = sub["current_period_start"]
+    start = data.current_period_start or stored_start
+    new_period = sub["updated_from_stripe_at"] is None or (
+        start is not None and (stored_start is None or as_utc(stored_start) != as_utc(start))
+    )
+    if sub["period_reset"] is not None and not new_period:
+        return str(sub["period_reset"])
+    if not new_period:  # an older row: the rule of the plan it had until now
+        plan = get_catalog().get(sub["plan"])
+    return None if plan is None else str(plan.reset)
 
 
 def apply_subscription(
@@ -461,6 +477,7 @@ def apply_subscription(
             "cancel_at": None,
             "canceled_at": None,
             "past_due_since": None,
+            "period_reset": None,
             "updated_from_stripe_at": None,
             "created_at": data.created or now,
             "updated_at": now,

@@ -123,9 +123,9 @@ def test_an_explicit_cancel_at_before_the_period_end_is_the_end(session, subs):
 def test_usage_after_the_cancel_date_counts_in_the_calendar_month(
     session, deliver, payloads, frozen_clock, monkeypatch
 ):
-    """With periods that follow the billing period, an ending plan's usage after its end
-    (until the deletion's webhook) goes to the calendar month, as with the flag: never to
-    the next billing period, which will not come."""
+    """With periods that follow the billing period, an ending plan's usage after its
+    period (until the deletion's webhook) goes to the calendar month, as with the flag:
+    never to the next billing period, which will not come."""
     monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
     _clear_caches()
     frozen_clock.set(datetime(2026, 11, 15, tzinfo=UTC))
@@ -144,9 +144,12 @@ def test_usage_after_the_cancel_date_counts_in_the_calendar_month(
     assert resets_at(after_end) == datetime(2027, 1, 1, tzinfo=UTC)
     assert resets_at(datetime(2026, 12, 9, tzinfo=UTC)) == END  # before it: unchanged
 
+    # Ending before the period's end: its usage keeps counting in the period to its end
+    # (a fresh calendar month's counter would hand out a fresh quota), then the month.
     subs.send(cancel_at=int(EARLY.timestamp()))
     assert resets_at(datetime(2026, 11, 19, tzinfo=UTC)) == END
-    assert resets_at(datetime(2026, 11, 21, tzinfo=UTC)) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert resets_at(datetime(2026, 11, 21, tzinfo=UTC)) == END
+    assert resets_at(after_end) == datetime(2027, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- resume over real HTTP
