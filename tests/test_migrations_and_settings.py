@@ -158,6 +158,21 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
         eng.dispose()
 
 
+def _a_subscription(eng: sa.Engine, stripe_id: str) -> None:
+    """A user and a subscription, written as the schema before the migration stores them."""
+    now = "2026-11-25 12:00:00"
+    with eng.begin() as conn:
+        conn.exec_driver_sql(
+            'INSERT INTO "user" (id, email, display_name, role, created_at) '
+            f"VALUES (1, 'u@example.com', 'U', 'user', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
+            "cancel_at_period_end, created_at, updated_at) "
+            f"VALUES (1, '{stripe_id}', 'pro', 'active', false, '{now}', '{now}')"
+        )
+
+
 def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
     """Upgrade keeps the subscriptions (cancel_at NULL until their next event) and a stored
     date reads back as aware UTC; a database at 0008 is told to upgrade to the head;
@@ -172,17 +187,7 @@ def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
         return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
 
     try:
-        now = "2026-11-25 12:00:00"
-        with eng.begin() as conn:
-            conn.exec_driver_sql(
-                'INSERT INTO "user" (id, email, display_name, role, created_at) '
-                f"VALUES (1, 'u@example.com', 'U', 'user', '{now}')"
-            )
-            conn.exec_driver_sql(
-                "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
-                "cancel_at_period_end, created_at, updated_at) "
-                f"VALUES (1, 'sub_m', 'pro', 'active', false, '{now}', '{now}')"
-            )
+        _a_subscription(eng, "sub_m")
         assert "cancel_at" not in columns()
         assert f"this code needs {db.schema_head()}" in (db.schema_problem(eng) or "")
         eng.dispose()
@@ -219,17 +224,7 @@ def test_0010_adds_subscription_period_reset_and_back(empty_database_url):
         return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
 
     try:
-        now = "2026-11-25 12:00:00"
-        with eng.begin() as conn:
-            conn.exec_driver_sql(
-                'INSERT INTO "user" (id, email, display_name, role, created_at) '
-                f"VALUES (1, 'u@example.com', 'U', 'user', '{now}')"
-            )
-            conn.exec_driver_sql(
-                "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
-                "cancel_at_period_end, created_at, updated_at) "
-                f"VALUES (1, 'sub_r', 'pro', 'active', false, '{now}', '{now}')"
-            )
+        _a_subscription(eng, "sub_r")
         eng.dispose()
         alembic(url, "upgrade", "0010")
         assert db.schema_head() == "0010" and db.schema_problem(eng) is None
