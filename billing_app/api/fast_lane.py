@@ -182,15 +182,6 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
     return value[7:].decode("latin-1").strip() or None
 
 
-def _json_or_none(headers: dict[bytes, bytes]) -> bool:
-    """No Content-Type, or one FastAPI reads as JSON: application/json or application/*+json."""
-    ctype = headers.get(b"content-type")
-    if ctype is None:
-        return True
-    main, _, sub = ctype.split(b";", 1)[0].strip().lower().partition(b"/")
-    return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
-
-
 def _replay(body: bytes, receive: Receive) -> Receive:
     """`receive` for the app behind, with the body this lane already read."""
     sent = False
@@ -350,7 +341,12 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
         elif method == "POST" and path == WEBHOOK:
             await _webhook(scope, receive, send, headers)
-        elif method == "POST" and path in ROUTES and secret and _json_or_none(headers):
+        elif (
+            method == "POST"
+            and path in ROUTES
+            and secret
+            and errors.is_json_media(headers.get(b"content-type"))
+        ):
             await _service(app, scope, receive, send, path, secret, headers)
         elif (
             method == "GET"
