@@ -23,3 +23,10 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def iso(value: datetime) -> str:
+    """A moment as the API writes every time: UTC with a `Z`, as its read models do
+    (pydantic), so one answer's times read like another's."""
+    text = as_utc(value).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -28,6 +28,7 @@ from billing_app.api.deps import (
     db_session,
     optional_principal,
 )
+from billing_app.clock import iso
 from billing_app.db import session_scope
 from billing_app.errors import (
     BillingError,
@@ -158,7 +159,7 @@ def _user_out(user: UserDTO) -> dict[str, Any]:
         "email": user.email,
         "display_name": user.display_name,
         "role": user.role,
-        "created_at": user.created_at.isoformat(),
+        "created_at": iso(user.created_at),
     }
 
 

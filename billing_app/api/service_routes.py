@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
+from billing_app.clock import iso
 from billing_app.db import read_connection, read_session, session_scope
 from billing_app.errors import ValidationFailed, batch_event_error
 from billing_app.services import metering, metering_batch, users
@@ -78,7 +79,7 @@ def record_out(r: RecordResult, iso: dict[datetime, str] | None = None) -> dict[
 
 
 def _iso(cache: dict[datetime, str], dt: datetime) -> str:
-    text = cache[dt] = dt.isoformat()
+    text = cache[dt] = iso(dt)
     return text
 
 
@@ -138,7 +139,7 @@ def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
             "limit": r.limit,
             "unlimited": r.unlimited,
             "remaining": r.remaining,
-            "resets_at": r.resets_at.isoformat(),
+            "resets_at": iso(r.resets_at),
             "reason": r.reason,
         }
     )

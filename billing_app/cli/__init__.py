@@ -14,13 +14,14 @@ from typing import Any
 
 import click
 
+from billing_app.clock import iso
 from billing_app.errors import BillingError
 from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings
 
 
 def _json_default(value: Any) -> str:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso(value)
     raise TypeError(type(value))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from billing_app.clock import as_utc, utcnow
+from billing_app.clock import as_utc, iso, utcnow
 from billing_app.db import (
     SQLITE_BEGIN,
     driver_cursor,
@@ -701,7 +701,7 @@ def _exceeded(metric: str, quantity: int, used: int, limit: int, period: Period)
         used=used,
         limit=limit,
         remaining=max(limit - used, 0),
-        resets_at=period.end.isoformat(),
+        resets_at=iso(period.end),
     )
 
 

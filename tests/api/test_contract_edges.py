@@ -6,6 +6,7 @@ lane does not take."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 from starlette.testclient import TestClient
@@ -332,3 +333,39 @@ def test_a_refused_batch_names_every_bad_event_whatever_refused_it(actors):
     ]
     with session_scope() as s:
         assert usage_totals(s, a, "tokens") == (0, 0, 0)
+
+
+def _times(value: object) -> list[str]:
+    """Every string in an answer that reads as a moment (date and time)."""
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _times(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _times(v)]
+    if isinstance(value, str) and len(value) > 16 and value[4] == "-" and value[10] == "T":
+        return [value]
+    return []
+
+
+def test_every_answer_writes_its_times_one_way(actors):
+    """Writes used to answer `+00:00` and reads `Z`: a client comparing the two as text,
+    or parsing with a strict format, met both."""
+    svc = actors.key_client(actors.service_key)
+    one = {"user_id": actors.a.id, "metric": "api_calls"}
+    answers = [
+        svc.post("/api/billing/usage", json={**one, "quantity": 1, "idempotency_key": "t-1"}),
+        svc.post("/api/billing/usage/batch", json={"events": [{**one, "quantity": 2}]}),
+        svc.post("/api/billing/usage/consume", json={**one, "quantity": 3}),
+        svc.post("/api/billing/usage/consume", json={**one, "quantity": 10_000}),  # refused
+        svc.post("/api/billing/quota/check", json={**one, "quantity": 1}),
+        svc.get(f"/api/billing/usage?user_id={actors.a.id}"),
+        actors.cookie_client(actors.a).get("/api/auth/me"),
+        actors.cookie_client(actors.admin).get("/api/billing/admin/users"),
+    ]
+    assert [r.status_code for r in answers] == [201, 201, 201, 403, 200, 200, 200, 200]
+    for r in answers:
+        times = _times(r.json())
+        assert times, f"{r.request.url} answered no times: {r.text}"
+        odd = [t for t in times if not t.endswith("Z")]
+        assert not odd, f"{r.request.url}: {odd}"
+        for t in times:
+            assert datetime.fromisoformat(t).utcoffset() == timedelta(0)
