@@ -18,9 +18,10 @@ re-run later: a key generated here lives only as long as the call.
 
 Retried, with capped exponential backoff and jitter: connection errors, timeouts, and the
 statuses 429, 502, 503 and 504 (Retry-After waited for, up to max_backoff); reads are
-retried the same way, as they change nothing. Nothing else
-is retried: any other error is raised at once as a BillingAPIError carrying the server's
-{"error": {"code", "message", ...}}.
+retried the same way, as they change nothing. Nothing else is retried: any other error
+is raised at once as a BillingAPIError carrying the server's {"error": {"code",
+"message", ...}}. `deadline` bounds a whole call, retries included, for a caller on a
+request path.
 """
 
 from __future__ import annotations
@@ -420,6 +421,9 @@ class BillingClient:
     `backoff`: the first retry's delay in seconds, doubled each retry up to `max_backoff`
     and jittered (half of it to all of it). A Retry-After the server sends is waited for
     when it is at most `max_backoff`; a longer one ends the retries (Unavailable).
+    `deadline`: seconds one call may take in all, its attempts and waits together (None:
+    no bound). On a request path, set it to what the caller can wait: no wait is slept
+    and no attempt started past it, and each attempt's timeouts are cut to the time left.
     `transport`: an httpx transport (tests, proxies, custom TLS).
     """
 
@@ -432,10 +436,13 @@ class BillingClient:
         retries: int = 3,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
+        deadline: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must not be negative")
+        if deadline is not None and not deadline > 0:
+            raise ValueError("deadline must be a positive number of seconds, or None")
         # A key read from a file ends in a newline; httpx would refuse the header later with
         # the whole secret in its message. The key itself is never put into these errors.
         api_key = api_key.strip()
@@ -446,6 +453,8 @@ class BillingClient:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.deadline = deadline
+        self._timeout = timeout
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "billing-client/1"},
@@ -605,30 +614,38 @@ class BillingClient:
         headers: dict[str, str] | None,
     ) -> httpx.Response:
         attempts = self.retries + 1
+        end = None if self.deadline is None else time.monotonic() + self.deadline
         for attempt in range(1, attempts + 1):
+            timeout = self._timeout
+            if end is not None:  # a sleep may overrun by a little: never a timeout of 0
+                timeout = max(0.001, min(self._timeout, end - time.monotonic()))
             try:
                 response = self._http.request(
-                    method, path, json=body, params=params, headers=headers
+                    method, path, json=body, params=params, headers=headers, timeout=timeout
                 )
             except RETRY_ERRORS as exc:
-                if attempt == attempts:
+                why, delay = type(exc).__name__, self._delay(attempt)
+                if attempt == attempts or _past(end, delay):
                     code = (
                         "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
                     )
                     raise Unavailable(
                         None, code, f"{type(exc).__name__}: {exc}", attempts=attempt
                     ) from exc
-                why, delay = type(exc).__name__, self._delay(attempt)
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 asked = _retry_after(response)
-                if attempt == attempts or (asked is not None and asked > self.max_backoff):
+                why, delay = str(response.status_code), max(asked or 0.0, self._delay(attempt))
+                if (
+                    attempt == attempts
+                    or (asked is not None and asked > self.max_backoff)
+                    or _past(end, delay)
+                ):
                     err = _error_of(response)
                     raise Unavailable(
                         err.status, err.code, err.message, err.details, attempts=attempt
                     )
-                why, delay = str(response.status_code), max(asked or 0.0, self._delay(attempt))
             log.info(
                 "%s %s: %s, attempt %d of %d, retrying in %.2f s",
                 method,
@@ -645,6 +662,11 @@ class BillingClient:
         """Capped exponential backoff with jitter: between half and all of the step."""
         step = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return random.uniform(step / 2, step)
+
+
+def _past(end: float | None, delay: float) -> bool:
+    """Whether waiting `delay` more seconds would leave no time for another attempt."""
+    return end is not None and time.monotonic() + delay >= end
 
 
 def _write_body(

@@ -544,3 +544,62 @@ def test_a_key_read_from_a_file_works_and_a_bad_one_never_shows_the_secret(actor
 def test_a_base_url_without_a_scheme_is_refused_at_once():
     with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
         BillingClient("billing.internal:8000", "bk_live_x_y")
+
+
+# ------------------------------------------------------------------ the deadline
+
+
+def test_a_deadline_bounds_a_call_and_its_retries(actors, live_server):
+    """Without one, 10 retries of a 503 at a 0.2 s backoff would take about 20 s."""
+    always = AnswerFirst(503, times=None)
+    with billing(
+        live_server, actors.service_key, always, retries=10, backoff=0.2, deadline=1.0
+    ) as c:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            c.consume(actors.a.id, "api_calls", 1)
+        took = time.monotonic() - started
+    assert took < 1.5, took
+    assert 2 <= always.attempts < 11 and caught.value.attempts == always.attempts
+    assert caught.value.status == 503 and caught.value.idempotency_keys
+    assert _totals(actors.a.id, "api_calls") == (0, 0, 0)
+
+
+def test_a_retry_after_past_the_deadline_ends_the_retries_at_once(actors, live_server):
+    first = AnswerFirst(503, retry_after="2")
+    with billing(live_server, actors.service_key, first, max_backoff=5, deadline=1.0) as c:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            c.check(actors.a.id, "tokens")
+    assert first.attempts == 1 and time.monotonic() - started < 0.5
+
+
+def test_a_deadline_cuts_an_attempts_timeout_to_the_time_left(actors):
+    """A server that accepts and never answers: the 5 s read timeout is cut to the
+    deadline's 0.5 s, and there is no time left for another attempt."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with BillingClient(url, actors.service_key, timeout=5, deadline=0.5) as c:
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                c.record(actors.a.id, "tokens", 1)
+            took = time.monotonic() - started
+    assert took < 1.5, took
+    assert caught.value.code == "timeout"
+
+
+def test_a_deadline_within_the_time_lets_the_retry_through(actors, live_server):
+    first = AnswerFirst(503)
+    with billing(live_server, actors.service_key, first, deadline=5.0) as c:
+        r = c.record(actors.a.id, "tokens", 4)
+    assert first.attempts == 2 and r.used == 4
+
+
+@pytest.mark.parametrize("deadline", [0, -1.0])
+def test_a_deadline_that_leaves_no_time_is_refused(actors, deadline):
+    with pytest.raises(ValueError, match="deadline"):
+        BillingClient("http://127.0.0.1:1", actors.service_key, deadline=deadline)
