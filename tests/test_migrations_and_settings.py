@@ -227,7 +227,7 @@ def test_0010_adds_subscription_period_reset_and_back(empty_database_url):
         _a_subscription(eng, "sub_r")
         eng.dispose()
         alembic(url, "upgrade", "0010")
-        assert db.schema_head() == "0010" and db.schema_problem(eng) is None
+        assert "period_reset" in columns()
         with eng.connect() as conn:
             assert conn.exec_driver_sql(
                 "SELECT stripe_subscription_id, period_reset FROM subscription"
@@ -461,3 +461,27 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         "2026-03-01 00:30:01.000005",
         "2026-03-01 01:30:00.000005",
     )
+
+
+def test_0011_adds_subscription_billing_cycle_anchor_and_back(empty_database_url):
+    url = empty_database_url
+    alembic(url, "upgrade", "0010")
+    eng = db.create_db_engine(url)
+
+    def columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
+
+    try:
+        _a_subscription(eng, "sub_a")
+        eng.dispose()
+        alembic(url, "upgrade", "0011")
+        assert db.schema_head() == "0011" and db.schema_problem(eng) is None
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT stripe_subscription_id, billing_cycle_anchor FROM subscription"
+            ).all() == [("sub_a", None)]
+        eng.dispose()
+        alembic(url, "downgrade", "0010")
+        assert "billing_cycle_anchor" not in columns()
+    finally:
+        eng.dispose()

@@ -86,6 +86,9 @@ class SubscriptionData:
     user_id: int | None  # from metadata.user_id
     amount: int | None
     currency: str | None
+    # The moment its periods are stepped from (a month's day past its end clamps to the
+    # last day, and the next period returns to the anchor's day).
+    billing_cycle_anchor: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -143,6 +146,7 @@ def parse_subscription(obj: dict[str, Any], plan_prices: Collection[str] = ()) -
         created=ts(obj.get("created")),
         user_id=metadata_user_id(obj.get("metadata")),
         amount=amount,
+        billing_cycle_anchor=ts(obj.get("billing_cycle_anchor")),
         currency=(price or {}).get("currency") or obj.get("currency"),
     )
 

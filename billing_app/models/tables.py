@@ -67,6 +67,9 @@ class Subscription(SQLModel, table=True):
     # plan's when the period began. A plan change mid-period takes its own rule at the
     # next period, so usage keeps counting where it was (NULL: the plan's, older rows).
     period_reset: str | None = Field(default=None, max_length=16)
+    # Stripe's billing_cycle_anchor: the day its monthly/yearly periods return to (Mar 31:
+    # Jun 30 -> Sep 30 -> Dec 31), which the stored period's two ends cannot tell.
+    billing_cycle_anchor: datetime | None = Field(default=None, sa_type=UTCDateTime())
     # `created` of the newest Stripe event applied: older events never overwrite newer state.
     updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)

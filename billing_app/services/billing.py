@@ -198,6 +198,13 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
         raise Conflict("Your subscription is no longer active; choose a plan to start a new one.")
     if data.price_id == plan.stripe_price_id:
         return _refresh_from(session, remote)
+    stored_start = sub.current_period_start
+    if data.current_period_start is not None and (
+        stored_start is None or as_utc(stored_start) != data.current_period_start
+    ):
+        # A renewal whose webhook is still on its way: record the period as it began (on
+        # the current plan) before the change, so the change is mid-period, not a new one's.
+        apply_subscription(session, remote, utcnow().replace(microsecond=0), force=True)
     current = get_catalog().get(sub.plan)
     upgrade = current is None or plan.amount > current.amount
     assert plan.stripe_price_id is not None

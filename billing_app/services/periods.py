@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc
+from billing_app.models import Subscription
 from billing_app.plans import get_catalog
 
 
@@ -44,14 +45,30 @@ def period_for(db: Session | sa.Connection, user_id: int, at: datetime) -> Perio
     return period_of(subscription_for_periods(db, user_id), at)
 
 
+# A subscription whose first payment never went through: it never began, so it has no
+# period to count in (its `current_period_*` are only what Stripe would have billed).
+NEVER_STARTED = ("incomplete", "incomplete_expired")
+
+
 def subscription_for_periods(db: Session | sa.Connection, user_id: int) -> Any:
-    """The subscription `period_of` decides by (the user's current one, or None)."""
-    from billing_app.services.subscriptions import current_subscription
+    """The subscription `period_of` decides by: the user's newest live one, else their
+    newest one that began (a failed new checkout does not replace a canceled one's
+    period), or None."""
+    from billing_app.services.subscriptions import LIVE_STATUSES
+
+    def pick(session: Session) -> Any:
+        subs = session.exec(
+            select(Subscription)
+            .where(Subscription.user_id == user_id)
+            .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
+        ).all()
+        began = [s for s in subs if s.status not in NEVER_STARTED]
+        return next((s for s in began if s.status in LIVE_STATUSES), began[0] if began else None)
 
     if isinstance(db, Session):
-        return current_subscription(db, user_id)
+        return pick(db)
     with Session(bind=db) as session:
-        return current_subscription(session, user_id)
+        return pick(session)
 
 
 def period_of(sub: Any, at: datetime) -> Period:
@@ -68,6 +85,8 @@ def period_of(sub: Any, at: datetime) -> Period:
     from billing_app.services.subscriptions import LIVE_STATUSES, ends_at
 
     if sub is None or sub.current_period_start is None or sub.current_period_end is None:
+        return calendar_month(at)
+    if sub.status in NEVER_STARTED:
         return calendar_month(at)
     rule = getattr(sub, "period_reset", None)
     if rule is None:
@@ -90,7 +109,8 @@ def period_of(sub: Any, at: datetime) -> Period:
         return calendar_month(at)  # before this subscription
     # Between the period's end and the renewal's webhook (or before the period, for a
     # backdated write): the period Stripe will bill, so usage in the gap counts once.
-    return billing_period_at(known, at)
+    anchor = getattr(sub, "billing_cycle_anchor", None)
+    return billing_period_at(known, at, None if anchor is None else as_utc(anchor))
 
 
 def _add_months(at: datetime, months: int, day: int) -> datetime:
@@ -101,14 +121,17 @@ def _add_months(at: datetime, months: int, day: int) -> datetime:
     return at.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
 
 
-def billing_period_at(known: Period, at: datetime) -> Period:
+def billing_period_at(known: Period, at: datetime, anchor: datetime | None = None) -> Period:
     """The billing period holding `at`, stepping from `known` by its interval: whole
-    months (anchored on the later day of its two ends, so Jan 31 -> Feb 28 -> Mar 31)
-    when its ends are months apart, else its length (days, weeks)."""
+    months (anchored on Stripe's billing_cycle_anchor's day when known, else on the later
+    day of its two ends, so Jan 31 -> Feb 28 -> Mar 31) when its ends are months apart,
+    else its length (days, weeks)."""
     at = as_utc(at)
     s, e = known.start, known.end
     months = (e.year - s.year) * 12 + e.month - s.month
     day = max(s.day, e.day)
+    if anchor is not None and months > 0 and _add_months(s, months, anchor.day) == e:
+        day = anchor.day
     if months > 0 and _add_months(s, months, day) == e:
         n = 0
         if at >= e:

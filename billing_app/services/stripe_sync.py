@@ -391,13 +391,14 @@ def _subscription_values(
         if previous_status != "past_due" or past_due_since is None:
             past_due_since = at or now
     values: dict[str, Any] = {
-        "period_reset": _period_reset(data, plan, sub),
+        "period_reset": _period_reset(data, plan, sub, at),
         "stripe_customer_id": data.customer_id or sub["stripe_customer_id"],
         "stripe_price_id": data.price_id,
         "plan": plan.key if plan is not None else sub["plan"],
         "status": data.status,
         "current_period_start": data.current_period_start or sub["current_period_start"],
         "current_period_end": data.current_period_end or sub["current_period_end"],
+        "billing_cycle_anchor": data.billing_cycle_anchor or sub["billing_cycle_anchor"],
         "cancel_at_period_end": data.cancel_at_period_end,
         "cancel_at": data.cancel_at,
         "canceled_at": data.canceled_at,
@@ -409,9 +410,19 @@ def _subscription_values(
     return values
 
 
-def _period_reset(data: SubscriptionData, plan: Any, sub: Any) -> str | None:
+# How long after a period's start Stripe's state showing the renewal can be stamped.
+RENEWAL_SLACK = timedelta(hours=1)
+
+
+def _period_reset(
+    data: SubscriptionData, plan: Any, sub: Any, at: datetime | None = None
+) -> str | None:
     """The reset rule of the period `data` is in: the plan's when the period begins (a
-    new subscription, or a renewal: another period start), else the one stored."""
+    new subscription, or a renewal: another period start), else the one stored.
+
+    A state of a new period seen well after that period began (its renewal's webhook late
+    or lost, `stripe sync`, the answer to the app's own plan change) may also carry a
+    change made since: the period began on the plan stored before, not on this one."""
     stored_start = sub["current_period_start"]
     start = data.current_period_start or stored_start
     new_period = sub["updated_from_stripe_at"] is None or (
@@ -421,6 +432,13 @@ def _period_reset(data: SubscriptionData, plan: Any, sub: Any) -> str | None:
         return str(sub["period_reset"])
     if not new_period:  # an older row: the rule of the plan it had until now
         plan = get_catalog().get(sub["plan"])
+    elif (
+        sub["updated_from_stripe_at"] is not None
+        and at is not None
+        and start is not None
+        and at > as_utc(start) + RENEWAL_SLACK
+    ):
+        plan = get_catalog().get(sub["plan"]) or plan
     return None if plan is None else str(plan.reset)
 
 
@@ -478,6 +496,7 @@ def apply_subscription(
             "canceled_at": None,
             "past_due_since": None,
             "period_reset": None,
+            "billing_cycle_anchor": None,
             "updated_from_stripe_at": None,
             "created_at": data.created or now,
             "updated_at": now,
