@@ -6,6 +6,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.middleware.sessions import SessionMiddleware
@@ -53,10 +54,17 @@ def create_api() -> FastAPI:
     def health() -> dict[str, str]:
         """Ready: the database answers and its schema is this code's (503 naming the fix
         otherwise, e.g. an un-migrated database). Asked each time (one small read): a
-        load balancer must see a database that went away, or was migrated back."""
+        load balancer must see a database that went away, or was migrated back.
+
+        Redis down (REFLEX_REDIS_URL) is 200 `degraded`, naming it: the pages cannot
+        keep their state, but the JSON API still meters. Every worker shares that Redis,
+        so a 503 would take the API out of the load balancer and fix no page."""
         problem = schema_problem()
         if problem is not None:
             raise ServiceUnavailable(problem)
+        redis_down = redis_problem(get_settings().reflex_redis_url)
+        if redis_down is not None:
+            return {"status": "degraded", "problem": redis_down}
         return {"status": "ok"}
 
     api.include_router(auth_routes.router)
@@ -71,6 +79,23 @@ def create_api() -> FastAPI:
     _install_docs(api)
     _install_api_fallback(api)
     return api
+
+
+def redis_problem(url: str | None) -> str | None:
+    """None when there is no REFLEX_REDIS_URL or its Redis answers a PING; else one line."""
+    if url is None:
+        return None
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        return (
+            "Redis (REFLEX_REDIS_URL) is unreachable: the pages cannot keep their state; "
+            "the JSON API still works."
+        )
+    finally:
+        client.close()
+    return None
 
 
 SECURITY_SCHEMES = {

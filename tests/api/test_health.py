@@ -1,11 +1,18 @@
 """GET /api/health is a readiness check: 200 only when the database answers and holds
-this code's schema; otherwise 503 with the one line that says what to do."""
+this code's schema; otherwise 503 with the one line that says what to do. Redis down is
+a 200 that says `degraded`."""
 
 from __future__ import annotations
 
+import os
+import socket
+
+import pytest
+import redis
 import sqlalchemy as sa
 
 from billing_app.db import schema_head, schema_problem
+from tests.conftest import _clear_caches
 
 
 def _set_revision(engine, revision: str) -> None:
@@ -141,3 +148,33 @@ def test_openapi_declares_how_to_authenticate(client):
         ("/api/billing/webhook", "post"),
     ]:
         assert "security" not in paths[path][method], path
+
+
+def _redis_test_url() -> str:
+    """A Redis the test may PING (CI has one; elsewhere the test says it needs one)."""
+    url = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"needs a Redis at {url} (REDIS_TEST_URL)")
+    return url
+
+
+def test_redis_down_is_degraded_not_ok_nor_a_503(client, monkeypatch):
+    """With REFLEX_REDIS_URL the pages keep their state in Redis: without it the login
+    form never renders (2 workers, measured), yet the answer was a plain `ok`. Every
+    worker shares that Redis, so a 503 would only take the JSON API down with the pages."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("REFLEX_REDIS_URL", f"redis://127.0.0.1:{closed}/0")
+    _clear_caches()
+    r = client.get("/api/health")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "degraded"
+    assert r.json()["problem"].startswith("Redis (REFLEX_REDIS_URL) is unreachable")
+    monkeypatch.setenv("REFLEX_REDIS_URL", _redis_test_url())
+    _clear_caches()
+    assert client.get("/api/health").json() == {"status": "ok"}
