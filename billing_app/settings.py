@@ -176,6 +176,7 @@ class Settings(BaseSettings):
     def _check_deployment(self) -> Settings:
         # Before anything below assigns fields: assignment adds to model_fields_set.
         explicit_env = "environment" in self.model_fields_set
+        explicit_database = "database_url" in self.model_fields_set
         self.app_url = self.app_url or f"http://localhost:{self.port}"
         self.api_url = self.api_url or f"http://localhost:{self.port}"
         exposed = next(
@@ -195,6 +196,14 @@ class Settings(BaseSettings):
         real_and_public = not self.uses_stripe_sandbox and exposed and self.environment != "test"
         if self.environment == "prod" or real_and_public:
             self._require_session_secret(exposed)
+            if not explicit_database:
+                # The default is a SQLite file in the checkout: a deployment whose
+                # DATABASE_URL did not arrive would keep its customers there.
+                why = "ENVIRONMENT=prod" if self.environment == "prod" else "serving real Stripe"
+                raise ValueError(
+                    f"DATABASE_URL must be set when {why} (the default is a SQLite file "
+                    "in the project directory)"
+                )
         return self
 
     def _check_oidc(self) -> None:

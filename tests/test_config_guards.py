@@ -288,3 +288,17 @@ def test_a_bad_setting_stops_rxconfig_with_one_line(tmp_path, env, message):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+
+
+def test_prod_without_database_url_is_refused_not_run_on_sqlite(monkeypatch):
+    """A deployment whose DATABASE_URL did not arrive (a typo such as DATABASE_URI, a
+    secret store that did not load) used to start on the checkout's SQLite file and keep
+    every signup, subscription and usage event there."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the suite's own is set
+    prod = {**REAL_STRIPE, "SESSION_SECRET": GOOD_SECRET, "APP_URL": PUBLIC, "API_URL": PUBLIC}
+    text = refused(monkeypatch, **prod, ENVIRONMENT="prod")
+    assert text.startswith("configuration error: DATABASE_URL must be set when ENVIRONMENT=prod")
+    text = refused(monkeypatch, **prod)  # real Stripe on a public URL, no ENVIRONMENT
+    assert "DATABASE_URL must be set when serving real Stripe" in text
+    chosen = settings_from(monkeypatch, **prod, ENVIRONMENT="prod", DATABASE_URL="sqlite:///x.db")
+    assert chosen.database_url == "sqlite:///x.db"  # SQLite on purpose is allowed
