@@ -62,6 +62,27 @@ def test_a_refused_connection_is_one_line_and_hides_the_password():
         assert "sekrit" not in line
 
 
+def test_a_password_given_in_the_query_is_hidden_too(empty_database_url):
+    """libpq takes the password as a query parameter as well (usual with a socket
+    `host=`): the error line and `db upgrade`'s own line printed it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    line = last_line_error(
+        cli(
+            f"postgresql://ops@127.0.0.1:{port}/billing?password=sekrit",
+            "user",
+            "promote",
+            "ops@example.com",
+        )
+    )
+    assert "Connection refused" in line and "sekrit" not in line, line
+    if empty_database_url.startswith("postgresql"):  # SQLite takes no password
+        proc = cli(empty_database_url + "?password=sekrit", "db", "upgrade")
+        assert proc.returncode == 0, proc.stderr
+        assert "database at " in proc.stdout and "sekrit" not in proc.stdout + proc.stderr
+
+
 @pytest.fixture
 def migrated_url(empty_database_url: str) -> str:
     migrate(empty_database_url)

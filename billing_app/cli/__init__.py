@@ -42,7 +42,10 @@ def _database_where() -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(get_settings().database_url).render_as_string(hide_password=True)
+        url = make_url(get_settings().database_url)
+        if "password" in url.query:  # libpq takes it as a query parameter too
+            url = url.update_query_dict({"password": "***"})
+        return url.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - only decorates the message
         return "DATABASE_URL"
 
@@ -125,7 +128,7 @@ def db_upgrade(revision: str) -> None:
             current = MigrationContext.configure(conn).get_current_revision() or "base"
     finally:
         engine.dispose()
-    click.echo(f"database at {current}: {settings.database_url.split('@')[-1]}")
+    click.echo(f"database at {current}: {_database_where().split('@')[-1]}")
 
 
 # ------------------------------------------------------------------ users
