@@ -109,7 +109,10 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
             bucket=_bucket(utcnow()),
         )
 
+    had_customer = bool(user.stripe_customer_id)
     customer_id = ensure_customer(session, user)
+    if had_customer:
+        _refuse_if_stripe_has_live(session, user_id, customer_id)
     try:
         started = checkout(customer_id)
     except CustomerGone:
@@ -125,6 +128,29 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
         # The new page works; an earlier one stays payable until Stripe expires it.
         log.warning("earlier checkouts of %s not expired: %s", customer_id, err)
     return started["url"]
+
+
+def _refuse_if_stripe_has_live(session: Session, user_id: int, customer_id: str) -> None:
+    """A paid Checkout whose webhook has not arrived yet: Stripe has the subscription, this
+    database not yet. Another Checkout would be a second subscription, charged on top of the
+    first: pull it in now and refuse."""
+    try:
+        live = [
+            obj
+            for obj in get_gateway().iter_subscriptions(customer_id=customer_id)
+            if obj.get("status") in LIVE_STATUSES
+        ]
+    except CustomerGone:
+        return  # the caller's checkout makes a new customer
+    if not live:
+        return
+    from billing_app.services.stripe_sync import sync_from_stripe
+
+    sync_from_stripe(session, user_id)
+    raise Conflict(
+        "You already have an active subscription: your payment went through and shows on "
+        "this page in a moment. To change plans, use Manage subscription."
+    )
 
 
 def forget_customer(session: Session, user: User) -> None:

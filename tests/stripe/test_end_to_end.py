@@ -420,3 +420,25 @@ def test_a_second_checkout_expires_the_first_so_paying_both_cannot_bill_twice(
     first = billing.create_checkout_session(session, other.id, "basic")
     assert billing.create_checkout_session(session, other.id, "basic") == first
     assert pay(http, first).status_code == 303
+
+
+def test_a_second_checkout_before_the_first_ones_webhook_is_refused(
+    session, sandbox, http, receiver
+):
+    """Paid, but the webhook is late: Stripe has the subscription, this database not yet.
+    A second Checkout would be a second subscription, charged on top of the first."""
+    user = make_user(session)
+    sandbox.state.set_webhook_endpoint(None)  # the payment's webhooks do not arrive (yet)
+    try:
+        first = billing.create_checkout_session(session, user.id, "pro")
+        assert pay(http, first).status_code == 303
+        assert get_subscription_dto(session, user.id) is None
+        with pytest.raises(Conflict, match="already have an active subscription"):
+            billing.create_checkout_session(session, user.id, "basic")
+        dto = get_subscription_dto(session, user.id)  # pulled in from Stripe meanwhile
+        assert (dto.status, dto.plan) == ("active", "pro")
+        customer = customer_of(session, user.id)
+        subs = list(get_gateway().iter_subscriptions(customer_id=customer))
+        assert [s["status"] for s in subs] == ["active"]  # one subscription, not two
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
