@@ -111,22 +111,29 @@ def pager(text: Any, page: Any, pages: Any, on_prev: Any, on_next: Any, name: st
     return rx.hstack(
         rx.text(text, size="2", color_scheme="gray"),
         rx.hstack(
+            # aria-disabled, not disabled: a button disabled under the keyboard's focus
+            # (Next reaching the last page) drops focus to <body>. The handlers ignore a
+            # press past either end.
             rx.icon_button(
                 rx.icon("chevron-left", size=16),
                 on_click=on_prev,
-                disabled=page <= 1,
                 variant="soft",
                 color_scheme="gray",
                 aria_label=f"Previous {name} page",
+                custom_attrs={"aria-disabled": page <= 1},
+                opacity=rx.cond(page <= 1, "0.5", "1"),
+                cursor=rx.cond(page <= 1, "not-allowed", "pointer"),
             ),
             rx.text(page, " / ", pages, size="2"),
             rx.icon_button(
                 rx.icon("chevron-right", size=16),
                 on_click=on_next,
-                disabled=page >= pages,
                 variant="soft",
                 color_scheme="gray",
                 aria_label=f"Next {name} page",
+                custom_attrs={"aria-disabled": page >= pages},
+                opacity=rx.cond(page >= pages, "0.5", "1"),
+                cursor=rx.cond(page >= pages, "not-allowed", "pointer"),
             ),
             align="center",
             spacing="2",

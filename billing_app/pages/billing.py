@@ -82,7 +82,6 @@ def notices() -> rx.Component:
                     rx.callout.text(
                         rx.text.strong("Your last payment failed. "),
                         S.sub.grace_text,
-                        " Update your payment method to keep your plan.",
                     ),
                     rx.button(
                         "Fix payment",

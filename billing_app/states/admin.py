@@ -628,19 +628,21 @@ class AdminState(SessionState):
         self._create_key()
 
     @rx.event
-    def dismiss_secret(self) -> None:
+    def dismiss_secret(self) -> Any:
         self._dismiss_secret()
+        # Done goes with the callout: keep the keyboard in the panel, not back at the top.
+        return rx.set_focus("key-name")
 
     def _dismiss_secret(self) -> None:
         self.new_secret = self.curl_example = ""
         self._new_key_id = 0
 
     @rx.event
-    def revoke_key(self, key_id: int) -> None:
+    def revoke_key(self, key_id: int) -> Any:
         from billing_app.services import api_keys
 
         if self._admin("keys") is None:
-            return
+            return None
         self.key_error = ""  # a previous failure's message goes, as when creating a key
         try:
             with outage_as_error(), session_scope() as session:
@@ -649,6 +651,9 @@ class AdminState(SessionState):
                 start_load(self, KEYS)
         except BillingError as err:
             self.key_error = err.message
-            return
+            return None
         if int(key_id) == self._new_key_id:  # its secret no longer works: not shown as if it did
             self._dismiss_secret()
+        # The Revoke button the dialog would give focus back to is gone (a badge now):
+        # keep the keyboard in the panel rather than back at the top of the document.
+        return rx.set_focus("key-name")

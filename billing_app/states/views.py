@@ -203,6 +203,24 @@ def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -
     return out
 
 
+def _grace_text(sub: Any, grace: Any) -> str:
+    """The past-due banner's words: the plan kept until the grace ends, and once it has
+    ended (effective_plan is then free) that the quotas are Free's, not a date gone by."""
+    if str(get(sub, "status", "") or "") != "past_due":
+        return ""
+    if not grace:
+        return "Update your payment method to keep your plan."
+    if str(get(sub, "effective_plan", "") or "") == "free":
+        return (
+            f"Your grace period ended on {fmt.date(grace)}: you have the Free plan's limits "
+            "until the payment goes through. Update your payment method to get your plan back."
+        )
+    return (
+        f"Your plan stays active until {fmt.date(grace)}. "
+        "Update your payment method to keep your plan."
+    )
+
+
 def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     if sub is None:
         return SubscriptionView()
@@ -215,7 +233,10 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     cancel = bool(get(sub, "cancel_at_period_end", False))
     ends = get(sub, "ends_at")  # subscriptions.ends_at: either Stripe field, one rule
     if not live:
-        renews = f"Ended {fmt.date(end)}" if end else ""
+        # When it ended: a scheduled end (cancel_at, or the period's end), else the moment
+        # it was canceled (a cancel now ends it then, not at the period's end), else the end.
+        ended = get(sub, "cancel_at") or (end if cancel else None) or get(sub, "canceled_at") or end
+        renews = f"Ended {fmt.date(ended)}" if ended else ""
     elif ends is not None or cancel:
         renews = f"Cancels on {fmt.date(ends)}" if ends else "Cancels at period end"
     else:
@@ -236,7 +257,7 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         cancel_at_period_end=cancel,
         cancels=live and (ends is not None or cancel),
         past_due=status == "past_due",
-        grace_text=f"Your plan stays active until {fmt.date(grace)}." if grace else "",
+        grace_text=_grace_text(sub, grace),
         is_subscriber=live,
     )
 

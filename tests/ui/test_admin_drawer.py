@@ -128,7 +128,9 @@ def test_a_canceled_subscription_reads_as_free_and_ended(
     sub = admin_state.load_detail(uid)["subscription"]
     assert sub.headline == "Free plan · Pro subscription canceled"
     assert (sub.status_label, sub.status_color) == ("Canceled", "gray")
-    assert sub.ends_text == "Ended Dec 10, 2026"
+    # Canceled at once (no cancel_at, no cancel_at_period_end): it ended that day, not at
+    # the end of the period the customer no longer has.
+    assert sub.ends_text == "Ended Nov 13, 2026"
     assert sub.period_text.startswith("Last period: ")
 
 

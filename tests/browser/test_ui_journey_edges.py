@@ -1,0 +1,226 @@
+"""Edges of the customer's and the admin's journeys in the browser: a late webhook after
+paying, a lapsed grace period, an immediate cancel's date, keyboard focus after actions
+that remove the focused control, and the revoke dialog's contrast."""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import LiveApp, login, signup
+
+pytestmark = pytest.mark.browser
+
+_FOCUSED = "() => document.activeElement ? document.activeElement.tagName : ''"
+
+
+def _sandbox_url(checkout_url: str) -> str:
+    parts = urlsplit(checkout_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _pay(page: Page, plan: str) -> str:
+    """Start Checkout for `plan` and pay it; returns the sandbox's base URL."""
+    page.locator(f"#choose-{plan}").click()
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    sandbox = _sandbox_url(page.url)
+    page.locator("#card-number").fill("4242 4242 4242 4242")
+    page.locator("#pay").click()
+    return sandbox
+
+
+def test_no_second_checkout_while_the_first_payment_awaits_its_webhook(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Stripe's webhook is late (it often is, by seconds or more): the customer is back on
+    /billing, told the plan "will show here as soon as Stripe confirms", and every plan
+    card still offers "Upgrade to ...". Clicking one must not open a second Checkout:
+    paying it is a second subscription, charged on top of the first."""
+    signup(page, live_app, "late")
+    # Find the sandbox (the first Checkout page), then hold its webhooks back.
+    page.locator("#choose-pro").click()
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    sandbox = _sandbox_url(page.url)
+    hook = f"http://127.0.0.1:{urlsplit(live_app.url).port}/api/billing/webhook"
+    httpx.post(f"{sandbox}/_sandbox/webhooks/endpoint", data={"url": ""}, timeout=10)
+    try:
+        page.locator("#card-number").fill("4242 4242 4242 4242")
+        page.locator("#pay").click()
+        expect(page.locator("#checkout-success")).to_contain_text("as soon as Stripe confirms")
+        page.locator("#choose-basic").click()
+        # Wait for the click's answer: a Checkout page, or a message on /billing.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "/checkout/" not in page.url:
+            if page.get_by_role("alert").count():
+                break
+            time.sleep(0.25)
+        assert "/checkout/" not in page.url, "a second Checkout opened for a paying customer"
+        expect(page.get_by_role("alert")).to_contain_text("already")
+    finally:
+        httpx.post(f"{sandbox}/_sandbox/webhooks/endpoint", data={"url": hook}, timeout=10)
+        events = httpx.get(f"{sandbox}/_sandbox/events", timeout=10).json()
+        for event in events.get("data", events) if isinstance(events, dict) else events:
+            if not event.get("delivery"):
+                httpx.post(f"{sandbox}/_sandbox/webhooks/resend/{event['id']}", timeout=10)
+        httpx.post(f"{sandbox}/_sandbox/webhooks/flush", timeout=40)
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+
+
+def test_admin_drawer_dates_an_immediate_cancel_on_the_day_it_ended(
+    page: Page, live_app: LiveApp, browser: Browser
+) -> None:
+    """A customer cancels now in the portal; the admin's drawer says when it ended: today,
+    not the end of the period the customer will never have."""
+    buyer = browser.new_page()
+    email = signup(buyer, live_app, "quitter")
+    _pay(buyer, "pro")
+    expect(buyer.locator("#current-plan")).to_have_text("Pro")
+    buyer.locator("#manage-subscription").click()
+    buyer.wait_for_url(re.compile(r".*/portal/.*"))
+    period_end = buyer.locator("#period-end").inner_text()
+    buyer.locator("#cancel-now").click()
+    buyer.locator("#return-link").click()
+    expect(buyer.locator("#current-plan")).to_have_text("Free")
+    buyer.close()
+
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill(email)
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    page.get_by_role("button", name=f"Details for {email}").click()
+    summary = page.locator("#user-drawer #drawer-subscription")
+    expect(summary).to_contain_text("Pro subscription canceled")
+    today = time.strftime("%b %-d, %Y", time.gmtime())
+    assert period_end, "the portal shows the period's end"
+    expect(summary).to_contain_text(f"Ended {today}")
+
+
+def _admin_keys_tab(page: Page, live_app: LiveApp) -> None:
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="API keys").click()
+
+
+def test_revoking_a_key_by_keyboard_keeps_focus_in_the_keys_panel(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Keyboard only: Revoke, confirm with Enter. Focus must not fall back to the top of
+    the document (the next Tab would start over from the header)."""
+    _admin_keys_tab(page, live_app)
+    name = f"kbd-{int(time.time() * 1000) % 10**8}"
+    page.get_by_role("textbox", name="Key name").fill(name)
+    page.keyboard.press("Enter")
+    expect(page.locator("#new-secret")).to_be_visible()
+    page.get_by_role("button", name=f"Revoke key {name}").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("alertdialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Revoke key").focus()
+    page.keyboard.press("Enter")
+    row = page.locator("#keys-table tr", has_text=name)
+    expect(row).to_contain_text("Revoked")
+    page.wait_for_timeout(500)
+    assert page.evaluate(_FOCUSED) != "BODY", "focus was dropped to <body> after revoking"
+
+    # The same for "Done" under a new key's secret: the callout goes, focus must not.
+    page.get_by_role("textbox", name="Key name").fill(name + "-2")
+    page.keyboard.press("Enter")
+    expect(page.locator("#new-secret")).to_be_visible()
+    page.get_by_role("button", name="Done").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#new-secret")).to_have_count(0)
+    page.wait_for_timeout(500)
+    assert page.evaluate(_FOCUSED) != "BODY", "focus was dropped to <body> after Done"
+
+
+def test_paging_invoices_by_keyboard_to_the_last_page_keeps_focus(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Enter on "Next invoice page" reaching the last page: the button must keep focus
+    (disabled, it dropped focus to <body>; the next Tab starts over from the top)."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
+
+    email = signup(page, live_app, "pager")
+    uid = live_app.user_id(email)
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        for i in range(12):
+            session.add(
+                Invoice(
+                    stripe_invoice_id=f"in_pager_{uid}_{i}",
+                    user_id=uid,
+                    number=f"PAGER-{i:04d}",
+                    status="paid",
+                    amount_due=1900,
+                    amount_paid=1900,
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=i),
+                )
+            )
+        session.commit()
+    engine.dispose()
+    table = page.locator("#invoices-table")
+    expect(table).to_contain_text("PAGER-0011")
+    page.get_by_role("button", name="Next invoice page").focus()
+    page.keyboard.press("Enter")
+    expect(table).to_contain_text("PAGER-0000")
+    page.wait_for_timeout(500)
+    assert page.evaluate(_FOCUSED) != "BODY", "focus was dropped to <body> on the last page"
+
+
+def test_revoke_confirmation_has_no_axe_violations(page: Page, live_app: LiveApp) -> None:
+    from tests.browser.test_accessibility import violations
+
+    _admin_keys_tab(page, live_app)
+    page.get_by_role("button", name=re.compile(r"^Revoke key ")).first.click()
+    expect(page.get_by_role("alertdialog")).to_be_visible()
+    assert violations(page) == [], "the Revoke key confirmation"
+    page.keyboard.press("Escape")
+
+
+def test_past_due_banner_does_not_promise_a_plan_whose_grace_is_over(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Past due for 10 days with 7 days of grace: the meters are back on Free's limits. The
+    banner must not still say the plan "stays active until" a date gone by."""
+    from datetime import timedelta
+
+    from billing_app.clock import utcnow
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Subscription
+    from billing_app.services import stripe_sync
+
+    email = signup(page, live_app, "lapsed")
+    uid = live_app.user_id(email)
+    now = utcnow()
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        session.add(
+            Subscription(
+                user_id=uid,
+                stripe_subscription_id=f"sub_lapsed_{uid}",
+                stripe_customer_id=f"cus_lapsed_{uid}",
+                stripe_price_id="price_sandbox_pro",
+                plan="pro",
+                status="past_due",
+                current_period_start=now - timedelta(days=12),
+                current_period_end=now + timedelta(days=18),
+                past_due_since=now - timedelta(days=10),
+            )
+        )
+        session.commit()
+        stripe_sync.refresh_quotas(session, uid)
+        session.commit()
+    engine.dispose()
+
+    banner = page.locator("#past-due-banner")
+    expect(banner).to_be_visible()
+    expect(page.locator("#meter-tokens")).to_contain_text("/ 10,000")  # Free's limits
+    ended = (now - timedelta(days=3)).strftime("%b %-d, %Y")
+    expect(banner).to_contain_text(ended)
+    expect(banner).not_to_contain_text("stays active")
