@@ -1,4 +1,5 @@
-"""Cross-origin reads with the user's cookie: only from the app's own origins.
+"""Cross-origin reads with the user's cookie: only from the app's own origins; the
+event websocket only from them at all.
 
 Reflex answers CORS for every origin with credentials allowed (its default `*`, echoed
 back). Its websocket needs that list, so the list stays; this layer, outside Reflex's,
@@ -16,7 +17,7 @@ from billing_app.api.deps import own_origins
 
 def own_origins_only(app: ASGIApp) -> ASGIApp:
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -26,6 +27,14 @@ def own_origins_only(app: ASGIApp) -> ASGIApp:
             host.decode("latin-1") if host is not None else None
         ):
             await app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            # The event socket (/_event) acts with the cookie it was opened with: a page
+            # of another origin (same site: the cookie goes along) would drive the user's
+            # State, an admin's included, and read its answers. Browsers always send
+            # Origin on a websocket; refused before the handshake (HTTP 403).
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
             return
 
         async def without_cors(message: Message) -> None:
