@@ -16,6 +16,7 @@ from billing_app.api.proxies import behind_proxies
 from billing_app.db import schema_problem
 from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
+from billing_app.states.owner import StateOwnerMiddleware
 
 get_settings_or_exit()
 
@@ -33,6 +34,9 @@ app = BillingApp(
     api_transformer=create_api(),  # FastAPI in front of Reflex's own routes
     stylesheets=["/styles.css"],
 )
+# A tab's State is wiped before any event from a connection with another session cookie:
+# its client token alone never hands one user's data to another (states/owner.py).
+app.add_middleware(StateOwnerMiddleware(), index=0)
 # Past-due subscriptions fall back to the free plan's quotas once their grace ends.
 app.register_lifespan_task(grace_period_task)
 

@@ -20,6 +20,14 @@ from billing_app.services.dto import UserDTO
 from billing_app.states.live import outage_as_error
 
 
+def clip(value: object, limit: int) -> str:
+    """A text field's event argument, at most `limit` characters. Arguments are whatever
+    JSON a client sends: anything but a string (a list, an object, a number) is taken as
+    empty, never stored in a `str` var, where the page's computed vars (`.strip()`) and
+    every later delta and hydrate of the tab would fail on it."""
+    return value[:limit] if isinstance(value, str) else ""
+
+
 def login_url(next_path: str) -> str:
     return f"/login?next={quote(safe_next(next_path), safe='/')}"
 
@@ -43,6 +51,8 @@ class SessionState(rx.State):
     user_role: str = ""
     # False until the first check ran, so guarded pages show a spinner, not a flash.
     auth_checked: bool = False
+    # Whose session cookie this State was filled under (states/owner.py); None: nobody's yet.
+    _state_owner: str | None = None
 
     @rx.var
     def signed_in(self) -> bool:
