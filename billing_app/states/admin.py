@@ -19,7 +19,7 @@ from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
 from billing_app.states import views
 from billing_app.states.live import is_newest, outage_as_error, start_load
-from billing_app.states.session import SessionState
+from billing_app.states.session import SessionState, clip
 
 USERS_PER_PAGE = 20
 INVOICES_PER_PAGE = 15
@@ -394,7 +394,7 @@ class AdminState(SessionState):
 
     @rx.event
     def set_search(self, value: str) -> Any:
-        self.search = value[:200]
+        self.search = clip(value, 200)
         self.page = 1
         return AdminState.reload_users
 
@@ -485,7 +485,7 @@ class AdminState(SessionState):
 
     @rx.event
     def set_drawer_open(self, value: bool) -> None:
-        self.drawer_open = value
+        self.drawer_open = value is True
 
     @rx.event
     def close_drawer(self) -> None:
@@ -527,11 +527,11 @@ class AdminState(SessionState):
 
     @rx.event
     def set_override_limit(self, value: str) -> None:
-        self.override_limit = value[:20]
+        self.override_limit = clip(value, 20)
 
     @rx.event
     def set_override_reason(self, value: str) -> None:
-        self.override_reason = value[:500]
+        self.override_reason = clip(value, 500)
 
     @rx.event
     def save_override(self) -> Any:
@@ -585,11 +585,11 @@ class AdminState(SessionState):
 
     @rx.event
     def set_key_name(self, value: str) -> None:
-        self.key_name = value[:200]
+        self.key_name = clip(value, 200)
 
     @rx.event
     def set_key_service(self, value: str) -> None:
-        self.key_service = value[:200]
+        self.key_service = clip(value, 200)
 
     @rx.event
     def create_key(self) -> None:

@@ -9,7 +9,7 @@ import reflex as rx
 from billing_app.errors import BillingError
 from billing_app.services.auth import safe_next
 from billing_app.settings import get_settings
-from billing_app.states.session import SessionState
+from billing_app.states.session import SessionState, clip
 
 SIGN_IN_FAILED = "Sign-in failed. Please try again."
 SIGN_UP_FAILED = "Could not create the account. Please try again."
@@ -76,11 +76,11 @@ class AuthFormState(SessionState):
 
     @rx.event
     def set_form_email(self, value: str) -> None:
-        self.form_email = value[:320]
+        self.form_email = clip(value, 320)
 
     @rx.event
     def set_form_name(self, value: str) -> None:
-        self.form_name = value[:200]
+        self.form_name = clip(value, 200)
 
     @rx.var
     def sso_url(self) -> str:
