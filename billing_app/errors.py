@@ -24,10 +24,15 @@ class ValidationFailed(BillingError):
 
     def to_dict(self) -> dict[str, Any]:
         """A rule's 422 names its field in `fields` too, as a schema's 422 does, so a
-        caller (and the client's ValidationError.fields) reads one shape for both."""
+        caller (and the client's ValidationError.fields) reads one shape for both; a
+        batch's bad events each as `events.<index>.<field>`, as the schema names them."""
         out = super().to_dict()
-        field = self.details.get("field")
-        if isinstance(field, str) and "fields" not in out:
+        if "fields" in out:
+            return out
+        field, events = self.details.get("field"), self.details.get("events")
+        if isinstance(events, list):
+            out["fields"] = event_fields(events)
+        elif isinstance(field, str):
             out["fields"] = [{"field": field, "message": self.message, "type": self.code}]
         return out
 
@@ -37,6 +42,20 @@ def batch_event_error(index: int, errors: list[dict[str, Any]], message: str) ->
     API, or a rule of the service): its index, the first problem's code and `message`,
     and every problem as {field, code, message}."""
     return {"index": index, "code": errors[0]["code"], "message": message, "errors": errors}
+
+
+def event_fields(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch's bad events (`batch_event_error`) as `fields` entries: `events.3.metric`,
+    or `events.3` for the event as a whole, the schema's names for them."""
+    return [
+        {
+            "field": f"events.{e['index']}" + ("" if p["field"] == "event" else f".{p['field']}"),
+            "message": p["message"],
+            "type": p["code"],
+        }
+        for e in events
+        for p in e["errors"]
+    ]
 
 
 class UnknownMetric(ValidationFailed):

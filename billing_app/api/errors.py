@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_app.api.schemas import BatchEventIn
 from billing_app.db import UNAVAILABLE_MESSAGE, unavailable
-from billing_app.errors import BillingError, ValidationFailed, batch_event_error
+from billing_app.errors import BillingError, ValidationFailed, batch_event_error, event_fields
 from billing_app.services.metering_batch import check_events
 
 log = logging.getLogger("billing_app.api")
@@ -113,7 +113,9 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         raw = exc.body.get("events") if isinstance(exc.body, dict) else None
         total = len(raw) if isinstance(raw, list) else len(events)
         if isinstance(raw, list):  # the rules too, for the events the schema took
-            bad = sorted(bad + _rule_errors(raw, set(events)), key=lambda e: e["index"])
+            ruled = _rule_errors(raw, set(events))
+            bad = sorted(bad + ruled, key=lambda e: e["index"])
+            fields += event_fields(ruled)
         details["events"] = bad
         message = f"{len(bad)} of {total} events are invalid; nothing was recorded."
     else:

@@ -369,3 +369,38 @@ def test_every_answer_writes_its_times_one_way(actors):
         assert not odd, f"{r.request.url}: {odd}"
         for t in times:
             assert datetime.fromisoformat(t).utcoffset() == timedelta(0)
+
+
+def test_a_batch_a_rule_refuses_lists_its_fields_as_the_schema_does(actors):
+    """`fields` was missing when only rules refused a batch (an unknown metric or user, a
+    batch key clash), and held only the schema's when both did: the client's
+    ValidationError.fields came back empty or short."""
+    svc = actors.key_client(actors.service_key)
+    a = actors.a.id
+    ok = {"user_id": a, "metric": "tokens", "quantity": 1}
+
+    def fields(body: dict, **headers: str) -> list[tuple[str, str]]:
+        r = svc.post("/api/billing/usage/batch", json=body, headers=headers)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        listed = [(f["field"], f["type"]) for f in error["fields"]]
+        named = [(e["index"], p["field"]) for e in error["events"] for p in e["errors"]]
+        assert len(listed) == len(named), error  # one entry per problem, in both lists
+        return listed
+
+    rules = {"events": [ok, {**ok, "metric": "gpus"}, {**ok, "user_id": 2**31 - 1}]}
+    assert fields(rules) == [
+        ("events.1.metric", "unknown_metric"),
+        ("events.2.user_id", "user_not_found"),
+    ]
+    both = {"events": [{**ok, "quantity": "many"}, {**ok, "metric": "gpus"}]}
+    assert fields(both) == [
+        ("events.0.quantity", "int_type"),
+        ("events.1.metric", "unknown_metric"),
+    ]
+    clash = {"events": [{**ok, "idempotency_key": "b#1"}, ok]}
+    assert fields(clash, **{"Idempotency-Key": "b"}) == [
+        ("events.1.idempotency_key", "validation_error")
+    ]
+    with session_scope() as s:
+        assert usage_totals(s, a, "tokens") == (0, 0, 0)
