@@ -13,7 +13,8 @@ from billing_app.api.app import create_api
 from billing_app.api.cors import own_origins_only
 from billing_app.api.fast_lane import fast_lane
 from billing_app.api.proxies import behind_proxies
-from billing_app.db import schema_problem
+from billing_app.db import schema_problem, unavailable
+from billing_app.services import quotas
 from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
 from billing_app.states.owner import StateOwnerMiddleware
@@ -54,6 +55,24 @@ async def check_schema() -> None:
 
 
 app.register_lifespan_task(check_schema)
+
+
+async def apply_plan_limits() -> None:
+    """A changed BILLING_PLANS_JSON reaches every user already on the plan at start, not
+    only those who change plan later (each worker tries; after the first, nothing is
+    left to change)."""
+    log = logging.getLogger("billing_app")
+    try:
+        changed = await asyncio.to_thread(quotas.apply_catalog_now)
+    except Exception as err:  # unreachable or un-migrated: said above; the next start retries
+        down = unavailable(err)
+        log.warning("plan limits not applied at start: %s", down.message if down else err)
+        return
+    if changed:
+        log.info("plan limits: %d quota row(s) now follow the plan catalog", changed)
+
+
+app.register_lifespan_task(apply_plan_limits)
 
 
 # Collect the youngest generation after this many new container objects, not 700.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,49 +33,6 @@ SORT_KEYS = tuple(s for base in SORTS for s in (base, f"-{base}"))
 DETAIL_AUDIT_LIMIT = 50
 STATUS_FILTERS = ("none", "incomplete", "incomplete_expired", "trialing", "active", "past_due",
                   "canceled", "unpaid", "paused")  # fmt: skip
-
-
-def _current_subs() -> Any:
-    """Each user's current subscription as a derived table (rn = 1), one pass over the table.
-
-    Same rule as subscriptions.current_subscription: the newest live one, else the newest.
-    """
-    rn = (
-        sa.func.row_number()
-        .over(
-            partition_by=Subscription.user_id,
-            order_by=(
-                sa.case((col(Subscription.status).in_(LIVE_STATUSES), 0), else_=1),
-                col(Subscription.created_at).desc(),
-                col(Subscription.id).desc(),
-            ),
-        )
-        .label("rn")
-    )
-    return select(
-        Subscription.user_id,
-        Subscription.status,
-        Subscription.plan,
-        Subscription.past_due_since,
-        Subscription.updated_at,
-        rn,
-    ).subquery("cur")
-
-
-def _plan_expr(cur: Any) -> Any:
-    """The plan the current subscription grants now (past_due only within the grace days)."""
-    cutoff = utcnow() - timedelta(days=get_settings().past_due_grace_days)
-    return sa.case(
-        (cur.c.status.in_(("active", "trialing")), cur.c.plan),
-        (
-            sa.and_(
-                cur.c.status == "past_due",
-                sa.func.coalesce(cur.c.past_due_since, cur.c.updated_at) > cutoff,
-            ),
-            cur.c.plan,
-        ),
-        else_="free",
-    )
 
 
 def _page_subscriptions(session: Session, ids: list[int]) -> dict[int, Subscription]:
@@ -157,11 +113,11 @@ def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
         filters.append(col(User.email).like(pattern, escape="\\"))
     cur = None
     if f.status is not None or f.plan is not None:
-        cur = _current_subs()
+        cur = subscriptions.current_table()
         if f.status is not None:
             filters.append(sa.func.coalesce(cur.c.status, "none") == f.status)
         if f.plan is not None:
-            filters.append(_plan_expr(cur) == f.plan)
+            filters.append(subscriptions.granted_plan(cur) == f.plan)
 
     def base_query(*columns: Any) -> Any:
         stmt = select(*columns).select_from(User)
@@ -334,8 +290,8 @@ def headline_stats(session: Session) -> dict[str, Any]:
     billed (all but trials, which are not revenue yet).
     """
     catalog = get_catalog()
-    cur = _current_subs()
-    plan_now = _plan_expr(cur)
+    cur = subscriptions.current_table()
+    plan_now = subscriptions.granted_plan(cur)
     now = (
         select(
             plan_now.label("plan"),

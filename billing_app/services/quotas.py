@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
@@ -9,6 +10,7 @@ from billing_app.errors import NotFound, UnknownMetric, ValidationFailed
 from billing_app.metrics import MAX_LIMIT, METRICS
 from billing_app.models import Quota, QuotaAudit, User
 from billing_app.plans import get_catalog
+from billing_app.services import subscriptions
 from billing_app.services.dto import QuotaDTO
 
 # The audit reason of a reset to the plan's limit when the admin gave none.
@@ -49,6 +51,55 @@ def apply_plan(session: Session, user_id: int, plan_key: str) -> None:
         q.updated_at = now
         session.add(q)
     session.flush()
+
+
+def apply_catalog(session: Session) -> int:
+    """Every user's plan limits as the plan catalog (BILLING_PLANS_JSON) says now, so a
+    changed limit reaches the users already on a plan, not only those who change plan
+    later; admin overrides stay (their `plan_limit` follows). A few set-based UPDATEs per
+    plan and metric, whatever the number of users. Returns the rows changed; caller
+    commits. Rows a user lacks are left to `apply_missing`."""
+    cur = subscriptions.current_table()
+    on_plan = (
+        select(User.id.label("user_id"), subscriptions.granted_plan(cur).label("plan"))
+        .select_from(User)
+        .outerjoin(cur, sa.and_(cur.c.user_id == User.id, cur.c.rn == 1))
+        .subquery("on_plan")
+    )
+    now, changed = utcnow(), 0
+    for key, plan in get_catalog().items():
+        users = select(on_plan.c.user_id).where(on_plan.c.plan == key)
+        for metric in METRICS:
+            limit = plan.limit_for(metric)
+            result = session.execute(
+                sa.update(Quota)
+                .where(
+                    col(Quota.metric) == metric,
+                    col(Quota.user_id).in_(users),
+                    sa.or_(
+                        col(Quota.plan_limit) != limit,
+                        sa.and_(col(Quota.source) == "plan", col(Quota.limit) != limit),
+                    ),
+                )
+                .values(
+                    plan_limit=limit,
+                    limit=sa.case((col(Quota.source) == "plan", limit), else_=col(Quota.limit)),
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            changed += result.rowcount or 0
+    return changed
+
+
+def apply_catalog_now() -> int:
+    """One `apply_catalog` in its own transaction (the app's start)."""
+    from billing_app.db import session_scope
+
+    with session_scope() as session:
+        changed = apply_catalog(session)
+        session.commit()
+    return changed
 
 
 def limit_for(session: Session, user_id: int, metric: str) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
@@ -99,3 +100,46 @@ def get_subscription_dto(session: Session, user_id: int) -> SubscriptionDTO | No
     dto = to_subscription_dto(sub) if sub is not None else None
     session.rollback()
     return dto
+
+
+def current_table() -> Any:
+    """Each user's current subscription as a derived table (rn = 1), one pass over the table.
+
+    Same rule as current_subscription: the newest live one, else the newest.
+    """
+    rn = (
+        sa.func.row_number()
+        .over(
+            partition_by=Subscription.user_id,
+            order_by=(
+                sa.case((col(Subscription.status).in_(LIVE_STATUSES), 0), else_=1),
+                col(Subscription.created_at).desc(),
+                col(Subscription.id).desc(),
+            ),
+        )
+        .label("rn")
+    )
+    return select(
+        Subscription.user_id,
+        Subscription.status,
+        Subscription.plan,
+        Subscription.past_due_since,
+        Subscription.updated_at,
+        rn,
+    ).subquery("cur")
+
+
+def granted_plan(cur: Any) -> Any:
+    """The plan the current subscription grants now (past_due only within the grace days)."""
+    cutoff = utcnow() - timedelta(days=get_settings().past_due_grace_days)
+    return sa.case(
+        (cur.c.status.in_(("active", "trialing")), cur.c.plan),
+        (
+            sa.and_(
+                cur.c.status == "past_due",
+                sa.func.coalesce(cur.c.past_due_since, cur.c.updated_at) > cutoff,
+            ),
+            cur.c.plan,
+        ),
+        else_="free",
+    )
