@@ -10,7 +10,7 @@ import pytest
 from billing_app import plans
 from billing_app.errors import QuotaExceeded
 from billing_app.services import metering, quotas
-from billing_app.services.periods import Period, billing_period_at
+from billing_app.services.periods import Period, billing_period_at, period_of
 from tests.factories import make_user
 from tests.test_billing_period_overlap import (
     END,
@@ -214,6 +214,26 @@ def test_a_backdated_write_into_the_previous_quarter_counts_in_its_period(
              _d(2026, 6, 30, 8))  # fmt: skip
     late = metering.record(session, user.id, "tokens", 7, "late", occurred_at=_d(2026, 3, 31, 12))
     assert late.status.period_start == q1[0], late.status.period_start
+
+
+def test_a_weekly_period_ending_on_the_anchors_day_stays_a_week(monkeypatch):
+    """Weekly, anchored Thu Jan 1: Sep 24 -> Oct 1 ends on the anchor's day of the month,
+    which is no reason to step by months (the gap after Oct 1 counted in Oct 1 - Nov 1)."""
+    _pro_resets_with_billing_period(monkeypatch)
+    sub = _stored(_d(2026, 9, 24), _d(2026, 10, 1), _d(2026, 1, 1))
+    assert period_of(sub, _d(2026, 10, 2)) == Period(_d(2026, 10, 1), _d(2026, 10, 8))
+
+
+def test_weekly_backdated_write_counts_in_its_own_week(monkeypatch):
+    _pro_resets_with_billing_period(monkeypatch)
+    sub = _stored(_d(2026, 9, 24), _d(2026, 10, 1), _d(2026, 1, 1))
+    assert period_of(sub, _d(2026, 9, 20)) == Period(_d(2026, 9, 17), _d(2026, 9, 24))
+
+
+def test_daily_period_across_a_month_stays_a_day(monkeypatch):
+    _pro_resets_with_billing_period(monkeypatch)
+    sub = _stored(_d(2026, 1, 31), _d(2026, 2, 1), _d(2026, 1, 1))
+    assert period_of(sub, _d(2026, 2, 1, 12)) == Period(_d(2026, 2, 1), _d(2026, 2, 2))
 
 
 # ------------------------------------------------------------------ checked edges (pass)

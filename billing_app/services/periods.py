@@ -121,6 +121,17 @@ def _add_months(at: datetime, months: int, day: int) -> datetime:
     return at.replace(year=year, month=month, day=min(day, calendar.monthrange(year, month)[1]))
 
 
+def _on_anchor_grid(s: datetime, e: datetime, months: int, anchor: datetime) -> bool:
+    """Whether `s` -> `e` is one step of `months` on the anchor's monthly grid: a day or
+    week period that merely crosses a month onto the anchor's day of the month is not."""
+    steps = (s.year - anchor.year) * 12 + s.month - anchor.month
+    return (
+        steps % months == 0
+        and _add_months(anchor, steps, anchor.day).date() == s.date()
+        and _add_months(s, months, anchor.day) == e
+    )
+
+
 def billing_period_at(known: Period, at: datetime, anchor: datetime | None = None) -> Period:
     """The billing period holding `at`, stepping from `known` by its interval: whole
     months (anchored on Stripe's billing_cycle_anchor's day when known, else on the later
@@ -130,7 +141,7 @@ def billing_period_at(known: Period, at: datetime, anchor: datetime | None = Non
     s, e = known.start, known.end
     months = (e.year - s.year) * 12 + e.month - s.month
     day = max(s.day, e.day)
-    if anchor is not None and months > 0 and _add_months(s, months, anchor.day) == e:
+    if anchor is not None and months > 0 and _on_anchor_grid(s, e, months, anchor):
         day = anchor.day
     if months > 0 and _add_months(s, months, day) == e:
         n = 0
