@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from datetime import timedelta
 
+from sqlmodel import Session, delete, select
+
 from billing_app.clock import utcnow
-from billing_app.services import quotas
+from billing_app.models import Quota, Subscription
+from billing_app.plans import get_catalog
+from billing_app.services import metering, quotas
 from tests.conftest import _clear_caches
 from tests.factories import make_subscription, make_user
 
@@ -88,3 +93,51 @@ def test_the_app_applies_the_catalog_when_it_starts(session, monkeypatch):
     runner.start()
     runner.join()
     assert _limits(session, pro)["tokens"] == (2_000_000, "plan", 2_000_000)
+
+
+def test_a_downgrade_committed_while_the_catalog_applies_keeps_the_new_plans_limits(
+    session, engine, monkeypatch
+):
+    """A webhook's downgrade commits while the start's pass waits on its rows: under READ
+    COMMITTED PostgreSQL re-checked only the quota row, not who is on which plan, and the
+    basic user got pro's new limit (a serialization failure now, retried)."""
+    uid = make_user(session).id
+    make_subscription(session, uid, plan="pro")
+    monkeypatch.setenv("BILLING_PLANS_JSON", json.dumps({"pro": {"limits": {"tokens": 2_000_000}}}))
+    _clear_caches()
+    basic_tokens = get_catalog()["basic"].limit_for("tokens")
+
+    # The downgrade's webhook (as apply_subscription does it): the row and the quotas.
+    webhook = Session(engine)
+    sub = webhook.exec(select(Subscription).where(Subscription.user_id == uid)).one()
+    sub.plan = "basic"
+    webhook.add(sub)
+    quotas.apply_plan(webhook, uid, "basic")
+    webhook.flush()
+
+    done: list[int] = []
+    start = threading.Thread(target=lambda: done.append(quotas.apply_catalog_now()))
+    start.start()
+    time.sleep(1.0)  # on PostgreSQL its UPDATE for pro waits for the webhook's row locks
+    webhook.commit()
+    webhook.close()
+    start.join(30)
+    assert done, "apply_catalog_now did not finish"
+
+    tokens = {d.metric: d for d in quotas.get_quotas(session, uid)}["tokens"]
+    session.rollback()
+    assert (tokens.limit, tokens.plan_limit) == (basic_tokens, basic_tokens), tokens
+
+
+def test_a_paid_user_missing_a_quota_row_gets_the_plans_limit_at_start(session, monkeypatch):
+    """A user created before a metric existed has no row for it, and metering then applies
+    Free's limit. The start's catalog pass, which "reaches every user already on a plan",
+    leaves that Pro user on Free's limit."""
+    uid = make_user(session).id
+    make_subscription(session, uid, plan="pro")
+    session.exec(delete(Quota).where(Quota.user_id == uid, Quota.metric == "scraping_tasks"))
+    session.commit()
+    quotas.apply_catalog_now()
+    c = metering.check(session, uid, "scraping_tasks", 1)
+    session.rollback()
+    assert c.limit == get_catalog()["pro"].limit_for("scraping_tasks"), c

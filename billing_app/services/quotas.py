@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
 from billing_app.errors import NotFound, UnknownMetric, ValidationFailed
 from billing_app.metrics import MAX_LIMIT, METRICS
 from billing_app.models import Quota, QuotaAudit, User
+from billing_app.models.types import UTCDateTime
 from billing_app.plans import get_catalog
 from billing_app.services import subscriptions
 from billing_app.services.dto import QuotaDTO
@@ -89,17 +91,60 @@ def apply_catalog(session: Session) -> int:
                 .execution_options(synchronize_session=False)
             )
             changed += result.rowcount or 0
+            # A user lacking the metric's row (created before the metric existed) would be
+            # metered at Free's limit: give it the plan's.
+            missing = (
+                select(
+                    on_plan.c.user_id,
+                    sa.literal(metric),
+                    sa.literal(limit),
+                    sa.literal(limit),
+                    sa.literal("plan"),
+                    sa.literal(now, UTCDateTime()),
+                )
+                .where(on_plan.c.plan == key)
+                .where(
+                    ~sa.exists().where(
+                        col(Quota.user_id) == on_plan.c.user_id, col(Quota.metric) == metric
+                    )
+                )
+            )
+            result = session.execute(
+                sa.insert(Quota).from_select(
+                    ["user_id", "metric", "limit", "plan_limit", "source", "updated_at"], missing
+                )
+            )
+            changed += max(result.rowcount or 0, 0)  # -1: the driver does not count
     return changed
+
+
+# Serialization failure, deadlock, and a row another worker's start inserted meanwhile.
+RETRIED = ("40001", "40P01", "23505")
 
 
 def apply_catalog_now() -> int:
-    """One `apply_catalog` in its own transaction (the app's start)."""
+    """One `apply_catalog` in its own transaction (the app's start), retried when another
+    transaction changed the same rows meanwhile (on PostgreSQL)."""
     from billing_app.db import session_scope
 
-    with session_scope() as session:
-        changed = apply_catalog(session)
-        session.commit()
-    return changed
+    for attempt in range(5):
+        with session_scope() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # One snapshot for the plans read and the rows written: a plan change
+                # committed meanwhile (a webhook, another worker's start) is then a
+                # serialization failure, retried, rather than overwritten with the plan the
+                # user had (READ COMMITTED re-checks only the quota row, not the plan).
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            try:
+                changed = apply_catalog(session)
+                session.commit()
+            except DBAPIError as err:
+                if getattr(err.orig, "sqlstate", None) not in RETRIED or attempt == 4:
+                    raise
+                session.rollback()
+                continue
+        return changed
+    raise AssertionError("unreachable")
 
 
 def limit_for(session: Session, user_id: int, metric: str) -> int | None:
