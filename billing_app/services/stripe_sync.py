@@ -400,7 +400,10 @@ def _subscription_values(
         "current_period_end": data.current_period_end or sub["current_period_end"],
         "billing_cycle_anchor": data.billing_cycle_anchor or sub["billing_cycle_anchor"],
         "cancel_at_period_end": data.cancel_at_period_end,
-        "cancel_at": data.cancel_at,
+        # An ended subscription's: when it ended (Stripe's ended_at). A cancel now after a
+        # scheduled one keeps cancel_at_period_end set and clears cancel_at, so neither
+        # tells the day it ended (states/views.py reads this first).
+        "cancel_at": data.ended_at if data.is_terminal and data.ended_at else data.cancel_at,
         "canceled_at": data.canceled_at,
         "past_due_since": past_due_since,
         "updated_at": now,

@@ -13,12 +13,15 @@ from sqlmodel import Session, func, select
 
 from billing_app import clock
 from billing_app.cli import main as cli
+from billing_app.clock import utcnow
 from billing_app.errors import CardDeclined, Conflict, NoBillingAccount, ValidationFailed
 from billing_app.gateway import get_gateway
 from billing_app.models import Quota, StripeEvent, Subscription, User
+from billing_app.plans import get_catalog
 from billing_app.services import billing, metering, stripe_sync
 from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import get_subscription_dto
+from billing_app.states import views
 from tests.conftest import _clear_caches
 from tests.factories import make_user
 
@@ -442,3 +445,17 @@ def test_a_second_checkout_before_the_first_ones_webhook_is_refused(
         assert [s["status"] for s in subs] == ["active"]  # one subscription, not two
     finally:
         sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+
+
+def test_cancel_now_after_a_scheduled_cancel_is_dated_the_day_it_ended(session, sandbox, http):
+    """Stripe keeps cancel_at_period_end and clears cancel_at: only ended_at dates it."""
+    user = subscribe(session, http, sandbox, "pro")
+    billing.cancel_subscription(session, user.id)  # at the period's end
+    flush(http, sandbox)
+    billing.cancel_subscription(session, user.id, at_period_end=False)  # then now
+    flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert dto.status == "canceled"
+    view = views.subscription_view(dto, get_catalog())
+    today = views.fmt.date(utcnow())
+    assert view.renews_text == f"Ended {today}", (view.renews_text, dto.current_period_end)
