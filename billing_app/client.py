@@ -424,6 +424,9 @@ class BillingClient:
     `deadline`: seconds one call may take in all, its attempts and waits together (None:
     no bound). On a request path, set it to what the caller can wait: no wait is slept
     and no attempt started past it, and each attempt's timeouts are cut to the time left.
+    Those timeouts bound each connect and each read (httpx has no whole-request timeout),
+    so a server that trickles its answer, every read within them, can still hold one
+    attempt past the deadline.
     `transport`: an httpx transport (tests, proxies, custom TLS).
     """
 
