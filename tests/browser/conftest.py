@@ -30,6 +30,14 @@ BUILD_TIMEOUT = 300.0
 pytestmark = pytest.mark.browser
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that give `live_app` other environment (an indirect parameter) run after all
+    the others, so a whole run starts each app once."""
+    items.sort(
+        key=lambda item: "live_app" in getattr(getattr(item, "callspec", None), "params", {})
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,10 +96,37 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"the app did not start in {BUILD_TIMEOUT:.0f}s:\n{log.read_text()[-4000:]}")
 
 
+def flush_redis(url: str) -> None:
+    """Empty the app's own Redis db. A Redis that does not answer skips the tests that
+    need it, and fails them in CI."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError as err:
+        reason = f"Redis at {url} (REFLEX_REDIS_URL) is not reachable: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} Redis is required in CI.", pytrace=False)
+        pytest.skip(reason)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
-def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+def live_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApp]:
+    """One worker, no Redis. A module adds environment by indirect parametrization
+    (test_production_workers.py: `GRANIAN_WORKERS`, `REFLEX_REDIS_URL`, whose db is
+    emptied before and after); pytest stops one app before it starts the next, so only
+    one at a time builds into .web (its env.json names the app's port) and serves it."""
     from stripe_sandbox import SandboxConfig, SandboxServer
 
+    extra_env: dict[str, str] = getattr(request, "param", None) or {}
+    redis_url = extra_env.get("REFLEX_REDIS_URL")
+    if redis_url:
+        flush_redis(redis_url)
     tmp = tmp_path_factory.mktemp("live")
     database_url = f"sqlite:///{tmp / 'app.db'}"
     port = free_port()
@@ -119,10 +154,14 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             "OIDC_ISSUER": idp.url,
             "OIDC_CLIENT_ID": OIDC_CLIENT_ID,
             "OIDC_CLIENT_SECRET": OIDC_CLIENT_SECRET,
+            **extra_env,
         },
     )
     for var in ("STRIPE_SECRET_KEY", "BILLING_PLANS_JSON", "ADMIN_EMAILS", "STRIPE_API_BASE"):
         env.pop(var, None)
+    for var in ("GRANIAN_WORKERS", "REFLEX_REDIS_URL"):  # unless the module asks for them
+        if var not in extra_env:
+            env.pop(var, None)
     log = tmp / "reflex.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -156,6 +195,8 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
                 pass
         sandbox.stop()
         idp_server.stop()
+        if redis_url:
+            flush_redis(redis_url)
 
 
 @pytest.fixture(scope="session")

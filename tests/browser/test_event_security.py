@@ -87,8 +87,8 @@ ADMIN = f"{SESSION}.billing_app___states___admin____admin_state"
 BILLING = f"{SESSION}.billing_app___states___billing____billing_state"
 
 RAW_EVENTS_JS = """
-async ([events, path, waitMs, base]) => {
-  const token = crypto.randomUUID();
+async ([events, path, waitMs, base, tokenArg]) => {
+  const token = tokenArg || crypto.randomUUID();
   const url = (base || location.origin).replace(/^http/, 'ws')
     + '/_event/?EIO=4&transport=websocket&token=' + token;
   const ws = new WebSocket(url);
@@ -117,12 +117,17 @@ async ([events, path, waitMs, base]) => {
 
 
 def raw_events(
-    page: Page, events: list[tuple[str, dict]], path: str, wait_ms: int = 2500, base: str = ""
+    page: Page,
+    events: list[tuple[str, dict]],
+    path: str,
+    wait_ms: int = 2500,
+    base: str = "",
+    token: str = "",
 ) -> list[str]:
-    """Send `events` (full name, payload) on a fresh client token from the page, to the app
-    at `base` (default: the page's own origin); the browser's cookies go along as they
-    would. The frames the server sent."""
-    return page.evaluate(RAW_EVENTS_JS, [[list(e) for e in events], path, wait_ms, base])
+    """Send `events` (full name, payload) on client token `token` (default: a fresh one)
+    from the page, to the app at `base` (default: the page's own origin); the browser's
+    cookies go along as they would. The frames the server sent."""
+    return page.evaluate(RAW_EVENTS_JS, [[list(e) for e in events], path, wait_ms, base, token])
 
 
 def _db(live_app: LiveApp, sql: str) -> list[tuple]:
