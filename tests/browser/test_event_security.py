@@ -6,6 +6,7 @@ the hydrate event sends the whole state tree to whoever presents that token."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -59,6 +60,26 @@ def test_token_of_signed_out_admin_gives_anonymous_nothing(
     assert frames and not leaked, f"anonymous client got the admin's state: {leaked[0][:300]}"
 
 
+def sign_in_over(
+    page: Page, live_app: LiveApp, on_form: Callable[[], None] | None = None
+) -> list[str]:
+    """The sign-in form over the signed-in tab (`/login?error=...`, as after a session
+    expired), then the demo user signs in there: the frames the tab received from the
+    form on. `on_form` runs once the form shows."""
+    page.goto(f"{live_app.url}/login?error=login_failed&next=/billing")
+    expect(page.locator("#email")).to_be_visible()
+    frames = _capture(page)
+    if on_form is not None:
+        on_form()
+    page.locator("#email").fill(live_app.user_email)
+    page.locator("#password").fill(live_app.user_password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(re.compile(re.escape(live_app.url + "/billing")))
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+    page.wait_for_timeout(1000)
+    return frames
+
+
 def test_signing_in_over_a_session_leaves_the_next_user_nothing(
     page: Page, live_app: LiveApp
 ) -> None:
@@ -66,15 +87,7 @@ def test_signing_in_over_a_session_leaves_the_next_user_nothing(
     session expired): whoever signs in there next in the same tab must not receive the
     admin's state (no sign-out, so no Clear-Site-Data)."""
     secret = _admin_makes_key(page, live_app, "sign-in-over")
-    page.goto(f"{live_app.url}/login?error=login_failed&next=/billing")
-    expect(page.locator("#email")).to_be_visible()
-    frames = _capture(page)
-    page.locator("#email").fill(live_app.user_email)
-    page.locator("#password").fill(live_app.user_password)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url(re.compile(re.escape(live_app.url + "/billing")))
-    expect(page.get_by_text("Usage this period")).to_be_visible()
-    page.wait_for_timeout(1000)
+    frames = sign_in_over(page, live_app)
     leaked = [f for f in frames if secret in f]
     assert frames and not leaked, f"the next user got the admin's key secret: {leaked[0][:300]}"
 
