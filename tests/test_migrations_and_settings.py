@@ -213,36 +213,6 @@ def test_0009_adds_subscription_cancel_at_and_back(empty_database_url):
         eng.dispose()
 
 
-def test_0010_adds_subscription_period_reset_and_back(empty_database_url):
-    """Existing subscriptions keep their rows with period_reset NULL (the plan's rule until
-    their next event); downgrade drops the column and keeps the rows."""
-    url = empty_database_url
-    alembic(url, "upgrade", "0009")
-    eng = db.create_db_engine(url)
-
-    def columns() -> set[str]:
-        return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
-
-    try:
-        _a_subscription(eng, "sub_r")
-        eng.dispose()
-        alembic(url, "upgrade", "0010")
-        assert "period_reset" in columns()
-        with eng.connect() as conn:
-            assert conn.exec_driver_sql(
-                "SELECT stripe_subscription_id, period_reset FROM subscription"
-            ).all() == [("sub_r", None)]
-        eng.dispose()
-        alembic(url, "downgrade", "0009")
-        assert "period_reset" not in columns()
-        with eng.connect() as conn:
-            assert conn.exec_driver_sql(
-                "SELECT stripe_subscription_id FROM subscription"
-            ).all() == [("sub_r",)]
-    finally:
-        eng.dispose()
-
-
 def test_json_columns_round_trip_through_the_engines_encoder(session):
     """JSON columns are encoded by pydantic-core (db.json_text), not json.dumps: what
     goes in comes back equal, non-ASCII, nesting and large integers included."""
@@ -463,25 +433,47 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
     )
 
 
-def test_0011_adds_subscription_billing_cycle_anchor_and_back(empty_database_url):
+@pytest.mark.parametrize(
+    ("before", "revision", "column"),
+    [("0009", "0010", "period_reset"), ("0010", "0011", "billing_cycle_anchor")],
+)
+def test_a_new_subscription_column_keeps_the_rows_both_ways(
+    empty_database_url, before, revision, column
+):
+    """Existing subscriptions keep their rows with the new column NULL (0010: the plan's
+    rule until their next event; 0011: the stepping guess until their next event);
+    downgrade drops the column and keeps the rows."""
     url = empty_database_url
-    alembic(url, "upgrade", "0010")
+    alembic(url, "upgrade", before)
     eng = db.create_db_engine(url)
 
     def columns() -> set[str]:
         return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
 
     try:
-        _a_subscription(eng, "sub_a")
+        _a_subscription(eng, "sub_r")
         eng.dispose()
-        alembic(url, "upgrade", "0011")
-        assert db.schema_head() == "0011" and db.schema_problem(eng) is None
+        alembic(url, "upgrade", revision)
+        assert column in columns()
         with eng.connect() as conn:
             assert conn.exec_driver_sql(
-                "SELECT stripe_subscription_id, billing_cycle_anchor FROM subscription"
-            ).all() == [("sub_a", None)]
+                f"SELECT stripe_subscription_id, {column} FROM subscription"
+            ).all() == [("sub_r", None)]
         eng.dispose()
-        alembic(url, "downgrade", "0010")
-        assert "billing_cycle_anchor" not in columns()
+        alembic(url, "downgrade", before)
+        assert column not in columns()
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT stripe_subscription_id FROM subscription"
+            ).all() == [("sub_r",)]
+    finally:
+        eng.dispose()
+
+
+def test_the_head_is_this_codes_schema(empty_database_url):
+    alembic(empty_database_url, "upgrade", "head")
+    eng = db.create_db_engine(empty_database_url)
+    try:
+        assert db.schema_head() == "0011" and db.schema_problem(eng) is None
     finally:
         eng.dispose()
