@@ -159,7 +159,8 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
 
 
 def _a_subscription(eng: sa.Engine, stripe_id: str) -> None:
-    """A user and a subscription, written as the schema before the migration stores them."""
+    """A user, a subscription and its invoice, written as the schema before the migration
+    stores them."""
     now = "2026-11-25 12:00:00"
     with eng.begin() as conn:
         conn.exec_driver_sql(
@@ -170,6 +171,10 @@ def _a_subscription(eng: sa.Engine, stripe_id: str) -> None:
             "INSERT INTO subscription (user_id, stripe_subscription_id, plan, status, "
             "cancel_at_period_end, created_at, updated_at) "
             f"VALUES (1, '{stripe_id}', 'pro', 'active', false, '{now}', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO invoice (stripe_invoice_id, user_id, status, amount_due, amount_paid, "
+            f"currency, created_at) VALUES ('in_{stripe_id}', 1, 'open', 9900, 0, 'usd', '{now}')"
         )
 
 
@@ -434,38 +439,42 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("before", "revision", "column"),
-    [("0009", "0010", "period_reset"), ("0010", "0011", "billing_cycle_anchor")],
+    ("before", "revision", "table", "column", "value"),
+    [
+        ("0009", "0010", "subscription", "period_reset", None),
+        ("0010", "0011", "subscription", "billing_cycle_anchor", None),
+        ("0011", "0012", "invoice", "attempt_count", 0),
+    ],
 )
-def test_a_new_subscription_column_keeps_the_rows_both_ways(
-    empty_database_url, before, revision, column
+def test_a_new_column_keeps_the_rows_both_ways(
+    empty_database_url, before, revision, table, column, value
 ):
-    """Existing subscriptions keep their rows with the new column NULL (0010: the plan's
-    rule until their next event; 0011: the stepping guess until their next event);
-    downgrade drops the column and keeps the rows."""
+    """Existing rows stay, the new column `value` until their next event (0010: the plan's
+    rule; 0011: the stepping guess; 0012: no failed attempts known); downgrade drops the
+    column and keeps the rows."""
+    key = f"stripe_{table}_id"
     url = empty_database_url
     alembic(url, "upgrade", before)
     eng = db.create_db_engine(url)
 
     def columns() -> set[str]:
-        return {c["name"] for c in sa.inspect(eng).get_columns("subscription")}
+        return {c["name"] for c in sa.inspect(eng).get_columns(table)}
 
     try:
         _a_subscription(eng, "sub_r")
+        stored = "sub_r" if table == "subscription" else "in_sub_r"
         eng.dispose()
         alembic(url, "upgrade", revision)
         assert column in columns()
         with eng.connect() as conn:
-            assert conn.exec_driver_sql(
-                f"SELECT stripe_subscription_id, {column} FROM subscription"
-            ).all() == [("sub_r", None)]
+            assert conn.exec_driver_sql(f"SELECT {key}, {column} FROM {table}").all() == [
+                (stored, value)
+            ]
         eng.dispose()
         alembic(url, "downgrade", before)
         assert column not in columns()
         with eng.connect() as conn:
-            assert conn.exec_driver_sql(
-                "SELECT stripe_subscription_id FROM subscription"
-            ).all() == [("sub_r",)]
+            assert conn.exec_driver_sql(f"SELECT {key} FROM {table}").all() == [(stored,)]
     finally:
         eng.dispose()
 
@@ -474,6 +483,6 @@ def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0011" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0012" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

@@ -61,9 +61,22 @@ def page_out(page: Page) -> dict[str, Any]:
 
 
 def invoices_page(
-    session: Session, *, user_id: int | None, status: str | None, page: int, per_page: int
+    session: Session,
+    *,
+    user_id: int | None,
+    status: str | None,
+    page: int,
+    per_page: int,
+    customer_view: bool = False,
 ) -> Page:
-    return list_invoices(session, user_id=user_id, status=status, page=page, per_page=per_page)
+    return list_invoices(
+        session,
+        user_id=user_id,
+        status=status,
+        page=page,
+        per_page=per_page,
+        customer_view=customer_view,
+    )
 
 
 @router.post("/checkout", response_model=s.UrlOut, responses=s.errors(409, 502))
@@ -152,5 +165,12 @@ def invoices(
 ) -> dict[str, Any]:
     """The signed-in user's invoices, newest first."""
     return page_out(
-        invoices_page(session, user_id=user.id, status=status, page=page, per_page=per_page)
+        invoices_page(
+            session,
+            user_id=user.id,
+            status=status,
+            page=page,
+            per_page=per_page,
+            customer_view=True,
+        )
     )

@@ -19,8 +19,18 @@ from typing import Any
 # Subscription statuses after which Stripe never changes the status again.
 TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
 # Invoice statuses, by how final they are: a later state never goes back to an earlier one.
-INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
-TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void"})
+# "deleted": a draft Stripe deleted (invoice.deleted), kept as a tombstone that no list shows
+# and no stale event of the draft brings back.
+INVOICE_STATUS_RANK = {
+    "draft": 0,
+    "open": 1,
+    "uncollectible": 2,
+    "paid": 3,
+    "void": 3,
+    "deleted": 4,
+}
+TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "deleted"})
+DELETED_INVOICE_STATUS = "deleted"
 
 
 class MalformedObject(ValueError):
@@ -167,6 +177,7 @@ class InvoiceData:
     invoice_pdf: str | None
     created: datetime | None
     user_id: int | None  # from the subscription's metadata copied onto the invoice
+    attempt_count: int = 0  # payment attempts made (failed ones while it stays open)
 
 
 def _int(value: Any) -> int:
@@ -231,6 +242,7 @@ def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
         invoice_pdf=obj.get("invoice_pdf") or None,
         created=ts(obj.get("created")),
         user_id=user_id,
+        attempt_count=max(_int(obj.get("attempt_count")), 0),
     )
 
 

@@ -215,6 +215,8 @@ class Invoice(SQLModel, table=True):
     invoice_pdf: str | None = Field(default=None, max_length=2048)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    # Stripe's attempt_count: an open invoice with attempts is a failed payment.
+    attempt_count: int = Field(default=0, nullable=False, sa_column_kwargs={"server_default": "0"})
 
 
 class StripeEvent(SQLModel, table=True):

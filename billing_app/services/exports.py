@@ -172,6 +172,7 @@ def invoice_rows(
             Invoice.invoice_pdf,
         )
         .join(User, col(User.id) == col(Invoice.user_id))
+        .where(col(Invoice.status).in_(INVOICE_STATUSES))
         .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
     )
     if status is not None:

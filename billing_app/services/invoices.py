@@ -10,6 +10,9 @@ from billing_app.models import Invoice, User
 from billing_app.services.dto import InvoiceDTO, Page
 
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+# What a customer's own list shows: what was billed. A draft is not a charge yet (its amount
+# may change, it has no number, page or PDF); a deleted draft is nobody's.
+CUSTOMER_STATUSES = ("open", "paid", "uncollectible", "void")
 MAX_PER_PAGE = 100
 
 
@@ -40,8 +43,10 @@ def list_invoices(
     status: str | None = None,
     page: int = 1,
     per_page: int = 20,
+    customer_view: bool = False,
 ) -> Page:
-    """Invoices newest first; `user_id=None` lists every user's (admin views)."""
+    """Invoices newest first; `user_id=None` lists every user's (admin views).
+    `customer_view`: the customer's own list (no drafts)."""
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise ValidationFailed("page must be a whole number, 1 or more.", field="page")
     if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
@@ -51,7 +56,8 @@ def list_invoices(
             f"Unknown invoice status {status!r}; expected one of: {', '.join(INVOICE_STATUSES)}.",
             field="status",
         )
-    where = []
+    shown = CUSTOMER_STATUSES if customer_view else INVOICE_STATUSES
+    where = [col(Invoice.status).in_(shown)]
     if user_id is not None:
         where.append(Invoice.user_id == user_id)
     if status is not None:

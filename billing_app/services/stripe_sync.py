@@ -30,6 +30,7 @@ from billing_app.db import driver_rows, unavailable
 from billing_app.errors import InvalidWebhook, UserNotFound
 from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import (
+    DELETED_INVOICE_STATUS,
     INVOICE_STATUS_RANK,
     TERMINAL_INVOICE_STATUSES,
     EventData,
@@ -82,6 +83,7 @@ INVOICE_EVENTS = frozenset(
         "invoice.voided",
         "invoice.marked_uncollectible",
         "invoice.overdue",
+        "invoice.deleted",
     }
 )
 CHECKOUT_EVENTS = frozenset(
@@ -561,18 +563,25 @@ def _invoice_user(session: Session, conn: sa.Connection, data: InvoiceData) -> i
     raise UnmappedObject(f"invoice {data.id}: no local user for customer {data.customer_id}")
 
 
-def _invoice_wins(inv: Any, data: InvoiceData, at: datetime | None) -> bool:
+def _invoice_wins(inv: Any, data: InvoiceData, at: datetime | None, force: bool = False) -> bool:
+    """`force` (a sync: what Stripe lists now) settles a missing stamp or a tie, but never
+    reopens a paid or void invoice, nor overwrites what a newer event wrote meanwhile
+    (the invoice paid between the list and its apply)."""
     stored_at = inv["updated_from_stripe_at"]
     if stored_at is None:
         return True
     if inv["status"] in TERMINAL_INVOICE_STATUSES and data.status not in TERMINAL_INVOICE_STATUSES:
         return False  # a paid or void invoice never reopens: the event is stale
+    if inv["status"] == DELETED_INVOICE_STATUS and data.status != DELETED_INVOICE_STATUS:
+        return False  # a deleted draft is gone for good
     if at is None:
-        return False
+        return force
     if at != stored_at:
         return at > stored_at
     # Same second: the more final status wins (paid over open/failed).
-    return INVOICE_STATUS_RANK.get(data.status, 0) >= INVOICE_STATUS_RANK.get(inv["status"], 0)
+    return force or (
+        INVOICE_STATUS_RANK.get(data.status, 0) >= INVOICE_STATUS_RANK.get(inv["status"], 0)
+    )
 
 
 _INVOICE_STATE = (
@@ -584,6 +593,7 @@ _INVOICE_STATE = (
     "invoice_pdf",
     "period_start",
     "period_end",
+    "attempt_count",
 )
 
 
@@ -601,6 +611,7 @@ def _invoice_values(data: InvoiceData, at: datetime | None, inv: Any) -> dict[st
         "period_end": data.period_end,
         "hosted_invoice_url": data.hosted_invoice_url or inv["hosted_invoice_url"],
         "invoice_pdf": data.invoice_pdf or inv["invoice_pdf"],
+        "attempt_count": data.attempt_count,
     }
     if data.created is not None:
         values["created_at"] = data.created
@@ -633,6 +644,7 @@ def apply_invoice(
             "period_end": None,
             "hosted_invoice_url": None,
             "invoice_pdf": None,
+            "attempt_count": 0,
             "created_at": data.created or utcnow(),
             "updated_from_stripe_at": None,
         }
@@ -646,7 +658,7 @@ def apply_invoice(
         row = _first(conn, _INV_LOCK, {"key": data.id})
     assert row is not None  # the conflicting row is there and now locked
     inv = row
-    if not force and not _invoice_wins(inv, data, at):
+    if not _invoice_wins(inv, data, at, force):
         return False
     values = _invoice_values(data, at, inv)
     if any(values[k] != inv[k] for k in values):
@@ -700,6 +712,11 @@ def apply_event(session: Session, payload: dict[str, Any]) -> str | None:
     try:
         if event.type in SUBSCRIPTION_EVENTS:
             apply_subscription(session, event.object, event.created)
+        elif event.type == "invoice.deleted":
+            # Only drafts are deleted: a tombstone, so no list shows it and no stale event
+            # of the draft (delivered after this one) brings it back.
+            obj = {**event.object, "status": DELETED_INVOICE_STATUS}
+            apply_invoice(session, obj, event.created)
         elif event.type in INVOICE_EVENTS:
             apply_invoice(session, event.object, event.created)
         elif event.type in CHECKOUT_EVENTS:

@@ -63,7 +63,11 @@ def load_slow(user_id: int, invoice_page: int) -> SlowData:
     out = SlowData(history=history)
     with outage_as_error(), read_session() as session:
         page = invoices.list_invoices(
-            session, user_id=user_id, page=invoice_page, per_page=INVOICES_PER_PAGE
+            session,
+            user_id=user_id,
+            page=invoice_page,
+            per_page=INVOICES_PER_PAGE,
+            customer_view=True,
         )
     out.invoices = [views.invoice_view(i) for i in page.items]
     out.invoice_total = page.total
