@@ -312,18 +312,18 @@ def headline_stats(session: Session) -> dict[str, Any]:
     troubled = select(Subscription.stripe_subscription_id).where(
         col(Subscription.status).in_(("past_due", "unpaid"))
     )
+    # Uncollectible, or open with a failed attempt: its subscription in trouble, or attempts
+    # Stripe counted (also once dunning canceled the subscription and left it open).
     failed_filter = sa.or_(
         Invoice.status == "uncollectible",
         sa.and_(
             Invoice.status == "open",
-            col(Invoice.stripe_subscription_id).in_(troubled),
+            sa.or_(
+                col(Invoice.stripe_subscription_id).in_(troubled),
+                col(Invoice.attempt_count) > 0,
+            ),
         ),
     )
-    if hasattr(Invoice, "attempt_count"):  # when the Stripe service records attempts
-        failed_filter = sa.or_(
-            failed_filter,
-            sa.and_(Invoice.status == "open", Invoice.attempt_count > 0),  # type: ignore[attr-defined]
-        )
     failed = session.exec(select(sa.func.count()).select_from(Invoice).where(failed_filter)).one()
     total_users = session.exec(select(sa.func.count()).select_from(User)).one()
     past_due = session.exec(
