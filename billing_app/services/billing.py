@@ -134,6 +134,7 @@ def _refuse_if_stripe_has_live(session: Session, user_id: int, customer_id: str)
     """A paid Checkout whose webhook has not arrived yet: Stripe has the subscription, this
     database not yet. Another Checkout would be a second subscription, charged on top of the
     first: pull it in now and refuse."""
+    session.rollback()  # nothing pending; no transaction (SQLite: its write lock) across the call
     try:
         live = [
             obj

@@ -908,7 +908,9 @@ def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tupl
         if user is None:
             raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
         if user.stripe_customer_id:
-            return [(user_id, user.stripe_customer_id)], 0
+            customer_id = user.stripe_customer_id
+            session.rollback()  # no transaction (on SQLite, the write lock) across Stripe calls
+            return [(user_id, customer_id)], 0
         # Lost the customer id (e.g. a failed commit after creating it): find it by email.
         for cus in gateway.iter_customers(email=user.email):
             meta = (cus.get("metadata") or {}).get("user_id")

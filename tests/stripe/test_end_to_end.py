@@ -459,3 +459,32 @@ def test_cancel_now_after_a_scheduled_cancel_is_dated_the_day_it_ended(session, 
     view = views.subscription_view(dto, get_catalog())
     today = views.fmt.date(utcnow())
     assert view.renews_text == f"Ended {today}", (view.renews_text, dto.current_period_end)
+
+
+def test_no_transaction_is_held_across_stripe_calls_by_a_sync_or_a_checkout(
+    session, sandbox, http, receiver, monkeypatch
+):
+    """On SQLite an open transaction can hold the write lock: every webhook and usage write
+    then waited for Stripe's answer (up to the 30 s timeout)."""
+    gateway = get_gateway()
+    real = gateway.iter_subscriptions
+    held: list[bool] = []
+
+    def spy(**kw):
+        held.append(session.in_transaction())
+        return real(**kw)
+
+    user = make_user(session)
+    sandbox.state.set_webhook_endpoint(None)  # paid, its webhook on its way
+    try:
+        first = billing.create_checkout_session(session, user.id, "pro")
+        assert pay(http, first).status_code == 303
+        monkeypatch.setattr(gateway, "iter_subscriptions", spy)
+        session.get(User, user.id)  # the caller has read something: a transaction is open
+        with pytest.raises(Conflict):  # asks Stripe, then pulls the subscription in
+            billing.create_checkout_session(session, user.id, "basic")
+        session.get(User, user.id)
+        stripe_sync.sync_from_stripe(session, user.id)
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+    assert held == [False, False, False]
