@@ -108,27 +108,20 @@ def test_failed_payments_still_counts_an_unpaid_invoice_after_dunning_cancels(
     invoice open: the money is still owed and its payment still failed."""
     uid = make_user(session, customer="cus_dun").id
     sub = dict(sub_id="sub_dun", customer="cus_dun", user_id=uid)
+
+    def subscription(change: str, status: str, at: int) -> None:
+        obj = payloads.subscription(**sub, status=status)
+        deliver.send(payloads.event(f"customer.subscription.{change}", obj, at))
+
     deliver.send(payloads.event("customer.subscription.created", payloads.subscription(**sub), T0))
     failed = payloads.invoice(inv_id="in_dun", customer="cus_dun", sub_id="sub_dun", status="open")
     failed["attempt_count"] = 1
     deliver.send(payloads.event("invoice.payment_failed", failed, T0 + 10))
-    deliver.send(
-        payloads.event(
-            "customer.subscription.updated",
-            payloads.subscription(**sub, status="past_due"),
-            T0 + 10,
-        )
-    )
+    subscription("updated", "past_due", T0 + 10)
     assert admin_service.headline_stats(session)["failed_payments"] == 1
     failed["attempt_count"] = 4
     failed["next_payment_attempt"] = None
     deliver.send(payloads.event("invoice.payment_failed", failed, T0 + 900))
-    deliver.send(
-        payloads.event(
-            "customer.subscription.deleted",
-            payloads.subscription(**sub, status="canceled"),
-            T0 + 900,
-        )
-    )
+    subscription("deleted", "canceled", T0 + 900)
     assert _invoices(session)[0].status == "open"
     assert admin_service.headline_stats(session)["failed_payments"] == 1
