@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from billing_app.clock import as_utc
-from billing_app.models import Subscription
 from billing_app.plans import get_catalog
 
 
@@ -51,24 +50,14 @@ NEVER_STARTED = ("incomplete", "incomplete_expired")
 
 
 def subscription_for_periods(db: Session | sa.Connection, user_id: int) -> Any:
-    """The subscription `period_of` decides by: the user's newest live one, else their
-    newest one that began (a failed new checkout does not replace a canceled one's
-    period), or None."""
-    from billing_app.services.subscriptions import LIVE_STATUSES
-
-    def pick(session: Session) -> Any:
-        subs = session.exec(
-            select(Subscription)
-            .where(Subscription.user_id == user_id)
-            .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
-        ).all()
-        began = [s for s in subs if s.status not in NEVER_STARTED]
-        return next((s for s in began if s.status in LIVE_STATUSES), began[0] if began else None)
+    """The subscription `period_of` decides by: the user's current one among those that
+    began (a failed new checkout does not replace a canceled one's period), or None."""
+    from billing_app.services.subscriptions import current_subscription
 
     if isinstance(db, Session):
-        return pick(db)
+        return current_subscription(db, user_id, ignore=NEVER_STARTED)
     with Session(bind=db) as session:
-        return pick(session)
+        return current_subscription(session, user_id, ignore=NEVER_STARTED)
 
 
 def period_of(sub: Any, at: datetime) -> Period:

@@ -17,12 +17,16 @@ from billing_app.settings import get_settings
 LIVE_STATUSES = ("active", "trialing", "past_due")
 
 
-def current_subscription(session: Session, user_id: int) -> Subscription | None:
-    """The user's newest subscription that is not over, else their newest one."""
+def current_subscription(
+    session: Session, user_id: int, *, ignore: tuple[str, ...] = ()
+) -> Subscription | None:
+    """The user's newest subscription that is not over, else their newest one; those in
+    an `ignore`d status are not considered at all."""
+    query = select(Subscription).where(Subscription.user_id == user_id)
+    if ignore:
+        query = query.where(col(Subscription.status).not_in(ignore))
     subs = session.exec(
-        select(Subscription)
-        .where(Subscription.user_id == user_id)
-        .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
+        query.order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
     ).all()
     for sub in subs:
         if sub.status in LIVE_STATUSES:
