@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel
@@ -125,6 +126,21 @@ def app_settings(monkeypatch: pytest.MonkeyPatch, _migrated: str) -> Iterator[se
     yield settings.get_settings()
     clock.set_clock(None)
     _clear_caches()
+
+
+def reachable_redis(url: str, setting: str) -> redis.Redis:
+    """A client of the Redis at `url` that answered a PING. Without one the test is
+    skipped, naming `setting`, except in CI, where Redis runs and it fails instead."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        client.close()
+        reason = f"Redis at {url} ({setting}) is not reachable: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} Redis is required in CI.", pytrace=False)
+        pytest.skip(reason)
+    return client
 
 
 def _clear_caches() -> None:

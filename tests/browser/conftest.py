@@ -23,6 +23,7 @@ from tests.api.conftest import LiveServer
 from tests.api.oidc_provider import CLIENT_ID as OIDC_CLIENT_ID
 from tests.api.oidc_provider import CLIENT_SECRET as OIDC_CLIENT_SECRET
 from tests.api.oidc_provider import OIDCProvider
+from tests.conftest import reachable_redis
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 BUILD_TIMEOUT = 300.0
@@ -97,18 +98,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 def flush_redis(url: str) -> None:
-    """Empty the app's own Redis db. A Redis that does not answer skips the tests that
-    need it, and fails them in CI."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    """Empty the app's own Redis db (skipped without Redis, failed in CI)."""
+    client = reachable_redis(url, "REFLEX_REDIS_URL")
     try:
         client.flushdb()
-    except redis.RedisError as err:
-        reason = f"Redis at {url} (REFLEX_REDIS_URL) is not reachable: {err}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} Redis is required in CI.", pytrace=False)
-        pytest.skip(reason)
     finally:
         client.close()
 
