@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,17 +86,22 @@ def redis_problem(url: str | None) -> str | None:
     """None when there is no REFLEX_REDIS_URL or its Redis answers a PING; else one line."""
     if url is None:
         return None
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     try:
-        client.ping()
+        _redis_client(url).ping()
     except redis.RedisError:
         return (
             "Redis (REFLEX_REDIS_URL) is unreachable: the pages cannot keep their state; "
             "the JSON API still works."
         )
-    finally:
-        client.close()
     return None
+
+
+@lru_cache(maxsize=4)
+def _redis_client(url: str) -> redis.Redis:
+    """One client (and pool) per URL: a load balancer's checks every few seconds reuse
+    its connection rather than open one each. A dropped connection is reopened by the
+    pool on the next PING, so a Redis that returns is seen again."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
 SECURITY_SCHEMES = {

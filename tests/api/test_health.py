@@ -4,8 +4,11 @@ a 200 that says `degraded`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -169,3 +172,85 @@ def test_redis_up_is_ok(client, monkeypatch):
     monkeypatch.setenv("REFLEX_REDIS_URL", url)
     _clear_caches()
     assert client.get("/api/health").json() == {"status": "ok"}
+
+
+def _connections_received(r) -> int:
+    return int(r.info("stats")["total_connections_received"])
+
+
+def test_health_checks_reuse_one_redis_connection(client, monkeypatch):
+    """A load balancer asks every few seconds, from every worker: each check opened (and
+    closed) a connection of its own."""
+    url = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+    probe = reachable_redis(url, "REDIS_TEST_URL")
+    monkeypatch.setenv("REFLEX_REDIS_URL", url)
+    _clear_caches()
+    before = _connections_received(probe)
+    for _ in range(20):
+        assert client.get("/api/health").json() == {"status": "ok"}
+    assert _connections_received(probe) - before <= 2  # the app's one, and a spare
+    probe.close()
+
+
+class _Relay:
+    """A TCP relay to Redis that can be stopped and started again on the same port: a
+    Redis that goes away and comes back, as the app sees it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener: socket.socket | None = None
+        self.port = 0
+        self.open: list[socket.socket] = []
+
+    def start(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept; close alone doesn't
+        self.listener.close()
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self.target)
+            self.open += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+
+def test_health_sees_redis_go_away_and_come_back(client, monkeypatch):
+    """The kept connection must not hide either change: a Redis that went away is
+    `degraded` at the next check, and one that came back is `ok` again."""
+    url = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+    reachable_redis(url, "REDIS_TEST_URL").close()
+    parts = urlsplit(url)
+    relay = _Relay((parts.hostname or "127.0.0.1", parts.port or 6379))
+    relay.start()
+    monkeypatch.setenv("REFLEX_REDIS_URL", f"redis://127.0.0.1:{relay.port}{parts.path}")
+    _clear_caches()
+    try:
+        assert client.get("/api/health").json() == {"status": "ok"}
+        relay.stop()
+        assert client.get("/api/health").json()["status"] == "degraded"
+        relay.start()
+        assert client.get("/api/health").json() == {"status": "ok"}
+    finally:
+        relay.stop()
