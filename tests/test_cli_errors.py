@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 from billing_app.cli import error_line
 from billing_app.settings import PROJECT_ROOT
@@ -152,5 +153,12 @@ def test_demo_run_refuses_a_sandbox_port_another_process_holds(empty_database_ur
             },  # fmt: skip
             timeout=120,
         )
-    assert proc.returncode != 0
-    assert f"port {port} (STRIPE_SANDBOX_PORT) is in use" in proc.stderr, proc.stderr
+    # A setting to fix: one line and exit 2, as the README says; checked before migrating.
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: port {port} (STRIPE_SANDBOX_PORT) is in use; "
+        "stop what holds it or choose another port"
+    )
+    engine = sa.create_engine(empty_database_url)
+    assert sa.inspect(engine).get_table_names() == []  # refused before migrating
+    engine.dispose()

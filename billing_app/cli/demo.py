@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from billing_app.cli import ErrorGroup
-from billing_app.settings import PROJECT_ROOT, get_settings, get_settings_or_exit
+from billing_app.settings import PROJECT_ROOT, ConfigError, get_settings, get_settings_or_exit
 
 DEMO_ADMIN = ("admin@example.com", "Demo Admin", "demo-admin-pass")
 DEMO_USER = ("user@example.com", "Demo User", "demo-user-pass")
@@ -195,18 +195,18 @@ def run(port: int | None) -> None:
     get_settings.cache_clear()
     settings = get_settings_or_exit()
 
+    if settings.uses_stripe_sandbox and not port_free(settings.stripe_sandbox_port):
+        # Another process there would answer the app's Stripe calls in its place.
+        raise ConfigError(
+            f"port {settings.stripe_sandbox_port} (STRIPE_SANDBOX_PORT) is in use; "
+            "stop what holds it or choose another port"
+        )
     migrate(settings.database_url)
     demo = seed()
     env = app_env(port)
 
     sandbox = None
     if settings.uses_stripe_sandbox:
-        if not port_free(settings.stripe_sandbox_port):
-            # Another process there would answer the app's Stripe calls in its place.
-            raise click.ClickException(
-                f"port {settings.stripe_sandbox_port} (STRIPE_SANDBOX_PORT) is in use; "
-                "stop what holds it or choose another port"
-            )
         webhook = f"http://127.0.0.1:{port}/api/billing/webhook"
         sandbox = start_sandbox(settings.stripe_sandbox_port, webhook, env)
         if not wait_for_port(settings.stripe_sandbox_port):
