@@ -104,10 +104,18 @@ def fmt_date(ts: int | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%-d %b %Y") if ts else "—"
 
 
+# Inline, so the browser asks the sandbox for no /favicon.ico (a 404 in every console).
+ICON = (
+    "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E"
+    "%3Crect width='16' height='16' rx='3' fill='%23635bff'/%3E%3C/svg%3E"
+)
+
+
 def page(title: str, body: str, *, status: int = 200, narrow: bool = False) -> HTMLResponse:
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
+<link rel="icon" href="{ICON}">
 <title>{e(title)}</title><style>{CSS}</style></head>
 <body><div class="banner">TEST MODE · Stripe sandbox — no real payments are made</div>
 <main class="wrap{" narrow" if narrow else ""}">{body}</main></body></html>"""

@@ -47,6 +47,8 @@ def test_checkout_page_shows_plan_price_email_and_form(
         assert f'id="{element_id}"' in text
     assert re.search(r'<button[^>]*id="pay"[^>]*>Pay</button>', text)
     assert '<a class="back" id="back" href="http://app.test/billing">← Back</a>' in text
+    # An inline icon: a browser would otherwise ask for /favicon.ico, which is a 404.
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml,[^"]+">', text)
 
 
 def test_paying_with_4242_creates_an_active_subscription_and_paid_invoice(
