@@ -2,7 +2,7 @@
 and read a user's usage and quotas).
 
 Imports only the standard library and httpx, so a service can import or vendor this one
-file without the server's dependencies.
+file without the server's dependencies. Runs on Python 3.9 and later.
 
     with BillingClient("https://billing.example.com", api_key) as billing:
         billing.consume(user_id, "scraping_tasks", 1, idempotency_key=f"job-{job.id}")
@@ -26,16 +26,17 @@ request path.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Required, TypedDict
+from typing import Any, TypedDict
 
 import httpx
 
@@ -61,7 +62,12 @@ __all__ = [
 
 log = logging.getLogger("billing_client")
 
+# The server's limits on one batch request; record_batch splits a larger batch to fit.
 MAX_BATCH = 1000
+MAX_BODY = 1024 * 1024
+_ENVELOPE = len(b'{"events":[]}')
+BATCH_KEY_MAX = 250  # the server's limit on a batch's Idempotency-Key
+UTC = timezone.utc  # datetime.UTC is 3.11+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Transport errors worth another attempt: the request may not have arrived, or its answer
 # was lost (a dropped connection is a RemoteProtocolError: "Server disconnected").
@@ -198,18 +204,25 @@ class Quotas:
         raise KeyError(name)
 
 
-class Event(TypedDict, total=False):
+class _EventRequired(TypedDict):
+    user_id: int
+    metric: str
+    quantity: int
+
+
+# Two classes, as typing.Required is 3.11+.
+class Event(_EventRequired, total=False):
     """One event of record_batch."""
 
-    user_id: Required[int]
-    metric: Required[str]
-    quantity: Required[int]
     idempotency_key: str
     metadata: dict[str, Any] | None
     occurred_at: datetime | str | None
 
 
 def _dt(value: str) -> datetime:
+    # The server writes UTC as "Z", which fromisoformat reads only from 3.11.
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
     return datetime.fromisoformat(value)
 
 
@@ -313,6 +326,8 @@ class BillingAPIError(Exception):
     `status` is None when no answer came (Unavailable after connection errors).
     `idempotency_keys`: the keys a failed write sent (generated ones included), so that a
     later retry of the same work can send them again and be counted once.
+    `stored`: of a batch split into several requests, how many of its leading events the
+    requests before the failed one stored (0 otherwise).
     """
 
     def __init__(
@@ -324,6 +339,7 @@ class BillingAPIError(Exception):
         self.message = message
         self.details: dict[str, Any] = details or {}
         self.idempotency_keys: list[str] = []
+        self.stored = 0
 
 
 class AuthenticationError(BillingAPIError):
@@ -427,6 +443,9 @@ class BillingClient:
     Those timeouts bound each connect and each read (httpx has no whole-request timeout),
     so a server that trickles its answer, every read within them, can still hold one
     attempt past the deadline.
+    `max_batch_events`, `max_batch_bytes`: the most events and JSON bytes record_batch
+    puts in one request (the server's limits by default; lower them for a proxy that
+    allows less).
     `transport`: an httpx transport (tests, proxies, custom TLS).
     """
 
@@ -440,10 +459,17 @@ class BillingClient:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         deadline: float | None = None,
+        max_batch_events: int = MAX_BATCH,
+        max_batch_bytes: int = MAX_BODY,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must not be negative")
+        if not (1 <= max_batch_events <= MAX_BATCH and _ENVELOPE < max_batch_bytes <= MAX_BODY):
+            raise ValueError(
+                f"max_batch_events must be 1 to {MAX_BATCH}, max_batch_bytes "
+                f"{_ENVELOPE + 1} to {MAX_BODY}"
+            )
         if deadline is not None and not deadline > 0:
             raise ValueError("deadline must be a positive number of seconds, or None")
         # A key read from a file ends in a newline; httpx would refuse the header later with
@@ -457,6 +483,8 @@ class BillingClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.deadline = deadline
+        self.max_batch_events = max_batch_events
+        self.max_batch_bytes = max_batch_bytes
         self._timeout = timeout
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -533,37 +561,106 @@ class BillingClient:
         this period's usage. Who may read whose: as usage()."""
         return _quotas(self._get("/api/billing/quota", {"user_id": user_id}))
 
-    def record_batch(self, events: Sequence[Event], *, minimal: bool = False) -> BatchResult:
-        """Record 1 to 1,000 events in one transaction (all or nothing: one bad event is a
-        ValidationError naming it by index). `minimal=True`: the counts only, no results."""
-        if not 1 <= len(events) <= MAX_BATCH:
-            raise ValueError(f"a batch holds 1 to {MAX_BATCH} events, got {len(events)}")
-        sent, own = [], []
-        for ev in events:
+    def record_batch(
+        self,
+        events: Sequence[Event],
+        *,
+        minimal: bool = False,
+        idempotency_key: str | None = None,
+    ) -> BatchResult:
+        """Record one or more events; `minimal=True`: the counts only, no results.
+
+        A request holds at most `max_batch_events` events and `max_batch_bytes` of JSON
+        (the server's 1,000 and 1 MiB): a larger batch is sent as several requests, in
+        order, and their answers merged in the order of `events`. One request is all or
+        nothing (a bad event is a ValidationError naming its index in `events`); a
+        failure in a later request leaves the earlier ones stored (`err.stored` events).
+        An event too large for a request on its own is a ValueError, nothing sent.
+        `deadline` bounds the whole call, every request of it.
+
+        `idempotency_key` (a job id, 1 to 250 characters) keys each event without a key
+        of its own as `<key>#<index in events>`, as the server does for a batch's
+        Idempotency-Key header: calling again with the same key and events, after any
+        failure, stores nothing twice, wherever the requests were split.
+        """
+        if not events:
+            raise ValueError("a batch holds at least one event")
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= BATCH_KEY_MAX:
+            raise ValueError(f"a batch's idempotency_key is 1 to {BATCH_KEY_MAX} characters")
+        sent: list[dict[str, Any]] = []
+        own: list[bool] = []
+        for i, ev in enumerate(events):
             out: dict[str, Any] = dict(ev)
-            own.append(out.get("idempotency_key") is None)
-            if own[-1]:
-                out["idempotency_key"] = str(uuid.uuid4())  # fixed before the first attempt
+            own.append(out.get("idempotency_key") is None and idempotency_key is None)
+            if out.get("idempotency_key") is None:  # fixed before the first attempt
+                out["idempotency_key"] = (
+                    str(uuid.uuid4()) if idempotency_key is None else f"{idempotency_key}#{i}"
+                )
             if isinstance(out.get("occurred_at"), datetime):
                 out["occurred_at"] = out["occurred_at"].isoformat()
             sent.append(out)
-        headers = {"Prefer": "return=minimal"} if minimal else None
-        data = self._post(
-            "/api/billing/usage/batch",
-            {"events": sent},
-            keys=[ev["idempotency_key"] for ev in sent],
-            headers=headers,
-        )
-        recorded, duplicates = data["recorded"], data["duplicates"]
-        if data.get("results") is not None:
-            results = [_record(r, own_key=o) for r, o in zip(data["results"], own, strict=True)]
+        keys = [ev["idempotency_key"] for ev in sent]
+        if idempotency_key is not None:
+            _refuse_key_clashes(events, keys)
+        chunks = self._chunks([_encode(ev) for ev in sent])
+        headers = {"Content-Type": "application/json"}
+        if minimal:
+            headers["Prefer"] = "return=minimal"
+        end = None if self.deadline is None else time.monotonic() + self.deadline
+        recorded = duplicates = 0
+        results: list[RecordResult] | None = None if minimal else []
+        for start, parts in chunks:
+            chunk_own = own[start : start + len(parts)]
+            try:
+                data = self._call(
+                    "POST",
+                    "/api/billing/usage/batch",
+                    content=b'{"events":[' + b",".join(parts) + b"]}",
+                    keys=keys,
+                    headers=headers,
+                    end=end,
+                )
+            except BillingAPIError as err:
+                _shift_indices(err, start)
+                raise
+            if results is not None:
+                answered = data.get("results") or []
+                if len(answered) != len(parts):
+                    raise BillingAPIError(
+                        None, "invalid_response", "The batch answer has a result per event."
+                    )
+                results.extend(_record(r, own_key=o) for r, o in zip(answered, chunk_own))
+            elif all(chunk_own):  # counts only: exact when every key is the client's
+                recorded += data["recorded"] + data["duplicates"]
+            else:  # else the server's
+                recorded += data["recorded"]
+                duplicates += data["duplicates"]
+        if results is not None:
             duplicates = sum(r.duplicate for r in results)
             recorded = len(results) - duplicates
-        else:  # counts only: exact when every key is the client's, else the server's
-            results = None
-            if all(own):
-                recorded, duplicates = recorded + duplicates, 0
         return BatchResult(recorded=recorded, duplicates=duplicates, results=results)
+
+    def _chunks(self, parts: list[bytes]) -> list[tuple[int, list[bytes]]]:
+        """The encoded events split into requests that fit: (index of the first, events)."""
+        chunks: list[tuple[int, list[bytes]]] = []
+        current: list[bytes] = []
+        size = _ENVELOPE
+        for i, part in enumerate(parts):
+            if _ENVELOPE + len(part) > self.max_batch_bytes:
+                raise ValueError(
+                    f"event {i} is {len(part):,} bytes as JSON, too large for a request "
+                    f"({self.max_batch_bytes:,} bytes at most, with the batch's envelope)"
+                )
+            extra = len(part) + (1 if current else 0)  # the comma
+            if current and (
+                len(current) == self.max_batch_events or size + extra > self.max_batch_bytes
+            ):
+                chunks.append((i - len(current), current))
+                current, size, extra = [], _ENVELOPE, len(part)
+            current.append(part)
+            size += extra
+        chunks.append((len(parts) - len(current), current))
+        return chunks
 
     # -------------------------------------------------------------- transport
 
@@ -588,14 +685,17 @@ class BillingClient:
         path: str,
         *,
         body: dict[str, Any] | None = None,
+        content: bytes | None = None,
         params: dict[str, Any] | None = None,
         keys: list[str] | None = None,
         headers: dict[str, str] | None = None,
+        end: float | None = None,
     ) -> Any:
         """One call with its retries: the JSON answer, or the error raised (carrying the
-        idempotency `keys` a write sent)."""
+        idempotency `keys` a write sent). `content`: a body already encoded. `end`: the
+        monotonic time the deadline ends, for a call made of several requests."""
         try:
-            response = self._send(method, path, body, params, headers)
+            response = self._send(method, path, body, content, params, headers, end)
             if response.is_success:
                 try:
                     return response.json()
@@ -613,18 +713,27 @@ class BillingClient:
         method: str,
         path: str,
         body: dict[str, Any] | None,
+        content: bytes | None,
         params: dict[str, Any] | None,
         headers: dict[str, str] | None,
+        end: float | None = None,
     ) -> httpx.Response:
         attempts = self.retries + 1
-        end = None if self.deadline is None else time.monotonic() + self.deadline
+        if end is None and self.deadline is not None:
+            end = time.monotonic() + self.deadline
         for attempt in range(1, attempts + 1):
             timeout = self._timeout
             if end is not None:  # a sleep may overrun by a little: never a timeout of 0
                 timeout = max(0.001, min(self._timeout, end - time.monotonic()))
             try:
                 response = self._http.request(
-                    method, path, json=body, params=params, headers=headers, timeout=timeout
+                    method,
+                    path,
+                    json=body,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout,
                 )
             except RETRY_ERRORS as exc:
                 why, delay = type(exc).__name__, self._delay(attempt)
@@ -689,3 +798,35 @@ def _write_body(
     if metadata is not None:
         body["metadata"] = dict(metadata)
     return body
+
+
+def _encode(event: dict[str, Any]) -> bytes:
+    """An event as JSON, compact, as sizes are counted against the server's body limit."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _refuse_key_clashes(events: Sequence[Event], keys: list[str]) -> None:
+    """A key `<key>#<i>` made for event i that another event has as its own would be taken
+    for that event's retry; the server refuses it within a request, here across them."""
+    mine = {ev["idempotency_key"]: i for i, ev in enumerate(events) if ev.get("idempotency_key")}
+    for i, ev in enumerate(events):
+        if ev.get("idempotency_key") is None and keys[i] in mine:
+            raise ValueError(
+                f"event {i}'s key would be {keys[i]}, which event {mine[keys[i]]} has as its "
+                f"own: give event {i} a key, or rename that one"
+            )
+
+
+def _shift_indices(err: BillingAPIError, start: int) -> None:
+    """A failed request of a split batch: its events' indices as in the caller's batch,
+    and the events the requests before it stored."""
+    err.stored = start
+    if not start:
+        return
+    for ev in err.details.get("events", []):
+        if isinstance(ev, dict) and isinstance(ev.get("index"), int):
+            ev["index"] += start
+    for f in err.details.get("fields", []):
+        parts = str(f.get("field", "")).split(".") if isinstance(f, dict) else []
+        if len(parts) > 1 and parts[0] == "events" and parts[1].isdigit():
+            f["field"] = ".".join(["events", str(int(parts[1]) + start), *parts[2:]])

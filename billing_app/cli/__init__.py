@@ -218,16 +218,18 @@ def usage() -> None:
 @click.option("--quantity", required=True, type=int)
 @click.option("--key", "idempotency_key", default=None, help="Idempotency key")
 def usage_record(user_ref: str, metric: str, quantity: int, idempotency_key: str | None) -> None:
-    """Record usage for a user (allowed past the limit, reported as over)."""
+    """Record usage for a user (allowed past the limit, reported as over). Prints what
+    POST /api/billing/usage answers: the event, `duplicate`, `over_limit` and the metric's
+    used, limit and remaining, flat."""
+    from billing_app.api.service_routes import record_out
     from billing_app.db import session_scope
     from billing_app.services import metering
 
     with session_scope() as session:
-        _print(
-            metering.record(
-                session, _resolve_user(session, user_ref), metric, quantity, idempotency_key
-            )
+        result = metering.record(
+            session, _resolve_user(session, user_ref), metric, quantity, idempotency_key
         )
+    _print(record_out(result))
 
 
 @usage.command("summary")

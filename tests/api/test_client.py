@@ -10,9 +10,13 @@ proxy in front) and forwards the rest. Counters are read back from the database.
 from __future__ import annotations
 
 import ast
+import datetime
+import importlib.util
 import json
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ class Forward(httpx.BaseTransport):
     def __init__(self) -> None:
         self.real = httpx.HTTPTransport()
         self.sent: list[Any] = []  # each attempt's JSON body (a GET's: its query string)
+        self.sizes: list[int] = []  # each attempt's body in bytes
         self.answers: list[tuple[int, Any]] = []  # (status, JSON) the server gave
 
     @property
@@ -61,6 +66,7 @@ class Forward(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sent.append(json.loads(request.content) if request.content else request.url.query)
+        self.sizes.append(len(request.content))
         return self.answer(request, self.attempts)
 
     def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
@@ -76,15 +82,20 @@ class Forward(httpx.BaseTransport):
 class LoseAnswers(Forward):
     """The first `times` attempts reach the server, which stores the write and answers;
     the answer is then lost (`error` is raised, as a reset connection or a read timeout
-    would), so the client cannot know the write was stored."""
+    would), so the client cannot know the write was stored. `only`: those attempts instead."""
 
-    def __init__(self, error: type[httpx.TransportError] = httpx.ReadError, times: int = 1):
+    def __init__(
+        self,
+        error: type[httpx.TransportError] = httpx.ReadError,
+        times: int = 1,
+        only: set[int] | None = None,
+    ):
         super().__init__()
-        self.error, self.times = error, times
+        self.error, self.times, self.only = error, times, only
 
     def answer(self, request: httpx.Request, attempt: int) -> httpx.Response:
         response = super().answer(request, attempt)
-        if attempt <= self.times:
+        if attempt in self.only if self.only is not None else attempt <= self.times:
             response.close()
             raise self.error("connection lost before the answer arrived", request=request)
         return response
@@ -498,14 +509,176 @@ def test_validation_error_names_the_bad_events_of_a_batch(actors, live_server):
         with pytest.raises(ValidationError) as caught:
             c.record_batch([good, {**good, "quantity": 0}, good])
         with pytest.raises(ValueError):
-            c.record_batch([good] * 1001)  # refused before sending
+            c.record_batch([])  # refused before sending
     assert [e["index"] for e in caught.value.events] == [1]
     assert caught.value.fields[0]["field"] == "events.1.quantity"
     assert len(caught.value.idempotency_keys) == 3
     assert _totals(actors.a.id) == (0, 0, 0)
 
 
+# ------------------------------------------------------------------ batches split to fit
+
+
+def _many(actors: Any, n: int) -> list[Any]:
+    """`n` events over two users and two metrics, quantities by position, every tenth with
+    its own key."""
+    users = (actors.a.id, actors.b.id)
+    return [
+        {"user_id": users[i % 2], "metric": ("tokens", "api_calls")[i % 3 == 0], "quantity": i + 1}
+        | ({"idempotency_key": f"own-{i}"} if i % 10 == 0 else {})
+        for i in range(n)
+    ]
+
+
+def _stored(actors: Any, events: list[Any]) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """Each (user, metric) of `events` as stored, and as it should be: each event once."""
+    stored, want = {}, {}
+    for ev in events:
+        at = (ev["user_id"], ev["metric"])
+        n, total, _ = want.get(at, (0, 0, 0))
+        want[at] = (n + 1, total + ev["quantity"], total + ev["quantity"])
+        stored[at] = _totals(*at)
+    assert stored == want
+    return stored
+
+
+def test_a_batch_over_the_servers_event_limit_is_split_and_answered_in_order(actors, live_server):
+    events = _many(actors, 2345)
+    forward = Forward()
+    with billing(live_server, actors.service_key, forward) as c:
+        out = c.record_batch(events, idempotency_key="job-7")
+        # The whole call again (the caller's own retry): every event a duplicate.
+        again = c.record_batch(events, idempotency_key="job-7")
+        counts = c.record_batch(events, idempotency_key="job-7", minimal=True)
+    assert [len(body["events"]) for body in forward.sent[:3]] == [1000, 1000, 345]
+    assert forward.attempts == 9 and {status for status, _ in forward.answers} == {200, 201}
+    assert (out.recorded, out.duplicates) == (2345, 0)
+    assert out.results is not None and again.results is not None
+    assert [r.event.quantity for r in out.results] == [ev["quantity"] for ev in events]
+    keys = [r.event.idempotency_key for r in out.results]
+    assert keys[:3] == ["own-0", "job-7#1", "job-7#2"] and keys[2344] == "job-7#2344"
+    assert (again.recorded, again.duplicates) == (0, 2345)
+    assert [r.event.id for r in again.results] == [r.event.id for r in out.results]
+    assert (counts.recorded, counts.duplicates, counts.results) == (0, 2345, None)
+    _stored(actors, events)
+
+
+def test_a_batch_over_the_servers_body_limit_is_split_to_fit(actors, live_server):
+    """1 MiB per request: events of 15 KiB of metadata each (the server takes up to 16)."""
+    a = actors.a.id
+    events: list[Any] = [
+        {"user_id": a, "metric": "tokens", "quantity": i + 1, "metadata": {"blob": "x" * 15_000}}
+        for i in range(150)
+    ]
+    forward = Forward()
+    with billing(live_server, actors.service_key, forward) as c:
+        out = c.record_batch(events, minimal=True)
+    assert sum(forward.sizes) > 2 * 1024 * 1024 and forward.attempts == 3
+    assert all(size <= 1024 * 1024 for size in forward.sizes)
+    assert [len(body["events"]) for body in forward.sent] == [69, 69, 12]
+    assert (out.recorded, out.duplicates) == (150, 0)
+    assert _totals(a) == (150, 150 * 151 // 2, 150 * 151 // 2)
+
+
+def test_a_split_batch_that_fails_midway_is_retried_whole_and_stores_nothing_twice(
+    actors, live_server
+):
+    """The second request is stored but its answer lost, and the call gives up. The earlier
+    request is stored too; the caller retries the whole call with its key: each event once."""
+    events = _many(actors, 2500)
+    lose = LoseAnswers(only={2})
+    with billing(live_server, actors.service_key, lose, retries=0) as c:
+        with pytest.raises(Unavailable) as caught:
+            c.record_batch(events, idempotency_key="nightly-2026-12-01")
+    assert lose.attempts == 2 and caught.value.stored == 1000
+    assert len(caught.value.idempotency_keys) == 2500
+    with billing(live_server, actors.service_key) as c:
+        out = c.record_batch(events, idempotency_key="nightly-2026-12-01")
+    assert (out.recorded, out.duplicates) == (500, 2000)
+    assert out.results is not None
+    assert [r.duplicate for r in out.results] == [True] * 2000 + [False] * 500
+    _stored(actors, events)
+
+
+def test_a_bad_event_in_a_later_request_is_named_by_its_index_in_the_batch(actors, live_server):
+    events = _many(actors, 1500)
+    events[1203] = {**events[1203], "quantity": 0}
+    with billing(live_server, actors.service_key) as c:
+        with pytest.raises(ValidationError) as caught:
+            c.record_batch(events, idempotency_key="job-9")
+    err = caught.value
+    assert [e["index"] for e in err.events] == [1203] and err.stored == 1000
+    assert err.fields[0]["field"] == "events.1203.quantity"
+    _stored(actors, events[:1000])  # the first request's, each once
+
+
+def test_an_event_too_large_for_any_request_is_refused_before_anything_is_sent(actors, live_server):
+    good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    forward = Forward()
+    with billing(live_server, actors.service_key, forward) as c:
+        with pytest.raises(ValueError, match="event 1 is"):
+            c.record_batch([good, {**good, "metadata": {"blob": "x" * 1024 * 1024}}, good])
+        with pytest.raises(ValueError, match="event 2's key would be job-1#2"):
+            c.record_batch(
+                [good, {**good, "idempotency_key": "job-1#2"}, good], idempotency_key="job-1"
+            )
+    assert forward.attempts == 0
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
 # ------------------------------------------------------------------ the module itself
+
+
+# What Python 3.9's standard library lacks of 3.11's, as far as the client could meet it.
+_NEWER_TYPING = {"Required", "NotRequired", "Self", "LiteralString", "Never", "Unpack",
+                 "TypeVarTuple", "ParamSpec", "Concatenate", "TypeAlias", "TypeGuard",
+                 "assert_never", "assert_type", "reveal_type", "dataclass_transform"}  # fmt: skip
+
+
+class _Py39Datetime(datetime.datetime):
+    @classmethod
+    def fromisoformat(cls, value: str) -> datetime.datetime:  # type: ignore[override]
+        if value.endswith("Z"):  # 3.9 and 3.10 read only what isoformat() writes
+            raise ValueError(f"Invalid isoformat string: {value!r}")
+        return datetime.datetime.fromisoformat(value)
+
+
+def _zip39(*iterables: Any) -> Any:
+    return zip(*iterables, strict=False)  # takes no strict=, as before 3.10
+
+
+def _load_client_as_on_python39(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """client.py executed afresh with 3.9's datetime, typing and zip (no other Python is
+    installed here; vermin and `ruff --target-version py39` check the syntax)."""
+    old_datetime = types.ModuleType("datetime")
+    old_datetime.__dict__.update({k: v for k, v in vars(datetime).items() if k != "UTC"})
+    old_datetime.datetime = _Py39Datetime  # type: ignore[attr-defined]
+    old_typing = types.ModuleType("typing")
+    old_typing.__dict__.update({k: v for k, v in vars(typing).items() if k not in _NEWER_TYPING})
+    monkeypatch.setitem(sys.modules, "datetime", old_datetime)
+    monkeypatch.setitem(sys.modules, "typing", old_typing)
+    spec = importlib.util.spec_from_file_location("client_py39", client_module.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__["zip"] = _zip39
+    monkeypatch.setitem(sys.modules, "client_py39", module)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "datetime", datetime)
+    monkeypatch.setitem(sys.modules, "typing", typing)
+    return module
+
+
+def test_the_client_runs_on_python_39s_standard_library(actors, live_server, monkeypatch):
+    old = _load_client_as_on_python39(monkeypatch)
+    a = actors.a.id
+    with old.BillingClient(live_server.url, actors.service_key, backoff=0.01) as c:
+        r = c.record(a, "tokens", 5, idempotency_key="py39")
+        assert r.event.occurred_at.tzinfo is not None and r.resets_at > r.event.occurred_at
+        out = c.record_batch([{"user_id": a, "metric": "tokens", "quantity": 2}] * 2)
+        assert out.recorded == 2 and out.results is not None
+        assert c.usage(a, history=True).metric("tokens").used == 9
+        assert c.quotas(a).metric("tokens").limit == 100_000
+    assert _totals(a) == (3, 9, 9)
 
 
 def test_backoff_is_capped_exponential_with_jitter():
