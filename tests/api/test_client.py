@@ -585,31 +585,31 @@ def test_a_split_batch_that_fails_midway_is_retried_whole_and_stores_nothing_twi
 ):
     """The second request is stored but its answer lost, and the call gives up. The earlier
     request is stored too; the caller retries the whole call with its key: each event once."""
-    events = _many(actors, 2500)
+    events = _many(actors, 25)  # requests of 10 (the splitting at the server's 1,000: above)
     lose = LoseAnswers(only={2})
-    with billing(live_server, actors.service_key, lose, retries=0) as c:
+    with billing(live_server, actors.service_key, lose, retries=0, max_batch_events=10) as c:
         with pytest.raises(Unavailable) as caught:
             c.record_batch(events, idempotency_key="nightly-2026-12-01")
-    assert lose.attempts == 2 and caught.value.stored == 1000
-    assert len(caught.value.idempotency_keys) == 2500
-    with billing(live_server, actors.service_key) as c:
+    assert lose.attempts == 2 and caught.value.stored == 10
+    assert len(caught.value.idempotency_keys) == 25
+    with billing(live_server, actors.service_key, max_batch_events=10) as c:
         out = c.record_batch(events, idempotency_key="nightly-2026-12-01")
-    assert (out.recorded, out.duplicates) == (500, 2000)
+    assert (out.recorded, out.duplicates) == (5, 20)
     assert out.results is not None
-    assert [r.duplicate for r in out.results] == [True] * 2000 + [False] * 500
+    assert [r.duplicate for r in out.results] == [True] * 20 + [False] * 5
     _stored(actors, events)
 
 
 def test_a_bad_event_in_a_later_request_is_named_by_its_index_in_the_batch(actors, live_server):
-    events = _many(actors, 1500)
-    events[1203] = {**events[1203], "quantity": 0}
-    with billing(live_server, actors.service_key) as c:
+    events = _many(actors, 25)
+    events[13] = {**events[13], "quantity": 0}
+    with billing(live_server, actors.service_key, max_batch_events=10) as c:
         with pytest.raises(ValidationError) as caught:
             c.record_batch(events, idempotency_key="job-9")
     err = caught.value
-    assert [e["index"] for e in err.events] == [1203] and err.stored == 1000
-    assert err.fields[0]["field"] == "events.1203.quantity"
-    _stored(actors, events[:1000])  # the first request's, each once
+    assert [e["index"] for e in err.events] == [13] and err.stored == 10
+    assert err.fields[0]["field"] == "events.13.quantity"
+    _stored(actors, events[:10])  # the first request's, each once
 
 
 def test_an_event_too_large_for_any_request_is_refused_before_anything_is_sent(actors, live_server):
