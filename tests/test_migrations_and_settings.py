@@ -444,14 +444,16 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         ("0009", "0010", "subscription", "period_reset", None),
         ("0010", "0011", "subscription", "billing_cycle_anchor", None),
         ("0011", "0012", "invoice", "attempt_count", 0),
+        ("0012", "0013", "invoice", "total", None),
+        ("0012", "0013", "invoice", "ending_balance", None),
     ],
 )
 def test_a_new_column_keeps_the_rows_both_ways(
     empty_database_url, before, revision, table, column, value
 ):
     """Existing rows stay, the new column `value` until their next event (0010: the plan's
-    rule; 0011: the stepping guess; 0012: no failed attempts known); downgrade drops the
-    column and keeps the rows."""
+    rule; 0011: the stepping guess; 0012: no failed attempts known; 0013: amounts read as
+    before, paid else due); downgrade drops the column and keeps the rows."""
     key = f"stripe_{table}_id"
     url = empty_database_url
     alembic(url, "upgrade", before)
@@ -483,6 +485,6 @@ def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0012" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0013" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

@@ -190,8 +190,9 @@ def invoices_csv(
     session: Session = Depends(db_session),
 ) -> CSVResponse:
     """Every invoice with `status` (all without), newest first, as CSV (streamed): number,
-    stripe_invoice_id, customer_email, status, currency (its code), amount_due and
-    amount_paid (decimal amounts of that currency), created, period_start, period_end,
+    stripe_invoice_id, customer_email, status, currency (its code), total (negative: a
+    credit to the balance), amount_due, amount_paid, amount_remaining, paid_from_balance
+    and credited_to_balance (decimal amounts of that currency), created, period_start, period_end,
     hosted_invoice_url, invoice_pdf."""
     return csv_response(
         "invoices", lambda export: exports.invoices_csv(export, status=status), session

@@ -234,7 +234,13 @@ def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False)
             if not compact
             else []
         ),
-        rx.table.cell(rx.text(inv.amount, white_space="nowrap")),
+        rx.table.cell(
+            rx.text(inv.amount, white_space="nowrap"),
+            rx.cond(
+                inv.amount_note != "",
+                rx.text(inv.amount_note, size="1", color_scheme="gray", white_space="nowrap"),
+            ),
+        ),
         rx.table.cell(status_badge(inv.status_label, inv.status_color)),
         rx.table.cell(
             (rx.vstack if compact else rx.hstack)(

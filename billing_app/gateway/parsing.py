@@ -178,10 +178,19 @@ class InvoiceData:
     created: datetime | None
     user_id: int | None  # from the subscription's metadata copied onto the invoice
     attempt_count: int = 0  # payment attempts made (failed ones while it stays open)
+    # None when the object lacks them: a negative total is a credit to the balance.
+    total: int | None = None
+    amount_remaining: int | None = None
+    starting_balance: int | None = None
+    ending_balance: int | None = None
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _is_proration(line: dict[str, Any]) -> bool:
@@ -243,6 +252,10 @@ def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
         created=ts(obj.get("created")),
         user_id=user_id,
         attempt_count=max(_int(obj.get("attempt_count")), 0),
+        total=_opt_int(obj.get("total")),
+        amount_remaining=_opt_int(obj.get("amount_remaining")),
+        starting_balance=_opt_int(obj.get("starting_balance")),
+        ending_balance=_opt_int(obj.get("ending_balance")),
     )
 
 

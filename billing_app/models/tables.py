@@ -217,6 +217,13 @@ class Invoice(SQLModel, table=True):
     updated_from_stripe_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     # Stripe's attempt_count: an open invoice with attempts is a failed payment.
     attempt_count: int = Field(default=0, nullable=False, sa_column_kwargs={"server_default": "0"})
+    # Stripe's total (negative: a credit to the customer's balance, e.g. a downgrade's
+    # proration), what is left to pay, and the customer balance before and after (negative:
+    # credit). NULL on rows older than migration 0013 until their next event or sync.
+    total: int | None = Field(default=None, sa_type=sa.BigInteger())
+    amount_remaining: int | None = Field(default=None, sa_type=sa.BigInteger())
+    starting_balance: int | None = Field(default=None, sa_type=sa.BigInteger())
+    ending_balance: int | None = Field(default=None, sa_type=sa.BigInteger())
 
 
 class StripeEvent(SQLModel, table=True):

@@ -222,6 +222,13 @@ class InvoiceDTO(DTO):
     status: str
     amount_due: int
     amount_paid: int
+    # services.invoices.settlement: total < 0 is a credit to the customer's balance
+    total: int
+    amount_remaining: int
+    credited_to_balance: int
+    paid_from_balance: int
+    starting_balance: int | None
+    ending_balance: int | None
     currency: str
     period_start: datetime | None
     period_end: datetime | None

@@ -11,7 +11,9 @@ The cells, for a spreadsheet:
 - times are ISO 8601 in UTC to the second (`2026-11-15T12:00:00Z`), empty when unset;
 - a limit of 0 (unlimited) is written `unlimited`, never 0 or an empty cell;
 - amounts are decimal amounts of the invoice's currency (1900 usd is `19.00`, 1500 jpy
-  `1500`, 12345 kwd `12.345`), its code (`USD`) in a column of its own;
+  `1500`, 12345 kwd `12.345`), its code (`USD`) in a column of its own; `total` is
+  negative for a credit to the customer's balance (a downgrade's proration), which
+  `credited_to_balance` repeats as a positive amount;
 - text a spreadsheet would take for a formula (starting with `=`, `+`, `-`, `@`, a tab
   or a carriage return: an email like `=HYPERLINK(...)@evil.test` can sign up) is
   written with a leading single quote, which spreadsheets show as text.
@@ -32,7 +34,7 @@ from billing_app.errors import ValidationFailed
 from billing_app.metrics import METRICS
 from billing_app.models import Invoice, User
 from billing_app.services import admin
-from billing_app.services.invoices import INVOICE_STATUSES
+from billing_app.services.invoices import INVOICE_STATUSES, settlement
 from billing_app.services.money import to_decimal
 from billing_app.services.subscriptions import LIVE_STATUSES
 
@@ -57,8 +59,12 @@ INVOICE_COLUMNS = (
     "customer_email",
     "status",
     "currency",
+    "total",
     "amount_due",
     "amount_paid",
+    "amount_remaining",
+    "paid_from_balance",
+    "credited_to_balance",
     "created",
     "period_start",
     "period_end",
@@ -165,6 +171,9 @@ def invoice_rows(
             Invoice.currency,
             Invoice.amount_due,
             Invoice.amount_paid,
+            Invoice.total,
+            Invoice.amount_remaining,
+            Invoice.starting_balance,
             Invoice.created_at,
             Invoice.period_start,
             Invoice.period_end,
@@ -178,15 +187,28 @@ def invoice_rows(
     if status is not None:
         stmt = stmt.where(Invoice.status == status)
     for part in session.exec(stmt.execution_options(yield_per=chunk)).partitions():
-        for number, sid, email, st, cur, due, paid, created, start, end, url, pdf in part:
+        for (number, sid, email, st, cur, due, paid, total, remaining, balance,
+             created, start, end, url, pdf) in part:  # fmt: skip
+            money = settlement(
+                status=st,
+                amount_due=due,
+                amount_paid=paid,
+                total=total,
+                amount_remaining=remaining,
+                starting_balance=balance,
+            )
             yield [
                 number,
                 sid,
                 email,
                 st,
                 cur.upper(),
+                to_decimal(money.total, cur),
                 to_decimal(due, cur),
                 to_decimal(paid, cur),
+                to_decimal(money.amount_remaining, cur),
+                to_decimal(money.paid_from_balance, cur),
+                to_decimal(money.credited_to_balance, cur),
                 created,
                 start,
                 end,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
@@ -14,10 +16,60 @@ INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 # may change, it has no number, page or PDF); a deleted draft is nobody's.
 CUSTOMER_STATUSES = ("open", "paid", "uncollectible", "void")
 MAX_PER_PAGE = 100
+SETTLED_STATUSES = ("paid", "void")
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What an invoice is for and how it was settled, in minor units."""
+
+    total: int  # negative: a credit to the customer's balance
+    amount_remaining: int  # still to pay
+    credited_to_balance: int  # the invoice's own credit (-total when negative)
+    paid_from_balance: int  # the customer's credit balance that paid (part of) it
+
+
+def settlement(
+    *,
+    status: str,
+    amount_due: int,
+    amount_paid: int,
+    total: int | None,
+    amount_remaining: int | None,
+    starting_balance: int | None,
+) -> Settlement:
+    """From Stripe's fields. amount_due is never negative: a credit invoice is due 0 and
+    "paid" 0, and credit applied from the balance lowers amount_due below total. A row
+    from before migration 0013 (total NULL) reads as it always did: paid, else due."""
+    if total is None:
+        total = amount_paid if status == "paid" else amount_due
+    if amount_remaining is None:
+        amount_remaining = 0 if status in SETTLED_STATUSES else max(amount_due - amount_paid, 0)
+    from_balance = max(total - amount_due, 0) if total > 0 else 0
+    if starting_balance is not None:  # a total under Stripe's minimum charge is carried, not paid
+        from_balance = min(from_balance, max(-starting_balance, 0))
+    return Settlement(
+        total=total,
+        amount_remaining=amount_remaining,
+        credited_to_balance=max(-total, 0),
+        paid_from_balance=from_balance,
+    )
+
+
+def invoice_settlement(inv: Invoice) -> Settlement:
+    return settlement(
+        status=inv.status,
+        amount_due=inv.amount_due,
+        amount_paid=inv.amount_paid,
+        total=inv.total,
+        amount_remaining=inv.amount_remaining,
+        starting_balance=inv.starting_balance,
+    )
 
 
 def to_invoice_dto(inv: Invoice, email: str) -> InvoiceDTO:
     assert inv.id is not None
+    money = invoice_settlement(inv)
     return InvoiceDTO(
         id=inv.id,
         stripe_invoice_id=inv.stripe_invoice_id,
@@ -27,6 +79,12 @@ def to_invoice_dto(inv: Invoice, email: str) -> InvoiceDTO:
         status=inv.status,
         amount_due=inv.amount_due,
         amount_paid=inv.amount_paid,
+        total=money.total,
+        amount_remaining=money.amount_remaining,
+        credited_to_balance=money.credited_to_balance,
+        paid_from_balance=money.paid_from_balance,
+        starting_balance=inv.starting_balance,
+        ending_balance=inv.ending_balance,
         currency=inv.currency,
         period_start=inv.period_start,
         period_end=inv.period_end,

@@ -594,6 +594,10 @@ _INVOICE_STATE = (
     "period_start",
     "period_end",
     "attempt_count",
+    "total",
+    "amount_remaining",
+    "starting_balance",
+    "ending_balance",
 )
 
 
@@ -612,6 +616,10 @@ def _invoice_values(data: InvoiceData, at: datetime | None, inv: Any) -> dict[st
         "hosted_invoice_url": data.hosted_invoice_url or inv["hosted_invoice_url"],
         "invoice_pdf": data.invoice_pdf or inv["invoice_pdf"],
         "attempt_count": data.attempt_count,
+        "total": data.total,
+        "amount_remaining": data.amount_remaining,
+        "starting_balance": data.starting_balance,
+        "ending_balance": data.ending_balance,
     }
     if data.created is not None:
         values["created_at"] = data.created
@@ -645,6 +653,10 @@ def apply_invoice(
             "hosted_invoice_url": None,
             "invoice_pdf": None,
             "attempt_count": 0,
+            "total": None,
+            "amount_remaining": None,
+            "starting_balance": None,
+            "ending_balance": None,
             "created_at": data.created or utcnow(),
             "updated_from_stripe_at": None,
         }

@@ -10,6 +10,7 @@ from typing import Any
 
 from billing_app.metrics import METRICS
 from billing_app.plans import Plan
+from billing_app.services.invoices import settlement
 from billing_app.states import format as fmt
 from billing_app.states.format import get
 
@@ -63,6 +64,7 @@ class InvoiceView:
     date: str = ""
     period: str = ""
     amount: str = ""
+    amount_note: str = ""  # "credited to balance", "paid from balance", "$12.00 still due"
     status: str = ""
     status_label: str = ""
     status_color: str = "gray"
@@ -263,17 +265,42 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
 
 
 def invoice_view(inv: Any) -> InvoiceView:
+    """The invoice's total, and how it was settled: a negative total reads "-$12.34",
+    "credited to balance" with a Credit badge, never "$0.00 Paid"."""
     status = str(get(inv, "status", "") or "")
-    paid = get(inv, "amount_paid", 0) or 0
-    due = get(inv, "amount_due", 0) or 0
+    currency = get(inv, "currency", "usd")
+    money = settlement(
+        status=status,
+        amount_due=get(inv, "amount_due", 0) or 0,
+        amount_paid=get(inv, "amount_paid", 0) or 0,
+        total=get(inv, "total"),
+        amount_remaining=get(inv, "amount_remaining"),
+        starting_balance=get(inv, "starting_balance"),
+    )
+    label = fmt.status_label(status)
+    note = ""
+    if money.total < 0:
+        amount = "-" + fmt.money(-money.total, currency)
+        if status in ("open", "paid"):
+            note, label = "credited to balance", "Credit"
+    else:
+        amount = fmt.money(money.total, currency)
+        if status == "paid" and money.paid_from_balance:
+            part = money.paid_from_balance < money.total
+            note = (fmt.money(money.paid_from_balance, currency) + " " if part else "") + (
+                "paid from balance"
+            )
+        elif status in ("open", "uncollectible") and 0 < money.amount_remaining < money.total:
+            note = f"{fmt.money(money.amount_remaining, currency)} still due"
     return InvoiceView(
         id=str(get(inv, "id", "") or get(inv, "stripe_invoice_id", "") or ""),
         number=str(get(inv, "number", "") or "Draft"),
         date=fmt.date(get(inv, "created_at")),
         period=fmt.period(get(inv, "period_start"), get(inv, "period_end")),
-        amount=fmt.money(paid if status == "paid" else due, get(inv, "currency", "usd")),
+        amount=amount,
+        amount_note=note,
         status=status,
-        status_label=fmt.status_label(status),
+        status_label=label,
         status_color=fmt.status_color(status),
         hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
         pdf_url=str(get(inv, "invoice_pdf", "") or ""),

@@ -25,8 +25,9 @@ USER_HEADER = [
     "scraping_tasks_used", "scraping_tasks_limit",
 ]  # fmt: skip
 INVOICE_HEADER = [
-    "number", "stripe_invoice_id", "customer_email", "status", "currency", "amount_due",
-    "amount_paid", "created", "period_start", "period_end", "hosted_invoice_url", "invoice_pdf",
+    "number", "stripe_invoice_id", "customer_email", "status", "currency", "total",
+    "amount_due", "amount_paid", "amount_remaining", "paid_from_balance", "credited_to_balance",
+    "created", "period_start", "period_end", "hosted_invoice_url", "invoice_pdf",
 ]  # fmt: skip
 
 
@@ -247,16 +248,19 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
     assert r.headers["content-disposition"] == 'attachment; filename="invoices-2026-11-15.csv"'
     rows = parse(r.text)
     assert rows[0] == INVOICE_HEADER
+    # Rows without Stripe's total (stored before migration 0013): the total is what was
+    # paid, else what is due; what remains is due less paid while open.
     assert rows[1:] == [  # newest first, as the invoices tab
-        ["", "in_b", "bob@example.com", "open", "USD", "1000000.00", "0.00",
-         "2026-10-05T00:00:00Z", "", "", "", ""],
-        ["INV-4", "in_4", "alice@example.com", "void", "EUR", "0.05", "0.00",
-         "2026-10-04T09:30:15Z", "", "", "", ""],
-        ["INV-3", "in_3", "alice@example.com", "paid", "KWD", "12.345", "12.345",
-         "2026-10-03T09:30:15Z", "", "", "", ""],
-        ["INV-2", "in_2", "alice@example.com", "open", "JPY", "1500", "0",
-         "2026-10-02T09:30:15Z", "", "", "", ""],
-        ["INV-1", "in_1", "alice@example.com", "paid", "USD", "19.00", "19.00",
+        ["", "in_b", "bob@example.com", "open", "USD", "1000000.00", "1000000.00", "0.00",
+         "1000000.00", "0.00", "0.00", "2026-10-05T00:00:00Z", "", "", "", ""],
+        ["INV-4", "in_4", "alice@example.com", "void", "EUR", "0.05", "0.05", "0.00",
+         "0.00", "0.00", "0.00", "2026-10-04T09:30:15Z", "", "", "", ""],
+        ["INV-3", "in_3", "alice@example.com", "paid", "KWD", "12.345", "12.345", "12.345",
+         "0.000", "0.000", "0.000", "2026-10-03T09:30:15Z", "", "", "", ""],
+        ["INV-2", "in_2", "alice@example.com", "open", "JPY", "1500", "1500", "0",
+         "1500", "0", "0", "2026-10-02T09:30:15Z", "", "", "", ""],
+        ["INV-1", "in_1", "alice@example.com", "paid", "USD", "19.00", "19.00", "19.00",
+         "0.00", "0.00", "0.00",
          "2026-10-01T09:30:15Z", "2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z",
          "https://invoice.stripe.com/i/1", "https://pay.stripe.com/invoice/1/pdf"],
     ]  # fmt: skip

@@ -1,7 +1,8 @@
 """Every page audited with axe-core (the engine behind Lighthouse's accessibility score):
 landmarks, names of controls and table columns, colour contrast, ARIA use. Zero
 violations of any impact, in each state a user meets: signed out, a customer near a
-limit with an invoice, on a phone, 403 and 404, and the admin console's tabs and drawer.
+limit with invoices (one a credit), on a phone, 403 and 404, and the admin console's
+tabs and drawer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def _give_invoice(live_app: LiveApp, email: str) -> None:
                 invoice_pdf="https://invoice.example/a11y.pdf",
             )
         )
+        # A downgrade's credit: paid 0, its negative total credited to the balance.
+        session.add(
+            Invoice(
+                stripe_invoice_id=f"in_a11y_credit_{live_app.user_id(email)}",
+                user_id=live_app.user_id(email),
+                number="A11Y-0002",
+                status="paid",
+                amount_due=0,
+                amount_paid=0,
+                total=-1234,
+                amount_remaining=0,
+            )
+        )
         session.commit()
     engine.dispose()
 
@@ -68,6 +82,8 @@ def test_every_page_has_no_axe_violations(page: Page, live_app: LiveApp, browser
     page.reload()
     expect(page.get_by_text("You have used over 80% of a limit")).to_be_visible()
     expect(page.locator("#invoices-table")).to_contain_text("A11Y-0001")
+    credit = page.locator("#invoices-table").get_by_role("row").filter(has_text="A11Y-0002")
+    expect(credit).to_contain_text("-$12.34credited to balanceCredit")
     expect(page.locator(".recharts-bar-rectangle path").first).to_be_visible()
     assert violations(page) == [], "/billing"
 

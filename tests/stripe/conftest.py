@@ -170,7 +170,10 @@ class Payloads:
         amount_due: int = 9900,
         amount_paid: int = 0,
         old_shape: bool = False,
+        **fields: Any,
     ) -> dict[str, Any]:
+        """`fields` overrides any other field (`total`, `starting_balance`, `created`...);
+        total and amount_remaining follow amount_due/amount_paid unless given."""
         obj = copy.deepcopy(self.fx["invoice"])
         obj.update(
             id=inv_id,
@@ -178,6 +181,9 @@ class Payloads:
             status=status,
             amount_due=amount_due,
             amount_paid=amount_paid,
+            subtotal=amount_due,
+            total=amount_due,
+            amount_remaining=0 if status in ("paid", "void") else amount_due - amount_paid,
             number=f"NUM-{inv_id[-4:]}",
             hosted_invoice_url=f"https://invoice.test/{inv_id}",
             invoice_pdf=f"https://invoice.test/{inv_id}/pdf",
@@ -192,6 +198,7 @@ class Payloads:
                 "quote_details": None,
                 "subscription_details": {"metadata": {}, "subscription": sub_id},
             }
+        obj.update(fields)
         return obj
 
     def event(self, event_type: str, obj: dict[str, Any], created: int) -> dict[str, Any]:

@@ -3,16 +3,20 @@ Stripe's own fixture objects."""
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 
+import sqlalchemy as sa
 from sqlmodel import select
 
 from billing_app.models import Invoice
 from billing_app.services import admin as admin_service
-from billing_app.services import exports, stripe_sync
+from billing_app.services import auth, billing, exports, stripe_sync
 from billing_app.services.invoices import list_invoices
 from billing_app.states.billing import load_slow
 from tests.factories import make_user
+from tests.stripe.test_end_to_end import advance, subscribe
 
 T0 = 1_764_000_000
 
@@ -125,3 +129,110 @@ def test_failed_payments_still_counts_an_unpaid_invoice_after_dunning_cancels(
     subscription("deleted", "canceled", T0 + 900)
     assert _invoices(session)[0].status == "open"
     assert admin_service.headline_stats(session)["failed_payments"] == 1
+
+
+def test_credits_balance_payments_and_part_payments_read_as_what_was_owed(
+    session, deliver, payloads, receiver, http
+):
+    """A downgrade's proration invoice totals less than zero: Stripe credits the customer's
+    balance, pays nothing and marks it paid. Later invoices are paid (in part) from that
+    balance, so amount_paid is 0 or less than the total. Every list (the customer's page,
+    the API, the admin's CSV) shows the invoice's total and how it was settled, not
+    "$0.00 Paid"."""
+    uid = make_user(session, customer="cus_cr").id
+    admin = make_user(session, admin=True)
+    sub = dict(customer="cus_cr", sub_id="sub_cr")
+    invoices = [  # oldest first, as Stripe sends them at finalization and payment
+        payloads.invoice(inv_id="in_cred", **sub, status="paid", amount_due=0, total=-4000,
+                         subtotal=-4000, starting_balance=0, ending_balance=-4000),
+        payloads.invoice(inv_id="in_covr", **sub, status="paid", amount_due=0, total=1900,
+                         subtotal=1900, starting_balance=-4000, ending_balance=-2100),
+        payloads.invoice(inv_id="in_part", **sub, status="paid", amount_due=1700,
+                         amount_paid=1700, total=1900, subtotal=1900, starting_balance=-200,
+                         ending_balance=0),
+        payloads.invoice(inv_id="in_open", **sub, status="open", amount_due=1900,
+                         amount_paid=700, total=1900, subtotal=1900, starting_balance=0,
+                         ending_balance=0),
+    ]  # fmt: skip
+    for n, inv in enumerate(invoices):
+        inv["created"] = T0 + 100 * n
+        event = "invoice.paid" if inv["status"] == "paid" else "invoice.updated"
+        r = deliver.send(payloads.event(event, inv, T0 + 100 * n))
+        assert r.status_code == 200, r.text
+
+    shown = load_slow(uid, 1).invoices
+    assert [(i.number, i.amount, i.amount_note, i.status_label) for i in shown] == [
+        ("NUM-open", "$19.00", "$12.00 still due", "Open"),
+        ("NUM-part", "$19.00", "$2.00 paid from balance", "Paid"),
+        ("NUM-covr", "$19.00", "paid from balance", "Paid"),
+        ("NUM-cred", "-$40.00", "credited to balance", "Credit"),
+    ]
+
+    def client_of(user_id: int) -> dict[str, str]:
+        return {"cookie": f"{auth.SESSION_COOKIE}={auth.new_session(session, user_id)}"}
+
+    r = http.get(receiver.url + "/api/billing/invoices", headers=client_of(uid))
+    assert r.status_code == 200, r.text
+    money = (
+        *("total", "amount_due", "amount_paid", "amount_remaining"),
+        *("paid_from_balance", "credited_to_balance", "starting_balance", "ending_balance"),
+    )
+    assert [[i["number"], *(i[k] for k in money)] for i in r.json()["items"]] == [
+        ["NUM-open", 1900, 1900, 700, 1200, 0, 0, 0, 0],
+        ["NUM-part", 1900, 1700, 1700, 0, 200, 0, -200, 0],
+        ["NUM-covr", 1900, 0, 0, 0, 1900, 0, -4000, -2100],
+        ["NUM-cred", -4000, 0, 0, 0, 0, 4000, 0, -4000],
+    ]
+
+    r = http.get(receiver.url + "/api/billing/admin/invoices.csv", headers=client_of(admin.id))
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(r.text, newline="")))
+    csv_money = money[:6]
+    assert [[row["number"], *(row[k] for k in csv_money)] for row in rows] == [
+        ["NUM-open", "19.00", "19.00", "7.00", "12.00", "0.00", "0.00"],
+        ["NUM-part", "19.00", "17.00", "17.00", "0.00", "2.00", "0.00"],
+        ["NUM-covr", "19.00", "0.00", "0.00", "0.00", "19.00", "0.00"],
+        ["NUM-cred", "-40.00", "0.00", "0.00", "0.00", "0.00", "40.00"],
+    ]
+
+
+def test_a_downgrade_in_the_sandbox_credits_the_balance_and_sync_fills_older_rows(
+    session, sandbox, http
+):
+    """The sandbox as Stripe: a mid-period downgrade (create_prorations) credits the unused
+    Pro time on the renewal, whose total is negative (paid, nothing charged); the balance
+    then pays the next renewal in full (amount_paid 0). Rows from before migration 0013
+    (no total) get the amounts from `stripe sync`."""
+    user = subscribe(session, http, sandbox, "pro")
+    advance(http, sandbox, days=15)
+    billing.change_plan(session, user.id, "basic")
+    advance(http, sandbox, days=16)  # the renewal: Basic's month less Pro's unused half
+    advance(http, sandbox, days=31)  # paid by the credit left
+    remote = sorted(sandbox.state.invoices.values(), key=lambda i: i["created"])
+    assert len(remote) == 3
+    pro, credit, covered = remote
+    assert credit["total"] < 0 and credit["amount_paid"] == 0 and credit["status"] == "paid"
+    assert covered["total"] == 1900 and covered["amount_paid"] == 0
+    assert covered["status"] == "paid" and covered["starting_balance"] == credit["total"]
+
+    def shown() -> list[tuple[str, str, str]]:
+        return [(i.amount, i.amount_note, i.status_label) for i in load_slow(user.id, 1).invoices]
+
+    credited = f"-${-credit['total'] / 100:,.2f}"
+    expected = [
+        ("$19.00", "paid from balance", "Paid"),
+        (credited, "credited to balance", "Credit"),
+        ("$99.00", "", "Paid"),
+    ]
+    assert shown() == expected
+    stored = [(i.total, i.amount_remaining, i.ending_balance) for i in reversed(_invoices(session))]
+    assert stored == [(i["total"], 0, i["ending_balance"]) for i in reversed(remote)]
+
+    # As rows stored before migration 0013 read until their next event: as before.
+    cols = ("total", "amount_remaining", "starting_balance", "ending_balance")
+    session.exec(sa.update(Invoice).values(dict.fromkeys(cols)))
+    session.commit()
+    assert [a for a, _, _ in shown()] == ["$0.00", "$0.00", "$99.00"]
+    report = stripe_sync.sync_from_stripe(session, user.id)
+    assert report.errors == () and report.invoices_changed == 3
+    assert shown() == expected
