@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         f"  webhooks -> {config.webhook_url or '(none)'}   secret: {config.webhook_secret}",
         flush=True,
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(  # date_header: the sandbox dates its answers by its own clock
+        create_app(config), host=args.host, port=args.port, log_level="info", date_header=False
+    )
 
 
 if __name__ == "__main__":

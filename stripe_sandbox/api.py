@@ -1,8 +1,9 @@
 """Stripe's REST API (``/v1/...``) as stripe-python 16 calls it.
 
 One wrapper (:func:`stripe_endpoint`) does what every Stripe endpoint shares: API-key auth,
-form decoding, idempotency keys, the Stripe-Version / Request-Id headers, ``expand[]`` and the
-error shape. The handlers below only hold the resource logic.
+form decoding, idempotency keys, the Stripe-Version / Request-Id headers, ``Date`` (by the
+sandbox clock, as Stripe's is by its clock), ``expand[]`` and the error shape. The handlers
+below only hold the resource logic.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterable
+from email.utils import formatdate
 from typing import Any
 
 from starlette.requests import Request
@@ -108,7 +110,7 @@ def stripe_endpoint(state: SandboxState, handler: Handler) -> Callable[[Request]
                     return Response(
                         stored.body,
                         stored.status,
-                        {**stored.headers, "Idempotent-Replayed": "true"},
+                        {**stored.headers, "Idempotent-Replayed": "true", **_date(state)},
                         media_type="application/json",
                     )
             with state.lock, request_context(request_id, idem_key):
@@ -126,9 +128,15 @@ def stripe_endpoint(state: SandboxState, handler: Handler) -> Callable[[Request]
         if store_key is not None and status in (200, 402):
             with state.lock:
                 state.idempotency[store_key] = IdempotentResult(fingerprint, status, body, headers)
-        return Response(body, status, headers, media_type="application/json")
+        return Response(body, status, {**headers, **_date(state)}, media_type="application/json")
 
     return endpoint
+
+
+def _date(state: SandboxState) -> dict[str, str]:
+    """`Date` on the sandbox clock, after the handler ran: never before the `created` of an
+    event the request emitted. The servers turn uvicorn's own (wall-clock) one off."""
+    return {"Date": formatdate(state.now(), usegmt=True)}
 
 
 def _expand(state: SandboxState, obj: dict[str, Any], paths: Iterable[str]) -> None:

@@ -23,7 +23,9 @@ class BackgroundServer:
     ``.url`` is known immediately.
     """
 
-    def __init__(self, app: Any, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, app: Any, port: int = 0, host: str = "127.0.0.1", *, date_header: bool = True
+    ) -> None:
         self.app = app
         self.host = host
         # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
@@ -34,7 +36,9 @@ class BackgroundServer:
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+            uvicorn.Config(
+                app, log_level="warning", access_log=False, lifespan="on", date_header=date_header
+            )
         )
         self._thread: threading.Thread | None = None
 
@@ -84,7 +88,7 @@ class SandboxServer(BackgroundServer):
     ) -> None:
         config = config or SandboxConfig()
         # Bind first (to learn the port), then build the app with the right public URL.
-        super().__init__(None, port, host)
+        super().__init__(None, port, host, date_header=False)  # the sandbox dates its answers
         if not config.public_url:
             config = dataclasses.replace(config, public_url=self.url)
         self.config = config

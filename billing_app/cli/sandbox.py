@@ -66,4 +66,5 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
     click.echo(
         f"Stripe sandbox on http://{host}:{port}; webhooks -> {config.webhook_url}", err=True
     )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    # The sandbox dates its answers by its own clock (the app orders them by it).
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", date_header=False)

@@ -33,6 +33,21 @@ TERMINAL_INVOICE_STATUSES = frozenset({"paid", "void", "deleted"})
 DELETED_INVOICE_STATUS = "deleted"
 
 
+class StripeAnswer(dict[str, Any]):
+    """An object as Stripe's API answered it, with the moment it answered on Stripe's own
+    clock (its `Date` header, whole seconds): what orders the answer against webhook
+    events' `created`, which the app's clock (skewed by seconds or minutes) cannot."""
+
+    def __init__(self, obj: dict[str, Any], served_at: datetime | None) -> None:
+        super().__init__(obj)
+        self.served_at = served_at
+
+
+def served_at(obj: Any) -> datetime | None:
+    """Stripe's moment of an API answer; None for a plain dict (no `Date` to go by)."""
+    return getattr(obj, "served_at", None)
+
+
 class MalformedObject(ValueError):
     """A Stripe object lacks a field the app needs (id, status, ...)."""
 

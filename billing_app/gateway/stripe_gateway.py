@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pydantic_core
@@ -23,6 +25,7 @@ from billing_app.errors import (
     InvalidWebhookPayload,
     PaymentProviderError,
 )
+from billing_app.gateway.parsing import StripeAnswer
 from billing_app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,21 @@ def _plain(obj: Any) -> dict[str, Any]:
     if isinstance(obj, stripe.StripeObject):
         return obj.to_dict()
     return dict(obj)
+
+
+def _served_at(response: Any) -> datetime | None:
+    """The `Date` of a Stripe response (`last_response`), None if absent or unreadable."""
+    headers: Mapping[str, str] = getattr(response, "headers", None) or {}
+    value = next((v for k, v in headers.items() if k.lower() == "date"), None)
+    try:
+        when = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+    return None if when is None or when.tzinfo is None else when.astimezone(UTC)
+
+
+def _answer(obj: Any, response: Any) -> StripeAnswer:
+    return StripeAnswer(_plain(obj), _served_at(response))
 
 
 def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
@@ -113,17 +131,25 @@ class StripeGateway:
 
     # ------------------------------------------------------------------ helpers
 
-    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> StripeAnswer:
         try:
-            return _plain(fn(*args, **kwargs))
+            obj = fn(*args, **kwargs)
+            return _answer(obj, getattr(obj, "last_response", None))
         except stripe.StripeError as err:
             _log_failure(action, err)
             raise _translate(err, action) from err
 
-    def _iter(self, action: str, fn: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _iter(self, action: str, fn: Any, params: dict[str, Any]) -> Iterator[StripeAnswer]:
+        """Every object of a list, each with its own page's moment (auto_paging_iter's
+        items do not carry their page's response)."""
         try:
-            for obj in fn(params=params).auto_paging_iter():
-                yield _plain(obj)
+            page = fn(params=params)
+            while True:
+                for obj in page:
+                    yield _answer(obj, page.last_response)
+                page = page.next_page()
+                if page.is_empty:
+                    break
         except stripe.StripeError as err:
             _log_failure(action, err)
             raise _translate(err, action) from err

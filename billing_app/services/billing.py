@@ -26,7 +26,7 @@ from billing_app.gateway.parsing import parse_subscription, ref_id
 from billing_app.models import Subscription, User
 from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog, plan_price_ids
 from billing_app.services.dto import SubscriptionDTO
-from billing_app.services.stripe_sync import apply_subscription
+from billing_app.services.stripe_sync import apply_answer
 from billing_app.services.subscriptions import (
     LIVE_STATUSES,
     current_subscription,
@@ -188,9 +188,9 @@ def _version(sub: Subscription) -> str:
 
 def _refresh_from(session: Session, obj: dict[str, Any]) -> SubscriptionDTO:
     """Write what Stripe answered (the freshest state there is) and return it."""
-    # Stamped in whole seconds, as Stripe's event `created`: an event of this same second
-    # then ties (and is settled by asking Stripe) instead of looking older and being dropped.
-    apply_subscription(session, obj, utcnow().replace(microsecond=0), force=True)
+    # Stamped with Stripe's moment of the answer, not the app's clock: an event of a later
+    # second applies, an older one does not, however far the two clocks are apart.
+    apply_answer(session, obj)
     session.commit()
     stored = session.exec(
         select(Subscription).where(
@@ -231,7 +231,7 @@ def change_plan(session: Session, user_id: int, plan_key: str) -> SubscriptionDT
     ):
         # A renewal whose webhook is still on its way: record the period as it began (on
         # the current plan) before the change, so the change is mid-period, not a new one's.
-        apply_subscription(session, remote, utcnow().replace(microsecond=0), force=True)
+        apply_answer(session, remote)
     current = get_catalog().get(sub.plan)
     upgrade = current is None or plan.amount > current.amount
     assert plan.stripe_price_id is not None

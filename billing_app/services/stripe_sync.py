@@ -6,7 +6,9 @@
   older than what was last applied never overwrites newer state; terminal states
   (canceled subscription, paid/void invoice) are never undone by a stale event. Stamps are
   whole seconds, as Stripe's `created`; two different subscription states of one second
-  (whose delivery order means nothing) are settled by fetching the subscription.
+  (whose delivery order means nothing) are settled by fetching the subscription. Every
+  stamp is Stripe's clock: an event's `created`, an API answer's `Date` (`answered_at`),
+  never the app's, which may be minutes off.
 - `sync_from_stripe`: pull customers, subscriptions and invoices from the API (missed webhooks).
 - `replay_events`: re-apply stored events.
 - `enforce_grace_periods`: past_due subscriptions fall back to free quotas after the grace.
@@ -41,6 +43,7 @@ from billing_app.gateway.parsing import (
     parse_event,
     parse_invoice,
     parse_subscription,
+    served_at,
 )
 from billing_app.metrics import METRICS
 from billing_app.models import (
@@ -339,12 +342,19 @@ def _subscription_user(
 NEWER, STALE, TIE = "newer", "stale", "tie"
 
 
-def _subscription_verdict(sub: Any, data: SubscriptionData, at: datetime | None) -> str:
+def _subscription_verdict(
+    sub: Any, data: SubscriptionData, at: datetime | None, force: bool = False
+) -> str:
     """May `data` (as of `at`) overwrite the stored row? NEWER: yes; STALE: no (never older
-    over newer); TIE: same second, neither terminal, so the order is unknown."""
+    over newer); TIE: same second, neither terminal, so the order is unknown.
+
+    `force` (an API answer, `at` its Stripe moment): wins a tie and the terminal rule, but
+    not over an event created after it was served (a sync's list applied after that)."""
     stored_at = sub["updated_from_stripe_at"]
     if stored_at is None:
         return NEWER
+    if force:
+        return STALE if at is not None and at < stored_at else NEWER
     stored_terminal = sub["status"] in ("canceled", "incomplete_expired")
     if stored_terminal and not data.is_terminal:
         return STALE  # Stripe never revives a canceled subscription: this event is stale
@@ -355,6 +365,19 @@ def _subscription_verdict(sub: Any, data: SubscriptionData, at: datetime | None)
     # Same second: a deleted/canceled state wins. Otherwise `created` (whole seconds) and
     # the delivery order (not guaranteed) cannot tell which of the two came last.
     return NEWER if data.is_terminal else TIE
+
+
+def answered_at(obj: dict[str, Any]) -> datetime:
+    """The moment an API answer showed `obj`, on Stripe's clock (its `Date`), to order it
+    against events' `created`. The app's clock only for an answer without one (a test's
+    stand-in gateway): api.stripe.com and the sandbox date every answer."""
+    return (served_at(obj) or utcnow()).replace(microsecond=0)
+
+
+def apply_answer(session: Session, obj: dict[str, Any]) -> bool:
+    """Write a subscription as Stripe's API answered it (the freshest state there is, unless
+    an event created after the answer was applied meanwhile). Caller commits."""
+    return apply_subscription(session, obj, answered_at(obj), force=True)
 
 
 def _whole_second(at: datetime | None) -> datetime | None:
@@ -456,7 +479,8 @@ def apply_subscription(
 ) -> bool:
     """Upsert a Stripe subscription object seen as of `at`, then the user's quotas.
 
-    `force` (reconciliation, an API response) writes it whatever was applied before.
+    `force` (reconciliation, an API response, `at` its moment on Stripe's clock) writes it
+    unless what is stored came from an event created after that moment.
     Returns True when the stored state changed. Caller commits.
     """
     data = parse_subscription(obj, plan_price_ids())  # the plan's item, not an add-on's
@@ -519,15 +543,14 @@ def apply_subscription(
     if changed is None:
         assert row is not None  # the conflicting row is there and now locked
         sub = row
-        verdict = NEWER if force else _subscription_verdict(sub, data, at)
+        verdict = _subscription_verdict(sub, data, at, force)
         if verdict == STALE:
             return False
         values = _subscription_values(data, plan, at, now, sub)
         if verdict == TIE and _state(values, _SUB_STATE) != _state(sub, _SUB_STATE):
             # Two states in the same second: ask Stripe which is current and apply that.
             # A failed fetch raises, so the delivery fails and Stripe retries it.
-            fresh = get_gateway().retrieve_subscription(data.id)
-            return apply_subscription(session, fresh, at, force=True)
+            return apply_answer(session, get_gateway().retrieve_subscription(data.id))
         if unknown_price is not None:
             raise unknown_price
         driver_rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
@@ -700,8 +723,7 @@ def _apply_checkout(session: Session, obj: dict[str, Any], at: datetime | None) 
         ).first()
         if known is None:
             # customer.subscription.created may be late or lost: fetch the subscription now.
-            obj = get_gateway().retrieve_subscription(data.subscription_id)
-            apply_subscription(session, obj, at)
+            apply_answer(session, get_gateway().retrieve_subscription(data.subscription_id))
     return None
 
 
@@ -949,14 +971,14 @@ def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tupl
 def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport:
     """Pull customers, subscriptions and invoices from Stripe and repair local state.
 
-    What Stripe says now wins over whatever webhooks did or did not deliver. Idempotent.
+    What Stripe listed wins over whatever webhooks did or did not deliver, but not over an
+    event created after the list was served (applied meanwhile). Idempotent.
     """
     gateway = get_gateway()
     pairs, linked = _customers_to_sync(session, user_id)
     subs = subs_changed = invs = invs_changed = 0
     errors: list[str] = []
     for uid, customer_id in pairs:
-        fetched_at = utcnow().replace(microsecond=0)  # whole seconds, as events' `created`
         try:
             sub_objs = list(gateway.iter_subscriptions(customer_id=customer_id))
             inv_objs = list(gateway.iter_invoices(customer_id=customer_id))
@@ -966,10 +988,10 @@ def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport
         try:
             for obj in sub_objs:
                 subs += 1
-                subs_changed += apply_subscription(session, obj, fetched_at, force=True)
+                subs_changed += apply_answer(session, obj)
             for obj in inv_objs:
                 invs += 1
-                invs_changed += apply_invoice(session, obj, fetched_at, force=True)
+                invs_changed += apply_invoice(session, obj, answered_at(obj), force=True)
             refresh_quotas(session, uid)
             session.commit()
         except Exception as err:

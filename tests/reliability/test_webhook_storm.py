@@ -1,5 +1,7 @@
 """Webhook storms: one Stripe event sequence delivered shuffled and duplicated, hundreds of
-orderings (hypothesis); the final state is always the newest events'. Builds on the Stripe
+orderings (hypothesis), mixed with API answers (a plan change's, `stripe sync`) of the
+subscription as Stripe showed it at some moment, with the app's clock minutes off Stripe's;
+the final state is always the newest events'. Builds on the Stripe
 tests' helpers (tests/stripe/conftest.py: real HTTP to the app's webhook route, Stripe's
 signature scheme, payloads from Stripe's own fixture objects)."""
 
@@ -7,12 +9,16 @@ from __future__ import annotations
 
 import itertools
 import os
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
+from billing_app import clock
+from billing_app.gateway.parsing import StripeAnswer
 from billing_app.models import Invoice, Quota, StripeEvent, Subscription
+from billing_app.services import stripe_sync
 from tests.factories import make_user
 from tests.reliability.conftest import RUN_SLOW, report
 from tests.stripe.conftest import (  # noqa: F401  (fixtures, used by name)
@@ -29,6 +35,26 @@ FREE = {"tokens": 10_000, "api_calls": 100, "scraping_tasks": 10}
 UNLIMITED = {"tokens": 0, "api_calls": 0, "scraping_tasks": 0}
 EXAMPLES = int(os.environ.get("STORM_EXAMPLES", "500" if RUN_SLOW else "100"))
 _seq = itertools.count(1)
+
+
+def _answers(pl, uid: int, n: int, ends_canceled: bool) -> list[StripeAnswer]:
+    """The subscription as Stripe's API showed it at moments between (and on) the events'."""
+    base = dict(sub_id=f"sub_storm_{n}", customer=f"cus_storm_{n}", user_id=uid)
+    p1, p2 = (T0, T0 + 2_592_000), (T0 + 2_592_000, T0 + 5_184_000)
+    states = [
+        (T0 + 120, pl.subscription(**base, price="price_sandbox_pro", period=p1)),
+        (
+            T0 + 151,
+            pl.subscription(**base, status="past_due", price="price_sandbox_pro", period=p1),
+        ),
+        (T0 + 250, pl.subscription(**base, price="price_sandbox_enterprise", period=p2)),
+    ]
+    if ends_canceled:
+        canceled = pl.subscription(
+            **base, status="canceled", price="price_sandbox_enterprise", period=p2
+        )
+        states.append((T0 + 400, canceled))
+    return [StripeAnswer(obj, datetime.fromtimestamp(at, UTC)) for at, obj in states]
 
 
 def _sequence(pl, uid: int, n: int, ends_canceled: bool) -> list[dict]:
@@ -96,7 +122,23 @@ def test_shuffled_duplicated_deliveries_end_on_the_newest_state(
     copies = data.draw(st.lists(st.integers(1, 3), min_size=len(events), max_size=len(events)))
     deliveries = [e for e, c in zip(events, copies, strict=True) for _ in range(c)]
     order = data.draw(st.permutations(range(len(deliveries))))
-    statuses = [deliver.send(deliveries[i]).status_code for i in order]
+    # API answers at drawn points of the storm, the app's clock up to 10 minutes off.
+    answers = _answers(payloads, user.id, n, ends_canceled)
+    picked = data.draw(st.lists(st.sampled_from(range(len(answers))), max_size=4))
+    slots = data.draw(st.lists(st.integers(0, len(order)), min_size=len(picked)))
+    skew = timedelta(seconds=data.draw(st.integers(-600, 600)))
+    clock.set_clock(lambda: datetime.now(UTC) + skew)
+    statuses = []
+    try:
+        for step, i in enumerate([*order, None]):
+            for a, slot in zip(picked, slots, strict=False):
+                if slot == step:
+                    stripe_sync.apply_answer(session, answers[a])
+                    session.commit()
+            if i is not None:
+                statuses.append(deliver.send(deliveries[i]).status_code)
+    finally:
+        clock.set_clock(None)
     assert set(statuses) == {200}, statuses
 
     session.expire_all()

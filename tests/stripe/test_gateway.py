@@ -7,7 +7,7 @@ import copy
 import json
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,6 +26,7 @@ from billing_app.gateway.parsing import (
     parse_event,
     parse_invoice,
     parse_subscription,
+    served_at,
 )
 from billing_app.settings import load_settings
 from tests.stripe.conftest import sign
@@ -170,6 +171,25 @@ def test_create_customer_is_idempotent(sandbox):
     assert isinstance(a, dict) and a["metadata"] == {"user_id": "5"}
     assert [x["id"] for x in gw.iter_customers(email="a@example.com")] == [a["id"]]
     assert gw.retrieve_customer(a["id"])["email"] == "a@example.com"
+
+
+def test_answers_carry_stripes_moment_also_on_every_page_of_a_list(sandbox, http):
+    """Stripe's `Date` (here the sandbox clock, a day ahead of the wall clock) comes with
+    each answer and each listed object, past the first page (100) too."""
+    gw = get_gateway()
+    ids = [
+        gw.create_customer(user_id=i, email=f"p{i}@example.com", name=None)["id"]
+        for i in range(101)
+    ]
+    r = http.post(sandbox.url + "/_sandbox/clock/advance", data={"days": "1"})
+    now = _dt(r.json()["now"])
+    listed = list(gw.iter_customers())
+    assert sorted(c["id"] for c in listed) == sorted(ids)
+    assert {served_at(c) for c in listed} <= {now, now + timedelta(seconds=1)}
+    assert served_at(gw.retrieve_customer(ids[0])) in (now, now + timedelta(seconds=1))
+    assert served_at(dict(listed[0])) is None  # a plain dict: no moment to go by
+    head = http.get(sandbox.url + f"/v1/customers/{ids[0]}", auth=("sk_test_x", ""))
+    assert len(head.headers.get_list("date")) == 1  # the sandbox's own, not uvicorn's too
 
 
 def test_stripe_errors_become_domain_errors(sandbox):
