@@ -25,10 +25,15 @@ def card(*children: rx.Component, **props: Any) -> rx.Component:
     )
 
 
-def section_title(title: str, subtitle: str | rx.Var | None = None, *right: Any) -> rx.Component:
+def section_title(
+    title: str, subtitle: str | rx.Var | None = None, *right: Any, heading_id: str | None = None
+) -> rx.Component:
+    """A card's heading; `heading_id` makes the heading a target rx.set_focus can reach
+    (focusable by script only, tabindex -1), for a link that jumps to the section."""
+    target = {"id": heading_id, "tab_index": -1} if heading_id else {}
     return rx.hstack(
         rx.vstack(
-            rx.heading(title, size="4", weight="bold"),
+            rx.heading(title, size="4", weight="bold", **target),
             rx.text(subtitle, size="2", color_scheme="gray")
             if subtitle is not None
             else rx.fragment(),

@@ -117,7 +117,7 @@ def user_row(u: AdminUserView) -> rx.Component:
                         # A long email is cut short (the whole one is its title and the
                         # drawer's): it pushed the table's last columns out of sight.
                         rx.text(u.email, weight="medium", max_width="260px", **ONE_LINE),
-                        on_click=A.open_user(u.id),
+                        on_click=A.open_user(u.id, "email"),
                         title=u.email,
                         variant="ghost",
                         color_scheme="gray",
@@ -125,6 +125,7 @@ def user_row(u: AdminUserView) -> rx.Component:
                         size="2",
                         white_space="nowrap",
                         class_name="user-email",
+                        id="email-" + u.id.to_string(),
                     ),
                     rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
                     align="center",
@@ -153,10 +154,11 @@ def user_row(u: AdminUserView) -> rx.Component:
         rx.table.cell(
             rx.button(
                 "Details",
-                on_click=A.open_user(u.id),
+                on_click=A.open_user(u.id, "details"),
                 variant="soft",
                 size="1",
                 aria_label="Details for " + u.email,
+                id="details-" + u.id.to_string(),
             )
         ),
         align="center",
@@ -549,6 +551,17 @@ def detail_body() -> rx.Component:
     )
 
 
+# Closing the drawer gives focus back to the row's button that opened it, or to the search
+# box when that row is gone (the list changed meanwhile). Radix returns it only to a
+# Trigger, and rx.set_focus takes a static id only (Reflex 0.10 keeps no ref for an id
+# that is a Var, as a foreach row's is).
+_FOCUS_OPENER = rx.call_script(
+    "(document.getElementById('"
+    + A.drawer_opener
+    + "') || document.getElementById('user-search'))?.focus()"
+)
+
+
 def user_drawer() -> rx.Component:
     return rx.drawer.root(
         rx.drawer.overlay(z_index="50"),
@@ -599,6 +612,7 @@ def user_drawer() -> rx.Component:
                 z_index="51",
                 id="user-drawer",
                 role="dialog",
+                on_close_auto_focus=_FOCUS_OPENER,
             )
         ),
         open=A.drawer_open,

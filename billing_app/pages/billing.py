@@ -176,7 +176,14 @@ def plan_summary() -> rx.Component:
             ),
             # One element (a link styled as the button beside it), so one Tab stop.
             rx.button(
-                rx.link("See plans", href="#plans", underline="none"),
+                # The link scrolls to the plans; focus goes with it, so the next Tab
+                # goes on from the plans rather than from here.
+                rx.link(
+                    "See plans",
+                    href="#plans",
+                    underline="none",
+                    on_click=rx.set_focus("plans-title"),
+                ),
                 as_child=True,
                 variant="soft",
                 size="3",
@@ -326,6 +333,7 @@ def plans_section() -> rx.Component:
                 "Changes are made in the secure Stripe customer portal.",
                 "Pay securely with Stripe. Cancel any time.",
             ),
+            heading_id="plans-title",
         ),
         rx.grid(
             rx.foreach(S.plans, plan_card),

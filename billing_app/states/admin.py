@@ -144,6 +144,9 @@ class AdminState(SessionState):
     drawer_open: bool = False
     detail_id: int = 0
     detail_loading: bool = False  # a newly opened user's detail has not arrived yet
+    # The id of the row's button that opened the drawer: closing it gives focus back there
+    # (Radix would return it to a Trigger, and the drawer opens from State, without one).
+    drawer_opener: str = ""
     detail_email: str = ""
     detail_name: str = ""
     detail_role: str = ""
@@ -455,10 +458,13 @@ class AdminState(SessionState):
     # ------------------------------------------------------------ user drawer
 
     @rx.event
-    def open_user(self, user_id: int) -> Any:
+    def open_user(self, user_id: int, opener: str = "details") -> Any:
+        """The drawer for `user_id`, from the row's Details button or (`opener="email"`)
+        its email."""
         if self._admin("users") is None:
             return None
         user_id = int(user_id)
+        self.drawer_opener = f"{'email' if opener == 'email' else 'details'}-{user_id}"
         if user_id != self.detail_id:
             # Nothing of the previous user's under this one's name while the detail loads;
             # the list's row gives the email and name at once.

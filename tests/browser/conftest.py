@@ -231,4 +231,53 @@ def signup(page: Page, app: LiveApp, prefix: str = "buyer") -> str:
     return email
 
 
-__all__ = ["LiveApp", "login", "screenshot", "signup"]
+# The focused element, described for a test's message ("BODY" when focus is lost).
+_DESCRIBE_FOCUS = """() => {
+  const el = document.activeElement;
+  if (!el || el === document.body) return 'BODY';
+  const name = el.getAttribute('aria-label') || el.innerText || el.value || el.id || '';
+  return el.tagName + ' ' + name.trim().slice(0, 60);
+}"""
+# A ring the eye can see around the focused element: Radix draws it as an outline on the
+# element or its ::before, on a text field's root, or on a tab's inner label.
+_RING_SHOWN = """() => {
+  const el = document.activeElement;
+  if (!el || el === document.body || !el.matches(':focus-visible')) return false;
+  const ring = (e, pseudo) => {
+    const s = getComputedStyle(e, pseudo);
+    return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0;
+  };
+  const root = el.closest('.rt-TextFieldRoot, .rt-TextAreaRoot');
+  const inner = el.querySelector('.rt-BaseTabListTriggerInner');
+  return ring(el) || ring(el, '::before') || (!!root && ring(root)) || (!!inner && ring(inner));
+}"""
+
+
+def focused(page: Page) -> str:
+    return page.evaluate(_DESCRIBE_FOCUS)
+
+
+def tab_to(page: Page, selector: str, limit: int = 60, back: bool = False) -> list[str]:
+    """Press Tab (Shift+Tab with `back`) until an element matching `selector` has the
+    focus; every stop on the way must show a focus ring. Returns the stops."""
+    stops: list[str] = []
+    for _ in range(limit):
+        page.keyboard.press("Shift+Tab" if back else "Tab")
+        here = focused(page)
+        stops.append(here)
+        assert here != "BODY", f"focus fell to <body> after {stops}"
+        assert page.evaluate(_RING_SHOWN), f"no visible focus ring on {here}"
+        if page.evaluate("s => document.activeElement.matches(s)", selector):
+            return stops
+    raise AssertionError(f"{selector} not reached by Tab: {stops}")
+
+
+def assert_focus_kept(page: Page, what: str) -> None:
+    """After a keyboard action: focus is on an element (not <body>) and shows its ring."""
+    page.wait_for_timeout(300)  # let a re-render that would drop it happen
+    here = focused(page)
+    assert here != "BODY", f"focus fell to <body> after {what}"
+    assert page.evaluate(_RING_SHOWN), f"no visible focus ring on {here} after {what}"
+
+
+__all__ = ["LiveApp", "assert_focus_kept", "focused", "login", "screenshot", "signup", "tab_to"]

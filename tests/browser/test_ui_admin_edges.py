@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import LiveApp, login
+from tests.browser.conftest import LiveApp, assert_focus_kept, focused, login, tab_to
 
 pytestmark = pytest.mark.browser
 
@@ -109,6 +109,144 @@ def test_the_console_by_keyboard(page: Page, live_app: LiveApp) -> None:
     expect(row).to_contain_text("Revoked")
     expect(page.locator("#new-secret")).to_have_count(0)
     assert uid
+
+
+def test_closing_the_drawer_gives_focus_back_to_the_button_that_opened_it(
+    page: Page, live_app: LiveApp
+) -> None:
+    """The drawer opens from State, not from a Radix Trigger: closing it (Escape, its
+    Close button) dropped focus to <body>, and the next Tab started over at the top."""
+    _users(live_app)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("x.maximiliana")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    drawer = page.locator("#user-drawer")
+    inside = "() => !!document.activeElement.closest('#user-drawer')"
+    details = page.get_by_role("button", name=f"Details for {LONG_EMAIL}")
+    email = page.get_by_role("button", name=LONG_EMAIL, exact=True)
+    for opener, close in ((details, "Escape"), (details, "Close"), (email, "Escape")):
+        opener.focus()
+        page.keyboard.press("Enter")
+        expect(drawer).to_contain_text(LONG_NAME)
+        page.wait_for_function(inside)
+        if close == "Close":
+            drawer.get_by_role("button", name="Close").focus()
+            page.keyboard.press("Enter")
+        else:
+            page.keyboard.press("Escape")
+        expect(drawer).to_have_count(0)
+        expect(opener).to_be_focused()
+        assert_focus_kept(page, f"closing the drawer by {close}")
+
+
+def _walk_users(live_app: LiveApp, prefix: str, count: int) -> None:
+    """`count` customers whose emails start with `prefix` (created once)."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:
+            for i in range(count):
+                email = f"{prefix}{i:02d}@example.com"
+                if users.get_user_by_email(session, email) is None:
+                    users.create_user(session, email, f"Walker {i:02d}")
+    finally:
+        engine.dispose()
+
+
+def _pick(page: Page, trigger: str, option: str) -> None:
+    """A Radix select by keyboard: Tab to its trigger, open it with Enter, arrow down to
+    the option, Enter; the trigger keeps the focus."""
+    tab_to(page, f'button[aria-label="{trigger}"]')
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("listbox")).to_be_visible()
+    # The open list focuses its selected option once placed (again after the first focus):
+    # keys pressed before that are undone. A person is not that fast.
+    page.wait_for_function("() => document.activeElement.getAttribute('role') === 'option'")
+    page.wait_for_timeout(400)
+    page.keyboard.press("Home")
+    for _ in range(20):
+        if page.evaluate("() => document.activeElement.innerText.trim()") == option:
+            break
+        page.keyboard.press("ArrowDown")
+        page.wait_for_timeout(150)  # a key pressed while the list scrolls is dropped
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("listbox")).to_have_count(0)
+    expect(page.get_by_role("combobox", name=trigger)).to_contain_text(option)
+    expect(page.get_by_role("combobox", name=trigger)).to_be_focused()
+    assert_focus_kept(page, f"choosing {option}")
+
+
+def test_the_console_walked_with_the_keyboard_only(page: Page, live_app: LiveApp) -> None:
+    """Search, filters, sort, export, the pager, the drawer and its override form, and
+    the tabs, with nothing but the keyboard: every stop reachable, its ring shown, and
+    focus never left on <body> after an action."""
+    prefix = "kbwalk"
+    _walk_users(live_app, prefix, 23)
+    page.goto(f"{live_app.url}/login?next=/admin/billing")
+    expect(page.locator("#email")).to_be_visible()  # the form mounts once hydrated
+    tab_to(page, "#email")
+    page.keyboard.type(live_app.admin_email)
+    tab_to(page, "#password")
+    page.keyboard.type(live_app.admin_password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/admin/billing$"))
+    expect(page.locator("#user-search")).to_be_visible()
+
+    tab_to(page, "#user-search")
+    page.keyboard.type(prefix)
+    expect(page.get_by_text("1–20 of 23")).to_be_visible()
+    assert_focus_kept(page, "searching")
+    _pick(page, "Filter by plan", "Free")
+    _pick(page, "Filter by status", "No subscription")
+    _pick(page, "Sort", "Email A–Z")
+    expect(page.locator("#users-table tbody tr").first).to_contain_text(f"{prefix}00@")
+    stops = tab_to(page, 'a[href*="users.csv"]')
+    assert page.evaluate("document.activeElement.getAttribute('href')").endswith(
+        f"q={prefix}&plan=free&status=none&sort=email"
+    ), stops
+
+    # The pager: Next to the last page and back, focus staying on the buttons.
+    tab_to(page, 'button[aria-label="Next users page"]')
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("21–23 of 23")).to_be_visible()
+    assert_focus_kept(page, "Next users page")
+    tab_to(page, 'button[aria-label="Previous users page"]', back=True)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("1–20 of 23")).to_be_visible()
+    assert_focus_kept(page, "Previous users page")
+
+    # The first row's Details, its override form, and back to the row.
+    email = f"{prefix}00@example.com"
+    tab_to(page, f'button[aria-label="Details for {email}"]', back=True)
+    page.keyboard.press("Enter")
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text("Walker 00")
+    expect(drawer.get_by_role("textbox", name="New limit")).to_be_visible()
+    page.wait_for_function("() => !!document.activeElement.closest('#user-drawer')")
+    _pick(page, "Metric", "API calls")
+    tab_to(page, "#user-drawer input")
+    page.keyboard.type("777")
+    tab_to(page, "#user-drawer textarea")
+    page.keyboard.type("Walked by keyboard")
+    stops = tab_to(page, "#user-drawer button[type=submit]")
+    page.keyboard.press("Enter")
+    expect(drawer).to_contain_text("API calls limit saved.")
+    expect(drawer).to_contain_text("777")
+    assert_focus_kept(page, "Save override")
+    page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+    expect(page.get_by_role("button", name=f"Details for {email}")).to_be_focused()
+
+    # The tabs: arrows move between them; the invoices' filter and export are in reach.
+    tab_to(page, '[role="tab"][aria-selected="true"]', back=True)
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name="Invoices")).to_be_focused()
+    expect(page.get_by_role("tab", name="Invoices")).to_have_attribute("aria-selected", "true")
+    _pick(page, "Filter invoices by status", "Paid")
+    tab_to(page, 'a[href*="invoices.csv"]')
+    assert focused(page).startswith("A")
 
 
 def test_the_search_stays_with_the_list_and_refresh_reads_again(

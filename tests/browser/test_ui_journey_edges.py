@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import LiveApp, login, signup
+from tests.browser.conftest import LiveApp, assert_focus_kept, login, signup, tab_to
 
 pytestmark = pytest.mark.browser
 
@@ -224,3 +224,55 @@ def test_past_due_banner_does_not_promise_a_plan_whose_grace_is_over(
     ended = (now - timedelta(days=3)).strftime("%b %-d, %Y")
     expect(banner).to_contain_text(ended)
     expect(banner).not_to_contain_text("stays active")
+
+
+def test_see_plans_takes_the_keyboard_to_the_plans(page: Page, live_app: LiveApp) -> None:
+    """The "See plans" link scrolled to the plan cards but left focus on itself: a keyboard
+    user's next Tab went on from the link, not from the plans."""
+    signup(page, live_app, "seer")
+    tab_to(page, 'a[href$="#plans"]')
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => !!document.activeElement.closest('#plans')", timeout=5000)
+    assert_focus_kept(page, "See plans")
+    heading = page.locator("#plans").get_by_role("heading", name="Plans")
+    expect(heading).to_be_focused()
+    expect(heading).to_be_in_viewport()
+    page.keyboard.press("Tab")
+    expect(page.locator("#choose-basic")).to_be_focused()
+
+
+def test_the_customer_journey_walked_with_the_keyboard_only(page: Page, live_app: LiveApp) -> None:
+    """Sign in, choose a plan, pay, manage it in the portal: every control of ours by Tab
+    and Enter, a ring on each stop, focus never on <body> after an action. (Stripe's own
+    pages, the sandbox's here, are not ours to walk.)"""
+    email = signup(page, live_app, "walker")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r".*/login"))
+    page.goto(f"{live_app.url}/login?next=/billing")
+    expect(page.locator("#email")).to_be_visible()  # the form mounts once hydrated
+    tab_to(page, "#email")
+    page.keyboard.type(email)
+    tab_to(page, "#password")
+    page.keyboard.type("correct-horse-battery")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/billing$"))
+    expect(page.get_by_text("Usage this period")).to_be_visible()
+
+    # The chart's metric: one stop, the arrows move to another, Space chooses it.
+    tab_to(page, '[role="radio"][aria-checked="true"]')
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("radio", name="API calls")).to_be_focused()
+    page.keyboard.press("Space")
+    expect(page.get_by_role("radio", name="API calls")).to_have_attribute("aria-checked", "true")
+    assert_focus_kept(page, "choosing the chart's metric")
+
+    tab_to(page, "#choose-pro")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    page.locator("#card-number").fill("4242 4242 4242 4242")
+    page.locator("#pay").click()
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+
+    tab_to(page, "#manage-subscription")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/portal/.*"))
