@@ -197,7 +197,11 @@ def set_override(
     if session.get(User, user_id) is None:
         raise NotFound(f"No user with id {user_id}.", user_id=user_id)
     apply_missing(session, user_id)
-    q = session.exec(select(Quota).where(Quota.user_id == user_id, Quota.metric == metric)).one()
+    # Locked (PostgreSQL; SQLite's write lock is taken at BEGIN): two admins at once each
+    # log the limit the other left as `old_limit`, and the last write wins.
+    q = session.exec(
+        select(Quota).where(Quota.user_id == user_id, Quota.metric == metric).with_for_update()
+    ).one()
     old = q.limit
     if limit is None:
         q.limit, q.source = q.plan_limit, "plan"

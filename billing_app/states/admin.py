@@ -553,6 +553,9 @@ class AdminState(SessionState):
         return self._override(clear=True)
 
     def _override(self, clear: bool) -> Any:
+        if not clear and self.override_saved and not self.override_limit.strip():
+            # A second Enter (or click) queued behind the save, which emptied the form.
+            return None
         self.override_error = self.override_saved = ""
         admin = self._admin("drawer")
         if admin is None:

@@ -432,3 +432,52 @@ def test_stats_give_mrr_in_the_plans_currency(actors, monkeypatch):
     assert mrr == "¥2,000"
     r = actors.cookie_client(actors.admin).get("/api/billing/admin/stats")
     assert (r.json()["mrr"], r.json()["currency"]) == (2000, "jpy")
+
+
+def test_two_admins_overriding_one_quota_at_once_each_log_the_limit_the_other_left(actors):
+    """Admin 1's save has read the limit and is about to write it when admin 2 saves. The
+    last write wins, and each audit row's old limit is the limit its save replaced (not
+    one both read before either wrote)."""
+    import threading
+
+    from sqlalchemy import event
+
+    from billing_app.db import get_engine
+
+    paused, release = threading.Event(), threading.Event()
+
+    def hold_first_update(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        if statement.replace('"', "").lstrip().upper().startswith("UPDATE QUOTA"):
+            if not paused.is_set():
+                paused.set()
+                release.wait(5)
+
+    url = f"/api/billing/admin/users/{actors.a.id}/quota"
+    first, second = actors.cookie_client(actors.admin), actors.cookie_client(actors.admin)
+    answers: dict[str, int] = {}
+
+    def save(name: str, c, limit: int) -> None:  # type: ignore[no-untyped-def]
+        body = {"metric": "tokens", "limit": limit, "reason": f"admin {name}"}
+        answers[name] = c.put(url, json=body).status_code
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", hold_first_update)
+    try:
+        one = threading.Thread(target=save, args=("one", first, 111))
+        one.start()
+        assert paused.wait(10), "the first save never reached its write"
+        two = threading.Thread(target=save, args=("two", second, 222))
+        two.start()
+        two.join(1.5)  # done by now unless it waits for the first save's lock
+        release.set()
+        one.join(10)
+        two.join(10)
+    finally:
+        release.set()
+        event.remove(engine, "before_cursor_execute", hold_first_update)
+    assert answers == {"one": 200, "two": 200}
+    d = first.get(f"/api/billing/admin/users/{actors.a.id}").json()
+    log = [(e["old_limit"], e["new_limit"]) for e in reversed(d["audit_log"])]
+    assert len(log) == 2, log
+    assert log[0][0] == 100_000 and log[1][0] == log[0][1], log
+    assert {q["metric"]: q["limit"] for q in d["quotas"]}["tokens"] == log[1][1]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,6 +56,8 @@ class LiveApp:
     user_email: str
     user_password: str
     log: Path
+    # The local Stripe sandbox the app talks to (its state: what the app asked Stripe for).
+    sandbox: Any = None
 
     def post_usage(self, user_id: int, metric: str, quantity: int, key: str | None = None) -> dict:
         r = httpx.post(
@@ -176,6 +179,7 @@ def live_app(
             user_email=demo.DEMO_USER[0],
             user_password=demo.DEMO_USER[2],
             log=log,
+            sandbox=sandbox,
         )
     finally:
         try:

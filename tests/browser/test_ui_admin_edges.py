@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.browser.conftest import LiveApp, assert_focus_kept, focused, login, tab_to
 
@@ -322,3 +322,69 @@ def test_signing_out_leaves_the_next_user_of_the_tab_nothing(page: Page, live_ap
     login(page, live_app, LONG_EMAIL, "long-pass-123")
     expect(page.get_by_text("Usage this period")).to_be_visible()
     assert frames and not any(secret in f for f in frames)
+
+
+def _audit(live_app: LiveApp, uid: int) -> list[tuple[int, int, str]]:
+    from sqlalchemy import text
+
+    from billing_app.db import create_db_engine, session_scope
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as s:
+            sql = "select old_limit, new_limit, reason from quota_audit where user_id = :u"
+            return [tuple(r) for r in s.execute(text(sql + " order by id"), {"u": uid}).all()]
+    finally:
+        engine.dispose()
+
+
+def _open_drawer(page: Page, live_app: LiveApp, sign_in: bool = True) -> Locator:
+    if sign_in:
+        login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("x.maximiliana")
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    page.get_by_role("button", name=f"Details for {LONG_EMAIL}").click()
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text(LONG_NAME)
+    return drawer
+
+
+def test_enter_twice_saves_once_and_two_admins_each_leave_an_audit_row(
+    page: Page, live_app: LiveApp, browser: Browser
+) -> None:
+    """Enter pressed twice quickly saves once and says so (the second is no "Enter a whole
+    number" over a good save); two admins on one quota: the last wins, one audit row
+    each, and each drawer shows the stored value once it reads again."""
+    uid = _users(live_app)
+    before = len(_audit(live_app, uid))
+    drawer = _open_drawer(page, live_app)
+    drawer.get_by_role("textbox", name="Reason").fill("double enter")
+    limit = drawer.get_by_role("textbox", name="New limit")
+    limit.fill("5151")
+    limit.press("Enter")
+    limit.press("Enter")
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    expect(drawer).to_contain_text("5,151")
+    page.wait_for_timeout(1000)  # the second Enter's answer, too
+    expect(drawer).not_to_contain_text("Enter a whole number")
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    assert [r[1:] for r in _audit(live_app, uid)[before:]] == [(5151, "double enter")]
+
+    other = browser.new_page()
+    drawer2 = _open_drawer(other, live_app)
+    for d, value, reason in ((drawer, "6161", "admin one"), (drawer2, "7171", "admin two")):
+        d.get_by_role("textbox", name="Reason").fill(reason)
+        d.get_by_role("textbox", name="New limit").fill(value)
+    drawer.get_by_role("button", name="Save override").click()
+    drawer2.get_by_role("button", name="Save override").click()
+    expect(drawer2).to_contain_text("Tokens limit saved.")
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    rows = _audit(live_app, uid)[before + 1 :]
+    assert sorted(r[2] for r in rows) == ["admin one", "admin two"], rows
+    assert rows[0][0] == 5151 and rows[1][0] == rows[0][1], rows  # each logs what it replaced
+    stored = f"{rows[1][1]:,}"
+    expect(drawer2.locator("tr", has_text="Tokens").first).to_contain_text(stored)
+    other.close()
+    page.reload()
+    drawer = _open_drawer(page, live_app, sign_in=False)
+    expect(drawer.locator("tr", has_text="Tokens").first).to_contain_text(stored)

@@ -276,3 +276,66 @@ def test_the_customer_journey_walked_with_the_keyboard_only(page: Page, live_app
     tab_to(page, "#manage-subscription")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r".*/portal/.*"))
+
+
+def _customer_id(live_app: LiveApp, email: str) -> str:
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:
+            user = users.get_user_by_email(session, email)
+            assert user is not None and user.stripe_customer_id
+            return user.stripe_customer_id
+    finally:
+        engine.dispose()
+
+
+def _checkouts(sandbox: str, customer_id: str) -> list[dict]:
+    r = httpx.get(
+        f"{sandbox}/v1/checkout/sessions",
+        params={"customer": customer_id, "limit": 100},
+        headers={"Authorization": "Bearer sk_test_sandbox"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def test_double_clicks_open_one_checkout_and_one_portal_and_back_shows_no_second_banner(
+    page: Page, live_app: LiveApp
+) -> None:
+    """A double click on "Upgrade to Pro" starts one Checkout Session, one on "Manage
+    subscription" one portal session; Back and Forward past the success page bring no
+    second "Thanks" banner, and a stale ?session_id= is no error."""
+    email = signup(page, live_app, "dbl")
+    page.locator("#choose-pro").dblclick()
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    sandbox = _sandbox_url(page.url)
+    customer = _customer_id(live_app, email)
+    page.wait_for_timeout(1000)  # a second click's Checkout, had it started one
+    assert len(_checkouts(sandbox, customer)) == 1
+    page.locator("#card-number").fill("4242 4242 4242 4242")
+    page.locator("#pay").click()
+    expect(page.locator("#checkout-success")).to_contain_text("Pro plan is active")
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+
+    page.go_back()
+    page.wait_for_url(re.compile(r".*/checkout/.*"))
+    page.go_forward()
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.locator("#checkout-success")).to_have_count(0)
+    page.goto(f"{live_app.url}/billing?checkout=success&session_id=cs_test_gone")
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.get_by_role("alert")).to_have_count(0)
+    page.reload()
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.locator("#checkout-success")).to_have_count(0)
+
+    portals = live_app.sandbox.state.portal_sessions
+    before = sum(1 for p in portals.values() if p["customer"] == customer)
+    page.locator("#manage-subscription").dblclick()
+    page.wait_for_url(re.compile(r".*/portal/.*"))
+    page.wait_for_timeout(1000)
+    assert sum(1 for p in portals.values() if p["customer"] == customer) == before + 1
