@@ -90,9 +90,10 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
     user = get_user(session, user_id)
     live = _live(session, user_id)
     if live is not None:
+        current = get_catalog().get(live.plan)
         raise Conflict(
-            f"You already subscribe to the {live.plan} plan; change plans from the billing "
-            "portal (or the change-plan action) instead of starting a new checkout.",
+            f"You already subscribe to the {current.name if current else live.plan} plan. "
+            "To change plans, use Manage subscription (the Stripe customer portal).",
             plan=live.plan,
         )
     base = get_settings().app_url.rstrip("/") + BILLING_PATH

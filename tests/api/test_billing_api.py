@@ -106,3 +106,8 @@ def test_checkout_and_portal_through_the_sandbox(actors, sandbox):
     _subscribe(actors.a.id, "basic")
     again = c.post("/api/billing/checkout", json={"plan": "pro"})
     assert again.status_code == 409
+    # The plan by its name, and the way the pages offer to change it.
+    assert again.json()["error"]["message"] == (
+        "You already subscribe to the Basic plan. "
+        "To change plans, use Manage subscription (the Stripe customer portal)."
+    )
