@@ -249,15 +249,19 @@ def add_counter(engine: Engine, user_id: int, metric: str, amount: int) -> None:
 
 
 def totals(engine: Engine, user_ids: list[int] | None = None) -> dict[str, int]:
-    """Event count, event sum, counter sum and daily rows' sum (optionally for some
-    users only)."""
+    """Count and sum of the events not cancelled, counter sum and daily rows' sum
+    (optionally for some users only)."""
     where = ""
     params: dict[str, Any] = {}
     if user_ids is not None:
         where = " WHERE user_id IN (" + ",".join(str(int(u)) for u in user_ids) + ")"
     with engine.connect() as conn:
         count, total = conn.execute(
-            sa.text(f"SELECT count(*), coalesce(sum(quantity), 0) FROM usage_event{where}"),
+            sa.text(
+                "SELECT count(*), coalesce(sum(quantity), 0) FROM usage_event"
+                + (f"{where} AND" if where else " WHERE")
+                + " canceled_at IS NULL"
+            ),
             params,
         ).one()
         counter = conn.execute(

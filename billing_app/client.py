@@ -1,12 +1,12 @@
-"""A typed Python client for the billing service API (service keys: record, consume, check,
-and read a user's usage and quotas).
+"""A typed Python client for the billing service API (service keys: record, consume, cancel,
+check, and read a user's usage and quotas).
 
 Imports only the standard library and httpx, so a service can import or vendor this one
 file without the server's dependencies. Runs on Python 3.9 and later.
 
     with BillingClient("https://billing.example.com", api_key) as billing:
         billing.consume(user_id, "scraping_tasks", 1, idempotency_key=f"job-{job.id}")
-        ...  # the work
+        ...  # the work (if it fails: billing.cancel(user_id, f"job-{job.id}") gives it back)
         billing.record(user_id, "tokens", tokens_used, metadata={"model": "gpt-4"})
         left = billing.usage(user_id).metric("tokens").remaining  # None when unlimited
 
@@ -45,6 +45,7 @@ __all__ = [
     "BatchResult",
     "BillingAPIError",
     "BillingClient",
+    "CancelResult",
     "CheckResult",
     "Conflict",
     "DailyUsage",
@@ -89,6 +90,7 @@ class UsageEvent:
     recorded_at: datetime
     idempotency_key: str
     metadata: dict[str, Any] | None
+    canceled_at: datetime | None = None  # set once cancelled: no longer counted
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,25 @@ class RecordResult:
     # The key was stored before this call: this call counted nothing. Never for a key the
     # client made: a retry that finds its own lost attempt's event counted it (this call).
     duplicate: bool
+    over_limit: bool
+    metric: str
+    used: int
+    limit: int  # 0 means unlimited
+    unlimited: bool
+    remaining: int | None
+    percent: float
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """The answer to cancel: the event (no longer counted) and the metric's quota status
+    after the cancel, in the event's period."""
+
+    event: UsageEvent
+    # Cancelled before this call (or by this call's own attempt whose answer was lost).
+    already_canceled: bool
+    canceled_at: datetime
     over_limit: bool
     metric: str
     used: int
@@ -236,6 +257,7 @@ def _event(d: Mapping[str, Any]) -> UsageEvent:
         recorded_at=_dt(d["recorded_at"]),
         idempotency_key=d["idempotency_key"],
         metadata=d["metadata"],
+        canceled_at=_dt(d["canceled_at"]) if d.get("canceled_at") else None,
     )
 
 
@@ -245,6 +267,22 @@ def _record(d: Mapping[str, Any], *, own_key: bool = False) -> RecordResult:
     return RecordResult(
         event=_event(d["event"]),
         duplicate=d["duplicate"] and not own_key,
+        over_limit=d["over_limit"],
+        metric=d["metric"],
+        used=d["used"],
+        limit=d["limit"],
+        unlimited=d["unlimited"],
+        remaining=d["remaining"],
+        percent=d["percent"],
+        resets_at=_dt(d["resets_at"]),
+    )
+
+
+def _cancel(d: Mapping[str, Any]) -> CancelResult:
+    return CancelResult(
+        event=_event(d["event"]),
+        already_canceled=d["already_canceled"],
+        canceled_at=_dt(d["canceled_at"]),
         over_limit=d["over_limit"],
         metric=d["metric"],
         used=d["used"],
@@ -540,6 +578,14 @@ class BillingClient:
         body = _write_body(user_id, metric, quantity, idempotency_key, metadata)
         data = self._post("/api/billing/usage/consume", body, keys=[body["idempotency_key"]])
         return _record(data, own_key=idempotency_key is None)
+
+    def cancel(self, user_id: int, idempotency_key: str) -> CancelResult:
+        """Give back the units of the event recorded or consumed under `idempotency_key`
+        (its job failed). Safe to retry: cancelling again answers `already_canceled`.
+        A BillingAPIError 404 usage_event_not_found for an unknown key; Conflict 409
+        not_cancelable when its period has ended or it was recorded over 24 hours ago."""
+        body = {"user_id": user_id, "idempotency_key": idempotency_key}
+        return _cancel(self._post("/api/billing/usage/cancel", body, keys=[idempotency_key]))
 
     def check(self, user_id: int, metric: str, quantity: int = 1) -> CheckResult:
         """Would `quantity` more fit in the user's quota? Reads only."""

@@ -84,6 +84,17 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_key_reused"
 
 
+class UsageEventNotFound(NotFound):
+    code = "usage_event_not_found"
+
+
+class NotCancelable(Conflict):
+    """A usage event that can no longer be cancelled (`reason`: period_ended or
+    cancel_window_passed); nothing was written."""
+
+    code = "not_cancelable"
+
+
 class QuotaExceeded(BillingError):
     status_code = 403
     code = "quota_exceeded"

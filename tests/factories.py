@@ -59,11 +59,14 @@ def make_subscription(
 
 
 def usage_totals(s: Session, user_id: int, metric: str) -> tuple[int, int, int]:
-    """(events, sum of their quantities, counter total) for a user and metric; the days'
-    rows (what the chart reads) must add up to the counters, whatever the test."""
+    """(events not cancelled, sum of their quantities, counter total) for a user and
+    metric; the days' rows (what the chart reads) must add up to the counters, whatever
+    the test."""
     n, total = s.exec(
         select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-            UsageEvent.user_id == user_id, UsageEvent.metric == metric
+            UsageEvent.user_id == user_id,
+            UsageEvent.metric == metric,
+            UsageEvent.canceled_at.is_(None),  # type: ignore[union-attr]
         )
     ).one()
     counter = s.exec(

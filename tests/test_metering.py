@@ -25,9 +25,12 @@ from tests.factories import daily_total, make_user
 
 
 def _events(session: Session, user_id: int, metric: str = "tokens") -> tuple[int, int]:
+    """Events not cancelled, and their sum: what the counters must hold."""
     count, total = session.exec(
         select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-            UsageEvent.user_id == user_id, UsageEvent.metric == metric
+            UsageEvent.user_id == user_id,
+            UsageEvent.metric == metric,
+            UsageEvent.canceled_at.is_(None),  # type: ignore[union-attr]
         )
     ).one()
     session.rollback()

@@ -159,8 +159,8 @@ def test_0008_fills_usage_daily_from_the_events_and_drops_the_chart_index(
 
 
 def _a_subscription(eng: sa.Engine, stripe_id: str) -> None:
-    """A user, a subscription and its invoice, written as the schema before the migration
-    stores them."""
+    """A user, a subscription, its invoice and a usage event (key `k_<stripe_id>`), written
+    as the schema before the migration stores them."""
     now = "2026-11-25 12:00:00"
     with eng.begin() as conn:
         conn.exec_driver_sql(
@@ -175,6 +175,10 @@ def _a_subscription(eng: sa.Engine, stripe_id: str) -> None:
         conn.exec_driver_sql(
             "INSERT INTO invoice (stripe_invoice_id, user_id, status, amount_due, amount_paid, "
             f"currency, created_at) VALUES ('in_{stripe_id}', 1, 'open', 9900, 0, 'usd', '{now}')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO usage_event (user_id, metric, quantity, occurred_at, recorded_at, "
+            f"idempotency_key) VALUES (1, 'tokens', 5, '{now}', '{now}', 'k_{stripe_id}')"
         )
 
 
@@ -446,6 +450,7 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         ("0011", "0012", "invoice", "attempt_count", 0),
         ("0012", "0013", "invoice", "total", None),
         ("0012", "0013", "invoice", "ending_balance", None),
+        ("0013", "0014", "usage_event", "canceled_at", None),
     ],
 )
 def test_a_new_column_keeps_the_rows_both_ways(
@@ -453,8 +458,9 @@ def test_a_new_column_keeps_the_rows_both_ways(
 ):
     """Existing rows stay, the new column `value` until their next event (0010: the plan's
     rule; 0011: the stepping guess; 0012: no failed attempts known; 0013: amounts read as
-    before, paid else due); downgrade drops the column and keeps the rows."""
-    key = f"stripe_{table}_id"
+    before, paid else due; 0014: events stay counted); downgrade drops the column and keeps
+    the rows."""
+    key = "idempotency_key" if table == "usage_event" else f"stripe_{table}_id"
     url = empty_database_url
     alembic(url, "upgrade", before)
     eng = db.create_db_engine(url)
@@ -464,7 +470,7 @@ def test_a_new_column_keeps_the_rows_both_ways(
 
     try:
         _a_subscription(eng, "sub_r")
-        stored = "sub_r" if table == "subscription" else "in_sub_r"
+        stored = {"subscription": "sub_r", "usage_event": "k_sub_r"}.get(table, "in_sub_r")
         eng.dispose()
         alembic(url, "upgrade", revision)
         assert column in columns()
@@ -485,6 +491,6 @@ def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0013" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0014" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

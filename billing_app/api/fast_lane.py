@@ -155,6 +155,10 @@ async def _check(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Respo
     return await _reads.run(routes.check_quota, p, body)
 
 
+async def _cancel(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Response:
+    return await _blocking(routes.cancel_usage, p, body)
+
+
 async def _batch(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Response:
     return await _blocking(
         routes.record_batch,
@@ -166,12 +170,13 @@ async def _batch(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Respon
 
 
 # path -> (request body model, handler); usage writes go to the group-commit writer,
-# reads to the lane's read thread, batches to the thread pool.
+# reads to the lane's read thread, batches and cancels to the thread pool.
 ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
     "/api/billing/usage": (s.UsageIn, _usage),
     "/api/billing/usage/consume": (s.ConsumeIn, _consume),
     "/api/billing/quota/check": (s.CheckIn, _check),
     "/api/billing/usage/batch": (s.BatchIn, _batch),
+    "/api/billing/usage/cancel": (s.CancelIn, _cancel),
 }
 
 

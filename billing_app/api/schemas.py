@@ -184,6 +184,13 @@ class BatchIn(BodyIn):
     events: list[BatchEventIn] = Field(min_length=1, max_length=1000)
 
 
+class CancelIn(BodyIn):
+    user_id: UserIdIn = None
+    idempotency_key: str = Field(
+        min_length=1, max_length=255, description="The key the event was recorded or consumed with"
+    )
+
+
 class EventOut(BaseModel):
     id: int
     user_id: int
@@ -193,11 +200,30 @@ class EventOut(BaseModel):
     recorded_at: datetime
     idempotency_key: str
     metadata: dict[str, Any] | None
+    canceled_at: datetime | None = Field(
+        default=None, description="When it was cancelled (no longer counted); null: counted"
+    )
 
 
 class RecordOut(BaseModel):
     event: EventOut
     duplicate: bool
+    over_limit: bool
+    metric: str
+    used: int
+    limit: int
+    unlimited: bool
+    remaining: int | None
+    percent: float
+    resets_at: datetime
+
+
+class CancelOut(BaseModel):
+    """The cancelled event and its metric after the cancel (in the event's period)."""
+
+    event: EventOut
+    already_canceled: bool = Field(description="Cancelled by an earlier call; nothing changed now")
+    canceled_at: datetime
     over_limit: bool
     metric: str
     used: int

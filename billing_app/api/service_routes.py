@@ -26,7 +26,7 @@ from billing_app.clock import iso
 from billing_app.db import read_connection, read_session, session_scope
 from billing_app.errors import ValidationFailed, batch_event_error
 from billing_app.services import metering, metering_batch, users
-from billing_app.services.dto import Principal, RecordResult
+from billing_app.services.dto import CancelResult, Principal, RecordResult
 from billing_app.services.usage_writer import writer
 
 router = APIRouter(
@@ -65,6 +65,7 @@ def record_out(r: RecordResult, iso: dict[datetime, str] | None = None) -> dict[
             "recorded_at": recorded,
             "idempotency_key": ev.idempotency_key,
             "metadata": ev.metadata,
+            "canceled_at": None if ev.canceled_at is None else _iso(iso, ev.canceled_at),
         },
         "duplicate": r.duplicate,
         "over_limit": r.over_limit,
@@ -143,6 +144,24 @@ def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
             "reason": r.reason,
         }
     )
+
+
+def cancel_usage(p: Principal, body: s.CancelIn) -> JSONResponse:
+    """Blocking: cancels the event stored under the key, in its own transaction."""
+    require_scope(p, "usage:write")
+    user_id = resolve_user_id(p, body.user_id)
+    with session_scope() as session:
+        result = metering.cancel(session, user_id, body.idempotency_key)
+    return FastJSONResponse(cancel_out(result))
+
+
+def cancel_out(r: CancelResult) -> dict[str, Any]:
+    """CancelOut as plain JSON types: the record answer's fields, and the cancel's."""
+    out = record_out(RecordResult(r.event, False, r.over_limit, r.status))
+    del out["duplicate"]
+    out["already_canceled"] = r.already_canceled
+    out["canceled_at"] = out["event"]["canceled_at"]
+    return out
 
 
 def wants_minimal(prefer: str | None) -> bool:
@@ -255,6 +274,26 @@ def post_usage_batch(
 def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
     """Would `quantity` more fit in the user's quota? Reads only."""
     return check_quota(_caller(request), body)
+
+
+@router.post(
+    "/usage/cancel",
+    response_model=s.CancelOut,
+    responses={
+        200: {"model": s.CancelOut, "description": "Cancelled now, or before (`already_canceled`)"},
+        404: {"model": s.ErrorResponse, "description": "No event with this key for the user"},
+        409: {
+            "model": s.ErrorResponse,
+            "description": "`not_cancelable`: its period has ended, or it was recorded more "
+            f"than {metering.CANCEL_WINDOW.total_seconds() / 3600:g} hours ago",
+        },
+    },
+)
+def cancel_usage_event(body: s.CancelIn, request: Request) -> JSONResponse:
+    """Cancel a recorded or consumed event by its idempotency key (a job that failed gives
+    its units back): its quantity leaves the counters, the event is kept (a retry of its
+    write stays a duplicate). Again: 200 with `already_canceled`."""
+    return cancel_usage(_caller(request), body)
 
 
 @router.post("/usage/consume", status_code=201, response_model=s.RecordOut, responses=_CREATED)

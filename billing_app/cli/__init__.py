@@ -232,6 +232,21 @@ def usage_record(user_ref: str, metric: str, quantity: int, idempotency_key: str
     _print(record_out(result))
 
 
+@usage.command("cancel")
+@click.option("--user", "user_ref", required=True, help="User email or id")
+@click.option("--key", "idempotency_key", required=True, help="The event's idempotency key")
+def usage_cancel(user_ref: str, idempotency_key: str) -> None:
+    """Cancel a usage event by its idempotency key: its quantity leaves the counters.
+    Prints what POST /api/billing/usage/cancel answers (`already_canceled` when it was)."""
+    from billing_app.api.service_routes import cancel_out
+    from billing_app.db import session_scope
+    from billing_app.services import metering
+
+    with session_scope() as session:
+        result = metering.cancel(session, _resolve_user(session, user_ref), idempotency_key)
+    _print(cancel_out(result))
+
+
 @usage.command("summary")
 @click.option("--user", "user_ref", required=True, help="User email or id")
 def usage_summary(user_ref: str) -> None:

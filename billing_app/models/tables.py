@@ -121,7 +121,7 @@ class QuotaAudit(SQLModel, table=True):
 
 
 class UsageEvent(SQLModel, table=True):
-    """Append-only record of metered work.
+    """Append-only record of metered work (a cancel marks a row, never deletes it).
 
     `user_id` has no foreign key: a trigger deletes a deleted user's events, and every
     write looks its users up in its own transaction (migration 0006 says why and how)."""
@@ -136,6 +136,9 @@ class UsageEvent(SQLModel, table=True):
     recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
     idempotency_key: str = Field(max_length=255)
     meta: dict | None = Field(default=None, sa_column=sa.Column("metadata", JSONType))
+    # Set by a cancel (metering.cancel): the row stays so a retry of its write is still a
+    # duplicate, and its quantity is no longer in the counters (migration 0014).
+    canceled_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 
     __table_args__ = (
         sa.UniqueConstraint("user_id", "idempotency_key", name="uq_usage_event_user_key"),

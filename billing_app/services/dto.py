@@ -59,6 +59,7 @@ class UsageEventDTO(DTO):
     recorded_at: datetime
     idempotency_key: str
     metadata: dict[str, Any] | None
+    canceled_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +81,17 @@ class MeterStatus(DTO):
 class RecordResult(DTO):
     event: UsageEventDTO
     duplicate: bool
+    over_limit: bool
+    status: MeterStatus
+
+
+@dataclass(frozen=True)
+class CancelResult(DTO):
+    """A cancelled event (`already_canceled`: by an earlier call) and its metric's quota
+    status after the cancel, in the event's period."""
+
+    event: UsageEventDTO
+    already_canceled: bool
     over_limit: bool
     status: MeterStatus
 

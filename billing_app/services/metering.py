@@ -33,8 +33,10 @@ from billing_app.errors import (
     BillingError,
     IdempotencyConflict,
     InvalidQuantity,
+    NotCancelable,
     QuotaExceeded,
     UnknownMetric,
+    UsageEventNotFound,
     UserNotFound,
     ValidationFailed,
 )
@@ -44,6 +46,7 @@ from billing_app.pg_arrays import int4_array, int8_array, text_array
 from billing_app.plans import get_catalog
 from billing_app.services import quotas
 from billing_app.services.dto import (
+    CancelResult,
     CheckResult,
     DailyUsage,
     MeterStatus,
@@ -66,11 +69,15 @@ MAX_METADATA_DEPTH = 32
 _META_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 # Events may arrive a little early from a service whose clock runs ahead.
 FUTURE_SKEW = timedelta(minutes=5)
+# How long after it was recorded an event may be cancelled (Stripe's meter event
+# adjustments allow 24 h): a cancel is for a job that failed, not for rewriting history.
+CANCEL_WINDOW = timedelta(hours=24)
 
 _events = UsageEvent.__table__  # type: ignore[attr-defined]
 _counters = UsageCounter.__table__  # type: ignore[attr-defined]
 _quotas = Quota.__table__  # type: ignore[attr-defined]
 _users = User.__table__  # type: ignore[attr-defined]
+_daily = UsageDaily.__table__  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- validation
@@ -245,6 +252,41 @@ class _Statements:
                 day_used=c.day_used - sa.bindparam("b_used", type_=sa.BigInteger()),
             )
             .returning(c.used)
+        )
+        # A cancel's statements: each one conditional UPDATE that never goes below zero
+        # (`x_` names: an UPDATE reserves its columns' names for its SET values).
+        q = sa.bindparam("x_quantity", type_=sa.BigInteger())
+        counter = (
+            c.user_id == sa.bindparam("x_user_id"),
+            c.metric == sa.bindparam("x_metric"),
+            c.period_start == sa.bindparam("x_period_start", type_=c.period_start.type),
+        )
+        day = sa.bindparam("x_day", type_=c.day.type)
+        self.cancel_used = (
+            sa.update(_counters).where(*counter, c.used >= q).values(used=c.used - q)
+        ).returning(c.used)
+        self.cancel_day_used = (
+            sa.update(_counters)
+            .where(*counter, c.day == day, c.day_used >= q)
+            .values(day_used=c.day_used - q)
+        )
+        d = _daily.c
+        self.cancel_daily = (
+            sa.update(_daily)
+            .where(
+                d.user_id == sa.bindparam("x_user_id"),
+                d.metric == sa.bindparam("x_metric"),
+                d.period_start == sa.bindparam("x_period_start", type_=d.period_start.type),
+                d.day == day,
+                d.quantity >= q,
+            )
+            .values(quantity=d.quantity - q)
+        )
+        self.claim = (
+            sa.update(_events)
+            .where(e.id == sa.bindparam("x_id"), e.canceled_at.is_(None))
+            .values(canceled_at=sa.bindparam("x_canceled_at", type_=e.canceled_at.type))
+            .returning(e.id)
         )
 
     def consume_each(
@@ -630,6 +672,7 @@ def _event_dto(row: Any) -> UsageEventDTO:
         recorded_at=as_utc(row.recorded_at),
         idempotency_key=row.idempotency_key,
         metadata=row._mapping["metadata"],
+        canceled_at=None if row.canceled_at is None else as_utc(row.canceled_at),
     )
 
 
@@ -1153,6 +1196,123 @@ def consume(
     return write_one(session, write)
 
 
+class _LostRace(Exception):
+    """A cancel's conditional update found nothing to change: decided again from a fresh read."""
+
+
+def cancel(session: Session, user_id: int, idempotency_key: str) -> CancelResult:
+    """Cancel the user's event stored under `idempotency_key`, exactly once: the row is
+    marked (kept, so a retry of its write stays a duplicate) and its quantity taken off
+    its period's counter and its day's part, in one transaction.
+
+    A second cancel answers the same event with `already_canceled`. Refused, with nothing
+    written: an unknown key (UsageEventNotFound), an event whose period has ended or that
+    was recorded more than CANCEL_WINDOW ago (NotCancelable).
+    """
+    user_id = _validate_user_id(user_id)
+    if idempotency_key is None:
+        raise ValidationFailed("idempotency_key is required.", field="idempotency_key")
+    key = _validate_key(idempotency_key)
+    try:
+        for _ in range(_CANCEL_PASSES - 1):
+            try:
+                result = _cancel_once(session, user_id, key)
+                break
+            except _LostRace:  # a concurrent cancel took it first: read it again
+                session.rollback()
+        else:
+            result = _cancel_once(session, user_id, key, last=True)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return result
+
+
+# A lost race means another cancel committed, so the next pass reads it as cancelled;
+# only a counter that no longer holds the event fails every pass.
+_CANCEL_PASSES = 3
+
+
+def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False) -> CancelResult:
+    st, conn = _stmts(session)  # SQLite: BEGIN IMMEDIATE, so this read is the writer's
+    now = utcnow()
+    row = conn.execute(st.first_event, {"user_id": user_id, "idempotency_key": key}).first()
+    if row is None:
+        raise UsageEventNotFound(
+            f"No usage event with idempotency key {key!r} for this user.", idempotency_key=key
+        )
+    event = _event_dto(row)
+    period = period_for(session, user_id, event.occurred_at)
+    params = {"user_id": user_id, "metric": event.metric, "period_start": period.start}
+    if event.canceled_at is None:
+        if now - event.recorded_at > CANCEL_WINDOW:
+            raise NotCancelable(
+                f"Usage event {key!r} was recorded more than "
+                f"{CANCEL_WINDOW.total_seconds() / 3600:g} hours ago; it can no longer be "
+                "cancelled.",
+                idempotency_key=key,
+                reason="cancel_window_passed",
+            )
+        if period.end <= now:
+            raise NotCancelable(
+                f"Usage event {key!r} counts in a period that ended on "
+                f"{period.end.date().isoformat()}; it can no longer be cancelled.",
+                idempotency_key=key,
+                reason="period_ended",
+            )
+        x = {f"x_{k}": v for k, v in params.items()}
+        x["x_quantity"] = event.quantity
+        # The counter first (the lock order of the writes): a concurrent cancel of this
+        # event waits here, then finds it claimed below and rolls back.
+        if conn.execute(st.cancel_used, x).first() is None:
+            if last:
+                raise NotCancelable(
+                    f"Usage event {key!r} is no longer in its period's counter.",
+                    idempotency_key=key,
+                    reason="not_counted",
+                )
+            raise _LostRace
+        claimed = conn.execute(st.claim, {"x_id": event.id, "x_canceled_at": now}).first()
+        if claimed is None:
+            if last:
+                raise NotCancelable(
+                    f"Usage event {key!r} is being cancelled by another request; retry.",
+                    idempotency_key=key,
+                    reason="busy",
+                )
+            raise _LostRace
+        # Its day: the counter's latest day when it is that day and holds it, else the
+        # day's row (a closed day, or a write dated another day).
+        x["x_day"] = event.occurred_at.date()
+        if (
+            conn.execute(st.cancel_day_used, x).rowcount == 0
+            and conn.execute(st.cancel_daily, x).rowcount == 0
+        ):
+            raise NotCancelable(
+                f"Usage event {key!r} is no longer in its day's usage.",
+                idempotency_key=key,
+                reason="not_counted",
+            )
+        event.canceled_at = now
+        already = False
+    else:
+        already = True
+    found = conn.execute(st.limit_and_used, params).first()
+    if found is None:  # its user was deleted meanwhile (with its events)
+        raise UsageEventNotFound(
+            f"No usage event with idempotency key {key!r} for this user.", idempotency_key=key
+        )
+    limit = get_catalog()["free"].limit_for(event.metric) if found[0] is None else found[0]
+    used = found[1] or 0
+    return CancelResult(
+        event=event,
+        already_canceled=already,
+        over_limit=limit > 0 and used > limit,
+        status=_status(event.metric, used, limit, period),
+    )
+
+
 def _reason(metric: str, limit: int, used: int, quantity: int, period: Period) -> str:
     m = METRICS[metric]
     resets = period.end.date().isoformat()
@@ -1266,8 +1426,10 @@ def current_period(session: Session, user_id: int) -> Period:
 
 
 __all__ = [
+    "CANCEL_WINDOW",
     "Period",
     "calendar_month",
+    "cancel",
     "check",
     "consume",
     "current_period",

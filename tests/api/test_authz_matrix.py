@@ -46,7 +46,9 @@ SERVICE_ENDPOINTS = [
     ("POST", "/api/billing/quota/check", {"user_id": "{b}", "metric": "tokens", "quantity": 1}),
     ("POST", "/api/billing/usage/consume", {"user_id": "{b}", "metric": "tokens", "quantity": 1}),
 ]
-ALL = USER_ENDPOINTS + ADMIN_ENDPOINTS + SERVICE_ENDPOINTS
+# A service write too, but of an event that must exist: its own tests are test_usage_cancel.
+CANCEL = [("POST", "/api/billing/usage/cancel", {"user_id": "{b}", "idempotency_key": "k"})]
+ALL = USER_ENDPOINTS + ADMIN_ENDPOINTS + SERVICE_ENDPOINTS + CANCEL
 
 
 def _fill(value, ids):
@@ -108,7 +110,9 @@ def test_admins_pass(actors, method, path, body):
     assert r.status_code in (200, 201), r.text
 
 
-@pytest.mark.parametrize(("method", "path", "body"), SERVICE_ENDPOINTS, ids=_ids(SERVICE_ENDPOINTS))
+@pytest.mark.parametrize(
+    ("method", "path", "body"), SERVICE_ENDPOINTS + CANCEL, ids=_ids(SERVICE_ENDPOINTS + CANCEL)
+)
 @pytest.mark.parametrize("who", ["cookie", "user_key"])
 def test_user_a_cannot_act_for_user_b(actors, method, path, body, who):
     client = actors.cookie_client(actors.a) if who == "cookie" else actors.key_client(actors.a_key)
@@ -327,6 +331,7 @@ SCOPED_ROUTES = [
         "usage:write",
     ),
     ("POST", "/api/billing/usage/consume", {"metric": "tokens", "quantity": 1}, "a", "usage:write"),
+    ("POST", "/api/billing/usage/cancel", {"idempotency_key": "k"}, "a", "usage:write"),
     ("POST", "/api/billing/quota/check", {"metric": "tokens", "quantity": 1}, "a", "usage:read"),
 ]
 # Endpoints that take no credentials (or Stripe's signature): outside the scope rule.
@@ -339,8 +344,13 @@ PUBLIC_ROUTES = {
     ("POST", "/api/billing/webhook"),
 }
 # What an allowed call answers here (no Stripe is reachable in this test: checkout
-# gets as far as calling it; alice has no billing account for the portal yet).
-ALLOWED_STATUS = {"/api/billing/checkout": 502, "/api/billing/portal": 409}
+# gets as far as calling it; alice has no billing account for the portal yet, nor an
+# event to cancel).
+ALLOWED_STATUS = {
+    "/api/billing/checkout": 502,
+    "/api/billing/portal": 409,
+    "/api/billing/usage/cancel": 404,
+}
 KEY_KINDS = ["unscoped", "usage:read", "usage:write"]
 
 

@@ -678,7 +678,9 @@ def test_the_client_runs_on_python_39s_standard_library(actors, live_server, mon
         assert out.recorded == 2 and out.results is not None
         assert c.usage(a, history=True).metric("tokens").used == 9
         assert c.quotas(a).metric("tokens").limit == 100_000
-    assert _totals(a) == (3, 9, 9)
+        gone = c.cancel(a, "py39")
+        assert gone.used == 4 and gone.canceled_at.tzinfo is not None
+    assert _totals(a) == (2, 4, 4)
 
 
 def test_backoff_is_capped_exponential_with_jitter():

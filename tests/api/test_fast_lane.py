@@ -21,7 +21,8 @@ from billing_app.services import api_keys, metering
 from tests.api.conftest import ORIGIN
 
 # Both sides write to the same users, so counter values differ by what the other wrote.
-VOLATILE = {"id", "recorded_at", "occurred_at", "idempotency_key", "used", "remaining", "percent"}
+VOLATILE = {"id", "recorded_at", "occurred_at", "canceled_at", "idempotency_key", "used",
+            "remaining", "percent"}  # fmt: skip
 
 
 def _shape(value: Any) -> Any:
@@ -76,6 +77,7 @@ def test_lane_and_routes_answer_alike(actors, pair):
     svc = pair(actors.service_key)
     a, b = actors.a.id, actors.b.id
     usage = "/api/billing/usage"
+    cancel = "/api/billing/usage/cancel"
     cases: list[tuple[str, str, Any, int]] = [
         ("record", usage, {"user_id": a, "metric": "tokens", "quantity": 5,
                            "idempotency_key": "k1", "metadata": {"m": 1}}, 201),
@@ -97,6 +99,11 @@ def test_lane_and_routes_answer_alike(actors, pair):
                                                    "quantity": 1, "idempotency_key": "c1"}, 201),
         ("over limit", "/api/billing/usage/consume", {"user_id": b, "metric": "scraping_tasks",
                                                       "quantity": 10**6}, 403),
+        ("cancel", cancel, {"user_id": b, "idempotency_key": "c1"}, 200),
+        ("cancel again", cancel, {"user_id": b, "idempotency_key": "c1"}, 200),
+        ("cancel unknown", cancel, json.dumps({"user_id": b, "idempotency_key": "no"}).encode(),
+         404),
+        ("cancel without key", cancel, {"user_id": b}, 422),
         ("batch", "/api/billing/usage/batch", {"events": [
             {"user_id": a, "metric": "api_calls", "quantity": 1, "idempotency_key": "b1"},
             {"user_id": b, "metric": "api_calls", "quantity": 2, "idempotency_key": "b2"},

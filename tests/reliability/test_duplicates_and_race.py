@@ -20,11 +20,13 @@ THREADS = 32  # each its own connection; PostgreSQL here is shared with other su
 
 
 def _totals(engine, user_ids: list[int]) -> tuple[int, int, int]:
-    """Events, their sum, the counters' sum; the days' rows must add up to the counters."""
+    """Events not cancelled, their sum, the counters' sum; the days' rows must add up to
+    the counters."""
     with Session(engine) as s:
         count, total = s.exec(
             select(func.count(), func.coalesce(func.sum(UsageEvent.quantity), 0)).where(
-                UsageEvent.user_id.in_(user_ids)  # type: ignore[attr-defined]
+                UsageEvent.user_id.in_(user_ids),  # type: ignore[attr-defined]
+                UsageEvent.canceled_at.is_(None),  # type: ignore[union-attr]
             )
         ).one()
         counter = s.exec(
