@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import chain
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlmodel import Session
 from starlette.responses import StreamingResponse
 
@@ -18,6 +19,7 @@ from billing_app.db import read_session
 from billing_app.services import admin, api_keys, exports, quotas
 from billing_app.services.dto import ApiKeyDTO, UserDTO
 
+log = logging.getLogger("billing_app.api")
 router = APIRouter(prefix="/api/billing/admin", tags=["admin"], responses=s.errors(*s.COMMON, 404))
 
 
@@ -101,8 +103,54 @@ def _csv_rows(write: Callable[[Session], Iterator[str]]) -> Iterator[str]:
         yield from write(session)
 
 
+# An HTTP/1.0 download is written here first: up to this much in memory, the rest in a
+# temporary file.
+SPOOL_IN_MEMORY = 1 << 20
+
+
+def _streamed(kind: str, first: str, rest: Iterator[str]) -> Iterator[str]:
+    """The pieces, with a failure after the first (the status is sent by then) logged and
+    raised on: the server then drops the connection before the chunked body's last chunk,
+    so the client sees a failed download, never a file that merely ends early."""
+    sent = len(first)
+    yield first
+    try:
+        for piece in rest:
+            yield piece
+            sent += len(piece)
+    except Exception:
+        log.exception("%s.csv export failed after %d characters; download aborted", kind, sent)
+        raise
+
+
+def _spooled(first: str, rest: Iterator[str]) -> tuple[Iterator[bytes], int]:
+    """The whole file written before anything is sent, and its length. For HTTP/1.0,
+    where there is no chunked encoding: the body ends when the connection closes, so a
+    file cut short would look whole. A failure here is still a 503 (or 500)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    try:
+        spool.write(first.encode())
+        for piece in rest:
+            spool.write(piece.encode())
+    except BaseException:
+        spool.close()
+        raise
+    size = spool.tell()
+    spool.seek(0)
+
+    def body() -> Iterator[bytes]:
+        with spool:
+            while data := spool.read(1 << 16):
+                yield data
+
+    return body(), size
+
+
 def csv_response(
-    kind: str, write: Callable[[Session], Iterator[str]], request_session: Session
+    kind: str,
+    write: Callable[[Session], Iterator[str]],
+    request_session: Session,
+    request: Request,
 ) -> CSVResponse:
     """The CSV that `write` streams from a session of its own, as the attachment
     `<kind>-<UTC date>.csv`.
@@ -112,22 +160,26 @@ def csv_response(
     after the response; on SQLite a write transaction holds the write lock. (Reading the
     signed-in user back after auth's rollback begins one.) The first chunk is read here,
     before the status is sent: a refused filter is a 422 and a database down a 503, not
-    a 200 cut short."""
+    a 200 cut short. A failure after it aborts the download (_streamed)."""
     request_session.close()
     rows = _csv_rows(write)
     first = next(rows)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{exports.filename(kind)}"',
+        "Cache-Control": "no-store",
+    }
+    if request.scope.get("http_version") == "1.0":
+        body, size = _spooled(first, rows)
+        headers["Content-Length"] = str(size)
+        return CSVResponse(body, media_type="text/csv; charset=utf-8", headers=headers)
     return CSVResponse(
-        chain([first], rows),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": f'attachment; filename="{exports.filename(kind)}"',
-            "Cache-Control": "no-store",
-        },
+        _streamed(kind, first, rows), media_type="text/csv; charset=utf-8", headers=headers
     )
 
 
 @router.get("/users.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
 def users_csv(
+    request: Request,
     filters: admin.UserFilters = Depends(user_filters),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
@@ -136,7 +188,9 @@ def users_csv(
     email, name, role, plan, status, period_end, cancels_at, joined, then `<metric>_used`
     and `<metric>_limit` per metric (`unlimited` for no limit). Times ISO 8601 UTC; text
     that could start a spreadsheet formula is prefixed with a single quote."""
-    return csv_response("users", lambda export: exports.users_csv(export, filters), session)
+    return csv_response(
+        "users", lambda export: exports.users_csv(export, filters), session, request
+    )
 
 
 @router.get("/stats", response_model=s.StatsOut)
@@ -185,6 +239,7 @@ def invoices(
 
 @router.get("/invoices.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
 def invoices_csv(
+    request: Request,
     status: str | None = Query(default=None, max_length=32),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
@@ -195,7 +250,7 @@ def invoices_csv(
     and credited_to_balance (decimal amounts of that currency), created, period_start, period_end,
     hosted_invoice_url, invoice_pdf."""
     return csv_response(
-        "invoices", lambda export: exports.invoices_csv(export, status=status), session
+        "invoices", lambda export: exports.invoices_csv(export, status=status), session, request
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import threading
@@ -31,12 +32,17 @@ INVOICE_HEADER = [
 ]  # fmt: skip
 
 
-def parse(text: str) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(text, newline="")))
+def decoded(body: bytes | str) -> str:
+    """The file's text as a spreadsheet reads it: UTF-8 with its byte order mark dropped."""
+    return (body if isinstance(body, bytes) else body.encode()).decode("utf-8-sig")
 
 
-def records(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text, newline="")))
+def parse(body: bytes | str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(decoded(body), newline="")))
+
+
+def records(body: bytes | str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(decoded(body), newline="")))
 
 
 def _sub(user_id: int, plan: str, status: str, **fields) -> None:
@@ -62,7 +68,7 @@ def test_users_csv_columns_and_values(frozen_clock, actors):  # everyone joins a
     assert r.headers["content-type"] == "text/csv; charset=utf-8"
     assert r.headers["content-disposition"] == 'attachment; filename="users-2026-11-15.csv"'
     assert r.text.endswith("\r\n")
-    rows = parse(r.text)
+    rows = parse(r.content)
     assert rows[0] == USER_HEADER
     joined = "2026-11-15T12:00:00Z"
     assert rows[1:] == [
@@ -119,7 +125,7 @@ def test_users_csv_filters_and_sorts_as_the_list(actors, frozen_clock, params):
     assert listed.status_code == 200, listed.text
     r = c.get(USERS, params=params)
     assert r.status_code == 200, r.text
-    exported = [(int(row["id"]), row["email"]) for row in records(r.text)]
+    exported = [(int(row["id"]), row["email"]) for row in records(r.content)]
     assert exported == [(u["id"], u["email"]) for u in listed.json()["items"]]
     assert len(exported) == listed.json()["total"]
 
@@ -133,7 +139,7 @@ def test_users_csv_filters_pick_the_right_rows(actors, frozen_clock):
     def emails(**params):
         r = c.get(USERS, params=params)
         assert r.status_code == 200, r.text
-        return [row["email"] for row in records(r.text)]
+        return [row["email"] for row in records(r.content)]
 
     assert emails(q="@acme") == ["carol@acme.com"]
     assert emails(plan="pro") == ["alice@example.com"]
@@ -141,7 +147,7 @@ def test_users_csv_filters_pick_the_right_rows(actors, frozen_clock):
         "root@example.com", "carol@acme.com", "bob@example.com"
     ]  # fmt: skip
     assert emails(q="nobody") == []
-    assert parse(c.get(USERS, params={"q": "nobody"}).text) == [USER_HEADER]
+    assert parse(c.get(USERS, params={"q": "nobody"}).content) == [USER_HEADER]
 
 
 def test_a_refused_filter_is_422_not_a_file(actors):
@@ -168,7 +174,7 @@ def test_users_csv_has_every_row_not_one_page(session, actors):
     session.rollback()
     r = actors.cookie_client(actors.admin).get(USERS)
     assert r.status_code == 200, r.text
-    assert [(int(row["id"]), row["email"]) for row in records(r.text)] == [
+    assert [(int(row["id"]), row["email"]) for row in records(r.content)] == [
         tuple(row) for row in ordered
     ]
     # The text comes a chunk of rows at a time, each piece whole lines.
@@ -197,17 +203,17 @@ def test_text_that_could_start_a_formula_is_quoted(actors, client, frozen_clock)
         )  # fmt: skip
         s.commit()
     c = actors.cookie_client(actors.admin)
-    by_email = {row["email"]: row for row in records(c.get(USERS).text)}
+    by_email = {row["email"]: row for row in records(c.get(USERS).content)}
     quoted_email = "'" + evil.lower()  # emails are stored lower-cased
     assert by_email[quoted_email]["name"] == "'+1-555-0100"
     assert [by_email[f"n{i}@example.com"]["name"] for i in range(len(names))] == [
         "'-2+3", "'@SUM(A1:A9)", "'\tTAB", "'\rCR", "plain - name", "'quoted"
     ]  # fmt: skip
-    (inv,) = records(c.get(INVOICES).text)
+    (inv,) = records(c.get(INVOICES).content)
     assert inv["number"] == "'=1+2" and inv["hosted_invoice_url"] == "'@http://evil.test"
     assert inv["customer_email"] == "alice@example.com"
     # Every cell of both files: none left that a spreadsheet would evaluate.
-    for text in (c.get(USERS).text, c.get(INVOICES).text):
+    for text in (c.get(USERS).content, c.get(INVOICES).content):
         for row in parse(text)[1:]:
             assert not any(v.startswith(exports.FORMULA_STARTS) for v in row), row
 
@@ -246,7 +252,7 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "text/csv; charset=utf-8"
     assert r.headers["content-disposition"] == 'attachment; filename="invoices-2026-11-15.csv"'
-    rows = parse(r.text)
+    rows = parse(r.content)
     assert rows[0] == INVOICE_HEADER
     # Rows without Stripe's total (stored before migration 0013): the total is what was
     # paid, else what is due; what remains is due less paid while open.
@@ -264,9 +270,9 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
          "2026-10-01T09:30:15Z", "2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z",
          "https://invoice.stripe.com/i/1", "https://pay.stripe.com/invoice/1/pdf"],
     ]  # fmt: skip
-    opened = records(c.get(INVOICES, params={"status": "open"}).text)
+    opened = records(c.get(INVOICES, params={"status": "open"}).content)
     assert [i["stripe_invoice_id"] for i in opened] == ["in_b", "in_2"]
-    assert parse(c.get(INVOICES, params={"status": "draft"}).text) == [INVOICE_HEADER]
+    assert parse(c.get(INVOICES, params={"status": "draft"}).content) == [INVOICE_HEADER]
 
 
 def test_exports_are_for_admins_only(actors):
@@ -363,3 +369,185 @@ def test_a_download_under_way_over_http_blocks_no_writer(actors, live_server, mo
             assert done.is_set(), "a write waited for a download"
             body += "".join(text)
     assert len(records(body)) == 103
+
+
+def test_the_file_starts_with_a_byte_order_mark_for_excel(actors, frozen_clock):
+    """Excel reads a CSV without a UTF-8 byte order mark in the machine's ANSI code page:
+    "Zoë" would show as "ZoÃ«". The mark comes once, at the start; the header still says
+    utf-8, and a `utf-8-sig` reader (as spreadsheets) gets the text back as it was."""
+    with session_scope() as s:
+        zoe = make_user(s, email="zoe@example.com")
+        s.execute(sa.text('UPDATE "user" SET display_name = :n WHERE id = :i'),
+                  {"n": "Zoë Ærø 李", "i": zoe.id})  # fmt: skip
+        s.add(Invoice(stripe_invoice_id="in_zoe", user_id=zoe.id, number="Nº-1", status="paid"))
+        s.commit()
+    c = actors.cookie_client(actors.admin)
+    for url, first in ((USERS, b"id,"), (INVOICES, b"number,")):
+        r = c.get(url)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "text/csv; charset=utf-8"
+        assert r.content.startswith(codecs.BOM_UTF8 + first)
+        assert r.content.count(codecs.BOM_UTF8) == 1
+    by_email = {row["email"]: row for row in records(c.get(USERS).content)}
+    assert by_email["zoe@example.com"]["name"] == "Zoë Ærø 李"
+    assert records(c.get(INVOICES).content)[0]["number"] == "Nº-1"
+    with session_scope() as s:  # several pieces: the mark is in the first only
+        pieces = list(exports.users_csv(s, admin.UserFilters(), chunk=2))
+    assert len(pieces) == 2 and pieces[0].startswith("\ufeffid,")
+    assert not any("\ufeff" in p for p in pieces[1:])
+
+
+def _failing_after_first_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The users export's read fails as a lost database connection does, after its first
+    10 rows are written (the response is under way by then)."""
+    real = exports.users_csv
+
+    def failing(session, filters):
+        pieces = real(session, filters, chunk=10)
+        yield next(pieces)
+        raise sa.exc.OperationalError(
+            "SELECT ...", {}, Exception("server closed the connection unexpectedly")
+        )
+
+    monkeypatch.setattr(exports, "users_csv", failing)
+
+
+def _admin_token(actors, users: int = 100) -> str:
+    from billing_app.services import auth
+
+    with session_scope() as s:
+        s.add_all(User(email=f"u{i:03d}@example.com") for i in range(users))
+        s.commit()
+        return auth.new_session(s, actors.admin.id)
+
+
+def test_a_failure_mid_download_aborts_it_over_http(actors, live_server, monkeypatch, caplog):
+    """The database fails after the status and the first rows are sent: the client must
+    see a failed download (the chunked body never ends), never a file that is merely
+    shorter, and the failure is logged as the export's."""
+    import httpx
+
+    from billing_app.services import auth
+
+    _failing_after_first_piece(monkeypatch)
+    token = _admin_token(actors)
+    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        client.cookies.set(auth.SESSION_COOKIE, token)
+        with client.stream("GET", USERS) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                r.read()
+    logged = [rec for rec in caplog.records if "users.csv export failed" in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "server closed the connection" in str(logged[0].exc_info[1])
+
+
+def _http10_get(base_url: str, path: str, cookie: str) -> tuple[str, dict[str, str], bytes]:
+    """GET over HTTP/1.0 (as nginx asks its upstream by default), read to the close:
+    (status line, headers, body). HTTP/1.0 has no chunked encoding: a body without a
+    Content-Length ends where the connection does."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.0\r\nHost: {url.netloc}\r\nCookie: {cookie}\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return status, headers, body
+
+
+def test_an_http10_download_is_whole_or_an_error(actors, live_server, monkeypatch):
+    """Over HTTP/1.0 a streamed body cut short would end as cleanly as a whole one, so
+    the file is written before the status is sent and comes with its Content-Length:
+    a whole file, or the 503 the failure is, never a 200 that stops early."""
+    from billing_app.services import auth
+
+    token = _admin_token(actors)
+    cookie = f"{auth.SESSION_COOKIE}={token}"
+    status, headers, body = _http10_get(live_server.url, USERS, cookie)
+    assert status.endswith(" 200 OK"), status
+    assert headers["content-length"] == str(len(body))
+    assert headers["content-type"] == "text/csv; charset=utf-8"
+    assert len(records(body)) == 103
+
+    _failing_after_first_piece(monkeypatch)
+    status, headers, body = _http10_get(live_server.url, USERS, cookie)
+    assert status.endswith(" 503 Service Unavailable"), (status, body[:200])
+    assert headers["content-type"] == "application/json"
+    assert b"u000@example.com" not in body
+
+
+@pytest.mark.parametrize("reset", ["calendar_month", "billing_period"])
+def test_every_users_row_says_what_the_list_says(actors, frozen_clock, monkeypatch, reset):
+    """The export reads the list's rows in one statement (its plan, status, cancel date,
+    usage and limits joined in SQL): for every kind of subscription, two subscriptions of
+    one user, an override and a billing-period counter, each row says what the list's
+    row for the user says."""
+    from datetime import timedelta
+
+    from billing_app import plans
+    from billing_app.settings import get_settings
+
+    if reset == "billing_period":
+        monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"reset": "billing_period"}}')
+        plans.get_catalog.cache_clear()
+        get_settings.cache_clear()
+    now = frozen_clock.now
+    dec1, dec10 = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 10, tzinfo=UTC)
+    states = [  # status, plan, fields
+        ("active", "pro", {"cancel_at": dec10, "current_period_end": dec1}),
+        ("active", "basic", {"cancel_at_period_end": True, "current_period_end": dec1}),
+        ("trialing", "enterprise", {"current_period_end": dec10}),
+        ("past_due", "pro", {"past_due_since": now - timedelta(days=2)}),
+        ("past_due", "basic", {"past_due_since": now - timedelta(days=30)}),
+        ("canceled", "pro", {"cancel_at_period_end": True, "current_period_end": dec1}),
+        ("incomplete", "basic", {}),
+        ("unpaid", "pro", {}),
+    ]
+    with session_scope() as s:
+        for i, (status, plan, fields) in enumerate(states):
+            u = make_user(s, email=f"s{i}@example.com")
+            make_subscription(s, u.id, plan=plan, status=status, **fields)
+            metering.record(s, u.id, "tokens", 100 + i)
+        # An older live subscription wins over a newer canceled one.
+        make_subscription(s, actors.a.id, plan="pro", status="active", sub_id="sub_old",
+                          current_period_end=dec10,
+                          created_at=now - timedelta(days=40))  # fmt: skip
+        make_subscription(s, actors.a.id, plan="basic", status="canceled", sub_id="sub_new")
+        quotas.set_override(s, actors.b.id, "tokens", 0, "pilot", actor_user_id=actors.admin.id)
+        metering.record(s, actors.a.id, "api_calls", 7)
+    c = actors.cookie_client(actors.admin)
+    listed = c.get("/api/billing/admin/users", params={"per_page": 200, "sort": "-created"})
+    assert listed.status_code == 200, listed.text
+    exported = records(c.get(USERS, params={"sort": "-created"}).content)
+    assert len(exported) == len(listed.json()["items"]) == 3 + len(states)
+    for row, item in zip(exported, listed.json()["items"], strict=True):
+        ends = item["ends_at"] and datetime.fromisoformat(item["ends_at"])
+        expected = {
+            "id": str(item["id"]),
+            "email": item["email"],
+            "plan": item["plan"],
+            "status": item["status"],
+            "cancels_at": ends.strftime("%Y-%m-%dT%H:%M:%SZ") if ends else "",
+            **{
+                f"{m['metric']}_{part}": str(value)
+                for m in item["usage"]
+                for part, value in (
+                    ("used", m["used"]),
+                    ("limit", "unlimited" if m["unlimited"] else m["limit"]),
+                )
+            },
+        }
+        assert {k: row[k] for k in expected} == expected
+    by_email = {row["email"]: row for row in exported}
+    assert by_email["alice@example.com"]["period_end"] == "2026-12-10T00:00:00Z"
+    assert by_email["s3@example.com"]["plan"] == "pro"  # past_due within the grace
+    assert by_email["s4@example.com"]["plan"] == "free"  # past it
+    assert by_email["bob@example.com"]["tokens_limit"] == "unlimited"

@@ -46,7 +46,7 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
         page.get_by_role("link", name="Export CSV").click()
     download = info.value
     assert re.fullmatch(r"users-\d{4}-\d{2}-\d{2}\.csv", download.suggested_filename)
-    with open(download.path(), newline="", encoding="utf-8") as f:
+    with open(download.path(), newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     assert [(r["email"], r["name"]) for r in rows] == [
         ("export0@csv.test", "Ann"), ("export1@csv.test", "'=1+1"), ("export2@csv.test", "Cy")
@@ -62,7 +62,7 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
     with page.expect_download() as info:
         page.get_by_role("link", name="Export CSV").click()
     assert re.fullmatch(r"invoices-\d{4}-\d{2}-\d{2}\.csv", info.value.suggested_filename)
-    with open(info.value.path(), newline="", encoding="utf-8") as f:
+    with open(info.value.path(), newline="", encoding="utf-8-sig") as f:
         invoices = list(csv.DictReader(f))
     assert [(i["number"], i["currency"], i["amount_due"]) for i in invoices] == [
         ("CSV-0001", "JPY", "1500")

@@ -186,7 +186,7 @@ def test_credits_balance_payments_and_part_payments_read_as_what_was_owed(
 
     r = http.get(receiver.url + "/api/billing/admin/invoices.csv", headers=client_of(admin.id))
     assert r.status_code == 200, r.text
-    rows = list(csv.DictReader(io.StringIO(r.text, newline="")))
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"), newline="")))
     csv_money = money[:6]
     assert [[row["number"], *(row[k] for k in csv_money)] for row in rows] == [
         ["NUM-open", "19.00", "19.00", "7.00", "12.00", "0.00", "0.00"],
