@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import reflex as rx
 
 from billing_app.components.common import (
@@ -106,6 +108,23 @@ def users_toolbar() -> rx.Component:
     )
 
 
+# The row's button that opened the user drawer carries this id, and closing the drawer
+# gives it the focus back. Reflex 0.10 keeps a ref (what rx.set_focus reaches) only for
+# a static id, and a foreach row's own id is a Var: so the static one is the opener's.
+# (A drawer root per row, its buttons Triggers, closed the drawer when the row left the
+# list.)
+OPENER_ID = "drawer-opener"
+
+
+def _drawer_opener(
+    u: AdminUserView, kind: str, button: Callable[[str | rx.Var], rx.Component]
+) -> rx.Component:
+    """The row's `kind` ("email", "details") button, built by `button(id)`. Both branches
+    are the same element, so React keeps the button (and its focus) as the id changes."""
+    own_id = f"{kind}-" + u.id.to_string()
+    return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
+
+
 def user_row(u: AdminUserView) -> rx.Component:
     return rx.table.row(
         rx.table.row_header_cell(
@@ -113,19 +132,23 @@ def user_row(u: AdminUserView) -> rx.Component:
                 rx.hstack(
                     # The email opens the drawer too: on a phone the Details column is
                     # far off to the right of a sideways-scrolling table.
-                    rx.button(
-                        # A long email is cut short (the whole one is its title and the
-                        # drawer's): it pushed the table's last columns out of sight.
-                        rx.text(u.email, weight="medium", max_width="260px", **ONE_LINE),
-                        on_click=A.open_user(u.id, "email"),
-                        title=u.email,
-                        variant="ghost",
-                        color_scheme="gray",
-                        high_contrast=True,
-                        size="2",
-                        white_space="nowrap",
-                        class_name="user-email",
-                        id="email-" + u.id.to_string(),
+                    _drawer_opener(
+                        u,
+                        "email",
+                        lambda id_: rx.button(
+                            # A long email is cut short (the whole one is its title and
+                            # the drawer's): it pushed the table's last columns out of sight.
+                            rx.text(u.email, weight="medium", max_width="260px", **ONE_LINE),
+                            on_click=A.open_user(u.id, "email"),
+                            title=u.email,
+                            variant="ghost",
+                            color_scheme="gray",
+                            high_contrast=True,
+                            size="2",
+                            white_space="nowrap",
+                            class_name="user-email",
+                            id=id_,
+                        ),
                     ),
                     rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
                     align="center",
@@ -152,13 +175,17 @@ def user_row(u: AdminUserView) -> rx.Component:
         ),
         rx.table.cell(rx.text(u.created, white_space="nowrap", color_scheme="gray")),
         rx.table.cell(
-            rx.button(
-                "Details",
-                on_click=A.open_user(u.id, "details"),
-                variant="soft",
-                size="1",
-                aria_label="Details for " + u.email,
-                id="details-" + u.id.to_string(),
+            _drawer_opener(
+                u,
+                "details",
+                lambda id_: rx.button(
+                    "Details",
+                    on_click=A.open_user(u.id, "details"),
+                    variant="soft",
+                    size="1",
+                    aria_label="Details for " + u.email,
+                    id=id_,
+                ),
             )
         ),
         align="center",
@@ -552,13 +579,12 @@ def detail_body() -> rx.Component:
 
 
 # Closing the drawer gives focus back to the row's button that opened it, or to the search
-# box when that row is gone (the list changed meanwhile). Radix returns it only to a
-# Trigger, and rx.set_focus takes a static id only (Reflex 0.10 keeps no ref for an id
-# that is a Var, as a foreach row's is).
-_FOCUS_OPENER = rx.call_script(
-    "(document.getElementById('"
-    + A.drawer_opener
-    + "') || document.getElementById('user-search'))?.focus()"
+# box when that row (the detail's user) is gone, the list changed meanwhile: Radix
+# returns it only to a Trigger, and the drawer opens from State.
+_FOCUS_OPENER = rx.cond(
+    A.users.contains(A.detail_id, field="id"),
+    rx.set_focus(OPENER_ID),
+    rx.set_focus("user-search"),
 )
 
 

@@ -139,6 +139,48 @@ def test_closing_the_drawer_gives_focus_back_to_the_button_that_opened_it(
         assert_focus_kept(page, f"closing the drawer by {close}")
 
 
+def test_closing_the_drawer_after_its_row_left_the_list_gives_focus_to_the_search(
+    page: Page, live_app: LiveApp
+) -> None:
+    """The list read again while the drawer is open (after an override) no longer holds
+    the row that opened it: closing gives focus to the search box, not to <body>."""
+    from sqlmodel import select
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import User
+    from billing_app.services import users
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:
+            if users.get_user_by_email(session, "rowgone@example.com") is None:
+                users.create_user(session, "rowgone@example.com", "Row Gone")
+        login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+        page.locator("#user-search").fill("rowgone")
+        expect(page.get_by_text("1–1 of 1")).to_be_visible()
+        page.get_by_role("button", name="Details for rowgone@example.com").focus()
+        page.keyboard.press("Enter")
+        drawer = page.locator("#user-drawer")
+        expect(drawer).to_contain_text("Row Gone")
+        page.wait_for_function("() => !!document.activeElement.closest('#user-drawer')")
+        # Meanwhile the user's email changes: the search no longer matches them.
+        with session_scope(engine) as session:
+            user = session.exec(select(User).where(User.email == "rowgone@example.com")).one()
+            user.email = "moved-away@example.com"
+            session.commit()
+        drawer.get_by_role("textbox", name="Reason").fill("Row leaves")
+        drawer.get_by_role("textbox", name="New limit").fill("55")
+        drawer.get_by_role("textbox", name="New limit").press("Enter")
+        expect(drawer).to_contain_text("Tokens limit saved.")
+        expect(page.get_by_text("No users match")).to_be_attached()
+        page.keyboard.press("Escape")
+        expect(drawer).to_have_count(0)
+        expect(page.locator("#user-search")).to_be_focused()
+        assert_focus_kept(page, "closing the drawer of a row no longer listed")
+    finally:
+        engine.dispose()
+
+
 def _walk_users(live_app: LiveApp, prefix: str, count: int) -> None:
     """`count` customers whose emails start with `prefix` (created once)."""
     from billing_app.db import create_db_engine, session_scope

@@ -324,3 +324,16 @@ def test_an_older_answer_for_the_same_user_does_not_undo_a_newer_one(
         assert [x.reason for x in st.detail_audit] == ["Trial cap"]
 
     asyncio.run(scenario())
+
+
+def test_closing_the_drawer_focuses_by_reflex_events_not_a_script() -> None:
+    """Python only, no hand-written JS: the focus goes back through rx.set_focus (to the
+    opener row's button, or to the search box), compiled, with no script string."""
+    from billing_app.pages.admin import console
+
+    compiled = str(console())
+    assert "_call_script" not in compiled
+    assert '"ref_drawer_opener"' in compiled and '"ref_user_search"' in compiled
+    # The ref the focus goes to is on the row's buttons (email and Details), and only
+    # the opener's carries it.
+    assert compiled.count("ref:ref_drawer_opener") == 2
