@@ -11,8 +11,8 @@ import pytest
 from sqlmodel import Session, select
 
 from billing_app import plans
-from billing_app.errors import QuotaExceeded
-from billing_app.models import UsageEvent
+from billing_app.errors import NotCancelable, QuotaExceeded
+from billing_app.models import UsageCounter, UsageEvent
 from billing_app.services import metering, metering_batch, stripe_sync
 from billing_app.settings import get_settings
 from tests.factories import make_user
@@ -227,3 +227,75 @@ def test_an_upgrade_to_a_billing_period_plan_starts_its_periods_at_the_renewal(
     )
     first = metering.check(session, user.id, "tokens", 1)
     assert (first.used, first.resets_at) == (0, renewed)
+
+
+# ------------------------------------------------------------------ cancelling an event
+
+
+def _replaced_at_11(session: Session, user_id: int) -> None:
+    """At 11:00 the pro subscription ends and a new one begins, its own period from then:
+    10:00 now counts in the calendar month by the subscription, but was counted in the
+    old billing period."""
+    eleven = datetime(2026, 11, 10, 11, tzinfo=UTC)
+    _webhook(session, _sub(user_id, "pro", status="canceled", ended_at=int(eleven.timestamp())),
+             eleven)  # fmt: skip
+    new = _sub(user_id, "pro", id=f"sub_h2_new_{user_id}")
+    for item in new["items"]["data"]:
+        item["current_period_start"] = int(eleven.timestamp())
+        item["current_period_end"] = int(datetime(2026, 12, 10, 11, tzinfo=UTC).timestamp())
+    _webhook(session, new, eleven)
+
+
+def test_a_cancel_takes_the_units_off_the_period_that_counted_them(
+    session, frozen_clock, monkeypatch
+):
+    """The period was worked out again from the subscription: after a new one began, that
+    named a period that never counted the event (the one before the new subscription's,
+    "ended"), and the cancel was refused with the units kept."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    frozen_clock.set(datetime(2026, 11, 10, 10, tzinfo=UTC))
+    _webhook(session, _sub(user.id, "pro"), START)
+    metering.record(session, user.id, "tokens", 5, "job")  # 10:00, the period from START
+    frozen_clock.set(datetime(2026, 11, 10, 11, 30, tzinfo=UTC))
+    _replaced_at_11(session, user.id)
+
+    out = metering.cancel(session, user.id, "job")
+    assert out.already_canceled is False
+    used = {
+        (c.period_start.astimezone(UTC), c.used)
+        for c in session.exec(select(UsageCounter).where(UsageCounter.user_id == user.id))
+    }
+    assert used == {(START, 0)}
+
+
+def test_a_cancel_on_a_day_two_periods_counted_is_refused_not_guessed(
+    session, frozen_clock, monkeypatch
+):
+    """Usage from before the subscription (the calendar month) and the event (the billing
+    period) on one day: both counters hold enough to take the event off, so which one
+    counted it is not known from them; the subscription's answer now is no better (here
+    a period that never was). Refused, nothing written."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    frozen_clock.set(datetime(2026, 11, 10, 10, tzinfo=UTC))
+    early = datetime(2026, 11, 10, 7, tzinfo=UTC)  # before START: the free month
+    metering.record(session, user.id, "tokens", 5, "early", occurred_at=early)
+    _webhook(session, _sub(user.id, "pro"), START)
+    metering.record(session, user.id, "tokens", 5, "job")  # 10:00, the period from START
+    frozen_clock.set(datetime(2026, 11, 10, 11, 30, tzinfo=UTC))
+    _replaced_at_11(session, user.id)
+
+    def counters() -> set:
+        rows = session.exec(select(UsageCounter).where(UsageCounter.user_id == user.id)).all()
+        session.rollback()
+        return {(c.period_start.astimezone(UTC), c.used) for c in rows}
+
+    before = counters()
+    assert before == {(datetime(2026, 11, 1, tzinfo=UTC), 5), (START, 5)}
+    with pytest.raises(NotCancelable) as refused:
+        metering.cancel(session, user.id, "job")
+    assert refused.value.details["reason"] == "ambiguous_period"
+    assert counters() == before
+    event = session.exec(select(UsageEvent).where(UsageEvent.idempotency_key == "job")).one()
+    assert event.canceled_at is None

@@ -288,6 +288,22 @@ class _Statements:
             .values(canceled_at=sa.bindparam("x_canceled_at", type_=e.canceled_at.type))
             .returning(e.id)
         )
+        # The periods holding at least the event's quantity on its day: the counter's
+        # latest day, or a closed day's row. Its own period is one of them.
+        own = (c.user_id == sa.bindparam("x_user_id"), c.metric == sa.bindparam("x_metric"))
+        self.cancel_periods = sa.union_all(
+            sa.select(c.period_start, c.period_end).where(*own, c.day == day, c.day_used >= q),
+            sa.select(c.period_start, c.period_end)
+            .join(
+                _daily,
+                sa.and_(
+                    d.user_id == c.user_id,
+                    d.metric == c.metric,
+                    d.period_start == c.period_start,
+                ),
+            )
+            .where(*own, d.day == day, d.quantity >= q),
+        )
 
     def consume_each(
         self, conn: sa.Connection, rows: list[dict[str, Any]]
@@ -1243,8 +1259,12 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
             f"No usage event with idempotency key {key!r} for this user.", idempotency_key=key
         )
     event = _event_dto(row)
-    period = period_for(session, user_id, event.occurred_at)
-    params = {"user_id": user_id, "metric": event.metric, "period_start": period.start}
+    x = {
+        "x_user_id": user_id,
+        "x_metric": event.metric,
+        "x_quantity": event.quantity,
+        "x_day": event.occurred_at.date(),
+    }
     if event.canceled_at is None:
         if now - event.recorded_at > CANCEL_WINDOW:
             raise NotCancelable(
@@ -1254,6 +1274,7 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
                 idempotency_key=key,
                 reason="cancel_window_passed",
             )
+        period = _counted_in(conn, st, x, key)
         if period.end <= now:
             raise NotCancelable(
                 f"Usage event {key!r} counts in a period that ended on "
@@ -1261,8 +1282,7 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
                 idempotency_key=key,
                 reason="period_ended",
             )
-        x = {f"x_{k}": v for k, v in params.items()}
-        x["x_quantity"] = event.quantity
+        x["x_period_start"] = period.start
         # The counter first (the lock order of the writes): a concurrent cancel of this
         # event waits here, then finds it claimed below and rolls back.
         if conn.execute(st.cancel_used, x).first() is None:
@@ -1284,7 +1304,6 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
             raise _LostRace
         # Its day: the counter's latest day when it is that day and holds it, else the
         # day's row (a closed day, or a write dated another day).
-        x["x_day"] = event.occurred_at.date()
         if (
             conn.execute(st.cancel_day_used, x).rowcount == 0
             and conn.execute(st.cancel_daily, x).rowcount == 0
@@ -1297,7 +1316,9 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
         event.canceled_at = now
         already = False
     else:
-        already = True
+        already = True  # what its metric's period shows now
+        period = period_for(session, user_id, event.occurred_at)
+    params = {"user_id": user_id, "metric": event.metric, "period_start": period.start}
     found = conn.execute(st.limit_and_used, params).first()
     if found is None:  # its user was deleted meanwhile (with its events)
         raise UsageEventNotFound(
@@ -1311,6 +1332,29 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
         over_limit=limit > 0 and used > limit,
         status=_status(event.metric, used, limit, period),
     )
+
+
+def _counted_in(conn: sa.Connection, st: _Statements, x: dict[str, Any], key: str) -> Period:
+    """The period the event was counted in, from where its day's usage is: working it out
+    again from the subscription could name another one (a subscription that began since,
+    a reset rule that changed at a renewal). Two periods holding enough on that day (the
+    day the plan changed) cannot be told apart: refused rather than guessed."""
+    found = {(as_utc(start), as_utc(end)) for start, end in conn.execute(st.cancel_periods, x)}
+    if not found:
+        raise NotCancelable(
+            f"Usage event {key!r} is no longer in its day's usage.",
+            idempotency_key=key,
+            reason="not_counted",
+        )
+    if len(found) > 1:
+        raise NotCancelable(
+            f"Usage event {key!r} falls on a day two usage periods share (the plan changed "
+            "that day), so which one counted it is not known; it cannot be cancelled.",
+            idempotency_key=key,
+            reason="ambiguous_period",
+        )
+    (start, end) = found.pop()
+    return Period(start, end)
 
 
 def _reason(metric: str, limit: int, used: int, quantity: int, period: Period) -> str:
