@@ -94,13 +94,10 @@ class UsageEvent:
 
 
 @dataclass(frozen=True)
-class RecordResult:
-    """The answer to record or consume: the event and the metric's quota status now."""
+class _EventAndMetric:
+    """An event, and its metric's quota status after the call."""
 
     event: UsageEvent
-    # The key was stored before this call: this call counted nothing. Never for a key the
-    # client made: a retry that finds its own lost attempt's event counted it (this call).
-    duplicate: bool
     over_limit: bool
     metric: str
     used: int
@@ -112,22 +109,22 @@ class RecordResult:
 
 
 @dataclass(frozen=True)
-class CancelResult:
+class RecordResult(_EventAndMetric):
+    """The answer to record or consume: the event and the metric's quota status now."""
+
+    # The key was stored before this call: this call counted nothing. Never for a key the
+    # client made: a retry that finds its own lost attempt's event counted it (this call).
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class CancelResult(_EventAndMetric):
     """The answer to cancel: the event (no longer counted) and the metric's quota status
     after the cancel, in the event's period."""
 
-    event: UsageEvent
     # Cancelled before this call (or by this call's own attempt whose answer was lost).
     already_canceled: bool
     canceled_at: datetime
-    over_limit: bool
-    metric: str
-    used: int
-    limit: int  # 0 means unlimited
-    unlimited: bool
-    remaining: int | None
-    percent: float
-    resets_at: datetime
 
 
 @dataclass(frozen=True)
@@ -264,34 +261,29 @@ def _event(d: Mapping[str, Any]) -> UsageEvent:
 def _record(d: Mapping[str, Any], *, own_key: bool = False) -> RecordResult:
     """`own_key`: the client made the event's key, so the server's `duplicate` can only be
     this call's own earlier attempt, whose answer was lost."""
-    return RecordResult(
-        event=_event(d["event"]),
-        duplicate=d["duplicate"] and not own_key,
-        over_limit=d["over_limit"],
-        metric=d["metric"],
-        used=d["used"],
-        limit=d["limit"],
-        unlimited=d["unlimited"],
-        remaining=d["remaining"],
-        percent=d["percent"],
-        resets_at=_dt(d["resets_at"]),
-    )
+    return RecordResult(duplicate=d["duplicate"] and not own_key, **_event_and_metric(d))
 
 
 def _cancel(d: Mapping[str, Any]) -> CancelResult:
     return CancelResult(
-        event=_event(d["event"]),
         already_canceled=d["already_canceled"],
         canceled_at=_dt(d["canceled_at"]),
-        over_limit=d["over_limit"],
-        metric=d["metric"],
-        used=d["used"],
-        limit=d["limit"],
-        unlimited=d["unlimited"],
-        remaining=d["remaining"],
-        percent=d["percent"],
-        resets_at=_dt(d["resets_at"]),
+        **_event_and_metric(d),
     )
+
+
+def _event_and_metric(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "event": _event(d["event"]),
+        "over_limit": d["over_limit"],
+        "metric": d["metric"],
+        "used": d["used"],
+        "limit": d["limit"],
+        "unlimited": d["unlimited"],
+        "remaining": d["remaining"],
+        "percent": d["percent"],
+        "resets_at": _dt(d["resets_at"]),
+    }
 
 
 def _check(d: Mapping[str, Any]) -> CheckResult:

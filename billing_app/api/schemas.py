@@ -205,9 +205,10 @@ class EventOut(BaseModel):
     )
 
 
-class RecordOut(BaseModel):
+class _EventAndMetric(BaseModel):
+    """An event, and its metric's quota status after the call."""
+
     event: EventOut
-    duplicate: bool
     over_limit: bool
     metric: str
     used: int
@@ -218,20 +219,15 @@ class RecordOut(BaseModel):
     resets_at: datetime
 
 
-class CancelOut(BaseModel):
+class RecordOut(_EventAndMetric):
+    duplicate: bool
+
+
+class CancelOut(_EventAndMetric):
     """The cancelled event and its metric after the cancel (in the event's period)."""
 
-    event: EventOut
     already_canceled: bool = Field(description="Cancelled by an earlier call; nothing changed now")
     canceled_at: datetime
-    over_limit: bool
-    metric: str
-    used: int
-    limit: int
-    unlimited: bool
-    remaining: int | None
-    percent: float
-    resets_at: datetime
 
 
 class BatchOut(BaseModel):
