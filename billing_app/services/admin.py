@@ -115,17 +115,16 @@ def _current(counter: Any, now: Any) -> list[Any]:
     ]
 
 
-def _users_query(f: UserFilters, now: Any, *, current: bool = False) -> tuple[Any, Any, Any]:
+def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
     """(count, ordered rows) statements for the users the filters match: one definition
     for the list's pages and the CSV export. Rows: id, email, display_name, role,
-    created_at. Third, the current subscriptions' derived table (current_table) when
-    joined: when the filters need it, or `current`."""
+    created_at."""
     filters: list[Any] = []
     if f.q:
         pattern = f"%{_escape_like(f.q)}%" if f.q.startswith("@") else f"{_escape_like(f.q)}%"
         filters.append(col(User.email).like(pattern, escape="\\"))
     cur = None
-    if current or f.status is not None or f.plan is not None:
+    if f.status is not None or f.plan is not None:
         cur = subscriptions.current_table()
         if f.status is not None:
             filters.append(sa.func.coalesce(cur.c.status, "none") == f.status)
@@ -157,7 +156,7 @@ def _users_query(f: UserFilters, now: Any, *, current: bool = False) -> tuple[An
         stmt = stmt.order_by(order, col(User.id).desc() if desc else col(User.id).asc())
     else:
         stmt = stmt.order_by(col(User.email).desc() if desc else col(User.email).asc())
-    return total, stmt, cur
+    return total, stmt
 
 
 def _user_rows(session: Session, rows: list[Any], now: Any) -> list[tuple[AdminUserRow, Any]]:
@@ -227,7 +226,7 @@ def list_users(
     page = max(1, int(page))
     per_page = min(max(1, int(per_page)), MAX_PER_PAGE)
     now = utcnow()
-    total_stmt, stmt, _cur = _users_query(filters or UserFilters(), now)
+    total_stmt, stmt = _users_query(filters or UserFilters(), now)
     total = session.exec(total_stmt).one()
     rows = list(session.exec(stmt.offset((page - 1) * per_page).limit(per_page)).all())
     items = [row for row, _sub in _user_rows(session, rows, now)]
@@ -256,7 +255,7 @@ def iter_users(
     transaction), so memory stays that of one chunk however many users match. Reads on
     in the caller's transaction and leaves it open: the caller ends it."""
     now = utcnow()
-    _total, stmt, _cur = _users_query(filters, now)
+    _total, stmt = _users_query(filters, now)
     catalog = get_catalog()
     free = catalog["free"]
     columns = [User.id, User.email, User.display_name, User.role, joined(User.created_at)]
