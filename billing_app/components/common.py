@@ -149,6 +149,18 @@ def pager(text: Any, page: Any, pages: Any, on_prev: Any, on_next: Any, name: st
     )
 
 
+def held(busy: Any, mine: Any) -> dict[str, Any]:
+    """Props for a button that starts slow work (Stripe): while any such work runs it reads
+    and looks disabled (aria-disabled), yet keeps the keyboard's focus, which `disabled`
+    (and Radix's `loading`) drop to <body>, so a refusal left the keyboard at the page's
+    top. Its handler ignores a press meanwhile. `mine`: this button's own work."""
+    return {
+        "custom_attrs": {"aria-disabled": busy, "aria-busy": mine},
+        "opacity": rx.cond(busy, "0.6", "1"),
+        "cursor": rx.cond(busy, "progress", "pointer"),
+    }
+
+
 def empty(icon: str, title: str, text: str) -> rx.Component:
     return rx.center(
         rx.vstack(

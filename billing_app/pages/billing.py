@@ -8,6 +8,7 @@ from reflex.vars.function import ArgsFunctionOperation
 from billing_app.components.common import (
     card,
     empty,
+    held,
     invoice_table,
     load_error,
     meter,
@@ -84,11 +85,12 @@ def notices() -> rx.Component:
                         S.sub.grace_text,
                     ),
                     rx.button(
+                        rx.cond(S.busy == "portal", rx.spinner(size="1")),
                         "Fix payment",
                         on_click=S.manage_subscription,
-                        loading=S.busy == "portal",
                         color_scheme="amber",
                         size="2",
+                        **held(S.busy != "", S.busy == "portal"),
                     ),
                     justify="between",
                     align="center",
@@ -165,14 +167,14 @@ def plan_summary() -> rx.Component:
         rx.cond(
             S.sub.is_subscriber,
             rx.button(
-                rx.icon("settings", size=16),
+                rx.cond(S.busy == "portal", rx.spinner(size="2"), rx.icon("settings", size=16)),
                 "Manage subscription",
                 on_click=S.manage_subscription,
-                loading=S.busy == "portal",
                 variant="soft",
                 size="3",
                 width="100%",
                 id="manage-subscription",
+                **held(S.busy != "", S.busy == "portal"),
             ),
             # One element (a link styled as the button beside it), so one Tab stop.
             rx.button(
@@ -306,14 +308,15 @@ def plan_card(p: PlanView) -> rx.Component:
             ),
             rx.spacer(),
             rx.button(
+                rx.cond(S.busy == p.key, rx.spinner(size="2")),
                 button_label,
                 on_click=S.choose_plan(p.key),
-                disabled=p.is_current | (S.busy != ""),
-                loading=S.busy == p.key,
+                disabled=p.is_current,
                 variant=rx.cond(p.highlight, "solid", "outline"),
                 size="3",
                 width="100%",
                 id="choose-" + p.key,
+                **held(S.busy != "", S.busy == p.key),
             ),
             spacing="4",
             height="100%",

@@ -61,6 +61,9 @@ def test_no_second_checkout_while_the_first_payment_awaits_its_webhook(
             time.sleep(0.25)
         assert "/checkout/" not in page.url, "a second Checkout opened for a paying customer"
         expect(page.get_by_role("alert")).to_contain_text("already")
+        # The keyboard is still where it was: a button disabled while busy dropped it to
+        # <body>, so after the refusal a keyboard user started again from the top.
+        assert page.evaluate("document.activeElement.id") == "choose-basic"
     finally:
         httpx.post(f"{sandbox}/_sandbox/webhooks/endpoint", data={"url": hook}, timeout=10)
         events = httpx.get(f"{sandbox}/_sandbox/events", timeout=10).json()
