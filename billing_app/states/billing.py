@@ -110,6 +110,10 @@ class BillingState(SessionState):
     # keeps checkout_notice. A reload is a new socket, so it never does, even if the
     # redirect's own load never reached us (the reload cut it off).
     _notice_socket: str = ""
+    # The Checkout Session whose notice this tab has shown: loading its return URL again
+    # (a reload before the redirect that drops the query took effect, Back to it) shows
+    # it no second time. The tab keeps its State over a reload.
+    _notice_shown_for: str = ""
     # Bumped by each page load: an older poller sees a newer generation and stops.
     _poll_gen: int = 0
     _live_load: int = 0
@@ -170,6 +174,11 @@ class BillingState(SessionState):
         if checkout is not None:
             notice = {"success": "success", "canceled": "canceled", "cancel": "canceled"}
             self.checkout_notice = notice.get(checkout, "")
+            session_id = self.router.url.query_parameters.get("session_id", "")
+            if session_id and session_id == self._notice_shown_for:
+                self.checkout_notice = ""
+            elif session_id and self.checkout_notice:
+                self._notice_shown_for = session_id
             # Shown once: drop the query (replacing the history entry), so a reload or
             # Back does not bring the banner back. The next load keeps the notice.
             self._notice_socket = self.router.session.session_id if self.checkout_notice else ""
