@@ -201,6 +201,16 @@ def _validate_user_id(user_id: Any) -> int:
 # ---------------------------------------------------------------- helpers
 
 
+def _period_key(cols: Any, prefix: str = "") -> tuple[Any, ...]:
+    """A counter's (or a day's row's) user, metric and period, as bound parameters named
+    `<prefix>user_id`, `<prefix>metric`, `<prefix>period_start`."""
+    return (
+        cols.user_id == sa.bindparam(f"{prefix}user_id"),
+        cols.metric == sa.bindparam(f"{prefix}metric"),
+        cols.period_start == sa.bindparam(f"{prefix}period_start", type_=cols.period_start.type),
+    )
+
+
 class _Statements:
     """The hot path's SQLAlchemy statements (lookups and the rare corrections), built
     once per dialect: building them per call cost more than executing them. The writes
@@ -234,18 +244,10 @@ class _Statements:
             )
             .where(_users.c.id == sa.bindparam("user_id"))
         )
-        self.used = sa.select(c.used).where(
-            c.user_id == sa.bindparam("user_id"),
-            c.metric == sa.bindparam("metric"),
-            c.period_start == sa.bindparam("period_start", type_=c.period_start.type),
-        )
+        self.used = sa.select(c.used).where(*_period_key(c))
         self.unbump = (
             sa.update(_counters)
-            .where(
-                c.user_id == sa.bindparam("b_user_id"),
-                c.metric == sa.bindparam("b_metric"),
-                c.period_start == sa.bindparam("b_period_start", type_=c.period_start.type),
-            )
+            .where(*_period_key(c, "b_"))
             .values(
                 used=c.used - sa.bindparam("b_used", type_=sa.BigInteger()),
                 # the bump being given back was today's, in this transaction
@@ -256,11 +258,7 @@ class _Statements:
         # A cancel's statements: each one conditional UPDATE that never goes below zero
         # (`x_` names: an UPDATE reserves its columns' names for its SET values).
         q = sa.bindparam("x_quantity", type_=sa.BigInteger())
-        counter = (
-            c.user_id == sa.bindparam("x_user_id"),
-            c.metric == sa.bindparam("x_metric"),
-            c.period_start == sa.bindparam("x_period_start", type_=c.period_start.type),
-        )
+        counter = _period_key(c, "x_")
         day = sa.bindparam("x_day", type_=c.day.type)
         self.cancel_used = (
             sa.update(_counters).where(*counter, c.used >= q).values(used=c.used - q)
@@ -273,13 +271,7 @@ class _Statements:
         d = _daily.c
         self.cancel_daily = (
             sa.update(_daily)
-            .where(
-                d.user_id == sa.bindparam("x_user_id"),
-                d.metric == sa.bindparam("x_metric"),
-                d.period_start == sa.bindparam("x_period_start", type_=d.period_start.type),
-                d.day == day,
-                d.quantity >= q,
-            )
+            .where(*_period_key(d, "x_"), d.day == day, d.quantity >= q)
             .values(quantity=d.quantity - q)
         )
         self.claim = (
