@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import stripe
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from stripe_sandbox import SandboxServer
 
@@ -54,3 +54,29 @@ def test_checkout_and_portal_in_a_browser(
     # New subscriptions are flexible: the cancel set cancel_at and the resume cleared it.
     assert (subs[0].billing_mode.type, subs[0].cancel_at_period_end) == ("flexible", False)
     assert subs[0].cancel_at is None
+
+
+def test_back_to_a_paid_checkout_says_it_is_complete(
+    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
+) -> None:
+    """Back from the success page to the Checkout: the server's page again, saying it is
+    complete with the way on, not the browser's kept copy of the card form."""
+    customer = new_customer(client)
+    session = client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "line_items": [{"price": "price_sandbox_basic"}],
+            "success_url": sandbox.url + "/?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": sandbox.url + "/",
+        }
+    )
+    page.goto(session.url)
+    page.fill("#card-number", "4242 4242 4242 4242")
+    page.click("#pay")
+    page.wait_for_url(f"**/?session_id={session.id}")
+    page.go_back()
+    expect(page.locator("#message-title")).to_have_text("This checkout session is already complete")
+    expect(page.locator("#card-number")).to_have_count(0)
+    page.click("#continue")
+    page.wait_for_url(f"**/?session_id={session.id}")
