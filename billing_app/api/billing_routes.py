@@ -4,10 +4,10 @@ and quota reads that services share with them.
 The read-only ones need `usage:read` from a scoped key; checkout and portal take
 `current_user`, which refuses any scoped key.
 
-GET /usage and /quota read one user's: a service key names the user in `?user_id=`,
-a session or user key reads its own (`user_id` omitted or its own id; another user's
-is 403): `deps.usage_subject`, which the fast lane shares. Subscription and invoices
-act only for the caller's own user (`reading_user`), never an id from the request.
+The reads (GET /usage, /quota, /subscription, /invoices) answer for one user: a
+service key names the user in `?user_id=`, a session or user key reads its own
+(`user_id` omitted or its own id; another user's is 403): `deps.usage_subject`, which
+the fast lane shares.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from billing_app.api import schemas as s
 from billing_app.api.deps import (
     current_user,
     db_session,
-    reading_user,
     usage_caller,
     usage_subject,
 )
 from billing_app.db import read_session
 from billing_app.errors import ValidationFailed
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
-from billing_app.services import billing, metering, quotas, subscriptions
+from billing_app.services import billing, metering, quotas, subscriptions, users
 from billing_app.services.dto import DTO, Page, Principal, UserDTO
 from billing_app.services.invoices import list_invoices
 from billing_app.services.subscriptions import current_subscription, plan_key_for
@@ -36,7 +35,7 @@ from billing_app.services.subscriptions import current_subscription, plan_key_fo
 router = APIRouter(prefix="/api/billing", tags=["billing"], responses=s.errors(*s.COMMON))
 
 _USER_ID_DOC = (
-    "Whose usage and quotas: required with a service key, which reads any user's (404 "
+    "Whose: required with a service key, which reads any user's (404 "
     "`user_not_found` for an unknown one). A session or a user's key reads its own "
     "user's: omit it or give its own id; another user's id is 403."
 )
@@ -101,12 +100,18 @@ def portal(
     return {"url": billing.create_portal_session(session, user.id)}
 
 
-@router.get("/subscription", response_model=s.SubscriptionOut)
+@router.get("/subscription", response_model=s.SubscriptionOut, responses=_UNKNOWN_USER)
 def subscription(
-    user: UserDTO = Depends(reading_user), session: Session = Depends(db_session)
+    user_id: UserIdQuery = None,
+    p: Principal = Depends(usage_caller),
+    session: Session = Depends(db_session),
 ) -> dict[str, Any]:
-    plan = get_catalog()[plan_key_for(current_subscription(session, user.id))]
-    sub = as_dict(subscriptions.get_subscription_dto(session, user.id))
+    """The plan and current subscription of the caller's own user or, with a service
+    key, of the user `user_id` names."""
+    uid = usage_subject(p, user_id)
+    users.get_user(session, uid)  # 404 for an unknown user
+    plan = get_catalog()[plan_key_for(current_subscription(session, uid))]
+    sub = as_dict(subscriptions.get_subscription_dto(session, uid))
     session.rollback()
     return {"plan": plan.key, "plan_name": plan.name, "subscription": sub}
 
@@ -155,19 +160,23 @@ def usage_summary(user_id: int, history: bool) -> dict[str, Any]:
     return out
 
 
-@router.get("/invoices", response_model=s.InvoicePage)
+@router.get("/invoices", response_model=s.InvoicePage, responses=_UNKNOWN_USER)
 def invoices(
     status: str | None = Query(default=None, max_length=32),
     page: int = Query(default=1, ge=1, le=100_000),
     per_page: int = Query(default=20, ge=1, le=100),
-    user: UserDTO = Depends(reading_user),
+    user_id: UserIdQuery = None,
+    p: Principal = Depends(usage_caller),
     session: Session = Depends(db_session),
 ) -> dict[str, Any]:
-    """The signed-in user's invoices, newest first."""
+    """The invoices of the caller's own user or, with a service key, of the user
+    `user_id` names; newest first, drafts left out."""
+    uid = usage_subject(p, user_id)
+    users.get_user(session, uid)  # 404 for an unknown user
     return page_out(
         invoices_page(
             session,
-            user_id=user.id,
+            user_id=uid,
             status=status,
             page=page,
             per_page=per_page,

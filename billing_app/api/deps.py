@@ -146,24 +146,10 @@ def _user_of(p: Principal) -> UserDTO:
     return p.user
 
 
-def usage_reader(p: Principal) -> UserDTO:
-    """The user whose subscription or invoices `p` may read: a session, or that user's
-    key if unscoped or holding `usage:read` (usage and quotas: `usage_subject`)."""
-    user = _user_of(p)
-    api_keys.check_scope(p, "usage:read")
-    return user
-
-
-async def reading_user(p: Principal = Depends(principal)) -> UserDTO:
-    """For the user's read-only endpoints that act only for the caller's own user
-    (subscription, invoices)."""
-    return usage_reader(p)
-
-
 async def usage_caller(p: Principal = Depends(principal)) -> Principal:
-    """For GET /usage and /quota: a caller that may read usage (a session, an unscoped
-    key, or a key holding `usage:read`), service keys included. Checked here, before the
-    query is validated, as `reading_user` does; whose usage: `usage_subject`."""
+    """For the reads (GET /usage, /quota, /subscription, /invoices): a caller that may
+    read (a session, an unscoped key, or a key holding `usage:read`), service keys
+    included. Checked here, before the query is validated; whose: `usage_subject`."""
     api_keys.check_scope(p, "usage:read")
     return p
 

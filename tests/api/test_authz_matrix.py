@@ -14,6 +14,7 @@ from billing_app.db import session_scope
 from billing_app.models import ApiKey, AuthSession, Invoice, QuotaAudit, UsageEvent, User
 from billing_app.services import api_keys, metering, quotas
 from tests.api.conftest import ORIGIN
+from tests.factories import make_subscription
 
 USER_ENDPOINTS = [
     ("POST", "/api/billing/checkout", {"plan": "pro"}),
@@ -128,9 +129,7 @@ def test_service_key_acts_for_anyone(actors, method, path, body):
     assert r.status_code in (200, 201), r.text
 
 
-USER_ONLY = [
-    e for e in USER_ENDPOINTS[2:] if e[1] not in ("/api/billing/quota", "/api/billing/usage")
-]
+USER_ONLY = [e for e in USER_ENDPOINTS if e[1] == "/api/auth/me"]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), USER_ONLY, ids=_ids(USER_ONLY))
@@ -145,24 +144,25 @@ def test_user_endpoints_are_scoped_by_the_caller_not_the_request(actors):
         s.add(Invoice(stripe_invoice_id="in_b", user_id=actors.b.id, status="paid"))
         s.commit()
     for client in (actors.cookie_client(actors.a), actors.key_client(actors.a_key)):
-        # an id smuggled in the query string is ignored by invoices: A sees only A
-        inv = client.get("/api/billing/invoices", params={"user_id": actors.b.id}).json()
-        assert inv["total"] == 0
-        # usage and quota take user_id (for service keys): another user's is refused
-        for path in ("/api/billing/usage", "/api/billing/quota"):
+        # the reads take user_id (for service keys): another user's is refused, never
+        # ignored (invoices once answered A's own for B's id)
+        for path in READS:
             r = client.get(path, params={"user_id": actors.b.id})
-            assert r.status_code == 403 and "777" not in r.text
+            assert r.status_code == 403 and "777" not in r.text and "in_b" not in r.text
         assert client.get("/api/auth/me").json()["id"] == actors.a.id
 
 
 # ------------------------------------------------------------------ who reads whose usage
 #
-# GET /usage and /quota: a service key names the user (`?user_id=`, required); a session
-# or a user's key reads its own user's (no user_id, or its own id); another user's id is
-# 403, whether or not that user exists (a user key cannot probe ids). Each case in both
-# lanes: without Origin the fast lane answers GET /usage itself; with it, FastAPI.
+# GET /usage, /quota, /subscription and /invoices: a service key names the user
+# (`?user_id=`, required); a session or a user's key reads its own user's (no user_id, or
+# its own id); another user's id is 403, whether or not that user exists (a user key
+# cannot probe ids). Each case in both lanes: without Origin the fast lane answers GET
+# /usage itself; with it, FastAPI.
 
-USAGE_READS = ["/api/billing/usage", "/api/billing/usage?history=daily", "/api/billing/quota"]
+READS = ["/api/billing/usage", "/api/billing/quota", "/api/billing/subscription",
+         "/api/billing/invoices"]  # fmt: skip
+USAGE_READS = [*READS, "/api/billing/usage?history=daily"]
 UNKNOWN_ID = 999_999
 # (caller, user_id to send: "a", "b", "unknown" or None, status, error code)
 WHO_READS_WHOSE = [
@@ -188,7 +188,14 @@ WHO_READS_WHOSE = [
 ]
 
 
-def _tokens_used(body: dict) -> int:
+def _whose(path: str, body: dict) -> int:
+    """What marks whose answer `body` is: the tokens used, A's 111 or B's 222 (usage and
+    quota); the plan's price or the invoice's amount, 111 or 222 cents, elsewhere."""
+    if "/subscription" in path:
+        return {"free": 111, "pro": 222}[body["plan"]]
+    if "/invoices" in path:
+        (invoice,) = body["items"]
+        return invoice["amount_due"]
     rows = body["quotas"] if "quotas" in body else body["metrics"]
     return next(m["used"] for m in rows if m["metric"] == "tokens")
 
@@ -204,6 +211,11 @@ def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lan
     with session_scope() as s:
         metering.record(s, actors.a.id, "tokens", 111)
         metering.record(s, actors.b.id, "tokens", 222)
+        for user, cents in ((actors.a, 111), (actors.b, 222)):
+            s.add(Invoice(stripe_invoice_id=f"in_{cents}", user_id=user.id, status="paid",
+                          amount_due=cents, currency="usd"))  # fmt: skip
+        s.commit()
+        make_subscription(s, actors.b.id, plan="pro")
         keys = {
             "service": actors.service_key,
             "a key": actors.a_key,
@@ -231,7 +243,7 @@ def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lan
     r = client.get(url)
     assert r.status_code == status, r.text
     if status == 200:
-        assert _tokens_used(r.json()) == (222 if whose == "b" else 111)
+        assert _whose(path, r.json()) == (222 if whose == "b" else 111)
         assert (r.json().get("history") is not None) == ("history" in path)
         return
     error = r.json()["error"]
@@ -272,15 +284,13 @@ def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lan
 
 def test_openapi_says_who_may_pass_user_id(api):
     paths = api.openapi()["paths"]
-    for path in ("/api/billing/usage", "/api/billing/quota"):
+    for path in READS:
         op = paths[path]["get"]
         (param,) = [p for p in op["parameters"] if p["name"] == "user_id"]
         assert param["in"] == "query" and not param["required"]
         assert "required with a service key" in param["description"]
         assert "another user's id is 403" in param["description"]
         assert "404" in op["responses"]
-    for path in ("/api/billing/subscription", "/api/billing/invoices"):  # own user only
-        assert "user_id" not in {p["name"] for p in paths[path]["get"].get("parameters", [])}
 
 
 @pytest.mark.parametrize("lane", ["fast", "fastapi"])
