@@ -400,7 +400,8 @@ class ValidationError(BillingAPIError):
 
 
 class Conflict(BillingAPIError):
-    """409: e.g. idempotency_key_reused, the key was stored with another metric or quantity."""
+    """409: e.g. idempotency_key_reused, the key was stored with other values
+    (metric, quantity or metadata)."""
 
 
 class Unavailable(BillingAPIError):
@@ -471,8 +472,11 @@ class BillingClient:
     no bound). On a request path, set it to what the caller can wait: no wait is slept
     and no attempt started past it, and each attempt's timeouts are cut to the time left.
     Those timeouts bound each connect and each read (httpx has no whole-request timeout),
-    so a server that trickles its answer, every read within them, can still hold one
-    attempt past the deadline.
+    so the answer's body is read as it arrives and the clock checked after each piece: a
+    server trickling it is cut off at the deadline (Unavailable, code "timeout"). What
+    that leaves: one read still waiting for its piece at the deadline (bounded by the
+    attempt's timeouts), and a status line and headers trickled, which only the read
+    timeout bounds.
     `max_batch_events`, `max_batch_bytes`: the most events and JSON bytes record_batch
     puts in one request (the server's limits by default; lower them for a proxy that
     allows less).
@@ -764,7 +768,7 @@ class BillingClient:
             if end is not None:  # a sleep may overrun by a little: never a timeout of 0
                 timeout = max(0.001, min(self._timeout, end - time.monotonic()))
             try:
-                response = self._http.request(
+                request = self._http.build_request(
                     method,
                     path,
                     json=body,
@@ -773,6 +777,7 @@ class BillingClient:
                     headers=headers,
                     timeout=timeout,
                 )
+                response = self._receive(request, end)
             except RETRY_ERRORS as exc:
                 why, delay = type(exc).__name__, self._delay(attempt)
                 if attempt == attempts or _past(end, delay):
@@ -807,6 +812,47 @@ class BillingClient:
             )
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _receive(self, request: httpx.Request, end: float | None) -> httpx.Response:
+        """Send one attempt and read its whole answer. With a deadline (`end`) the body is
+        read as it arrives, the clock checked after the headers and after each piece:
+        httpx's timeouts bound each read, so a server trickling its answer a byte at a
+        time would otherwise hold the call for as long as it likes. Past the deadline the
+        answer is dropped (its connection closed) as a ReadTimeout."""
+        if end is None:
+            return self._http.send(request)
+        response = self._http.send(request, stream=True)
+        if response.is_stream_consumed:  # a transport that read it already (a test's, a proxy's)
+            response.read()
+            return response
+        try:
+            pieces: list[bytes] = []
+            late = time.monotonic() >= end
+            if not late:
+                for piece in response.iter_raw():
+                    pieces.append(piece)
+                    if time.monotonic() >= end:
+                        late = True
+                        break
+            if late:
+                raise httpx.ReadTimeout(
+                    "the call's deadline passed while its answer was being read",
+                    request=request,
+                )
+        finally:
+            response.close()
+        # The answer as httpx would have read it (still encoded: decoded on reading it).
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(pieces),
+            request=request,
+            extensions={
+                k: v
+                for k, v in response.extensions.items()
+                if k in ("http_version", "reason_phrase")
+            },
+        )
 
     def _delay(self, attempt: int) -> float:
         """Capped exponential backoff with jitter: between half and all of the step."""

@@ -59,6 +59,33 @@ def test_one_transaction_gives_each_write_its_own_outcome(engine, frozen_clock):
     assert _state(engine, 999_999, "tokens") == (0, 0, 0)  # no event of the unknown user
 
 
+def test_a_repeat_in_one_group_with_other_metadata_is_a_conflict(engine, frozen_clock):
+    """Writes the group writer commits together: a key repeated within the group (its
+    first write stored in this transaction) or stored before, records and consumes."""
+    with Session(engine, expire_on_commit=False) as s:
+        a = make_user(s, plan="basic")
+        metering.record(s, a.id, "tokens", 2, idempotency_key="before", metadata={"v": 1})
+        writes = [
+            prepare_write(a.id, "tokens", 5, "r", {"v": 1}),
+            prepare_write(a.id, "tokens", 5, "r", {"v": 2}),
+            prepare_write(a.id, "tokens", 2, "before", {"v": 2}),
+            prepare_write(a.id, "tokens", 2, "before", {"v": 1}),
+        ]
+        records = metering.apply_writes(s, writes)
+        consumes = metering.apply_writes(s, [
+            prepare_write(a.id, "api_calls", 1, "c", {"v": 1}, consume=True),
+            prepare_write(a.id, "api_calls", 1, "c", None, consume=True),
+        ])  # fmt: skip
+        s.commit()
+    new, other, stored_other, stored_same = records
+    assert not new.duplicate and new.event.metadata == {"v": 1}
+    assert isinstance(other, IdempotencyConflict) and isinstance(stored_other, IdempotencyConflict)
+    assert stored_same.duplicate and stored_same.event.metadata == {"v": 1}
+    assert not consumes[0].duplicate and isinstance(consumes[1], IdempotencyConflict)
+    assert _state(engine, a.id, "tokens") == (2, 7, 7)
+    assert _state(engine, a.id, "api_calls") == (1, 1, 1)
+
+
 def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
     """Several consumes on one counter in a group (on PostgreSQL one statement that walks
     them in order from the locked row): each that still fits is granted, in order, even

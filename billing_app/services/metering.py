@@ -163,6 +163,34 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two decoded JSON values are the same JSON: objects whatever their keys'
+    order, true never 1 (Python's True == 1), and a number equal to one that went through
+    jsonb (which keeps numbers as numeric: 1.5e300 comes back as a 301-digit integer)."""
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(same_json(v, b[k]) for k, v in a.items())
+        )
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if a == b:
+            return True
+        try:  # a float and the integer jsonb made of it
+            return (type(a) is float or type(b) is float) and float(a) == float(b)
+        except OverflowError:  # an integer past float's range is no float's value
+            return False
+    return type(a) is type(b) and a == b
+
+
 def _depth(value: Any) -> int:
     """How deeply a JSON value nests, without recursion (json.dumps would raise
     RecursionError, and the JSON columns' encoder refuses 255 levels)."""
@@ -1102,6 +1130,13 @@ def _first_events(
             out[i] = IdempotencyConflict(
                 "This idempotency key was already used for a different usage event "
                 f"({first.quantity} {first.metric}).",
+                idempotency_key=w.idempotency_key,
+            )
+        elif first is not None and not same_json(first._mapping["metadata"], w.metadata):
+            # Compared in Python: the row is read anyway, and a new event's path never
+            # comes here. Absent and null are both stored as NULL; {} is stored as {}.
+            out[i] = IdempotencyConflict(
+                "This idempotency key was already used for a usage event with different metadata.",
                 idempotency_key=w.idempotency_key,
             )
         else:

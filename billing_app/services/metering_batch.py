@@ -23,7 +23,7 @@ from billing_app.errors import (
     batch_event_error,
 )
 from billing_app.services.dto import RecordResult
-from billing_app.services.metering import UsageWrite, apply_writes, prepare_write
+from billing_app.services.metering import UsageWrite, apply_writes, prepare_write, same_json
 
 MAX_BATCH = 1000
 
@@ -86,7 +86,9 @@ def check_events(
             errors.append(_bad_event(i, err.code, err.message, **err.details))
             continue
         first, prev = seen.setdefault((ev.user_id, ev.idempotency_key), (i, ev))
-        if (prev.metric, prev.quantity) != (ev.metric, ev.quantity):
+        if (prev.metric, prev.quantity) != (ev.metric, ev.quantity) or not same_json(
+            prev.metadata, ev.metadata
+        ):
             message = f"Idempotency key repeats event {first} with different values."
             errors.append(_bad_event(i, IdempotencyConflict.code, message, field="idempotency_key"))
             continue

@@ -138,8 +138,10 @@ def test_record_check_consume_against_the_real_routes(actors, live_server):
         )
         assert r.event.user_id == a and r.event.idempotency_key == "req-1"
         assert r.event.metadata == {"model": "gpt-4"} and r.event.occurred_at.tzinfo is not None
-        again = c.record(a, "tokens", 1500, idempotency_key="req-1")
+        again = c.record(a, "tokens", 1500, idempotency_key="req-1", metadata={"model": "gpt-4"})
         assert again.duplicate and again.event.id == r.event.id
+        with pytest.raises(Conflict):  # the same key without the metadata: another event
+            c.record(a, "tokens", 1500, idempotency_key="req-1")
 
         chk = c.check(a, "tokens", 98_501)
         assert (chk.allowed, chk.used, chk.remaining, chk.requested) == (
@@ -778,3 +780,81 @@ def test_a_deadline_within_the_time_lets_the_retry_through(actors, live_server):
 def test_a_deadline_that_leaves_no_time_is_refused(actors, deadline):
     with pytest.raises(ValueError, match="deadline"):
         BillingClient("http://127.0.0.1:1", actors.service_key, deadline=deadline)
+
+
+class Trickle:
+    """A tiny HTTP server on loopback that answers every request with its status line
+    and headers at once, then its body one byte every `gap` seconds: each read gets a
+    byte well within any read timeout, so only a bound on the whole call can stop it."""
+
+    def __init__(self, body: bytes, gap: float = 0.1) -> None:
+        import socket
+        import threading
+
+        self.body, self.gap = body, gap
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed by stop()
+                return
+            with conn:
+                try:
+                    self._answer(conn)
+                except OSError:  # the client gave up and closed the connection
+                    pass
+
+    def _answer(self, conn: Any) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+             if line.lower().startswith(b"content-length:")),
+            0,
+        )  # fmt: skip
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(self.body)
+        )
+        for byte in self.body:
+            if self.stopped.wait(self.gap):
+                return
+            conn.sendall(bytes([byte]))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.server.close()
+        self.thread.join(5)
+
+
+def test_a_deadline_bounds_an_answer_the_server_trickles(actors):
+    """httpx's timeouts bound each read: 0.05 s between bytes never trips the 1 s read
+    timeout, and the answer's 175 bytes would take 9 s. The deadline ends the call at
+    1 s, as the client's timeout (Unavailable, code "timeout"), without another attempt."""
+    answer = json.dumps({
+        "allowed": True, "metric": "tokens", "requested": 1, "used": 0, "limit": 100000,
+        "unlimited": False, "remaining": 100000, "resets_at": "2030-01-01T00:00:00Z",
+        "reason": None,
+    }).encode()  # fmt: skip
+    assert len(answer) == 175
+    server = Trickle(answer, gap=0.05)
+    try:
+        with BillingClient(server.url, actors.service_key, timeout=5, deadline=1.0) as c:
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                c.check(actors.a.id, "tokens")
+            took = time.monotonic() - started
+    finally:
+        server.stop()
+    assert 0.9 <= took < 1.4, took
+    assert caught.value.code == "timeout" and caught.value.attempts == 1

@@ -7,11 +7,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlmodel import select
+from starlette.testclient import TestClient
 
+from billing_app.api.app import create_api
 from billing_app.db import session_scope
 from billing_app.models import ApiKey, UsageEvent
 from billing_app.services import api_keys
-from tests.api.conftest import http
+from tests.api.conftest import ORIGIN, http
 from tests.factories import usage_totals
 
 
@@ -59,6 +61,78 @@ def test_idempotency_key_header_and_conflicts(actors):
     assert reused.status_code == 409
     assert reused.json()["error"]["code"] == "idempotency_key_reused"
     assert _totals(actors.a.id, "api_calls") == (1, 1, 1)
+
+
+def _lane_and_routes(actors) -> list[TestClient]:
+    """The fast lane (a bearer call's production path) and the bare FastAPI routes."""
+    auth = {"Authorization": f"Bearer {actors.service_key}"}
+    return [
+        actors.key_client(actors.service_key),
+        TestClient(create_api(), base_url=ORIGIN, headers=auth),
+    ]
+
+
+def test_a_repeated_key_with_other_metadata_is_refused_as_other_values_are(actors):
+    """As Stripe refuses a key reused with other parameters: record, consume and batch,
+    on both lanes, 409 idempotency_key_reused, nothing written, the first event kept."""
+    meta = {"model": "gpt-4", "n": 1}
+    for side, c in enumerate(_lane_and_routes(actors)):
+        for path in ("/api/billing/usage", "/api/billing/usage/consume"):
+            key = f"m-{side}-{path.rsplit('/', 1)[-1]}"
+            body = {"user_id": actors.a.id, "metric": "tokens", "quantity": 3,
+                    "idempotency_key": key, "metadata": meta}  # fmt: skip
+            assert c.post(path, json=body).status_code == 201
+            for other in ({"model": "gpt-5", "n": 1}, {"model": "gpt-4", "n": True}, {}, None):
+                r = c.post(path, json={**body, "metadata": other})
+                assert r.status_code == 409, (path, other, r.text)
+                assert r.json()["error"]["code"] == "idempotency_key_reused"
+            r = c.post(path, json={k: v for k, v in body.items() if k != "metadata"})
+            assert r.status_code == 409, (path, r.text)
+            batch = [{**body, "idempotency_key": f"new-{key}"}, {**body, "metadata": {"n": 1}}]
+            r = c.post("/api/billing/usage/batch", json={"events": batch})
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "idempotency_key_reused")
+            assert r.json()["error"]["index"] == 1
+    assert _totals(actors.a.id) == (4, 12, 12)
+    with session_scope() as s:
+        assert {e.meta["model"] for e in s.exec(select(UsageEvent))} == {"gpt-4"}
+
+
+def test_a_batch_repeating_a_key_with_other_metadata_is_refused_within_it(actors):
+    c = actors.key_client(actors.service_key)
+    ev = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1, "idempotency_key": "k"}
+    events = [{**ev, "metadata": {"a": 1}}, {**ev, "metadata": {"a": 2}}]
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422, r.text
+    (bad,) = r.json()["error"]["events"]
+    assert (bad["index"], bad["code"]) == (1, "idempotency_key_reused")
+    assert _totals(actors.a.id) == (0, 0, 0)
+
+
+def test_a_repeat_with_the_same_metadata_stays_a_duplicate(actors):
+    """Guard: the same JSON is the same whatever its keys' order, absent is null (both
+    stored as NULL), and numbers match after PostgreSQL's jsonb kept them as numeric
+    (1.5e300 comes back as an integer of 301 digits)."""
+    a = actors.a.id
+    meta = {"a": 1, "b": {"x": [1.5, None, True], "y": "z"}, "big": 1.5e300, "e": 1e-7,
+            "int": 12345678901234567890123}  # fmt: skip
+    shuffled = {"int": meta["int"], "e": 1e-7, "big": 1.5e300,
+                "b": {"y": "z", "x": [1.5, None, True]}, "a": 1}  # fmt: skip
+    for side, c in enumerate(_lane_and_routes(actors)):
+        for path in ("/api/billing/usage", "/api/billing/usage/consume"):
+            body = {"user_id": a, "metric": "tokens", "quantity": 2,
+                    "idempotency_key": f"same-{side}-{path}", "metadata": meta}  # fmt: skip
+            assert c.post(path, json=body).status_code == 201
+            for again in (body, {**body, "metadata": shuffled}):
+                r = c.post(path, json=again)
+                assert (r.status_code, r.json()["duplicate"]) == (200, True), r.text
+            bare = {**body, "idempotency_key": f"bare-{side}-{path}"}
+            del bare["metadata"]
+            assert c.post(path, json=bare).status_code == 201
+            r = c.post(path, json={**bare, "metadata": None})
+            assert (r.status_code, r.json()["duplicate"]) == (200, True), r.text
+            r = c.post("/api/billing/usage/batch", json={"events": [body, bare]})
+            assert (r.status_code, r.json()["duplicates"]) == (200, 2), r.text
+    assert _totals(a) == (8, 16, 16)
 
 
 def test_concurrent_repeats_count_once_over_real_http(actors, live_server):
