@@ -1,5 +1,5 @@
 """A typed Python client for the billing service API (service keys: record, consume, cancel,
-check, and read a user's usage and quotas).
+check, and read a user's usage, quotas, subscription and invoices).
 
 Imports only the standard library and httpx, so a service can import or vendor this one
 file without the server's dependencies. Runs on Python 3.9 and later.
@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -50,11 +50,15 @@ __all__ = [
     "Conflict",
     "DailyUsage",
     "Event",
+    "Invoice",
+    "InvoicePage",
     "MetricUsage",
     "QuotaExceeded",
     "QuotaStatus",
     "Quotas",
     "RecordResult",
+    "Subscription",
+    "SubscriptionStatus",
     "Unavailable",
     "Usage",
     "UsageEvent",
@@ -222,6 +226,70 @@ class Quotas:
         raise KeyError(name)
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """The user's Stripe subscription as the billing service keeps it. Money in minor
+    units of `currency`; `effective_plan` is the plan the quotas follow now ("free" once
+    canceled, or after a failed payment's grace period)."""
+
+    plan: str
+    plan_name: str
+    status: str  # Stripe's: active, trialing, past_due, canceled, ...
+    effective_plan: str
+    amount: int
+    currency: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    cancel_at: datetime | None
+    ends_at: datetime | None  # when a subscription set to cancel ends; None: it renews
+    canceled_at: datetime | None
+    past_due_since: datetime | None
+    grace_ends_at: datetime | None
+    stripe_subscription_id: str
+
+
+@dataclass(frozen=True)
+class SubscriptionStatus:
+    """The answer to subscription(): the plan the user is on and their subscription,
+    None when they never subscribed (the free plan)."""
+
+    plan: str
+    plan_name: str
+    subscription: Subscription | None
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """One of the user's invoices (drafts are not listed). Money in minor units of
+    `currency`; a negative `total` is a credit to the customer's balance."""
+
+    stripe_invoice_id: str
+    number: str | None
+    status: str  # open, paid, void, uncollectible
+    amount_due: int
+    amount_paid: int
+    amount_remaining: int
+    total: int
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class InvoicePage:
+    """One page of invoices() (newest first) and how many there are."""
+
+    items: list[Invoice]
+    total: int
+    page: int
+    per_page: int
+    pages: int
+
+
 class _EventRequired(TypedDict):
     user_id: int
     metric: str
@@ -344,6 +412,33 @@ def _quotas(d: Mapping[str, Any]) -> Quotas:
             )
             for q in d["quotas"]
         ],
+    )
+
+
+def _typed(cls: Any, d: Mapping[str, Any]) -> Any:
+    """`cls` (a result dataclass) from the answer's dict: its fields by name, the times
+    (those typed datetime) parsed."""
+    return cls(
+        **{
+            f.name: _dt(d[f.name]) if "datetime" in str(f.type) and d[f.name] else d[f.name]
+            for f in fields(cls)
+        }
+    )
+
+
+def _subscription(d: Mapping[str, Any]) -> SubscriptionStatus:
+    sub = d["subscription"]
+    return SubscriptionStatus(
+        plan=d["plan"],
+        plan_name=d["plan_name"],
+        subscription=None if sub is None else _typed(Subscription, sub),
+    )
+
+
+def _invoices(d: Mapping[str, Any]) -> InvoicePage:
+    return InvoicePage(
+        items=[_typed(Invoice, i) for i in d["items"]],
+        **{k: d[k] for k in ("total", "page", "per_page", "pages")},
     )
 
 
@@ -602,6 +697,22 @@ class BillingClient:
         """The user's limit per metric (the plan's or an admin's override: `source`) with
         this period's usage. Who may read whose: as usage()."""
         return _quotas(self._get("/api/billing/quota", {"user_id": user_id}))
+
+    def subscription(self, user_id: int) -> SubscriptionStatus:
+        """The user's plan and Stripe subscription (`subscription` None when they never
+        subscribed). Who may read whose: as usage()."""
+        return _subscription(self._get("/api/billing/subscription", {"user_id": user_id}))
+
+    def invoices(
+        self, user_id: int, *, status: str | None = None, page: int = 1, per_page: int = 20
+    ) -> InvoicePage:
+        """One page of the user's invoices, newest first (drafts are not listed);
+        `status`: only open, paid, void or uncollectible ones. Who may read whose: as
+        usage()."""
+        params: dict[str, Any] = {"user_id": user_id, "page": page, "per_page": per_page}
+        if status is not None:
+            params["status"] = status
+        return _invoices(self._get("/api/billing/invoices", params))
 
     def record_batch(
         self,

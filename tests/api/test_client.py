@@ -30,10 +30,14 @@ from billing_app.client import (
     BillingClient,
     Conflict,
     DailyUsage,
+    Invoice,
+    InvoicePage,
     MetricUsage,
     QuotaExceeded,
     Quotas,
     QuotaStatus,
+    Subscription,
+    SubscriptionStatus,
     Unavailable,
     Usage,
     ValidationError,
@@ -42,7 +46,7 @@ from billing_app.db import session_scope
 from billing_app.metrics import METRIC_KEYS
 from billing_app.services import quotas
 from tests.api.conftest import _free_port
-from tests.factories import usage_totals
+from tests.factories import make_subscription, usage_totals
 
 
 def _totals(user_id: int, metric: str = "tokens") -> tuple[int, int, int]:
@@ -250,6 +254,52 @@ def test_a_users_key_reads_only_its_own_usage(actors, live_server):
                 read(actors.b.id)
             assert (caught.value.status, caught.value.code) == (403, "forbidden")
             assert caught.value.details == {"user_id": actors.b.id}
+
+
+def test_subscription_and_invoices_of_a_user(actors, live_server):
+    """A service key reads any user's subscription and invoices, typed (times as aware
+    datetimes, money in minor units); a user's key only its own."""
+    from billing_app.models import Invoice as InvoiceRow
+
+    a, b = actors.a.id, actors.b.id
+    with session_scope() as s:
+        make_subscription(s, a, plan="basic")
+        for user_id, number, status, cents in (
+            (a, "A-1", "paid", 1900), (a, "A-2", "open", -4000), (a, "A-3", "draft", 5),
+            (b, "B-1", "paid", 7),
+        ):  # fmt: skip
+            s.add(InvoiceRow(stripe_invoice_id=f"in_{number}", user_id=user_id, number=number,
+                             status=status, amount_due=max(cents, 0), total=cents,
+                             currency="usd"))  # fmt: skip
+        s.commit()
+    with billing(live_server, actors.service_key) as c:
+        sub = c.subscription(a)
+        assert isinstance(sub, SubscriptionStatus) and (sub.plan, sub.plan_name) == (
+            "basic",
+            "Basic",
+        )
+        assert isinstance(sub.subscription, Subscription)
+        assert (sub.subscription.status, sub.subscription.effective_plan) == ("active", "basic")
+        assert sub.subscription.ends_at is None and sub.subscription.cancel_at_period_end is False
+        page = c.invoices(a, per_page=1)
+        assert isinstance(page, InvoicePage)
+        assert (page.total, page.pages, page.per_page, len(page.items)) == (2, 2, 1, 1)
+        listed = page.items + c.invoices(a, page=2, per_page=1).items
+        assert all(isinstance(i, Invoice) for i in listed)
+        assert sorted(i.number for i in listed) == ["A-1", "A-2"]  # no draft, none of B's
+        credit = next(i for i in listed if i.number == "A-2")
+        assert (credit.total, credit.amount_due, credit.currency) == (-4000, 0, "usd")
+        assert credit.created_at.tzinfo is not None and credit.period_start is None
+        assert [i.number for i in c.invoices(a, status="paid").items] == ["A-1"]
+        with pytest.raises(BillingAPIError) as caught:
+            c.subscription(2**31 - 1)
+        assert (caught.value.status, caught.value.code) == (404, "user_not_found")
+    with billing(live_server, actors.a_key) as c:
+        assert c.subscription(a).plan == "basic" and c.invoices(a).total == 2
+        for read in (c.subscription, c.invoices):
+            with pytest.raises(AuthenticationError) as caught:
+                read(b)
+            assert (caught.value.status, caught.value.code) == (403, "forbidden")
 
 
 def test_a_read_is_retried(actors, live_server):
