@@ -77,8 +77,10 @@ def new_checkout(
     customer: str,
     price: str = "price_sandbox_pro",
     billing_mode: str | None = None,
+    app: str = "http://app.test/billing",
 ) -> stripe.checkout.Session:
-    """``billing_mode``: the subscription's billing_mode[type] (None: Stripe's default)."""
+    """``billing_mode``: the subscription's billing_mode[type] (None: Stripe's default);
+    ``app``: where Checkout returns (a real server's, for a browser to follow)."""
     subscription_data: dict[str, Any] = {"metadata": {"user_id": "7"}}
     if billing_mode is not None:
         subscription_data["billing_mode"] = {"type": billing_mode}
@@ -88,8 +90,8 @@ def new_checkout(
             "customer": customer,
             "line_items": [{"price": price, "quantity": 1}],
             "client_reference_id": "user-7",
-            "success_url": "http://app.test/billing/success?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": "http://app.test/billing",
+            "success_url": app + "/success?session_id={CHECKOUT_SESSION_ID}",
+            "cancel_url": app,
             "subscription_data": subscription_data,
             "metadata": {"user_id": "7"},
             "allow_promotion_codes": True,

@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from stripe_sandbox import SandboxServer
 
-from .helpers import new_customer
+from .helpers import new_checkout, new_customer
 
 pytestmark = pytest.mark.browser
 
@@ -17,22 +17,14 @@ def test_checkout_and_portal_in_a_browser(
     client: stripe.StripeClient, sandbox: SandboxServer, page: Page
 ) -> None:
     customer = new_customer(client)
-    session = client.v1.checkout.sessions.create(
-        params={
-            "mode": "subscription",
-            "customer": customer.id,
-            "line_items": [{"price": "price_sandbox_pro"}],
-            "success_url": sandbox.url + "/?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": sandbox.url + "/",
-        }
-    )
+    session = new_checkout(client, customer.id, "price_sandbox_pro", app=sandbox.url)
     page.goto(session.url)
     page.fill("#card-number", "4000 0000 0000 0341")
     page.get_by_role("button", name="Pay").click()
     assert page.locator("#card-error").inner_text() == "Your card was declined."
     page.fill("#card-number", "4242 4242 4242 4242")
     page.click("#pay")
-    page.wait_for_url(f"**/?session_id={session.id}")
+    page.wait_for_url(f"**/success?session_id={session.id}")
 
     portal = client.v1.billing_portal.sessions.create(
         params={"customer": customer.id, "return_url": sandbox.url + "/"}
@@ -62,21 +54,13 @@ def test_back_to_a_paid_checkout_says_it_is_complete(
     """Back from the success page to the Checkout: the server's page again, saying it is
     complete with the way on, not the browser's kept copy of the card form."""
     customer = new_customer(client)
-    session = client.v1.checkout.sessions.create(
-        params={
-            "mode": "subscription",
-            "customer": customer.id,
-            "line_items": [{"price": "price_sandbox_basic"}],
-            "success_url": sandbox.url + "/?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": sandbox.url + "/",
-        }
-    )
+    session = new_checkout(client, customer.id, "price_sandbox_basic", app=sandbox.url)
     page.goto(session.url)
     page.fill("#card-number", "4242 4242 4242 4242")
     page.click("#pay")
-    page.wait_for_url(f"**/?session_id={session.id}")
+    page.wait_for_url(f"**/success?session_id={session.id}")
     page.go_back()
     expect(page.locator("#message-title")).to_have_text("This checkout session is already complete")
     expect(page.locator("#card-number")).to_have_count(0)
     page.click("#continue")
-    page.wait_for_url(f"**/?session_id={session.id}")
+    page.wait_for_url(f"**/success?session_id={session.id}")
