@@ -119,9 +119,12 @@ class Server:
         factory: bool = False,
         workers: int | None = None,
         log: Path | None = None,
+        websockets: bool = False,
         **env: str,
     ) -> None:
         self.target = target
+        # The benchmarks speak HTTP only; a page's event socket needs granian's websockets.
+        self.websockets = websockets
         self.database_url = database_url
         self.factory = factory
         self.port = port or free_port()
@@ -145,8 +148,9 @@ class Server:
             str(self.port),
             "--workers",
             str(self.workers),
-            "--no-ws",
         ]
+        if not self.websockets:
+            cmd.append("--no-ws")
         if self.factory:
             cmd.append("--factory")
         cmd.append(self.target)

@@ -18,7 +18,7 @@ from billing_app.services import admin as admin_service
 from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
 from billing_app.states import views
-from billing_app.states.live import is_newest, outage_as_error, start_load
+from billing_app.states.live import in_thread, is_newest, outage_as_error, start_load
 from billing_app.states.session import SessionState, clip
 
 USERS_PER_PAGE = 20
@@ -84,6 +84,25 @@ def load_keys() -> list[views.ApiKeyView]:
     from billing_app.services import api_keys
 
     with outage_as_error(), read_session() as session:
+        return [views.api_key_view(k) for k in api_keys.list_keys(session)]
+
+
+def create_and_list_keys(name: str, service: str) -> tuple[int, str, list[views.ApiKeyView]]:
+    """A new service key (its id and its secret, shown once) and the keys' list after it."""
+    from billing_app.services import api_keys
+
+    with outage_as_error(), session_scope() as session:
+        key, secret = api_keys.create_key(
+            session, name=name, service_name=service or None, scopes=SERVICE_SCOPES
+        )
+        return key.id or 0, secret, [views.api_key_view(k) for k in api_keys.list_keys(session)]
+
+
+def revoke_and_list_keys(key_id: int) -> list[views.ApiKeyView]:
+    from billing_app.services import api_keys
+
+    with outage_as_error(), session_scope() as session:
+        api_keys.revoke_key(session, key_id)
         return [views.api_key_view(k) for k in api_keys.list_keys(session)]
 
 
@@ -241,11 +260,11 @@ class AdminState(SessionState):
 
     # ------------------------------------------------------------ guard
 
-    def _admin(self, part: str) -> UserDTO | None:
+    async def _admin(self, part: str) -> UserDTO | None:
         """The signed-in admin, else None. While the database is down nobody is known:
         None, after its message is shown as `part`'s error (see _show_error)."""
         try:
-            user = self._current_user()
+            user = await self._current_user()
         except BillingError as err:
             self._show_error(part, err)
             return None
@@ -255,9 +274,9 @@ class AdminState(SessionState):
         self.forbidden = False
         return user
 
-    def _guard(self) -> Any:
+    async def _guard(self) -> Any:
         """None when the caller is an admin; else the event to send the browser to."""
-        user = self._current_user()
+        user = await self._current_user()
         if user is None:
             return self._login_redirect()
         self.forbidden = user.role != "admin"
@@ -266,9 +285,9 @@ class AdminState(SessionState):
     # ------------------------------------------------------------ loading
 
     @rx.event
-    def on_load(self) -> Any:
+    async def on_load(self) -> Any:
         try:
-            redirect = self._guard()
+            redirect = await self._guard()
         except BillingError as err:  # the database is down: who this is is not known
             self._show_error("page", err)
             return None
@@ -283,16 +302,16 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def refresh_all(self) -> None:
         async with self:
-            if self._admin("page") is None:
+            if await self._admin("page") is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
             inv_args = (self.invoice_status, self.invoice_page)
             loads = {part: start_load(self, part) for part in (USERS, INVOICES, KEYS)}
         try:
-            users = await rx.run_in_thread(lambda: load_users(*args))
-            stats = await rx.run_in_thread(load_stats)
-            invs = await rx.run_in_thread(lambda: load_invoices(*inv_args))
-            keys = await rx.run_in_thread(load_keys)
+            users = await in_thread(lambda: load_users(*args))
+            stats = await in_thread(load_stats)
+            invs = await in_thread(lambda: load_invoices(*inv_args))
+            keys = await in_thread(load_keys)
         except BillingError as err:
             async with self:
                 # Nothing applied: what shows stays whole, under the message.
@@ -355,14 +374,14 @@ class AdminState(SessionState):
         # Typing in the search box, each filter and each page send one: answers come back
         # in any order, and only the newest load's is shown.
         async with self:
-            if self._admin("users") is None:
+            if await self._admin("users") is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
             load = start_load(self, USERS)
         try:
-            users = await rx.run_in_thread(lambda: load_users(*args))
+            users = await in_thread(lambda: load_users(*args))
             # With the list, so the counts above it are of the same moment.
-            stats = await rx.run_in_thread(load_stats)
+            stats = await in_thread(load_stats)
         except BillingError as err:
             async with self:
                 if is_newest(self, USERS, load):
@@ -377,12 +396,12 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def reload_invoices(self) -> None:
         async with self:
-            if self._admin("invoices") is None:
+            if await self._admin("invoices") is None:
                 return
             args = (self.invoice_status, self.invoice_page)
             load = start_load(self, INVOICES)
         try:
-            invs = await rx.run_in_thread(lambda: load_invoices(*args))
+            invs = await in_thread(lambda: load_invoices(*args))
         except BillingError as err:
             async with self:
                 if is_newest(self, INVOICES, load):
@@ -458,10 +477,10 @@ class AdminState(SessionState):
     # ------------------------------------------------------------ user drawer
 
     @rx.event
-    def open_user(self, user_id: int, opener: str = "details") -> Any:
+    async def open_user(self, user_id: int, opener: str = "details") -> Any:
         """The drawer for `user_id`, from the row's Details button or (`opener="email"`)
         its email."""
-        if self._admin("users") is None:
+        if await self._admin("users") is None:
             return None
         user_id = int(user_id)
         self.drawer_opener = f"{'email' if opener == 'email' else 'details'}-{user_id}"
@@ -500,12 +519,12 @@ class AdminState(SessionState):
     @rx.event(background=True)
     async def load_detail(self) -> None:
         async with self:
-            if self._admin("drawer") is None:
+            if await self._admin("drawer") is None:
                 return
             user_id = self.detail_id
             load = start_load(self, DETAIL)
         try:
-            data = await rx.run_in_thread(lambda: load_detail(user_id))
+            data = await in_thread(lambda: load_detail(user_id))
         except BillingError as err:
             async with self:
                 if user_id == self.detail_id and is_newest(self, DETAIL, load):
@@ -540,24 +559,24 @@ class AdminState(SessionState):
         self.override_reason = clip(value, 500)
 
     @rx.event
-    def save_override(self) -> Any:
-        return self._override(clear=False)
+    async def save_override(self) -> Any:
+        return await self._override(clear=False)
 
     @rx.event
-    def submit_override(self, _form: dict[str, Any]) -> Any:
+    async def submit_override(self, _form: dict[str, Any]) -> Any:
         """Enter in the override form: what Save override does (the fields are state)."""
-        return self._override(clear=False)
+        return await self._override(clear=False)
 
     @rx.event
-    def clear_override(self) -> Any:
-        return self._override(clear=True)
+    async def clear_override(self) -> Any:
+        return await self._override(clear=True)
 
-    def _override(self, clear: bool) -> Any:
+    async def _override(self, clear: bool) -> Any:
         if not clear and self.override_saved and not self.override_limit.strip():
             # A second Enter (or click) queued behind the save, which emptied the form.
             return None
         self.override_error = self.override_saved = ""
-        admin = self._admin("drawer")
+        admin = await self._admin("drawer")
         if admin is None:
             return None
         limit: int | None = None
@@ -569,16 +588,16 @@ class AdminState(SessionState):
                 self.override_error = "Enter a whole number (0 means unlimited)."
                 return None
             limit = int(text)
-        try:
+        user_id, metric, reason = self.detail_id, self.override_metric, self.override_reason
+        actor = admin.id
+
+        def save() -> None:
+            # May wait for another admin's save of the same quota row (its lock).
             with outage_as_error(), session_scope() as session:
-                quotas.set_override(
-                    session,
-                    self.detail_id,
-                    self.override_metric,
-                    limit,
-                    self.override_reason,
-                    actor_user_id=admin.id,
-                )
+                quotas.set_override(session, user_id, metric, limit, reason, actor_user_id=actor)
+
+        try:
+            await in_thread(save)
         except BillingError as err:
             self.override_error = err.message
             return None
@@ -601,40 +620,33 @@ class AdminState(SessionState):
         self.key_service = clip(value, 200)
 
     @rx.event
-    def create_key(self) -> None:
-        self._create_key()
+    async def create_key(self) -> None:
+        await self._create_key()
 
-    def _create_key(self) -> None:
-        from billing_app.services import api_keys
-
-        if self._admin("keys") is None:
+    async def _create_key(self) -> None:
+        if await self._admin("keys") is None:
             return
         self.key_error = ""
-        service = self.key_service.strip() or self.key_name.strip()
+        name = self.key_name
+        service = self.key_service.strip() or name.strip()
         try:
-            with outage_as_error(), session_scope() as session:
-                key, secret = api_keys.create_key(
-                    session,
-                    name=self.key_name,
-                    service_name=service or None,
-                    scopes=SERVICE_SCOPES,
-                )
-                self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
-                start_load(self, KEYS)  # a page load's older list, still on its way, is dropped
+            key_id, secret, keys = await in_thread(lambda: create_and_list_keys(name, service))
         except BillingError as err:
             self.key_error = err.message
             return
+        self.keys = keys
+        start_load(self, KEYS)  # a page load's older list, still on its way, is dropped
         # Shown once; it lives only in this tab's state until dismissed or the page reloads.
         self.new_secret = secret
-        self._new_key_id = key.id or 0
+        self._new_key_id = key_id
         self.curl_example = curl_example(self.router.url.origin, secret, self.user_id)
         self.key_name = ""
         self.key_service = ""
 
     @rx.event
-    def submit_key(self, _form: dict[str, Any]) -> None:
+    async def submit_key(self, _form: dict[str, Any]) -> None:
         """Enter in the new key's fields: what Create key does (the fields are state)."""
-        self._create_key()
+        await self._create_key()
 
     @rx.event
     def dismiss_secret(self) -> Any:
@@ -647,21 +659,18 @@ class AdminState(SessionState):
         self._new_key_id = 0
 
     @rx.event
-    def revoke_key(self, key_id: int) -> Any:
-        from billing_app.services import api_keys
-
-        if self._admin("keys") is None:
+    async def revoke_key(self, key_id: int) -> Any:
+        if await self._admin("keys") is None:
             return None
         self.key_error = ""  # a previous failure's message goes, as when creating a key
+        key_id = int(key_id)
         try:
-            with outage_as_error(), session_scope() as session:
-                api_keys.revoke_key(session, int(key_id))
-                self.keys = [views.api_key_view(k) for k in api_keys.list_keys(session)]
-                start_load(self, KEYS)
+            self.keys = await in_thread(lambda: revoke_and_list_keys(key_id))
         except BillingError as err:
             self.key_error = err.message
             return None
-        if int(key_id) == self._new_key_id:  # its secret no longer works: not shown as if it did
+        start_load(self, KEYS)
+        if key_id == self._new_key_id:  # its secret no longer works: not shown as if it did
             self._dismiss_secret()
         # The Revoke button the dialog would give focus back to is gone (a badge now):
         # keep the keyboard in the panel rather than back at the top of the document.

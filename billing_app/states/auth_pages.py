@@ -52,7 +52,7 @@ class AuthFormState(SessionState):
     form_name: str = ""
 
     @rx.event
-    def on_load(self) -> rx.event.EventSpec | None:
+    async def on_load(self) -> rx.event.EventSpec | None:
         params = self.router.url.query_parameters
         signup = self.router.url.path.rstrip("/").endswith("/signup")
         self.error = error_message(
@@ -65,7 +65,7 @@ class AuthFormState(SessionState):
         if self.error:
             return None
         try:
-            user = self._current_user()
+            user = await self._current_user()
         except BillingError as err:  # the database is down: the form says so
             self.error = err.message
             return None

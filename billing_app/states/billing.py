@@ -15,7 +15,13 @@ from billing_app.metrics import METRICS
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
 from billing_app.services import invoices, metering, subscriptions
 from billing_app.states import views
-from billing_app.states.live import client_connected, is_newest, outage_as_error, start_load
+from billing_app.states.live import (
+    client_connected,
+    in_thread,
+    is_newest,
+    outage_as_error,
+    start_load,
+)
 from billing_app.states.session import SessionState, user_from_cookie
 
 log = logging.getLogger(__name__)
@@ -159,10 +165,10 @@ class BillingState(SessionState):
     # ------------------------------------------------------------ events
 
     @rx.event
-    def on_load(self) -> Any:
+    async def on_load(self) -> Any:
         """Guard, then load everything and start the live poller."""
         try:
-            user = self._current_user()
+            user = await self._current_user()
         except BillingError as err:
             # The database is down: who this is is not known yet. The poller reads again
             # each tick; its first full read takes the message away.
@@ -197,11 +203,11 @@ class BillingState(SessionState):
             page = self.invoice_page
             live_n, slow_n = start_load(self, LIVE), start_load(self, SLOW)
         try:
-            user = await rx.run_in_thread(lambda: user_from_cookie(cookie))
+            user = await in_thread(lambda: user_from_cookie(cookie))
             if user is None:
                 return
-            live = await rx.run_in_thread(lambda: load_live(user.id))
-            slow = await rx.run_in_thread(lambda: load_slow(user.id, page))
+            live = await in_thread(lambda: load_live(user.id))
+            slow = await in_thread(lambda: load_slow(user.id, page))
         except BillingError as err:
             async with self:
                 # Nothing applied: the page keeps its last answer whole, and says why. (The
@@ -242,7 +248,7 @@ class BillingState(SessionState):
                 live_n = start_load(self, LIVE)
                 slow_n = start_load(self, SLOW) if tick % SLOW_EVERY == 0 or not self.loaded else 0
             try:
-                user = await rx.run_in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
+                user = await in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
                 if user is None:
                     # Signed out meanwhile, or (a page first opened while the database was
                     # down) never known: a page not yet shown goes to sign in.
@@ -250,10 +256,10 @@ class BillingState(SessionState):
                         if gen == self._poll_gen and not self.loaded:
                             return self._login_redirect()
                     return
-                live = await rx.run_in_thread(lambda: load_live(user.id))  # noqa: B023
+                live = await in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
                 if slow_n:
-                    slow = await rx.run_in_thread(lambda: load_slow(user.id, page))  # noqa: B023
+                    slow = await in_thread(lambda: load_slow(user.id, page))  # noqa: B023
             except BillingError as err:  # the database is down: say so, and read again next tick
                 async with self:
                     if gen != self._poll_gen:
@@ -348,7 +354,7 @@ class BillingState(SessionState):
             if self.busy:
                 return None
             try:
-                user = self._current_user()
+                user = await self._current_user()
             except BillingError as err:
                 self._button_failed(err.message)
                 return None
@@ -367,7 +373,7 @@ class BillingState(SessionState):
             if self.busy:
                 return None
             try:
-                user = self._current_user()
+                user = await self._current_user()
             except BillingError as err:
                 self._button_failed(err.message)
                 return None
@@ -379,7 +385,7 @@ class BillingState(SessionState):
 
     async def _go_to_stripe(self, call: Any) -> Any:
         try:
-            url = await rx.run_in_thread(call)
+            url = await in_thread(call)
         except BillingError as err:
             async with self:
                 self._button_failed(err.message)

@@ -1,17 +1,56 @@
 """Background tasks' two questions: is the browser tab that started one still connected,
-and is the answer it brings back still the one the page wants? And how a state's database
-work fails when the database cannot be reached: as a message, like any BillingError."""
+and is the answer it brings back still the one the page wants? Where a state's database
+work runs (`in_thread`: never on the event loop), and how it fails when the database
+cannot be reached: as a message, like any BillingError."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from billing_app.db import unavailable
+from billing_app.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Threads:
+    """The pages' own threads for their database work. Reflex runs an event handler on
+    the worker's event loop, which also answers the JSON API (the fast lane) and every
+    other tab: a query there, or a save waiting on another admin's row lock, would hold
+    them all up. Not the loop's default executor either, which the fast lane's batches,
+    cancels and key lookups use (as the webhooks' threads, api/webhook.py): admins
+    waiting on a lock never take those. Half of DB_POOL_SIZE threads (at least 2)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def get(self) -> ThreadPoolExecutor:
+        if self._pid != os.getpid():  # a forked worker starts its own threads
+            size = max(2, get_settings().db_pool_size // 2)
+            self._pool = ThreadPoolExecutor(size, thread_name_prefix="pages")
+            self._pid = os.getpid()
+        assert self._pool is not None
+        return self._pool
+
+
+_threads = _Threads()
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """`fn()` (blocking: database reads and writes, Stripe) on the pages' threads, the
+    event loop free meanwhile. A handler that is not a background task keeps its tab's
+    state lock while it waits, so the tab's events still run one at a time, in order.
+    `fn` must not touch the state: it takes plain values and returns DTOs or views."""
+    return await asyncio.get_running_loop().run_in_executor(_threads.get(), fn)
 
 
 def client_connected(token: str) -> bool:

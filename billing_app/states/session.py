@@ -2,7 +2,8 @@
 
 The browser only holds the HttpOnly session cookie; Reflex sees it in the
 websocket's request headers. Nothing the browser sends in an event is trusted
-as identity: handlers call `_current_user()` again each time.
+as identity: handlers call `await self._current_user()` again each time (its lookup
+runs off the event loop, live.in_thread).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from billing_app.errors import BillingError
 from billing_app.services import auth
 from billing_app.services.auth import safe_next
 from billing_app.services.dto import UserDTO
-from billing_app.states.live import outage_as_error
+from billing_app.states.live import in_thread, outage_as_error
 
 
 def clip(value: object, limit: int) -> str:
@@ -66,11 +67,12 @@ class SessionState(rx.State):
     def user_initial(self) -> str:
         return (self.user_name or self.user_email or "?")[:1].upper()
 
-    def _current_user(self) -> UserDTO | None:
+    async def _current_user(self) -> UserDTO | None:
         """Re-derive the user from the session cookie and refresh the display vars.
         ServiceUnavailable (a BillingError) while the database is down: each handler shows
         it where it shows its own errors."""
-        user = user_from_cookie(self.router.headers.cookie)
+        cookie = self.router.headers.cookie
+        user = await in_thread(lambda: user_from_cookie(cookie))
         self._show_user(user)
         return user
 
@@ -92,19 +94,19 @@ class SessionState(rx.State):
         return rx.redirect(login_url(f"{path}?{query}" if query else path))
 
     @rx.event
-    def load_user(self) -> None:
+    async def load_user(self) -> None:
         """on_load for public pages: show who is signed in in the header. While the
         database is down the header stays as it was (these pages have no message)."""
         with suppress(BillingError):
-            self._current_user()
+            await self._current_user()
 
     @rx.event
-    def redirect_home(self) -> rx.event.EventSpec:
+    async def redirect_home(self) -> rx.event.EventSpec:
         """`/`: the dashboard when signed in, else the sign-in page (also while the database
         is down: that page says so, and once it is back, reloaded, sends a signed-in user
         on to the dashboard)."""
         try:
-            user = self._current_user()
+            user = await self._current_user()
         except BillingError:
             return rx.redirect("/login")
         if user is None:

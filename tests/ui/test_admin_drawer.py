@@ -230,7 +230,7 @@ def _two_customers(session: Session) -> tuple[AdminState, int, int]:
     quotas.set_override(session, a, "tokens", 777, "Pilot customer")
     b = make_user(session, email="second@example.com").id
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
-    st.on_load()
+    asyncio.run(st.on_load())
     st.users = admin_state.load_users("", admin_state.ALL, admin_state.ALL, "-created", 1)["rows"]
     return st, a, b
 
@@ -256,7 +256,7 @@ def test_opening_another_user_shows_nothing_of_the_previous_one_until_it_loads(
     session: Session, frozen_clock: FrozenClock
 ) -> None:
     st, a, b = _two_customers(session)
-    st.open_user(a)
+    asyncio.run(st.open_user(a))
     asyncio.run(LOAD_DETAIL(_Locked(st)))
     assert st.detail_email == "first@example.com"
     assert st.detail_sub.headline == "Pro · $99.00 / month"
@@ -264,13 +264,13 @@ def test_opening_another_user_shows_nothing_of_the_previous_one_until_it_loads(
     assert [x.reason for x in st.detail_audit] == ["Pilot customer"]
 
     # B's drawer: B's email and name from the list at once, a placeholder for the rest.
-    st.open_user(b)
+    asyncio.run(st.open_user(b))
     _shows_nothing_of_first(st)
     asyncio.run(LOAD_DETAIL(_Locked(st)))
     _shows_second(st)
 
     # Reopening the user already shown keeps their detail while it refreshes.
-    st.open_user(b)
+    asyncio.run(st.open_user(b))
     assert not st.detail_loading and st.detail_quotas
 
 
@@ -281,12 +281,12 @@ def test_a_late_answer_for_a_user_opened_before_is_dropped(
     wire = _InTransit(monkeypatch)
 
     async def scenario() -> None:
-        st.open_user(a)
+        await st.open_user(a)
         await wire.deliver(0, await wire.start(st))
         assert st.detail_email == "first@example.com"
         # A reload of A (as a saved override sends) is on its way when B is opened.
         for_a = await wire.start(st)
-        st.open_user(b)
+        await st.open_user(b)
         for_b = await wire.start(st)
         # A's answer arrives while B's is still on its way: B's drawer keeps waiting.
         await wire.deliver(1, for_a)
@@ -295,9 +295,9 @@ def test_a_late_answer_for_a_user_opened_before_is_dropped(
         _shows_second(st)
 
         # A's answer after B's: still B.
-        st.open_user(a)
+        await st.open_user(a)
         again_a = await wire.start(st)
-        st.open_user(b)
+        await st.open_user(b)
         again_b = await wire.start(st)
         await wire.deliver(4, again_b)
         await wire.deliver(3, again_a)
@@ -313,7 +313,7 @@ def test_an_older_answer_for_the_same_user_does_not_undo_a_newer_one(
     wire = _InTransit(monkeypatch)
 
     async def scenario() -> None:
-        st.open_user(b)
+        await st.open_user(b)
         before = await wire.start(st)
         # An override saved meanwhile reloads the drawer; the newer answer comes first.
         quotas.set_override(session, b, "tokens", 5_000, "Trial cap")

@@ -78,10 +78,10 @@ def test_sign_in_and_sign_up_pages_say_the_database_is_down(session: Session) ->
     for path in ("/login?next=/admin/billing", "/signup"):
         st = state_for(AuthFormState, cookie=cookie, path=path)
         with outage():
-            assert st.on_load() is None  # the form, with the message
+            assert asyncio.run(st.on_load()) is None  # the form, with the message
         assert st.error == DOWN
         # Back up: a signed-in visitor goes straight on, as always.
-        result = st.on_load()
+        result = asyncio.run(st.on_load())
         assert result is not None and st.error == ""
 
 
@@ -90,11 +90,11 @@ def test_home_sends_to_the_sign_in_page_and_the_header_stays_as_it_was(
 ) -> None:
     user = make_user(session, email="back@example.com")
     st = state_for(SessionState, cookie=cookie_for(session, user.id), path="/")
-    st.load_user()
+    asyncio.run(st.load_user())
     assert st.user_email == "back@example.com"
     with outage():
-        home = st.redirect_home()
-        st.load_user()  # the 404 page's on_load: nowhere to say it, nothing raised
+        home = asyncio.run(st.redirect_home())
+        asyncio.run(st.load_user())  # the 404 page's on_load: nowhere to say it, nothing raised
     assert "/login" in str(home.args)  # whose page says the database is down
     assert st.user_email == "back@example.com"
 
@@ -108,7 +108,7 @@ def _dashboard(session: Session) -> tuple[BillingState, UserDTO]:
                         status="paid", amount_due=1900, amount_paid=1900))  # fmt: skip
     session.commit()
     st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
-    assert len(st.on_load()) == 2
+    assert len(asyncio.run(st.on_load())) == 2
     run(REFRESH, st)
     assert st.loaded and st.error == "" and [i.number for i in st.invoices] == ["INV-1"]
     return st, user
@@ -124,7 +124,7 @@ def test_dashboard_page_load_says_the_database_is_down_and_the_poller_takes_it_a
     st, _ = _dashboard(session)
     before = shown(st)
     with outage():
-        assert st.on_load() == BillingState.poll  # reads again each tick
+        assert asyncio.run(st.on_load()) == BillingState.poll  # reads again each tick
     assert st.error == DOWN and st.loaded and shown(st) == before
 
     one_tick(monkeypatch)
@@ -143,7 +143,7 @@ def test_a_dashboard_first_opened_while_the_database_is_down_says_so_then_shows_
     user = make_user(session, email="fresh@example.com")
     st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
     with outage():
-        assert st.on_load() == BillingState.poll
+        assert asyncio.run(st.on_load()) == BillingState.poll
     assert st.error == DOWN and not st.loaded and not st.signed_in
     # The page shows the message where the spinner was.
     assert '"load-error"' in str(billing())
@@ -159,7 +159,7 @@ def test_a_tab_opened_during_the_outage_by_someone_signed_out_goes_to_sign_in(
 ) -> None:
     st = state_for(BillingState, cookie="billing_session=expired", path="/billing")
     with outage():
-        st.on_load()
+        asyncio.run(st.on_load())
     assert st.error == DOWN and not st.loaded
     one_tick(monkeypatch)
     result = run(POLL, st)
@@ -212,12 +212,12 @@ def _console(session: Session) -> tuple[AdminState, UserDTO, int]:
     customer = make_user(session, email="alice@example.com").id
     make_user(session, email="bob@example.com")
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
-    st.on_load()
+    asyncio.run(st.on_load())
     run(REFRESH_ALL, st)
-    st.open_user(customer)
+    asyncio.run(st.open_user(customer))
     run(LOAD_DETAIL, st)
     st.set_key_name("scraper-prod")
-    st.create_key()
+    asyncio.run(st.create_key())
     st.dismiss_secret()
     assert st.loaded and st.error == st.override_error == st.key_error == ""
     assert st.detail_email == "alice@example.com" and len(st.keys) == 1
@@ -233,12 +233,12 @@ def test_a_console_first_opened_while_the_database_is_down_says_so_and_tries_aga
     make_user(session, email="alice@example.com")
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
     with outage():
-        assert st.on_load() is None
+        assert asyncio.run(st.on_load()) is None
     assert st.error == DOWN and not st.loaded and not st.signed_in
     page = str(admin_page())
     assert '"load-error"' in page and '"Try again"' in page  # where the spinner was
     # Back up: Try again (the page's on_load) loads the console and takes the message away.
-    assert st.on_load() == [AdminState.refresh_all]
+    assert asyncio.run(st.on_load()) == [AdminState.refresh_all]
     run(REFRESH_ALL, st)
     assert st.loaded and st.signed_in and st.error == "" and st.total == 2
 
@@ -255,7 +255,7 @@ def test_console_loads_say_the_database_is_down_over_what_they_had(
     before = console(st)
     with outage(admin if where == "loads" else None):
         if where == "lookup":
-            assert st.on_load() is None
+            assert asyncio.run(st.on_load()) is None
             assert st.error == DOWN
             st.error = ""
         run(REFRESH_ALL, st)
@@ -320,26 +320,26 @@ def test_console_actions_say_the_database_is_down(session: Session, where: str) 
     with outage(admin if where == "loads" else None):
         st.set_override_limit("500")
         st.set_override_reason("Pilot customer")
-        assert st.save_override() is None
+        assert asyncio.run(st.save_override()) is None
         assert (st.override_error, st.override_saved) == (DOWN, "")
         st.override_error = ""
-        assert st.clear_override() is None
+        assert asyncio.run(st.clear_override()) is None
         assert st.override_error == DOWN
 
         st.set_key_name("another")
-        st.create_key()
+        asyncio.run(st.create_key())
         assert (st.key_error, st.new_secret) == (DOWN, "")
         st.key_error = ""
-        st.revoke_key(key)
+        asyncio.run(st.revoke_key(key))
         assert st.key_error == DOWN
         assert console(st) == before and not st.keys[0].revoked
 
         if where == "lookup":  # opening a user reads nothing but who is asking
             st.drawer_open = False
-            assert st.open_user(customer) is None
+            assert asyncio.run(st.open_user(customer)) is None
             assert st.error == DOWN and not st.drawer_open
 
-    st.revoke_key(key)  # back up: done, and the message goes
+    asyncio.run(st.revoke_key(key))  # back up: done, and the message goes
     assert st.key_error == "" and st.keys[0].revoked
 
 
@@ -359,11 +359,11 @@ def test_a_database_error_that_is_not_an_outage_still_raises(
 
     monkeypatch.setattr(api_keys, "secrets", SameSecrets)
     st.set_key_name("first")
-    st.create_key()
+    asyncio.run(st.create_key())
     assert st.key_error == "" and st.new_secret
     st.set_key_name("second")
     with pytest.raises(sa_exc.IntegrityError):
-        st.create_key()
+        asyncio.run(st.create_key())
     assert st.key_error == ""
 
 

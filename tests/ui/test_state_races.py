@@ -89,7 +89,7 @@ def _console(session: Session) -> AdminState:
     for email in ("alice@example.com", "albert@example.com", "bob@example.com"):
         make_user(session, email=email)
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
-    st.on_load()
+    asyncio.run(st.on_load())
     asyncio.run(REFRESH_ALL(_Locked(st)))
     assert st.loaded and st.error == ""
     return st
@@ -243,7 +243,7 @@ def test_a_page_loads_late_answer_leaves_a_newer_search_and_a_new_key(
     async def key_during_load() -> None:
         page_load = await keys_wire.start(REFRESH_ALL, st)
         st.set_key_name("scraper-prod")
-        st.create_key()
+        await st.create_key()
         await keys_wire.deliver(0, page_load)  # its list was read before the key existed
         assert [k.name for k in st.keys] == ["scraper-prod"]
 
@@ -259,7 +259,7 @@ def _dashboard(session: Session) -> tuple[BillingState, int]:
     for n in range(1, 26):
         _invoice(session, user.id, f"INV-{n}", "paid", n)
     st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
-    assert len(st.on_load()) == 2
+    assert len(asyncio.run(st.on_load())) == 2
     asyncio.run(REFRESH(_Locked(st)))
     assert st.loaded and st.invoice_pages == 3
     return st, user.id
@@ -381,7 +381,7 @@ def test_a_failed_first_load_keeps_the_spinner_until_the_poller_loads_the_page(
     user = make_user(session, email="payer@example.com")
     _invoice(session, user.id, "INV-1", "paid", 1)
     st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
-    st.on_load()
+    asyncio.run(st.on_load())
     one_tick(monkeypatch)
     wire = Wire(monkeypatch, billing_state, "load_slow")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -101,7 +102,7 @@ def test_safe_next_refuses_other_sites() -> None:
 
 def test_billing_guard_sends_signed_out_visitor_to_login(session: Session) -> None:
     st = state_for(BillingState, path="/billing?checkout=success")
-    result = st.on_load()
+    result = asyncio.run(st.on_load())
     assert not st.signed_in
     spec = result
     assert spec.handler.fn.__name__ == "_redirect" or "redirect" in str(spec)
@@ -111,14 +112,14 @@ def test_billing_guard_sends_signed_out_visitor_to_login(session: Session) -> No
 def test_billing_forged_cookie_is_not_a_user(session: Session) -> None:
     make_user(session, email="victim@example.com")
     st = state_for(BillingState, cookie=f"{auth.SESSION_COOKIE}=forged-token")
-    st.on_load()
+    asyncio.run(st.on_load())
     assert st.user_id == 0 and not st.signed_in
 
 
 def test_billing_load_for_signed_in_user(session: Session) -> None:
     user = make_user(session, email="reader@example.com")
     st = state_for(BillingState, cookie=cookie_for(session, user.id), path="/billing")
-    result = st.on_load()
+    result = asyncio.run(st.on_load())
     assert st.user_email == "reader@example.com" and st.signed_in
     assert st.checkout_notice == ""
     assert isinstance(result, list) and len(result) == 2  # refresh + live poller
@@ -151,13 +152,13 @@ def test_billing_chart_metric_setter_validates(session: Session) -> None:
 def test_admin_page_forbidden_for_non_admin(session: Session) -> None:
     user = make_user(session, email="plain@example.com")
     st = state_for(AdminState, cookie=cookie_for(session, user.id), path="/admin/billing")
-    assert st.on_load() is None
+    assert asyncio.run(st.on_load()) is None
     assert st.forbidden
     # Handlers refuse too, whatever the browser sends.
-    st.open_user(user.id)
+    asyncio.run(st.open_user(user.id))
     assert not st.drawer_open
     st.key_name = "sneaky"
-    st.create_key()
+    asyncio.run(st.create_key())
     assert st.new_secret == ""
 
 
@@ -165,40 +166,40 @@ def test_admin_override_and_api_key(session: Session) -> None:
     admin = make_user(session, email="boss@example.com", admin=True)
     target = make_user(session, email="target@example.com")
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
-    assert st.on_load() is not None and not st.forbidden
+    assert asyncio.run(st.on_load()) is not None and not st.forbidden
 
-    st.open_user(target.id)
+    asyncio.run(st.open_user(target.id))
     assert st.drawer_open and st.detail_id == target.id
     st.set_override_metric("tokens")
     st.set_override_limit("25,000")
-    st.save_override()
+    asyncio.run(st.save_override())
     assert "reason" in st.override_error.lower()
     st.set_override_reason("Pilot customer")
-    st.save_override()
+    asyncio.run(st.save_override())
     assert st.override_error == "" and st.override_saved == "Tokens limit saved."
     assert limit_of(session, target.id, "tokens") == 25_000
 
     st.set_override_limit("lots")
     st.set_override_reason("x")
-    st.save_override()
+    asyncio.run(st.save_override())
     assert "whole number" in st.override_error
     st.set_override_limit("99999999999999999999")  # a whole number, but too large: say so
-    st.save_override()
+    asyncio.run(st.save_override())
     assert st.override_error == (
         "Limit must be a whole number from 0 (unlimited) to 1,000,000,000,000."
     )
     assert limit_of(session, target.id, "tokens") == 25_000
 
     st.set_override_reason("Back to plan")
-    st.clear_override()
+    asyncio.run(st.clear_override())
     assert limit_of(session, target.id, "tokens") == 10_000
 
     st.set_key_name("scraper-prod")
-    st.create_key()
+    asyncio.run(st.create_key())
     assert st.new_secret.startswith("bk_") and st.key_error == ""
     assert st.new_secret in st.curl_example and "/api/billing/usage" in st.curl_example
     assert any(k.name == "scraper-prod" for k in st.keys)
-    st.revoke_key(st.keys[0].id)
+    asyncio.run(st.revoke_key(st.keys[0].id))
     assert st.keys[0].revoked or any(k.revoked for k in st.keys)
 
 
@@ -274,7 +275,7 @@ def test_login_page_reads_error_next_and_sso(
     monkeypatch.setenv("OIDC_CLIENT_SECRET", "s3cret")
     app_settings_module.get_settings.cache_clear()
     st = state_for(AuthFormState, path="/login?error=login_failed&next=//evil")
-    assert st.on_load() is None
+    assert asyncio.run(st.on_load()) is None
     assert st.error == "Email or password is incorrect."
     assert st.next_path == "/billing" and st.sso_enabled
     assert st.sso_url == "/api/auth/oidc/login?next=/billing"
@@ -283,7 +284,7 @@ def test_login_page_reads_error_next_and_sso(
     st = state_for(
         AuthFormState, cookie=cookie_for(session, user.id), path="/login?next=/admin/billing"
     )
-    result = st.on_load()  # already signed in: straight on to `next`
+    result = asyncio.run(st.on_load())  # already signed in: straight on to `next`
     assert result is not None and "/admin/billing" in str(result.args)
 
 
@@ -312,27 +313,27 @@ def test_auth_error_shows_only_the_apps_messages(raw: str | None, shown: str) ->
 def test_login_and_signup_pages_never_echo_the_error_query(session: Session) -> None:
     spoof = "/login?error=Your+account+was+suspended.+Call+%2B1+555+0100"
     st = state_for(AuthFormState, path=spoof)
-    st.on_load()
+    asyncio.run(st.on_load())
     assert st.error == "Sign-in failed. Please try again."
     st = state_for(AuthFormState, path="/signup?error=Visit+evil.example+to+verify")
-    st.on_load()
+    asyncio.run(st.on_load())
     assert st.error == auth_pages.SIGN_UP_FAILED
 
 
 def test_signup_keeps_name_and_email_after_a_refused_post(session: Session) -> None:
     st = state_for(AuthFormState, path="/signup")
-    st.on_load()
+    asyncio.run(st.on_load())
     st.set_form_name("Ada")
     st.set_form_email("ada@example.com")
     # The API refused the post and redirected back: same tab, same state.
     st.router = state_for(AuthFormState, path="/signup?error=email_taken").router
-    st.on_load()
+    asyncio.run(st.on_load())
     assert (st.form_name, st.form_email) == ("Ada", "ada@example.com")
     assert st.error == auth_pages.EMAIL_TAKEN
     assert not hasattr(st, "form_password")
     # A fresh visit starts empty.
     st.router = state_for(AuthFormState, path="/signup").router
-    st.on_load()
+    asyncio.run(st.on_load())
     assert (st.form_name, st.form_email) == ("", "")
 
 
@@ -340,17 +341,17 @@ def test_admin_reset_to_plan_needs_no_typed_reason(session: Session) -> None:
     admin = make_user(session, email="resetter@example.com", admin=True)
     target = make_user(session, email="reset-me@example.com")
     st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
-    st.on_load()
-    st.open_user(target.id)
+    asyncio.run(st.on_load())
+    asyncio.run(st.open_user(target.id))
     st.set_override_metric("api_calls")
     st.set_override_limit("500")
     st.set_override_reason("Load test")
-    st.save_override()
+    asyncio.run(st.save_override())
     assert st.override_saved == "API calls limit saved." and st.override_reason == ""
     assert limit_of(session, target.id, "api_calls") == 500
 
     # Saving cleared the Reason box; the reset still goes through, logged as such.
-    st.clear_override()
+    asyncio.run(st.clear_override())
     assert st.override_error == ""
     assert st.override_saved == "API calls limit reset to the plan."
     assert limit_of(session, target.id, "api_calls") == 100
@@ -360,7 +361,7 @@ def test_admin_reset_to_plan_needs_no_typed_reason(session: Session) -> None:
 
     # An override itself still needs a reason.
     st.set_override_limit("900")
-    st.save_override()
+    asyncio.run(st.save_override())
     assert "reason" in st.override_error.lower()
     assert limit_of(session, target.id, "api_calls") == 100
 
@@ -383,28 +384,28 @@ def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None
     user = make_user(session, email="payer@example.com")
     cookie = cookie_for(session, user.id)
     st = state_for(BillingState, cookie=cookie, path="/billing?checkout=success&session_id=x")
-    redirect = st.on_load()
+    redirect = asyncio.run(st.on_load())
     # The query is replaced away (no new history entry), the notice kept for the next load.
     args = {str(k): str(v) for k, v in redirect.args}
     assert args["path"] == '"/billing"' and args["replace"] == "true"
     assert st.checkout_notice == "success"
 
     st.router = state_for(BillingState, cookie=cookie, path="/billing").router
-    assert len(st.on_load()) == 2
+    assert len(asyncio.run(st.on_load())) == 2
     assert st.checkout_notice == "success"
     # A reload (a new socket), or coming Back, does not show it again.
     st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-2").router
-    st.on_load()
+    asyncio.run(st.on_load())
     assert st.checkout_notice == ""
     # Nor a reload that cut off the redirect's own load before it reached the server.
     st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=success").router
-    st.on_load()
+    asyncio.run(st.on_load())
     st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-3").router
-    st.on_load()
+    asyncio.run(st.on_load())
     assert st.checkout_notice == ""
     # An unknown value shows nothing but is still cleared from the URL.
     st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=paid").router
-    assert dict((str(k), str(v)) for k, v in st.on_load().args)["replace"] == "true"
+    assert dict((str(k), str(v)) for k, v in asyncio.run(st.on_load()).args)["replace"] == "true"
     assert st.checkout_notice == ""
 
 
