@@ -84,6 +84,12 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_key_reused"
 
 
+class QuotaBusy(Conflict):
+    """Another transaction held the quota row past set_override's lock timeout."""
+
+    code = "quota_busy"
+
+
 class UsageEventNotFound(NotFound):
     code = "usage_event_not_found"
 

@@ -7,7 +7,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from billing_app.clock import utcnow
-from billing_app.errors import NotFound, UnknownMetric, ValidationFailed
+from billing_app.errors import NotFound, QuotaBusy, UnknownMetric, ValidationFailed
 from billing_app.metrics import MAX_LIMIT, METRICS
 from billing_app.models import Quota, QuotaAudit, User
 from billing_app.models.types import UTCDateTime
@@ -168,6 +168,12 @@ def get_quotas(session: Session, user_id: int) -> list[QuotaDTO]:
     return out
 
 
+# How long set_override waits for a quota row another transaction holds (PostgreSQL),
+# under Reflex's state lock expiry (10 s by default) and a person's patience.
+OVERRIDE_LOCK_TIMEOUT = "5s"
+LOCK_NOT_AVAILABLE = "55P03"
+
+
 def set_override(
     session: Session,
     user_id: int,
@@ -198,10 +204,24 @@ def set_override(
         raise NotFound(f"No user with id {user_id}.", user_id=user_id)
     apply_missing(session, user_id)
     # Locked (PostgreSQL; SQLite's write lock is taken at BEGIN): two admins at once each
-    # log the limit the other left as `old_limit`, and the last write wins.
-    q = session.exec(
-        select(Quota).where(Quota.user_id == user_id, Quota.metric == metric).with_for_update()
-    ).one()
+    # log the limit the other left as `old_limit`, and the last write wins. Waiting at most
+    # OVERRIDE_LOCK_TIMEOUT: a row held longer (a stuck transaction) would hold the page's
+    # thread and its tab, past Reflex's state lock expiry with Redis, for as long as it is.
+    if session.get_bind().dialect.name == "postgresql":
+        session.exec(sa.text(f"SET LOCAL lock_timeout = '{OVERRIDE_LOCK_TIMEOUT}'"))
+    try:
+        q = session.exec(
+            select(Quota).where(Quota.user_id == user_id, Quota.metric == metric).with_for_update()
+        ).one()
+    except DBAPIError as err:
+        if getattr(err.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        session.rollback()
+        raise QuotaBusy(
+            "Another change to this quota is still being saved. Try again in a moment.",
+            user_id=user_id,
+            metric=metric,
+        ) from None
     old = q.limit
     if limit is None:
         q.limit, q.source = q.plan_limit, "plan"

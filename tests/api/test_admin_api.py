@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from billing_app.db import session_scope
 from billing_app.models import Invoice, Subscription
 from billing_app.services import admin, metering, quotas
@@ -481,3 +483,54 @@ def test_two_admins_overriding_one_quota_at_once_each_log_the_limit_the_other_le
     assert len(log) == 2, log
     assert log[0][0] == 100_000 and log[1][0] == log[0][1], log
     assert {q["metric"]: q["limit"] for q in d["quotas"]}["tokens"] == log[1][1]
+
+
+def test_a_quota_row_held_elsewhere_is_409_soon_and_nothing_is_written(
+    actors, engine, is_postgres, monkeypatch
+):
+    """A save meeting the quota row held by another transaction (a stuck session, a
+    long job) waits OVERRIDE_LOCK_TIMEOUT and answers 409 quota_busy, writing nothing;
+    it used to wait for as long as the row was held. Once free, the same save goes in."""
+    import threading
+    import time
+    from typing import Any
+
+    import sqlalchemy as sa
+
+    from billing_app.services import quotas as quota_service
+
+    if not is_postgres:
+        pytest.skip("row locks another session holds are PostgreSQL's (PostgreSQL leg)")
+    monkeypatch.setattr(quota_service, "OVERRIDE_LOCK_TIMEOUT", "300ms")
+    admin = actors.cookie_client(actors.admin)
+    url = f"/api/billing/admin/users/{actors.a.id}/quota"
+    body = {"metric": "tokens", "limit": 5, "reason": "trial"}
+    assert admin.put(url, json={**body, "limit": 4}).status_code == 200  # the row exists
+    holder = engine.connect()
+    try:
+        holder.execute(
+            sa.text("SELECT 1 FROM quota WHERE user_id = :u AND metric = 'tokens' FOR UPDATE"),
+            {"u": actors.a.id},
+        )
+        answers: list[Any] = []
+        started = time.monotonic()
+        save = threading.Thread(target=lambda: answers.append(admin.put(url, json=body)))
+        save.start()
+        save.join(10)  # the old code waited here for as long as the row was held
+        waited = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    save.join(10)
+    assert waited < 5, waited
+    (r,) = answers
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == {
+        "code": "quota_busy",
+        "message": "Another change to this quota is still being saved. Try again in a moment.",
+        "user_id": actors.a.id,
+        "metric": "tokens",
+    }
+    d = admin.get(f"/api/billing/admin/users/{actors.a.id}").json()
+    assert [e["new_limit"] for e in d["audit_log"]] == [4]
+    assert admin.put(url, json=body).status_code == 200
