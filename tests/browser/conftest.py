@@ -3,12 +3,14 @@ database, and the Stripe sandbox (in-process) delivering webhooks to it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
 from billing_app.cli import demo
 from billing_app.settings import PROJECT_ROOT
@@ -28,6 +30,9 @@ from tests.conftest import reachable_redis
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 BUILD_TIMEOUT = 300.0
+# Test-only: hold each state delta (server -> page message on Reflex's `/_event` socket)
+# this long, to surface tests and pages that race the state's answer. Off by default.
+WS_DELAY_MS = int(os.environ.get("BROWSER_WS_DELAY_MS") or 0)
 
 pytestmark = pytest.mark.browser
 
@@ -204,6 +209,58 @@ def browser_context_args(browser_context_args: dict) -> dict:
 @pytest.fixture(autouse=True)
 def _expect_timeout() -> None:
     expect.set_options(timeout=15_000)
+
+
+class _DelayedDeltas:
+    """Forwards the server's messages to the page `delay` seconds late, in order. It runs
+    on Playwright's event loop (so it never blocks the dispatcher): one timer at a time,
+    for the oldest message held."""
+
+    def __init__(self, route: WebSocketRoute, delay: float) -> None:
+        self.route, self.delay = route, delay
+        self.held: deque[tuple[float, str | bytes]] = deque()
+
+    def __call__(self, message: str | bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.held.append((loop.time() + self.delay, message))
+        if len(self.held) == 1:
+            loop.call_at(self.held[0][0], self._release)
+
+    def _release(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.held and self.held[0][0] <= loop.time():
+            self.route.send(self.held.popleft()[1])
+        if self.held:
+            loop.call_at(self.held[0][0], self._release)
+
+
+def _slow_event_socket(target: BrowserContext | Page) -> None:
+    def handler(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()  # the page's messages go up unchanged
+        server.on_message(_DelayedDeltas(route, WS_DELAY_MS / 1000))
+
+    target.route_web_socket(re.compile(r"/_event"), handler)
+
+
+@pytest.fixture(autouse=True)
+def _slow_state_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With BROWSER_WS_DELAY_MS, every context and page a test opens gets late deltas."""
+    if not WS_DELAY_MS:
+        return
+    new_context, new_page = Browser.new_context, Browser.new_page
+
+    def slow_context(self: Browser, *args: Any, **kwargs: Any) -> BrowserContext:
+        context = new_context(self, *args, **kwargs)
+        _slow_event_socket(context)
+        return context
+
+    def slow_page(self: Browser, *args: Any, **kwargs: Any) -> Page:
+        page = new_page(self, *args, **kwargs)
+        _slow_event_socket(page)
+        return page
+
+    monkeypatch.setattr(Browser, "new_context", slow_context)
+    monkeypatch.setattr(Browser, "new_page", slow_page)
 
 
 def screenshot(page: Page, name: str, full_page: bool = True) -> None:

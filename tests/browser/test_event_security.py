@@ -107,7 +107,11 @@ async ([events, path, waitMs, base, tokenArg]) => {
   const ws = new WebSocket(url);
   const got = [];
   let sent = false;
-  ws.onclose = (e) => got.push('CLOSE ' + e.code);
+  // waitMs for the answers from when the events went up: a slow handshake does not eat
+  // into it (a socket refused or never open gives up after 15 s).
+  let done;
+  const finished = new Promise((r) => { done = r; setTimeout(r, 15000); });
+  ws.onclose = (e) => { got.push('CLOSE ' + e.code); done(); };
   ws.onerror = (e) => got.push('ERROR');
   ws.onmessage = (m) => {
     const d = String(m.data);
@@ -120,9 +124,10 @@ async ([events, path, waitMs, base, tokenArg]) => {
         ws.send('42/_event,' + JSON.stringify(['event', {name, payload,
           router_data: {pathname: path, query: {}, asPath: path}}]));
       }
+      setTimeout(done, waitMs);
     }
   };
-  await new Promise((r) => setTimeout(r, waitMs));
+  await finished;
   ws.close();
   return got;
 }
@@ -139,7 +144,8 @@ def raw_events(
 ) -> list[str]:
     """Send `events` (full name, payload) on client token `token` (default: a fresh one)
     from the page, to the app at `base` (default: the page's own origin); the browser's
-    cookies go along as they would. The frames the server sent."""
+    cookies go along as they would. The frames the server sent until `wait_ms` after the
+    events went up."""
     return page.evaluate(RAW_EVENTS_JS, [[list(e) for e in events], path, wait_ms, base, token])
 
 
