@@ -23,6 +23,7 @@ from billing_app.components.common import (
     status_page,
 )
 from billing_app.components.layout import loading, page
+from billing_app.states.admin import KEY_NAME_MAX, LIMIT_MAX, REASON_MAX, SEARCH_MAX
 from billing_app.states.admin import AdminState as A
 from billing_app.states.views import (
     AdminUserView,
@@ -75,16 +76,30 @@ def export_link(href: rx.Var, rows: str) -> rx.Component:
     )
 
 
+def form_field_props(
+    name: str, value: rx.Var, setter: rx.EventHandler, max_length: int
+) -> dict[str, object]:
+    """A form field that starts from the state's `value` and tells the state each key.
+    Uncontrolled: a state's value on the field (`value=`) put an older text back when the
+    server's answer to earlier keys came in after later ones. Not debounced, so an Enter
+    or a click right after the last key reaches the state behind it. `max_length`: what
+    the state keeps, so the box never shows more. `name` and `id`: the form's control
+    (Reflex 0.10.1 deprecates submitting one by its id) and the state's handle to clear it."""
+    return {"name": name, "id": name, "default_value": value, "on_change": setter,
+            "max_length": max_length}  # fmt: skip
+
+
 def users_toolbar() -> rx.Component:
     return rx.flex(
         rx.input(
             rx.input.slot(rx.icon("search", size=16)),
             placeholder="Search by email, or @domain",
-            # Controlled: the box shows the search the list is filtered by, also after
-            # the page is left and opened again (the state keeps it).
-            value=A.search,
-            on_change=A.set_search,
-            debounce_timeout=300,
+            # Uncontrolled: a late answer from the server never puts an older search
+            # back while more is typed. It starts from the state's search, so the box
+            # says what the list is filtered by when the page is opened again.
+            default_value=A.search,
+            on_change=A.set_search.debounce(300),
+            max_length=SEARCH_MAX,
             size="2",
             flex="1",
             min_width="200px",
@@ -351,17 +366,15 @@ def keys_panel() -> rx.Component:
         rx.form(
             rx.input(
                 placeholder="Key name, e.g. scraper-prod",
-                value=A.key_name,
-                on_change=A.set_key_name,
+                # Uncontrolled (see form_field_props), cleared by the state once created.
+                **form_field_props("key-name", A.key_name, A.set_key_name, KEY_NAME_MAX),
                 aria_label="Key name",
-                id="key-name",
                 flex="1",
                 min_width="180px",
             ),
             rx.input(
                 placeholder="Service (optional)",
-                value=A.key_service,
-                on_change=A.set_key_service,
+                **form_field_props("key-service", A.key_service, A.set_key_service, KEY_NAME_MAX),
                 aria_label="Service name",
                 flex="1",
                 min_width="160px",
@@ -420,8 +433,10 @@ def override_form() -> rx.Component:
                 select(A.metric_options, A.override_metric, A.set_override_metric, "Metric"),
                 rx.input(
                     placeholder="New limit (0 = unlimited)",
-                    value=A.override_limit,
-                    on_change=A.set_override_limit,
+                    # Uncontrolled (see form_field_props), cleared by the state once saved.
+                    **form_field_props(
+                        "override-limit", A.override_limit, A.set_override_limit, LIMIT_MAX
+                    ),
                     aria_label="New limit",
                     input_mode="numeric",
                     flex="1",
@@ -433,8 +448,9 @@ def override_form() -> rx.Component:
             ),
             rx.text_area(
                 placeholder="Reason (required for an override; kept in the audit log)",
-                value=A.override_reason,
-                on_change=A.set_override_reason,
+                **form_field_props(
+                    "override-reason", A.override_reason, A.set_override_reason, REASON_MAX
+                ),
                 aria_label="Reason",
                 width="100%",
             ),

@@ -137,6 +137,20 @@ def curl_example(origin: str, secret: str, user_id: int) -> str:
     )
 
 
+# The longest text each typed field keeps (the pages' fields say so as `max_length`, so
+# the box never shows more than the state holds).
+SEARCH_MAX, LIMIT_MAX, REASON_MAX, KEY_NAME_MAX = 200, 20, 500, 200
+
+# The pages' form fields are uncontrolled (a late answer must not put older text back):
+# the state empties them by their ids once their form is done.
+OVERRIDE_FIELDS = ("override-limit", "override-reason")
+KEY_FIELDS = ("key-name", "key-service")
+
+
+def _clear_fields(ids: tuple[str, ...]) -> list[Any]:
+    return [rx.set_value(field_id, "") for field_id in ids]
+
+
 class AdminState(SessionState):
     forbidden: bool = False
     loaded: bool = False
@@ -416,7 +430,7 @@ class AdminState(SessionState):
 
     @rx.event
     def set_search(self, value: str) -> Any:
-        self.search = clip(value, 200)
+        self.search = clip(value, SEARCH_MAX)
         self.page = 1
         return AdminState.reload_users
 
@@ -552,11 +566,11 @@ class AdminState(SessionState):
 
     @rx.event
     def set_override_limit(self, value: str) -> None:
-        self.override_limit = clip(value, 20)
+        self.override_limit = clip(value, LIMIT_MAX)
 
     @rx.event
     def set_override_reason(self, value: str) -> None:
-        self.override_reason = clip(value, 500)
+        self.override_reason = clip(value, REASON_MAX)
 
     @rx.event
     async def save_override(self) -> Any:
@@ -607,25 +621,25 @@ class AdminState(SessionState):
         )
         self.override_limit = ""
         self.override_reason = ""
-        return [AdminState.load_detail, AdminState.reload_users]
+        return [*_clear_fields(OVERRIDE_FIELDS), AdminState.load_detail, AdminState.reload_users]
 
     # ------------------------------------------------------------ API keys
 
     @rx.event
     def set_key_name(self, value: str) -> None:
-        self.key_name = clip(value, 200)
+        self.key_name = clip(value, KEY_NAME_MAX)
 
     @rx.event
     def set_key_service(self, value: str) -> None:
-        self.key_service = clip(value, 200)
+        self.key_service = clip(value, KEY_NAME_MAX)
 
     @rx.event
-    async def create_key(self) -> None:
-        await self._create_key()
+    async def create_key(self) -> Any:
+        return await self._create_key()
 
-    async def _create_key(self) -> None:
+    async def _create_key(self) -> Any:
         if await self._admin("keys") is None:
-            return
+            return None
         self.key_error = ""
         name = self.key_name
         service = self.key_service.strip() or name.strip()
@@ -633,7 +647,7 @@ class AdminState(SessionState):
             key_id, secret, keys = await in_thread(lambda: create_and_list_keys(name, service))
         except BillingError as err:
             self.key_error = err.message
-            return
+            return None
         self.keys = keys
         start_load(self, KEYS)  # a page load's older list, still on its way, is dropped
         # Shown once; it lives only in this tab's state until dismissed or the page reloads.
@@ -642,11 +656,12 @@ class AdminState(SessionState):
         self.curl_example = curl_example(self.router.url.origin, secret, self.user_id)
         self.key_name = ""
         self.key_service = ""
+        return _clear_fields(KEY_FIELDS)
 
     @rx.event
-    async def submit_key(self, _form: dict[str, Any]) -> None:
+    async def submit_key(self, _form: dict[str, Any]) -> Any:
         """Enter in the new key's fields: what Create key does (the fields are state)."""
-        await self._create_key()
+        return await self._create_key()
 
     @rx.event
     def dismiss_secret(self) -> Any:

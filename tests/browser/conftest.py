@@ -234,12 +234,19 @@ class _DelayedDeltas:
             loop.call_at(self.held[0][0], self._release)
 
 
-def _slow_event_socket(target: BrowserContext | Page) -> None:
+def _slow_event_socket(target: BrowserContext | Page, delay_ms: int = WS_DELAY_MS) -> None:
     def handler(route: WebSocketRoute) -> None:
         server = route.connect_to_server()  # the page's messages go up unchanged
-        server.on_message(_DelayedDeltas(route, WS_DELAY_MS / 1000))
+        server.on_message(_DelayedDeltas(route, delay_ms / 1000))
 
     target.route_web_socket(re.compile(r"/_event"), handler)
+
+
+def ws_delay(page: Page, ms: int) -> None:
+    """Hold each state delta `ms` late on the sockets `page` opens from now on (from its
+    next navigation), as a slow server would: BROWSER_WS_DELAY_MS for one test's page.
+    The page's own route wins over one BROWSER_WS_DELAY_MS put on its context."""
+    _slow_event_socket(page, ms)
 
 
 @pytest.fixture(autouse=True)
@@ -314,6 +321,9 @@ _RING_SHOWN = """() => {
 }"""
 
 
+_TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
+
 def focused(page: Page) -> str:
     return page.evaluate(_DESCRIBE_FOCUS)
 
@@ -334,11 +344,23 @@ def tab_to(page: Page, selector: str, limit: int = 60, back: bool = False) -> li
 
 
 def assert_focus_kept(page: Page, what: str) -> None:
-    """After a keyboard action: focus is on an element (not <body>) and shows its ring."""
-    page.wait_for_timeout(300)  # let a re-render that would drop it happen
+    """After a keyboard action whose answer the caller has seen on the page: focus is on
+    an element (not <body>) and shows its ring."""
+    # The frame after the one that drew the answer: its re-render, and the effects React
+    # runs after it (where a focus would be moved or dropped), are done.
+    page.evaluate(_TWO_FRAMES)
     here = focused(page)
     assert here != "BODY", f"focus fell to <body> after {what}"
     assert page.evaluate(_RING_SHOWN), f"no visible focus ring on {here} after {what}"
 
 
-__all__ = ["LiveApp", "assert_focus_kept", "focused", "login", "screenshot", "signup", "tab_to"]
+__all__ = [
+    "LiveApp",
+    "assert_focus_kept",
+    "focused",
+    "login",
+    "screenshot",
+    "signup",
+    "tab_to",
+    "ws_delay",
+]
