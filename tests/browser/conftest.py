@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocketRoute, expect
 
 from billing_app.cli import demo
 from billing_app.settings import PROJECT_ROOT
@@ -283,6 +283,16 @@ def login(page: Page, app: LiveApp, email: str, password: str, next_path: str = 
     page.wait_for_url(re.compile(re.escape(app.url + next_path)))
 
 
+def open_user_drawer(page: Page, app: LiveApp, search: str, email: str) -> Locator:
+    """As the admin: the console searched for `search` (one match), and the drawer of the
+    user `email` open."""
+    login(page, app, app.admin_email, app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill(search)
+    expect(page.get_by_text("1–1 of 1")).to_be_visible()
+    page.get_by_role("button", name=f"Details for {email}").click()
+    return page.locator("#user-drawer")
+
+
 _counter = iter(range(1, 10_000))
 
 
@@ -359,6 +369,7 @@ __all__ = [
     "assert_focus_kept",
     "focused",
     "login",
+    "open_user_drawer",
     "screenshot",
     "signup",
     "tab_to",

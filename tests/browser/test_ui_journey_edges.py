@@ -12,7 +12,14 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import LiveApp, assert_focus_kept, login, signup, tab_to
+from tests.browser.conftest import (
+    LiveApp,
+    assert_focus_kept,
+    login,
+    open_user_drawer,
+    signup,
+    tab_to,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -91,11 +98,7 @@ def test_admin_drawer_dates_an_immediate_cancel_on_the_day_it_ended(
     expect(buyer.locator("#current-plan")).to_have_text("Free")
     buyer.close()
 
-    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
-    page.locator("#user-search").fill(email)
-    expect(page.get_by_text("1–1 of 1")).to_be_visible()
-    page.get_by_role("button", name=f"Details for {email}").click()
-    summary = page.locator("#user-drawer #drawer-subscription")
+    summary = open_user_drawer(page, live_app, email, email).locator("#drawer-subscription")
     expect(summary).to_contain_text("Pro subscription canceled")
     today = time.strftime("%b %-d, %Y", time.gmtime())
     assert period_end, "the portal shows the period's end"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser.conftest import LiveApp, login, ws_delay
+from tests.browser.conftest import LiveApp, login, open_user_drawer, ws_delay
 
 pytestmark = pytest.mark.browser
 
@@ -98,11 +98,7 @@ def test_the_override_form_keeps_every_key_typed_while_the_server_is_slow(
     email = "slowform@example.com"
     _make_users(live_app, email)
     ws_delay(page, SLOW_MS)
-    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
-    page.locator("#user-search").fill(email)
-    expect(page.get_by_text("1–1 of 1")).to_be_visible()
-    page.get_by_role("button", name=f"Details for {email}").click()
-    drawer = page.locator("#user-drawer")
+    drawer = open_user_drawer(page, live_app, email, email)
     expect(drawer).to_contain_text("Slowform")
     limit = drawer.get_by_role("textbox", name="New limit")
     reason = drawer.get_by_role("textbox", name="Reason")
