@@ -54,7 +54,11 @@ class _QueuedWriterConnection(sqlite3.Connection):
 
     def acquire_write(self) -> None:
         if not self.write_lock.acquire(timeout=SQLITE_LOCK_TIMEOUT):
-            raise sqlite3.OperationalError("database is locked")
+            # Wrapped as SQLAlchemy wraps the driver's own: raised from the "begin" event,
+            # a bare sqlite3 error escaped the API's database rule and answered 500.
+            raise sa_exc.OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
         self._holding = True
 
     def release_write(self) -> None:
@@ -293,6 +297,9 @@ def dispose_engines() -> None:
 
 # What callers are told while the database cannot be reached (the API's 503, the pages).
 UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+# ... and while another transaction holds what this one needs (it was rolled back).
+BUSY_MESSAGE = "The database is busy with a conflicting change; retry shortly."
+BUSY_RETRY_AFTER = 1
 
 
 def unavailable(err: BaseException) -> ServiceUnavailable | None:
@@ -303,8 +310,11 @@ def unavailable(err: BaseException) -> ServiceUnavailable | None:
     unreachable, the SQLite file locked past its timeout), any DBAPIError that lost its
     connection, and the pool's TimeoutError (every connection taken while the database
     hangs). The rule the API has always answered 503 by, with what that takes in: a
-    deadlock or serialization failure on PostgreSQL (for which a retry is right), and on
-    SQLite an SQL syntax error, which pysqlite raises as OperationalError too.
+    deadlock, serialization failure or lock timeout on PostgreSQL, and SQLite's "database
+    is locked", for which a retry is right too, but which are no outage: they get
+    BUSY_MESSAGE and a shorter Retry-After, so neither a caller nor an operator goes
+    looking for a stopped database. On SQLite an SQL syntax error is an OperationalError
+    too, and counts as an outage.
 
     A missing table or column while the database is not at this code's migration is one
     too, with schema_problem's line as the message: PostgreSQL raises it as a
@@ -323,7 +333,25 @@ def unavailable(err: BaseException) -> ServiceUnavailable | None:
         )
     else:
         down = isinstance(err, sa_exc.TimeoutError)
-    return ServiceUnavailable(UNAVAILABLE_MESSAGE) if down else None
+    if not down:
+        return None
+    if _busy(err):
+        return ServiceUnavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
+    return ServiceUnavailable(UNAVAILABLE_MESSAGE)
+
+
+# PostgreSQL's deadlock_detected, serialization_failure and lock_not_available.
+_PG_BUSY = frozenset({"40P01", "40001", "55P03"})
+
+
+def _busy(err: BaseException) -> bool:
+    """Another transaction held what this one needed: the database itself is up."""
+    orig = getattr(err, "orig", None)
+    if getattr(orig, "sqlstate", None) in _PG_BUSY:
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(
+        ("database is locked", "database table is locked")
+    )
 
 
 # PostgreSQL's undefined_table and undefined_column.

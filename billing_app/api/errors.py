@@ -178,15 +178,19 @@ def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-def _db_down(_request: Request, exc: Exception, message: str = UNAVAILABLE_MESSAGE) -> JSONResponse:
+def _db_down(
+    _request: Request, exc: Exception, message: str = UNAVAILABLE_MESSAGE, retry_after: int = 5
+) -> JSONResponse:
     log.warning("database unavailable: %s: %s", type(exc).__name__, message)
-    return error_response(503, "service_unavailable", message, headers={"Retry-After": "5"})
+    return error_response(
+        503, "service_unavailable", message, headers={"Retry-After": str(retry_after)}
+    )
 
 
 def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
     down = unavailable(exc)
     if down is not None:
-        return _db_down(request, exc, down.message)
+        return _db_down(request, exc, down.message, down.details.get("retry_after", 5))
     if isinstance(exc, sa_exc.DataError):
         # A value the column cannot hold (e.g. a NUL character in JSON on PostgreSQL):
         # bad input, so a 422, never a 500. The transaction was rolled back.
