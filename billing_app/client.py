@@ -482,7 +482,8 @@ class ValidationError(BillingAPIError):
 
     @property
     def fields(self) -> list[dict[str, Any]]:
-        """Per-field errors ({field, message, type}), when the request's shape was wrong."""
+        """Per-field errors ({field, message, type}): every field the request's shape or a
+        rule refused, all of them in one answer."""
         return list(self.details.get("fields", []))
 
     @property
@@ -496,7 +497,8 @@ class ValidationError(BillingAPIError):
 
 class Conflict(BillingAPIError):
     """409: e.g. idempotency_key_reused, the key was stored with other values
-    (metric, quantity or metadata)."""
+    (metric, quantity or metadata); a batch's names the first event in
+    `details["index"]` and each in `details["events"]`."""
 
 
 class Unavailable(BillingAPIError):
@@ -673,7 +675,8 @@ class BillingClient:
     def cancel(self, user_id: int, idempotency_key: str) -> CancelResult:
         """Give back the units of the event recorded or consumed under `idempotency_key`
         (its job failed). Safe to retry: cancelling again answers `already_canceled`.
-        A BillingAPIError 404 usage_event_not_found for an unknown key; Conflict 409
+        A BillingAPIError 404 usage_event_not_found for an unknown key (user_not_found
+        for an unknown user); Conflict 409
         not_cancelable when its period has ended or it was recorded over 24 hours ago."""
         body = {"user_id": user_id, "idempotency_key": idempotency_key}
         return _cancel(self._post("/api/billing/usage/cancel", body, keys=[idempotency_key]))
@@ -726,7 +729,8 @@ class BillingClient:
         A request holds at most `max_batch_events` events and `max_batch_bytes` of JSON
         (the server's 1,000 and 1 MiB): a larger batch is sent as several requests, in
         order, and their answers merged in the order of `events`. One request is all or
-        nothing (a bad event is a ValidationError naming its index in `events`); a
+        nothing (a bad event is a ValidationError naming its index in `events`, a
+        Conflict its `details["index"]`); a
         failure in a later request leaves the earlier ones stored (`err.stored` events).
         An event too large for a request on its own is a ValueError, nothing sent.
         `deadline` bounds the whole call, every request of it.
@@ -1018,6 +1022,13 @@ def _shift_indices(err: BillingAPIError, start: int) -> None:
     err.stored = start
     if not start:
         return
+    index = err.details.get("index")  # one event refused the request (a 409, say)
+    if isinstance(index, int) and not isinstance(index, bool):
+        err.details["index"] = index + start
+        said = f"Event {index}: "
+        if err.message.startswith(said):
+            err.message = f"Event {index + start}: {err.message[len(said) :]}"
+            err.args = (f"{err.status or 'no answer'} {err.code}: {err.message}",)
     for ev in err.details.get("events", []):
         if isinstance(ev, dict) and isinstance(ev.get("index"), int):
             ev["index"] += start

@@ -720,3 +720,24 @@ def test_counter_equals_sum_of_events_after_mixed_load(engine, frozen_clock):
             assert _counter_total(s, u.id) == _events(s, u.id)[1]
         count, total = s.exec(select(func.count(), func.sum(UsageEvent.quantity))).one()
         assert (count, total) == (40, sum(range(1, 41)))
+
+
+def test_a_refused_write_names_every_bad_field_not_only_the_first():
+    """prepare_write stops at its first check; its error named that field alone, so a
+    caller fixing it met the next one on the following attempt."""
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    with pytest.raises(metering.UnknownMetric) as caught:
+        metering.prepare_write(1, "gpus", 0, " ", {"a": "\x00"}, ahead)
+    fields = caught.value.to_dict()["fields"]
+    assert [(f["field"], f["type"]) for f in fields] == [
+        ("metric", "unknown_metric"),
+        ("quantity", "invalid_quantity"),
+        ("idempotency_key", "validation_error"),
+        ("metadata", "validation_error"),
+        ("occurred_at", "validation_error"),
+    ]
+    assert fields[2]["message"] == "Idempotency key must not be blank."
+    # One bad field: the error as it always was.
+    with pytest.raises(metering.UnknownMetric) as caught:
+        metering.prepare_write(1, "gpus", 1)
+    assert [f["field"] for f in caught.value.to_dict()["fields"]] == ["metric"]

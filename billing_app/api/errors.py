@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from functools import lru_cache
+from datetime import datetime
+from functools import lru_cache, partial
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
@@ -21,10 +22,20 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billing_app.api.deps import resolve_principal, resolve_user_id
 from billing_app.api.schemas import BatchEventIn
-from billing_app.db import UNAVAILABLE_MESSAGE, unavailable
+from billing_app.db import UNAVAILABLE_MESSAGE, read_session, session_scope, unavailable
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error, event_fields
-from billing_app.services.metering_batch import check_events
+from billing_app.services.api_keys import check_scope
+from billing_app.services.dto import Principal
+from billing_app.services.metering import write_problems
+from billing_app.services.metering_batch import (
+    check_events,
+    field_errors,
+    merge_bad_events,
+    unknown_users,
+)
+from billing_app.services.users import existing_ids
 
 log = logging.getLogger("billing_app.api")
 
@@ -112,13 +123,16 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         ]
         raw = exc.body.get("events") if isinstance(exc.body, dict) else None
         total = len(raw) if isinstance(raw, list) else len(events)
-        if isinstance(raw, list):  # the rules too, for the events the schema took
-            ruled = _rule_errors(raw, set(events))
-            bad = sorted(bad + ruled, key=lambda e: e["index"])
+        if isinstance(raw, list):  # the rules too, for what the schema took
+            ruled = _rule_errors(raw, events, request)
+            bad = merge_bad_events(bad, ruled)
             fields += event_fields(ruled)
+            fields.sort(key=_event_index)
         details["events"] = bad
         message = f"{len(bad)} of {total} events are invalid; nothing was recorded."
     else:
+        if request is not None and request.url.path in _SINGLE_WRITES:
+            fields += _field_rules(exc.body, fields)
         first = fields[0] if fields else {"field": "body", "message": "invalid"}
         message = f"{first['field']}: {first['message']}"
     return error_response(422, "validation_error", message, **details)
@@ -130,11 +144,57 @@ def _batch_event_adapter() -> TypeAdapter[Any]:
     return TypeAdapter(BatchEventIn)
 
 
-def _rule_errors(raw: list[Any], skip: set[int]) -> list[dict[str, Any]]:
-    """The service's checks of a refused batch's other events (unknown metric, a key
-    repeated with other values...), so one answer names every bad event. Whom an event
-    acts for is not known here: a missing user_id is left to the next attempt."""
+def _event_index(field: dict[str, Any]) -> int:
+    """A `fields` entry's event (events.<i>...), -1 for the body's own: to list them in
+    the events' order, the schema's and the rules' together."""
+    parts = str(field["field"]).split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "events" and parts[1].isdigit() else -1
+
+
+# The single writes and the check: a 422 of their schema also names the rules' problems
+# with the fields it took (an unknown metric beside a quantity of 0).
+_SINGLE_WRITES = frozenset(
+    {"/api/billing/usage", "/api/billing/usage/consume", "/api/billing/quota/check"}
+)
+
+
+@lru_cache(maxsize=1)
+def _datetime_adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(datetime)
+
+
+def _taken(body: Any, refused: set[str]) -> dict[str, Any]:
+    """The fields of a body (or event) the schema took, as the rules read them."""
+    if not isinstance(body, dict) or "event" in refused or "body" in refused:
+        return {}
+    values = {k: v for k, v in body.items() if k not in refused}
+    if isinstance(values.get("occurred_at"), str):
+        try:
+            values["occurred_at"] = _datetime_adapter().validate_python(values["occurred_at"])
+        except PydanticValidationError:
+            del values["occurred_at"]
+    return values
+
+
+def _field_rules(body: Any, fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    refused = {str(f["field"]).split(".")[0] for f in fields}
+    return [
+        {"field": field, "message": err.message, "type": err.code}
+        for field, err in write_problems(_taken(body, refused))
+    ]
+
+
+def _rule_errors(
+    raw: list[Any], schema: dict[int, list[dict[str, Any]]], request: Request | None
+) -> list[dict[str, Any]]:
+    """The service's checks of a refused batch (unknown metric, a key repeated with
+    other values...), so one answer names every problem: of the events the schema
+    took, and of the fields it took of those it refused. For a service key, also its
+    events without a user_id or naming an unknown user (one query: a refused batch may
+    pay it). A user's batch is not: whom it may act for is the write's 403, after this
+    422."""
     adapter = _batch_event_adapter()
+    skip = set(schema)
     parsed: list[Any] = []
     for i, event in enumerate(raw):
         if i in skip:
@@ -145,8 +205,52 @@ def _rule_errors(raw: list[Any], skip: set[int]) -> list[dict[str, Any]]:
         except PydanticValidationError:  # the schema refused it too: already named
             skip.add(i)
             parsed.append(None)
-    _, errors = check_events(parsed, lambda uid: 1 if uid is None else uid, frozenset(skip))
-    return errors
+    service = _service_caller(request)
+    resolve = _anyone if service is None else partial(resolve_user_id, service)
+    _, errors = check_events(parsed, resolve, frozenset(skip))
+    taken: list[dict[str, Any]] = []
+    for i, problems in schema.items():
+        values = _taken(raw[i], {p["field"].split(".")[0] for p in problems})
+        taken += field_errors(i, values)
+        if service is not None and values and "user_id" not in {p["field"] for p in problems}:
+            try:
+                resolve(values.get("user_id"))
+            except BillingError as err:
+                problem = {"field": "user_id", "code": err.code, "message": err.message}
+                taken.append(batch_event_error(i, [problem], err.message))
+    ruled = merge_bad_events(errors, taken)
+    if service is None:
+        return ruled
+    try:
+        return merge_bad_events(ruled, unknown_users(raw, _existing_users))
+    except sa_exc.SQLAlchemyError as exc:  # the schema's 422 stands, never a 500
+        log.warning("refused batch: users not looked up: %s", type(exc).__name__)
+        return ruled
+
+
+def _anyone(user_id: int | None) -> int:
+    return 1 if user_id is None else user_id
+
+
+def _service_caller(request: Request | None) -> Principal | None:
+    """The service key (one that may write usage) that sent a request, else None; a
+    caller that is not one, or not known, gets the request's own answer later."""
+    if request is None:
+        return None
+    try:
+        with session_scope() as session:
+            p = resolve_principal(request, session)
+        if p is None or p.user is not None:
+            return None
+        check_scope(p, "usage:write")
+    except (BillingError, sa_exc.SQLAlchemyError):
+        return None
+    return p
+
+
+def _existing_users(ids: set[int]) -> set[int]:
+    with read_session() as session:
+        return existing_ids(session, ids)
 
 
 def _billing(_request: Request, exc: BillingError) -> JSONResponse:

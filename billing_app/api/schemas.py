@@ -18,10 +18,37 @@ MAX_ID = 2**31 - 1
 # ------------------------------------------------------------------ errors
 
 
+class FieldErrorOut(BaseModel):
+    field: str = Field(description="`quantity`, `query.page`, a batch's `events.3.metric`")
+    message: str
+    type: str = Field(description="The schema's error type, or the rule's code")
+
+
+class EventProblemOut(BaseModel):
+    field: str = Field(description="The event's field, or `event` for the event as a whole")
+    code: str
+    message: str
+
+
+class BadEventOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int = Field(description="The event's index in the batch")
+    code: str = Field(description="Its first problem's code")
+    message: str
+    errors: list[EventProblemOut]
+
+
 class ErrorBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     code: str = Field(examples=["validation_error"])
     message: str
+    # Documented here so a client knows a 422's shape (absent from other answers).
+    fields: list[FieldErrorOut] | None = Field(
+        default=None, description="422: every field refused, by the schema or a rule"
+    )
+    events: list[BadEventOut] | None = Field(
+        default=None, description="A refused batch: each bad event, every problem of it"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -98,14 +98,8 @@ def _key(body_key: str | None, header_key: str | None) -> str | None:
         raise ValidationFailed(
             "Idempotency-Key header and body idempotency_key differ.", field="idempotency_key"
         )
-    key = body_key if body_key is not None else header_key
-    if key is not None and not key.strip():
-        raise ValidationFailed("Idempotency key must not be blank.", field="idempotency_key")
-    if key is not None and len(key) > 255:
-        raise ValidationFailed(
-            "Idempotency key must be 1 to 255 characters.", field="idempotency_key"
-        )
-    return key
+    # Blank or too long: prepare_write's to refuse, with the write's other problems.
+    return body_key if body_key is not None else header_key
 
 
 def usage_write(
@@ -257,7 +251,18 @@ def post_usage(
     "/usage/batch",
     status_code=201,
     response_model=s.BatchOut,
-    responses={200: {"model": s.BatchOut, "description": "Every event was a duplicate"}},
+    responses={
+        200: {"model": s.BatchOut, "description": "Every event was a duplicate"},
+        409: {
+            "model": s.ErrorResponse,
+            "description": "`idempotency_key_reused`: events reuse stored keys with other "
+            "values (`index`: the first; `events`: each)",
+        },
+        422: {
+            "model": s.ErrorResponse,
+            "description": "Every bad event in `events`, every problem of each in its `errors`",
+        },
+    },
 )
 def post_usage_batch(
     body: s.BatchIn,

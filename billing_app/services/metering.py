@@ -109,8 +109,11 @@ def _validate_key(key: Any) -> str:
     if key is None:
         return uuid.uuid4().hex
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
+        blank = isinstance(key, str) and not key.strip()
         raise ValidationFailed(
-            f"Idempotency key must be a non-empty string of at most {MAX_KEY_LENGTH} characters.",
+            "Idempotency key must not be blank."
+            if blank
+            else f"Idempotency key must be a string of 1 to {MAX_KEY_LENGTH} characters.",
             field="idempotency_key",
         )
     if "\x00" in key:  # PostgreSQL refuses it, SQLite stored it: refused on both
@@ -747,17 +750,60 @@ def prepare_write(
     consume: bool = False,
     now: datetime | None = None,
 ) -> UsageWrite:
-    """Validate one write (raises a ValidationFailed naming the bad field); no database.
+    """Validate one write (raises a ValidationFailed naming the bad field, and in its
+    `fields` every bad field when there are several); no database.
     `now`: the time a record without `occurred_at` happened (default: this moment)."""
-    return UsageWrite(
-        user_id=_validate_user_id(user_id),
-        metric=validate_metric(metric),
-        quantity=validate_quantity(quantity),
-        idempotency_key=_validate_key(idempotency_key),
-        metadata=_validate_metadata(metadata),
-        occurred_at=None if consume else _validate_occurred_at(occurred_at, now or utcnow()),
-        consume=consume,
-    )
+    try:
+        return UsageWrite(
+            user_id=_validate_user_id(user_id),
+            metric=validate_metric(metric),
+            quantity=validate_quantity(quantity),
+            idempotency_key=_validate_key(idempotency_key),
+            metadata=_validate_metadata(metadata),
+            occurred_at=None if consume else _validate_occurred_at(occurred_at, now or utcnow()),
+            consume=consume,
+        )
+    except ValidationFailed as err:
+        # The checks stop at the first; the refusal (off the hot path) names them all,
+        # so fixing what it says is enough for the next attempt.
+        values = {"user_id": user_id, "metric": metric, "quantity": quantity}
+        values |= {"idempotency_key": idempotency_key, "metadata": metadata}
+        if not consume:
+            values["occurred_at"] = occurred_at
+        problems = write_problems(values, now)
+        if len(problems) > 1:
+            err.details["fields"] = [
+                {"field": field, "message": e.message, "type": e.code} for field, e in problems
+            ]
+        raise
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any, datetime], Any]] = {
+    "user_id": lambda v, _now: _validate_user_id(v),
+    "metric": lambda v, _now: validate_metric(v),
+    "quantity": lambda v, _now: validate_quantity(v),
+    "idempotency_key": lambda v, _now: _validate_key(v),
+    "metadata": lambda v, _now: _validate_metadata(v),
+    "occurred_at": _validate_occurred_at,
+}
+
+
+def write_problems(
+    values: dict[str, Any], now: datetime | None = None
+) -> list[tuple[str, ValidationFailed]]:
+    """Each field of a write that its check refuses, in prepare_write's order: (field,
+    error). Fields absent or None (each has a default) are not checked."""
+    now = now or utcnow()
+    out = []
+    for field, check in _FIELD_CHECKS.items():
+        value = values.get(field)
+        if value is None:
+            continue
+        try:
+            check(value, now)
+        except ValidationFailed as err:
+            out.append((field, err))
+    return out
 
 
 def _limits(rows: Any, writes: list[UsageWrite]) -> dict[tuple[int, str], int]:
@@ -1282,6 +1328,10 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
     now = utcnow()
     row = conn.execute(st.first_event, {"user_id": user_id, "idempotency_key": key}).first()
     if row is None:
+        # A mistyped user_id is told as such, as every other endpoint does (a refusal
+        # pays the lookup), not as an unknown key the caller would go looking for.
+        if session.get(User, user_id) is None:
+            raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
         raise UsageEventNotFound(
             f"No usage event with idempotency key {key!r} for this user.", idempotency_key=key
         )

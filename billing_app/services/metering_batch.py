@@ -23,7 +23,13 @@ from billing_app.errors import (
     batch_event_error,
 )
 from billing_app.services.dto import RecordResult
-from billing_app.services.metering import UsageWrite, apply_writes, prepare_write, same_json
+from billing_app.services.metering import (
+    UsageWrite,
+    apply_writes,
+    prepare_write,
+    same_json,
+    write_problems,
+)
 
 MAX_BATCH = 1000
 
@@ -48,9 +54,24 @@ def validate_batch(
     out, errors = check_events(events, resolve_user)
     if errors:
         if known_users is not None:
-            errors = sorted(errors + _unknown_users(out, known_users), key=lambda e: e["index"])
+            errors = merge_bad_events(errors, unknown_users(events, known_users))
         raise_bad_events(errors, len(events))
     return [w for _, w in out]
+
+
+def merge_bad_events(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bad events by index, each once: an event named in several groups (the schema's,
+    the rules', the unknown users') keeps the first one's code and message, and lists
+    every problem in its `errors`."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for group in groups:
+        for e in group:
+            seen = by_index.get(e["index"])
+            if seen is None:
+                by_index[e["index"]] = {**e, "errors": list(e["errors"])}
+            else:
+                seen["errors"].extend(e["errors"])
+    return [by_index[i] for i in sorted(by_index)]
 
 
 def check_events(
@@ -102,16 +123,35 @@ def raise_bad_events(errors: list[dict[str, Any]], total: int) -> None:
     )
 
 
-def _unknown_users(
-    writes: list[tuple[int, UsageWrite]], known_users: Callable[[set[int]], set[int]]
+def unknown_users(
+    events: list[Any], known_users: Callable[[set[int]], set[int]]
 ) -> list[dict[str, Any]]:
-    ids = {w.user_id for _, w in writes}
-    missing = ids - known_users(ids)
-    return [
-        _bad_event(i, UserNotFound.code, f"No user with id {w.user_id}.", field="user_id")
-        for i, w in writes
-        if w.user_id in missing
+    """The events naming a user id that does not exist (one query, for a batch refused
+    anyway), whatever else is wrong with them."""
+    named = [
+        (i, ev["user_id"])
+        for i, ev in enumerate(events)
+        if isinstance(ev, dict)
+        and type(ev.get("user_id")) is int  # bool is no user id
+        and ev["user_id"] > 0
     ]
+    ids = {uid for _, uid in named}
+    missing = ids - known_users(ids) if ids else set()
+    return [
+        _bad_event(i, UserNotFound.code, f"No user with id {uid}.", field="user_id")
+        for i, uid in named
+        if uid in missing
+    ]
+
+
+def field_errors(index: int, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """An event's problems among `values` (some of its fields), as a bad event's
+    problems, or none: for the fields the schema took of an event it refused."""
+    problems = [
+        {"field": field, "code": err.code, "message": err.message}
+        for field, err in write_problems(values)
+    ]
+    return [batch_event_error(index, problems, problems[0]["message"])] if problems else []
 
 
 def record_batch(
@@ -135,16 +175,40 @@ def record_batch(
 
 
 def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
-    """Raise for the batch if any event failed: unknown users all named at once."""
+    """Raise for the batch if any event failed: unknown users and keys reused with other
+    values all named at once (a 422 if a user is unknown, else a 409 for the keys)."""
+    if not errors:
+        return
     missing = [
         _bad_event(i, o.code, o.message, field="user_id")
         for i, o in errors.items()
         if isinstance(o, UserNotFound)
     ]
+    reused = {i: o for i, o in sorted(errors.items()) if isinstance(o, IdempotencyConflict)}
+    named = [
+        _bad_event(i, o.code, o.message, **{"field": "idempotency_key", **o.details})
+        for i, o in reused.items()
+    ]
     if missing:
+        what = "name an unknown user" if not named else "are invalid"
         raise ValidationFailed(
-            f"{len(missing)} of {total} events name an unknown user; nothing was recorded.",
-            events=missing,
+            f"{len(missing) + len(named)} of {total} events {what}; nothing was recorded.",
+            events=merge_bad_events(missing, named),
+        )
+    if reused:
+        i, o = next(iter(reused.items()))
+        more = len(reused) - 1
+        also = (
+            f" {more} more event{'s' if more > 1 else ''} reuse{'' if more > 1 else 's'} "
+            "a key with other values (`events`)."
+            if more
+            else ""
+        )
+        raise IdempotencyConflict(
+            f"Event {i}: {o.message}{also} Nothing was recorded.",
+            index=i,
+            events=named,
+            **o.details,
         )
     for i, o in errors.items():
         raise type(o)(f"Event {i}: {o.message} Nothing was recorded.", index=i, **o.details)
@@ -152,6 +216,12 @@ def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
 
 def _bad_event(index: int, code: str, message: str, **details: Any) -> dict[str, Any]:
     """The shape of api/errors.py's bad events, keeping the error's own details (e.g.
-    the field, or the unknown metric)."""
-    problem = {"field": details.get("field", "event"), "code": code, "message": message}
-    return {**details, **batch_event_error(index, [problem], message)}
+    the field, or the unknown metric); an error naming several fields, each."""
+    fields = details.pop("fields", None)
+    if fields:
+        problems = [
+            {"field": f["field"], "code": f["type"], "message": f["message"]} for f in fields
+        ]
+    else:
+        problems = [{"field": details.get("field", "event"), "code": code, "message": message}]
+    return {**details, **batch_event_error(index, problems, message)}

@@ -664,6 +664,24 @@ def test_a_bad_event_in_a_later_request_is_named_by_its_index_in_the_batch(actor
     _stored(actors, events[:10])  # the first request's, each once
 
 
+def test_a_conflict_in_a_later_request_is_named_by_its_index_in_the_batch(actors, live_server):
+    """A 409 names its one event by `index` (and in its message): it was the index in
+    the request, not in the caller's batch, so it pointed at the wrong event."""
+    events = _many(actors, 15)
+    with billing(live_server, actors.service_key) as c:
+        c.record(actors.a.id, "scraping_tasks", 5, idempotency_key="reused")
+        events[12] = {"user_id": actors.a.id, "metric": "scraping_tasks", "quantity": 9}
+        events[12]["idempotency_key"] = "reused"
+    with billing(live_server, actors.service_key, max_batch_events=10) as c:
+        with pytest.raises(Conflict) as caught:
+            c.record_batch(events, idempotency_key="job-12")
+    err = caught.value
+    assert err.code == "idempotency_key_reused" and err.stored == 10
+    assert err.details["index"] == 12
+    assert err.message.startswith("Event 12: ") and "Event 12: " in str(err)
+    _stored(actors, events[:10])
+
+
 def test_an_event_too_large_for_any_request_is_refused_before_anything_is_sent(actors, live_server):
     good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
     forward = Forward()

@@ -6,7 +6,7 @@ lane does not take."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.testclient import TestClient
@@ -318,10 +318,15 @@ def test_a_refused_batch_names_every_bad_event_whatever_refused_it(actors):
         {"user_id": a, "metric": "tokens", "quantity": 1, "idempotencyKey": "x"},  # schema
     ]
     schema_first = svc.post("/api/billing/usage/batch", json={"events": events})
-    assert _bad_indices(schema_first) == [0, 1, 4]  # the user is looked up at the write
+    assert _bad_indices(schema_first) == [0, 1, 3, 4]
     error = schema_first.json()["error"]
-    assert error["message"] == "3 of 5 events are invalid; nothing was recorded."
-    assert error["events"][0]["code"] == "unknown_metric"
+    assert error["message"] == "4 of 5 events are invalid; nothing was recorded."
+    assert [e["code"] for e in error["events"]] == [
+        "unknown_metric",
+        "validation_error",
+        "user_not_found",
+        "validation_error",
+    ]
     rules_first = svc.post(
         "/api/billing/usage/batch", json={"events": [events[0], events[2], events[3]]}
     )
@@ -333,6 +338,118 @@ def test_a_refused_batch_names_every_bad_event_whatever_refused_it(actors):
     ]
     with session_scope() as s:
         assert usage_totals(s, a, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_batch_the_schema_refuses_also_names_its_unknown_users(actors, lane):
+    """A bad field in one event and an unknown user in another: the 422 named only the
+    field, and the batch sent again with it fixed met a second 422 for the user."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    events = [
+        ok,
+        {**ok, "quantity": -3},  # the schema's
+        {**ok, "user_id": 987_654},  # unknown
+        {"metric": "tokens", "quantity": 1},  # a service key must name the user
+        {**ok, "user_id": 987_654, "metric": "gpus"},  # both the rule's and unknown
+    ]
+    r = svc.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"] == "4 of 5 events are invalid; nothing was recorded."
+    named = [(e["index"], e["code"], [p["field"] for p in e["errors"]]) for e in error["events"]]
+    assert named == [
+        (1, "validation_error", ["quantity"]),
+        (2, "user_not_found", ["user_id"]),
+        (3, "validation_error", ["user_id"]),
+        (4, "unknown_metric", ["metric", "user_id"]),
+    ]
+    assert error["events"][1]["errors"][0]["message"] == "No user with id 987654."
+    assert [(f["field"], f["type"]) for f in error["fields"]] == [
+        ("events.1.quantity", "greater_than"),
+        ("events.2.user_id", "user_not_found"),
+        ("events.3.user_id", "validation_error"),
+        ("events.4.metric", "unknown_metric"),
+        ("events.4.user_id", "user_not_found"),
+    ]
+    # Fixing what the answer named is enough: the next attempt is stored.
+    fixed = [ok, ok, ok, ok, ok]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+    assert svc.post("/api/billing/usage/batch", json={"events": fixed}).status_code == 201
+
+
+def test_an_event_the_schema_refuses_is_also_checked_by_the_rules(actors):
+    """One event with a quantity of 0, an unknown metric, a time in the future and an
+    unknown user: the 422 named the quantity alone, then the metric, then the time, then
+    the user; four attempts to find what one answer can say."""
+    svc = actors.key_client(actors.service_key)
+    ahead = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    event = {"user_id": 987_654, "metric": "gpus", "quantity": 0, "occurred_at": ahead}
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    for events in ([ok, event], [ok, {**event, "quantity": 1}]):  # the schema's, or not
+        r = svc.post("/api/billing/usage/batch", json={"events": events})
+        assert r.status_code == 422, r.text
+        (bad,) = r.json()["error"]["events"]
+        problems = [(p["field"], p["code"]) for p in bad["errors"]]
+        schema = [("quantity", "validation_error")] if events[1]["quantity"] == 0 else []
+        assert bad["index"] == 1 and problems == [
+            *schema,
+            ("metric", "unknown_metric"),
+            ("occurred_at", "validation_error"),
+            ("user_id", "user_not_found"),
+        ], problems
+        fields = [f["field"] for f in r.json()["error"]["fields"]]
+        assert fields == [f"events.1.{field}" for field, _ in problems]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", ["/api/billing/usage", "/api/billing/usage/consume"])
+def test_a_refused_write_names_every_bad_field_at_once(actors, lane, path):
+    """`{"metric": "gpus", "quantity": 0}` was refused for its quantity; sent again with
+    that fixed, for its metric: each 422 named one field of several."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    one = {"user_id": actors.a.id, "metric": "gpus", "quantity": 0, "idempotency_key": " "}
+    r = svc.post(path, json=one)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert [(f["field"], f["type"]) for f in error["fields"]] == [
+        ("quantity", "greater_than"),
+        ("metric", "unknown_metric"),
+        ("idempotency_key", "validation_error"),
+    ]
+    assert error["message"] == "quantity: Input should be greater than 0"
+    r = svc.post(path, json={**one, "quantity": 1})  # the rules alone: both still named
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_metric"
+    assert [(f["field"], f["type"]) for f in error["fields"]] == [
+        ("metric", "unknown_metric"),
+        ("idempotency_key", "validation_error"),
+    ]
+    check = svc.post(
+        "/api/billing/quota/check", json={"user_id": actors.a.id, "metric": "gpus", "quantity": 0}
+    )
+    assert check.status_code == 422, check.text
+    assert [f["field"] for f in check.json()["error"]["fields"]] == ["quantity", "metric"]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+def test_a_user_keys_refused_batch_does_not_say_which_users_exist(actors):
+    """Whom a user's key may act for is the write's 403, whether or not that user
+    exists: the schema's 422 names no unknown user for it."""
+    mine = actors.key_client(actors.a_key)
+    ok = {"metric": "tokens", "quantity": 1}
+    events = [{**ok, "quantity": 0}, {**ok, "user_id": 987_654}]
+    r = mine.post("/api/billing/usage/batch", json={"events": events})
+    assert _bad_indices(r) == [0]
+    events[0] = ok
+    r = mine.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
 
 
 def _times(value: object) -> list[str]:
@@ -404,3 +521,25 @@ def test_a_batch_a_rule_refuses_lists_its_fields_as_the_schema_does(actors):
     ]
     with session_scope() as s:
         assert usage_totals(s, a, "tokens") == (0, 0, 0)
+
+
+def test_the_openapi_error_shape_names_a_422s_fields_and_events(actors):
+    """The schema said only {code, message} (more allowed): a client generated from it
+    had no `fields` nor a batch's `events`, the two things a 422 is read for."""
+    svc = actors.key_client(actors.service_key)
+    components = svc.get("/api/openapi.json").json()["components"]["schemas"]
+    body = components["ErrorBody"]["properties"]
+    assert {"fields", "events"} <= body.keys()
+    assert components["FieldErrorOut"]["required"] == ["field", "message", "type"]
+    bad_event = components["BadEventOut"]
+    assert bad_event["required"] == ["index", "code", "message", "errors"]
+    assert components["EventProblemOut"]["required"] == ["field", "code", "message"]
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    r = svc.post("/api/billing/usage/batch", json={"events": [ok, {**ok, "metric": "gpus"}]})
+    error = r.json()["error"]
+    for f in error["fields"]:
+        assert set(components["FieldErrorOut"]["required"]) == f.keys()
+    for e in error["events"]:
+        assert set(bad_event["required"]) <= e.keys()
+        for p in e["errors"]:
+            assert set(components["EventProblemOut"]["required"]) == p.keys()

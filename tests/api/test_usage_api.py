@@ -377,8 +377,13 @@ def test_batch_is_all_or_nothing_naming_bad_events_by_index(actors):
     ]
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 422
-    # The schema's and the rules' at once; users are looked up once the schema is met.
-    assert [e["index"] for e in r.json()["error"]["events"]] == [1, 3]
+    # The schema's, the rules' and the unknown users at once.
+    err = r.json()["error"]["events"]
+    assert [(e["index"], e["code"]) for e in err] == [
+        (1, "unknown_metric"),
+        (3, "validation_error"),
+        (4, "user_not_found"),
+    ]
     events[3] = good
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 422
@@ -432,6 +437,49 @@ def test_batch_conflicting_key_rolls_back_everything(actors):
     r = c.post("/api/billing/usage/batch", json={"events": events})
     assert r.status_code == 409 and r.json()["error"]["index"] == 1
     assert _totals(actors.a.id) == (1, 5, 5)
+
+
+def test_a_batch_reusing_stored_keys_names_every_such_event(actors):
+    """Two events reusing stored keys with other values: the 409 named the first only,
+    and an unknown user's 422 hid them both, so each took another attempt to find."""
+    c = actors.key_client(actors.service_key)
+    a = actors.a.id
+    for key in ("k1", "k2"):
+        body = {"user_id": a, "metric": "tokens", "quantity": 5, "idempotency_key": key}
+        assert c.post("/api/billing/usage", json=body).status_code == 201
+    good = {"user_id": a, "metric": "tokens", "quantity": 1}
+    events = [
+        good,
+        {**good, "quantity": 9, "idempotency_key": "k1"},
+        good,
+        {**good, "quantity": 9, "idempotency_key": "k2"},
+    ]
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["index"], error["idempotency_key"]) == (
+        "idempotency_key_reused",
+        1,
+        "k1",
+    )
+    assert (
+        error["message"].startswith("Event 1: ") and "1 more event reuses a key" in error["message"]
+    )
+    assert [(e["index"], e["code"], e["errors"][0]["field"]) for e in error["events"]] == [
+        (1, "idempotency_key_reused", "idempotency_key"),
+        (3, "idempotency_key_reused", "idempotency_key"),
+    ]
+    events.append({**good, "user_id": 424242})
+    r = c.post("/api/billing/usage/batch", json={"events": events})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == "3 of 5 events are invalid; nothing was recorded."
+    assert [(e["index"], e["code"]) for e in error["events"]] == [
+        (1, "idempotency_key_reused"),
+        (3, "idempotency_key_reused"),
+        (4, "user_not_found"),
+    ]
+    assert _totals(a) == (2, 10, 10)
 
 
 def test_batch_limits_and_user_keys(actors):

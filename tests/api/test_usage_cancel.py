@@ -118,6 +118,18 @@ def test_an_unknown_key_is_404_naming_it_and_writes_nothing(actors):
     assert _totals(a) == (1, 10, 10)
 
 
+def test_a_cancel_naming_an_unknown_user_says_so(actors):
+    """A mistyped user_id was answered as an unknown key (`usage_event_not_found`), which
+    sent the caller looking for the key; every other endpoint says `user_not_found`."""
+    c = actors.key_client(actors.service_key)
+    _write(c, "/api/billing/usage", actors.a.id, "tokens", 10, "job-1")
+    r = c.post(CANCEL, json={"user_id": 987_654, "idempotency_key": "job-1"})
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["message"]) == ("user_not_found", "No user with id 987654.")
+    assert _totals(actors.a.id) == (1, 10, 10)
+
+
 def test_another_users_event_cannot_be_cancelled_nor_found(actors):
     """A's key naming B is 403 whether or not B has the key; A's own id with B's key is
     the unknown key's 404, word for word: nothing tells A that B's key exists."""
