@@ -13,10 +13,11 @@ from sqlmodel import Session
 from starlette.responses import StreamingResponse
 
 from billing_app.api import schemas as s
-from billing_app.api.billing_routes import invoices_page, page_out
+from billing_app.api.billing_routes import page_out
 from billing_app.api.deps import admin_user, db_session
 from billing_app.db import read_session
 from billing_app.services import admin, api_keys, exports, quotas
+from billing_app.services import invoices as invoice_service
 from billing_app.services.dto import ApiKeyDTO, UserDTO
 
 log = logging.getLogger("billing_app.api")
@@ -223,28 +224,41 @@ def override_quota(
     ).to_dict()
 
 
+INVOICE_FILTER_DOC = (
+    "the console's filter, by badge: "
+    + ", ".join(invoice_service.ADMIN_FILTERS)
+    + " (paid and open leave out credits: a negative total)"
+)
+
+
 @router.get("/invoices", response_model=s.InvoicePage)
 def invoices(
-    status: str | None = Query(default=None, max_length=32),
+    status: str | None = Query(default=None, max_length=32, description=INVOICE_FILTER_DOC),
     user_id: int | None = Query(default=None, ge=1, le=s.MAX_ID),
     page: int = Query(default=1, ge=1, le=1_000_000),
     per_page: int = Query(default=50, ge=1, le=100),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
 ) -> dict[str, Any]:
+    """Every user's invoices (or `user_id`'s), newest first. `status` filters as the
+    console does: `credit` lists credits to the balance (negative total; their `status`
+    is Stripe's, paid or open), `paid` and `open` the others."""
     return page_out(
-        invoices_page(session, user_id=user_id, status=status, page=page, per_page=per_page)
+        invoice_service.list_invoices(
+            session, user_id=user_id, shown=status, page=page, per_page=per_page
+        )
     )
 
 
 @router.get("/invoices.csv", response_class=CSVResponse, responses=CSV_RESPONSES)
 def invoices_csv(
     request: Request,
-    status: str | None = Query(default=None, max_length=32),
+    status: str | None = Query(default=None, max_length=32, description=INVOICE_FILTER_DOC),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
 ) -> CSVResponse:
-    """Every invoice with `status` (all without), newest first, as CSV (streamed): number,
+    """Every invoice the `status` filter lists (all without; as GET /invoices), newest
+    first, as CSV (streamed): number,
     stripe_invoice_id, customer_email, status, currency (its code), total (negative: a
     credit to the balance), amount_due, amount_paid, amount_remaining, paid_from_balance
     and credited_to_balance (decimal amounts of that currency), created, period_start, period_end,

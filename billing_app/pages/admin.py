@@ -47,7 +47,15 @@ def stat_card(s: StatView) -> rx.Component:
     return rx.card(
         rx.vstack(
             rx.text(s.label, size="2", color_scheme="gray"),
-            rx.text(s.value, size="7", weight="bold"),
+            # Two cards a row on a phone: MRR's "$2,986.00" at size 7 ran past its card's
+            # edge, cut off. Smaller there, and a longer amount wraps rather than hides.
+            rx.text(
+                s.value,
+                size=rx.breakpoints(initial="5", sm="7"),
+                weight="bold",
+                overflow_wrap="anywhere",
+                class_name="stat-value",
+            ),
             # Says what is counted, so the cards read as one definition.
             rx.cond(s.hint != "", rx.text(s.hint, size="1", color_scheme="gray")),
             spacing="1",
@@ -424,21 +432,53 @@ def audit_row(a: AuditView) -> rx.Component:
     )
 
 
+def labelled(label: str, hint: str, field: rx.Component, html_for: str = "") -> rx.Component:
+    """A field under a label and hint that stay in sight: a placeholder goes once something
+    is typed (and a long one was cut off on a phone), taking its meaning with it. The
+    hint's id is `<html_for>-hint`, for the field's aria-describedby."""
+    text = rx.text(label, size="2", weight="medium")
+    return rx.vstack(
+        rx.el.label(text, html_for=html_for) if html_for else text,
+        field,
+        *([rx.text(hint, size="1", color_scheme="gray", id=f"{html_for}-hint")] if hint else []),
+        spacing="1",
+        width="100%",
+    )
+
+
 def override_form() -> rx.Component:
     # A form, so that Enter in the limit saves it as the button does.
     return rx.form(
         rx.vstack(
             rx.heading("Override a quota", size="3"),
             rx.flex(
-                select(A.metric_options, A.override_metric, A.set_override_metric, "Metric"),
-                rx.input(
-                    placeholder="New limit (0 = unlimited)",
-                    # Uncontrolled (see form_field_props), cleared by the state once saved.
-                    **form_field_props(
-                        "override-limit", A.override_limit, A.set_override_limit, LIMIT_MAX
+                rx.box(
+                    labelled(
+                        "Metric",
+                        "",
+                        select(
+                            A.metric_options, A.override_metric, A.set_override_metric, "Metric"
+                        ),
                     ),
-                    aria_label="New limit",
-                    input_mode="numeric",
+                    flex="0 0 auto",
+                ),
+                rx.box(
+                    labelled(
+                        "New limit",
+                        "A whole number; 0 means unlimited.",
+                        rx.input(
+                            placeholder="e.g. 250,000",
+                            # Uncontrolled (see form_field_props), cleared by the state once saved.
+                            **form_field_props(
+                                "override-limit", A.override_limit, A.set_override_limit, LIMIT_MAX
+                            ),
+                            aria_label="New limit",
+                            custom_attrs={"aria-describedby": "override-limit-hint"},
+                            input_mode="numeric",
+                            width="100%",
+                        ),
+                        html_for="override-limit",
+                    ),
                     flex="1",
                     min_width="140px",
                 ),
@@ -446,13 +486,18 @@ def override_form() -> rx.Component:
                 wrap="wrap",
                 width="100%",
             ),
-            rx.text_area(
-                placeholder="Reason (required for an override; kept in the audit log)",
-                **form_field_props(
-                    "override-reason", A.override_reason, A.set_override_reason, REASON_MAX
+            labelled(
+                "Reason",
+                "Required for an override; kept in the audit log.",
+                rx.text_area(
+                    **form_field_props(
+                        "override-reason", A.override_reason, A.set_override_reason, REASON_MAX
+                    ),
+                    aria_label="Reason",
+                    custom_attrs={"aria-describedby": "override-reason-hint"},
+                    width="100%",
                 ),
-                aria_label="Reason",
-                width="100%",
+                html_for="override-reason",
             ),
             rx.cond(
                 A.override_error != "",

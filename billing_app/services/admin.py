@@ -375,8 +375,10 @@ def headline_stats(session: Session) -> dict[str, Any]:
     )
     failed = session.exec(select(sa.func.count()).select_from(Invoice).where(failed_filter)).one()
     total_users = session.exec(select(sa.func.count()).select_from(User)).one()
+    # Users whose current subscription is past due: what the list's "Past due" filter
+    # counts (an older subscription left past due is not theirs now, nor one user's two).
     past_due = session.exec(
-        select(sa.func.count()).select_from(Subscription).where(Subscription.status == "past_due")
+        select(sa.func.count()).select_from(cur).where(cur.c.rn == 1, cur.c.status == "past_due")
     ).one()
     session.rollback()
     return {

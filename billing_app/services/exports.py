@@ -41,11 +41,15 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.errors import ValidationFailed
 from billing_app.metrics import METRICS
 from billing_app.models import Invoice, User
 from billing_app.services import admin
-from billing_app.services.invoices import INVOICE_STATUSES, settlement
+from billing_app.services.invoices import (
+    INVOICE_STATUSES,
+    admin_filter,
+    check_admin_filter,
+    settlement,
+)
 from billing_app.services.money import minor_digits
 
 # Rows read, and written out, at a time.
@@ -173,20 +177,13 @@ def users_csv(session: Session, filters: admin.UserFilters, *, chunk: int = CHUN
     return write_csv(USER_COLUMNS, user_rows(session, filters, chunk=chunk), chunk)
 
 
-def check_invoice_status(status: str | None) -> None:
-    if status is not None and status not in INVOICE_STATUSES:
-        raise ValidationFailed(
-            f"Unknown invoice status {status!r}; expected one of: {', '.join(INVOICE_STATUSES)}.",
-            field="status",
-        )
-
-
 def invoice_rows(
     session: Session, *, status: str | None = None, chunk: int = CHUNK
 ) -> Iterator[list[Any]]:
-    """INVOICE_COLUMNS for every invoice with `status` (None: all), newest first as on
-    the invoices tab."""
-    check_invoice_status(status)
+    """INVOICE_COLUMNS for every invoice the invoices tab's filter `status` (None: all;
+    invoices.ADMIN_FILTERS, by badge: "paid" without credits, "credit") lists, newest
+    first as on the tab. The `status` column is Stripe's: a credit's is paid (or open)."""
+    check_admin_filter(status)
     dialect = _dialect(session)
     stmt = (
         select(
@@ -211,7 +208,7 @@ def invoice_rows(
         .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
     )
     if status is not None:
-        stmt = stmt.where(Invoice.status == status)
+        stmt = stmt.where(admin_filter(status))
     digits: dict[str, int] = {}
     for part in session.exec(stmt.execution_options(yield_per=chunk)).partitions():
         for (number, sid, email, st, cur, due, paid, total, remaining, balance,
@@ -253,5 +250,5 @@ def invoices_csv(
 ) -> Iterator[str]:
     """The invoices export as CSV text, a chunk of rows at a time; ValidationFailed for an
     unknown status, before anything is written."""
-    check_invoice_status(status)
+    check_admin_filter(status)
     return write_csv(INVOICE_COLUMNS, invoice_rows(session, status=status, chunk=chunk), chunk)

@@ -17,6 +17,38 @@ INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 CUSTOMER_STATUSES = ("open", "paid", "uncollectible", "void")
 MAX_PER_PAGE = 100
 SETTLED_STATUSES = ("paid", "void")
+# A negative total in one of these is a credit to the customer's balance (a downgrade's
+# proration): the pages' badge says "Credit", not "Paid" (states/views.invoice_view).
+CREDIT_STATUSES = ("open", "paid")
+# The admin's invoice filters: one per badge its tables show. "paid" and "open" leave the
+# credits out; what Stripe calls paid is "paid" and "credit" together.
+ADMIN_FILTERS = ("paid", "credit", "open", "draft", "void", "uncollectible")
+
+
+def is_credit(status: str, total: int | None) -> bool:
+    """A credit to the balance: the "Credit" badge. A row without Stripe's total (before
+    migration 0013) reads as paid or due, never as a credit."""
+    return status in CREDIT_STATUSES and total is not None and total < 0
+
+
+def check_admin_filter(shown: str | None) -> None:
+    if shown is not None and shown not in ADMIN_FILTERS:
+        raise ValidationFailed(
+            f"Unknown invoice status {shown!r}; expected one of: {', '.join(ADMIN_FILTERS)}.",
+            field="status",
+        )
+
+
+def admin_filter(shown: str) -> sa.ColumnElement[bool]:
+    """The invoices the admin filter `shown` lists: those whose badge it names (is_credit)."""
+    if shown == "credit":
+        return sa.and_(col(Invoice.status).in_(CREDIT_STATUSES), col(Invoice.total) < 0)
+    if shown in CREDIT_STATUSES:
+        return sa.and_(
+            Invoice.status == shown,
+            sa.or_(col(Invoice.total).is_(None), col(Invoice.total) >= 0),
+        )
+    return Invoice.status == shown
 
 
 @dataclass(frozen=True)
@@ -102,9 +134,11 @@ def list_invoices(
     page: int = 1,
     per_page: int = 20,
     customer_view: bool = False,
+    shown: str | None = None,
 ) -> Page:
     """Invoices newest first; `user_id=None` lists every user's (admin views).
-    `customer_view`: the customer's own list (no drafts)."""
+    `customer_view`: the customer's own list (no drafts). `status` is Stripe's status;
+    `shown` is the admin's filter instead (ADMIN_FILTERS: by badge, credits apart)."""
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise ValidationFailed("page must be a whole number, 1 or more.", field="page")
     if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
@@ -114,12 +148,15 @@ def list_invoices(
             f"Unknown invoice status {status!r}; expected one of: {', '.join(INVOICE_STATUSES)}.",
             field="status",
         )
-    shown = CUSTOMER_STATUSES if customer_view else INVOICE_STATUSES
-    where = [col(Invoice.status).in_(shown)]
+    check_admin_filter(shown)
+    listed = CUSTOMER_STATUSES if customer_view else INVOICE_STATUSES
+    where = [col(Invoice.status).in_(listed)]
     if user_id is not None:
         where.append(Invoice.user_id == user_id)
     if status is not None:
         where.append(Invoice.status == status)
+    if shown is not None:
+        where.append(admin_filter(shown))
     total = session.exec(select(sa.func.count()).select_from(Invoice).where(*where)).one()
     rows = session.exec(
         select(Invoice, User.email)

@@ -17,6 +17,7 @@ from billing_app.plans import PLAN_KEYS, get_catalog
 from billing_app.services import admin as admin_service
 from billing_app.services import invoices, quotas
 from billing_app.services.dto import UserDTO
+from billing_app.states import format as fmt
 from billing_app.states import views
 from billing_app.states.live import in_thread, is_newest, outage_as_error, start_load
 from billing_app.states.session import SessionState, clip
@@ -31,8 +32,11 @@ SORTS = {
     **{f"-usage_{k}": f"Most {m.plural}" for k, m in METRICS.items()},
     **{f"usage_{k}": f"Least {m.plural}" for k, m in METRICS.items()},
 }
-STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete", "none")
-INVOICE_STATUSES = ("paid", "open", "draft", "void", "uncollectible")
+# Every status a row's badge can show (the service's STATUS_FILTERS), so each can be listed.
+STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete",
+            "incomplete_expired", "paused", "none")  # fmt: skip
+# One per badge the invoices table shows: "credit" apart from "paid" (services.invoices).
+INVOICE_STATUSES = invoices.ADMIN_FILTERS
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
 SERVICE_SCOPES = ["usage:write", "usage:read"]
 DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
@@ -50,6 +54,10 @@ def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str
     )
     with outage_as_error(), read_session() as session:
         result = admin_service.list_users(session, filters, page=page, per_page=USERS_PER_PAGE)
+        if page > result.pages:  # fewer match now (a Refresh): their last page, not nothing
+            result = admin_service.list_users(
+                session, filters, page=result.pages, per_page=USERS_PER_PAGE
+            )
     return {
         "rows": [views.admin_user_view(r) for r in result.items],
         "total": result.total,
@@ -64,14 +72,15 @@ def load_stats() -> list[views.StatView]:
 
 
 def load_invoices(status: str, page: int) -> dict[str, Any]:
+    shown = None if status == ALL else status
     with outage_as_error(), read_session() as session:
         result = invoices.list_invoices(
-            session,
-            user_id=None,
-            status=None if status == ALL else status,
-            page=page,
-            per_page=INVOICES_PER_PAGE,
+            session, user_id=None, shown=shown, page=page, per_page=INVOICES_PER_PAGE
         )
+        if page > result.pages:  # fewer match now: their last page, not "31–12 of 12"
+            result = invoices.list_invoices(
+                session, user_id=None, shown=shown, page=result.pages, per_page=INVOICES_PER_PAGE
+            )
     return {
         "rows": [views.invoice_view(i) for i in result.items],
         "total": result.total,
@@ -224,13 +233,13 @@ class AdminState(SessionState):
     @rx.var(cache=True)
     def status_options(self) -> list[list[str]]:
         return [[ALL, "All statuses"]] + [
-            [s, "No subscription" if s == "none" else s.replace("_", " ").capitalize()]
-            for s in STATUSES
+            [s, "No subscription" if s == "none" else fmt.status_label(s)] for s in STATUSES
         ]
 
     @rx.var(cache=True)
     def invoice_status_options(self) -> list[list[str]]:
-        return [[ALL, "All invoices"]] + [[s, s.capitalize()] for s in INVOICE_STATUSES]
+        # The badges' own words (views.invoice_view), so a filter names what it lists.
+        return [[ALL, "All invoices"]] + [[s, fmt.status_label(s)] for s in INVOICE_STATUSES]
 
     @rx.var(cache=True)
     def sort_options(self) -> list[list[str]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from billing_app.metrics import METRICS
 from billing_app.plans import Plan
-from billing_app.services.invoices import settlement
+from billing_app.services.invoices import is_credit, settlement
 from billing_app.states import format as fmt
 from billing_app.states.format import get
 
@@ -281,7 +281,7 @@ def invoice_view(inv: Any) -> InvoiceView:
     note = ""
     if money.total < 0:
         amount = "-" + fmt.money(-money.total, currency)
-        if status in ("open", "paid"):
+        if is_credit(status, money.total):  # the admin's "credit" filter lists these
             note, label = "credited to balance", "Credit"
     else:
         amount = fmt.money(money.total, currency)

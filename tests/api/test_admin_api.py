@@ -274,6 +274,20 @@ def test_stats(actors):
     assert st["failed_payments"] == 1 and st["past_due_subscriptions"] == 1
 
 
+def test_past_due_counts_what_the_lists_past_due_filter_lists(actors):
+    """The "Past due" number is of users whose current subscription is past due: one
+    who has subscribed again since (an older one left past due) is not counted."""
+    with session_scope() as s:
+        again, late = (make_user(s, email=f"{n}@example.com") for n in ("again", "late"))
+    _sub(again.id, "basic", "past_due", 0)
+    _sub(again.id, "pro", "active", 1)  # the newer: what the list shows for them
+    _sub(late.id, "pro", "past_due", 0)
+    c = actors.cookie_client(actors.admin)
+    listed = c.get("/api/billing/admin/users", params={"status": "past_due"}).json()
+    assert [u["email"] for u in listed["items"]] == ["late@example.com"]
+    assert c.get("/api/billing/admin/stats").json()["past_due_subscriptions"] == listed["total"]
+
+
 def test_stats_count_subscribers_as_the_plan_they_grant_now(actors):
     """One definition: a subscriber is a user whose current subscription grants its plan
     now (active, trialing, past_due within the grace period), as the users list's plan

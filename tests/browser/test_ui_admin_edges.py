@@ -9,7 +9,14 @@ import re
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.browser.conftest import LiveApp, assert_focus_kept, focused, login, tab_to
+from tests.browser.conftest import (
+    LiveApp,
+    assert_focus_kept,
+    focused,
+    login,
+    open_user_drawer,
+    tab_to,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -318,6 +325,51 @@ def test_the_search_stays_with_the_list_and_refresh_reads_again(
     engine.dispose()
     page.get_by_role("button", name="Refresh").click()
     expect(total).to_contain_text(f"{before + 1:,}")
+
+
+def test_on_a_phone_the_headline_numbers_read_whole(page: Page, live_app: LiveApp) -> None:
+    """Two stat cards a row at 375 px: an MRR of five figures stays inside its card."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+    from tests.factories import make_subscription
+
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        for i in range(25):  # $499 each: MRR past $12,000
+            if users.get_user_by_email(session, f"mrr{i}@phone.test") is None:
+                user = users.create_user(session, f"mrr{i}@phone.test", "MRR")
+                make_subscription(session, user.id, plan="enterprise", sub_id=f"sub_mrr{i}")
+    engine.dispose()
+    page.set_viewport_size({"width": 375, "height": 800})
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    mrr = page.locator("#stats .rt-Card", has_text="MRR")
+    expect(mrr).to_contain_text(re.compile(r"\$\d{2,3},\d{3}\.\d{2}"))
+    for card in page.locator("#stats .rt-Card").all():
+        # The card hides what runs past its edge: nothing may.
+        assert card.evaluate("c => c.scrollWidth <= c.clientWidth"), card.inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_the_override_form_still_says_what_a_limit_means_once_typed(
+    page: Page, live_app: LiveApp
+) -> None:
+    """On a phone: the fields' labels and hints stay in sight, whole, while a limit is
+    typed (a placeholder, "New limit (0 = unlimited)", was cut off and went on the first
+    key); the hints are the fields' descriptions for a screen reader."""
+    page.set_viewport_size({"width": 375, "height": 800})
+    drawer = open_user_drawer(page, live_app, live_app.user_email, live_app.user_email)
+    limit = drawer.get_by_role("textbox", name="New limit")
+    limit.fill("0")
+    hint = drawer.get_by_text("0 means unlimited")
+    expect(hint).to_be_visible()
+    expect(limit).to_have_accessible_description(re.compile("0 means unlimited"))
+    reason = drawer.get_by_role("textbox", name="Reason")
+    expect(reason).to_have_accessible_description(re.compile("kept in the audit log"))
+    for text in ("New limit", "0 means unlimited", "kept in the audit log"):
+        shown = drawer.get_by_text(text).first
+        assert shown.evaluate("e => e.scrollWidth <= e.clientWidth"), text
+        box = shown.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 375, (text, box)
 
 
 def test_far_past_the_limit_the_numbers_read_whole(page: Page, live_app: LiveApp) -> None:

@@ -72,3 +72,58 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
     assert [(i["number"], i["currency"], i["amount_due"]) for i in invoices] == [
         ("CSV-0001", "JPY", "1500")
     ]
+
+
+def test_the_credit_filter_lists_what_the_credit_badge_marks(page: Page, live_app: LiveApp) -> None:
+    """A credit invoice (negative total) is paid in Stripe's words and "Credit" on its
+    badge: "Credit" lists it, "Paid" does not, and each export is what its filter shows."""
+    from sqlmodel import select
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
+    from billing_app.services import users
+
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        payer = users.get_user_by_email(session, "credit@csv.test") or users.create_user(
+            session, "credit@csv.test", "Credit"
+        )
+        if not session.exec(select(Invoice).where(Invoice.stripe_invoice_id == "in_cr1")).first():
+            session.add_all(
+                [
+                    Invoice(stripe_invoice_id="in_cr1", user_id=payer.id, number="CR-0001",
+                            status="paid", total=1900, amount_due=1900, amount_paid=1900),
+                    Invoice(stripe_invoice_id="in_cr2", user_id=payer.id, number="CR-0002",
+                            status="paid", total=-4000, amount_due=0, amount_paid=0),
+                ]
+            )  # fmt: skip
+            session.commit()
+    engine.dispose()
+
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="Invoices").click()
+    table = page.locator("#admin-invoices-table")
+    rows = table.locator("tbody tr")
+    export = page.get_by_role("link", name="Export CSV")
+    status = page.get_by_role("combobox", name="Filter invoices by status")
+
+    status.click()
+    page.get_by_role("option", name="Credit", exact=True).click()
+    expect(export).to_have_attribute("href", re.compile(r"invoices\.csv\?status=credit$"))
+    expect(table).to_contain_text("CR-0002")
+    expect(table).not_to_contain_text("CR-0001")
+    shown = rows.all_inner_texts()
+    assert shown and all("Credit" in r and "credited to balance" in r for r in shown), shown
+    with page.expect_download() as info:
+        export.click()
+    with open(info.value.path(), newline="", encoding="utf-8-sig") as f:
+        credits = list(csv.DictReader(f))
+    assert len(credits) == len(shown) and all(c["total"].startswith("-") for c in credits)
+    assert [c["number"] for c in credits] == [re.split(r"\s+", r.strip())[1] for r in shown]
+
+    status.click()
+    page.get_by_role("option", name="Paid", exact=True).click()
+    expect(export).to_have_attribute("href", re.compile(r"invoices\.csv\?status=paid$"))
+    expect(table).to_contain_text("CR-0001")
+    expect(table).not_to_contain_text("CR-0002")
+    expect(table).not_to_contain_text("Credit")

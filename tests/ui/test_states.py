@@ -421,3 +421,58 @@ def test_meter_percent_is_rounded_down_and_never_hides_an_overage(
     m = views.meter_view({"metric": "tokens", "used": used, "limit": limit, "unlimited": False})
     assert (m.percent_text, m.color) == (text, color)
     assert m.percent == min(used * 100 // limit, 100)
+
+
+def test_the_consoles_filters_name_every_badge_their_lists_show(session: Session) -> None:
+    """Invoices: a credit (negative total) is badged "Credit" and has a filter of its own;
+    "Paid" lists none. Users: each subscription status a row can show can be listed."""
+    from billing_app.models import Invoice
+    from billing_app.services import admin as admin_service
+    from billing_app.states import admin as admin_state
+
+    st = state_for(AdminState, path="/admin/billing")
+    assert st.invoice_status_options == [
+        ["all", "All invoices"], ["paid", "Paid"], ["credit", "Credit"], ["open", "Open"],
+        ["draft", "Draft"], ["void", "Void"], ["uncollectible", "Uncollectible"],
+    ]  # fmt: skip
+    shown = [v for v, _ in st.status_options[1:]]
+    assert sorted(shown) == sorted(admin_service.STATUS_FILTERS)
+    assert ["incomplete_expired", "Incomplete expired"] in st.status_options
+    st.set_status_filter("paused")
+    assert st.status_filter == "paused"
+
+    payer = make_user(session, email="payer@example.com")
+    for n, total in enumerate((1900, -4000)):
+        session.add(
+            Invoice(stripe_invoice_id=f"in_{n}", user_id=payer.id, status="paid", total=total,
+                    amount_due=max(total, 0), amount_paid=max(total, 0))
+        )  # fmt: skip
+    session.commit()
+    st.set_invoice_status("credit")
+    assert st.invoice_status == "credit"
+    assert st.invoices_csv_href == "/api/billing/admin/invoices.csv?status=credit"
+    labels = {
+        shown: [(r.amount, r.status_label) for r in admin_state.load_invoices(shown, 1)["rows"]]
+        for shown in ("paid", "credit")
+    }
+    assert labels == {"paid": [("$19.00", "Paid")], "credit": [("-$40.00", "Credit")]}
+
+
+def test_a_page_past_the_end_after_a_change_shows_the_last_one(session: Session) -> None:
+    """Page 2 of the invoices (or users) open, and fewer match when the tab reads again
+    (Refresh, a paid invoice leaving "Open"): the last page, not an empty table under
+    "16–3 of 3"."""
+    from billing_app.models import Invoice
+    from billing_app.states import admin as admin_state
+
+    payer = make_user(session, email="payer@example.com")
+    for n in range(3):
+        session.add(Invoice(stripe_invoice_id=f"in_{n}", user_id=payer.id, status="open"))
+    session.commit()
+    st = state_for(AdminState, path="/admin/billing")
+    st._set_invoices(admin_state.load_invoices("open", 2))
+    assert (st.invoice_page, len(st.invoices), st.invoice_page_text) == (1, 3, "1–3 of 3")
+    st._set_users(admin_state.load_users("payer", admin_state.ALL, admin_state.ALL, "email", 4))
+    assert (st.page, [u.email for u in st.users], st.page_text) == (
+        1, ["payer@example.com"], "1–1 of 1"
+    )  # fmt: skip

@@ -1,0 +1,115 @@
+"""The admin's invoice filters are its badges: a credit (negative total) is "Credit", not
+"Paid", in the service, GET /api/billing/admin/invoices and invoices.csv alike."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+import pytest
+
+from billing_app.db import session_scope
+from billing_app.errors import ValidationFailed
+from billing_app.models import Invoice
+from billing_app.services import exports, invoices
+from billing_app.states import views
+
+LIST = "/api/billing/admin/invoices"
+CSV = "/api/billing/admin/invoices.csv"
+
+# (id, Stripe status, total, amount_due, amount_paid, currency); total None: a row from
+# before migration 0013.
+ROWS = [
+    ("in_paid", "paid", 1900, 1900, 1900, "usd"),
+    ("in_credit", "paid", -4000, 0, 0, "usd"),  # a downgrade's proration
+    ("in_open", "open", 9900, 9900, 0, "eur"),
+    ("in_open_credit", "open", -1200, 0, 0, "usd"),  # finalized, not yet marked paid
+    ("in_legacy_paid", "paid", None, 1900, 1900, "usd"),
+    ("in_zero", "paid", 0, 0, 0, "jpy"),  # a 100% coupon: nothing credited
+    ("in_void_credit", "void", -500, 0, 0, "usd"),  # void, whatever its total
+    ("in_draft", "draft", 1500, 1500, 0, "jpy"),
+    ("in_bad", "uncollectible", 9900, 9900, 0, "gbp"),
+]
+# What each filter lists: the invoices whose badge says its name (newest first).
+EXPECTED = {
+    "paid": ["in_zero", "in_legacy_paid", "in_paid"],
+    "credit": ["in_open_credit", "in_credit"],
+    "open": ["in_open"],
+    "draft": ["in_draft"],
+    "void": ["in_void_credit"],
+    "uncollectible": ["in_bad"],
+}
+
+
+@pytest.fixture
+def invoice_set(actors) -> None:
+    with session_scope() as s:
+        for day, (sid, status, total, due, paid, currency) in enumerate(ROWS, start=1):
+            s.add(
+                Invoice(stripe_invoice_id=sid, user_id=actors.a.id, number=sid.upper(),
+                        status=status, total=total, amount_due=due, amount_paid=paid,
+                        currency=currency, created_at=datetime(2026, 10, day, tzinfo=UTC))
+            )  # fmt: skip
+        s.commit()
+
+
+def test_each_filter_lists_the_invoices_its_badge_names(invoice_set) -> None:
+    assert invoices.ADMIN_FILTERS == ("paid", "credit", "open", "draft", "void", "uncollectible")
+    with session_scope() as s:
+        everything = invoices.list_invoices(s, per_page=100).items
+        for shown in invoices.ADMIN_FILTERS:
+            page = invoices.list_invoices(s, shown=shown, per_page=100)
+            listed = [i.stripe_invoice_id for i in page.items]
+            assert listed == EXPECTED[shown], shown
+            assert page.total == len(listed)
+            # The badge each shows (states/views.invoice_view) is the filter's own word.
+            badged = [i.stripe_invoice_id for i in everything
+                      if views.invoice_view(i).status_label.lower() == shown]  # fmt: skip
+            assert badged == listed, shown
+        # Stripe's own status is still there for the customer's list and the service API.
+        stripe_paid = invoices.list_invoices(s, status="paid", per_page=100).items
+        assert {i.stripe_invoice_id for i in stripe_paid} == {
+            "in_zero", "in_legacy_paid", "in_paid", "in_credit"
+        }  # fmt: skip
+
+
+def test_the_admin_api_filters_by_badge(actors, invoice_set) -> None:
+    c = actors.cookie_client(actors.admin)
+    for shown, expected in EXPECTED.items():
+        r = c.get(LIST, params={"status": shown, "per_page": 100})
+        assert r.status_code == 200, r.text
+        assert [i["stripe_invoice_id"] for i in r.json()["items"]] == expected, shown
+        assert r.json()["total"] == len(expected)
+    # A credit keeps Stripe's status in the body; its negative total says what it is.
+    credits = c.get(LIST, params={"status": "credit"}).json()["items"]
+    assert [(i["status"], i["total"], i["credited_to_balance"]) for i in credits] == [
+        ("open", -1200, 1200), ("paid", -4000, 4000)
+    ]  # fmt: skip
+    both = c.get(LIST, params={"status": "credit", "user_id": actors.b.id}).json()
+    assert both["total"] == 0 and both["items"] == []
+
+    r = c.get(LIST, params={"status": "refunded"})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == (
+        "Unknown invoice status 'refunded'; expected one of: "
+        "paid, credit, open, draft, void, uncollectible."
+    )
+
+
+def test_the_csv_export_filters_by_badge(actors, invoice_set) -> None:
+    c = actors.cookie_client(actors.admin)
+    for shown, expected in EXPECTED.items():
+        r = c.get(CSV, params={"status": shown})
+        assert r.status_code == 200, r.text
+        rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"), newline="")))
+        assert [row["stripe_invoice_id"] for row in rows] == expected, shown
+        if shown == "credit":
+            assert [(row["status"], row["total"]) for row in rows] == [
+                ("open", "-12.00"), ("paid", "-40.00")
+            ]  # fmt: skip
+    r = c.get(CSV, params={"status": "refunded"})
+    assert r.status_code == 422 and "credit" in r.json()["error"]["message"]
+    with session_scope() as s:  # the service refuses it before writing anything
+        with pytest.raises(ValidationFailed, match="expected one of: paid, credit"):
+            exports.invoices_csv(s, status="refunded")
