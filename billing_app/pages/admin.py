@@ -23,7 +23,7 @@ from billing_app.components.common import (
     status_page,
 )
 from billing_app.components.layout import loading, page
-from billing_app.states.admin import KEY_NAME_MAX, LIMIT_MAX, REASON_MAX, SEARCH_MAX
+from billing_app.states.admin import KEY_ACCESS, KEY_NAME_MAX, LIMIT_MAX, REASON_MAX, SEARCH_MAX
 from billing_app.states.admin import AdminState as A
 from billing_app.states.views import (
     AdminUserView,
@@ -276,6 +276,7 @@ def key_row(k: ApiKeyView) -> rx.Component:
         rx.table.row_header_cell(rx.text(k.name, weight="medium")),
         rx.table.cell(rx.code(k.prefix)),
         rx.table.cell(k.owner),
+        rx.table.cell(k.access),
         rx.table.cell(rx.text(k.created, white_space="nowrap")),
         rx.table.cell(rx.text(k.last_used, white_space="nowrap")),
         rx.table.cell(
@@ -372,26 +373,65 @@ def keys_panel() -> rx.Component:
     return card(
         section_title("API keys", "Services use these to post usage and check quotas."),
         rx.form(
-            rx.input(
-                placeholder="Key name, e.g. scraper-prod",
-                # Uncontrolled (see form_field_props), cleared by the state once created.
-                **form_field_props("key-name", A.key_name, A.set_key_name, KEY_NAME_MAX),
-                aria_label="Key name",
-                flex="1",
-                min_width="180px",
+            rx.flex(
+                rx.box(
+                    labelled(
+                        "Key name",
+                        "",
+                        rx.input(
+                            placeholder="e.g. scraper-prod",
+                            # Uncontrolled (see form_field_props), cleared by the state once
+                            # created.
+                            **form_field_props(
+                                "key-name", A.key_name, A.set_key_name, KEY_NAME_MAX
+                            ),
+                            aria_label="Key name",
+                            width="100%",
+                        ),
+                        html_for="key-name",
+                    ),
+                    flex="1",
+                    min_width="180px",
+                ),
+                rx.box(
+                    labelled(
+                        "Service",
+                        "Optional; the key's name if left empty.",
+                        rx.input(
+                            **form_field_props(
+                                "key-service", A.key_service, A.set_key_service, KEY_NAME_MAX
+                            ),
+                            aria_label="Service name",
+                            custom_attrs={"aria-describedby": "key-service-hint"},
+                            width="100%",
+                        ),
+                        html_for="key-service",
+                    ),
+                    flex="1",
+                    min_width="160px",
+                ),
+                rx.box(
+                    labelled(
+                        "Access",
+                        "",
+                        rx.select.root(
+                            rx.select.trigger(aria_label="Access", min_width="200px"),
+                            rx.select.content(
+                                *[rx.select.item(label, value=v) for v, label, _ in KEY_ACCESS]
+                            ),
+                            value=A.key_access,
+                            on_change=A.set_key_access,
+                        ),
+                    ),
+                    flex="0 0 auto",
+                ),
+                rx.button(rx.icon("plus", size=16), "Create key", type="submit"),
+                gap="8px",
+                wrap="wrap",
+                align="end",
+                width="100%",
             ),
-            rx.input(
-                placeholder="Service (optional)",
-                **form_field_props("key-service", A.key_service, A.set_key_service, KEY_NAME_MAX),
-                aria_label="Service name",
-                flex="1",
-                min_width="160px",
-            ),
-            rx.button(rx.icon("plus", size=16), "Create key", type="submit"),
             on_submit=A.submit_key,
-            display="flex",
-            gap="8px",
-            flex_wrap="wrap",
             width="100%",
         ),
         rx.cond(
@@ -400,7 +440,7 @@ def keys_panel() -> rx.Component:
         ),
         new_secret_callout(),
         data_table(
-            ("Name", "Prefix", "Service", "Created", "Last used", sr_only("Actions")),
+            ("Name", "Prefix", "Service", "Access", "Created", "Last used", sr_only("Actions")),
             A.keys,
             key_row,
             "keys-table",

@@ -38,7 +38,8 @@ STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete"
 # One per badge the invoices table shows: "credit" apart from "paid" (services.invoices).
 INVOICE_STATUSES = invoices.ADMIN_FILTERS
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
-SERVICE_SCOPES = ["usage:write", "usage:read"]
+KEY_ACCESS = views.KEY_ACCESS
+_KEY_SCOPES = {choice: list(scopes) for choice, _label, scopes in KEY_ACCESS}
 DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
 # Each part of the console numbers its loads (live.start_load); only the newest one's
 # answer or error is shown. The stat cards load with the users list, under its number.
@@ -96,13 +97,15 @@ def load_keys() -> list[views.ApiKeyView]:
         return [views.api_key_view(k) for k in api_keys.list_keys(session)]
 
 
-def create_and_list_keys(name: str, service: str) -> tuple[int, str, list[views.ApiKeyView]]:
+def create_and_list_keys(
+    name: str, service: str, scopes: list[str]
+) -> tuple[int, str, list[views.ApiKeyView]]:
     """A new service key (its id and its secret, shown once) and the keys' list after it."""
     from billing_app.services import api_keys
 
     with outage_as_error(), session_scope() as session:
         key, secret = api_keys.create_key(
-            session, name=name, service_name=service or None, scopes=SERVICE_SCOPES
+            session, name=name, service_name=service or None, scopes=scopes
         )
         return key.id or 0, secret, [views.api_key_view(k) for k in api_keys.list_keys(session)]
 
@@ -135,11 +138,18 @@ def load_detail(user_id: int) -> dict[str, Any]:
     }
 
 
-def curl_example(origin: str, secret: str, user_id: int) -> str:
-    """A ready-to-paste request posting usage with a new key."""
+def curl_example(origin: str, secret: str, user_id: int, can_write: bool = True) -> str:
+    """A ready-to-paste request with a new key: posting usage, or for a key that may
+    only read, reading it."""
+    origin = origin or "http://localhost:8000"
+    if not can_write:
+        return (
+            f'curl "{origin}/api/billing/usage?user_id={user_id}" \\\n'
+            f'  -H "Authorization: Bearer {secret}"'
+        )
     body = f'{{"user_id": {user_id}, "metric": "tokens", "quantity": 500}}'
     return (
-        f"curl -X POST {origin or 'http://localhost:8000'}/api/billing/usage \\\n"
+        f"curl -X POST {origin}/api/billing/usage \\\n"
         f'  -H "Authorization: Bearer {secret}" \\\n'
         '  -H "Content-Type: application/json" \\\n'
         f"  -d '{body}'"
@@ -207,6 +217,7 @@ class AdminState(SessionState):
     keys: list[views.ApiKeyView] = []
     key_name: str = ""
     key_service: str = ""
+    key_access: str = KEY_ACCESS[0][0]
     key_error: str = ""
     new_secret: str = ""
     curl_example: str = ""
@@ -643,6 +654,11 @@ class AdminState(SessionState):
         self.key_service = clip(value, KEY_NAME_MAX)
 
     @rx.event
+    def set_key_access(self, value: str) -> None:
+        if value in _KEY_SCOPES:  # a crafted event's other value changes nothing
+            self.key_access = value
+
+    @rx.event
     async def create_key(self) -> Any:
         return await self._create_key()
 
@@ -652,8 +668,11 @@ class AdminState(SessionState):
         self.key_error = ""
         name = self.key_name
         service = self.key_service.strip() or name.strip()
+        scopes = _KEY_SCOPES.get(self.key_access, _KEY_SCOPES[KEY_ACCESS[0][0]])
         try:
-            key_id, secret, keys = await in_thread(lambda: create_and_list_keys(name, service))
+            key_id, secret, keys = await in_thread(
+                lambda: create_and_list_keys(name, service, scopes)
+            )
         except BillingError as err:
             self.key_error = err.message
             return None
@@ -662,7 +681,9 @@ class AdminState(SessionState):
         # Shown once; it lives only in this tab's state until dismissed or the page reloads.
         self.new_secret = secret
         self._new_key_id = key_id
-        self.curl_example = curl_example(self.router.url.origin, secret, self.user_id)
+        self.curl_example = curl_example(
+            self.router.url.origin, secret, self.user_id, "usage:write" in scopes
+        )
         self.key_name = ""
         self.key_service = ""
         return _clear_fields(KEY_FIELDS)

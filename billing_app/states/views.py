@@ -132,6 +132,16 @@ class ApiKeyView:
     created: str = ""
     last_used: str = ""
     revoked: bool = False
+    access: str = ""
+
+
+# What a key made in the console may do: (choice, its label, its scopes). Least
+# privilege: a dashboard that only reads, or a worker that only records.
+KEY_ACCESS = (
+    ("write_read", "Record and read usage", ("usage:write", "usage:read")),
+    ("write", "Record usage only", ("usage:write",)),
+    ("read", "Read usage and check quotas", ("usage:read",)),
+)
 
 
 @dataclasses.dataclass
@@ -406,7 +416,19 @@ def api_key_view(k: Any) -> ApiKeyView:
         created=fmt.date(get(k, "created_at")),
         last_used=fmt.date(get(k, "last_used_at")) or "Never",
         revoked=get(k, "revoked_at") is not None or bool(get(k, "revoked", False)),
+        access=key_access_text(get(k, "scopes", None) or ()),
     )
+
+
+def key_access_text(scopes: Any) -> str:
+    """What a key may do, in the console's words (its scopes; none: all its owner may)."""
+    have = set(scopes)
+    if not have:
+        return "Full access"
+    for _choice, label, choice_scopes in KEY_ACCESS:
+        if have == set(choice_scopes):
+            return label
+    return ", ".join(sorted(have))
 
 
 _STAT_LABELS = {

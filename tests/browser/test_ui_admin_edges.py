@@ -488,3 +488,38 @@ def test_enter_twice_saves_once_and_two_admins_each_leave_an_audit_row(
     page.reload()
     drawer = _open_drawer(page, live_app, sign_in=False)
     expect(drawer.locator("tr", has_text="Tokens").first).to_contain_text(stored)
+
+
+def test_a_key_made_to_read_only_reads(page: Page, live_app: LiveApp) -> None:
+    """The key form's Access choice: a key made for a dashboard reads usage and is
+    refused a write; the list and the ready-to-paste request say what it may do. Every
+    field keeps a visible label (the name's was a placeholder, gone on the first key)."""
+    import httpx
+
+    uid = live_app.user_id(live_app.user_email)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="API keys").click()
+    name = page.get_by_label("Key name")
+    name.fill("dashboard-reader")
+    page.get_by_role("combobox", name="Access").click()
+    page.get_by_role("option", name="Read usage and check quotas").click()
+    expect(page.get_by_role("combobox", name="Access")).to_contain_text("Read usage")
+    expect(page.get_by_text("Key name", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret.startswith("bk_")
+    expect(page.locator("#curl-example")).not_to_contain_text("-X POST")
+    row = page.locator("#keys-table").get_by_role("row").filter(has_text="dashboard-reader")
+    expect(row).to_contain_text("Read usage and check quotas")
+
+    auth = {"Authorization": f"Bearer {secret}"}
+    read = httpx.get(f"{live_app.url}/api/billing/usage?user_id={uid}", headers=auth, timeout=10)
+    assert read.status_code == 200, read.text
+    write = httpx.post(
+        f"{live_app.url}/api/billing/usage",
+        headers=auth,
+        json={"user_id": uid, "metric": "tokens", "quantity": 1},
+        timeout=10,
+    )
+    assert write.status_code == 403, write.text
+    assert write.json()["error"]["code"] == "forbidden"

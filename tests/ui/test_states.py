@@ -203,6 +203,44 @@ def test_admin_override_and_api_key(session: Session) -> None:
     assert st.keys[0].revoked or any(k.revoked for k in st.keys)
 
 
+def test_a_console_key_gets_the_access_chosen_for_it(session: Session) -> None:
+    """The console made every key able to record and read; an admin may now make a key
+    that only reads (a dashboard) or only records (a worker). Its scopes are what was
+    chosen, the list says so, and the ready-to-paste request is one the key may send."""
+    from billing_app.services import api_keys
+    from billing_app.states.admin import load_keys
+
+    admin = make_user(session, email="boss@example.com", admin=True)
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    assert asyncio.run(st.on_load()) is not None
+    made = {}
+    for access, name in (("read", "dashboard"), ("write", "worker"), ("write_read", "both")):
+        st.set_key_access(access)
+        st.set_key_name(name)
+        asyncio.run(st.create_key())
+        assert st.key_error == "" and st.new_secret.startswith("bk_")
+        made[name] = st.curl_example
+    scopes = {k.name: sorted(k.scopes) for k in api_keys.list_keys(session)}
+    assert scopes == {
+        "dashboard": ["usage:read"],
+        "worker": ["usage:write"],
+        "both": ["usage:read", "usage:write"],
+    }
+    shown = {k.name: k.access for k in st.keys}
+    assert shown == {
+        "dashboard": "Read usage and check quotas",
+        "worker": "Record usage only",
+        "both": "Record and read usage",
+    }
+    assert made["dashboard"].startswith('curl "') and "-X POST" not in made["dashboard"]
+    assert "-X POST" in made["worker"] and "-X POST" in made["both"]
+    st.set_key_access("admin")  # not a choice: nothing changes
+    assert st.key_access == "write_read"
+    # A key the command line made without scopes may do all its owner may.
+    api_keys.create_key(session, name="cli", service_name="cli")
+    assert {k.name: k.access for k in load_keys()}["cli"] == "Full access"
+
+
 def test_admin_filters_only_accept_known_values(session: Session) -> None:
     st = state_for(AdminState, path="/admin/billing")
     st.set_plan_filter("pro")
