@@ -143,13 +143,17 @@ def list_invoices(
         raise ValidationFailed("page must be a whole number, 1 or more.", field="page")
     if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= 100:
         raise ValidationFailed(f"per_page must be between 1 and {MAX_PER_PAGE}.", field="per_page")
-    if status is not None and status not in INVOICE_STATUSES:
-        raise ValidationFailed(
-            f"Unknown invoice status {status!r}; expected one of: {', '.join(INVOICE_STATUSES)}.",
-            field="status",
-        )
-    check_admin_filter(shown)
     listed = CUSTOMER_STATUSES if customer_view else INVOICE_STATUSES
+    if status is not None and status not in listed:
+        # A draft is a known status the customer's list never shows: said, not an
+        # empty page that reads as "no such invoices".
+        what = (
+            "Drafts are not billed yet and are never listed here"
+            if status == "draft"
+            else f"Unknown invoice status {status!r}"
+        )
+        raise ValidationFailed(f"{what}; expected one of: {', '.join(listed)}.", field="status")
+    check_admin_filter(shown)
     where = [col(Invoice.status).in_(listed)]
     if user_id is not None:
         where.append(Invoice.user_id == user_id)

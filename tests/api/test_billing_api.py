@@ -84,6 +84,28 @@ def test_invoices_are_paginated_and_scoped(actors):
     assert c.get("/api/billing/invoices", params={"page": 0}).status_code == 422
 
 
+def test_a_customer_asking_for_drafts_is_told_they_are_not_listed(actors):
+    """The customer's list never shows drafts: asking for them was an empty page, and the
+    422 for an unknown status named `draft` among the choices. Now both say which
+    statuses the list has."""
+    _invoice(actors.a.id, 1, "paid")
+    c = actors.cookie_client(actors.a)
+    svc = actors.key_client(actors.service_key)
+    for client, params in ((c, {}), (svc, {"user_id": actors.a.id})):
+        r = client.get("/api/billing/invoices", params={**params, "status": "draft"})
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["message"] == (
+            "Drafts are not billed yet and are never listed here; "
+            "expected one of: open, paid, uncollectible, void."
+        )
+        assert err["fields"][0]["field"] == "status"
+        weird = client.get("/api/billing/invoices", params={**params, "status": "weird"})
+        assert weird.json()["error"]["message"] == (
+            "Unknown invoice status 'weird'; expected one of: open, paid, uncollectible, void."
+        )
+
+
 @pytest.fixture
 def sandbox(monkeypatch, app_settings) -> Iterator[SandboxServer]:
     with SandboxServer(SandboxConfig()) as server:
