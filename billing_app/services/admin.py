@@ -358,22 +358,9 @@ def headline_stats(session: Session) -> dict[str, Any]:
     per_plan = {p: int(n) for p, n, _ in counts if p in paid}
     billed_per_plan = {p: int(b or 0) for p, _, b in counts if p in paid}
     mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items())
-    troubled = select(Subscription.stripe_subscription_id).where(
-        col(Subscription.status).in_(("past_due", "unpaid"))
-    )
-    # Uncollectible, or open with a failed attempt: its subscription in trouble, or attempts
-    # Stripe counted (also once dunning canceled the subscription and left it open).
-    failed_filter = sa.or_(
-        Invoice.status == "uncollectible",
-        sa.and_(
-            Invoice.status == "open",
-            sa.or_(
-                col(Invoice.stripe_subscription_id).in_(troubled),
-                col(Invoice.attempt_count) > 0,
-            ),
-        ),
-    )
-    failed = session.exec(select(sa.func.count()).select_from(Invoice).where(failed_filter)).one()
+    failed = session.exec(
+        select(sa.func.count()).select_from(Invoice).where(invoices.failed_payment_filter())
+    ).one()
     total_users = session.exec(select(sa.func.count()).select_from(User)).one()
     # Users whose current subscription is past due: what the list's "Past due" filter
     # counts (an older subscription left past due is not theirs now, nor one user's two).

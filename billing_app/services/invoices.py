@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.errors import ValidationFailed
-from billing_app.models import Invoice, User
+from billing_app.models import Invoice, Subscription, User
 from billing_app.services.dto import InvoiceDTO, Page
 
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
@@ -22,7 +22,8 @@ SETTLED_STATUSES = ("paid", "void")
 CREDIT_STATUSES = ("open", "paid")
 # The admin's invoice filters: one per badge its tables show. "paid" and "open" leave the
 # credits out; what Stripe calls paid is "paid" and "credit" together.
-ADMIN_FILTERS = ("paid", "credit", "open", "draft", "void", "uncollectible")
+# "failed": the payments that failed, as the console's Failed payments card counts them.
+ADMIN_FILTERS = ("paid", "credit", "open", "draft", "void", "uncollectible", "failed")
 
 
 def is_credit(status: str, total: int | None) -> bool:
@@ -39,8 +40,30 @@ def check_admin_filter(shown: str | None) -> None:
         )
 
 
+def failed_payment_filter() -> sa.ColumnElement[bool]:
+    """A failed payment: uncollectible, or open with a failed attempt: its subscription in
+    trouble, or attempts Stripe counted (also once dunning canceled the subscription and
+    left it open). The admin's Failed payments count and its "failed" filter alike."""
+    troubled = select(Subscription.stripe_subscription_id).where(
+        col(Subscription.status).in_(("past_due", "unpaid"))
+    )
+    return sa.or_(
+        Invoice.status == "uncollectible",
+        sa.and_(
+            Invoice.status == "open",
+            sa.or_(
+                col(Invoice.stripe_subscription_id).in_(troubled),
+                col(Invoice.attempt_count) > 0,
+            ),
+        ),
+    )
+
+
 def admin_filter(shown: str) -> sa.ColumnElement[bool]:
-    """The invoices the admin filter `shown` lists: those whose badge it names (is_credit)."""
+    """The invoices the admin filter `shown` lists: those whose badge it names (is_credit),
+    or, for "failed", the failed payments."""
+    if shown == "failed":
+        return failed_payment_filter()
     if shown == "credit":
         return sa.and_(col(Invoice.status).in_(CREDIT_STATUSES), col(Invoice.total) < 0)
     if shown in CREDIT_STATUSES:

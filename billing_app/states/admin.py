@@ -250,7 +250,10 @@ class AdminState(SessionState):
     @rx.var(cache=True)
     def invoice_status_options(self) -> list[list[str]]:
         # The badges' own words (views.invoice_view), so a filter names what it lists.
-        return [[ALL, "All invoices"]] + [[s, fmt.status_label(s)] for s in INVOICE_STATUSES]
+        return [[ALL, "All invoices"]] + [
+            [s, "Payment failed" if s == "failed" else fmt.status_label(s)]
+            for s in INVOICE_STATUSES
+        ]
 
     @rx.var(cache=True)
     def sort_options(self) -> list[list[str]]:

@@ -442,6 +442,8 @@ _STAT_LABELS = {
 _STAT_HINTS = {
     "active_subscribers": "Active, trialing, or past due within the grace period",
     "mrr": "Active and past due within the grace period; trials excluded",
+    "failed_payments": "Invoices: the Payment failed filter lists them",
+    "past_due_subscriptions": "Users: the Past due filter lists them",
 }
 
 

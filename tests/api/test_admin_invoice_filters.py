@@ -55,10 +55,10 @@ def invoice_set(actors) -> None:
 
 
 def test_each_filter_lists_the_invoices_its_badge_names(invoice_set) -> None:
-    assert invoices.ADMIN_FILTERS == ("paid", "credit", "open", "draft", "void", "uncollectible")
+    assert invoices.ADMIN_FILTERS == (*EXPECTED, "failed")
     with session_scope() as s:
         everything = invoices.list_invoices(s, per_page=100).items
-        for shown in invoices.ADMIN_FILTERS:
+        for shown in EXPECTED:
             page = invoices.list_invoices(s, shown=shown, per_page=100)
             listed = [i.stripe_invoice_id for i in page.items]
             assert listed == EXPECTED[shown], shown
@@ -93,7 +93,7 @@ def test_the_admin_api_filters_by_badge(actors, invoice_set) -> None:
     assert r.status_code == 422
     assert r.json()["error"]["message"] == (
         "Unknown invoice status 'refunded'; expected one of: "
-        "paid, credit, open, draft, void, uncollectible."
+        "paid, credit, open, draft, void, uncollectible, failed."
     )
 
 
@@ -113,3 +113,41 @@ def test_the_csv_export_filters_by_badge(actors, invoice_set) -> None:
     with session_scope() as s:  # the service refuses it before writing anything
         with pytest.raises(ValidationFailed, match="expected one of: paid, credit"):
             exports.invoices_csv(s, status="refunded")
+
+
+def test_the_failed_filter_lists_what_the_failed_payments_card_counts(actors) -> None:
+    """The console's Failed payments card had no list behind it: the "failed" filter
+    lists exactly the invoices it counts, in the service, the API and the CSV."""
+    from billing_app.services import admin as admin_service
+    from tests.factories import make_subscription
+
+    with session_scope() as s:
+        make_subscription(s, actors.a.id, plan="pro", status="past_due", sub_id="sub_late")
+        make_subscription(s, actors.b.id, plan="pro", status="active", sub_id="sub_fine")
+        rows = [  # (id, status, subscription, attempts)
+            ("in_uncollectible", "uncollectible", "sub_fine", 4),
+            ("in_late", "open", "sub_late", 0),  # its subscription past due
+            ("in_retrying", "open", "sub_fine", 1),  # a failed attempt, retried later
+            ("in_just_open", "open", "sub_fine", 0),  # not attempted yet: not failed
+            ("in_paid_after_retry", "paid", "sub_fine", 2),  # failed, then paid
+        ]
+        for day, (sid, status, sub, attempts) in enumerate(rows, start=1):
+            s.add(
+                Invoice(stripe_invoice_id=sid, user_id=actors.a.id, status=status,
+                        stripe_subscription_id=sub, attempt_count=attempts, total=1900,
+                        amount_due=1900, amount_paid=1900 if status == "paid" else 0,
+                        currency="usd", created_at=datetime(2026, 10, day, tzinfo=UTC))
+            )  # fmt: skip
+        s.commit()
+    expected = ["in_retrying", "in_late", "in_uncollectible"]
+    with session_scope() as s:
+        listed = invoices.list_invoices(s, shown="failed", per_page=100)
+        assert [i.stripe_invoice_id for i in listed.items] == expected
+        assert admin_service.headline_stats(s)["failed_payments"] == listed.total == 3
+    c = actors.cookie_client(actors.admin)
+    r = c.get(LIST, params={"status": "failed"})
+    assert r.status_code == 200, r.text
+    assert [i["stripe_invoice_id"] for i in r.json()["items"]] == expected
+    got = c.get(CSV, params={"status": "failed"})
+    rows_out = list(csv.DictReader(io.StringIO(got.content.decode("utf-8-sig"), newline="")))
+    assert [row["stripe_invoice_id"] for row in rows_out] == expected
