@@ -119,7 +119,8 @@ def page(title: str, body: str, *, status: int = 200, narrow: bool = False) -> H
 <title>{e(title)}</title><style>{CSS}</style></head>
 <body><div class="banner">TEST MODE · Stripe sandbox — no real payments are made</div>
 <main class="wrap{" narrow" if narrow else ""}">{body}</main></body></html>"""
-    return HTMLResponse(doc, status_code=status)
+    # Never kept: Back to a Checkout paid meanwhile showed the kept card form, Pay and all.
+    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def message_page(
@@ -171,9 +172,12 @@ def _checkout_form(
     session: dict[str, Any],
     *,
     error: str | None = None,
+    error_field: str = "card-number",
     values: dict[str, Any] | None = None,
 ) -> HTMLResponse:
     values = values or {}
+    # After a refusal the field to fix has the focus (a form post's page starts on <body>).
+    focus = {error_field: " autofocus"} if error else {}
     items = st.checkout_internal[session["id"]]["items"]
     price, qty, _ = items[0]
     name = _product_name(st, price)
@@ -191,7 +195,7 @@ def _checkout_form(
         f'<input id="email" name="email" type="email" value="{e(email)}" readonly>'
         if email
         else f'<input id="email" name="email" type="email" required placeholder="you@example.com"'
-        f' value="{e(values.get("email"))}">'
+        f' value="{e(values.get("email"))}"{focus.get("email", "")}>'
     )
     error_html = _error_box(error)
     back = (
@@ -220,14 +224,17 @@ def _checkout_form(
       <label for="email">Email</label>{email_field}
       <label for="card-number">Card number</label>
       <input id="card-number" name="card_number" inputmode="numeric" autocomplete="cc-number"
-        placeholder="1234 1234 1234 1234" value="{e(values.get("card_number"))}" required>
+        placeholder="1234 1234 1234 1234" value="{e(values.get("card_number"))}" required
+        {focus.get("card-number", "")}>
       <div class="row">
         <div><label for="card-expiry">Expiry</label>
           <input id="card-expiry" name="card_expiry" placeholder="MM / YY"
-            autocomplete="cc-exp" value="{e(values.get("card_expiry"))}"></div>
+            autocomplete="cc-exp" value="{e(values.get("card_expiry"))}"
+            {focus.get("card-expiry", "")}></div>
         <div><label for="card-cvc">CVC</label>
           <input id="card-cvc" name="card_cvc" placeholder="CVC" autocomplete="cc-csc"
-            inputmode="numeric" value="{e(values.get("card_cvc"))}"></div>
+            inputmode="numeric" value="{e(values.get("card_cvc"))}"
+            {focus.get("card-cvc", "")}></div>
       </div>
       <label for="card-name">Name on card</label>
       <input id="card-name" name="card_name" placeholder="Full name" autocomplete="cc-name"
@@ -242,6 +249,17 @@ def _checkout_form(
   </section>
 </div>"""
     return page(f"{heading} · {st.config.business_name}", body)
+
+
+def _error_field(exc: StripeError) -> str:
+    """The checkout field (its id) a refusal is about."""
+    if exc.param == "email":
+        return "email"
+    return {
+        "invalid_expiry_month": "card-expiry",
+        "expired_card": "card-expiry",
+        "invalid_cvc": "card-cvc",
+    }.get(exc.decline_code or exc.code or "", "card-number")
 
 
 def _closed_checkout(session: dict[str, Any]) -> HTMLResponse:
@@ -293,7 +311,9 @@ def checkout_routes(st: SandboxState) -> list[Route]:
                 )
             except StripeError as exc:
                 # Re-render with the values typed so far (minus nothing: it's test data).
-                return _checkout_form(st, session, error=exc.message, values=form)
+                return _checkout_form(
+                    st, session, error=exc.message, error_field=_error_field(exc), values=form
+                )
             success = _success_url(session)
         if success:
             return RedirectResponse(success, status_code=303)

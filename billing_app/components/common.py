@@ -26,11 +26,18 @@ def card(*children: rx.Component, **props: Any) -> rx.Component:
 
 
 def section_title(
-    title: str, subtitle: str | rx.Var | None = None, *right: Any, heading_id: str | None = None
+    title: str,
+    subtitle: str | rx.Var | None = None,
+    *right: Any,
+    heading_id: str | None = None,
+    level: str | None = None,
 ) -> rx.Component:
     """A card's heading; `heading_id` makes the heading a target rx.set_focus can reach
-    (focusable by script only, tabindex -1), for a link that jumps to the section."""
+    (focusable by script only, tabindex -1), for a link that jumps to the section.
+    `level` ("h2"...): the heading's element, so a page's outline has one h1 (default h1)."""
     target = {"id": heading_id, "tab_index": -1} if heading_id else {}
+    if level:
+        target["as_"] = level
     return rx.hstack(
         rx.vstack(
             rx.heading(title, size="4", weight="bold", **target),
@@ -216,7 +223,7 @@ def data_table(
     )
 
 
-def _icon_link(label: str, icon: str, href: Any) -> rx.Component:
+def icon_link(label: str, icon: str, href: Any) -> rx.Component:
     """A small external link with an icon after its label; nothing when `href` is empty."""
     return rx.cond(
         href != "",
@@ -261,8 +268,8 @@ def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False)
         rx.table.cell(status_badge(inv.status_label, inv.status_color)),
         rx.table.cell(
             (rx.vstack if compact else rx.hstack)(
-                _icon_link("View", "external-link", inv.hosted_url),
-                _icon_link("PDF", "download", inv.pdf_url),
+                icon_link("View", "external-link", inv.hosted_url),
+                icon_link("PDF", "download", inv.pdf_url),
                 spacing="1" if compact else "3",
             )
         ),

@@ -72,12 +72,12 @@ def user_chip() -> rx.Component:
     return rx.hstack(
         rx.avatar(fallback=SessionState.user_initial, size="2", radius="full", variant="soft"),
         rx.vstack(
-            # Cut short, not wrapped: a long name pushed Sign out off a tablet's screen.
+            # Cut short, not wrapped: a long name pushed Sign out off a tablet's screen. No
+            # `trim`: it shrinks the line box, and `overflow: hidden` then cut the descenders.
             rx.text(
                 SessionState.user_name,
                 size="2",
                 weight="medium",
-                trim="both",
                 max_width="100%",
                 **ONE_LINE,
             ),
@@ -85,11 +85,10 @@ def user_chip() -> rx.Component:
                 SessionState.user_email,
                 size="1",
                 color_scheme="gray",
-                trim="both",
                 max_width="100%",
                 **ONE_LINE,
             ),
-            spacing="1",
+            spacing="0",
             max_width="220px",
             title=SessionState.user_email,
             display=["none", "none", "flex"],

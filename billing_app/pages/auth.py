@@ -16,6 +16,8 @@ def field(label: str, name: str, type_: str, autocomplete: str, **props: object)
             id=name,
             type=type_,
             auto_complete=autocomplete,
+            # The form mounts after on_load (rx.State.is_hydrated), so this is read once, set.
+            auto_focus=AuthFormState.focus_field == name,
             size="3",
             width="100%",
             **props,

@@ -9,6 +9,7 @@ from billing_app.components.common import (
     card,
     empty,
     held,
+    icon_link,
     invoice_table,
     load_error,
     meter,
@@ -19,7 +20,15 @@ from billing_app.components.common import (
 from billing_app.components.layout import loading, page
 from billing_app.metrics import METRICS
 from billing_app.states.billing import BillingState as S
-from billing_app.states.views import PlanView
+from billing_app.states.views import InvoiceView, PlanView
+
+# The invoices' table from 62em (md) up, where its six columns fit; a list below.
+WIDE_ONLY, NARROW_ONLY = (
+    rx.breakpoints(initial="none", md="block"),
+    rx.breakpoints(initial="block", md="none"),
+)
+# The page's heading: where the focus goes when what had it goes away.
+TITLE_ID = "billing-title"
 
 
 def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
@@ -30,7 +39,9 @@ def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
         rx.text(text, size="2", flex="1"),
         rx.icon_button(
             rx.icon("x", size=14),
-            on_click=S.dismiss_notice,
+            # The button goes with its banner: the focus goes to the page's heading, not
+            # to <body> (where a screen reader is left on nothing).
+            on_click=[rx.set_focus(TITLE_ID), S.dismiss_notice],
             variant="ghost",
             color_scheme="gray",
             size="1",
@@ -151,7 +162,7 @@ def plan_summary() -> rx.Component:
             justify="between",
             width="100%",
         ),
-        rx.heading(S.sub.plan_name, size="8", id="current-plan"),
+        rx.heading(S.sub.plan_name, size="8", id="current-plan", as_="h2"),
         rx.cond(
             S.sub.is_subscriber,
             rx.vstack(
@@ -207,6 +218,7 @@ def usage_card() -> rx.Component:
                 align="center",
                 spacing="1",
             ),
+            level="h2",
         ),
         rx.vstack(rx.foreach(S.meters, lambda m: meter(m)), spacing="5", width="100%"),
         height="100%",
@@ -233,8 +245,10 @@ def chart_card() -> rx.Component:
                 value=S.chart_metric,
                 on_change=S.set_chart_metric,
                 size="1",
+                aria_label="Metric shown in the chart",
                 width=rx.breakpoints(initial="100%", sm="auto"),
             ),
+            level="h2",
         ),
         rx.box(
             # Bars, not an area: on a period's first day there is one point, which an
@@ -259,6 +273,9 @@ def chart_card() -> rx.Component:
                 ),
                 rx.recharts.graphing_tooltip(separator=": ", custom_attrs={"formatter": _GROUPED}),
                 data=S.chart_data,
+                # A Tab stop (Recharts' keyboard layer): named for what it shows, not by
+                # its axis ticks read out in a row.
+                custom_attrs={"aria-label": "Daily " + S.chart_label + " this period"},
                 width="100%",
                 height=240,
                 margin={"left": 0, "right": 8, "top": 8, "bottom": 0},
@@ -278,7 +295,7 @@ def plan_card(p: PlanView) -> rx.Component:
     return rx.card(
         rx.vstack(
             rx.hstack(
-                rx.heading(p.name, size="5"),
+                rx.heading(p.name, size="5", as_="h3"),
                 rx.cond(
                     p.is_current,
                     rx.badge("Current", color_scheme="grass", radius="full"),
@@ -337,6 +354,7 @@ def plans_section() -> rx.Component:
                 "Pay securely with Stripe. Cancel any time.",
             ),
             heading_id="plans-title",
+            level="h2",
         ),
         rx.grid(
             rx.foreach(S.plans, plan_card),
@@ -345,18 +363,73 @@ def plans_section() -> rx.Component:
             width="100%",
         ),
         id="plans",
+        # Clear of the sticky 60px top bar: on a phone the jump to #plans put the heading
+        # (which takes the focus) under it.
+        scroll_margin_top="76px",
         spacing="4",
         width="100%",
     )
 
 
+def invoice_item(inv: InvoiceView) -> rx.Component:
+    """One invoice on a phone: the table's six columns do not fit, and scrolled sideways
+    they hid the amount, the status and the PDF behind a cut "Period" with no sign of more."""
+    return rx.el.li(
+        rx.hstack(
+            rx.vstack(
+                rx.text(inv.number, weight="medium"),
+                rx.text(inv.date, size="1", color_scheme="gray"),
+                spacing="1",
+            ),
+            rx.vstack(
+                rx.hstack(
+                    rx.text(inv.amount, weight="medium", white_space="nowrap"),
+                    status_badge(inv.status_label, inv.status_color),
+                    align="center",
+                    spacing="2",
+                ),
+                rx.cond(
+                    inv.amount_note != "",
+                    rx.text(inv.amount_note, size="1", color_scheme="gray"),
+                ),
+                rx.hstack(
+                    icon_link("View", "external-link", inv.hosted_url),
+                    icon_link("PDF", "download", inv.pdf_url),
+                    spacing="3",
+                ),
+                align="end",
+                spacing="1",
+            ),
+            justify="between",
+            align="start",
+            width="100%",
+        ),
+        padding_y="12px",
+        border_bottom="1px solid var(--gray-a4)",
+        list_style="none",
+    )
+
+
 def invoices_card() -> rx.Component:
     return card(
-        section_title("Invoices", "Receipts for every charge, downloadable as PDF."),
+        section_title("Invoices", "Receipts for every charge, downloadable as PDF.", level="h2"),
         rx.cond(
             S.invoice_total > 0,
             rx.vstack(
-                invoice_table(S.invoices, "invoices-table", variant="surface"),
+                rx.box(
+                    invoice_table(S.invoices, "invoices-table", variant="surface"),
+                    display=WIDE_ONLY,
+                    width="100%",
+                ),
+                rx.el.ul(
+                    rx.foreach(S.invoices, invoice_item),
+                    id="invoices-list",
+                    aria_label="Invoices",
+                    display=NARROW_ONLY,
+                    margin="0",
+                    padding="0",
+                    width="100%",
+                ),
                 pager(
                     rx.text.span(
                         S.invoice_total, rx.cond(S.invoice_total == 1, " invoice", " invoices")
@@ -378,7 +451,7 @@ def invoices_card() -> rx.Component:
 def dashboard() -> rx.Component:
     return rx.vstack(
         rx.vstack(
-            rx.heading("Billing", size="7"),
+            rx.heading("Billing", size="7", id=TITLE_ID, tab_index=-1),
             rx.text("Your plan, usage and invoices.", color_scheme="gray"),
             spacing="1",
         ),

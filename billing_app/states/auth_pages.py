@@ -34,6 +34,17 @@ ERROR_CODES = {
 }
 
 
+# The field a refused post's message is about: it gets the focus when the page comes back
+# (the post's reload leaves the keyboard on <body>, away from what to fix).
+ERROR_FIELDS = {
+    "login_failed": "password",
+    "email_taken": "email",
+    "invalid_email": "email",
+    "invalid_password": "password",
+    "invalid_name": "display_name",
+}
+
+
 def error_message(code: str | None, generic: str = SIGN_IN_FAILED) -> str:
     """The app's own message for an `?error=` code (the auth routes send codes), else
     `generic`: the query's text itself is never shown."""
@@ -50,6 +61,8 @@ class AuthFormState(SessionState):
     # What was typed, so a refused sign-up comes back filled in (never the password).
     form_email: str = ""
     form_name: str = ""
+    # The field (its name) that takes the focus: the one an `?error=` is about, else none.
+    focus_field: str = ""
 
     @rx.event
     async def on_load(self) -> rx.event.EventSpec | None:
@@ -58,6 +71,7 @@ class AuthFormState(SessionState):
         self.error = error_message(
             params.get("error"), SIGN_UP_FAILED if signup else SIGN_IN_FAILED
         )
+        self.focus_field = ERROR_FIELDS.get((params.get("error") or "").strip(), "")
         self.next_path = safe_next(params.get("next"))
         self.sso_enabled = bool(get_settings().oidc_issuer)
         if not self.error:  # a fresh visit starts empty; a refused post keeps what was typed

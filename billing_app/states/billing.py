@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import reflex as rx
@@ -27,7 +28,8 @@ from billing_app.states.session import SessionState, user_from_cookie
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5
-# Every Nth poll also refreshes the slower-moving parts (chart, invoices).
+# Every Nth poll also refreshes the slower-moving parts (chart, invoices), and so does a
+# poll that finds usage or the subscription changed.
 SLOW_EVERY = 4
 INVOICES_PER_PAGE = 10
 ROUTE = "/billing"
@@ -52,6 +54,13 @@ class SlowData:
     invoice_total: int = 0
     invoice_page: int = 1
     invoice_pages: int = 1
+
+
+def _short_day(day: str) -> str:
+    """A chart day as the page writes dates ("Dec 1", as in "Resets on Jan 1, 2027"),
+    not "12-01"."""
+    d = date.fromisoformat(day[:10])
+    return f"{d:%b} {d.day}"
 
 
 def load_live(user_id: int) -> LiveData:
@@ -135,7 +144,7 @@ class BillingState(SessionState):
     def chart_data(self) -> list[dict[str, Any]]:
         """One point per day of the current period for the chosen metric."""
         return [
-            {"day": h["day"][5:], "value": h["quantity"]}
+            {"day": _short_day(h["day"]), "value": h["quantity"]}
             for h in self.history
             if h.get("metric") == self.chart_metric
         ]
@@ -247,6 +256,7 @@ class BillingState(SessionState):
                 # is retried, and the newest full read is the one that shows the page.
                 live_n = start_load(self, LIVE)
                 slow_n = start_load(self, SLOW) if tick % SLOW_EVERY == 0 or not self.loaded else 0
+                shown = (list(self.meters), self.sub)
             try:
                 user = await in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
                 if user is None:
@@ -258,6 +268,13 @@ class BillingState(SessionState):
                     return
                 live = await in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
+                if not slow_n and (live.meters, live.sub) != shown:
+                    # Usage or the plan moved: the chart's total and the invoices go with
+                    # the bars in one update, never a tick (or a few) behind them.
+                    async with self:
+                        if gen != self._poll_gen:
+                            return
+                        slow_n = start_load(self, SLOW)
                 if slow_n:
                     slow = await in_thread(lambda: load_slow(user.id, page))  # noqa: B023
             except BillingError as err:  # the database is down: say so, and read again next tick

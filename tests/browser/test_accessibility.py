@@ -90,7 +90,7 @@ def test_every_page_has_no_axe_violations(page: Page, live_app: LiveApp, browser
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone.context.add_cookies(page.context.cookies())
     phone.goto(f"{live_app.url}/billing")
-    expect(phone.locator("#invoices-table")).to_contain_text("A11Y-0001")
+    expect(phone.locator("#invoices-list")).to_contain_text("A11Y-0001")  # a phone's list
     assert violations(phone) == [], "/billing on a phone"
     phone.close()
 
@@ -122,3 +122,22 @@ def test_every_page_has_no_axe_violations(page: Page, live_app: LiveApp, browser
     page.get_by_role("button", name="Create key").click()
     expect(page.locator("#new-secret")).to_contain_text(re.compile(r"^bk_"))
     assert violations(page) == [], "admin API keys, a new secret shown"
+
+
+def test_the_dashboards_outline_and_chart_control_are_named_for_a_screen_reader(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Every heading on /billing was an h1 (the page's, each card's, each plan's), the
+    chart's metric switch an unnamed radio group, and the chart named by its axis ticks."""
+    signup(page, live_app, "outline")
+    expect(page.get_by_role("heading", level=1)).to_have_text(["Billing"])
+    sections = page.get_by_role("heading", level=2)
+    expect(sections).to_have_text(
+        ["Free", "Usage this period", "Usage over time", "Plans", "Invoices"]
+    )
+    expect(page.locator("#plans").get_by_role("heading", level=3)).to_have_text(
+        ["Basic", "Pro", "Enterprise"]
+    )
+    expect(page.get_by_role("radiogroup", name="Metric shown in the chart")).to_be_visible()
+    # The chart, a Tab stop, is named for what it shows (its ticks in a row, before).
+    expect(page.get_by_role("application", name="Daily tokens this period")).to_be_visible()

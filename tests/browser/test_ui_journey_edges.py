@@ -352,3 +352,106 @@ def test_double_clicks_open_one_checkout_and_one_portal_and_back_shows_no_second
     page.wait_for_url(re.compile(r".*/portal/.*"))
     page.wait_for_timeout(1000)
     assert sum(1 for p in portals.values() if p["customer"] == customer) == before + 1
+
+
+def test_see_plans_on_a_phone_leaves_the_plans_heading_in_sight(
+    browser: Browser, live_app: LiveApp
+) -> None:
+    """On a phone the jump to #plans put the "Plans" heading, which takes the focus, under
+    the sticky top bar: the keyboard's focus and the section's name out of sight."""
+    phone = browser.new_page(viewport={"width": 375, "height": 812}, is_mobile=True)
+    try:
+        signup(phone, live_app, "phoneseer")
+        phone.get_by_role("link", name="See plans").click()
+        heading = phone.locator("#plans").get_by_role("heading", name="Plans")
+        expect(heading).to_be_focused()
+        bar = phone.locator("header").bounding_box()
+        box = heading.bounding_box()
+        assert bar is not None and box is not None
+        assert box["y"] >= bar["y"] + bar["height"], (box, bar)
+    finally:
+        phone.close()
+
+
+def test_dismissing_a_notice_by_keyboard_keeps_the_focus_on_the_page(
+    page: Page, live_app: LiveApp
+) -> None:
+    """The notice's Dismiss button went away with the notice, and the focus with it, to
+    <body>: now it goes to the page's heading, and Tab goes on from there."""
+    signup(page, live_app, "dismisser")
+    page.goto(f"{live_app.url}/billing?checkout=canceled")
+    expect(page.locator("#checkout-canceled")).to_be_visible()
+    tab_to(page, '#checkout-canceled button[aria-label="Dismiss"]')
+    page.keyboard.press("Enter")
+    expect(page.locator("#checkout-canceled")).to_have_count(0)
+    assert_focus_kept(page, "dismissing the notice")
+    expect(page.get_by_role("heading", name="Billing", exact=True)).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="See plans")).to_be_focused()
+
+
+def test_a_refused_sign_in_or_sign_up_puts_the_focus_on_the_field_to_fix(
+    page: Page, live_app: LiveApp
+) -> None:
+    """A refused post comes back as a new page with the focus on <body>: the keyboard had to
+    find the field again. The field the message is about now has it."""
+    page.goto(f"{live_app.url}/login?next=/billing")
+    expect(page.locator("#email")).to_be_visible()
+    page.locator("#email").fill(live_app.user_email)
+    page.locator("#password").fill("not-the-password")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_have_text("Email or password is incorrect.")
+    expect(page.locator("#password")).to_be_focused()
+    expect(page.locator("#email")).to_have_value(live_app.user_email)
+
+    page.goto(f"{live_app.url}/signup")
+    expect(page.locator("#email")).to_be_visible()
+    page.locator("#email").fill(live_app.user_email)  # taken
+    page.locator("#password").fill("correct-horse-battery")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("already exists")
+    expect(page.locator("#email")).to_be_focused()
+
+    # A visit with no refusal to tell of leaves the focus alone.
+    page.goto(f"{live_app.url}/login")
+    expect(page.locator("#email")).to_be_visible()
+    expect(page.locator("#password")).not_to_be_focused()
+    expect(page.locator("#email")).not_to_be_focused()
+
+
+def test_the_signed_in_email_in_the_top_bar_is_not_cut_off(page: Page, live_app: LiveApp) -> None:
+    """The top bar's email (a line cut short with an ellipsis) had its descenders cut off:
+    its line box was trimmed to the letters' cap height, then clipped."""
+    email = signup(page, live_app, "gypsy")
+    chip_email = page.locator("header").get_by_text(email)
+    expect(chip_email).to_be_visible()
+    for line in (chip_email, page.locator("header").get_by_text("Gypsy", exact=True)):
+        sizes = line.evaluate("e => [e.scrollHeight, e.clientHeight]")
+        assert sizes[0] <= sizes[1], f"{line}: {sizes}"
+
+
+def test_invoices_on_a_phone_show_amount_status_and_pdf_without_scrolling_sideways(
+    browser: Browser, live_app: LiveApp
+) -> None:
+    """On a phone the six-column invoice table scrolled sideways inside its card: the
+    amount, the status and the View/PDF links were out of sight behind a cut "Period",
+    with nothing to say there was more."""
+    phone = browser.new_page(viewport={"width": 375, "height": 812}, is_mobile=True)
+    try:
+        signup(phone, live_app, "phonepayer")
+        _pay(phone, "basic")
+        expect(phone.locator("#current-plan")).to_have_text("Basic")
+        item = phone.locator("#invoices-list").get_by_role("listitem").first
+        expect(item).to_contain_text("$19.00")
+        for part in (
+            item.get_by_text("$19.00"),
+            item.get_by_text("Paid"),
+            item.get_by_role("link", name="View"),
+            item.get_by_role("link", name="PDF"),
+        ):
+            part.scroll_into_view_if_needed()
+            box = part.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 375 - 16, (part, box)
+        expect(phone.locator("#invoices-table")).to_be_hidden()
+    finally:
+        phone.close()

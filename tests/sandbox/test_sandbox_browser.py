@@ -64,3 +64,46 @@ def test_back_to_a_paid_checkout_says_it_is_complete(
     expect(page.locator("#card-number")).to_have_count(0)
     page.click("#continue")
     page.wait_for_url(f"**/success?session_id={session.id}")
+
+
+def test_back_to_a_checkout_opened_twice_and_paid_says_it_is_complete(
+    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
+) -> None:
+    """The app sends a customer back to the same open Checkout (its ← Back, then the plan's
+    button again): once paid, Back showed the browser's kept copy of the card form, Pay and
+    all, as if nothing had been paid. The pages are not kept (no-store)."""
+    customer = new_customer(client)
+    app = sandbox.url.replace("127.0.0.1", "localhost")  # the app: another site
+    session = new_checkout(client, customer.id, "price_sandbox_pro", app=app)
+    page.goto(app + "/")
+    page.evaluate("url => { location.href = url }", session.url)
+    page.wait_for_url(session.url)
+    page.click("#back")
+    page.wait_for_url(app)
+    page.evaluate("url => { location.href = url }", session.url)
+    page.wait_for_url(session.url)
+    page.fill("#card-number", "4242 4242 4242 4242")
+    page.click("#pay")
+    page.wait_for_url(f"**/success?session_id={session.id}")
+    page.go_back()
+    expect(page.locator("#message-title")).to_have_text("This checkout session is already complete")
+    expect(page.locator("#card-number")).to_have_count(0)
+
+
+def test_a_refused_payment_puts_the_focus_on_the_field_to_fix(
+    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
+) -> None:
+    """The refused post's page started with the focus on <body>: a keyboard user had to find
+    the card field again. Now the field the message is about has it."""
+    customer = new_customer(client)
+    session = new_checkout(client, customer.id, "price_sandbox_pro", app=sandbox.url)
+    page.goto(session.url)
+    page.fill("#card-number", "4000 0000 0000 0341")
+    page.press("#card-number", "Enter")
+    expect(page.locator("#card-error")).to_have_text("Your card was declined.")
+    expect(page.locator("#card-number")).to_be_focused()
+    page.fill("#card-number", "4242 4242 4242 4242")
+    page.fill("#card-expiry", "13 / 30")
+    page.press("#card-expiry", "Enter")
+    expect(page.locator("#card-error")).to_have_text("Your card's expiration date is incomplete.")
+    expect(page.locator("#card-expiry")).to_be_focused()

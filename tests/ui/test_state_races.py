@@ -340,6 +340,35 @@ def test_a_poll_ticks_older_usage_does_not_move_the_bars_back(
     asyncio.run(scenario())
 
 
+def test_a_poll_that_sees_usage_move_brings_the_chart_total_and_invoices_with_it(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick between the every-SLOW_EVERY reads moved the bars but left the chart's total
+    (and the invoices) as they were for up to SLOW_EVERY ticks: "5,000 / 10,000" over
+    "0 tokens this period" on one page."""
+    st, uid = _dashboard(session)
+    one_tick(monkeypatch)  # tick 1: not a SLOW_EVERY tick
+    metering.record(session, uid, "tokens", 5_000)
+    _invoice(session, uid, "INV-26", "paid", 26)
+    asyncio.run(POLL(_Locked(st)))
+    assert tokens_used(st) == 5_000
+    assert st.chart_total == "5,000"
+    assert numbers(st.invoices)[0] == "INV-26"
+
+
+def test_a_poll_that_sees_nothing_move_reads_no_chart_or_invoices(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guard: the quick tick stays quick while nothing changes."""
+    st, _ = _dashboard(session)
+    one_tick(monkeypatch)
+    reads: list[int] = []
+    real = billing_state.load_slow
+    monkeypatch.setattr(billing_state, "load_slow", lambda *a: reads.append(1) or real(*a))
+    asyncio.run(POLL(_Locked(st)))
+    assert reads == []
+
+
 def test_a_failed_page_of_invoices_is_a_message_over_the_dashboard_it_had(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -138,6 +138,16 @@ def test_billing_load_for_signed_in_user(session: Session) -> None:
     assert st.chart_total == "9,000"
 
 
+def test_billing_chart_days_are_written_as_the_pages_dates() -> None:
+    """The chart's axis read "12-01" beside "Resets on Jan 1, 2027" and "Dec 7, 2026"."""
+    st = state_for(BillingState)
+    st.history = [
+        {"day": "2026-12-01", "metric": "tokens", "quantity": 5},
+        {"day": "2026-12-17", "metric": "tokens", "quantity": 7},
+    ]
+    assert [p["day"] for p in st.chart_data] == ["Dec 1", "Dec 17"]
+
+
 def test_billing_chart_metric_setter_validates(session: Session) -> None:
     st = state_for(BillingState)
     st.set_chart_metric("api_calls")
