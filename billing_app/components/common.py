@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import reflex as rx
@@ -237,20 +238,16 @@ def icon_link(label: str, icon: str, href: Any) -> rx.Component:
     )
 
 
-def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False) -> rx.Component:
+def invoice_row(
+    inv: InvoiceView,
+    compact: bool = False,
+    customer: Callable[[InvoiceView], rx.Component] | None = None,
+) -> rx.Component:
     """One invoice: number, date, period, amount, status, View and PDF links; `compact`
     (the admin drawer) leaves the period out and stacks the links; `customer` (the admin's
-    all-invoices tab) leads with the customer's email."""
+    all-invoices tab) leads with a cell of its making for the customer."""
     return rx.table.row(
-        *(
-            [
-                rx.table.cell(
-                    rx.text(inv.user_email, max_width="240px", title=inv.user_email, **ONE_LINE)
-                )
-            ]
-            if customer
-            else []
-        ),
+        *([rx.table.cell(customer(inv))] if customer is not None else []),
         rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
         rx.table.cell(rx.text(inv.date, white_space="nowrap")),
         *(
@@ -278,13 +275,17 @@ def invoice_row(inv: InvoiceView, compact: bool = False, customer: bool = False)
 
 
 def invoice_table(
-    rows: Any, table_id: str, compact: bool = False, variant: str = "ghost", customer: bool = False
+    rows: Any,
+    table_id: str,
+    compact: bool = False,
+    variant: str = "ghost",
+    customer: Callable[[InvoiceView], rx.Component] | None = None,
 ) -> rx.Component:
     """The invoice table (billing page, admin drawer, admin invoices tab): a list of
     InvoiceView. `compact` fits the admin drawer: no period column, the links stacked;
     `customer` adds a leading Customer column, for a list of everyone's invoices."""
     headers = (
-        *(("Customer",) if customer else ()),
+        *(("Customer",) if customer is not None else ()),
         "Number",
         "Date",
         *(() if compact else ("Period",)),

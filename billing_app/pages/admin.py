@@ -29,6 +29,7 @@ from billing_app.states.views import (
     AdminUserView,
     ApiKeyView,
     AuditView,
+    InvoiceView,
     QuotaView,
     StatView,
 )
@@ -148,6 +149,27 @@ def _drawer_opener(
     return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
 
 
+def invoice_customer(inv: InvoiceView) -> rx.Component:
+    """An invoice's customer in the Invoices tab: their email, which opens their drawer
+    (plan, usage, quotas), as the users list's email does."""
+    own_id = "invoice-" + inv.id
+
+    def button(id_: str | rx.Var) -> rx.Component:
+        return rx.button(
+            rx.text(inv.user_email, max_width="240px", **ONE_LINE),
+            on_click=A.open_user(inv.user_id, own_id),
+            title=inv.user_email,
+            variant="ghost",
+            color_scheme="gray",
+            high_contrast=True,
+            size="2",
+            white_space="nowrap",
+            id=id_,
+        )
+
+    return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
+
+
 def user_row(u: AdminUserView) -> rx.Component:
     return rx.table.row(
         rx.table.row_header_cell(
@@ -257,7 +279,7 @@ def invoices_panel() -> rx.Component:
         ),
         rx.cond(
             A.invoice_total > 0,
-            invoice_table(A.invoices, "admin-invoices-table", customer=True),
+            invoice_table(A.invoices, "admin-invoices-table", customer=invoice_customer),
             empty("receipt", "No invoices", "Nothing matches this filter."),
         ),
         pager(
@@ -679,11 +701,11 @@ def detail_body() -> rx.Component:
     )
 
 
-# Closing the drawer gives focus back to the row's button that opened it, or to the search
-# box when that row (the detail's user) is gone, the list changed meanwhile: Radix
-# returns it only to a Trigger, and the drawer opens from State.
+# Closing the drawer gives focus back to the button that opened it (a user's row, or an
+# invoice's customer), or to the search box when that row is gone, the list changed
+# meanwhile: Radix returns it only to a Trigger, and the drawer opens from State.
 _FOCUS_OPENER = rx.cond(
-    A.users.contains(A.detail_id, field="id"),
+    A.opener_listed,
     rx.set_focus(OPENER_ID),
     rx.set_focus("user-search"),
 )

@@ -248,6 +248,14 @@ class AdminState(SessionState):
         ]
 
     @rx.var(cache=True)
+    def opener_listed(self) -> bool:
+        """The button that opened the drawer is still on the page: its user's row in the
+        users list, or its invoice in the Invoices tab (closing gives it the focus)."""
+        if self.drawer_opener.startswith("invoice-"):
+            return any(f"invoice-{i.id}" == self.drawer_opener for i in self.invoices)
+        return any(u.id == self.detail_id for u in self.users)
+
+    @rx.var(cache=True)
     def invoice_status_options(self) -> list[list[str]]:
         # The badges' own words (views.invoice_view), so a filter names what it lists.
         return [[ALL, "All invoices"]] + [
@@ -516,18 +524,26 @@ class AdminState(SessionState):
     @rx.event
     async def open_user(self, user_id: int, opener: str = "details") -> Any:
         """The drawer for `user_id`, from the row's Details button or (`opener="email"`)
-        its email."""
+        its email, or (`opener="invoice-<id>"`) the customer of an invoice in the
+        Invoices tab."""
         if await self._admin("users") is None:
             return None
         user_id = int(user_id)
-        self.drawer_opener = f"{'email' if opener == 'email' else 'details'}-{user_id}"
+        opener = str(opener)
+        if opener.startswith("invoice-"):
+            self.drawer_opener = opener[:80]  # that invoice's button, to give focus back
+        else:
+            self.drawer_opener = f"{'email' if opener == 'email' else 'details'}-{user_id}"
         if user_id != self.detail_id:
             # Nothing of the previous user's under this one's name while the detail loads;
-            # the list's row gives the email and name at once.
+            # the list's row (of users, or of invoices) gives the email at once.
             row = next((u for u in self.users if u.id == user_id), None)
+            invoice = next((i for i in self.invoices if i.user_id == user_id), None)
             self._clear_detail()
-            self.detail_email = row.email if row is not None else ""
-            self.detail_name = row.display_name if row is not None else ""
+            if row is not None:
+                self.detail_email, self.detail_name = row.email, row.display_name
+            elif invoice is not None:
+                self.detail_email = invoice.user_email
             self.detail_loading = True
         self.detail_id = user_id
         self.override_error = ""

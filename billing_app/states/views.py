@@ -71,6 +71,7 @@ class InvoiceView:
     hosted_url: str = ""
     pdf_url: str = ""
     user_email: str = ""
+    user_id: int = 0
 
 
 @dataclasses.dataclass
@@ -315,6 +316,7 @@ def invoice_view(inv: Any) -> InvoiceView:
         hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
         pdf_url=str(get(inv, "invoice_pdf", "") or ""),
         user_email=str(get(inv, "user_email", "") or ""),
+        user_id=int(get(inv, "user_id", 0) or 0),
     )
 
 

@@ -523,3 +523,48 @@ def test_a_key_made_to_read_only_reads(page: Page, live_app: LiveApp) -> None:
     )
     assert write.status_code == 403, write.text
     assert write.json()["error"]["code"] == "forbidden"
+
+
+def test_an_invoices_customer_opens_their_drawer_and_gets_the_focus_back(
+    page: Page, live_app: LiveApp
+) -> None:
+    """In the Invoices tab the customer's email was plain text: an admin looking into an
+    unpaid invoice had to go and search the users list for its customer. It opens their
+    drawer, and closing it gives the focus back to that invoice's email."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import select
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
+
+    uid = _users(live_app)
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        if not session.exec(
+            select(Invoice).where(Invoice.stripe_invoice_id == "in_drawer_test")
+        ).first():
+            session.add(
+                Invoice(stripe_invoice_id="in_drawer_test", user_id=uid, number="DRAWER-0001",
+                        status="uncollectible", total=9900, amount_due=9900, amount_paid=0,
+                        currency="usd", created_at=datetime(2030, 1, 1, tzinfo=UTC))
+            )  # fmt: skip
+            session.commit()
+    engine.dispose()
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    # The users list holds nobody: the focus's way back must not depend on it.
+    page.locator("#user-search").fill("nobody-by-this-name")
+    expect(page.get_by_text("No users match")).to_be_visible()
+    page.get_by_role("tab", name="Invoices").click()
+    row = page.locator("#admin-invoices-table").get_by_role("row").filter(has_text="DRAWER-0001")
+    email = row.get_by_role("button", name=LONG_EMAIL, exact=True)
+    email.focus()
+    page.keyboard.press("Enter")
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text(LONG_NAME)
+    expect(drawer).to_contain_text("DRAWER-0001")  # the drawer's own invoices
+    page.wait_for_function("() => !!document.activeElement.closest('#user-drawer')")
+    page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+    expect(email).to_be_focused()
+    assert_focus_kept(page, "closing the drawer opened from an invoice")

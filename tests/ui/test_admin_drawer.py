@@ -334,6 +334,6 @@ def test_closing_the_drawer_focuses_by_reflex_events_not_a_script() -> None:
     compiled = str(console())
     assert "_call_script" not in compiled
     assert '"ref_drawer_opener"' in compiled and '"ref_user_search"' in compiled
-    # The ref the focus goes to is on the row's buttons (email and Details), and only
-    # the opener's carries it.
-    assert compiled.count("ref:ref_drawer_opener") == 2
+    # The ref the focus goes to is on the row's buttons (email and Details) and on an
+    # invoice's customer, and only the opener's carries it.
+    assert compiled.count("ref:ref_drawer_opener") == 3

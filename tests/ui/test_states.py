@@ -296,6 +296,35 @@ def test_admin_invoices_tab_is_the_shared_invoice_table_with_a_customer_column(
     assert '"View"' in tab and '"PDF"' in tab and 'to:inv_rx_state_?.["pdf_url"]' in tab
 
 
+def test_an_invoices_customer_opens_the_drawer_named_at_once(session: Session) -> None:
+    """From the Invoices tab: the drawer is the invoice's customer's, headed by their
+    email while it loads (the users list's page need not hold them), and the invoice's
+    button is the one the focus goes back to."""
+    from billing_app.models import Invoice
+    from billing_app.states import admin as admin_state
+
+    admin = make_user(session, email="boss@example.com", admin=True)
+    payer = make_user(session, email="payer@example.com")
+    session.add(Invoice(stripe_invoice_id="in_x", user_id=payer.id, status="open",
+                        amount_due=1900, amount_paid=0))  # fmt: skip
+    session.commit()
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    assert asyncio.run(st.on_load()) is not None
+    st.invoices = admin_state.load_invoices(admin_state.ALL, 1)["rows"]
+    st.users = []  # the users list's page holds someone else
+    (inv,) = st.invoices
+    assert inv.user_id == payer.id
+    asyncio.run(st.open_user(inv.user_id, f"invoice-{inv.id}"))
+    assert st.drawer_open and st.detail_id == payer.id
+    assert st.detail_email == "payer@example.com"
+    assert st.drawer_opener == f"invoice-{inv.id}"
+    assert st.opener_listed  # closing gives its button the focus
+    st.invoices = []
+    assert not st.opener_listed  # gone: the search box takes it
+    asyncio.run(st.open_user(payer.id, "invoice-" + "9" * 500))  # a crafted one: bounded
+    assert len(st.drawer_opener) == 80
+
+
 def test_subscription_view_past_due_and_canceled() -> None:
     from billing_app.plans import get_catalog
 
