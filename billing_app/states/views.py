@@ -288,12 +288,13 @@ def invoice_view(inv: Any) -> InvoiceView:
         amount_remaining=get(inv, "amount_remaining"),
         starting_balance=get(inv, "starting_balance"),
     )
-    label = fmt.status_label(status)
+    label, color = fmt.status_label(status), fmt.status_color(status)
     note = ""
     if money.total < 0:
         amount = "-" + fmt.money(-money.total, currency)
         if is_credit(status, money.total):  # the admin's "credit" filter lists these
-            note, label = "credited to balance", "Credit"
+            # One badge, one colour: Stripe's open and paid credits were blue and green.
+            note, label, color = "credited to balance", "Credit", "cyan"
     else:
         amount = fmt.money(money.total, currency)
         if status == "paid" and money.paid_from_balance:
@@ -312,7 +313,7 @@ def invoice_view(inv: Any) -> InvoiceView:
         amount_note=note,
         status=status,
         status_label=label,
-        status_color=fmt.status_color(status),
+        status_color=color,
         hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
         pdf_url=str(get(inv, "invoice_pdf", "") or ""),
         user_email=str(get(inv, "user_email", "") or ""),

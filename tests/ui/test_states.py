@@ -325,6 +325,17 @@ def test_an_invoices_customer_opens_the_drawer_named_at_once(session: Session) -
     assert len(st.drawer_opener) == 80
 
 
+def test_a_credit_badge_has_one_colour_whatever_stripes_status() -> None:
+    """A credit reads "Credit" whether Stripe still has it open or already paid: it was
+    blue for one and green for the other, one word in two colours."""
+    base = {"total": -4000, "amount_due": 0, "amount_paid": 0, "currency": "usd"}
+    credits = [views.invoice_view({**base, "status": s}) for s in ("open", "paid")]
+    shown = {(v.status_label, v.status_color) for v in credits}
+    assert shown == {("Credit", "cyan")}
+    paid = views.invoice_view({**base, "total": 1900, "amount_paid": 1900, "status": "paid"})
+    assert (paid.status_label, paid.status_color) == ("Paid", "grass")
+
+
 def test_subscription_view_past_due_and_canceled() -> None:
     from billing_app.plans import get_catalog
 
