@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -1032,7 +1033,22 @@ def _shift_indices(err: BillingAPIError, start: int) -> None:
     for ev in err.details.get("events", []):
         if isinstance(ev, dict) and isinstance(ev.get("index"), int):
             ev["index"] += start
+            for said in [ev, *(ev.get("errors") or [])]:
+                _shift_repeats(said, start)
     for f in err.details.get("fields", []):
         parts = str(f.get("field", "")).split(".") if isinstance(f, dict) else []
         if len(parts) > 1 and parts[0] == "events" and parts[1].isdigit():
             f["field"] = ".".join(["events", str(int(parts[1]) + start), *parts[2:]])
+            _shift_repeats(f, start)
+
+
+# A rule's message naming another event of the request ("Idempotency key repeats event 3
+# with different values."): the server counts within the request.
+_REPEATS = re.compile(r"\brepeats event (\d+)\b")
+
+
+def _shift_repeats(said: Any, start: int) -> None:
+    if isinstance(said, dict) and isinstance(said.get("message"), str):
+        said["message"] = _REPEATS.sub(
+            lambda m: f"repeats event {int(m[1]) + start}", said["message"]
+        )

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_app.api.deps import resolve_principal, resolve_user_id
 from billing_app.api.schemas import BatchEventIn
+from billing_app.api.service_routes import CANCEL_KEY_REQUIRED
 from billing_app.db import UNAVAILABLE_MESSAGE, read_session, session_scope, unavailable
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error, event_fields
 from billing_app.services.api_keys import check_scope
@@ -32,6 +33,7 @@ from billing_app.services.metering import write_problems
 from billing_app.services.metering_batch import (
     check_events,
     field_errors,
+    key_events,
     merge_bad_events,
     unknown_users,
 )
@@ -115,27 +117,98 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
             events.setdefault(loc[2], []).append(
                 {"field": field, "code": ValidationFailed.code, "message": item["message"]}
             )
+    path = None if request is None else request.url.path
+    raw = exc.body.get("events") if isinstance(exc.body, dict) else None
+    key_problem, clashes = None, []
+    if path == _BATCH:  # the batch's Idempotency-Key, named with the body's problems
+        batch_key = request.headers.get("idempotency-key")
+        if batch_key is not None:
+            key_problem, clashes = key_events(raw if isinstance(raw, list) else [], batch_key)
     details: dict[str, Any] = {"fields": fields}
     if events:
         bad = [
             batch_event_error(i, errs_, f"{errs_[0]['field']}: {errs_[0]['message']}")
             for i, errs_ in sorted(events.items())
         ]
-        raw = exc.body.get("events") if isinstance(exc.body, dict) else None
         total = len(raw) if isinstance(raw, list) else len(events)
         if isinstance(raw, list):  # the rules too, for what the schema took
-            ruled = _rule_errors(raw, events, request)
+            ruled = merge_bad_events(_rule_errors(raw, events, request), clashes)
             bad = merge_bad_events(bad, ruled)
             fields += event_fields(ruled)
-            fields.sort(key=_event_index)
         details["events"] = bad
         message = f"{len(bad)} of {total} events are invalid; nothing was recorded."
+        if key_problem is not None:
+            fields.append(_key_field(key_problem))
+            message = f"{key_problem.message} {message}"
+        fields.sort(key=_event_index)
     else:
-        if request is not None and request.url.path in _SINGLE_WRITES:
+        if path in _ACTS_FOR:  # the rules' order: whom it acts for, then the fields
+            fields += _user_rule(exc.body, fields, request, _ACTS_FOR[path])
+        if path in _SINGLE_WRITES:
             fields += _field_rules(exc.body, fields)
+        if path == _CANCEL:
+            fields += _cancel_key_rule(exc.body, fields, request)
+        if key_problem is not None:
+            fields.append(_key_field(key_problem))
+        if clashes:
+            details["events"] = clashes
+            fields += event_fields(clashes)
         first = fields[0] if fields else {"field": "body", "message": "invalid"}
         message = f"{first['field']}: {first['message']}"
     return error_response(422, "validation_error", message, **details)
+
+
+_BATCH = "/api/billing/usage/batch"
+_CANCEL = "/api/billing/usage/cancel"
+# The endpoints where a service key must name the user, and the scope it does so with.
+_ACTS_FOR = {
+    "/api/billing/usage": "usage:write",
+    "/api/billing/usage/consume": "usage:write",
+    "/api/billing/quota/check": "usage:read",
+    _CANCEL: "usage:write",
+}
+
+
+def _key_field(problem: ValidationFailed) -> dict[str, Any]:
+    return {"field": "idempotency_key", "message": problem.message, "type": problem.code}
+
+
+def _refused_fields(fields: list[dict[str, Any]]) -> set[str]:
+    return {str(f["field"]).split(".")[0] for f in fields}
+
+
+def _user_rule(
+    body: Any, fields: list[dict[str, Any]], request: Request | None, scope: str
+) -> list[dict[str, Any]]:
+    """A service key's body without a user_id: named with the schema's problems (one
+    lookup of the caller, on a refusal). A user's key acts for its own user: nothing."""
+    if not isinstance(body, dict) or body.get("user_id") is not None:
+        return []
+    if _refused_fields(fields) & {"user_id", "body"}:
+        return []
+    service = _service_caller(request, scope)
+    if service is None:
+        return []
+    try:
+        resolve_user_id(service, None)
+    except ValidationFailed as err:
+        return [{"field": "user_id", "message": err.message, "type": err.code}]
+    return []
+
+
+def _cancel_key_rule(
+    body: Any, fields: list[dict[str, Any]], request: Request | None
+) -> list[dict[str, Any]]:
+    """A cancel naming no key, in its body nor in the Idempotency-Key header."""
+    if not isinstance(body, dict) or body.get("idempotency_key") is not None:
+        return []
+    if _refused_fields(fields) & {"idempotency_key", "body"}:
+        return []
+    if request is not None and request.headers.get("idempotency-key") is not None:
+        return []
+    return [
+        {"field": "idempotency_key", "message": CANCEL_KEY_REQUIRED, "type": ValidationFailed.code}
+    ]
 
 
 @lru_cache(maxsize=1)
@@ -232,9 +305,9 @@ def _anyone(user_id: int | None) -> int:
     return 1 if user_id is None else user_id
 
 
-def _service_caller(request: Request | None) -> Principal | None:
-    """The service key (one that may write usage) that sent a request, else None; a
-    caller that is not one, or not known, gets the request's own answer later."""
+def _service_caller(request: Request | None, scope: str = "usage:write") -> Principal | None:
+    """The service key (one with `scope`) that sent a request, else None; a caller that
+    is not one, or not known, gets the request's own answer later."""
     if request is None:
         return None
     try:
@@ -242,7 +315,7 @@ def _service_caller(request: Request | None) -> Principal | None:
             p = resolve_principal(request, session)
         if p is None or p.user is not None:
             return None
-        check_scope(p, "usage:write")
+        check_scope(p, scope)
     except (BillingError, sa_exc.SQLAlchemyError):
         return None
     return p

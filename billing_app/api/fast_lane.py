@@ -155,8 +155,8 @@ async def _check(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Respo
     return await _reads.run(routes.check_quota, p, body)
 
 
-async def _cancel(p: Principal, body: Any, _headers: dict[bytes, bytes]) -> Response:
-    return await _blocking(routes.cancel_usage, p, body)
+async def _cancel(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Response:
+    return await _blocking(routes.cancel_usage, p, body, _header(headers, b"idempotency-key"))
 
 
 async def _batch(p: Principal, body: Any, headers: dict[bytes, bytes]) -> Response:

@@ -213,8 +213,12 @@ class BatchIn(BodyIn):
 
 class CancelIn(BodyIn):
     user_id: UserIdIn = None
-    idempotency_key: str = Field(
-        min_length=1, max_length=255, description="The key the event was recorded or consumed with"
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The key the event was recorded or consumed with (or send it as the "
+        "Idempotency-Key header)",
     )
 
 

@@ -24,7 +24,7 @@ from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
 from billing_app.clock import iso
 from billing_app.db import read_connection, read_session, session_scope
-from billing_app.errors import ValidationFailed, batch_event_error
+from billing_app.errors import ValidationFailed
 from billing_app.services import metering, metering_batch, users
 from billing_app.services.dto import CancelResult, Principal, RecordResult
 from billing_app.services.usage_writer import writer
@@ -34,7 +34,7 @@ router = APIRouter(
 )
 
 _IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
-BATCH_KEY_MAX = 250
+BATCH_KEY_MAX = metering_batch.BATCH_KEY_MAX
 _BATCH_KEY_DOC = (
     f"Keys every event without its own `idempotency_key` as `<key>#<index>` (1 to "
     f"{BATCH_KEY_MAX} characters): a retried batch is then all duplicates"
@@ -98,7 +98,7 @@ def _key(body_key: str | None, header_key: str | None) -> str | None:
         raise ValidationFailed(
             "Idempotency-Key header and body idempotency_key differ.", field="idempotency_key"
         )
-    # Blank or too long: prepare_write's to refuse, with the write's other problems.
+    # Blank or too long: prepare_write's (or cancel's) to refuse, with the other problems.
     return body_key if body_key is not None else header_key
 
 
@@ -108,11 +108,24 @@ def usage_write(
     """The validated write a caller asks for (key, scope and whom it acts for checked)."""
     key = _key(body.idempotency_key, header_key)
     require_scope(p, "usage:write")
-    user_id = resolve_user_id(p, body.user_id)
     occurred_at = None if consume else body.occurred_at  # type: ignore[union-attr]
+    try:
+        user_id = resolve_user_id(p, body.user_id)
+    except ValidationFailed as err:  # a service key naming no user: with the write's other problems
+        values = {"metric": body.metric, "quantity": body.quantity, "idempotency_key": key}
+        values |= {"metadata": body.metadata, "occurred_at": occurred_at}
+        _also(err, [(f, e.message, e.code) for f, e in metering.write_problems(values)])
+        raise
     return metering.prepare_write(
         user_id, body.metric, body.quantity, key, body.metadata, occurred_at, consume=consume
     )
+
+
+def _also(err: ValidationFailed, more: list[tuple[str, str, str]]) -> None:
+    """Name `more` problems (field, message, code) in `err`'s `fields`, after its own."""
+    if more:
+        own = (err.details["field"], err.message, err.code)
+        err.details["fields"] = [{"field": f, "message": m, "type": c} for f, m, c in [own, *more]]
 
 
 def recorded(result: RecordResult) -> JSONResponse:
@@ -122,7 +135,12 @@ def recorded(result: RecordResult) -> JSONResponse:
 def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
     """Blocking: reads the counter and limit."""
     require_scope(p, "usage:read")
-    user_id = resolve_user_id(p, body.user_id)
+    try:
+        user_id = resolve_user_id(p, body.user_id)
+    except ValidationFailed as err:  # as for a write: with the metric's problem
+        values = {"metric": body.metric, "quantity": body.quantity}
+        _also(err, [(f, e.message, e.code) for f, e in metering.write_problems(values)])
+        raise
     with read_connection() as conn:
         r = metering.check(conn, user_id, body.metric, body.quantity)
     return FastJSONResponse(
@@ -140,12 +158,27 @@ def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
     )
 
 
-def cancel_usage(p: Principal, body: s.CancelIn) -> JSONResponse:
+# The cancel's key goes in the body or, as for the writes, in the Idempotency-Key header.
+CANCEL_KEY_REQUIRED = (
+    "idempotency_key is required: the key the event was recorded or consumed with, in "
+    "the body or as the Idempotency-Key header."
+)
+
+
+def cancel_usage(p: Principal, body: s.CancelIn, header_key: str | None = None) -> JSONResponse:
     """Blocking: cancels the event stored under the key, in its own transaction."""
+    key = _key(body.idempotency_key, header_key)
     require_scope(p, "usage:write")
-    user_id = resolve_user_id(p, body.user_id)
+    try:
+        user_id = resolve_user_id(p, body.user_id)
+    except ValidationFailed as err:
+        if key is None:
+            _also(err, [("idempotency_key", CANCEL_KEY_REQUIRED, ValidationFailed.code)])
+        raise
+    if key is None:
+        raise ValidationFailed(CANCEL_KEY_REQUIRED, field="idempotency_key")
     with session_scope() as session:
-        result = metering.cancel(session, user_id, body.idempotency_key)
+        result = metering.cancel(session, user_id, key)
     return FastJSONResponse(cancel_out(result))
 
 
@@ -179,31 +212,16 @@ def record_batch(
     as `<key>#<index>`: the same batch sent again is all duplicates."""
     require_scope(p, "usage:write")
     raw: list[dict[str, Any]] = body.events  # type: ignore[assignment]  # parsed dicts, ours
-    if batch_key is not None:
-        if not batch_key.strip() or len(batch_key) > BATCH_KEY_MAX:
-            raise ValidationFailed(
-                f"A batch's Idempotency-Key must be 1 to {BATCH_KEY_MAX} characters "
-                "(each event's key is it followed by #<index>).",
-                field="idempotency_key",
-            )
-        own = {ev.get("idempotency_key") for ev in raw if isinstance(ev, dict)}
-        clashes = []
-        for i, ev in enumerate(raw):
-            if isinstance(ev, dict) and ev.get("idempotency_key") is None:
-                ev["idempotency_key"] = f"{batch_key}#{i}"
-                if ev["idempotency_key"] in own:  # it would be taken for that event's retry
-                    message = (
-                        f"Its key would be {ev['idempotency_key']}, which another event of "
-                        "the batch has as its own: give this one a key, or rename that one."
-                    )
-                    problem = {"field": "idempotency_key", "code": "validation_error"}
-                    clashes.append(batch_event_error(i, [{**problem, "message": message}], message))
-        if clashes:
-            raise ValidationFailed(
-                f"{len(clashes)} of {len(raw)} events are invalid; nothing was recorded.",
-                events=clashes,
-            )
-    events = metering_batch.validate_batch(raw, partial(resolve_user_id, p), _existing_users)
+    key_problem, clashes = (
+        (None, None) if batch_key is None else metering_batch.key_events(raw, batch_key)
+    )
+    events = metering_batch.validate_batch(
+        raw,
+        partial(resolve_user_id, p),
+        _existing_users,
+        key_problem=key_problem,
+        clashes=clashes,
+    )
     minimal = wants_minimal(prefer)
     with session_scope() as session:
         results = metering_batch.record_batch(session, events, detail=not minimal)
@@ -294,11 +312,17 @@ def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
         },
     },
 )
-def cancel_usage_event(body: s.CancelIn, request: Request) -> JSONResponse:
+def cancel_usage_event(
+    body: s.CancelIn,
+    request: Request,
+    idempotency_key: str | None = Header(
+        default=None, description="The event's key (alternative to the body's idempotency_key)"
+    ),
+) -> JSONResponse:
     """Cancel a recorded or consumed event by its idempotency key (a job that failed gives
     its units back): its quantity leaves the counters, the event is kept (a retry of its
     write stays a duplicate). Again: 200 with `already_canceled`."""
-    return cancel_usage(_caller(request), body)
+    return cancel_usage(_caller(request), body, idempotency_key)
 
 
 @router.post("/usage/consume", status_code=201, response_model=s.RecordOut, responses=_CREATED)

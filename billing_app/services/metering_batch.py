@@ -21,6 +21,7 @@ from billing_app.errors import (
     UserNotFound,
     ValidationFailed,
     batch_event_error,
+    event_fields,
 )
 from billing_app.services.dto import RecordResult
 from billing_app.services.metering import (
@@ -32,19 +33,59 @@ from billing_app.services.metering import (
 )
 
 MAX_BATCH = 1000
+BATCH_KEY_MAX = 250  # a batch's key, so that `<key>#<index>` fits an event's 255
+
+
+def key_events(
+    events: list[Any], batch_key: str
+) -> tuple[ValidationFailed | None, list[dict[str, Any]]]:
+    """Key each event without a key of its own as `<batch_key>#<index>` (in place): the
+    same batch sent again is all duplicates. Returns the key's own problem (blank or too
+    long: no event is keyed) and the events whose key another event has as its own (left
+    unkeyed: it would be taken for that event's retry), for validate_batch to name with
+    the events' other problems."""
+    if not batch_key.strip() or len(batch_key) > BATCH_KEY_MAX:
+        return ValidationFailed(
+            f"A batch's Idempotency-Key must be 1 to {BATCH_KEY_MAX} characters "
+            "(each event's key is it followed by #<index>).",
+            field="idempotency_key",
+        ), []
+    # Strings only: a refused batch's events may hold anything (a list is unhashable).
+    own = {
+        k for ev in events if isinstance(ev, dict) and type(k := ev.get("idempotency_key")) is str
+    }
+    clashes = []
+    for i, ev in enumerate(events):
+        if isinstance(ev, dict) and ev.get("idempotency_key") is None:
+            key = f"{batch_key}#{i}"
+            if key in own:
+                message = (
+                    f"Its key would be {key}, which another event of the batch has as its "
+                    "own: give this one a key, or rename that one."
+                )
+                clashes.append(
+                    _bad_event(i, ValidationFailed.code, message, field="idempotency_key")
+                )
+            else:
+                ev["idempotency_key"] = key
+    return None, clashes
 
 
 def validate_batch(
     events: list[dict[str, Any]],
     resolve_user: Callable[[Any], int] | None = None,
     known_users: Callable[[set[int]], set[int]] | None = None,
+    *,
+    key_problem: ValidationFailed | None = None,
+    clashes: list[dict[str, Any]] | None = None,
 ) -> list[UsageWrite]:
     """Check every event; raise one ValidationFailed listing each bad event by index.
     `resolve_user`: whom an event's `user_id` (None when absent) acts for, or a
     ValidationFailed naming the event; a Forbidden refuses the whole batch.
     `known_users`: which of some user ids exist; asked only when the batch is refused
     anyway, so its error also names the events of unknown users (otherwise found when
-    the batch is written)."""
+    the batch is written). `key_problem`, `clashes`: key_events' answer, named in the
+    same refusal."""
     if not isinstance(events, list) or not events:
         raise ValidationFailed("A batch needs at least one event.", field="events")
     if len(events) > MAX_BATCH:
@@ -52,10 +93,11 @@ def validate_batch(
             f"A batch holds at most {MAX_BATCH:,} events; got {len(events):,}.", field="events"
         )
     out, errors = check_events(events, resolve_user)
-    if errors:
+    if errors or clashes or key_problem is not None:
+        errors = merge_bad_events(errors, clashes or [])
         if known_users is not None:
             errors = merge_bad_events(errors, unknown_users(events, known_users))
-        raise_bad_events(errors, len(events))
+        raise_bad_events(errors, len(events), key_problem)
     return [w for _, w in out]
 
 
@@ -117,9 +159,22 @@ def check_events(
     return out, errors
 
 
-def raise_bad_events(errors: list[dict[str, Any]], total: int) -> None:
+def raise_bad_events(
+    errors: list[dict[str, Any]], total: int, key_problem: ValidationFailed | None = None
+) -> None:
+    """The batch's refusal: its bad events, and the batch key's problem (first) if any."""
+    if key_problem is not None and not errors:
+        raise key_problem
+    message = f"{len(errors)} of {total} events are invalid; nothing was recorded."
+    if key_problem is None:
+        raise ValidationFailed(message, events=errors)
+    key_field = {"field": "idempotency_key", "message": key_problem.message}
+    key_field["type"] = key_problem.code
     raise ValidationFailed(
-        f"{len(errors)} of {total} events are invalid; nothing was recorded.", events=errors
+        f"{key_problem.message} {message}",
+        field="idempotency_key",
+        events=errors,
+        fields=[key_field, *event_fields(errors)],
     )
 
 

@@ -682,6 +682,24 @@ def test_a_conflict_in_a_later_request_is_named_by_its_index_in_the_batch(actors
     _stored(actors, events[:10])
 
 
+def test_a_repeated_key_in_a_later_request_says_the_events_index_in_the_batch(actors, live_server):
+    """Events 12 and 14 share a key with other values: the index was shifted to the
+    caller's (14), but the message said "repeats event 2", counted in the request."""
+    events = _many(actors, 15)
+    events[12] = {**events[12], "idempotency_key": "twice"}
+    events[14] = {**events[14], "idempotency_key": "twice", "metric": events[12]["metric"]}
+    with billing(live_server, actors.service_key, max_batch_events=10) as c:
+        with pytest.raises(ValidationError) as caught:
+            c.record_batch(events, idempotency_key="job-14")
+    err = caught.value
+    said = "Idempotency key repeats event 12 with different values."
+    [bad] = err.events
+    assert (bad["index"], bad["message"], bad["errors"][0]["message"]) == (14, said, said)
+    assert [(f["field"], f["message"]) for f in err.fields] == [("events.14.idempotency_key", said)]
+    assert err.stored == 10
+    _stored(actors, events[:10])
+
+
 def test_an_event_too_large_for_any_request_is_refused_before_anything_is_sent(actors, live_server):
     good = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
     forward = Forward()

@@ -543,3 +543,124 @@ def test_the_openapi_error_shape_names_a_422s_fields_and_events(actors):
         assert set(bad_event["required"]) <= e.keys()
         for p in e["errors"]:
             assert set(components["EventProblemOut"]["required"]) == p.keys()
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("header", [" ", "k" * 251])
+@pytest.mark.parametrize("bad", [{"quantity": 0}, {"metric": "gpus"}], ids=["schema", "rules"])
+def test_a_bad_batch_key_header_is_named_with_the_events_problems(actors, lane, header, bad):
+    """A blank or too long Idempotency-Key and a bad event: the 422 named the event
+    alone (the schema's) or the header alone (the rules'), and the batch sent again
+    with that fixed met the other."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    r = svc.post(
+        "/api/billing/usage/batch",
+        json={"events": [ok, {**ok, **bad}]},
+        headers={"Idempotency-Key": header},
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == (
+        "A batch's Idempotency-Key must be 1 to 250 characters (each event's key is it "
+        "followed by #<index>). 1 of 2 events are invalid; nothing was recorded."
+    )
+    [field] = bad
+    assert [(f["field"], f["type"]) for f in error["fields"]][0] == (
+        "idempotency_key",
+        "validation_error",
+    )
+    assert [f["field"] for f in error["fields"]] == ["idempotency_key", f"events.1.{field}"]
+    assert [(e["index"], e["errors"][0]["field"]) for e in error["events"]] == [(1, field)]
+    # The header alone: the answer it always was.
+    alone = svc.post(
+        "/api/billing/usage/batch", json={"events": [ok]}, headers={"Idempotency-Key": header}
+    )
+    assert alone.status_code == 422, alone.text
+    assert alone.json()["error"]["fields"] == error["fields"][:1]
+    assert alone.json()["error"]["message"] == error["fields"][0]["message"]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("bad", [{"quantity": 0}, {"metric": "gpus"}], ids=["schema", "rules"])
+def test_a_batch_key_clash_is_named_with_the_events_other_problems(actors, lane, bad):
+    """`Idempotency-Key: b` makes event 1's key `b#1`, event 0's own: that clash was
+    found only once the body's schema passed, and then alone."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    events = [{**ok, "idempotency_key": "b#1"}, ok, {**ok, **bad}, {**ok, "user_id": 987_654}]
+    r = svc.post(
+        "/api/billing/usage/batch", json={"events": events}, headers={"Idempotency-Key": "b"}
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == "3 of 4 events are invalid; nothing was recorded."
+    named = [(e["index"], e["errors"][0]["field"]) for e in error["events"]]
+    assert named == [(1, "idempotency_key"), (2, next(iter(bad))), (3, "user_id")]
+    assert "b#1" in error["events"][0]["message"]
+    assert [f["field"] for f in error["fields"]] == [
+        "events.1.idempotency_key",
+        f"events.2.{next(iter(bad))}",
+        "events.3.user_id",
+    ]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+def test_a_refused_batch_with_a_key_of_any_json_type_and_a_batch_key_is_a_422(actors):
+    """Guard: the header's clashes are now looked for in a body the schema refused,
+    whose keys may be lists or objects (unhashable): a 422 naming them, never a 500."""
+    svc = _lanes(actors, actors.service_key)[0]
+    ok = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1}
+    events = [{**ok, "idempotency_key": ["b#1"]}, {**ok, "idempotency_key": {"k": 1}}, ok]
+    r = svc.post(
+        "/api/billing/usage/batch", json={"events": events}, headers={"Idempotency-Key": "b"}
+    )
+    assert r.status_code == 422, r.text
+    assert [e["index"] for e in r.json()["error"]["events"]] == [0, 1]
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize(
+    "path", ["/api/billing/usage", "/api/billing/usage/consume", "/api/billing/quota/check"]
+)
+def test_a_service_keys_body_without_user_id_is_named_with_its_other_problems(actors, lane, path):
+    """A service key's `{"metric": "gpus", "quantity": 0}`: the 422 named the quantity
+    and the metric, and the body sent again with those fixed met a 422 for user_id."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    r = svc.post(path, json={"metric": "gpus", "quantity": 0})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert [(f["field"], f["type"]) for f in error["fields"]] == [
+        ("quantity", "greater_than"),
+        ("user_id", "validation_error"),
+        ("metric", "unknown_metric"),
+    ]
+    assert error["fields"][1]["message"] == "user_id is required with a service key."
+    r = svc.post(path, json={"metric": "gpus", "quantity": 1})  # the rules alone
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == "user_id is required with a service key."
+    assert [(f["field"], f["type"]) for f in error["fields"]] == [
+        ("user_id", "validation_error"),
+        ("metric", "unknown_metric"),
+    ]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("path", ["/api/billing/usage", "/api/billing/usage/consume"])
+def test_a_user_keys_write_is_not_told_about_user_id(actors, path):
+    """Guard: a user's key acts for its own user; its 422 names no user_id, and naming
+    another user (existing or not) stays the write's 403 once the fields are right."""
+    mine = actors.key_client(actors.a_key)
+    r = mine.post(path, json={"metric": "gpus", "quantity": 0})
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["error"]["fields"]] == ["quantity", "metric"]
+    for other in (actors.b.id, 987_654):
+        r = mine.post(path, json={"user_id": other, "metric": "gpus", "quantity": 0})
+        assert [f["field"] for f in r.json()["error"]["fields"]] == ["quantity", "metric"]
+        r = mine.post(path, json={"user_id": other, "metric": "tokens", "quantity": 1})
+        assert r.status_code == 403, r.text

@@ -303,3 +303,80 @@ def test_the_client_raises_conflict_for_an_ended_period(actors, live_server, fro
         with pytest.raises(Conflict) as err:
             billing.cancel(actors.a.id, "late")
     assert err.value.code == "not_cancelable" and err.value.details["reason"] == "period_ended"
+
+
+def _both_lanes(actors, secret: str):
+    """The production composition (the fast lane in front) and FastAPI alone."""
+    from starlette.testclient import TestClient
+
+    from billing_app.api.app import create_api
+    from tests.api.conftest import ORIGIN
+
+    auth = {"Authorization": f"Bearer {secret}"}
+    yield "fast", actors.key_client(secret)
+    yield "fastapi", TestClient(create_api(), base_url=ORIGIN, headers=auth)
+
+
+def test_a_cancel_takes_the_events_key_from_the_idempotency_key_header(actors):
+    """Record and consume take their key from the Idempotency-Key header; cancel refused
+    it with 422 "idempotency_key: Field required", so the header that wrote an event
+    could not cancel it."""
+    a = actors.a.id
+    for lane, c in _both_lanes(actors, actors.service_key):
+        key = f"job-{lane}"
+        body = {"user_id": a, "metric": "tokens", "quantity": 10}
+        wrote = c.post("/api/billing/usage/consume", json=body, headers={"Idempotency-Key": key})
+        assert wrote.status_code == 201, wrote.text
+        r = c.post(CANCEL, json={"user_id": a}, headers={"Idempotency-Key": key})
+        assert r.status_code == 200, (lane, r.text)
+        assert r.json()["event"]["idempotency_key"] == key and not r.json()["already_canceled"]
+        # The same key in both places is fine; two different keys are refused.
+        r = c.post(
+            CANCEL, json={"user_id": a, "idempotency_key": key}, headers={"Idempotency-Key": key}
+        )
+        assert r.status_code == 200 and r.json()["already_canceled"], r.text
+        r = c.post(
+            CANCEL, json={"user_id": a, "idempotency_key": key}, headers={"Idempotency-Key": "x"}
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == (
+            "Idempotency-Key header and body idempotency_key differ."
+        )
+        r = c.post(CANCEL, json={"user_id": a}, headers={"Idempotency-Key": "  "})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == "Idempotency key must not be blank."
+    assert _totals(a) == (0, 0, 0)
+
+
+def test_a_cancel_without_a_key_says_where_the_key_goes_with_its_other_problems(actors):
+    """No key in the body nor the header: "idempotency_key: Field required" did not say
+    the header was an option, and a missing user_id came on the next attempt."""
+    c = actors.key_client(actors.service_key)
+    a = actors.a.id
+    where = (
+        "idempotency_key is required: the key the event was recorded or consumed with, in "
+        "the body or as the Idempotency-Key header."
+    )
+    for lane, c in _both_lanes(actors, actors.service_key):
+        r = c.post(CANCEL, json={"user_id": a})
+        assert r.status_code == 422, (lane, r.text)
+        error = r.json()["error"]
+        assert error["message"] == where
+        assert [f["field"] for f in error["fields"]] == ["idempotency_key"]
+        r = c.post(CANCEL, json={})  # a service key names the user too
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["message"] == "user_id is required with a service key."
+        assert [(f["field"], f["message"]) for f in error["fields"]] == [
+            ("user_id", "user_id is required with a service key."),
+            ("idempotency_key", where),
+        ]
+        r = c.post(CANCEL, json={"user_id": 0})  # the schema's, and the rule's
+        assert r.status_code == 422, r.text
+        fields = r.json()["error"]["fields"]
+        assert [(f["field"], f["type"]) for f in fields] == [
+            ("user_id", "greater_than"),
+            ("idempotency_key", "validation_error"),
+        ]
+        assert fields[1]["message"] == where
+    assert _totals(a) == (0, 0, 0)
