@@ -101,7 +101,24 @@ def e(value: Any) -> str:
 
 
 def fmt_date(ts: int | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%-d %b %Y") if ts else "—"
+    """As the app writes dates ("Jan 7, 2027"), so a person going between them reads one
+    format."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%b %-d, %Y") if ts else "—"
+
+
+# What to do about a refused card, after Stripe's own words (as Stripe Checkout does):
+# "Your card was declined." alone leaves the payer guessing.
+NEXT_STEP = {
+    "card_declined": "Try another card.",
+    "incorrect_number": "Check the number, or try another card.",
+    "expired_card": "Check the expiry date, or try another card.",
+}
+
+
+def refusal(exc: StripeError) -> str:
+    """A refusal as a page shows it: Stripe's message, then the next step for a card."""
+    step = NEXT_STEP.get(exc.code or "") if exc.type == "card_error" else None
+    return f"{exc.message} {step}" if step else exc.message
 
 
 # Inline, so the browser asks the sandbox for no /favicon.ico (a 404 in every console).
@@ -312,7 +329,7 @@ def checkout_routes(st: SandboxState) -> list[Route]:
             except StripeError as exc:
                 # Re-render with the values typed so far (minus nothing: it's test data).
                 return _checkout_form(
-                    st, session, error=exc.message, error_field=_error_field(exc), values=form
+                    st, session, error=refusal(exc), error_field=_error_field(exc), values=form
                 )
             success = _success_url(session)
         if success:
@@ -509,7 +526,7 @@ def portal_routes(st: SandboxState) -> list[Route]:
                 try:
                     notice = fn(session, form)
                 except StripeError as exc:
-                    return back(session, error=exc.message)
+                    return back(session, error=refusal(exc))
                 return back(session, notice=notice)
 
         return endpoint
@@ -659,7 +676,7 @@ def invoice_routes(st: SandboxState) -> list[Route]:
                     raise error
                 billing.collect(st, inv, card)
             except StripeError as exc:
-                url += "?" + urlencode({"error": exc.message})
+                url += "?" + urlencode({"error": refusal(exc)})
         return RedirectResponse(url, status_code=303)
 
     return [

@@ -19,6 +19,7 @@ from billing_app.components.common import (
 )
 from billing_app.components.layout import loading, page
 from billing_app.metrics import METRICS
+from billing_app.states.billing import PRESSED
 from billing_app.states.billing import BillingState as S
 from billing_app.states.views import InvoiceView, PlanView
 
@@ -29,6 +30,26 @@ WIDE_ONLY, NARROW_ONLY = (
 )
 # The page's heading: where the focus goes when what had it goes away.
 TITLE_ID = "billing-title"
+OPENING_CHECKOUT, OPENING_PORTAL = "Opening Checkout…", "Opening the portal…"
+
+
+def to_stripe(key: object, handler: object) -> dict[str, object]:
+    """Props for a button that opens Stripe (`key`: its plan, or "portal" / "fix"): it looks
+    and reads as working from the press itself (the browser-side PRESSED), while the server
+    works and the answer travels back, until the page leaves or the error shows. Another
+    press meanwhile changes nothing (and its handler refuses it). Not `disabled` nor Radix's
+    `loading`: both drop the keyboard's focus to <body> (see `held`)."""
+    return {
+        "on_click": [
+            PRESSED.set_value(rx.cond(PRESSED.value == "", key, PRESSED.value)),
+            handler,
+        ],
+        **held((PRESSED.value != "") | (S.busy != ""), working(key)),
+    }
+
+
+def working(key: object) -> rx.Var:
+    return PRESSED.value == key
 
 
 def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
@@ -96,12 +117,12 @@ def notices() -> rx.Component:
                         S.sub.grace_text,
                     ),
                     rx.button(
-                        rx.cond(S.busy == "portal", rx.spinner(size="1")),
-                        "Fix payment",
-                        on_click=S.manage_subscription,
+                        rx.cond(working("fix"), rx.spinner(size="1")),
+                        rx.cond(working("fix"), OPENING_PORTAL, "Fix payment"),
                         color_scheme="amber",
                         size="2",
-                        **held(S.busy != "", S.busy == "portal"),
+                        id="fix-payment",
+                        **to_stripe("fix", S.manage_subscription),
                     ),
                     justify="between",
                     align="center",
@@ -178,14 +199,13 @@ def plan_summary() -> rx.Component:
         rx.cond(
             S.sub.is_subscriber,
             rx.button(
-                rx.cond(S.busy == "portal", rx.spinner(size="2"), rx.icon("settings", size=16)),
-                "Manage subscription",
-                on_click=S.manage_subscription,
+                rx.cond(working("portal"), rx.spinner(size="2"), rx.icon("settings", size=16)),
+                rx.cond(working("portal"), OPENING_PORTAL, "Manage subscription"),
                 variant="soft",
                 size="3",
                 width="100%",
                 id="manage-subscription",
-                **held(S.busy != "", S.busy == "portal"),
+                **to_stripe("portal", S.manage_subscription),
             ),
             # One element (a link styled as the button beside it), so one Tab stop.
             rx.button(
@@ -325,15 +345,18 @@ def plan_card(p: PlanView) -> rx.Component:
             ),
             rx.spacer(),
             rx.button(
-                rx.cond(S.busy == p.key, rx.spinner(size="2")),
-                button_label,
-                on_click=S.choose_plan(p.key),
+                rx.cond(working(p.key), rx.spinner(size="2")),
+                rx.cond(
+                    working(p.key),
+                    rx.cond(S.sub.is_subscriber, OPENING_PORTAL, OPENING_CHECKOUT),
+                    button_label,
+                ),
                 disabled=p.is_current,
                 variant=rx.cond(p.highlight, "solid", "outline"),
                 size="3",
                 width="100%",
                 id="choose-" + p.key,
-                **held(S.busy != "", S.busy == p.key),
+                **to_stripe(p.key, S.choose_plan(p.key)),
             ),
             spacing="4",
             height="100%",

@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import reflex as rx
+from reflex.experimental.client_state import ClientStateVar
 
 from billing_app.db import read_session, session_scope
 from billing_app.errors import BillingError
@@ -36,6 +37,10 @@ ROUTE = "/billing"
 # The page load, paging and the poller each number their reads (live.start_load): only
 # the newest read of each part is shown.
 LIVE, SLOW = "_live_load", "_slow_load"
+# The Stripe button the person pressed (a plan's key, "portal" or "fix"), held in the browser:
+# it shows as working from the press, not from the server's answer (a slow link takes
+# seconds). The handlers clear it wherever they do not navigate away.
+PRESSED = ClientStateVar.create("stripe_pressed", default="")
 
 
 @dataclass
@@ -366,17 +371,17 @@ class BillingState(SessionState):
     async def choose_plan(self, plan_key: str) -> Any:
         """A plan card's button: Checkout for a new subscriber, the portal for a subscriber."""
         if plan_key not in PAID_PLAN_KEYS:
-            return None
+            return PRESSED.push("")
         async with self:
             if self.busy:
-                return None
+                return None  # the first press's answer releases the button
             try:
                 user = await self._current_user()
             except BillingError as err:
                 self._button_failed(err.message)
-                return None
+                return PRESSED.push("")
             if user is None:
-                return self._login_redirect()
+                return [PRESSED.push(""), self._login_redirect()]
             subscriber = self.sub.is_subscriber
             self.busy = plan_key
             self.error = ""
@@ -393,9 +398,9 @@ class BillingState(SessionState):
                 user = await self._current_user()
             except BillingError as err:
                 self._button_failed(err.message)
-                return None
+                return PRESSED.push("")
             if user is None:
-                return self._login_redirect()
+                return [PRESSED.push(""), self._login_redirect()]
             self.busy = "portal"
             self.error = ""
         return await self._go_to_stripe(lambda: open_portal(user.id))
@@ -406,12 +411,13 @@ class BillingState(SessionState):
         except BillingError as err:
             async with self:
                 self._button_failed(err.message)
-            return None
+            return PRESSED.push("")
         except Exception:
             async with self:
                 self._button_failed("Could not reach the payment provider. Please try again.")
-            return None
-        # A different host, so the browser does a full navigation (is_external would open a tab).
+            return PRESSED.push("")
+        # A different host, so the browser does a full navigation (is_external would open a
+        # tab). The button stays pressed until the page goes.
         return rx.redirect(url)
 
     def _button_failed(self, message: str) -> None:

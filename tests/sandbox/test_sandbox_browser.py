@@ -21,7 +21,7 @@ def test_checkout_and_portal_in_a_browser(
     page.goto(session.url)
     page.fill("#card-number", "4000 0000 0000 0341")
     page.get_by_role("button", name="Pay").click()
-    assert page.locator("#card-error").inner_text() == "Your card was declined."
+    assert page.locator("#card-error").inner_text() == "Your card was declined. Try another card."
     page.fill("#card-number", "4242 4242 4242 4242")
     page.click("#pay")
     page.wait_for_url(f"**/success?session_id={session.id}")
@@ -100,7 +100,7 @@ def test_a_refused_payment_puts_the_focus_on_the_field_to_fix(
     page.goto(session.url)
     page.fill("#card-number", "4000 0000 0000 0341")
     page.press("#card-number", "Enter")
-    expect(page.locator("#card-error")).to_have_text("Your card was declined.")
+    expect(page.locator("#card-error")).to_have_text("Your card was declined. Try another card.")
     expect(page.locator("#card-number")).to_be_focused()
     page.fill("#card-number", "4242 4242 4242 4242")
     page.fill("#card-expiry", "13 / 30")
