@@ -290,7 +290,16 @@ def open_user_drawer(page: Page, app: LiveApp, search: str, email: str) -> Locat
     page.locator("#user-search").fill(search)
     expect(page.get_by_text("1–1 of 1")).to_be_visible()
     page.get_by_role("button", name=f"Details for {email}").click()
-    return page.locator("#user-drawer")
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_be_visible()
+    # The drawer slides in: a layout measured before the slide ends sees it off-screen.
+    # (Endless animations, a loading pulse, never end: not waited for.)
+    page.wait_for_function(
+        """() => document.getAnimations().every(
+            a => a.playState !== 'running' || a.effect.getComputedTiming().endTime === Infinity
+        )"""
+    )
+    return drawer
 
 
 _counter = iter(range(1, 10_000))
