@@ -258,7 +258,7 @@ def users_panel() -> rx.Component:
 def invoices_panel() -> rx.Component:
     return card(
         rx.hstack(
-            rx.heading("All invoices", size="4"),
+            rx.heading("All invoices", size="4", as_="h2"),
             rx.hstack(
                 select(
                     A.invoice_status_options,
@@ -393,7 +393,7 @@ def new_secret_callout() -> rx.Component:
 
 def keys_panel() -> rx.Component:
     return card(
-        section_title("API keys", "Services use these to post usage and check quotas."),
+        section_title("API keys", "Services use these to post usage and check quotas.", level="h2"),
         rx.form(
             rx.flex(
                 rx.box(
@@ -512,7 +512,7 @@ def override_form() -> rx.Component:
     # A form, so that Enter in the limit saves it as the button does.
     return rx.form(
         rx.vstack(
-            rx.heading("Override a quota", size="3"),
+            rx.heading("Override a quota", size="3", as_="h3"),
             rx.flex(
                 rx.box(
                     labelled(
@@ -659,20 +659,20 @@ def detail_placeholder() -> rx.Component:
 
 def detail_body() -> rx.Component:
     return rx.fragment(
-        rx.heading("Subscription", size="3"),
+        rx.heading("Subscription", size="3", as_="h3"),
         subscription_summary(),
         rx.cond(
             A.detail_invoices.length() > 0,
             rx.vstack(
-                rx.heading("Recent invoices", size="3"),
+                rx.heading("Recent invoices", size="3", as_="h3"),
                 invoice_table(A.detail_invoices, "drawer-invoices-table", compact=True),
                 spacing="2",
                 width="100%",
             ),
         ),
-        rx.heading("Usage this period", size="3"),
+        rx.heading("Usage this period", size="3", as_="h3"),
         rx.vstack(rx.foreach(A.detail_meters, lambda m: meter(m)), spacing="4", width="100%"),
-        rx.heading("Quotas", size="3"),
+        rx.heading("Quotas", size="3", as_="h3"),
         scroll_x(
             rx.table.root(
                 rx.table.header(
@@ -692,7 +692,7 @@ def detail_body() -> rx.Component:
         rx.cond(
             A.detail_audit.length() > 0,
             rx.vstack(
-                rx.heading("Recent changes", size="3"),
+                rx.heading("Recent changes", size="3", as_="h3"),
                 rx.foreach(A.detail_audit, audit_row),
                 spacing="2",
                 width="100%",

@@ -141,3 +141,25 @@ def test_the_dashboards_outline_and_chart_control_are_named_for_a_screen_reader(
     expect(page.get_by_role("radiogroup", name="Metric shown in the chart")).to_be_visible()
     # The chart, a Tab stop, is named for what it shows (its ticks in a row, before).
     expect(page.get_by_role("application", name="Daily tokens this period")).to_be_visible()
+
+
+def test_the_consoles_outline_has_one_h1_and_its_sections_below_it(
+    page: Page, live_app: LiveApp
+) -> None:
+    """The console's panels and the drawer's sections were h1s beside the page's own:
+    a screen reader's list of headings was flat."""
+    from tests.browser.conftest import open_user_drawer
+
+    drawer = open_user_drawer(page, live_app, live_app.user_email, live_app.user_email)
+    expect(drawer.get_by_role("heading", level=2)).to_have_text([live_app.user_email])
+    # (Recent invoices and Recent changes show only when there are some.)
+    expect(drawer.get_by_role("heading", level=3)).to_have_text(
+        ["Subscription", "Usage this period", "Quotas", "Override a quota"]
+    )
+    page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+    expect(page.get_by_role("heading", level=1)).to_have_text(["Billing admin"])
+    page.get_by_role("tab", name="Invoices").click()
+    expect(page.get_by_role("heading", level=2)).to_have_text(["All invoices"])
+    page.get_by_role("tab", name="API keys").click()
+    expect(page.get_by_role("heading", level=2)).to_have_text(["API keys"])
