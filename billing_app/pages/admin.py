@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import reflex as rx
 
@@ -141,24 +142,26 @@ OPENER_ID = "drawer-opener"
 
 
 def _drawer_opener(
-    u: AdminUserView, kind: str, button: Callable[[str | rx.Var], rx.Component]
+    own_id: str | rx.Var, button: Callable[[str | rx.Var], rx.Component]
 ) -> rx.Component:
-    """The row's `kind` ("email", "details") button, built by `button(id)`. Both branches
-    are the same element, so React keeps the button (and its focus) as the id changes."""
-    own_id = f"{kind}-" + u.id.to_string()
+    """A button that opens the drawer (`own_id`: which one, as open_user records it),
+    built by `button(id)`. Both branches are the same element, so React keeps the button
+    (and its focus) as the id changes."""
     return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
 
 
-def invoice_customer(inv: InvoiceView) -> rx.Component:
-    """An invoice's customer in the Invoices tab: their email, which opens their drawer
-    (plan, usage, quotas), as the users list's email does."""
-    own_id = "invoice-" + inv.id
+def _email_opener(
+    email: rx.Var, user_id: rx.Var, own_id: str | rx.Var, opener: str | rx.Var, **props: Any
+) -> rx.Component:
+    """A user's email that opens their drawer (`opener`: what open_user records, "email" or
+    the invoice's `own_id`). A long email is cut short (the whole one is
+    its title and the drawer's): it pushed a table's last columns out of sight."""
 
     def button(id_: str | rx.Var) -> rx.Component:
         return rx.button(
-            rx.text(inv.user_email, max_width="240px", **ONE_LINE),
-            on_click=A.open_user(inv.user_id, own_id),
-            title=inv.user_email,
+            rx.text(email, max_width="260px", **ONE_LINE, **props),
+            on_click=A.open_user(user_id, opener),
+            title=email,
             variant="ghost",
             color_scheme="gray",
             high_contrast=True,
@@ -167,7 +170,14 @@ def invoice_customer(inv: InvoiceView) -> rx.Component:
             id=id_,
         )
 
-    return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
+    return _drawer_opener(own_id, button)
+
+
+def invoice_customer(inv: InvoiceView) -> rx.Component:
+    """An invoice's customer in the Invoices tab: their email, which opens their drawer
+    (plan, usage, quotas), as the users list's email does."""
+    own_id = "invoice-" + inv.id
+    return _email_opener(inv.user_email, inv.user_id, own_id, own_id)
 
 
 def user_row(u: AdminUserView) -> rx.Component:
@@ -177,23 +187,8 @@ def user_row(u: AdminUserView) -> rx.Component:
                 rx.hstack(
                     # The email opens the drawer too: on a phone the Details column is
                     # far off to the right of a sideways-scrolling table.
-                    _drawer_opener(
-                        u,
-                        "email",
-                        lambda id_: rx.button(
-                            # A long email is cut short (the whole one is its title and
-                            # the drawer's): it pushed the table's last columns out of sight.
-                            rx.text(u.email, weight="medium", max_width="260px", **ONE_LINE),
-                            on_click=A.open_user(u.id, "email"),
-                            title=u.email,
-                            variant="ghost",
-                            color_scheme="gray",
-                            high_contrast=True,
-                            size="2",
-                            white_space="nowrap",
-                            class_name="user-email",
-                            id=id_,
-                        ),
+                    _email_opener(
+                        u.email, u.id, "email-" + u.id.to_string(), "email", weight="medium"
                     ),
                     rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
                     align="center",
@@ -221,8 +216,7 @@ def user_row(u: AdminUserView) -> rx.Component:
         rx.table.cell(rx.text(u.created, white_space="nowrap", color_scheme="gray")),
         rx.table.cell(
             _drawer_opener(
-                u,
-                "details",
+                "details-" + u.id.to_string(),
                 lambda id_: rx.button(
                     "Details",
                     on_click=A.open_user(u.id, "details"),
@@ -397,37 +391,26 @@ def keys_panel() -> rx.Component:
         rx.form(
             rx.flex(
                 rx.box(
-                    labelled(
+                    typed_field(
                         "Key name",
                         "",
-                        rx.input(
-                            placeholder="e.g. scraper-prod",
-                            # Uncontrolled (see form_field_props), cleared by the state once
-                            # created.
-                            **form_field_props(
-                                "key-name", A.key_name, A.set_key_name, KEY_NAME_MAX
-                            ),
-                            aria_label="Key name",
-                            width="100%",
-                        ),
-                        html_for="key-name",
+                        "key-name",
+                        A.key_name,
+                        A.set_key_name,
+                        KEY_NAME_MAX,
+                        placeholder="e.g. scraper-prod",
                     ),
                     flex="1",
                     min_width="180px",
                 ),
                 rx.box(
-                    labelled(
+                    typed_field(
                         "Service",
                         "Optional; the key's name if left empty.",
-                        rx.input(
-                            **form_field_props(
-                                "key-service", A.key_service, A.set_key_service, KEY_NAME_MAX
-                            ),
-                            aria_label="Service name",
-                            custom_attrs={"aria-describedby": "key-service-hint"},
-                            width="100%",
-                        ),
-                        html_for="key-service",
+                        "key-service",
+                        A.key_service,
+                        A.set_key_service,
+                        KEY_NAME_MAX,
                     ),
                     flex="1",
                     min_width="160px",
@@ -508,6 +491,29 @@ def labelled(label: str, hint: str, field: rx.Component, html_for: str = "") -> 
     )
 
 
+def typed_field(
+    label: str,
+    hint: str,
+    name: str,
+    value: rx.Var,
+    setter: rx.EventHandler,
+    max_length: int,
+    control: Callable[..., rx.Component] = rx.input,
+    **props: Any,
+) -> rx.Component:
+    """A console form's typed field (form_field_props: uncontrolled, cleared by the state
+    by `name`) under its label and hint (labelled), the hint its description."""
+    described = {"custom_attrs": {"aria-describedby": f"{name}-hint"}} if hint else {}
+    field = control(
+        **form_field_props(name, value, setter, max_length),
+        aria_label=label,
+        width="100%",
+        **described,
+        **props,
+    )
+    return labelled(label, hint, field, html_for=name)
+
+
 def override_form() -> rx.Component:
     # A form, so that Enter in the limit saves it as the button does.
     return rx.form(
@@ -525,21 +531,15 @@ def override_form() -> rx.Component:
                     flex="0 0 auto",
                 ),
                 rx.box(
-                    labelled(
+                    typed_field(
                         "New limit",
                         "A whole number; 0 means unlimited.",
-                        rx.input(
-                            placeholder="e.g. 250,000",
-                            # Uncontrolled (see form_field_props), cleared by the state once saved.
-                            **form_field_props(
-                                "override-limit", A.override_limit, A.set_override_limit, LIMIT_MAX
-                            ),
-                            aria_label="New limit",
-                            custom_attrs={"aria-describedby": "override-limit-hint"},
-                            input_mode="numeric",
-                            width="100%",
-                        ),
-                        html_for="override-limit",
+                        "override-limit",
+                        A.override_limit,
+                        A.set_override_limit,
+                        LIMIT_MAX,
+                        placeholder="e.g. 250,000",
+                        input_mode="numeric",
                     ),
                     flex="1",
                     min_width="140px",
@@ -548,18 +548,14 @@ def override_form() -> rx.Component:
                 wrap="wrap",
                 width="100%",
             ),
-            labelled(
+            typed_field(
                 "Reason",
                 "Required for an override; kept in the audit log.",
-                rx.text_area(
-                    **form_field_props(
-                        "override-reason", A.override_reason, A.set_override_reason, REASON_MAX
-                    ),
-                    aria_label="Reason",
-                    custom_attrs={"aria-describedby": "override-reason-hint"},
-                    width="100%",
-                ),
-                html_for="override-reason",
+                "override-reason",
+                A.override_reason,
+                A.set_override_reason,
+                REASON_MAX,
+                control=rx.text_area,
             ),
             rx.cond(
                 A.override_error != "",

@@ -88,6 +88,28 @@ class LiveApp:
             engine.dispose()
 
 
+def ensure_invoices(app: LiveApp, *invoices: dict[str, Any]) -> None:
+    """Invoice rows (each a dict of Invoice's fields) in the app's database, each added
+    once: the tests share one app."""
+    from sqlmodel import select
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Invoice
+
+    engine = create_db_engine(app.database_url)
+    try:
+        with session_scope(engine) as session:
+            for fields in invoices:
+                sid = fields["stripe_invoice_id"]
+                if not session.exec(
+                    select(Invoice).where(Invoice.stripe_invoice_id == sid)
+                ).first():
+                    session.add(Invoice(**fields))
+            session.commit()
+    finally:
+        engine.dispose()
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + BUILD_TIMEOUT
     while time.monotonic() < deadline:
@@ -379,6 +401,7 @@ __all__ = [
     "focused",
     "login",
     "open_user_drawer",
+    "ensure_invoices",
     "screenshot",
     "signup",
     "tab_to",

@@ -28,8 +28,13 @@ _RUN_AXE = """async () => {
 
 def violations(page: Page) -> list[str]:
     assert AXE.exists(), f"{AXE} is missing: `make browsers` installs it"
-    # Animations settled, so contrast is measured on the final colours.
-    page.wait_for_function("document.getAnimations().every(a => a.playState !== 'running')")
+    # Animations settled, so contrast is measured on the final colours (an endless one, a
+    # loading pulse, never settles: not waited for).
+    page.wait_for_function(
+        """() => document.getAnimations().every(
+            a => a.playState !== 'running' || a.effect.getComputedTiming().endTime === Infinity
+        )"""
+    )
     page.add_script_tag(path=str(AXE))
     return page.evaluate(_RUN_AXE)
 

@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from tests.browser.conftest import (
     LiveApp,
     assert_focus_kept,
+    ensure_invoices,
     focused,
     login,
     open_user_drawer,
@@ -533,24 +534,13 @@ def test_an_invoices_customer_opens_their_drawer_and_gets_the_focus_back(
     drawer, and closing it gives the focus back to that invoice's email."""
     from datetime import UTC, datetime
 
-    from sqlmodel import select
-
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.models import Invoice
-
     uid = _users(live_app)
-    engine = create_db_engine(live_app.database_url)
-    with session_scope(engine) as session:
-        if not session.exec(
-            select(Invoice).where(Invoice.stripe_invoice_id == "in_drawer_test")
-        ).first():
-            session.add(
-                Invoice(stripe_invoice_id="in_drawer_test", user_id=uid, number="DRAWER-0001",
-                        status="uncollectible", total=9900, amount_due=9900, amount_paid=0,
-                        currency="usd", created_at=datetime(2030, 1, 1, tzinfo=UTC))
-            )  # fmt: skip
-            session.commit()
-    engine.dispose()
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_drawer_test", user_id=uid, number="DRAWER-0001",
+             status="uncollectible", total=9900, amount_due=9900, amount_paid=0,
+             currency="usd", created_at=datetime(2030, 1, 1, tzinfo=UTC)),
+    )  # fmt: skip
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     # The users list holds nobody: the focus's way back must not depend on it.
     page.locator("#user-search").fill("nobody-by-this-name")

@@ -11,16 +11,13 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveApp, login
+from tests.browser.conftest import LiveApp, ensure_invoices, login
 
 pytestmark = pytest.mark.browser
 
 
 def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) -> None:
-    from sqlmodel import select
-
     from billing_app.db import create_db_engine, session_scope
-    from billing_app.models import Invoice
     from billing_app.services import users
 
     engine = create_db_engine(live_app.database_url)
@@ -28,14 +25,13 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
         for i, name in enumerate(("Ann", "=1+1", "Cy")):
             if users.get_user_by_email(session, f"export{i}@csv.test") is None:
                 users.create_user(session, f"export{i}@csv.test", name)
-        if not session.exec(select(Invoice).where(Invoice.stripe_invoice_id == "in_csv")).first():
-            payer = users.get_user_by_email(session, "export0@csv.test")
-            session.add(
-                Invoice(stripe_invoice_id="in_csv", user_id=payer.id, number="CSV-0001",
-                        status="draft", amount_due=1500, currency="jpy")
-            )  # fmt: skip
-            session.commit()
+        payer = users.get_user_by_email(session, "export0@csv.test")
     engine.dispose()
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_csv", user_id=payer.id, number="CSV-0001", status="draft",
+             amount_due=1500, currency="jpy"),
+    )  # fmt: skip
 
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.locator("#user-search").fill("@csv.test")
@@ -77,10 +73,7 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
 def test_the_credit_filter_lists_what_the_credit_badge_marks(page: Page, live_app: LiveApp) -> None:
     """A credit invoice (negative total) is paid in Stripe's words and "Credit" on its
     badge: "Credit" lists it, "Paid" does not, and each export is what its filter shows."""
-    from sqlmodel import select
-
     from billing_app.db import create_db_engine, session_scope
-    from billing_app.models import Invoice
     from billing_app.services import users
 
     engine = create_db_engine(live_app.database_url)
@@ -88,17 +81,14 @@ def test_the_credit_filter_lists_what_the_credit_badge_marks(page: Page, live_ap
         payer = users.get_user_by_email(session, "credit@csv.test") or users.create_user(
             session, "credit@csv.test", "Credit"
         )
-        if not session.exec(select(Invoice).where(Invoice.stripe_invoice_id == "in_cr1")).first():
-            session.add_all(
-                [
-                    Invoice(stripe_invoice_id="in_cr1", user_id=payer.id, number="CR-0001",
-                            status="paid", total=1900, amount_due=1900, amount_paid=1900),
-                    Invoice(stripe_invoice_id="in_cr2", user_id=payer.id, number="CR-0002",
-                            status="paid", total=-4000, amount_due=0, amount_paid=0),
-                ]
-            )  # fmt: skip
-            session.commit()
     engine.dispose()
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_cr1", user_id=payer.id, number="CR-0001", status="paid",
+             total=1900, amount_due=1900, amount_paid=1900),
+        dict(stripe_invoice_id="in_cr2", user_id=payer.id, number="CR-0002", status="paid",
+             total=-4000, amount_due=0, amount_paid=0),
+    )  # fmt: skip
 
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.get_by_role("tab", name="Invoices").click()
