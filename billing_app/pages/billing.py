@@ -36,7 +36,8 @@ OPENING_CHECKOUT, OPENING_PORTAL = "Opening Checkout…", "Opening the portal…
 def to_stripe(key: object, handler: object) -> dict[str, object]:
     """Props for a button that opens Stripe (`key`: its plan, or "portal" / "fix"): it looks
     and reads as working from the press itself (the browser-side PRESSED), while the server
-    works and the answer travels back, until the page leaves or the error shows. Another
+    works and the answer travels back, until the page leaves, the error shows, or the page
+    reconnects after its socket dropped with the answer (states.billing PRESSED). Another
     press meanwhile changes nothing (and its handler refuses it). Not `disabled` nor Radix's
     `loading`: both drop the keyboard's focus to <body> (see `held`)."""
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -39,8 +40,15 @@ ROUTE = "/billing"
 LIVE, SLOW = "_live_load", "_slow_load"
 # The Stripe button the person pressed (a plan's key, "portal" or "fix"), held in the browser:
 # it shows as working from the press, not from the server's answer (a slow link takes
-# seconds). The handlers clear it wherever they do not navigate away.
+# seconds). The handlers clear it wherever they do not navigate away, and so does the page's
+# load, which Reflex 0.10 runs again on each socket (re)connect: a press whose answer went
+# with a dropped socket is released there.
 PRESSED = ClientStateVar.create("stripe_pressed", default="")
+# Presses are numbered (live.start_load): an answer is shown only for the newest.
+PRESS = "_press"
+# A press's Stripe call still running this long after it started is taken as lost (its
+# worker restarted with the state kept in Redis): a reconnect then releases its button.
+PRESS_LOST_SECONDS = 60.0
 
 
 @dataclass
@@ -142,6 +150,9 @@ class BillingState(SessionState):
     _load_error: bool = False
     # The page of the invoices shown: a failed load of another puts the pager back on it.
     _invoice_page_shown: int = 1
+    _press: int = 0
+    # When the running press's Stripe call started (time.time(), any worker); 0: none runs.
+    _press_since: float = 0.0
 
     # ------------------------------------------------------------ derived
 
@@ -180,16 +191,18 @@ class BillingState(SessionState):
 
     @rx.event
     async def on_load(self) -> Any:
-        """Guard, then load everything and start the live poller."""
+        """Guard, then load everything and start the live poller. Also run on each socket
+        reconnect (Reflex 0.10's hydrate_and_load), so it releases a lost press first."""
+        released = self._release_lost_press()
         try:
             user = await self._current_user()
         except BillingError as err:
             # The database is down: who this is is not known yet. The poller reads again
             # each tick; its first full read takes the message away.
             self._load_failed(err)
-            return BillingState.poll
+            return [*released, BillingState.poll]
         if user is None:
-            return self._login_redirect()
+            return self._login_redirect()  # released by this page's next load
         checkout = self.router.url.query_parameters.get("checkout")
         if checkout is not None:
             notice = {"success": "success", "canceled": "canceled", "cancel": "canceled"}
@@ -207,8 +220,22 @@ class BillingState(SessionState):
             self.checkout_notice = ""
         self._notice_socket = ""
         self.error = ""
+        return [*released, BillingState.refresh, BillingState.poll]
+
+    def _release_lost_press(self) -> list[Any]:
+        """The buttons back to usable, unless a press's Stripe call still runs: its answer
+        (the redirect, or the error) reaches the reconnected socket. A press whose answer went
+        with a dropped socket, or whose worker went, is released: PRESSED lives in the
+        browser, which a restarted server knows nothing of, so it is always cleared. A press
+        again opens the same Checkout (services.billing's idempotency window) or a new one,
+        which expires the lost one: never two to pay."""
+        if self._press_since and time.time() - self._press_since < PRESS_LOST_SECONDS:
+            return []
+        if self._press_since:
+            start_load(self, PRESS)  # the lost call's late answer is dropped
+        self._press_since = 0.0
         self.busy = ""
-        return [BillingState.refresh, BillingState.poll]
+        return [PRESSED.push("")]
 
     @rx.event(background=True)
     async def refresh(self) -> Any:
@@ -383,10 +410,10 @@ class BillingState(SessionState):
             if user is None:
                 return [PRESSED.push(""), self._login_redirect()]
             subscriber = self.sub.is_subscriber
-            self.busy = plan_key
-            self.error = ""
+            press = self._start_press(plan_key)
         return await self._go_to_stripe(
-            lambda: open_portal(user.id) if subscriber else start_checkout(user.id, plan_key)
+            press,
+            lambda: open_portal(user.id) if subscriber else start_checkout(user.id, plan_key),
         )
 
     @rx.event(background=True)
@@ -401,20 +428,34 @@ class BillingState(SessionState):
                 return PRESSED.push("")
             if user is None:
                 return [PRESSED.push(""), self._login_redirect()]
-            self.busy = "portal"
-            self.error = ""
-        return await self._go_to_stripe(lambda: open_portal(user.id))
+            press = self._start_press("portal")
+        return await self._go_to_stripe(press, lambda: open_portal(user.id))
 
-    async def _go_to_stripe(self, call: Any) -> Any:
+    def _start_press(self, key: str) -> int:
+        """Inside `async with self`: the press's number, its button busy."""
+        self.busy = key
+        self.error = ""
+        self._press_since = time.time()
+        return start_load(self, PRESS)
+
+    async def _go_to_stripe(self, press: int, call: Any) -> Any:
+        message = ""
+        url = ""
         try:
             url = await in_thread(call)
         except BillingError as err:
-            async with self:
-                self._button_failed(err.message)
-            return PRESSED.push("")
+            message = err.message
         except Exception:
-            async with self:
-                self._button_failed("Could not reach the payment provider. Please try again.")
+            message = "Could not reach the payment provider. Please try again."
+        async with self:
+            if not is_newest(self, PRESS, press):
+                # Taken as lost and released meanwhile (see _release_lost_press): the
+                # buttons are the newer press's, or free.
+                return None
+            self._press_since = 0.0
+            if message:
+                self._button_failed(message)
+        if message:
             return PRESSED.push("")
         # A different host, so the browser does a full navigation (is_external would open a
         # tab). The button stays pressed until the page goes.

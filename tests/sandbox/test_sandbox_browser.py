@@ -48,20 +48,32 @@ def test_checkout_and_portal_in_a_browser(
     assert subs[0].cancel_at is None
 
 
-def test_back_to_a_paid_checkout_says_it_is_complete(
-    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
-) -> None:
-    """Back from the success page to the Checkout: the server's page again, saying it is
-    complete with the way on, not the browser's kept copy of the card form."""
-    customer = new_customer(client)
-    session = new_checkout(client, customer.id, "price_sandbox_basic", app=sandbox.url)
-    page.goto(session.url)
+def pay_then_go_back(page: Page, session_id: str) -> None:
+    """Pays the Checkout `page` shows, then goes Back to it: the server's page again,
+    saying it is complete, not the browser's kept copy of the card form (Pay and all)."""
     page.fill("#card-number", "4242 4242 4242 4242")
     page.click("#pay")
-    page.wait_for_url(f"**/success?session_id={session.id}")
+    page.wait_for_url(f"**/success?session_id={session_id}")
     page.go_back()
     expect(page.locator("#message-title")).to_have_text("This checkout session is already complete")
     expect(page.locator("#card-number")).to_have_count(0)
+
+
+def follow_link(page: Page, url: str) -> None:
+    """Goes to `url` as the app's link does (a navigation from the page, not a typed URL)."""
+    page.evaluate("url => { location.href = url }", url)
+    page.wait_for_url(url)
+
+
+def test_back_to_a_paid_checkout_says_it_is_complete(
+    client: stripe.StripeClient, sandbox: SandboxServer, page: Page
+) -> None:
+    """Back from the success page to the Checkout: its page says it is complete, with the
+    way on."""
+    customer = new_customer(client)
+    session = new_checkout(client, customer.id, "price_sandbox_basic", app=sandbox.url)
+    page.goto(session.url)
+    pay_then_go_back(page, session.id)
     page.click("#continue")
     page.wait_for_url(f"**/success?session_id={session.id}")
 
@@ -76,18 +88,11 @@ def test_back_to_a_checkout_opened_twice_and_paid_says_it_is_complete(
     app = sandbox.url.replace("127.0.0.1", "localhost")  # the app: another site
     session = new_checkout(client, customer.id, "price_sandbox_pro", app=app)
     page.goto(app + "/")
-    page.evaluate("url => { location.href = url }", session.url)
-    page.wait_for_url(session.url)
+    follow_link(page, session.url)
     page.click("#back")
     page.wait_for_url(app)
-    page.evaluate("url => { location.href = url }", session.url)
-    page.wait_for_url(session.url)
-    page.fill("#card-number", "4242 4242 4242 4242")
-    page.click("#pay")
-    page.wait_for_url(f"**/success?session_id={session.id}")
-    page.go_back()
-    expect(page.locator("#message-title")).to_have_text("This checkout session is already complete")
-    expect(page.locator("#card-number")).to_have_count(0)
+    follow_link(page, session.url)
+    pay_then_go_back(page, session.id)
 
 
 def test_a_refused_payment_puts_the_focus_on_the_field_to_fix(

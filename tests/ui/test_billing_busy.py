@@ -107,3 +107,64 @@ def test_presses_the_server_turns_away_release_the_button(session: Session) -> N
     answer = run(CHOOSE_PLAN, st, "pro")
     assert isinstance(answer, list) and released(answer)
     assert "/login" in dict(_spec(answer[-1])[1])["path"] and st.busy == ""
+
+
+def test_a_reconnect_releases_a_press_whose_answer_the_dropped_socket_lost(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket dropped between the press and the redirect: the redirect went nowhere and
+    the button span on. The reconnect's load (Reflex runs on_load again) releases it, and a
+    press again works; a server restarted meanwhile (a fresh state) releases it too."""
+    st, _ = _dashboard(session)
+    stripe = _Stripe(monkeypatch, "start_checkout")
+    stripe.go.set()
+    assert not released(run(CHOOSE_PLAN, st, "pro"))  # the redirect, lost with the socket
+    assert released(asyncio.run(st.on_load())) and st.busy == ""
+    assert CHECKOUT_URL in dict(_spec(run(CHOOSE_PLAN, st, "pro"))[1])["path"]
+    fresh = state_for(BillingState, cookie=st.router.headers.cookie, path="/billing")
+    assert released(asyncio.run(fresh.on_load()))
+
+
+def test_a_reconnect_while_stripe_still_answers_keeps_the_button_busy(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconnected while the call still runs: its answer reaches the new socket, so the
+    button stays busy and a second press is refused until then."""
+    st, _ = _dashboard(session)
+    stripe = _Stripe(monkeypatch, "start_checkout")
+
+    async def scenario() -> tuple[Any, Any]:
+        first = asyncio.create_task(CHOOSE_PLAN(_Locked(st), "pro"))
+        assert await asyncio.to_thread(stripe.called.wait, 10)
+        load = await st.on_load()
+        assert st.busy == "pro"
+        assert await CHOOSE_PLAN(_Locked(st), "basic") is None
+        stripe.go.set()
+        return load, await first
+
+    load, answer = asyncio.run(scenario())
+    assert not released(load)
+    assert CHECKOUT_URL in dict(_spec(answer)[1])["path"]
+
+
+def test_a_press_running_past_its_time_is_released_and_its_late_answer_dropped(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that never answers (its worker restarted, the state kept in Redis) does not
+    hold the buttons forever: past PRESS_LOST_SECONDS the next load releases them, and if
+    the call does answer after all, that answer no longer navigates nor shows."""
+    st, _ = _dashboard(session)
+    stripe = _Stripe(monkeypatch, "start_checkout")
+    stripe.fail = PaymentProviderError(REFUSED)
+
+    async def scenario() -> tuple[Any, Any]:
+        first = asyncio.create_task(CHOOSE_PLAN(_Locked(st), "pro"))
+        assert await asyncio.to_thread(stripe.called.wait, 10)
+        st._press_since -= billing_state.PRESS_LOST_SECONDS
+        load = await st.on_load()
+        stripe.go.set()
+        return load, await first
+
+    load, answer = asyncio.run(scenario())
+    assert released(load) and answer is None
+    assert (st.busy, st.error) == ("", "")
