@@ -298,10 +298,14 @@ def invoice_table(
     )
 
 
-def select(options: Any, value: Any, on_change: Any, label: str, **props: Any) -> rx.Component:
-    """A Radix select fed by [[value, label], ...] from a State var."""
+def select(
+    options: Any, value: Any, on_change: Any, label: str, trigger_id: str = "", **props: Any
+) -> rx.Component:
+    """A Radix select fed by [[value, label], ...] from a State var. `trigger_id`: its
+    button's id, for rx.set_focus."""
+    trigger_props = {"id": trigger_id} if trigger_id else {}
     return rx.select.root(
-        rx.select.trigger(aria_label=label, min_width="140px"),
+        rx.select.trigger(aria_label=label, min_width="140px", **trigger_props),
         rx.select.content(
             rx.foreach(options, lambda o: rx.select.item(o[1], value=o[0])),
         ),

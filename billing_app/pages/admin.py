@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import reflex as rx
+from reflex.experimental.client_state import ClientStateVar
 
 from billing_app.components.common import (
     ONE_LINE,
@@ -24,7 +25,15 @@ from billing_app.components.common import (
     status_page,
 )
 from billing_app.components.layout import loading, page
-from billing_app.states.admin import KEY_ACCESS, KEY_NAME_MAX, LIMIT_MAX, REASON_MAX, SEARCH_MAX
+from billing_app.states.admin import (
+    KEY_ACCESS,
+    KEY_FIELDS,
+    KEY_NAME_MAX,
+    LIMIT_MAX,
+    OVERRIDE_FIELDS,
+    REASON_MAX,
+    SEARCH_MAX,
+)
 from billing_app.states.admin import AdminState as A
 from billing_app.states.views import (
     AdminUserView,
@@ -86,6 +95,15 @@ def export_link(href: rx.Var, rows: str) -> rx.Component:
     )
 
 
+# What each console form box holds, kept in the browser as it is typed: a save's answer
+# empties a box only if it still holds what the save took (clear_saved), decided there
+# when the answer arrives, so text typed after the Enter meanwhile stays.
+TYPED = {
+    field_id: ClientStateVar.create("typed_" + field_id.replace("-", "_"), default="")
+    for field_id in (*OVERRIDE_FIELDS, *KEY_FIELDS)
+}
+
+
 def form_field_props(
     name: str, value: rx.Var, setter: rx.EventHandler, max_length: int
 ) -> dict[str, object]:
@@ -94,9 +112,33 @@ def form_field_props(
     server's answer to earlier keys came in after later ones. Not debounced, so an Enter
     or a click right after the last key reaches the state behind it. `max_length`: what
     the state keeps, so the box never shows more. `name` and `id`: the form's control
-    (Reflex 0.10.1 deprecates submitting one by its id) and the state's handle to clear it."""
-    return {"name": name, "id": name, "default_value": value, "on_change": setter,
+    (Reflex 0.10.1 deprecates submitting one by its id) and the handle to clear it; its
+    text is also kept in TYPED[name]."""
+    typed = TYPED[name]
+    return {"name": name, "id": name, "default_value": value,
+            "on_change": [setter, typed.set], "on_mount": typed.set_value(value),
             "max_length": max_length}  # fmt: skip
+
+
+def clear_saved(sent: rx.Var, fields: Iterable[str], settle: rx.EventHandler) -> rx.Component:
+    """When a form's save answers (`sent`, views.SavedFields): empties each of its boxes
+    (`fields`, their ids) that still holds what the save took, and tells the state
+    (`settle`). A box typed on after the Enter keeps its text, which its keys have given
+    the state."""
+    return rx.cond(
+        sent.pending,
+        rx.fragment(
+            # A new save's answer mounts it anew (on_mount: the moment the answer shows).
+            key=sent.seq.to_string(),
+            on_mount=[
+                *(
+                    rx.cond(TYPED[f].value == sent.texts[f], rx.set_value(f, ""), rx.noop())
+                    for f in fields
+                ),
+                settle,
+            ],
+        ),
+    )
 
 
 def users_toolbar() -> rx.Component:
@@ -249,6 +291,10 @@ def users_panel() -> rx.Component:
     )
 
 
+# Where closing the drawer gives focus when the invoice that opened it has left the list.
+INVOICE_FILTER_ID = "invoice-status-filter"
+
+
 def invoices_panel() -> rx.Component:
     return card(
         rx.hstack(
@@ -260,6 +306,7 @@ def invoices_panel() -> rx.Component:
                     A.set_invoice_status,
                     "Filter invoices by status",
                     name="invoice_status",
+                    trigger_id=INVOICE_FILTER_ID,
                 ),
                 export_link(A.invoices_csv_href, "invoice"),
                 spacing="3",
@@ -698,12 +745,18 @@ def detail_body() -> rx.Component:
 
 
 # Closing the drawer gives focus back to the button that opened it (a user's row, or an
-# invoice's customer), or to the search box when that row is gone, the list changed
-# meanwhile: Radix returns it only to a Trigger, and the drawer opens from State.
+# invoice's customer), or, when that row is gone (the list changed meanwhile), to the
+# top of the list it was in: the users search, or the Invoices tab's filter (the search
+# sits in the hidden Users tab there). Radix returns it only to a Trigger, and the
+# drawer opens from State.
 _FOCUS_OPENER = rx.cond(
     A.opener_listed,
     rx.set_focus(OPENER_ID),
-    rx.set_focus("user-search"),
+    rx.cond(
+        A.drawer_opener.startswith("invoice-"),
+        rx.set_focus(INVOICE_FILTER_ID),
+        rx.set_focus("user-search"),
+    ),
 )
 
 
@@ -814,6 +867,9 @@ def console() -> rx.Component:
             width="100%",
         ),
         user_drawer(),
+        # Out of the drawer and the tabs: mounted whether or not its form is in view.
+        clear_saved(A.override_sent, OVERRIDE_FIELDS, A.settle_override),
+        clear_saved(A.key_sent, KEY_FIELDS, A.settle_key),
         spacing="5",
         width="100%",
     )

@@ -160,14 +160,12 @@ def curl_example(origin: str, secret: str, user_id: int, can_write: bool = True)
 # the box never shows more than the state holds).
 SEARCH_MAX, LIMIT_MAX, REASON_MAX, KEY_NAME_MAX = 200, 20, 500, 200
 
-# The pages' form fields are uncontrolled (a late answer must not put older text back):
-# the state empties them by their ids once their form is done.
-OVERRIDE_FIELDS = ("override-limit", "override-reason")
-KEY_FIELDS = ("key-name", "key-service")
-
-
-def _clear_fields(ids: tuple[str, ...]) -> list[Any]:
-    return [rx.set_value(field_id, "") for field_id in ids]
+# The pages' form fields (id -> the state var they set) are uncontrolled: a late answer
+# must not put older text back. Nor may a save's answer empty a box the admin typed on
+# in after the Enter: the save records what it took (SavedFields), and the page, when
+# the answer arrives, empties only a box that still holds that (pages.admin.clear_saved).
+OVERRIDE_FIELDS = {"override-limit": "override_limit", "override-reason": "override_reason"}
+KEY_FIELDS = {"key-name": "key_name", "key-service": "key_service"}
 
 
 class AdminState(SessionState):
@@ -212,6 +210,7 @@ class AdminState(SessionState):
     override_reason: str = ""
     override_error: str = ""
     override_saved: str = ""
+    override_sent: views.SavedFields = views.SavedFields()
 
     # API keys
     keys: list[views.ApiKeyView] = []
@@ -221,6 +220,7 @@ class AdminState(SessionState):
     key_error: str = ""
     new_secret: str = ""
     curl_example: str = ""
+    key_sent: views.SavedFields = views.SavedFields()
 
     error: str = ""
     # Which load's failure `error` tells of ("page", "users", "invoices"): a later good
@@ -342,6 +342,9 @@ class AdminState(SessionState):
             return None
         self.drawer_open = False
         self.new_secret = ""
+        # A visit's boxes start from the state: no earlier save's answer is still to come.
+        self.override_sent = views.SavedFields(seq=self.override_sent.seq)
+        self.key_sent = views.SavedFields(seq=self.key_sent.seq)
         return [AdminState.refresh_all]
 
     @rx.event(background=True)
@@ -658,9 +661,29 @@ class AdminState(SessionState):
         self.override_saved = (
             f"{label} limit reset to the plan." if clear else f"{label} limit saved."
         )
-        self.override_limit = ""
-        self.override_reason = ""
-        return [*_clear_fields(OVERRIDE_FIELDS), AdminState.load_detail, AdminState.reload_users]
+        self.override_sent = self._took(self.override_sent, OVERRIDE_FIELDS)
+        return [AdminState.load_detail, AdminState.reload_users]
+
+    def _took(self, sent: views.SavedFields, fields: dict[str, str]) -> views.SavedFields:
+        """After a save: what it took from `fields` (for the page), and the fields emptied.
+        A key typed after the Enter comes in after this and sets its field again."""
+        texts = {field_id: getattr(self, var) for field_id, var in fields.items()}
+        for var in fields.values():
+            setattr(self, var, "")
+        return views.SavedFields(seq=sent.seq + 1, pending=True, texts=texts)
+
+    def _settled(self, sent: views.SavedFields, fields: dict[str, str]) -> views.SavedFields:
+        """The page emptied each box that still held what the save took: so does the state
+        (a box typed on after the Enter and back to that same text)."""
+        if sent.pending:
+            for field_id, var in fields.items():
+                if getattr(self, var) == sent.texts.get(field_id):
+                    setattr(self, var, "")
+        return views.SavedFields(seq=sent.seq)
+
+    @rx.event
+    def settle_override(self) -> None:
+        self.override_sent = self._settled(self.override_sent, OVERRIDE_FIELDS)
 
     # ------------------------------------------------------------ API keys
 
@@ -703,9 +726,12 @@ class AdminState(SessionState):
         self.curl_example = curl_example(
             self.router.url.origin, secret, self.user_id, "usage:write" in scopes
         )
-        self.key_name = ""
-        self.key_service = ""
-        return _clear_fields(KEY_FIELDS)
+        self.key_sent = self._took(self.key_sent, KEY_FIELDS)
+        return None
+
+    @rx.event
+    def settle_key(self) -> None:
+        self.key_sent = self._settled(self.key_sent, KEY_FIELDS)
 
     @rx.event
     async def submit_key(self, _form: dict[str, Any]) -> Any:

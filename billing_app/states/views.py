@@ -146,6 +146,17 @@ KEY_ACCESS = (
 
 
 @dataclasses.dataclass
+class SavedFields:
+    """What a console form's save took from its typed fields (field id -> text), for
+    the page to empty each box that still holds it once the answer arrives (`pending`
+    until the page says it has). `seq` numbers the saves: each one's answer is new."""
+
+    seq: int = 0
+    pending: bool = False
+    texts: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class AuditView:
     when: str = ""
     metric: str = ""

@@ -558,3 +558,54 @@ def test_an_invoices_customer_opens_their_drawer_and_gets_the_focus_back(
     expect(drawer).to_have_count(0)
     expect(email).to_be_focused()
     assert_focus_kept(page, "closing the drawer opened from an invoice")
+
+
+def test_closing_the_drawer_after_its_invoice_left_the_list_focuses_the_invoices_filter(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Opened from an invoice's customer, and the list read again meanwhile no longer
+    holds that invoice: closing gave focus to the users search, in the hidden Users tab.
+    It goes to the Invoices tab's filter, in sight."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from billing_app.db import create_db_engine, session_scope
+
+    uid = _users(live_app)
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_leaves_list", user_id=uid, number="LEAVES-0001",
+             status="void", total=4900, amount_due=0, amount_paid=0,
+             currency="usd", created_at=datetime(2030, 2, 1, tzinfo=UTC)),
+    )  # fmt: skip
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="Invoices").click()
+    status = page.get_by_role("combobox", name="Filter invoices by status")
+    status.click()
+    page.get_by_role("option", name="Void").click()
+    # CSS, not roles: under the open drawer the page is hidden from the accessibility
+    # tree, and a role locator finds no row there whether it is listed or not.
+    row = page.locator("#admin-invoices-table tr", has_text="LEAVES-0001")
+    expect(row).to_have_count(1)
+    row.get_by_role("button", name=LONG_EMAIL, exact=True).focus()
+    page.keyboard.press("Enter")
+    drawer = page.locator("#user-drawer")
+    expect(drawer).to_contain_text(LONG_NAME)
+    page.wait_for_function("() => !!document.activeElement.closest('#user-drawer')")
+    # Meanwhile the invoice is voided no more (Stripe's webhook), and the console reads
+    # again (its Refresh, under the drawer's overlay: a stand-in for any read-again).
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as s:
+            s.execute(text("update invoice set status = 'paid' where number = 'LEAVES-0001'"))
+            s.commit()
+    finally:
+        engine.dispose()
+    page.locator("#refresh-console").dispatch_event("click")
+    expect(row).to_have_count(0)
+    page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+    expect(status).to_be_focused()
+    assert page.evaluate("() => document.activeElement.checkVisibility()"), focused(page)
+    assert_focus_kept(page, "closing the drawer of an invoice no longer listed")

@@ -145,3 +145,62 @@ def test_sign_in_keeps_every_key_typed_while_the_server_is_slow(
     page.locator("#password").fill(live_app.admin_password)
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.locator("#user-search")).to_be_visible()
+
+
+def test_text_typed_after_an_override_is_saved_stays_in_the_box_and_the_state(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Enter, then on typing in the same box before the slow answer arrives: the answer
+    emptied the box (what was typed after the Enter, gone) while the state kept it, so
+    the next Enter saved text the box did not show. A box still holding what was saved
+    is emptied, as before."""
+    email = "slowafter@example.com"
+    _make_users(live_app, email)
+    ws_delay(page, SLOW_MS)
+    drawer = open_user_drawer(page, live_app, email, email)
+    limit = drawer.get_by_role("textbox", name="New limit")
+    reason = drawer.get_by_role("textbox", name="Reason")
+    reason.fill("First pass")
+    limit.fill("1000")
+    limit.press("Enter")
+    page.keyboard.type("0", delay=KEY_MS)  # on typing: 10000 now, before the answer
+    assert "limit saved" not in drawer.inner_text()  # the answer is still on its way
+    expect(drawer).to_contain_text("Tokens limit saved.")
+    # The detail read after the save shows (so the answer's own work is done): the box
+    # keeps its text; the reason, untouched since the save, starts empty again.
+    expect(drawer.locator("tr", has_text="Tokens").first).to_contain_text("1,000")
+    expect(limit).to_have_value("10000", timeout=3000)
+    expect(reason).to_have_value("")
+    assert _last_audit(live_app, email) == (1000, "First pass")
+    # The state holds what the box shows: the next Enter saves 10000, no key in between.
+    reason.fill("Second pass")
+    limit.press("Enter")
+    expect(drawer.locator("tr", has_text="Tokens").first).to_contain_text("10,000")
+    assert _last_audit(live_app, email) == (10_000, "Second pass")
+    expect(limit).to_have_value("")
+    expect(reason).to_have_value("")
+
+
+def test_text_typed_after_a_key_is_created_stays_in_the_box_and_the_state(
+    page: Page, live_app: LiveApp
+) -> None:
+    """As for the override form: a new key's name typed on after the Enter stays, and
+    the next Enter makes a key of that name."""
+    ws_delay(page, SLOW_MS)
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.get_by_role("tab", name="API keys").click()
+    name = page.get_by_role("textbox", name="Key name")
+    name.fill("after-key")
+    name.press("Enter")
+    page.keyboard.type("-two", delay=KEY_MS)
+    expect(page.locator("#new-secret")).not_to_be_attached()  # the answer is on its way
+    first = page.locator("#new-secret")
+    expect(first).to_contain_text("bk_")
+    table = page.locator("#keys-table")
+    expect(table.get_by_role("row").filter(has_text="after-key")).to_have_count(1)
+    expect(name).to_have_value("after-key-two", timeout=3000)
+    secret = first.inner_text()
+    name.press("Enter")
+    expect(page.locator("#new-secret")).not_to_have_text(secret)
+    expect(table.get_by_role("row").filter(has_text="after-key-two")).to_have_count(1)
+    expect(name).to_have_value("")

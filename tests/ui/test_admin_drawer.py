@@ -20,7 +20,7 @@ from billing_app.states import views
 from billing_app.states.admin import AdminState
 from tests.conftest import FrozenClock, _clear_caches
 from tests.factories import make_user
-from tests.ui.test_states import cookie_for, state_for
+from tests.ui.test_states import cookie_for, limit_of, state_for
 
 START, END = datetime(2026, 11, 10, 8, tzinfo=UTC), datetime(2026, 12, 10, 8, tzinfo=UTC)
 HOSTED = "http://127.0.0.1:12111/invoices/in_1/hosted"
@@ -337,3 +337,77 @@ def test_closing_the_drawer_focuses_by_reflex_events_not_a_script() -> None:
     # The ref the focus goes to is on the row's buttons (email and Details) and on an
     # invoice's customer, and only the opener's carries it.
     assert compiled.count("ref:ref_drawer_opener") == 3
+
+
+def _browser_side_events(answer: Any) -> list[str]:
+    """The names of the answer's events the browser runs itself (a box's value set, a
+    focus): "_set_value" emptied the form's boxes whatever they held by then."""
+    events = answer if isinstance(answer, list) else [answer] if answer is not None else []
+    return [str(e) for e in events if "_set_value" in str(e)]
+
+
+def test_a_save_leaves_text_typed_after_the_enter_to_the_box_and_the_state(
+    session: Session,
+) -> None:
+    """Enter, then more keys before the answer (they reach the state after the save):
+    the answer emptied the boxes whatever they held by then, the text typed after the
+    Enter gone from the box but kept by the state. The answer now says what it took;
+    the page empties only a box still holding that, and tells the state (settle)."""
+    admin = make_user(session, email="after-admin@example.com", admin=True)
+    target = make_user(session, email="after-target@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    asyncio.run(st.on_load())
+    asyncio.run(st.open_user(target.id))
+    st.set_override_limit("1000")
+    st.set_override_reason("First pass")
+    answer = asyncio.run(st.submit_override({}))
+    assert st.override_saved == "Tokens limit saved."
+    assert _browser_side_events(answer) == []
+    assert st.override_sent.pending
+    assert st.override_sent.texts == {"override-limit": "1000", "override-reason": "First pass"}
+    st.set_override_limit("10000")  # typed on after the Enter
+    st.settle_override()  # the page kept that box (it differs) and emptied the reason
+    assert (st.override_limit, st.override_reason) == ("10000", "")
+    assert not st.override_sent.pending
+    # The next Enter saves what the box shows.
+    st.set_override_reason("Second pass")
+    asyncio.run(st.submit_override({}))
+    assert limit_of(session, target.id, "tokens") == 10_000
+    # Typed on and back to the very text saved: the page empties that box, so does the
+    # state.
+    st.set_override_limit("100001")
+    st.set_override_limit("10000")
+    st.settle_override()
+    assert (st.override_limit, st.override_reason) == ("", "")
+
+    st.set_key_name("after-key")
+    answer = asyncio.run(st.submit_key({}))
+    assert st.new_secret.startswith("bk_") and _browser_side_events(answer) == []
+    assert st.key_sent.texts == {"key-name": "after-key", "key-service": ""}
+    st.set_key_name("after-key-two")
+    st.settle_key()
+    assert st.key_name == "after-key-two"
+
+
+def test_the_page_empties_a_saved_box_in_the_browser_and_focuses_by_reflex_events() -> None:
+    """Python only, no hand-written JS: each form box's text is kept in the browser
+    (ClientStateVar), the answer's check against it is a compiled condition, and a
+    drawer opened from an invoice gives the focus back to the Invoices tab's filter."""
+    from billing_app.pages.admin import console
+
+    page = console()
+    compiled = str(page)
+    hooks = "\n".join(page._get_all_hooks())  # where on_mount's events are compiled
+    assert "_call_script" not in compiled + hooks
+    for field in ("override_limit", "override_reason", "key_name", "key_service"):
+        # The event that empties the box is the browser's check of what the box holds
+        # against what the save took: a condition, not an order.
+        empties = f'_set_value", ({{ ["ref"] : "ref_{field}"'
+        (event,) = [e for e in hooks.split("addEvents(") if empties in e]
+        box = field.replace("_", "-")
+        assert f"refs['_client_state_dict_typed_{field}']" in event, event
+        assert f'["texts"]?.["{box}"]' in event and " === " in event, event
+        assert event.index("===") < event.index("_set_value"), event
+    assert ".settle_override" in hooks and ".settle_key" in hooks
+    assert '"ref_invoice_status_filter"' in compiled
+    assert compiled.count("ref:ref_invoice_status_filter") == 1
