@@ -162,11 +162,24 @@ def engine(_migrated: str) -> Iterator[Engine]:
 
 
 def _truncate(eng: Engine) -> None:
-    tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+    """Empty every table and restart the ids at 1 (tests name users by id)."""
+    tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]  # children first
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
+            # TRUNCATE costs ~80 ms whatever the tables hold, over a thousand times a run;
+            # deleting the few rows a test left and resetting the sequences, under 1 ms.
+            used = set(
+                conn.exec_driver_sql(
+                    " UNION ALL ".join(f"(SELECT '{t}' FROM \"{t}\" LIMIT 1)" for t in tables)
+                ).scalars()
+            )
+            for t in tables:
+                if t in used:
+                    conn.exec_driver_sql(f'DELETE FROM "{t}"')
             conn.exec_driver_sql(
-                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+                "SELECT setval(quote_ident(schemaname) || '.' || quote_ident(sequencename),"
+                " start_value, false) FROM pg_sequences"
+                " WHERE schemaname = current_schema() AND last_value IS NOT NULL"
             )
         else:
             for t in tables:

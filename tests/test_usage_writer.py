@@ -144,21 +144,26 @@ def test_a_key_taken_meanwhile_gives_its_room_to_the_later_consumes(
 
     group = threading.Thread(target=run)
     group.start()
-    if is_postgres:  # wait until its insert of "raced" waits for the other transaction
-        with engine.connect() as conn:
-            for _ in range(200):
-                waiting = conn.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                ).scalar()
-                if waiting:
-                    break
-                group.join(0.05)
-            assert waiting == 1
-    group.join(0.5)
-    assert group.is_alive()
-    other.commit()
-    other.close()
-    group.join(30)
+    waiting = None
+    try:
+        if is_postgres:  # wait until its insert of "raced" waits for the other transaction
+            with engine.connect() as conn:
+                for _ in range(200):
+                    waiting = conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    ).scalar()
+                    if waiting:
+                        break
+                    group.join(0.05)
+        group.join(0.5)
+        alive = group.is_alive()
+    finally:  # a failed check must not leave the group blocked behind `other`
+        other.commit()
+        other.close()
+        group.join(30)
+    assert waiting == (1 if is_postgres else None)
+    assert alive
     raced, after, *ones = out
     assert isinstance(raced, IdempotencyConflict)  # the key is the tokens event's
     assert isinstance(after, RecordResult) and after.status.used <= 100
