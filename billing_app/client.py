@@ -779,7 +779,7 @@ class BillingClient:
                     end=end,
                 )
             except BillingAPIError as err:
-                _shift_indices(err, start)
+                _shift_indices(err, start, len(sent))
                 raise
             if results is not None:
                 answered = data.get("results") or []
@@ -1017,10 +1017,12 @@ def _refuse_key_clashes(events: Sequence[Event], keys: list[str]) -> None:
             )
 
 
-def _shift_indices(err: BillingAPIError, start: int) -> None:
-    """A failed request of a split batch: its events' indices as in the caller's batch,
-    and the events the requests before it stored."""
+def _shift_indices(err: BillingAPIError, start: int, total: int) -> None:
+    """A failed request of a split batch: its events' indices as in the caller's batch of
+    `total` events, the summary ("2 of 1000 events are invalid") counted over it, and the
+    events the requests before it stored."""
     err.stored = start
+    _recount(err, start, total)
     if not start:
         return
     index = err.details.get("index")  # one event refused the request (a 409, say)
@@ -1028,8 +1030,7 @@ def _shift_indices(err: BillingAPIError, start: int) -> None:
         err.details["index"] = index + start
         said = f"Event {index}: "
         if err.message.startswith(said):
-            err.message = f"Event {index + start}: {err.message[len(said) :]}"
-            err.args = (f"{err.status or 'no answer'} {err.code}: {err.message}",)
+            _say(err, f"Event {index + start}: {err.message[len(said) :]}")
     for ev in err.details.get("events", []):
         if isinstance(ev, dict) and isinstance(ev.get("index"), int):
             ev["index"] += start
@@ -1040,6 +1041,34 @@ def _shift_indices(err: BillingAPIError, start: int) -> None:
         if len(parts) > 1 and parts[0] == "events" and parts[1].isdigit():
             f["field"] = ".".join(["events", str(int(parts[1]) + start), *parts[2:]])
             _shift_repeats(f, start)
+
+
+def _say(err: BillingAPIError, message: str) -> None:
+    err.message = message
+    err.args = (f"{err.status or 'no answer'} {err.code}: {message}",)
+
+
+# A refused request's summary; the requests before it were stored whole, so its bad
+# events are all the batch's so far.
+_SUMMARY = re.compile(
+    r"\b(\d+) of \d+ events (are invalid|name an unknown user); nothing was recorded\."
+)
+
+
+def _recount(err: BillingAPIError, start: int, total: int) -> None:
+    """The summary of a split batch's refused request, counted over the caller's batch."""
+
+    def whole(m: re.Match[str]) -> str:
+        stored = (
+            "nothing was recorded"
+            if not start
+            else f"the first {start} were recorded, none after them"
+        )
+        return f"{m[1]} of {total} events {m[2]}; {stored}."
+
+    said = _SUMMARY.sub(whole, err.message)
+    if said != err.message:
+        _say(err, said)
 
 
 # A rule's message naming another event of the request ("Idempotency key repeats event 3

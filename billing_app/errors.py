@@ -74,6 +74,11 @@ class NotFound(BillingError):
 class UserNotFound(NotFound):
     code = "user_not_found"
 
+    @classmethod
+    def of(cls, user_id: int) -> UserNotFound:
+        """The one answer for an unknown user id, wherever it is found."""
+        return cls(f"No user with id {user_id}.", user_id=user_id)
+
 
 class Conflict(BillingError):
     status_code = 409

@@ -24,8 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_app.api.deps import resolve_principal, resolve_user_id
 from billing_app.api.schemas import BatchEventIn
-from billing_app.api.service_routes import CANCEL_KEY_REQUIRED
-from billing_app.db import UNAVAILABLE_MESSAGE, read_session, session_scope, unavailable
+from billing_app.api.service_routes import (
+    CANCEL_KEY_REQUIRED,
+    existing_users,
+    key_differs,
+    unknown_user,
+)
+from billing_app.db import UNAVAILABLE_MESSAGE, session_scope, unavailable
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error, event_fields
 from billing_app.services.api_keys import check_scope
 from billing_app.services.dto import Principal
@@ -37,7 +42,6 @@ from billing_app.services.metering_batch import (
     merge_bad_events,
     unknown_users,
 )
-from billing_app.services.users import existing_ids
 
 log = logging.getLogger("billing_app.api")
 
@@ -142,12 +146,17 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
             message = f"{key_problem.message} {message}"
         fields.sort(key=_event_index)
     else:
-        if path in _ACTS_FOR:  # the rules' order: whom it acts for, then the fields
-            fields += _user_rule(exc.body, fields, request, _ACTS_FOR[path])
+        service = _acting_service(exc.body, fields, request, path)
+        if service is not None:  # the rules' order: whom it acts for, then the fields
+            fields += _user_rule(exc.body, service)
         if path in _SINGLE_WRITES:
             fields += _field_rules(exc.body, fields)
         if path == _CANCEL:
             fields += _cancel_key_rule(exc.body, fields, request)
+        if service is not None:
+            fields += _unknown_user_rule(exc.body, service)
+        if path in _KEYED:  # the header's key against the body's: first, as a batch's
+            fields[:0] = _keys_differ_rule(exc.body, fields, request)
         if key_problem is not None:
             fields.append(_key_field(key_problem))
         if clashes:
@@ -167,6 +176,8 @@ _ACTS_FOR = {
     "/api/billing/quota/check": "usage:read",
     _CANCEL: "usage:write",
 }
+# The endpoints whose body's idempotency_key may also come as the Idempotency-Key header.
+_KEYED = frozenset({"/api/billing/usage", "/api/billing/usage/consume", _CANCEL})
 
 
 def _key_field(problem: ValidationFailed) -> dict[str, Any]:
@@ -177,23 +188,52 @@ def _refused_fields(fields: list[dict[str, Any]]) -> set[str]:
     return {str(f["field"]).split(".")[0] for f in fields}
 
 
-def _user_rule(
-    body: Any, fields: list[dict[str, Any]], request: Request | None, scope: str
-) -> list[dict[str, Any]]:
-    """A service key's body without a user_id: named with the schema's problems (one
-    lookup of the caller, on a refusal). A user's key acts for its own user: nothing."""
-    if not isinstance(body, dict) or body.get("user_id") is not None:
-        return []
+def _acting_service(
+    body: Any, fields: list[dict[str, Any]], request: Request | None, path: str | None
+) -> Principal | None:
+    """The service key (with the endpoint's scope) that sent a body whose user_id the
+    schema took, for the user rules below (one lookup of the caller, on a refusal). A
+    user's key acts for its own user: None, and it is never told who else exists."""
+    if path not in _ACTS_FOR or not isinstance(body, dict):
+        return None
     if _refused_fields(fields) & {"user_id", "body"}:
-        return []
-    service = _service_caller(request, scope)
-    if service is None:
+        return None
+    return _service_caller(request, _ACTS_FOR[path])
+
+
+def _user_rule(body: dict[str, Any], service: Principal) -> list[dict[str, Any]]:
+    """A service key's body without a user_id: named with the schema's problems."""
+    if body.get("user_id") is not None:
         return []
     try:
         resolve_user_id(service, None)
     except ValidationFailed as err:
         return [{"field": "user_id", "message": err.message, "type": err.code}]
     return []
+
+
+def _unknown_user_rule(body: dict[str, Any], service: Principal) -> list[dict[str, Any]]:
+    """A service key's body naming a user that does not exist (one query), as a batch's
+    events are: with the schema's problems, not a 404 after them."""
+    missing = unknown_user(service, body.get("user_id"))
+    if missing is None:
+        return []
+    return [{"field": "user_id", "message": missing.message, "type": missing.code}]
+
+
+def _keys_differ_rule(
+    body: Any, fields: list[dict[str, Any]], request: Request | None
+) -> list[dict[str, Any]]:
+    """The Idempotency-Key header naming another key than the body's (a body key the
+    schema refused is named as such)."""
+    if request is None or not isinstance(body, dict):
+        return []
+    if _refused_fields(fields) & {"idempotency_key", "body"}:
+        return []
+    differ = key_differs(body.get("idempotency_key"), request.headers.get("idempotency-key"))
+    if differ is None:
+        return []
+    return [{"field": "idempotency_key", "message": differ.message, "type": differ.code}]
 
 
 def _cancel_key_rule(
@@ -295,7 +335,7 @@ def _rule_errors(
     if service is None:
         return ruled
     try:
-        return merge_bad_events(ruled, unknown_users(raw, _existing_users))
+        return merge_bad_events(ruled, unknown_users(raw, existing_users))
     except sa_exc.SQLAlchemyError as exc:  # the schema's 422 stands, never a 500
         log.warning("refused batch: users not looked up: %s", type(exc).__name__)
         return ruled
@@ -319,11 +359,6 @@ def _service_caller(request: Request | None, scope: str = "usage:write") -> Prin
     except (BillingError, sa_exc.SQLAlchemyError):
         return None
     return p
-
-
-def _existing_users(ids: set[int]) -> set[int]:
-    with read_session() as session:
-        return existing_ids(session, ids)
 
 
 def _billing(_request: Request, exc: BillingError) -> JSONResponse:

@@ -12,11 +12,13 @@ only for that user (`user_id` optional, must be its own).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import pydantic_core
+import sqlalchemy.exc as sa_exc
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
@@ -24,10 +26,12 @@ from billing_app.api import schemas as s
 from billing_app.api.deps import require_principal, require_scope, resolve_user_id
 from billing_app.clock import iso
 from billing_app.db import read_connection, read_session, session_scope
-from billing_app.errors import ValidationFailed
+from billing_app.errors import UserNotFound, ValidationFailed
 from billing_app.services import metering, metering_batch, users
 from billing_app.services.dto import CancelResult, Principal, RecordResult
 from billing_app.services.usage_writer import writer
+
+log = logging.getLogger("billing_app.api")
 
 router = APIRouter(
     prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409, 415)
@@ -93,13 +97,33 @@ class FastJSONResponse(JSONResponse):
         return pydantic_core.to_json(content)
 
 
-def _key(body_key: str | None, header_key: str | None) -> str | None:
+# Named with the request's other problems, first (as a batch's header is).
+KEYS_DIFFER = "Idempotency-Key header and body idempotency_key differ."
+
+
+def key_differs(body_key: Any, header_key: str | None) -> ValidationFailed | None:
+    """The problem of an Idempotency-Key header naming another key than the body's."""
     if header_key is not None and body_key is not None and header_key != body_key:
-        raise ValidationFailed(
-            "Idempotency-Key header and body idempotency_key differ.", field="idempotency_key"
-        )
+        return ValidationFailed(KEYS_DIFFER, field="idempotency_key")
+    return None
+
+
+def _key(body_key: str | None, header_key: str | None) -> str | None:
     # Blank or too long: prepare_write's (or cancel's) to refuse, with the other problems.
     return body_key if body_key is not None else header_key
+
+
+Problems = list[tuple[str, ValidationFailed]]
+
+
+def _acts_for(p: Principal, user_id: int | None, problems: Problems) -> int | None:
+    """Whom the request acts for; a service key naming no user is one of its `problems`
+    (None), named with the others."""
+    try:
+        return resolve_user_id(p, user_id)
+    except ValidationFailed as err:
+        problems.append(("user_id", err))
+        return None
 
 
 def usage_write(
@@ -107,25 +131,60 @@ def usage_write(
 ) -> metering.UsageWrite:
     """The validated write a caller asks for (key, scope and whom it acts for checked)."""
     key = _key(body.idempotency_key, header_key)
+    differ = key_differs(body.idempotency_key, header_key)
+    problems: Problems = [] if differ is None else [("idempotency_key", differ)]
     require_scope(p, "usage:write")
     occurred_at = None if consume else body.occurred_at  # type: ignore[union-attr]
+    user_id = _acts_for(p, body.user_id, problems)
+    failed: Problems = []
+    if not problems:
+        try:
+            return metering.prepare_write(
+                user_id,
+                body.metric,
+                body.quantity,
+                key,
+                body.metadata,
+                occurred_at,
+                consume=consume,
+            )
+        except ValidationFailed as err:  # named below with the rest (off the hot path)
+            failed = [_problem(err)]
+    values = {"metric": body.metric, "quantity": body.quantity, "idempotency_key": key}
+    values |= {"metadata": body.metadata, "occurred_at": occurred_at}
+    raise refused(p, body.user_id, problems + (metering.write_problems(values) or failed))
+
+
+def _problem(err: ValidationFailed) -> tuple[str, ValidationFailed]:
+    return str(err.details.get("field", "body")), err
+
+
+def refused(p: Principal, user_id: int | None, problems: Problems) -> ValidationFailed:
+    """One 422 for a single request naming each of its `problems` (field, error) in
+    `fields`, the first's code and message leading; for a service key, also the unknown
+    user it names, as a batch does (the 404's message; one query, paid on a refusal
+    only). A user's key or session is never told whether another user exists."""
+    first = problems[0][1]
+    fields = [{"field": f, "message": e.message, "type": e.code} for f, e in problems]
+    missing = unknown_user(p, user_id)
+    if missing is not None:
+        fields.append({"field": "user_id", "message": missing.message, "type": missing.code})
+    first.details["fields"] = fields
+    return first
+
+
+def unknown_user(p: Principal, user_id: int | None) -> UserNotFound | None:
+    """For a service key's refused request: its user_id's 404 when there is no such user
+    (one query); None for anyone else, or when the lookup fails (the 422 stands)."""
+    if p.user is not None or user_id is None:
+        return None
     try:
-        user_id = resolve_user_id(p, body.user_id)
-    except ValidationFailed as err:  # a service key naming no user: with the write's other problems
-        values = {"metric": body.metric, "quantity": body.quantity, "idempotency_key": key}
-        values |= {"metadata": body.metadata, "occurred_at": occurred_at}
-        _also(err, [(f, e.message, e.code) for f, e in metering.write_problems(values)])
-        raise
-    return metering.prepare_write(
-        user_id, body.metric, body.quantity, key, body.metadata, occurred_at, consume=consume
-    )
-
-
-def _also(err: ValidationFailed, more: list[tuple[str, str, str]]) -> None:
-    """Name `more` problems (field, message, code) in `err`'s `fields`, after its own."""
-    if more:
-        own = (err.details["field"], err.message, err.code)
-        err.details["fields"] = [{"field": f, "message": m, "type": c} for f, m, c in [own, *more]]
+        if existing_users({user_id}):
+            return None
+    except sa_exc.SQLAlchemyError as exc:
+        log.warning("refused request: user not looked up: %s", type(exc).__name__)
+        return None
+    return UserNotFound.of(user_id)
 
 
 def recorded(result: RecordResult) -> JSONResponse:
@@ -135,14 +194,16 @@ def recorded(result: RecordResult) -> JSONResponse:
 def check_quota(p: Principal, body: s.CheckIn) -> JSONResponse:
     """Blocking: reads the counter and limit."""
     require_scope(p, "usage:read")
+    problems: Problems = []
+    user_id = _acts_for(p, body.user_id, problems)
+    values = {"metric": body.metric, "quantity": body.quantity}
+    if problems:  # as for a write: with the metric's problem
+        raise refused(p, body.user_id, problems + metering.write_problems(values))
     try:
-        user_id = resolve_user_id(p, body.user_id)
-    except ValidationFailed as err:  # as for a write: with the metric's problem
-        values = {"metric": body.metric, "quantity": body.quantity}
-        _also(err, [(f, e.message, e.code) for f, e in metering.write_problems(values)])
-        raise
-    with read_connection() as conn:
-        r = metering.check(conn, user_id, body.metric, body.quantity)
+        with read_connection() as conn:
+            r = metering.check(conn, user_id, body.metric, body.quantity)  # type: ignore[arg-type]
+    except ValidationFailed as err:
+        raise refused(p, user_id, metering.write_problems(values) or [_problem(err)]) from None
     return FastJSONResponse(
         {
             "allowed": r.allowed,
@@ -168,17 +229,21 @@ CANCEL_KEY_REQUIRED = (
 def cancel_usage(p: Principal, body: s.CancelIn, header_key: str | None = None) -> JSONResponse:
     """Blocking: cancels the event stored under the key, in its own transaction."""
     key = _key(body.idempotency_key, header_key)
+    differ = key_differs(body.idempotency_key, header_key)
+    problems: Problems = [] if differ is None else [("idempotency_key", differ)]
     require_scope(p, "usage:write")
-    try:
-        user_id = resolve_user_id(p, body.user_id)
-    except ValidationFailed as err:
-        if key is None:
-            _also(err, [("idempotency_key", CANCEL_KEY_REQUIRED, ValidationFailed.code)])
-        raise
+    user_id = _acts_for(p, body.user_id, problems)
     if key is None:
-        raise ValidationFailed(CANCEL_KEY_REQUIRED, field="idempotency_key")
-    with session_scope() as session:
-        result = metering.cancel(session, user_id, key)
+        problems.append(
+            ("idempotency_key", ValidationFailed(CANCEL_KEY_REQUIRED, field="idempotency_key"))
+        )
+    if problems:
+        raise refused(p, body.user_id, problems)
+    try:
+        with session_scope() as session:
+            result = metering.cancel(session, user_id, key)  # type: ignore[arg-type]
+    except ValidationFailed as err:  # the header's key: blank, too long, a NUL
+        raise refused(p, user_id, [_problem(err)]) from None
     return FastJSONResponse(cancel_out(result))
 
 
@@ -198,7 +263,8 @@ def wants_minimal(prefer: str | None) -> bool:
     return any(p.split(";")[0].strip().lower() == "return=minimal" for p in prefer.split(","))
 
 
-def _existing_users(ids: set[int]) -> set[int]:
+def existing_users(ids: set[int]) -> set[int]:
+    """Which of `ids` are users (one query)."""
     with read_session() as session:
         return users.existing_ids(session, ids)
 
@@ -218,7 +284,7 @@ def record_batch(
     events = metering_batch.validate_batch(
         raw,
         partial(resolve_user_id, p),
-        _existing_users,
+        existing_users,
         key_problem=key_problem,
         clashes=clashes,
     )

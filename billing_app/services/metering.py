@@ -1016,7 +1016,7 @@ def apply_writes(
         if (w.user_id, w.metric) in limits:
             live.append(i)
         else:
-            out[i] = UserNotFound(f"No user with id {w.user_id}.", user_id=w.user_id)
+            out[i] = UserNotFound.of(w.user_id)
     new_id: dict[int, int] = {}  # the first record of each key that was new
     for i in recs:
         id_ = inserted.pop((writes[i].user_id, writes[i].idempotency_key), None)
@@ -1138,7 +1138,7 @@ def apply_writes(
         w = writes[i]
         limit = limits[(w.user_id, w.metric)]
         if first is None and not w.consume:  # its user was deleted meanwhile
-            out[i] = UserNotFound(f"No user with id {w.user_id}.", user_id=w.user_id)
+            out[i] = UserNotFound.of(w.user_id)
             continue
         if first is None:  # repeats a consume of this group that was refused: so is it
             p = per[i]
@@ -1331,7 +1331,7 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
         # A mistyped user_id is told as such, as every other endpoint does (a refusal
         # pays the lookup), not as an unknown key the caller would go looking for.
         if session.get(User, user_id) is None:
-            raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+            raise UserNotFound.of(user_id)
         raise UsageEventNotFound(
             f"No usage event with idempotency key {key!r} for this user.", idempotency_key=key
         )
@@ -1475,7 +1475,7 @@ def check(db: Session | sa.Connection, user_id: int, metric: str, quantity: int 
     if isinstance(db, Session):
         db.rollback()  # end the read transaction promptly
     if row is None:
-        raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+        raise UserNotFound.of(user_id)
     limit = get_catalog()["free"].limit_for(metric) if row[0] is None else row[0]
     used = row[1] or 0
     unlimited = limit == 0
@@ -1498,7 +1498,7 @@ def summary(session: Session, user_id: int) -> list[MeterStatus]:
     user_id = _validate_user_id(user_id)
     _begin_read(session)
     if session.get(User, user_id) is None:
-        raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+        raise UserNotFound.of(user_id)
     period = period_for(session, user_id, utcnow())
     used = dict(
         session.exec(

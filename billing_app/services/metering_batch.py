@@ -193,7 +193,7 @@ def unknown_users(
     ids = {uid for _, uid in named}
     missing = ids - known_users(ids) if ids else set()
     return [
-        _bad_event(i, UserNotFound.code, f"No user with id {uid}.", field="user_id")
+        _bad_event(i, UserNotFound.code, UserNotFound.of(uid).message, field="user_id")
         for i, uid in named
         if uid in missing
     ]

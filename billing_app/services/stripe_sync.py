@@ -940,7 +940,7 @@ def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tupl
     if user_id is not None:
         user = session.get(User, user_id)
         if user is None:
-            raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+            raise UserNotFound.of(user_id)
         if user.stripe_customer_id:
             customer_id = user.stripe_customer_id
             session.rollback()  # no transaction (on SQLite, the write lock) across Stripe calls

@@ -78,7 +78,7 @@ def create_user(
 def get_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise UserNotFound(f"No user with id {user_id}.", user_id=user_id)
+        raise UserNotFound.of(user_id)
     return user
 
 

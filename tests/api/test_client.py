@@ -664,6 +664,28 @@ def test_a_bad_event_in_a_later_request_is_named_by_its_index_in_the_batch(actor
     _stored(actors, events[:10])  # the first request's, each once
 
 
+def test_a_split_batchs_refusal_counts_its_bad_events_over_the_whole_batch(actors, live_server):
+    """Requests of 10 of a batch of 25: the summary said "1 of 5 events are invalid;
+    nothing was recorded" of the last request, when the caller sent 25 and 20 were
+    stored."""
+    events = _many(actors, 25)
+    events[21] = {**events[21], "metric": "gpus"}
+    events[23] = {**events[23], "quantity": 0}
+    with billing(live_server, actors.service_key, max_batch_events=10) as c:
+        with pytest.raises(ValidationError) as later:
+            c.record_batch(events, idempotency_key="job-10")
+        again = [*events[:3], {**events[3], "metric": "gpus"}, *events[4:]]
+        with pytest.raises(ValidationError) as first:
+            c.record_batch(again, idempotency_key="job-11")
+    said = "2 of 25 events are invalid; the first 20 were recorded, none after them."
+    assert (later.value.message, later.value.stored) == (said, 20)
+    assert str(later.value) == f"422 validation_error: {said}"
+    assert [e["index"] for e in later.value.events] == [21, 23]
+    said = "1 of 25 events are invalid; nothing was recorded."
+    assert (first.value.message, first.value.stored) == (said, 0)
+    _stored(actors, events[:20])
+
+
 def test_a_conflict_in_a_later_request_is_named_by_its_index_in_the_batch(actors, live_server):
     """A 409 names its one event by `index` (and in its message): it was the index in
     the request, not in the caller's batch, so it pointed at the wrong event."""

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from billing_app.api.app import create_api
 from billing_app.db import session_scope
+from billing_app.services import api_keys
 from tests.api.conftest import ORIGIN
 from tests.factories import usage_totals
 
@@ -180,26 +181,6 @@ def test_an_email_with_a_control_character_is_refused_on_either_database(actors,
     r = anon.post("/api/auth/signup", json={"email": email, "password": "correct-horse-battery"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "email"
-
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"metric": "tokens", "quantity": 1}, "user_id"),  # a service key names the user
-        ({"metric": "tokenz", "quantity": 1, "user_id": "A"}, "metric"),
-        ({"metric": "tokens", "quantity": 1, "user_id": "A", "idempotency_key": " "}, None),
-    ],
-)
-def test_a_rules_422_lists_its_field_as_a_schemas_422_does(actors, body, field):
-    """One shape for every 422: `fields` [{field, message, type}] (the client's
-    ValidationError.fields read it), whether the schema or a rule refused the body."""
-    body = {**body, "user_id": actors.a.id} if body.get("user_id") == "A" else body
-    r = actors.key_client(actors.service_key).post("/api/billing/usage", json=body)
-    assert r.status_code == 422, r.text
-    error = r.json()["error"]
-    field = field or "idempotency_key"
-    assert error["fields"] == [{"field": field, "message": error["message"], "type": error["code"]}]
-    assert error["field"] == field
 
 
 @pytest.mark.parametrize("where", ["idempotency_key", "metadata key", "metadata value"])
@@ -488,37 +469,54 @@ def test_every_answer_writes_its_times_one_way(actors):
             assert datetime.fromisoformat(t).utcoffset() == timedelta(0)
 
 
-def test_a_batch_a_rule_refuses_lists_its_fields_as_the_schema_does(actors):
-    """`fields` was missing when only rules refused a batch (an unknown metric or user, a
-    batch key clash), and held only the schema's when both did: the client's
-    ValidationError.fields came back empty or short."""
-    svc = actors.key_client(actors.service_key)
+OK = {"user_id": "A", "metric": "tokens", "quantity": 1}  # "A": alice's id
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "fields"),
+    [
+        ("usage", {"metric": "tokens", "quantity": 1}, {}, [("user_id", "validation_error")]),
+        ("usage", {**OK, "metric": "tokenz"}, {}, [("metric", "unknown_metric")]),
+        ("usage", {**OK, "idempotency_key": " "}, {}, [("idempotency_key", "validation_error")]),
+        (
+            "batch",
+            {"events": [OK, {**OK, "metric": "gpus"}, {**OK, "user_id": 2**31 - 1}]},
+            {},
+            [("events.1.metric", "unknown_metric"), ("events.2.user_id", "user_not_found")],
+        ),
+        (
+            "batch",
+            {"events": [{**OK, "quantity": "many"}, {**OK, "metric": "gpus"}]},
+            {},
+            [("events.0.quantity", "int_type"), ("events.1.metric", "unknown_metric")],
+        ),
+        (
+            "batch",
+            {"events": [{**OK, "idempotency_key": "b#1"}, OK]},
+            {"Idempotency-Key": "b"},
+            [("events.1.idempotency_key", "validation_error")],
+        ),
+    ],
+    ids=["no user", "metric", "blank key", "batch rules", "batch both", "batch key clash"],
+)
+def test_a_rules_422_lists_its_fields_as_a_schemas_422_does(actors, path, body, headers, fields):
+    """One shape for every 422: `fields` [{field, message, type}] (the client's
+    ValidationError.fields read it), whether the schema or a rule refused the body. A
+    batch's was missing when only rules refused it (an unknown metric or user, a batch
+    key clash), and held only the schema's when both did."""
     a = actors.a.id
-    ok = {"user_id": a, "metric": "tokens", "quantity": 1}
-
-    def fields(body: dict, **headers: str) -> list[tuple[str, str]]:
-        r = svc.post("/api/billing/usage/batch", json=body, headers=headers)
-        assert r.status_code == 422, r.text
-        error = r.json()["error"]
-        listed = [(f["field"], f["type"]) for f in error["fields"]]
+    body = json.loads(json.dumps(body).replace('"A"', str(a)))
+    url = "/api/billing/usage" + ("/batch" if path == "batch" else "")
+    r = actors.key_client(actors.service_key).post(url, json=body, headers=headers)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert [(f["field"], f["type"]) for f in error["fields"]] == fields
+    if path == "batch":  # one entry per problem, in both lists
         named = [(e["index"], p["field"]) for e in error["events"] for p in e["errors"]]
-        assert len(listed) == len(named), error  # one entry per problem, in both lists
-        return listed
-
-    rules = {"events": [ok, {**ok, "metric": "gpus"}, {**ok, "user_id": 2**31 - 1}]}
-    assert fields(rules) == [
-        ("events.1.metric", "unknown_metric"),
-        ("events.2.user_id", "user_not_found"),
-    ]
-    both = {"events": [{**ok, "quantity": "many"}, {**ok, "metric": "gpus"}]}
-    assert fields(both) == [
-        ("events.0.quantity", "int_type"),
-        ("events.1.metric", "unknown_metric"),
-    ]
-    clash = {"events": [{**ok, "idempotency_key": "b#1"}, ok]}
-    assert fields(clash, **{"Idempotency-Key": "b"}) == [
-        ("events.1.idempotency_key", "validation_error")
-    ]
+        assert len(named) == len(fields), error
+    else:  # the rule's own field, message and code
+        assert error["fields"][0]["message"] == error["message"]
+        assert (error["field"], error["code"]) == fields[0]
     with session_scope() as s:
         assert usage_totals(s, a, "tokens") == (0, 0, 0)
 
@@ -664,3 +662,131 @@ def test_a_user_keys_write_is_not_told_about_user_id(actors, path):
         assert [f["field"] for f in r.json()["error"]["fields"]] == ["quantity", "metric"]
         r = mine.post(path, json={"user_id": other, "metric": "tokens", "quantity": 1})
         assert r.status_code == 403, r.text
+
+
+WRITES = ["/api/billing/usage", "/api/billing/usage/consume", "/api/billing/quota/check"]
+CANCEL = "/api/billing/usage/cancel"
+NO_USER = ("user_id", "user_not_found", "No user with id 987654.")
+
+
+def _problems(r) -> list[tuple[str, str, str]]:
+    assert r.status_code == 422, r.text
+    return [(f["field"], f["type"], f["message"]) for f in r.json()["error"]["fields"]]
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", WRITES)
+def test_a_service_keys_refused_write_names_its_unknown_user_too(actors, lane, path):
+    """`{"user_id": 987654, "metric": "gpus", "quantity": 0}`: the 422 named the quantity
+    and the metric, and the body sent again with those fixed met a 404 for the user. A
+    batch named its unknown users in its 422 already."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    body = {"user_id": 987_654, "metric": "gpus", "quantity": 0}
+    problems = _problems(svc.post(path, json=body))
+    assert [(f, t) for f, t, _ in problems] == [
+        ("quantity", "greater_than"),
+        ("metric", "unknown_metric"),
+        NO_USER[:2],
+    ]
+    assert problems[-1] == NO_USER
+    r = svc.post(path, json={**body, "quantity": 1})  # the rules alone
+    assert [(f, t) for f, t, _ in _problems(r)] == [("metric", "unknown_metric"), NO_USER[:2]]
+    assert r.json()["error"]["code"] == "unknown_metric"
+    assert r.json()["error"]["message"].startswith("Unknown metric 'gpus'")
+    # The user alone: the 404 it always was.
+    r = svc.post(path, json={**body, "quantity": 1, "metric": "tokens"})
+    assert r.status_code == 404, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["message"]) == NO_USER[1:]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_service_keys_refused_cancel_names_its_unknown_user_too(actors, lane):
+    """A cancel for an unknown user with no key (or a blank one): the 422 named the key,
+    and the cancel sent again with a key met a 404 for the user."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    no_key = _problems(svc.post(CANCEL, json={"user_id": 987_654}))
+    assert [(f, t) for f, t, _ in no_key] == [("idempotency_key", "validation_error"), NO_USER[:2]]
+    assert no_key[-1] == NO_USER
+    schema = _problems(svc.post(CANCEL, json={"user_id": 987_654, "idempotency_key": ""}))
+    assert [(f, t) for f, t, _ in schema] == [("idempotency_key", "string_too_short"), NO_USER[:2]]
+    blank = svc.post(CANCEL, json={"user_id": 987_654}, headers={"Idempotency-Key": " "})
+    assert _problems(blank) == [
+        ("idempotency_key", "validation_error", "Idempotency key must not be blank."),
+        NO_USER,
+    ]
+    r = svc.post(CANCEL, json={"user_id": 987_654, "idempotency_key": "job-1"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "user_not_found", r.text
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_who_may_not_write_for_others_is_not_told_whether_a_user_exists(actors, lane):
+    """Guard: a user's key acts for its own user, and a service key without the
+    endpoint's scope may not act at all: their refusals name no unknown user, and read
+    the same for an existing user as for one that does not exist."""
+    with session_scope() as s:
+        reader = api_keys.create_key(s, name="ro", service_name="r", scopes=["usage:read"])[1]
+        writer = api_keys.create_key(s, name="wo", service_name="w", scopes=["usage:write"])[1]
+    callers = [(actors.a_key, WRITES + [CANCEL]), (reader, WRITES[:2] + [CANCEL])]
+    callers.append((writer, WRITES[2:]))
+    for secret, paths in callers:
+        client = _lanes(actors, secret)[0 if lane == "fast" else 1]
+        for path in paths:
+            answers = []
+            for other in (actors.b.id, 987_654):
+                for bad in ({"quantity": 0}, {"metric": "gpus"}, {"idempotency_key": ""}):
+                    body = {"user_id": other, "metric": "tokens", "quantity": 1, **bad}
+                    if path == CANCEL:
+                        body = {"user_id": other, "idempotency_key": "k", **bad}
+                    r = client.post(path, json=body)
+                    assert "user_not_found" not in r.text, (path, r.text)
+                    error = r.json()["error"]
+                    answers.append((r.status_code, error["code"], error.get("fields")))
+            assert answers[: len(answers) // 2] == answers[len(answers) // 2 :], (path, answers)
+
+
+KEYS_DIFFER = "Idempotency-Key header and body idempotency_key differ."
+DIFFER = ("idempotency_key", "validation_error", KEYS_DIFFER)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", WRITES[:2])
+def test_keys_that_differ_are_named_with_the_writes_other_problems(actors, lane, path):
+    """Header `h`, body key `b` and a bad metric: the 422 said only that the keys
+    differ (or, with a bad quantity too, not that at all), and the write sent again
+    with the keys fixed met the rest."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    h = {"Idempotency-Key": "h"}
+    body = {"user_id": actors.a.id, "metric": "gpus", "quantity": 1, "idempotency_key": "b"}
+    r = svc.post(path, json=body, headers=h)
+    assert _problems(r) == [DIFFER, ("metric", "unknown_metric", _problems(r)[1][2])]
+    assert r.json()["error"]["message"] == KEYS_DIFFER  # the answer it always was
+    schema = svc.post(path, json={**body, "quantity": 0}, headers=h)
+    assert [(f, t) for f, t, _ in _problems(schema)] == [
+        DIFFER[:2],
+        ("quantity", "greater_than"),
+        ("metric", "unknown_metric"),
+    ]
+    assert _problems(schema)[0] == DIFFER
+    del body["user_id"]
+    body["metric"] = "tokens"
+    r = svc.post(path, json=body, headers=h)  # and a service key's missing user_id
+    assert [(f, t) for f, t, _ in _problems(r)] == [DIFFER[:2], ("user_id", "validation_error")]
+    r = svc.post(path, json={**body, "user_id": 987_654}, headers=h)
+    assert _problems(r) == [DIFFER, NO_USER]
+    with session_scope() as s:
+        assert usage_totals(s, actors.a.id, "tokens") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_keys_that_differ_are_named_with_the_cancels_other_problems(actors, lane):
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    h = {"Idempotency-Key": "h"}
+    r = svc.post(CANCEL, json={"idempotency_key": "b"}, headers=h)
+    assert [(f, t) for f, t, _ in _problems(r)] == [DIFFER[:2], ("user_id", "validation_error")]
+    assert r.json()["error"]["message"] == KEYS_DIFFER
+    r = svc.post(CANCEL, json={"user_id": 987_654, "idempotency_key": "b"}, headers=h)
+    assert _problems(r) == [DIFFER, NO_USER]
+    r = svc.post(CANCEL, json={"user_id": actors.a.id, "idempotency_key": "b", "x": 1}, headers=h)
+    assert [(f, t) for f, t, _ in _problems(r)] == [DIFFER[:2], ("x", "extra_forbidden")]
