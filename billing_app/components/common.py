@@ -211,6 +211,7 @@ def data_table(
     render_row: Any,
     table_id: str,
     variant: str = "ghost",
+    size: str = "2",
 ) -> rx.Component:
     """A table over a State list var, one `render_row` per item, scrolling on a phone."""
     return scroll_x(
@@ -218,6 +219,7 @@ def data_table(
             rx.table.header(rx.table.row(*[rx.table.column_header_cell(h) for h in headers])),
             rx.table.body(rx.foreach(rows, render_row)),
             variant=variant,
+            size=size,
             width="100%",
             id=table_id,
         )
@@ -244,32 +246,44 @@ def invoice_row(
     customer: Callable[[InvoiceView], rx.Component] | None = None,
 ) -> rx.Component:
     """One invoice: number, date, period, amount, status, View and PDF links; `compact`
-    (the admin drawer) leaves the period out and stacks the links; `customer` (the admin's
+    (the admin drawer) is three columns, see invoice_table; `customer` (the admin's
     all-invoices tab) leads with a cell of its making for the customer."""
+    number = rx.text(inv.number, weight="medium", white_space="nowrap")
+    date = rx.text(inv.date, white_space="nowrap")
+    note = rx.cond(
+        inv.amount_note != "",
+        rx.text(
+            inv.amount_note,
+            size="1",
+            color_scheme="gray",
+            white_space="normal" if compact else "nowrap",
+        ),
+    )
+    badge = status_badge(inv.status_label, inv.status_color)
+    docs = (rx.vstack if compact else rx.hstack)(
+        icon_link("View", "external-link", inv.hosted_url),
+        icon_link("PDF", "download", inv.pdf_url),
+        spacing="1" if compact else "3",
+    )
+    if compact:
+        return rx.table.row(
+            rx.table.row_header_cell(
+                rx.vstack(number, rx.text(date, size="1", color_scheme="gray"), spacing="0")
+            ),
+            rx.table.cell(
+                rx.vstack(rx.text(inv.amount, white_space="nowrap"), note, badge, spacing="1")
+            ),
+            rx.table.cell(docs),
+            align="center",
+        )
     return rx.table.row(
         *([rx.table.cell(customer(inv))] if customer is not None else []),
-        rx.table.row_header_cell(rx.text(inv.number, weight="medium", white_space="nowrap")),
-        rx.table.cell(rx.text(inv.date, white_space="nowrap")),
-        *(
-            [rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray"))]
-            if not compact
-            else []
-        ),
-        rx.table.cell(
-            rx.text(inv.amount, white_space="nowrap"),
-            rx.cond(
-                inv.amount_note != "",
-                rx.text(inv.amount_note, size="1", color_scheme="gray", white_space="nowrap"),
-            ),
-        ),
-        rx.table.cell(status_badge(inv.status_label, inv.status_color)),
-        rx.table.cell(
-            (rx.vstack if compact else rx.hstack)(
-                icon_link("View", "external-link", inv.hosted_url),
-                icon_link("PDF", "download", inv.pdf_url),
-                spacing="1" if compact else "3",
-            )
-        ),
+        rx.table.row_header_cell(number),
+        rx.table.cell(date),
+        rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray")),
+        rx.table.cell(rx.text(inv.amount, white_space="nowrap"), note),
+        rx.table.cell(badge),
+        rx.table.cell(docs),
         align="center",
     )
 
@@ -282,19 +296,30 @@ def invoice_table(
     customer: Callable[[InvoiceView], rx.Component] | None = None,
 ) -> rx.Component:
     """The invoice table (billing page, admin drawer, admin invoices tab): a list of
-    InvoiceView. `compact` fits the admin drawer: no period column, the links stacked;
-    `customer` adds a leading Customer column, for a list of everyone's invoices."""
-    headers = (
-        *(("Customer",) if customer is not None else ()),
-        "Number",
-        "Date",
-        *(() if compact else ("Period",)),
-        "Amount",
-        "Status",
-        sr_only("Documents"),
+    InvoiceView. `compact` fits the admin drawer (480px, a phone's width): number over
+    date, amount over status, the links stacked, in a small table; six columns put the
+    View and PDF links past its edge. `customer` adds a leading Customer column, for a
+    list of everyone's invoices."""
+    headers: tuple[str | rx.Component, ...] = (
+        ("Invoice", "Amount", sr_only("Documents"))
+        if compact
+        else (
+            *(("Customer",) if customer is not None else ()),
+            "Number",
+            "Date",
+            "Period",
+            "Amount",
+            "Status",
+            sr_only("Documents"),
+        )
     )
     return data_table(
-        headers, rows, lambda inv: invoice_row(inv, compact, customer), table_id, variant=variant
+        headers,
+        rows,
+        lambda inv: invoice_row(inv, compact, customer),
+        table_id,
+        variant=variant,
+        size="1" if compact else "2",
     )
 
 

@@ -28,7 +28,10 @@ from billing_app.services.subscriptions import LIVE_STATUSES, current_subscripti
 from billing_app.settings import get_settings
 
 MAX_PER_PAGE = 200
-SORTS = ("email", "created", *(f"usage_{m}" for m in METRICS))
+# "quota": the share of its limit the user's fullest metered quantity has used (unlimited
+# ones count 0): who is near or over a quota, which the raw usage sorts bury under
+# unlimited plans.
+SORTS = ("email", "created", "quota", *(f"usage_{m}" for m in METRICS))
 SORT_KEYS = tuple(s for base in SORTS for s in (base, f"-{base}"))
 # Audit entries in a user's detail (the JSON API's); the drawer asks for the 10 it shows.
 DETAIL_AUDIT_LIMIT = 50
@@ -115,6 +118,25 @@ def _current(counter: Any, now: Any) -> list[Any]:
     ]
 
 
+def _quota_share(now: Any) -> Any:
+    """The user's highest used / limit this period over the metrics with a limit (0 when
+    none is used or every one is unlimited), as the list's meters read them: a quota row,
+    else the free plan's limit. One correlated lookup per user, on the counters' index."""
+    counter = aliased(UsageCounter)
+    free = get_catalog()["free"]
+    free_limit = sa.case(*((counter.metric == m, free.limit_for(m)) for m in METRICS), else_=0)
+    limit = sa.func.coalesce(Quota.limit, free_limit)
+    share = (
+        select(sa.func.max(sa.cast(counter.used, sa.Float) / limit))
+        .select_from(counter)
+        .outerjoin(Quota, sa.and_(Quota.user_id == counter.user_id, Quota.metric == counter.metric))
+        .where(counter.user_id == User.id, limit > 0, *_current(counter, now))
+        .correlate(User)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(share, 0.0)
+
+
 def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
     """(count, ordered rows) statements for the users the filters match: one definition
     for the list's pages and the CSV export. Rows: id, email, display_name, role,
@@ -151,6 +173,9 @@ def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
         )
         used = sa.func.coalesce(counter.used, 0)
         stmt = stmt.order_by(used.desc() if desc else used.asc(), col(User.id).asc())
+    elif base == "quota":
+        share = _quota_share(now)
+        stmt = stmt.order_by(share.desc() if desc else share.asc(), col(User.id).asc())
     elif base == "created":
         order = col(User.created_at).desc() if desc else col(User.created_at).asc()
         stmt = stmt.order_by(order, col(User.id).desc() if desc else col(User.id).asc())

@@ -29,6 +29,7 @@ SORTS = {
     "-created": "Newest first",
     "created": "Oldest first",
     "email": "Email A–Z",
+    "-quota": "Closest to a limit",
     **{f"-usage_{k}": f"Most {m.plural}" for k, m in METRICS.items()},
     **{f"usage_{k}": f"Least {m.plural}" for k, m in METRICS.items()},
 }

@@ -72,6 +72,40 @@ def test_users_list_search_filter_sort_paginate(actors, frozen_clock):
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
 
 
+def test_closest_to_a_limit_lists_who_is_near_or_over_a_quota_first(actors, frozen_clock):
+    """The admin's morning question, "who is about to hit a quota?": the users ordered by
+    the fullest share of a limit any of their metrics has used, by the limit the list's
+    meters show (an override's, else the plan's). Unlimited usage, however large, and an
+    override that lifted a limit, rank below; the raw "Most tokens" sort put them first."""
+    with session_scope() as s:
+        big = make_user(s, email="big@example.com", plan="enterprise")
+        over = make_user(s, email="over@example.com", plan="pro")
+        near = make_user(s, email="near@example.com")
+        lifted = make_user(s, email="lifted@example.com")
+        metering.record(s, big.id, "tokens", 50_000_000)  # unlimited
+        metering.record(s, over.id, "tokens", 1_200_000)  # 120% of Pro's 1,000,000
+        metering.record(s, near.id, "api_calls", 95)  # 95% of Free's 100
+        metering.record(s, near.id, "tokens", 1_000)  # 10%: the fullest one counts
+        metering.record(s, lifted.id, "tokens", 9_000)  # 90% of Free's, but lifted:
+        quotas.set_override(s, lifted.id, "tokens", 90_000, "trial of a bigger plan")
+        metering.record(s, actors.a.id, "scraping_tasks", 50)  # 50% of Basic's 100
+    c = actors.cookie_client(actors.admin)
+
+    def emails(sort):
+        r = c.get("/api/billing/admin/users", params={"sort": sort})
+        assert r.status_code == 200, r.text
+        return [u["email"] for u in r.json()["items"]]
+
+    assert emails("-quota")[:4] == [
+        "over@example.com",
+        "near@example.com",
+        "alice@example.com",
+        "lifted@example.com",
+    ]
+    assert emails("quota")[-1] == "over@example.com"
+    assert emails("-usage_tokens")[0] == "big@example.com"  # what the raw sort gives
+
+
 def test_list_users_has_no_n_plus_one(session, actors):
     """A page costs five queries whatever its size."""
     import sqlalchemy as sa

@@ -609,3 +609,51 @@ def test_closing_the_drawer_after_its_invoice_left_the_list_focuses_the_invoices
     expect(status).to_be_focused()
     assert page.evaluate("() => document.activeElement.checkVisibility()"), focused(page)
     assert_focus_kept(page, "closing the drawer of an invoice no longer listed")
+
+
+def test_the_drawers_invoices_open_without_scrolling_sideways(
+    browser: Browser, live_app: LiveApp
+) -> None:
+    """A customer calls about an invoice: its View and PDF links in the drawer's Recent
+    invoices were past the drawer's right edge, the Status column cut in half, on a
+    desktop's 480px drawer and on a phone; the admin had to scroll the table sideways to
+    open it. The whole row fits the drawer, with a Stripe-length number and a credit's
+    note."""
+    from datetime import UTC, datetime
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+
+    email = "calls-about-invoices@example.com"
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:
+            user = users.get_user_by_email(session, email) or users.create_user(session, email)
+            uid = user.id
+    finally:
+        engine.dispose()
+    links = {"hosted_invoice_url": "https://invoice.stripe.com/i/x", "invoice_pdf":
+             "https://pay.stripe.com/invoice/x/pdf", "user_id": uid, "currency": "usd"}  # fmt: skip
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_fit_paid", number="7F3A2B1C-0012", status="uncollectible",
+             total=49900, amount_due=49900, amount_paid=0, amount_remaining=49900,
+             created_at=datetime(2029, 12, 25, tzinfo=UTC), **links),
+        dict(stripe_invoice_id="in_fit_credit", number="7F3A2B1C-0011", status="paid",
+             total=-4554, amount_due=0, amount_paid=0, amount_remaining=0,
+             created_at=datetime(2029, 11, 25, tzinfo=UTC), **links),
+    )  # fmt: skip
+    for viewport in ({"width": 1280, "height": 800}, {"width": 390, "height": 844}):
+        page = browser.new_page(viewport=viewport, is_mobile=viewport["width"] < 500)
+        try:
+            drawer = open_user_drawer(page, live_app, "calls-about", email)
+            table = drawer.locator("#drawer-invoices-table")
+            expect(table).to_contain_text("credited to balance")
+            right = drawer.evaluate("d => d.getBoundingClientRect().right")
+            for link in table.get_by_role("link").all() + table.locator(".rt-Badge").all():
+                box = link.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= right, (viewport, box)
+            wide = table.evaluate("t => t.parentElement.scrollWidth - t.parentElement.clientWidth")
+            assert wide <= 0, (viewport, f"the table scrolls {wide}px sideways")
+        finally:
+            page.close()

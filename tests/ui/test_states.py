@@ -266,6 +266,24 @@ def test_admin_filters_only_accept_known_values(session: Session) -> None:
     assert st.status_filter == "past_due" and st.page == 1
 
 
+def test_admin_sort_closest_to_a_limit_is_offered_and_lists_the_fullest_first(
+    session: Session,
+) -> None:
+    from billing_app.states.admin import load_users
+
+    st = state_for(AdminState, path="/admin/billing")
+    assert ["-quota", "Closest to a limit"] in st.sort_options
+    st.set_sort("-quota")
+    assert st.sort == "-quota"
+    heavy = make_user(session, email="heavy@example.com", plan="enterprise")
+    near = make_user(session, email="near@example.com")
+    metering.record(session, heavy.id, "tokens", 9_000_000)  # unlimited
+    metering.record(session, near.id, "api_calls", 99)  # 99% of Free's 100
+    rows = load_users("", "all", "all", st.sort, 1)["rows"]
+    assert [r.email for r in rows][0] == "near@example.com"
+    assert rows[0].meters[1].percent_text == "99%"
+
+
 def test_admin_invoices_tab_is_the_shared_invoice_table_with_a_customer_column(
     session: Session,
 ) -> None:
