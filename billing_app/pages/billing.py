@@ -192,9 +192,26 @@ def plan_summary() -> rx.Component:
                 rx.text(S.sub.renews_text, size="2", color_scheme="gray"),
                 spacing="1",
             ),
-            rx.text(
-                "Upgrade for higher limits and priority support.", size="2", color_scheme="gray"
+            rx.vstack(
+                # A customer whose plan ended (canceled, or lapsed at its period's end) is
+                # told so, not just shown Free.
+                rx.cond(
+                    S.sub.ended_text != "",
+                    rx.text(S.sub.ended_text, size="2", weight="medium", id="plan-ended"),
+                ),
+                rx.text(
+                    "Upgrade for higher limits and priority support.",
+                    size="2",
+                    color_scheme="gray",
+                ),
+                spacing="1",
             ),
+        ),
+        # A downgrade's proration credit: money the customer has with Stripe, shown
+        # here rather than only as a "credited to balance" invoice row.
+        rx.cond(
+            S.credit_text != "",
+            rx.text(S.credit_text, size="2", weight="medium", id="credit-balance"),
         ),
         rx.spacer(),
         rx.cond(

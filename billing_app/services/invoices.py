@@ -200,3 +200,23 @@ def list_invoices(
         page=page,
         per_page=per_page,
     )
+
+
+def credit_balance(session: Session, user_id: int) -> tuple[int, str]:
+    """The customer's credit with Stripe (minor units, currency): the newest finalized
+    invoice's ending balance when it is a credit (negative), else 0. A downgrade's
+    proration is credited there and pays the next invoices first. Ends the read."""
+    row = session.exec(
+        select(Invoice.ending_balance, Invoice.currency)
+        .where(
+            Invoice.user_id == user_id,
+            col(Invoice.status).in_(("open", "paid", "uncollectible")),
+            col(Invoice.ending_balance).is_not(None),
+        )
+        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+        .limit(1)
+    ).first()
+    session.rollback()
+    if row is None or row[0] is None or row[0] >= 0:
+        return 0, "usd"
+    return -row[0], row[1]

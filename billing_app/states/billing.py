@@ -67,6 +67,7 @@ class SlowData:
     invoice_total: int = 0
     invoice_page: int = 1
     invoice_pages: int = 1
+    credit_text: str = ""
 
 
 def _short_day(day: str) -> str:
@@ -97,6 +98,8 @@ def load_slow(user_id: int, invoice_page: int) -> SlowData:
             per_page=INVOICES_PER_PAGE,
             customer_view=True,
         )
+        credit, currency = invoices.credit_balance(session, user_id)
+    out.credit_text = views.credit_text(credit, currency)
     out.invoices = [views.invoice_view(i) for i in page.items]
     out.invoice_total = page.total
     out.invoice_page = page.page
@@ -128,6 +131,8 @@ class BillingState(SessionState):
     invoice_page: int = 1
     invoice_pages: int = 1
     invoice_total: int = 0
+    # "Credit balance: $461.00 ..." while Stripe holds a credit for this customer; "" else.
+    credit_text: str = ""
     loaded: bool = False
     # "success" / "canceled" after returning from Checkout; "" otherwise.
     checkout_notice: str = ""
@@ -363,6 +368,7 @@ class BillingState(SessionState):
         if slow.invoices != self.invoices:
             self.invoices = slow.invoices
         self.invoice_total = slow.invoice_total
+        self.credit_text = slow.credit_text
         self.invoice_page = self._invoice_page_shown = slow.invoice_page
         self.invoice_pages = slow.invoice_pages
 

@@ -55,6 +55,8 @@ class SubscriptionView:
     past_due: bool = False
     grace_text: str = ""
     is_subscriber: bool = False
+    # "Your Pro subscription ended on <date>." once canceled: the plan card says why it is Free.
+    ended_text: str = ""
 
 
 @dataclasses.dataclass
@@ -256,21 +258,26 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     end = get(sub, "current_period_end")
     cancel = bool(get(sub, "cancel_at_period_end", False))
     ends = get(sub, "ends_at")  # subscriptions.ends_at: either Stripe field, one rule
+    subscribed_name = str(get(sub, "plan_name", "") or (plan.name if plan else plan_key.title()))
+    ended_text = ""
     if not live:
         # When it ended: a scheduled end (cancel_at, or the period's end), else the moment
         # it was canceled (a cancel now ends it then, not at the period's end), else the end.
         ended = get(sub, "cancel_at") or (end if cancel else None) or get(sub, "canceled_at") or end
         renews = f"Ended {fmt.date(ended)}" if ended else ""
+        if status == "canceled" and ended:  # not one that never began (incomplete_expired)
+            ended_text = f"Your {subscribed_name} subscription ended on {fmt.date(ended)}."
     elif ends is not None or cancel:
         renews = f"Cancels on {fmt.date(ends)}" if ends else "Cancels at period end"
+    elif status == "past_due":
+        # Stripe renews nothing while the invoice is unpaid: no "Renews on" promise.
+        renews = f"Payment failed · period ends {fmt.date(end)}" if end else "Payment failed"
     else:
         renews = f"Renews on {fmt.date(end)}" if end else ""
     grace = get(sub, "grace_ends_at")
     return SubscriptionView(
         plan=plan_key if live else "free",
-        plan_name=str(get(sub, "plan_name", "") or (plan.name if plan else plan_key.title()))
-        if live
-        else "Free",
+        plan_name=subscribed_name if live else "Free",
         status=status,
         status_label=fmt.status_label(status),
         status_color=fmt.status_color(status),
@@ -283,7 +290,15 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         past_due=status == "past_due",
         grace_text=_grace_text(sub, grace),
         is_subscriber=live,
+        ended_text=ended_text,
     )
+
+
+def credit_text(amount: int, currency: str) -> str:
+    """The customer's credit balance (minor units), or "" without one."""
+    if amount <= 0:
+        return ""
+    return f"Credit balance: {fmt.money(amount, currency)}, used first for your next invoices."
 
 
 def invoice_view(inv: Any) -> InvoiceView:

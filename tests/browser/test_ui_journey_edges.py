@@ -232,6 +232,84 @@ def test_past_due_banner_does_not_promise_a_plan_whose_grace_is_over(
     expect(banner).not_to_contain_text("stays active")
 
 
+def test_past_due_plan_card_promises_no_renewal(page: Page, live_app: LiveApp) -> None:
+    """Past due: the invoice is unpaid and Stripe renews nothing until it is paid (its portal
+    says "Payment failed ... period ends"). The plan card said "Renews on <date>"."""
+    from datetime import timedelta
+
+    from billing_app.clock import utcnow
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Subscription
+    from billing_app.services import stripe_sync
+
+    email = signup(page, live_app, "unpaid")
+    uid = live_app.user_id(email)
+    now = utcnow()
+    end = now + timedelta(days=25)
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        session.add(
+            Subscription(
+                user_id=uid,
+                stripe_subscription_id=f"sub_unpaid_{uid}",
+                stripe_customer_id=f"cus_unpaid_{uid}",
+                stripe_price_id="price_sandbox_pro",
+                plan="pro",
+                status="past_due",
+                current_period_start=now - timedelta(days=5),
+                current_period_end=end,
+                past_due_since=now - timedelta(days=1),
+            )
+        )
+        session.commit()
+        stripe_sync.refresh_quotas(session, uid)
+        session.commit()
+    engine.dispose()
+
+    expect(page.locator("#past-due-banner")).to_be_visible()
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.get_by_text(f"Payment failed · period ends {end:%b %-d, %Y}")).to_be_visible()
+    expect(page.get_by_text(re.compile("Renews on"))).to_have_count(0)
+
+
+def test_a_customer_who_canceled_is_told_their_plan_ended(page: Page, live_app: LiveApp) -> None:
+    """Cancel now in the portal, back on /billing: the card said only "Free", with no word
+    of the Pro plan just paid for and when it ended."""
+    signup(page, live_app, "leaver")
+    _pay(page, "pro")
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    page.locator("#manage-subscription").click()
+    page.wait_for_url(re.compile(r".*/portal/.*"))
+    page.locator("#cancel-now").click()
+    page.locator("#return-link").click()
+    expect(page.locator("#current-plan")).to_have_text("Free")
+    today = time.strftime("%b %-d, %Y", time.gmtime())
+    expect(page.locator("#plan-ended")).to_have_text(f"Your Pro subscription ended on {today}.")
+
+
+def test_a_downgrade_credit_shows_as_the_balance_stripe_holds(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Pro down to Basic in the portal: Stripe credits the unused Pro time to the customer's
+    balance. The page showed it only as a "-$80.00 credited to balance" row, never as money
+    the customer has."""
+    email = signup(page, live_app, "downer")
+    _pay(page, "pro")
+    expect(page.locator("#current-plan")).to_have_text("Pro")
+    expect(page.locator("#credit-balance")).to_have_count(0)
+    page.locator("#manage-subscription").click()
+    page.wait_for_url(re.compile(r".*/portal/.*"))
+    page.locator("#switch-price_sandbox_basic").click()
+    page.locator("#return-link").click()
+    expect(page.locator("#current-plan")).to_have_text("Basic")
+    expect(page.locator("#credit-balance")).to_be_visible()
+    (customer,) = [c for c in live_app.sandbox.state.customers.values() if c["email"] == email]
+    assert customer["balance"] < 0
+    expect(page.locator("#credit-balance")).to_have_text(
+        f"Credit balance: ${-customer['balance'] / 100:,.2f}, used first for your next invoices."
+    )
+
+
 def test_see_plans_takes_the_keyboard_to_the_plans(page: Page, live_app: LiveApp) -> None:
     """The "See plans" link scrolled to the plan cards but left focus on itself: a keyboard
     user's next Tab went on from the link, not from the plans."""

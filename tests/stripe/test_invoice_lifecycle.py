@@ -236,3 +236,29 @@ def test_a_downgrade_in_the_sandbox_credits_the_balance_and_sync_fills_older_row
     report = stripe_sync.sync_from_stripe(session, user.id)
     assert report.errors == () and report.invoices_changed == 3
     assert shown() == expected
+
+
+def test_the_dashboard_shows_the_credit_balance_stripe_holds(session, sandbox, http):
+    """A downgrade's credit is money the customer has with Stripe: the dashboard said so only
+    as a "credited to balance" invoice row, never how much is left after renewals it paid.
+    What it shows is the sandbox customer's own balance, after each invoice."""
+    user = subscribe(session, http, sandbox, "pro")
+    assert load_slow(user.id, 1).credit_text == ""  # paid by card: no credit
+    advance(http, sandbox, days=15)
+    billing.change_plan(session, user.id, "basic")
+
+    (customer_id,) = [c["id"] for c in sandbox.state.customers.values() if c["email"] == user.email]
+
+    def held() -> str:
+        customer = sandbox.state.customers[customer_id]
+        assert customer["balance"] < 0, customer["balance"]
+        return f"${-customer['balance'] / 100:,.2f}"
+
+    advance(http, sandbox, days=16)  # the renewal credits Pro's unused half
+    shown = load_slow(user.id, 1).credit_text
+    assert shown == f"Credit balance: {held()}, used first for your next invoices."
+    advance(http, sandbox, days=31)  # Basic's $19.00 paid from it: less is left
+    assert load_slow(user.id, 1).credit_text == (
+        f"Credit balance: {held()}, used first for your next invoices."
+    )
+    assert held() != shown.split()[2].rstrip(",")

@@ -373,6 +373,29 @@ def test_subscription_view_past_due_and_canceled() -> None:
     assert views.subscription_view(None, get_catalog()).plan == "free"
 
 
+def test_subscription_view_says_past_due_does_not_renew_and_when_a_plan_ended() -> None:
+    """A past-due card promised "Renews on"; an ended subscription said nothing at all."""
+    from billing_app.plans import get_catalog
+
+    end = datetime(2026, 12, 25, tzinfo=UTC)
+    base = {"plan": "pro", "plan_name": "Pro", "current_period_end": end, "amount": 9900,
+            "currency": "usd", "cancel_at_period_end": False}  # fmt: skip
+    past_due = views.subscription_view({**base, "status": "past_due"}, get_catalog())
+    assert past_due.renews_text == "Payment failed · period ends Dec 25, 2026"
+    # Lapsed at its period's end, or canceled at once: the day it ended, with its plan.
+    lapsed = {**base, "status": "canceled", "cancel_at_period_end": True}
+    assert views.subscription_view(lapsed, get_catalog()).ended_text == (
+        "Your Pro subscription ended on Dec 25, 2026."
+    )
+    now = {**base, "status": "canceled", "canceled_at": datetime(2026, 12, 3, tzinfo=UTC)}
+    assert views.subscription_view(now, get_catalog()).ended_text == (
+        "Your Pro subscription ended on Dec 3, 2026."
+    )
+    # A first payment that never went through began nothing, so nothing ended.
+    never = views.subscription_view({**base, "status": "incomplete_expired"}, get_catalog())
+    assert never.ended_text == "" and never.plan_name == "Free"
+
+
 def test_login_page_reads_error_next_and_sso(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
