@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from typing_extensions import TypedDict  # pydantic needs this one before 3.12
 
 from billing_app.metrics import MAX_LIMIT, MAX_QUANTITY, METRIC_KEYS
+from billing_app.services.metering import FUTURE_SKEW, MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 
 _METRICS = ", ".join(METRIC_KEYS)
 # Ids are 32-bit INTEGER columns: larger numbers cannot name a row (and must not reach SQL).
@@ -60,7 +61,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "Malformed request",
         401: "Not signed in / invalid API key",
-        403: "Not allowed (or quota exceeded, or CSRF check failed)",
+        403: "Not allowed (or CSRF check failed, or a consume's `quota_exceeded`)",
         404: "Not found",
         409: "Conflict",
         413: "Body larger than 1 MiB",
@@ -68,9 +69,32 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "Validation failed",
         429: "Rate limited",
         502: "Payment provider error",
-        503: "Database unavailable",
+        503: "Database unreachable, or busy with a conflicting change; retry shortly",
     }
-    return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {"model": ErrorResponse, "description": text.get(status, "Error")}
+        if status in ERROR_HEADERS:
+            out[status]["headers"] = ERROR_HEADERS[status]
+    return out
+
+
+def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {"description": description, "schema": {"type": schema_type}}
+
+
+# The headers error answers carry (the client reads Retry-After).
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": _header('`Bearer realm="billing"`')},
+    429: {"Retry-After": _header("Seconds to wait before trying again", "integer")},
+    503: {
+        "Retry-After": _header(
+            "Seconds to wait before retrying: 5 when the database is unreachable, 1 when "
+            "it is busy with a conflicting change",
+            "integer",
+        )
+    },
+}
 
 
 COMMON = (400, 401, 403, 413, 422, 503)
@@ -166,7 +190,31 @@ UserIdIn = Annotated[
 ]
 MetricIn = Annotated[str, Field(max_length=64, description=f"One of: {_METRICS}")]
 QuantityIn = Annotated[StrictInt, Field(gt=0, le=MAX_QUANTITY)]
-KeyIn = Annotated[str | None, Field(min_length=1, max_length=255)]
+KeyIn = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=255,
+        description="Per user, shared by record, consume and batch: the same key again "
+        "answers 200 `duplicate`; with another metric, quantity or metadata, 409 "
+        "`idempotency_key_reused`. Generated when absent",
+    ),
+]
+MetadataIn = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description=f"A JSON object of at most {MAX_METADATA_BYTES:,} bytes (UTF-8), nested "
+        f"at most {MAX_METADATA_DEPTH} levels; no NUL characters"
+    ),
+]
+OccurredAtIn = Annotated[
+    datetime | None,
+    Field(
+        description="When it happened (default: now): up to "
+        f"{FUTURE_SKEW.total_seconds() / 60:g} minutes ahead, any time back; it counts in "
+        "its own period and day"
+    ),
+]
 
 
 class UsageIn(BodyIn):
@@ -174,8 +222,8 @@ class UsageIn(BodyIn):
     metric: MetricIn
     quantity: QuantityIn
     idempotency_key: KeyIn = None
-    metadata: dict[str, Any] | None = None
-    occurred_at: datetime | None = None
+    metadata: MetadataIn = None
+    occurred_at: OccurredAtIn = None
 
 
 # A TypedDict, not a model: a thousand models cost four times the parse and were then
@@ -189,8 +237,8 @@ class BatchEventIn(TypedDict):
     metric: MetricIn
     quantity: QuantityIn
     idempotency_key: NotRequired[KeyIn]
-    metadata: NotRequired[dict[str, Any] | None]
-    occurred_at: NotRequired[datetime | None]
+    metadata: NotRequired[MetadataIn]
+    occurred_at: NotRequired[OccurredAtIn]
 
 
 class ConsumeIn(BodyIn):
@@ -198,7 +246,7 @@ class ConsumeIn(BodyIn):
     metric: MetricIn
     quantity: QuantityIn
     idempotency_key: KeyIn = None
-    metadata: dict[str, Any] | None = None
+    metadata: MetadataIn = None
 
 
 class CheckIn(BodyIn):
@@ -293,14 +341,63 @@ class UrlOut(BaseModel):
     url: str
 
 
+class SubscriptionDetailOut(BaseModel):
+    """The user's Stripe subscription. Money in minor units."""
+
+    plan: str = Field(description="The subscribed plan's key")
+    plan_name: str
+    status: str = Field(description="Stripe's: active, trialing, past_due, canceled, ...")
+    effective_plan: str = Field(
+        description="The plan the quotas follow now: free once canceled or past the grace"
+    )
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    past_due_since: datetime | None
+    grace_ends_at: datetime | None = Field(description="When a past_due plan's quotas end")
+    stripe_subscription_id: str
+    amount: int
+    currency: str
+    canceled_at: datetime | None = None
+    cancel_at: datetime | None = Field(default=None, description="Stripe's scheduled cancel")
+    ends_at: datetime | None = Field(
+        default=None, description="When a subscription set to cancel ends; null: it renews"
+    )
+
+
 class SubscriptionOut(BaseModel):
     plan: str
     plan_name: str
-    subscription: dict[str, Any] | None
+    subscription: SubscriptionDetailOut | None = Field(description="null: never subscribed")
+
+
+class InvoiceOut(BaseModel):
+    """A Stripe invoice as stored. Amounts in the currency's minor units."""
+
+    id: int
+    stripe_invoice_id: str
+    user_id: int
+    user_email: str
+    number: str | None
+    status: str = Field(description="Stripe's: draft, open, paid, void, uncollectible")
+    amount_due: int
+    amount_paid: int
+    total: int = Field(description="Negative: a credit to the customer's balance")
+    amount_remaining: int
+    credited_to_balance: int
+    paid_from_balance: int
+    starting_balance: int | None
+    ending_balance: int | None
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+    created_at: datetime
 
 
 class InvoicePage(BaseModel):
-    items: list[dict[str, Any]]
+    items: list[InvoiceOut]
     total: int
     page: int
     per_page: int

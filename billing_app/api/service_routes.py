@@ -37,7 +37,9 @@ router = APIRouter(
     prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409, 415)
 )
 
-_IDEMPOTENCY_DOC = "Idempotency key (alternative to the body's idempotency_key)"
+_IDEMPOTENCY_DOC = (
+    "Idempotency key, 1 to 255 characters: instead of the body's idempotency_key, or equal to it"
+)
 BATCH_KEY_MAX = metering_batch.BATCH_KEY_MAX
 _BATCH_KEY_DOC = (
     f"Keys every event without its own `idempotency_key` as `<key>#<index>` (1 to "
@@ -317,6 +319,30 @@ def _caller(request: Request) -> Principal:
 _CREATED = {
     201: {"model": s.RecordOut, "description": "Recorded"},
     200: {"model": s.RecordOut, "description": "Duplicate of an earlier event (`duplicate`)"},
+    404: {
+        "model": s.ErrorResponse,
+        "description": "`user_not_found`: no user has this `user_id` (service keys)",
+    },
+    409: {
+        "model": s.ErrorResponse,
+        "description": "`idempotency_key_reused`: the key was stored with another metric, "
+        "quantity or metadata; nothing recorded",
+    },
+}
+_QUOTA_EXCEEDED = {
+    403: {
+        "model": s.ErrorResponse,
+        "description": "`quota_exceeded`: nothing recorded; the error also carries `metric`, "
+        "`requested`, `used`, `limit`, `remaining` and `resets_at`. Or `forbidden`: the "
+        "key lacks `usage:write`, or a user's key named another user",
+    }
+}
+# Answered with `Prefer: return=minimal` (RFC 7240).
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`return=minimal` when the answer leaves out `results`",
+        "schema": {"type": "string"},
+    }
 }
 
 
@@ -336,7 +362,12 @@ def post_usage(
     status_code=201,
     response_model=s.BatchOut,
     responses={
-        200: {"model": s.BatchOut, "description": "Every event was a duplicate"},
+        201: {"model": s.BatchOut, "description": "Recorded", "headers": _PREFERENCE_APPLIED},
+        200: {
+            "model": s.BatchOut,
+            "description": "Every event was a duplicate",
+            "headers": _PREFERENCE_APPLIED,
+        },
         409: {
             "model": s.ErrorResponse,
             "description": "`idempotency_key_reused`: events reuse stored keys with other "
@@ -391,7 +422,12 @@ def cancel_usage_event(
     return cancel_usage(_caller(request), body, idempotency_key)
 
 
-@router.post("/usage/consume", status_code=201, response_model=s.RecordOut, responses=_CREATED)
+@router.post(
+    "/usage/consume",
+    status_code=201,
+    response_model=s.RecordOut,
+    responses={**_CREATED, **_QUOTA_EXCEEDED},
+)
 def consume(
     body: s.ConsumeIn,
     request: Request,

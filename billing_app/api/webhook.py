@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from billing_app.api import schemas as s
 from billing_app.api.service_routes import FastJSONResponse
 from billing_app.db import session_scope
 from billing_app.services.dto import WebhookResult
@@ -56,8 +57,19 @@ def _handle(payload: bytes, signature: str | None) -> WebhookResult:
     summary="Stripe webhook endpoint",
     responses={
         200: {"description": "Received (possibly a duplicate or an ignored type)"},
-        400: {"description": "Missing/invalid signature or malformed body; nothing written"},
-        500: {"description": "Applying the event failed; recorded, Stripe will retry"},
+        400: {
+            "model": s.ErrorResponse,
+            "description": "Missing/invalid signature or malformed body; nothing written",
+        },
+        413: {"model": s.ErrorResponse, "description": "Body larger than 1 MiB; nothing written"},
+        500: {
+            "model": s.ErrorResponse,
+            "description": "Applying the event failed; recorded, Stripe will retry",
+        },
+        503: {
+            "model": s.ErrorResponse,
+            "description": "The database is unavailable; nothing written, Stripe will retry",
+        },
     },
 )
 async def stripe_webhook(request: Request) -> JSONResponse:
