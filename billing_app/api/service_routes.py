@@ -34,7 +34,7 @@ from billing_app.services.usage_writer import writer
 log = logging.getLogger("billing_app.api")
 
 router = APIRouter(
-    prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 409, 415)
+    prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 415)
 )
 
 _IDEMPOTENCY_DOC = (

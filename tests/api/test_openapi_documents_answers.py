@@ -199,3 +199,22 @@ def test_the_headers_a_client_acts_on_are_documented(live_server, actors, docume
         r = ok("/api/billing/quota", svc.get("/api/billing/quota", params={"user_id": 1}))
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert documented.problems == []
+
+
+# The statuses each service write can answer besides the common ones (400, 401, 403, 404,
+# 413, 415, 422, 429, 503): a 409 only where a stored key can clash.
+CONFLICTS = {
+    "/api/billing/usage": True,
+    "/api/billing/usage/batch": True,
+    "/api/billing/usage/consume": True,
+    "/api/billing/usage/cancel": True,
+    "/api/billing/quota/check": False,
+}
+
+
+@pytest.mark.parametrize(("path", "conflicts"), CONFLICTS.items(), ids=list(CONFLICTS))
+def test_a_409_is_documented_only_where_it_can_be_answered(documented, path, conflicts):
+    """A check reads only: documenting a 409 on it sends an engineer looking for a clash
+    that never comes."""
+    responses = documented.spec["paths"][path]["post"]["responses"]
+    assert ("409" in responses) is conflicts
