@@ -240,7 +240,10 @@ def signup(
 @router.post(
     "/logout",
     response_model=s.OkOut,
-    responses={**s.errors(403, 503), 303: {"description": "Form post: redirect to /login"}},
+    responses={
+        **s.errors(403, 503),
+        303: {"description": "Form post: redirect to /login?signed_out=1"},
+    },
 )
 def logout(
     request: Request,
@@ -256,7 +259,8 @@ def logout(
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     response: Response
     if ctype in FORM_TYPES:
-        response = RedirectResponse("/login", status_code=303)
+        # The sign-in page says the sign-out happened (auth_pages.SIGNED_OUT).
+        response = RedirectResponse("/login?signed_out=1", status_code=303)
     else:
         response = JSONResponse({"ok": True})
     clear_session_cookie(response)

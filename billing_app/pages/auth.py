@@ -54,6 +54,19 @@ def error_callout() -> rx.Component:
     )
 
 
+def notice_callout() -> rx.Component:
+    return rx.cond(
+        AuthFormState.notice != "",
+        rx.callout(
+            AuthFormState.notice,
+            icon="circle-check",
+            color_scheme="green",
+            role="status",
+            width="100%",
+        ),
+    )
+
+
 def sso_button() -> rx.Component:
     return rx.cond(
         AuthFormState.sso_enabled,
@@ -98,6 +111,7 @@ def auth_card(title: str, subtitle: str, form: rx.Component, footer: rx.Componen
                             spacing="1",
                         ),
                         error_callout(),
+                        notice_callout(),
                         # Mounted once on_load ran, so the inputs start from the kept values;
                         # they stay uncontrolled, so typing never races a state update.
                         rx.cond(

@@ -53,8 +53,13 @@ def error_message(code: str | None, generic: str = SIGN_IN_FAILED) -> str:
     return ERROR_CODES.get(code.strip(), generic)
 
 
+SIGNED_OUT = "You are signed out."
+
+
 class AuthFormState(SessionState):
     error: str = ""
+    # After a sign-out (the logout form lands on /login?signed_out=1): it did happen.
+    notice: str = ""
     # Empty until the page's state loads: the API then takes `next` from the Referer.
     next_path: str = ""
     sso_enabled: bool = False
@@ -72,6 +77,7 @@ class AuthFormState(SessionState):
             params.get("error"), SIGN_UP_FAILED if signup else SIGN_IN_FAILED
         )
         self.focus_field = ERROR_FIELDS.get((params.get("error") or "").strip(), "")
+        self.notice = SIGNED_OUT if "signed_out" in params and not self.error else ""
         self.next_path = safe_next(params.get("next"))
         self.sso_enabled = bool(get_settings().oidc_issuer)
         if not self.error:  # a fresh visit starts empty; a refused post keeps what was typed

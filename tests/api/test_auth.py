@@ -175,7 +175,8 @@ def test_logout_form_redirects_to_login(client):
     r = client.post(
         "/api/auth/logout", data={"next": "/"}, headers={"Origin": ORIGIN}, follow_redirects=False
     )
-    assert r.status_code == 303 and r.headers["location"] == "/login"
+    # The sign-in page says the sign-out happened.
+    assert r.status_code == 303 and r.headers["location"] == "/login?signed_out=1"
 
 
 def test_expired_session_is_rejected(client, frozen_clock):

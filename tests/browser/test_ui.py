@@ -40,12 +40,14 @@ def test_signup_logout_and_login(page: Page, live_app: LiveApp) -> None:
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(re.compile(r".*/login"))
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
 
-    # A wrong password is refused with an inline error.
+    # A wrong password is refused with an inline error (and no word of the sign-out).
     page.locator("#email").fill(email)
     page.locator("#password").fill("not-the-password")
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("alert")).to_contain_text("incorrect")
+    expect(page.get_by_text("You are signed out.")).to_have_count(0)
     # There is no reset by email; the page says who can reset it.
     expect(page.locator("#forgot-password")).to_contain_text("Ask an administrator to reset it")
 

@@ -449,6 +449,19 @@ def test_login_and_signup_pages_never_echo_the_error_query(session: Session) -> 
     assert st.error == auth_pages.SIGN_UP_FAILED
 
 
+def test_the_sign_in_page_after_a_sign_out_says_it_happened(session: Session) -> None:
+    st = state_for(AuthFormState, path="/login?signed_out=1")
+    assert asyncio.run(st.on_load()) is None
+    assert st.notice == auth_pages.SIGNED_OUT and st.error == ""
+    # A refused sign-in from that page: the refusal, not the old notice.
+    st.router = state_for(AuthFormState, path="/login?error=login_failed").router
+    asyncio.run(st.on_load())
+    assert st.notice == "" and st.error == "Email or password is incorrect."
+    st.router = state_for(AuthFormState, path="/login").router
+    asyncio.run(st.on_load())
+    assert st.notice == ""
+
+
 def test_signup_keeps_name_and_email_after_a_refused_post(session: Session) -> None:
     st = state_for(AuthFormState, path="/signup")
     asyncio.run(st.on_load())
