@@ -33,9 +33,7 @@ from billing_app.services.usage_writer import writer
 
 log = logging.getLogger("billing_app.api")
 
-router = APIRouter(
-    prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 415)
-)
+router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 415))
 
 _IDEMPOTENCY_DOC = (
     "Idempotency key, 1 to 255 characters: instead of the body's idempotency_key, or equal to it"
