@@ -41,30 +41,19 @@ def email_field() -> rx.Component:
     )
 
 
-def error_callout() -> rx.Component:
+def _callout(text: rx.Var, icon: str, color: str, role: str) -> rx.Component:
     return rx.cond(
-        AuthFormState.error != "",
-        rx.callout(
-            AuthFormState.error,
-            icon="circle-alert",
-            color_scheme="red",
-            role="alert",
-            width="100%",
-        ),
+        text != "",
+        rx.callout(text, icon=icon, color_scheme=color, role=role, width="100%"),
     )
+
+
+def error_callout() -> rx.Component:
+    return _callout(AuthFormState.error, "circle-alert", "red", "alert")
 
 
 def notice_callout() -> rx.Component:
-    return rx.cond(
-        AuthFormState.notice != "",
-        rx.callout(
-            AuthFormState.notice,
-            icon="circle-check",
-            color_scheme="green",
-            role="status",
-            width="100%",
-        ),
-    )
+    return _callout(AuthFormState.notice, "circle-check", "green", "status")
 
 
 def sso_button() -> rx.Component:

@@ -75,10 +75,11 @@ def _give_invoice(live_app: LiveApp, email: str) -> None:
 
 
 def test_every_page_has_no_axe_violations(page: Page, live_app: LiveApp, browser: Browser) -> None:
-    for path in ("/login", "/signup"):
+    for path in ("/login", "/signup", "/login?signed_out=1"):
         page.goto(f"{live_app.url}{path}")
         expect(page.locator("#email")).to_be_visible()
         assert violations(page) == [], path
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
 
     # A customer over 80 % of a limit (the amber notice), with an invoice and a chart.
     email = signup(page, live_app, "a11y")
