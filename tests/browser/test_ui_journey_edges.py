@@ -189,6 +189,38 @@ def test_revoke_confirmation_has_no_axe_violations(page: Page, live_app: LiveApp
     page.keyboard.press("Escape")
 
 
+def _past_due_pro(live_app: LiveApp, uid: int, *, started: int, ends: int, since: int) -> None:
+    """A Pro subscription `started` days ago, its period ending in `ends` days, past due
+    for `since` days, as the webhooks store it, and the quotas it gives."""
+    from datetime import timedelta
+
+    from billing_app.clock import utcnow
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Subscription
+    from billing_app.services import stripe_sync
+
+    now = utcnow()
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        session.add(
+            Subscription(
+                user_id=uid,
+                stripe_subscription_id=f"sub_past_due_{uid}",
+                stripe_customer_id=f"cus_past_due_{uid}",
+                stripe_price_id="price_sandbox_pro",
+                plan="pro",
+                status="past_due",
+                current_period_start=now - timedelta(days=started),
+                current_period_end=now + timedelta(days=ends),
+                past_due_since=now - timedelta(days=since),
+            )
+        )
+        session.commit()
+        stripe_sync.refresh_quotas(session, uid)
+        session.commit()
+    engine.dispose()
+
+
 def test_past_due_banner_does_not_promise_a_plan_whose_grace_is_over(
     page: Page, live_app: LiveApp
 ) -> None:
@@ -197,37 +229,14 @@ def test_past_due_banner_does_not_promise_a_plan_whose_grace_is_over(
     from datetime import timedelta
 
     from billing_app.clock import utcnow
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.models import Subscription
-    from billing_app.services import stripe_sync
 
     email = signup(page, live_app, "lapsed")
-    uid = live_app.user_id(email)
-    now = utcnow()
-    engine = create_db_engine(live_app.database_url)
-    with session_scope(engine) as session:
-        session.add(
-            Subscription(
-                user_id=uid,
-                stripe_subscription_id=f"sub_lapsed_{uid}",
-                stripe_customer_id=f"cus_lapsed_{uid}",
-                stripe_price_id="price_sandbox_pro",
-                plan="pro",
-                status="past_due",
-                current_period_start=now - timedelta(days=12),
-                current_period_end=now + timedelta(days=18),
-                past_due_since=now - timedelta(days=10),
-            )
-        )
-        session.commit()
-        stripe_sync.refresh_quotas(session, uid)
-        session.commit()
-    engine.dispose()
+    _past_due_pro(live_app, live_app.user_id(email), started=12, ends=18, since=10)
 
     banner = page.locator("#past-due-banner")
     expect(banner).to_be_visible()
     expect(page.locator("#meter-tokens")).to_contain_text("/ 10,000")  # Free's limits
-    ended = (now - timedelta(days=3)).strftime("%b %-d, %Y")
+    ended = (utcnow() - timedelta(days=3)).strftime("%b %-d, %Y")
     expect(banner).to_contain_text(ended)
     expect(banner).not_to_contain_text("stays active")
 
@@ -238,33 +247,10 @@ def test_past_due_plan_card_promises_no_renewal(page: Page, live_app: LiveApp) -
     from datetime import timedelta
 
     from billing_app.clock import utcnow
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.models import Subscription
-    from billing_app.services import stripe_sync
 
     email = signup(page, live_app, "unpaid")
-    uid = live_app.user_id(email)
-    now = utcnow()
-    end = now + timedelta(days=25)
-    engine = create_db_engine(live_app.database_url)
-    with session_scope(engine) as session:
-        session.add(
-            Subscription(
-                user_id=uid,
-                stripe_subscription_id=f"sub_unpaid_{uid}",
-                stripe_customer_id=f"cus_unpaid_{uid}",
-                stripe_price_id="price_sandbox_pro",
-                plan="pro",
-                status="past_due",
-                current_period_start=now - timedelta(days=5),
-                current_period_end=end,
-                past_due_since=now - timedelta(days=1),
-            )
-        )
-        session.commit()
-        stripe_sync.refresh_quotas(session, uid)
-        session.commit()
-    engine.dispose()
+    _past_due_pro(live_app, live_app.user_id(email), started=5, ends=25, since=1)
+    end = utcnow() + timedelta(days=25)
 
     expect(page.locator("#past-due-banner")).to_be_visible()
     expect(page.locator("#current-plan")).to_have_text("Pro")
