@@ -254,17 +254,21 @@ def invoices(
 def invoices_csv(
     request: Request,
     status: str | None = Query(default=None, max_length=32, description=INVOICE_FILTER_DOC),
+    user_id: int | None = Query(default=None, ge=1, le=s.MAX_ID),
     _admin: UserDTO = Depends(admin_user),
     session: Session = Depends(db_session),
 ) -> CSVResponse:
-    """Every invoice the `status` filter lists (all without; as GET /invoices), newest
-    first, as CSV (streamed): number,
+    """Every invoice the `status` filter lists (all without; as GET /invoices), of
+    `user_id`'s or everyone's, newest first, as CSV (streamed): number,
     stripe_invoice_id, customer_email, status, currency (its code), total (negative: a
     credit to the balance), amount_due, amount_paid, amount_remaining, paid_from_balance
     and credited_to_balance (decimal amounts of that currency), created, period_start, period_end,
     hosted_invoice_url, invoice_pdf."""
     return csv_response(
-        "invoices", lambda export: exports.invoices_csv(export, status=status), session, request
+        "invoices",
+        lambda export: exports.invoices_csv(export, status=status, user_id=user_id),
+        session,
+        request,
     )
 
 

@@ -26,6 +26,8 @@ from billing_app.components.common import (
 )
 from billing_app.components.layout import loading, page
 from billing_app.states.admin import (
+    CUSTOMER_FILTER,
+    INVOICE_FILTER_ID,
     KEY_ACCESS,
     KEY_FIELDS,
     KEY_NAME_MAX,
@@ -291,8 +293,40 @@ def users_panel() -> rx.Component:
     )
 
 
-# Where closing the drawer gives focus when the invoice that opened it has left the list.
-INVOICE_FILTER_ID = "invoice-status-filter"
+# Which console tab shows: kept in the browser (a tab click needs no server round trip);
+# the drawer's "All invoices" sets it with its event.
+TAB = ClientStateVar.create("admin_tab", default="users")
+
+
+def customer_chip() -> rx.Component:
+    """Says the Invoices tab lists one customer's invoices only, with a button to list
+    everyone's again. Focused when the drawer's "All invoices" opens the tab (tab_index
+    -1: reachable by script, not a Tab stop of its own), so a screen reader reads it."""
+    return rx.badge(
+        rx.text("Customer: ", rx.text.strong(A.invoice_user_email), **ONE_LINE),
+        rx.icon_button(
+            rx.icon("x", size=12),
+            on_click=A.clear_invoice_user,
+            variant="ghost",
+            color_scheme="gray",
+            size="1",
+            aria_label="Remove the customer filter: show every customer's invoices",
+            title="Show every customer's invoices",
+            id="clear-customer-filter",
+        ),
+        id=CUSTOMER_FILTER,
+        role="group",
+        aria_label="Invoices of customer " + A.invoice_user_email,
+        tab_index=-1,
+        # A badge draws no focus ring of its own: the keyboard's place must show.
+        _focus_visible={"outline": "2px solid var(--focus-8)", "outline_offset": "2px"},
+        size="2",
+        variant="surface",
+        max_width="100%",
+        display="inline-flex",
+        align_items="center",
+        gap="6px",
+    )
 
 
 def invoices_panel() -> rx.Component:
@@ -300,6 +334,7 @@ def invoices_panel() -> rx.Component:
         rx.hstack(
             rx.heading("All invoices", size="4", as_="h2"),
             rx.hstack(
+                rx.cond(A.invoice_user_id != 0, customer_chip()),
                 select(
                     A.invoice_status_options,
                     A.invoice_status,
@@ -709,6 +744,17 @@ def detail_body() -> rx.Component:
             rx.vstack(
                 rx.heading("Recent invoices", size="3", as_="h3"),
                 invoice_table(A.detail_invoices, "drawer-invoices-table", compact=True),
+                # The drawer lists the newest few; an older one is in the Invoices tab,
+                # narrowed to this customer.
+                rx.button(
+                    rx.icon("receipt", size=16),
+                    "All invoices",
+                    on_click=[TAB.set_value("invoices"), A.show_user_invoices],
+                    variant="soft",
+                    size="2",
+                    aria_label="All invoices of " + A.detail_email + " in the Invoices tab",
+                    id="drawer-all-invoices",
+                ),
                 spacing="2",
                 width="100%",
             ),
@@ -753,9 +799,13 @@ _FOCUS_OPENER = rx.cond(
     A.opener_listed,
     rx.set_focus(OPENER_ID),
     rx.cond(
-        A.drawer_opener.startswith("invoice-"),
-        rx.set_focus(INVOICE_FILTER_ID),
-        rx.set_focus("user-search"),
+        A.drawer_opener == CUSTOMER_FILTER,  # closed by "All invoices": the list's chip
+        rx.set_focus(CUSTOMER_FILTER),
+        rx.cond(
+            A.drawer_opener.startswith("invoice-"),
+            rx.set_focus(INVOICE_FILTER_ID),
+            rx.set_focus("user-search"),
+        ),
     ),
 )
 
@@ -863,7 +913,8 @@ def console() -> rx.Component:
             rx.tabs.content(users_panel(), value="users", padding_top="16px"),
             rx.tabs.content(invoices_panel(), value="invoices", padding_top="16px"),
             rx.tabs.content(keys_panel(), value="keys", padding_top="16px"),
-            default_value="users",
+            value=TAB.value,
+            on_change=TAB.set,
             width="100%",
         ),
         user_drawer(),

@@ -178,11 +178,16 @@ def users_csv(session: Session, filters: admin.UserFilters, *, chunk: int = CHUN
 
 
 def invoice_rows(
-    session: Session, *, status: str | None = None, chunk: int = CHUNK
+    session: Session,
+    *,
+    status: str | None = None,
+    user_id: int | None = None,
+    chunk: int = CHUNK,
 ) -> Iterator[list[Any]]:
     """INVOICE_COLUMNS for every invoice the invoices tab's filter `status` (None: all;
-    invoices.ADMIN_FILTERS, by badge: "paid" without credits, "credit") lists, newest
-    first as on the tab. The `status` column is Stripe's: a credit's is paid (or open)."""
+    invoices.ADMIN_FILTERS, by badge: "paid" without credits, "credit") lists, of one
+    customer's (`user_id`) or everyone's, newest first as on the tab. The `status` column
+    is Stripe's: a credit's is paid (or open)."""
     check_admin_filter(status)
     dialect = _dialect(session)
     stmt = (
@@ -209,6 +214,8 @@ def invoice_rows(
     )
     if status is not None:
         stmt = stmt.where(admin_filter(status))
+    if user_id is not None:
+        stmt = stmt.where(col(Invoice.user_id) == user_id)
     digits: dict[str, int] = {}
     for part in session.exec(stmt.execution_options(yield_per=chunk)).partitions():
         for (number, sid, email, st, cur, due, paid, total, remaining, balance,
@@ -246,9 +253,10 @@ def invoice_rows(
 
 
 def invoices_csv(
-    session: Session, *, status: str | None = None, chunk: int = CHUNK
+    session: Session, *, status: str | None = None, user_id: int | None = None, chunk: int = CHUNK
 ) -> Iterator[str]:
     """The invoices export as CSV text, a chunk of rows at a time; ValidationFailed for an
     unknown status, before anything is written."""
     check_admin_filter(status)
-    return write_csv(INVOICE_COLUMNS, invoice_rows(session, status=status, chunk=chunk), chunk)
+    rows = invoice_rows(session, status=status, user_id=user_id, chunk=chunk)
+    return write_csv(INVOICE_COLUMNS, rows, chunk)

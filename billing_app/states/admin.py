@@ -42,6 +42,10 @@ ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
 KEY_ACCESS = views.KEY_ACCESS
 _KEY_SCOPES = {choice: list(scopes) for choice, _label, scopes in KEY_ACCESS}
 DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
+# Element ids the state gives focus to: the Invoices tab's status filter, and its
+# customer chip (the drawer_opener of a drawer closed by "All invoices").
+INVOICE_FILTER_ID = "invoice-status-filter"
+CUSTOMER_FILTER = "customer-filter"
 # Each part of the console numbers its loads (live.start_load); only the newest one's
 # answer or error is shown. The stat cards load with the users list, under its number.
 USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "_detail_load"
@@ -73,15 +77,17 @@ def load_stats() -> list[views.StatView]:
         return views.stat_views(admin_service.headline_stats(session))
 
 
-def load_invoices(status: str, page: int) -> dict[str, Any]:
+def load_invoices(status: str, page: int, user_id: int = 0) -> dict[str, Any]:
+    """A page of the Invoices tab: every customer's, or (`user_id`) one customer's."""
     shown = None if status == ALL else status
+    owner = user_id or None
     with outage_as_error(), read_session() as session:
         result = invoices.list_invoices(
-            session, user_id=None, shown=shown, page=page, per_page=INVOICES_PER_PAGE
+            session, user_id=owner, shown=shown, page=page, per_page=INVOICES_PER_PAGE
         )
         if page > result.pages:  # fewer match now: their last page, not "31–12 of 12"
             result = invoices.list_invoices(
-                session, user_id=None, shown=shown, page=result.pages, per_page=INVOICES_PER_PAGE
+                session, user_id=owner, shown=shown, page=result.pages, per_page=INVOICES_PER_PAGE
             )
     return {
         "rows": [views.invoice_view(i) for i in result.items],
@@ -190,6 +196,9 @@ class AdminState(SessionState):
     invoice_pages: int = 1
     invoice_total: int = 0
     invoices: list[views.InvoiceView] = []
+    # The tab narrowed to one customer (from their drawer's "All invoices"); 0: everyone's.
+    invoice_user_id: int = 0
+    invoice_user_email: str = ""
 
     # user drawer
     drawer_open: bool = False
@@ -252,6 +261,8 @@ class AdminState(SessionState):
     def opener_listed(self) -> bool:
         """The button that opened the drawer is still on the page: its user's row in the
         users list, or its invoice in the Invoices tab (closing gives it the focus)."""
+        if self.drawer_opener == CUSTOMER_FILTER:  # closed by "All invoices": no row
+            return False
         if self.drawer_opener.startswith("invoice-"):
             return any(f"invoice-{i.id}" == self.drawer_opener for i in self.invoices)
         return any(u.id == self.detail_id for u in self.users)
@@ -299,10 +310,11 @@ class AdminState(SessionState):
 
     @rx.var(cache=True)
     def invoices_csv_href(self) -> str:
-        """The invoices export with the tab's status filter."""
-        status = self.invoice_status
-        query = "" if status == ALL else "?" + urlencode({"status": status})
-        return "/api/billing/admin/invoices.csv" + query
+        """The invoices export with the tab's status and customer filters."""
+        params = {"status": "" if self.invoice_status == ALL else self.invoice_status,
+                  "user_id": self.invoice_user_id or ""}  # fmt: skip
+        kept = {k: v for k, v in params.items() if v}
+        return "/api/billing/admin/invoices.csv" + ("?" + urlencode(kept) if kept else "")
 
     # ------------------------------------------------------------ guard
 
@@ -354,7 +366,7 @@ class AdminState(SessionState):
             if await self._admin("page") is None:
                 return
             args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
-            inv_args = (self.invoice_status, self.invoice_page)
+            inv_args = (self.invoice_status, self.invoice_page, self.invoice_user_id)
             loads = {part: start_load(self, part) for part in (USERS, INVOICES, KEYS)}
         try:
             users = await in_thread(lambda: load_users(*args))
@@ -447,7 +459,7 @@ class AdminState(SessionState):
         async with self:
             if await self._admin("invoices") is None:
                 return
-            args = (self.invoice_status, self.invoice_page)
+            args = (self.invoice_status, self.invoice_page, self.invoice_user_id)
             load = start_load(self, INVOICES)
         try:
             invs = await in_thread(lambda: load_invoices(*args))
@@ -508,6 +520,32 @@ class AdminState(SessionState):
         self.invoice_status = value if value in INVOICE_STATUSES else ALL
         self.invoice_page = 1
         return AdminState.reload_invoices
+
+    @rx.event
+    def show_user_invoices(self) -> Any:
+        """The drawer's "All invoices": the Invoices tab narrowed to the drawer's user
+        (all statuses, first page), the drawer closed; focus goes to the filter's chip
+        (page's _FOCUS_OPENER)."""
+        if not self.detail_id:
+            return None
+        self.invoice_user_id = self.detail_id
+        self.invoice_user_email = self.detail_email
+        self.invoice_status = ALL
+        self.invoice_page = 1
+        self.drawer_opener = CUSTOMER_FILTER
+        self.drawer_open = False
+        return AdminState.reload_invoices
+
+    @rx.event
+    def clear_invoice_user(self) -> Any:
+        """The chip's remove button: every customer's invoices again. The chip goes with
+        its button, so the keyboard goes to the status filter beside it."""
+        if not self.invoice_user_id:
+            return None
+        self.invoice_user_id = 0
+        self.invoice_user_email = ""
+        self.invoice_page = 1
+        return [AdminState.reload_invoices, rx.set_focus(INVOICE_FILTER_ID)]
 
     @rx.event
     def next_invoices(self) -> Any:
