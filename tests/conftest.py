@@ -38,6 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     They need Chromium: reported as skipped on a machine without it, but never in CI,
     where `make test` installs it and a missing browser must fail the run."""
+    unmarked = [
+        i.nodeid
+        for i in items
+        if i.nodeid.startswith("tests/browser/") and not i.get_closest_marker("browser")
+    ]
+    if unmarked:  # it would run mid-suite under `-m "not browser"`, and break the rest
+        raise pytest.UsageError(f"add `pytestmark = pytest.mark.browser` to: {unmarked[0]}")
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
     if os.path.exists(CHROMIUM) or os.environ.get("CI"):
         return

@@ -394,6 +394,10 @@ class InvoiceOut(BaseModel):
     hosted_invoice_url: str | None
     invoice_pdf: str | None
     created_at: datetime
+    payment_failed: bool = Field(
+        description="Open, and its payment failed (attempted, or its subscription past due "
+        'or unpaid): still owed. The console badges it "Payment failed".'
+    )
 
 
 class InvoicePage(BaseModel):
@@ -514,5 +518,8 @@ class StatsOut(BaseModel):
         description="Monthly recurring revenue in minor units: the same users less trials"
     )
     currency: str
-    failed_payments: int
+    failed_payments: int = Field(
+        description="Open invoices whose payment failed, still owed (uncollectible ones, "
+        "written off, are not counted): what the invoices filter status=failed lists"
+    )
     past_due_subscriptions: int

@@ -247,6 +247,8 @@ class InvoiceDTO(DTO):
     hosted_invoice_url: str | None
     invoice_pdf: str | None
     created_at: datetime
+    # services.invoices.failed_payment_filter: open, a failed attempt, still owed
+    payment_failed: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ SETTLED_STATUSES = ("paid", "void")
 CREDIT_STATUSES = ("open", "paid")
 # The admin's invoice filters: one per badge its tables show. "paid" and "open" leave the
 # credits out; what Stripe calls paid is "paid" and "credit" together.
-# "failed": the payments that failed, as the console's Failed payments card counts them.
+# "failed": the payments that failed and are still owed, as the console's Failed payments
+# card counts them ("Payment failed" badge); "open" leaves them out.
 ADMIN_FILTERS = ("paid", "credit", "open", "draft", "void", "uncollectible", "failed")
 
 
@@ -40,37 +41,40 @@ def check_admin_filter(shown: str | None) -> None:
         )
 
 
+def _not_credit() -> sa.ColumnElement[bool]:
+    # A row from before migration 0013 (total NULL) reads as paid or due, never a credit.
+    return sa.or_(col(Invoice.total).is_(None), col(Invoice.total) >= 0)
+
+
 def failed_payment_filter() -> sa.ColumnElement[bool]:
-    """A failed payment: uncollectible, or open with a failed attempt: its subscription in
-    trouble, or attempts Stripe counted (also once dunning canceled the subscription and
-    left it open). The admin's Failed payments count and its "failed" filter alike."""
-    troubled = select(Subscription.stripe_subscription_id).where(
-        col(Subscription.status).in_(("past_due", "unpaid"))
+    """A failed payment still owed: open (not a credit) with a failed attempt: its
+    subscription in trouble, or attempts Stripe counted (also once dunning canceled the
+    subscription and left it open). Never NULL, so NOT of it is sound on PostgreSQL.
+    The one rule for the admin's Failed payments card, its "failed" filter and the
+    "Payment failed" badge (InvoiceDTO.payment_failed). Uncollectible ones were written
+    off: they need no action, and their own filter lists them."""
+    troubled = sa.exists().where(
+        col(Subscription.stripe_subscription_id) == col(Invoice.stripe_subscription_id),
+        col(Subscription.status).in_(("past_due", "unpaid")),
     )
-    return sa.or_(
-        Invoice.status == "uncollectible",
-        sa.and_(
-            Invoice.status == "open",
-            sa.or_(
-                col(Invoice.stripe_subscription_id).in_(troubled),
-                col(Invoice.attempt_count) > 0,
-            ),
-        ),
+    return sa.and_(
+        Invoice.status == "open",
+        _not_credit(),
+        sa.or_(troubled, col(Invoice.attempt_count) > 0),
     )
 
 
 def admin_filter(shown: str) -> sa.ColumnElement[bool]:
-    """The invoices the admin filter `shown` lists: those whose badge it names (is_credit),
-    or, for "failed", the failed payments."""
+    """The invoices the admin filter `shown` lists: those whose badge it names (is_credit,
+    InvoiceDTO.payment_failed): "open" leaves out the failed payments, "failed" lists them."""
     if shown == "failed":
         return failed_payment_filter()
     if shown == "credit":
         return sa.and_(col(Invoice.status).in_(CREDIT_STATUSES), col(Invoice.total) < 0)
+    if shown == "open":
+        return sa.and_(Invoice.status == shown, _not_credit(), sa.not_(failed_payment_filter()))
     if shown in CREDIT_STATUSES:
-        return sa.and_(
-            Invoice.status == shown,
-            sa.or_(col(Invoice.total).is_(None), col(Invoice.total) >= 0),
-        )
+        return sa.and_(Invoice.status == shown, _not_credit())
     return Invoice.status == shown
 
 
@@ -122,7 +126,8 @@ def invoice_settlement(inv: Invoice) -> Settlement:
     )
 
 
-def to_invoice_dto(inv: Invoice, email: str) -> InvoiceDTO:
+def to_invoice_dto(inv: Invoice, email: str, payment_failed: bool = False) -> InvoiceDTO:
+    """`payment_failed`: failed_payment_filter() of the row, read with it."""
     assert inv.id is not None
     money = invoice_settlement(inv)
     return InvoiceDTO(
@@ -146,6 +151,7 @@ def to_invoice_dto(inv: Invoice, email: str) -> InvoiceDTO:
         hosted_invoice_url=inv.hosted_invoice_url,
         invoice_pdf=inv.invoice_pdf,
         created_at=inv.created_at,
+        payment_failed=payment_failed,
     )
 
 
@@ -186,7 +192,7 @@ def list_invoices(
         where.append(admin_filter(shown))
     total = session.exec(select(sa.func.count()).select_from(Invoice).where(*where)).one()
     rows = session.exec(
-        select(Invoice, User.email)
+        select(Invoice, User.email, failed_payment_filter())
         .join(User, col(User.id) == col(Invoice.user_id))
         .where(*where)
         .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
@@ -195,7 +201,7 @@ def list_invoices(
     ).all()
     session.rollback()  # end the read transaction promptly
     return Page(
-        items=[to_invoice_dto(inv, email) for inv, email in rows],
+        items=[to_invoice_dto(inv, email, bool(failed)) for inv, email, failed in rows],
         total=total,
         page=page,
         per_page=per_page,

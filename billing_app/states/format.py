@@ -8,6 +8,10 @@ from typing import Any
 from billing_app.clock import as_utc
 from billing_app.services.money import minor_digits, to_decimal
 
+# The badge of an open invoice whose payment failed (services.invoices.failed_payment_filter)
+# and the admin's filter that lists them.
+PAYMENT_FAILED = "Payment failed"
+
 _CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
 
 

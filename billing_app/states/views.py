@@ -303,7 +303,8 @@ def credit_text(amount: int, currency: str) -> str:
 
 def invoice_view(inv: Any) -> InvoiceView:
     """The invoice's total, and how it was settled: a negative total reads "-$12.34",
-    "credited to balance" with a Credit badge, never "$0.00 Paid"."""
+    "credited to balance" with a Credit badge, never "$0.00 Paid"; an open one whose
+    payment failed (InvoiceDTO.payment_failed) is badged "Payment failed", not "Open"."""
     status = str(get(inv, "status", "") or "")
     currency = get(inv, "currency", "usd")
     money = settlement(
@@ -315,6 +316,8 @@ def invoice_view(inv: Any) -> InvoiceView:
         starting_balance=get(inv, "starting_balance"),
     )
     label, color = fmt.status_label(status), fmt.status_color(status)
+    if get(inv, "payment_failed", False):  # the admin's "failed" filter lists these
+        label, color = fmt.PAYMENT_FAILED, "red"
     note = ""
     if money.total < 0:
         amount = "-" + fmt.money(-money.total, currency)
@@ -471,7 +474,8 @@ _STAT_LABELS = {
 _STAT_HINTS = {
     "active_subscribers": "Active, trialing, or past due within the grace period",
     "mrr": "Active and past due within the grace period; trials excluded",
-    "failed_payments": "Invoices: the Payment failed filter lists them",
+    "failed_payments": "Open invoices whose payment failed, still owed: "
+    "the Payment failed filter lists them",
     "past_due_subscriptions": "Users: the Past due filter lists them",
 }
 

@@ -115,39 +115,91 @@ def test_the_csv_export_filters_by_badge(actors, invoice_set) -> None:
             exports.invoices_csv(s, status="refunded")
 
 
-def test_the_failed_filter_lists_what_the_failed_payments_card_counts(actors) -> None:
-    """The console's Failed payments card had no list behind it: the "failed" filter
-    lists exactly the invoices it counts, in the service, the API and the CSV."""
-    from billing_app.services import admin as admin_service
+FAILED_ROWS = [  # (id, status, subscription, attempts, total)
+    ("in_uncollectible", "uncollectible", "sub_fine", 4, 1900),  # written off: no action
+    ("in_late", "open", "sub_late", 0, 1900),  # its subscription past due
+    ("in_retrying", "open", "sub_fine", 1, 1900),  # a failed attempt, retried later
+    ("in_just_open", "open", "sub_fine", 0, 1900),  # not attempted yet: not failed
+    ("in_paid_after_retry", "paid", "sub_fine", 2, 1900),  # failed, then paid
+    ("in_no_sub", "open", None, 0, 1900),  # no subscription: not failed
+    ("in_late_credit", "open", "sub_late", 0, -500),  # a credit owes nothing
+]
+
+
+@pytest.fixture
+def failed_set(actors) -> None:
     from tests.factories import make_subscription
 
     with session_scope() as s:
         make_subscription(s, actors.a.id, plan="pro", status="past_due", sub_id="sub_late")
         make_subscription(s, actors.b.id, plan="pro", status="active", sub_id="sub_fine")
-        rows = [  # (id, status, subscription, attempts)
-            ("in_uncollectible", "uncollectible", "sub_fine", 4),
-            ("in_late", "open", "sub_late", 0),  # its subscription past due
-            ("in_retrying", "open", "sub_fine", 1),  # a failed attempt, retried later
-            ("in_just_open", "open", "sub_fine", 0),  # not attempted yet: not failed
-            ("in_paid_after_retry", "paid", "sub_fine", 2),  # failed, then paid
-        ]
-        for day, (sid, status, sub, attempts) in enumerate(rows, start=1):
+        for day, (sid, status, sub, attempts, total) in enumerate(FAILED_ROWS, start=1):
             s.add(
                 Invoice(stripe_invoice_id=sid, user_id=actors.a.id, status=status,
-                        stripe_subscription_id=sub, attempt_count=attempts, total=1900,
-                        amount_due=1900, amount_paid=1900 if status == "paid" else 0,
+                        stripe_subscription_id=sub, attempt_count=attempts, total=total,
+                        amount_due=max(total, 0), amount_paid=1900 if status == "paid" else 0,
                         currency="usd", created_at=datetime(2026, 10, day, tzinfo=UTC))
             )  # fmt: skip
         s.commit()
-    expected = ["in_retrying", "in_late", "in_uncollectible"]
+
+
+def test_the_failed_filter_lists_what_the_failed_payments_card_counts(actors, failed_set) -> None:
+    """The console's Failed payments card had no list behind it: the "failed" filter
+    lists exactly the invoices it counts, in the service, the API and the CSV. It counts
+    what needs action, the failed payments still owed: not the written-off uncollectible
+    ones (which only ever grew), which their own filter still lists."""
+    from billing_app.services import admin as admin_service
+
+    expected = ["in_retrying", "in_late"]
     with session_scope() as s:
         listed = invoices.list_invoices(s, shown="failed", per_page=100)
         assert [i.stripe_invoice_id for i in listed.items] == expected
-        assert admin_service.headline_stats(s)["failed_payments"] == listed.total == 3
+        assert admin_service.headline_stats(s)["failed_payments"] == listed.total == 2
+        written_off = invoices.list_invoices(s, shown="uncollectible", per_page=100).items
+        assert [i.stripe_invoice_id for i in written_off] == ["in_uncollectible"]
     c = actors.cookie_client(actors.admin)
+    assert c.get("/api/billing/admin/stats").json()["failed_payments"] == 2
     r = c.get(LIST, params={"status": "failed"})
     assert r.status_code == 200, r.text
     assert [i["stripe_invoice_id"] for i in r.json()["items"]] == expected
     got = c.get(CSV, params={"status": "failed"})
     rows_out = list(csv.DictReader(io.StringIO(got.content.decode("utf-8-sig"), newline="")))
     assert [row["stripe_invoice_id"] for row in rows_out] == expected
+
+
+def test_a_failed_payment_is_badged_so_and_only_the_failed_filter_lists_it(
+    actors, failed_set
+) -> None:
+    """An open invoice whose payment failed read "Open", in the "Payment failed" filter
+    too. Its badge is "Payment failed" (red) from the service's own rule, for the admin
+    and the customer alike; each invoice is in the one filter its badge names."""
+    owed = {"in_retrying", "in_late"}
+    with session_scope() as s:
+        everything = invoices.list_invoices(s, per_page=100).items
+        by_filter = {
+            shown: [i.stripe_invoice_id for i in invoices.list_invoices(s, shown=shown).items]
+            for shown in invoices.ADMIN_FILTERS
+        }
+        customers = invoices.list_invoices(s, user_id=actors.a.id, customer_view=True).items
+    assert {i.stripe_invoice_id for i in everything if i.payment_failed} == owed
+    for shown, listed in by_filter.items():
+        word = "payment failed" if shown == "failed" else shown
+        badged = [i.stripe_invoice_id for i in everything
+                  if views.invoice_view(i).status_label.lower() == word]  # fmt: skip
+        assert badged == listed, shown
+    assert by_filter["open"] == ["in_no_sub", "in_just_open"]
+    for inv in customers:  # the customer's list on /billing: the same badge
+        shown = views.invoice_view(inv)
+        if inv.stripe_invoice_id in owed:
+            assert (shown.status_label, shown.status_color) == ("Payment failed", "red")
+        else:
+            assert shown.status_label != "Payment failed", inv.stripe_invoice_id
+    # The API's items say it, the customer's and the admin's.
+    mine = actors.cookie_client(actors.a).get("/api/billing/invoices", params={"per_page": 100})
+    assert mine.status_code == 200, mine.text
+    flagged = {i["stripe_invoice_id"] for i in mine.json()["items"] if i["payment_failed"]}
+    assert flagged == owed
+    admin = actors.cookie_client(actors.admin).get(LIST, params={"status": "open"}).json()
+    assert [(i["stripe_invoice_id"], i["payment_failed"]) for i in admin["items"]] == [
+        ("in_no_sub", False), ("in_just_open", False)
+    ]  # fmt: skip

@@ -601,6 +601,41 @@ def test_the_consoles_filters_name_every_badge_their_lists_show(session: Session
     assert labels == {"paid": [("$19.00", "Paid")], "credit": [("-$40.00", "Credit")]}
 
 
+def test_a_failed_payment_reads_as_one_on_billing_and_in_the_console(session: Session) -> None:
+    """An open invoice whose payment failed was badged "Open" on /billing and in the
+    console's Invoices tab, its "Payment failed" filter too; the card counted every
+    uncollectible invoice ever. Now: "Payment failed" (red) in both, and the card counts
+    the failed payments still owed, which the filter lists."""
+    from billing_app.models import Invoice
+    from billing_app.states import admin as admin_state
+    from tests.factories import make_subscription
+
+    payer = make_user(session, email="late@example.com")
+    make_subscription(session, payer.id, plan="pro", status="past_due", sub_id="sub_late")
+    for n, (status, attempts) in enumerate((("open", 1), ("uncollectible", 4), ("paid", 0))):
+        session.add(
+            Invoice(stripe_invoice_id=f"in_{status}", user_id=payer.id, number=f"N-{n}",
+                    status=status, stripe_subscription_id="sub_late", attempt_count=attempts,
+                    total=1900, amount_due=1900, amount_paid=1900 if status == "paid" else 0,
+                    created_at=datetime(2026, 10, 3 - n, tzinfo=UTC))
+        )  # fmt: skip
+    session.commit()
+    badges = [("N-0", "Payment failed", "red"), ("N-1", "Uncollectible", "red"),
+              ("N-2", "Paid", "grass")]  # fmt: skip
+    mine = load_slow(payer.id, 1).invoices
+    assert [(i.number, i.status_label, i.status_color) for i in mine] == badges
+    tab = admin_state.load_invoices(admin_state.ALL, 1)["rows"]
+    assert [(i.number, i.status_label, i.status_color) for i in tab] == badges
+    failed = admin_state.load_invoices("failed", 1)
+    assert [(i.number, i.status_label) for i in failed["rows"]] == [("N-0", "Payment failed")]
+    assert admin_state.load_invoices("open", 1)["rows"] == []
+    card = next(c for c in admin_state.load_stats() if c.label == "Failed payments")
+    assert card.value == str(failed["total"]) == "1"
+    assert card.hint == "Open invoices whose payment failed, still owed: " + (
+        "the Payment failed filter lists them"
+    )
+
+
 def test_a_page_past_the_end_after_a_change_shows_the_last_one(session: Session) -> None:
     """Page 2 of the invoices (or users) open, and fewer match when the tab reads again
     (Refresh, a paid invoice leaving "Open"): the last page, not an empty table under
