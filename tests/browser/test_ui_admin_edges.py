@@ -646,7 +646,7 @@ def test_the_drawers_invoices_open_without_scrolling_sideways(
     for viewport in ({"width": 1280, "height": 800}, {"width": 390, "height": 844}):
         page = browser.new_page(viewport=viewport, is_mobile=viewport["width"] < 500)
         try:
-            drawer = open_user_drawer(page, live_app, "calls-about", email)
+            drawer = open_user_drawer(page, live_app, "calls-about-invoices@", email)
             table = drawer.locator("#drawer-invoices-table")
             expect(table).to_contain_text("credited to balance")
             right = drawer.evaluate("d => d.getBoundingClientRect().right")
