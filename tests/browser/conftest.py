@@ -88,6 +88,25 @@ class LiveApp:
             engine.dispose()
 
 
+def ensure_user(app: LiveApp, email: str, name: str = "", password: str | None = None) -> int:
+    """The id of the user `email` in the app's database, created once (with `password`,
+    to sign in as them): the tests share one app."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.services import users
+    from billing_app.services.passwords import hash_password
+
+    engine = create_db_engine(app.database_url)
+    try:
+        with session_scope(engine) as session:
+            user = users.get_user_by_email(session, email)
+            if user is None:
+                secret = hash_password(password) if password else None
+                user = users.create_user(session, email, name, password_hash=secret)
+            return user.id
+    finally:
+        engine.dispose()
+
+
 def ensure_invoices(app: LiveApp, *invoices: dict[str, Any]) -> None:
     """Invoice rows (each a dict of Invoice's fields) in the app's database, each added
     once: the tests share one app."""

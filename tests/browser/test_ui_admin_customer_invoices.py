@@ -13,6 +13,7 @@ from tests.browser.conftest import (
     LiveApp,
     assert_focus_kept,
     ensure_invoices,
+    ensure_user,
     open_user_drawer,
 )
 
@@ -23,16 +24,7 @@ EMAIL = "calls-about-old-invoice@example.com"
 
 def _caller(live_app: LiveApp) -> int:
     """The customer (created once) with 12 invoices, CALLER-0001 the oldest; 3 are open."""
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.services import users
-
-    engine = create_db_engine(live_app.database_url)
-    try:
-        with session_scope(engine) as session:
-            user = users.get_user_by_email(session, EMAIL) or users.create_user(session, EMAIL)
-            uid = user.id
-    finally:
-        engine.dispose()
+    uid = ensure_user(live_app, EMAIL)
     ensure_invoices(
         live_app,
         *[

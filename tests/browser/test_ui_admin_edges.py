@@ -13,6 +13,7 @@ from tests.browser.conftest import (
     LiveApp,
     assert_focus_kept,
     ensure_invoices,
+    ensure_user,
     focused,
     login,
     open_user_drawer,
@@ -29,20 +30,7 @@ LONG_EMAIL = (
 
 def _users(live_app: LiveApp) -> int:
     """The long-named customer (created once); returns their id."""
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.services import users
-    from billing_app.services.passwords import hash_password
-
-    engine = create_db_engine(live_app.database_url)
-    try:
-        with session_scope(engine) as session:
-            user = users.get_user_by_email(session, LONG_EMAIL)
-            if user is None:
-                secret = hash_password("long-pass-123")
-                user = users.create_user(session, LONG_EMAIL, LONG_NAME, password_hash=secret)
-            return user.id
-    finally:
-        engine.dispose()
+    return ensure_user(live_app, LONG_EMAIL, LONG_NAME, "long-pass-123")
 
 
 def test_a_long_email_keeps_the_table_and_the_drawer_on_screen(
@@ -621,17 +609,8 @@ def test_the_drawers_invoices_open_without_scrolling_sideways(
     note."""
     from datetime import UTC, datetime
 
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.services import users
-
     email = "calls-about-invoices@example.com"
-    engine = create_db_engine(live_app.database_url)
-    try:
-        with session_scope(engine) as session:
-            user = users.get_user_by_email(session, email) or users.create_user(session, email)
-            uid = user.id
-    finally:
-        engine.dispose()
+    uid = ensure_user(live_app, email)
     links = {"hosted_invoice_url": "https://invoice.stripe.com/i/x", "invoice_pdf":
              "https://pay.stripe.com/invoice/x/pdf", "user_id": uid, "currency": "usd"}  # fmt: skip
     ensure_invoices(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveApp, ensure_invoices, login
+from tests.browser.conftest import LiveApp, ensure_invoices, ensure_user, login
 
 pytestmark = pytest.mark.browser
 
@@ -18,20 +18,7 @@ PASSWORD = "late-payer-pass-1"
 
 def _late_payer(live_app: LiveApp) -> int:
     """A customer of their own (created once): the tests share one app."""
-    from billing_app.db import create_db_engine, session_scope
-    from billing_app.services import users
-    from billing_app.services.passwords import hash_password
-
-    engine = create_db_engine(live_app.database_url)
-    try:
-        with session_scope(engine) as session:
-            user = users.get_user_by_email(session, EMAIL)
-            if user is None:
-                secret = hash_password(PASSWORD)
-                user = users.create_user(session, EMAIL, "Late Payer", password_hash=secret)
-            return user.id
-    finally:
-        engine.dispose()
+    return ensure_user(live_app, EMAIL, "Late Payer", PASSWORD)
 
 
 def test_a_failed_payment_is_badged_payment_failed_for_the_customer_and_the_admin(
