@@ -105,7 +105,16 @@ def meter(m: MeterView, compact: bool = False) -> rx.Component:
         )
     return rx.vstack(
         rx.hstack(
-            rx.text(m.label, size="3", weight="medium"),
+            rx.hstack(
+                rx.text(m.label, size="3", weight="medium"),
+                # Said in words, not by the bar's red alone.
+                rx.cond(
+                    m.limit_reached,
+                    rx.badge("Limit reached", color_scheme="red", variant="soft", radius="full"),
+                ),
+                align="center",
+                spacing="2",
+            ),
             numbers,
             justify="between",
             align="center",

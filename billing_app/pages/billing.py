@@ -147,26 +147,29 @@ def notices() -> rx.Component:
                 width="100%",
             ),
         ),
+        # Each used-up meter by name, numbers and date; the amber warning for those near one.
         rx.cond(
-            S.over_limit,
+            S.limit_notices.length() > 0,
             rx.callout.root(
                 rx.callout.icon(rx.icon("gauge")),
-                rx.callout.text(
-                    "You have reached a limit on your plan. Requests for that metric are "
-                    "refused until it resets or you upgrade."
+                rx.vstack(
+                    rx.foreach(S.limit_notices, lambda n: rx.callout.text(n)),
+                    spacing="1",
                 ),
                 color_scheme="red",
+                high_contrast=True,  # red 11 on red 3 is under WCAG's 4.5:1 (axe)
+                id="limit-reached",
                 width="100%",
             ),
-            rx.cond(
-                S.near_limit,
-                rx.callout.root(
-                    rx.callout.icon(rx.icon("gauge")),
-                    rx.callout.text("You have used over 80% of a limit this period."),
-                    color_scheme="amber",
-                    high_contrast=True,
-                    width="100%",
-                ),
+        ),
+        rx.cond(
+            S.near_limit,
+            rx.callout.root(
+                rx.callout.icon(rx.icon("gauge")),
+                rx.callout.text("You have used over 80% of a limit this period."),
+                color_scheme="amber",
+                high_contrast=True,
+                width="100%",
             ),
         ),
     )
@@ -214,6 +217,15 @@ def plan_summary() -> rx.Component:
             rx.text(S.credit_text, size="2", weight="medium", id="credit-balance"),
         ),
         rx.spacer(),
+        # Set to cancel: Stripe's portal undoes it ("Don't cancel"), which the card says.
+        rx.cond(
+            S.sub.is_subscriber & S.sub.cancels,
+            rx.text(
+                "Changed your mind? Resume it in Manage subscription.",
+                size="2",
+                id="resume-hint",
+            ),
+        ),
         rx.cond(
             S.sub.is_subscriber,
             rx.button(
@@ -328,7 +340,13 @@ def plan_card(p: PlanView) -> rx.Component:
     button_label = rx.cond(
         p.is_current,
         "Current plan",
-        rx.cond(S.sub.is_subscriber, "Switch to " + p.name, "Upgrade to " + p.name),
+        rx.cond(
+            S.sub.is_subscriber,
+            # Set to cancel: a switch needs the plan resumed first (the button opens the
+            # portal, never a second subscription's Checkout).
+            rx.cond(S.sub.cancels, "Resume to switch to ", "Switch to ") + p.name,
+            "Upgrade to " + p.name,
+        ),
     )
     return rx.card(
         rx.vstack(
@@ -391,7 +409,12 @@ def plans_section() -> rx.Component:
             "Plans",
             rx.cond(
                 S.sub.is_subscriber,
-                "Changes are made in the secure Stripe customer portal.",
+                rx.cond(
+                    S.sub.cancels,
+                    "Your plan is set to end. To switch, resume it in the Stripe customer "
+                    "portal; once it has ended, choose a plan here.",
+                    "Changes are made in the secure Stripe customer portal.",
+                ),
                 "Pay securely with Stripe. Cancel any time.",
             ),
             heading_id="plans-title",

@@ -58,6 +58,8 @@ class LiveData:
     meters: list[views.MeterView]
     sub: views.SubscriptionView
     plans: list[views.PlanView]
+    resets_text: str = ""
+    limit_notices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -80,10 +82,16 @@ def _short_day(day: str) -> str:
 def load_live(user_id: int) -> LiveData:
     catalog = get_catalog()
     with outage_as_error(), read_session() as session:
-        meters = [views.meter_view(m) for m in metering.summary(session, user_id)]
+        statuses = metering.summary(session, user_id)
         dto = subscriptions.get_subscription_dto(session, user_id)
-        sub = views.subscription_view(dto, catalog)
-    return LiveData(meters=meters, sub=sub, plans=views.plan_views(catalog, sub.plan))
+    sub = views.subscription_view(dto, catalog)
+    return LiveData(
+        meters=[views.meter_view(m) for m in statuses],
+        sub=sub,
+        plans=views.plan_views(catalog, sub.plan),
+        resets_text=views.usage_resets_text(statuses[0], dto) if statuses else "",
+        limit_notices=views.limit_notices(statuses, catalog, sub.plan),
+    )
 
 
 def load_slow(user_id: int, invoice_page: int) -> SlowData:
@@ -125,6 +133,10 @@ class BillingState(SessionState):
     sub: views.SubscriptionView = views.SubscriptionView()
     meters: list[views.MeterView] = []
     plans: list[views.PlanView] = []
+    # "Resets on Jan 1, 2027", or why it differs from the billing date (views.usage_resets_text).
+    resets_text: str = ""
+    # One sentence per used-up meter: which one, by how much, until when.
+    limit_notices: list[str] = []
     history: list[dict[str, Any]] = []
     chart_metric: str = "tokens"
     invoices: list[views.InvoiceView] = []
@@ -179,14 +191,6 @@ class BillingState(SessionState):
     def chart_label(self) -> str:
         m = METRICS.get(self.chart_metric)
         return m.plural if m else self.chart_metric
-
-    @rx.var(cache=True)
-    def resets_text(self) -> str:
-        return self.meters[0].resets_text if self.meters else ""
-
-    @rx.var(cache=True)
-    def over_limit(self) -> bool:
-        return any(m.percent >= 100 and not m.unlimited for m in self.meters)
 
     @rx.var(cache=True)
     def near_limit(self) -> bool:
@@ -361,6 +365,10 @@ class BillingState(SessionState):
             self.sub = live.sub
         if live.plans != self.plans:
             self.plans = live.plans
+        if live.resets_text != self.resets_text:
+            self.resets_text = live.resets_text
+        if live.limit_notices != self.limit_notices:
+            self.limit_notices = live.limit_notices
 
     def _apply_slow(self, slow: SlowData) -> None:
         if slow.history != self.history:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from billing_app.clock import as_utc
 from billing_app.metrics import METRICS
 from billing_app.plans import Plan
 from billing_app.services.invoices import is_credit, settlement
+from billing_app.services.periods import Period, calendar_month
+from billing_app.services.subscriptions import LIVE_STATUSES
 from billing_app.states import format as fmt
 from billing_app.states.format import get
 
@@ -28,6 +31,8 @@ class MeterView:
     percent_text: str = ""
     resets_text: str = ""
     color: str = "indigo"
+    # Used up (used >= limit, so the next request is refused): labelled, not only red.
+    limit_reached: bool = False
 
 
 @dataclasses.dataclass
@@ -202,7 +207,48 @@ def meter_view(m: Any) -> MeterView:
         percent_text="" if unlimited else _percent_text(used, limit, percent),
         resets_text=f"Resets on {fmt.date(resets)}" if resets else "",
         color=fmt.meter_color(percent, unlimited),
+        limit_reached=not unlimited and limit > 0 and used >= limit,
     )
+
+
+def limit_notices(statuses: list[Any], catalog: dict[str, Plan], plan: str) -> list[str]:
+    """What each used-up meter (a MeterStatus) means, in words. A downgrade or a lowered
+    quota leaves `used` above the new `limit`: both are shown as they are."""
+    current = catalog.get(plan)
+    floor = current.amount if current else 0
+    can_upgrade = any(p.is_paid and p.amount > floor for p in catalog.values())
+    out = []
+    for m in statuses:
+        used, limit = int(get(m, "used", 0) or 0), int(get(m, "limit", 0) or 0)
+        if get(m, "unlimited", False) or not limit or used < limit:
+            continue
+        metric = str(get(m, "metric", ""))
+        known = METRICS.get(metric)
+        label = str(get(m, "label", "") or (known.label if known else metric))
+        resets = get(m, "resets_at")
+        until = f"until {fmt.date(resets)}" if resets else "until usage resets"
+        out.append(
+            f"{label}: limit reached ({fmt.number(used)} of {fmt.number(limit)}). "
+            f"New {known.plural if known else label} are refused {until}"
+            + (", or until you upgrade your plan." if can_upgrade else ".")
+        )
+    return out
+
+
+def usage_resets_text(m: Any, sub: Any) -> str:
+    """The usage card's reset date. A calendar-month reset beside a billing date on another
+    day says which rule it follows, so the two dates do not read as a mistake."""
+    resets = get(m, "resets_at")
+    if not resets:
+        return ""
+    start = get(m, "period_start")
+    monthly = start is not None and calendar_month(start) == Period(as_utc(start), as_utc(resets))
+    billing = None
+    if sub is not None and str(get(sub, "status", "") or "") in LIVE_STATUSES:
+        billing = get(sub, "ends_at") or get(sub, "current_period_end")
+    if monthly and billing is not None and fmt.date(billing) != fmt.date(resets):
+        return f"Usage resets on the 1st of each month · next {fmt.date(resets)}"
+    return f"Resets on {fmt.date(resets)}"
 
 
 def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -> list[PlanView]:

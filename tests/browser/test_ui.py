@@ -118,7 +118,8 @@ def test_usage_moves_bars_live_with_thresholds(page: Page, live_app: LiveApp) ->
     expect(bar).to_have_attribute("data-color", "red", timeout=4000)
     expect(bar).to_have_attribute("aria-valuenow", "100")
     expect(page.locator("#meter-api_calls")).to_contain_text("105%")
-    expect(page.get_by_text("You have reached a limit on your plan")).to_be_visible()
+    expect(page.locator("#limit-reached")).to_contain_text("API calls: limit reached (105 of 100)")
+    expect(page.locator("#meter-api_calls")).to_contain_text("Limit reached")
 
 
 def test_subscribe_pro_then_change_plan_in_portal(
