@@ -78,6 +78,8 @@ def update_customer(st: SandboxState, cus_id: str, params: dict[str, Any]) -> di
     for field in ("email", "name", "description", "phone"):
         if field in params:
             cus[field] = params[field] or None
+    if "balance" in params:  # Stripe's own parameter: an admin's credit (negative) or debit
+        cus["balance"] = as_int(params["balance"], "balance") or 0
     if "metadata" in params:
         raw = params["metadata"]
         cus["metadata"] = {} if raw == "" else apply_metadata(cus["metadata"], as_dict(raw, "m"))
@@ -246,6 +248,7 @@ def finalize(st: SandboxState, inv: dict[str, Any]) -> None:
     """draft -> open: number, hosted URLs, customer credit applied (invoice.finalized)."""
     now = st.now()
     cus = st.customers.get(inv["customer"])
+    before = None if cus is None else copy.deepcopy(cus)
     if cus is not None:
         inv["starting_balance"] = cus["balance"]
         if inv["total"] < 0:  # a net credit (e.g. a downgrade) goes to the customer balance
@@ -266,6 +269,9 @@ def finalize(st: SandboxState, inv: dict[str, Any]) -> None:
     )
     inv["status_transitions"]["finalized_at"] = now
     st.emit("invoice.finalized", inv)
+    if cus is not None and before is not None and cus["balance"] != before["balance"]:
+        # Stripe tells a balance change (credit applied or added) with customer.updated.
+        st.emit("customer.updated", cus, objects.previous_attributes(before, cus))
 
 
 def open_invoice(st: SandboxState, inv: dict[str, Any]) -> None:

@@ -451,6 +451,8 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         ("0012", "0013", "invoice", "total", None),
         ("0012", "0013", "invoice", "ending_balance", None),
         ("0013", "0014", "usage_event", "canceled_at", None),
+        ("0014", "0015", "user", "stripe_balance", None),
+        ("0014", "0015", "user", "stripe_balance_at", None),
     ],
 )
 def test_a_new_column_keeps_the_rows_both_ways(
@@ -458,9 +460,9 @@ def test_a_new_column_keeps_the_rows_both_ways(
 ):
     """Existing rows stay, the new column `value` until their next event (0010: the plan's
     rule; 0011: the stepping guess; 0012: no failed attempts known; 0013: amounts read as
-    before, paid else due; 0014: events stay counted); downgrade drops the column and keeps
-    the rows."""
-    key = "idempotency_key" if table == "usage_event" else f"stripe_{table}_id"
+    before, paid else due; 0014: events stay counted; 0015: the invoices' credit shows until
+    the customer's next event); downgrade drops the column and keeps the rows."""
+    key = {"usage_event": "idempotency_key", "user": "email"}.get(table, f"stripe_{table}_id")
     url = empty_database_url
     alembic(url, "upgrade", before)
     eng = db.create_db_engine(url)
@@ -470,19 +472,20 @@ def test_a_new_column_keeps_the_rows_both_ways(
 
     try:
         _a_subscription(eng, "sub_r")
-        stored = {"subscription": "sub_r", "usage_event": "k_sub_r"}.get(table, "in_sub_r")
+        stored = {"subscription": "sub_r", "usage_event": "k_sub_r", "user": "u@example.com"}
+        stored = stored.get(table, "in_sub_r")
         eng.dispose()
         alembic(url, "upgrade", revision)
         assert column in columns()
         with eng.connect() as conn:
-            assert conn.exec_driver_sql(f"SELECT {key}, {column} FROM {table}").all() == [
+            assert conn.exec_driver_sql(f'SELECT {key}, {column} FROM "{table}"').all() == [
                 (stored, value)
             ]
         eng.dispose()
         alembic(url, "downgrade", before)
         assert column not in columns()
         with eng.connect() as conn:
-            assert conn.exec_driver_sql(f"SELECT {key} FROM {table}").all() == [(stored,)]
+            assert conn.exec_driver_sql(f'SELECT {key} FROM "{table}"').all() == [(stored,)]
     finally:
         eng.dispose()
 
@@ -491,6 +494,6 @@ def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0014" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0015" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

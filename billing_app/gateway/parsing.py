@@ -311,6 +311,24 @@ def parse_checkout_session(obj: dict[str, Any]) -> CheckoutSessionData:
 
 
 @dataclass(frozen=True)
+class CustomerData:
+    id: str
+    balance: int | None  # minor units; negative: a credit the next invoices use first
+    currency: str | None  # None until the customer's first invoice or balance change
+
+
+def parse_customer(obj: dict[str, Any]) -> CustomerData:
+    if not isinstance(obj, dict):
+        raise MalformedObject("customer is not an object")
+    currency = obj.get("currency")
+    return CustomerData(
+        id=_require_str(obj, "id", "customer"),
+        balance=_opt_int(obj.get("balance")),
+        currency=currency[:3].lower() if isinstance(currency, str) and currency else None,
+    )
+
+
+@dataclass(frozen=True)
 class EventData:
     id: str
     type: str

@@ -37,6 +37,12 @@ class User(SQLModel, table=True):
     stripe_customer_id: str | None = Field(
         default=None, max_length=255, sa_column_kwargs={"unique": True}
     )
+    # The Stripe customer's balance (minor units; negative: a credit) and currency, as its
+    # newest customer.created/updated event had them (`stripe_balance_at`: that event's
+    # `created`). NULL: no such event seen; the invoices' ending balance stands in.
+    stripe_balance: int | None = Field(default=None, sa_type=sa.BigInteger())
+    stripe_balance_currency: str | None = Field(default=None, max_length=3)
+    stripe_balance_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     # argon2 hash; None for SSO-only accounts.
     password_hash: str | None = Field(default=None, max_length=255)
     oidc_subject: str | None = Field(default=None, max_length=255)

@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from billing_app.errors import ValidationFailed
 from billing_app.models import Invoice, Subscription, User
+from billing_app.plans import get_catalog
 from billing_app.services.dto import InvoiceDTO, Page
 
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
@@ -209,20 +210,28 @@ def list_invoices(
 
 
 def credit_balance(session: Session, user_id: int) -> tuple[int, str]:
-    """The customer's credit with Stripe (minor units, currency): the newest finalized
-    invoice's ending balance when it is a credit (negative), else 0. A downgrade's
-    proration is credited there and pays the next invoices first. Ends the read."""
-    row = session.exec(
-        select(Invoice.ending_balance, Invoice.currency)
-        .where(
-            Invoice.user_id == user_id,
-            col(Invoice.status).in_(("open", "paid", "uncollectible")),
-            col(Invoice.ending_balance).is_not(None),
-        )
-        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
-        .limit(1)
+    """The customer's credit with Stripe (minor units, currency), 0 without one: the
+    balance its newest customer.created/updated event carried (a credit an admin adds in
+    Stripe has no invoice), else the newest finalized invoice's ending balance. A
+    downgrade's proration is credited there and pays the next invoices first. Ends the read."""
+    held = session.exec(
+        select(User.stripe_balance, User.stripe_balance_currency).where(User.id == user_id)
     ).first()
+    balance, currency = held if held is not None else (None, None)
+    if balance is None:  # no customer event seen yet
+        row = session.exec(
+            select(Invoice.ending_balance, Invoice.currency)
+            .where(
+                Invoice.user_id == user_id,
+                col(Invoice.status).in_(("open", "paid", "uncollectible")),
+                col(Invoice.ending_balance).is_not(None),
+            )
+            .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+            .limit(1)
+        ).first()
+        balance, currency = row if row is not None else (None, None)
     session.rollback()
-    if row is None or row[0] is None or row[0] >= 0:
+    if balance is None or balance >= 0:
         return 0, "usd"
-    return -row[0], row[1]
+    # A customer gets a currency with its first invoice or balance change: the plans' one.
+    return -balance, currency or get_catalog()["free"].currency

@@ -2,21 +2,23 @@
 
 - `handle_webhook`: verify, then store the event id (exactly once) and apply it in one
   transaction; a failed apply is stored unprocessed with its error, for the retry.
-- `apply_subscription` / `apply_invoice`: idempotent, order-independent upserts. An event
-  older than what was last applied never overwrites newer state; terminal states
-  (canceled subscription, paid/void invoice) are never undone by a stale event. Stamps are
-  whole seconds, as Stripe's `created`; two different subscription states of one second
-  (whose delivery order means nothing) are settled by fetching the subscription. Every
-  stamp is Stripe's clock: an event's `created`, an API answer's `Date` (`answered_at`),
-  never the app's, which may be minutes off.
+- `apply_subscription` / `apply_invoice` / `apply_customer`: idempotent, order-independent
+  upserts. An event older than what was last applied never overwrites newer state;
+  terminal states (canceled subscription, paid/void invoice) are never undone by a stale
+  event. Stamps are whole seconds, as Stripe's `created`; two different subscription (or
+  customer balance) states of one second (whose delivery order means nothing) are settled
+  by fetching the object. Every stamp is Stripe's clock: an event's `created`, an API
+  answer's `Date` (`answered_at`), never the app's, which may be minutes off.
 - `sync_from_stripe`: pull customers, subscriptions and invoices from the API (missed webhooks).
 - `replay_events`: re-apply stored events.
-- `enforce_grace_periods`: past_due subscriptions fall back to free quotas after the grace.
+- `enforce_grace_periods`: past_due subscriptions fall back to free quotas after the grace
+  (`grace_period_task` wakes at the earliest grace end to come).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
 from types import SimpleNamespace
@@ -40,6 +42,7 @@ from billing_app.gateway.parsing import (
     MalformedObject,
     SubscriptionData,
     parse_checkout_session,
+    parse_customer,
     parse_event,
     parse_invoice,
     parse_subscription,
@@ -89,6 +92,8 @@ INVOICE_EVENTS = frozenset(
         "invoice.deleted",
     }
 )
+# The customer's balance: an admin's credit in Stripe changes it without an invoice.
+CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated"})
 CHECKOUT_EVENTS = frozenset(
     {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 )
@@ -727,6 +732,40 @@ def _apply_checkout(session: Session, obj: dict[str, Any], at: datetime | None) 
     return None
 
 
+def apply_customer(
+    session: Session, obj: dict[str, Any], at: datetime | None, *, force: bool = False
+) -> bool:
+    """Store a Stripe customer's balance seen as of `at` on its user (newest wins, as
+    `_subscription_verdict`; two balances of one second are settled by fetching the
+    customer). Returns True when it changed. Caller commits."""
+    data = parse_customer(obj)
+    at = _whole_second(at)
+    user = _user_by_customer(session, data.id)
+    if user is None:
+        raise UnmappedObject(f"customer {data.id}: no local user")
+    if data.balance is None:
+        return False  # not a full customer object: nothing to go by
+    session.refresh(user, with_for_update=True)  # concurrent deliveries: one at a time
+    stored_at = None if user.stripe_balance_at is None else as_utc(user.stripe_balance_at)
+    same = (user.stripe_balance, user.stripe_balance_currency) == (data.balance, data.currency)
+    if stored_at is not None:
+        if at is None or at < stored_at:
+            return False
+        if at == stored_at and not force:
+            if same:
+                return False
+            # Same second, another balance: the delivery order means nothing; ask Stripe.
+            fetched = get_gateway().retrieve_customer(data.id)
+            return apply_customer(session, fetched, answered_at(fetched), force=True)
+    user.stripe_balance = data.balance
+    user.stripe_balance_currency = data.currency
+    if at is not None:
+        user.stripe_balance_at = at
+    session.add(user)
+    session.flush()
+    return not same
+
+
 def _unlink_customer(session: Session, customer_id: Any) -> None:
     """A customer deleted in Stripe: forget it, so the next checkout creates a new one."""
     user = _user_by_customer(session, customer_id if isinstance(customer_id, str) else None)
@@ -755,6 +794,8 @@ def apply_event(session: Session, payload: dict[str, Any]) -> str | None:
             apply_invoice(session, event.object, event.created)
         elif event.type in CHECKOUT_EVENTS:
             _apply_checkout(session, event.object, event.created)
+        elif event.type in CUSTOMER_EVENTS:
+            apply_customer(session, event.object, event.created)
         elif event.type == "customer.deleted":
             _unlink_customer(session, event.object.get("id"))
         else:
@@ -1011,6 +1052,12 @@ def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport
 # ---------------------------------------------------------------- grace periods
 
 
+def _grace_starts() -> Any:
+    """When each subscription's grace began (Stripe's move to past_due; older rows: their
+    last update), as `enforce_grace_periods` and `next_grace_end` read it."""
+    return sa.func.coalesce(col(Subscription.past_due_since), col(Subscription.updated_at))
+
+
 def enforce_grace_periods(session: Session) -> int:
     """Move users whose past_due grace period is over to free quotas (and back if paid).
 
@@ -1018,10 +1065,9 @@ def enforce_grace_periods(session: Session) -> int:
     """
     grace = timedelta(days=get_settings().past_due_grace_days)
     cutoff = utcnow() - grace
-    since = sa.func.coalesce(col(Subscription.past_due_since), col(Subscription.updated_at))
     user_ids = session.exec(
         select(Subscription.user_id)
-        .where(Subscription.status == "past_due", since <= cutoff)
+        .where(Subscription.status == "past_due", _grace_starts() <= cutoff)
         .distinct()
     ).all()
     changed = 0
@@ -1034,6 +1080,18 @@ def enforce_grace_periods(session: Session) -> int:
     return changed
 
 
+def next_grace_end(session: Session) -> datetime | None:
+    """The earliest grace end still to come, None without one. Ends the read."""
+    grace = timedelta(days=get_settings().past_due_grace_days)
+    start = session.exec(
+        select(sa.func.min(_grace_starts())).where(
+            Subscription.status == "past_due", _grace_starts() > utcnow() - grace
+        )
+    ).one()
+    session.rollback()
+    return None if start is None else as_utc(start) + grace
+
+
 def enforce_grace_periods_now() -> int:
     """One pass of `enforce_grace_periods` in its own session (for schedulers)."""
     from billing_app.db import session_scope
@@ -1042,14 +1100,42 @@ def enforce_grace_periods_now() -> int:
         return enforce_grace_periods(session)
 
 
-async def grace_period_task(interval_seconds: float = GRACE_CHECK_INTERVAL_SECONDS) -> None:
-    """Run `enforce_grace_periods` forever, off the event loop. Register it as the app's
-    lifespan task (Reflex: `app.register_lifespan_task(grace_period_task)`)."""
+def _grace_pass() -> tuple[int, datetime | None]:
+    """One pass, then the next grace end: what the lifespan task runs."""
+    from billing_app.db import session_scope
+
+    with session_scope() as session:
+        return enforce_grace_periods(session), next_grace_end(session)
+
+
+# Past the grace end before waking: a wall clock a little behind the sleep's does not wake
+# the task a moment early, for nothing.
+GRACE_WAKE_SLACK_SECONDS = 1.0
+
+
+def grace_wait(next_end: datetime | None, interval_seconds: float) -> float:
+    """Seconds until the next pass: just after the next grace end, at most the interval (a
+    subscription that falls past_due meanwhile is seen by then)."""
+    if next_end is None:
+        return interval_seconds
+    until = (next_end - utcnow()).total_seconds() + GRACE_WAKE_SLACK_SECONDS
+    return min(interval_seconds, max(until, GRACE_WAKE_SLACK_SECONDS))
+
+
+async def grace_period_task(
+    interval_seconds: float = GRACE_CHECK_INTERVAL_SECONDS,
+    *,
+    sleep: Callable[[float], Awaitable[Any]] | None = None,
+) -> None:
+    """Run `enforce_grace_periods` forever, off the event loop, waking at the earliest grace
+    end to come (at most `interval_seconds` apart). Register it as the app's lifespan task
+    (Reflex: `app.register_lifespan_task(grace_period_task)`). `sleep`: tests' clock."""
     import asyncio
 
     while True:
+        next_end = None
         try:
-            changed = await asyncio.to_thread(enforce_grace_periods_now)
+            changed, next_end = await asyncio.to_thread(_grace_pass)
             if changed:
                 log.info("past_due grace over: %d user(s) moved to free quotas", changed)
         except Exception as err:  # keep the loop alive; the next pass retries
@@ -1058,4 +1144,4 @@ async def grace_period_task(interval_seconds: float = GRACE_CHECK_INTERVAL_SECON
                 log.exception("enforcing past_due grace periods failed")
             else:  # an outage or an un-migrated database: one line, not a traceback
                 log.warning("enforcing past_due grace periods: %s", down.message)
-        await asyncio.sleep(interval_seconds)
+        await (sleep or asyncio.sleep)(grace_wait(next_end, interval_seconds))
