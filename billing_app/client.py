@@ -278,6 +278,15 @@ class Invoice:
     hosted_invoice_url: str | None
     invoice_pdf: str | None
     created_at: datetime
+    # Open and its payment failed (attempted, or the subscription past due): still owed.
+    payment_failed: bool
+    paid_from_balance: int  # of the total, paid from the customer's credit
+    credited_to_balance: int  # a credit's amount (-total), put on the customer's balance
+    starting_balance: int | None  # the customer's balance before it (negative: a credit)
+    ending_balance: int | None
+    id: int  # the billing service's, not Stripe's
+    user_id: int
+    user_email: str
 
 
 @dataclass(frozen=True)

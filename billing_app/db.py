@@ -297,6 +297,8 @@ def dispose_engines() -> None:
 
 # What callers are told while the database cannot be reached (the API's 503, the pages).
 UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+# The Retry-After (seconds) of every 503 that names no shorter wait.
+UNAVAILABLE_RETRY_AFTER = 5
 # ... and while another transaction holds what this one needs (it was rolled back).
 BUSY_MESSAGE = "The database is busy with a conflicting change; retry shortly."
 BUSY_RETRY_AFTER = 1

@@ -77,6 +77,7 @@ CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
             },
+            **({"headers": doc["headers"]} if "headers" in doc else {}),
         }
         for status, doc in s.errors(*s.COMMON, 404).items()
     },

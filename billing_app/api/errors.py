@@ -27,10 +27,15 @@ from billing_app.api.schemas import BatchEventIn
 from billing_app.api.service_routes import (
     CANCEL_KEY_REQUIRED,
     existing_users,
-    key_differs,
+    header_key_problem,
     unknown_user,
 )
-from billing_app.db import UNAVAILABLE_MESSAGE, session_scope, unavailable
+from billing_app.db import (
+    UNAVAILABLE_MESSAGE,
+    UNAVAILABLE_RETRY_AFTER,
+    session_scope,
+    unavailable,
+)
 from billing_app.errors import BillingError, ValidationFailed, batch_event_error, event_fields
 from billing_app.services.api_keys import check_scope
 from billing_app.services.dto import Principal
@@ -156,7 +161,7 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if service is not None:
             fields += _unknown_user_rule(exc.body, service)
         if path in _KEYED:  # the header's key against the body's: first, as a batch's
-            fields[:0] = _keys_differ_rule(exc.body, fields, request)
+            fields[:0] = _key_header_rule(exc.body, fields, request)
         if key_problem is not None:
             fields.append(_key_field(key_problem))
         if clashes:
@@ -221,19 +226,20 @@ def _unknown_user_rule(body: dict[str, Any], service: Principal) -> list[dict[st
     return [{"field": "user_id", "message": missing.message, "type": missing.code}]
 
 
-def _keys_differ_rule(
+def _key_header_rule(
     body: Any, fields: list[dict[str, Any]], request: Request | None
 ) -> list[dict[str, Any]]:
-    """The Idempotency-Key header naming another key than the body's (a body key the
-    schema refused is named as such)."""
-    if request is None or not isinstance(body, dict):
+    """The Idempotency-Key header sent empty, or naming another key than the body's (a
+    body key the schema refused is named as such)."""
+    if request is None:
         return []
-    if _refused_fields(fields) & {"idempotency_key", "body"}:
+    body_key = None
+    if isinstance(body, dict) and not _refused_fields(fields) & {"idempotency_key", "body"}:
+        body_key = body.get("idempotency_key")
+    problem = header_key_problem(body_key, request.headers.get("idempotency-key"))
+    if problem is None:
         return []
-    differ = key_differs(body.get("idempotency_key"), request.headers.get("idempotency-key"))
-    if differ is None:
-        return []
-    return [{"field": "idempotency_key", "message": differ.message, "type": differ.code}]
+    return [{"field": "idempotency_key", "message": problem.message, "type": problem.code}]
 
 
 def _cancel_key_rule(
@@ -364,6 +370,8 @@ def _service_caller(request: Request | None, scope: str = "usage:write") -> Prin
 def _billing(_request: Request, exc: BillingError) -> JSONResponse:
     headers = None
     retry = exc.details.get("retry_after")
+    if retry is None and exc.status_code == 503:  # every 503 says when to retry
+        retry = UNAVAILABLE_RETRY_AFTER
     if isinstance(retry, int):
         headers = {"Retry-After": str(retry)}
     elif exc.status_code == 401:
@@ -391,7 +399,10 @@ def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 def _db_down(
-    _request: Request, exc: Exception, message: str = UNAVAILABLE_MESSAGE, retry_after: int = 5
+    _request: Request,
+    exc: Exception,
+    message: str = UNAVAILABLE_MESSAGE,
+    retry_after: int = UNAVAILABLE_RETRY_AFTER,
 ) -> JSONResponse:
     log.warning("database unavailable: %s: %s", type(exc).__name__, message)
     return error_response(
@@ -402,7 +413,8 @@ def _db_down(
 def _dbapi(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
     down = unavailable(exc)
     if down is not None:
-        return _db_down(request, exc, down.message, down.details.get("retry_after", 5))
+        retry_after = down.details.get("retry_after", UNAVAILABLE_RETRY_AFTER)
+        return _db_down(request, exc, down.message, retry_after)
     if isinstance(exc, sa_exc.DataError):
         # A value the column cannot hold (e.g. a NUL character in JSON on PostgreSQL):
         # bad input, so a 422, never a 500. The transaction was rolled back.

@@ -89,8 +89,10 @@ ERROR_HEADERS: dict[int, dict[str, Any]] = {
     429: {"Retry-After": _header("Seconds to wait before trying again", "integer")},
     503: {
         "Retry-After": _header(
-            "Seconds to wait before retrying: 5 when the database is unreachable, 1 when "
-            "it is busy with a conflicting change",
+            "Seconds to wait before retrying, on every 503: 1 when the database is busy "
+            "with a conflicting change or too many reads are waiting for it, 5 otherwise "
+            "(the database unreachable, not migrated or out of connections; the identity "
+            "provider unreachable)",
             "integer",
         )
     },
@@ -453,14 +455,16 @@ class AuditOut(BaseModel):
 
 
 class AdminUserDetailOut(BaseModel):
+    """One user as the console's drawer shows them."""
+
     user: UserOut
-    plan: str
+    plan: str = Field(description="The plan the quotas follow now")
     plan_name: str
-    subscription: dict[str, Any] | None
+    subscription: SubscriptionDetailOut | None = Field(description="null: never subscribed")
     usage: list[MeterOut]
     quotas: list[QuotaOut]
-    audit_log: list[AuditOut]
-    invoices: list[dict[str, Any]]
+    audit_log: list[AuditOut] = Field(description="Quota overrides, newest first (50 at most)")
+    invoices: list[InvoiceOut] = Field(description="The newest 10, drafts included")
 
 
 class QuotaOverrideIn(BodyIn):

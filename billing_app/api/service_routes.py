@@ -36,13 +36,28 @@ log = logging.getLogger("billing_app.api")
 router = APIRouter(prefix="/api/billing", tags=["usage"], responses=s.errors(*s.COMMON, 404, 415))
 
 _IDEMPOTENCY_DOC = (
-    "Idempotency key, 1 to 255 characters: instead of the body's idempotency_key, or equal to it"
+    "Idempotency key: instead of the body's idempotency_key, or equal to it (another is 422)"
 )
 BATCH_KEY_MAX = metering_batch.BATCH_KEY_MAX
 _BATCH_KEY_DOC = (
-    f"Keys every event without its own `idempotency_key` as `<key>#<index>` (1 to "
-    f"{BATCH_KEY_MAX} characters): a retried batch is then all duplicates"
+    "Keys every event without its own `idempotency_key` as `<key>#<index>`: a retried "
+    "batch is then all duplicates"
 )
+
+
+def key_header(description: str, max_length: int = metering.MAX_KEY_LENGTH) -> Any:
+    """The Idempotency-Key header with its limits in the schema. The service's rules
+    enforce them, in both lanes alike (FastAPI's validation of headers is the route's
+    only, which the fast lane skips)."""
+    return Header(
+        default=None,
+        description=f"{description}. 1 to {max_length} characters, not blank: sent empty "
+        "(or only whitespace) it is a 422 `validation_error` naming the header, never read "
+        "as no key",
+        json_schema_extra={"minLength": 1, "maxLength": max_length, "pattern": r"\S"},
+    )
+
+
 _PREFER_DOC = (
     "`return=minimal`: answer the counts only, without `results` (the answer's "
     "`Preference-Applied` header says so); less work for the server on large batches"
@@ -101,16 +116,23 @@ class FastJSONResponse(JSONResponse):
 KEYS_DIFFER = "Idempotency-Key header and body idempotency_key differ."
 
 
-def key_differs(body_key: Any, header_key: str | None) -> ValidationFailed | None:
-    """The problem of an Idempotency-Key header naming another key than the body's."""
+def header_key_problem(body_key: Any, header_key: str | None) -> ValidationFailed | None:
+    """The problem of an Idempotency-Key header: sent empty, or naming another key than
+    the body's."""
+    empty = metering.empty_key_header(header_key)
+    if empty is not None:
+        return empty
     if header_key is not None and body_key is not None and header_key != body_key:
         return ValidationFailed(KEYS_DIFFER, field="idempotency_key")
     return None
 
 
 def _key(body_key: str | None, header_key: str | None) -> str | None:
-    # Blank or too long: prepare_write's (or cancel's) to refuse, with the other problems.
-    return body_key if body_key is not None else header_key
+    # An empty header is header_key_problem's; too long: prepare_write's (or cancel's)
+    # to refuse, with the other problems.
+    if body_key is not None or header_key is None or not header_key.strip():
+        return body_key
+    return header_key
 
 
 Problems = list[tuple[str, ValidationFailed]]
@@ -131,8 +153,8 @@ def usage_write(
 ) -> metering.UsageWrite:
     """The validated write a caller asks for (key, scope and whom it acts for checked)."""
     key = _key(body.idempotency_key, header_key)
-    differ = key_differs(body.idempotency_key, header_key)
-    problems: Problems = [] if differ is None else [("idempotency_key", differ)]
+    bad_header = header_key_problem(body.idempotency_key, header_key)
+    problems: Problems = [] if bad_header is None else [("idempotency_key", bad_header)]
     require_scope(p, "usage:write")
     occurred_at = None if consume else body.occurred_at  # type: ignore[union-attr]
     user_id = _acts_for(p, body.user_id, problems)
@@ -229,11 +251,11 @@ CANCEL_KEY_REQUIRED = (
 def cancel_usage(p: Principal, body: s.CancelIn, header_key: str | None = None) -> JSONResponse:
     """Blocking: cancels the event stored under the key, in its own transaction."""
     key = _key(body.idempotency_key, header_key)
-    differ = key_differs(body.idempotency_key, header_key)
-    problems: Problems = [] if differ is None else [("idempotency_key", differ)]
+    bad_header = header_key_problem(body.idempotency_key, header_key)
+    problems: Problems = [] if bad_header is None else [("idempotency_key", bad_header)]
     require_scope(p, "usage:write")
     user_id = _acts_for(p, body.user_id, problems)
-    if key is None:
+    if key is None and bad_header is None:
         problems.append(
             ("idempotency_key", ValidationFailed(CANCEL_KEY_REQUIRED, field="idempotency_key"))
         )
@@ -348,7 +370,7 @@ _PREFERENCE_APPLIED = {
 def post_usage(
     body: s.UsageIn,
     request: Request,
-    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
+    idempotency_key: str | None = key_header(_IDEMPOTENCY_DOC),
 ) -> JSONResponse:
     """Record usage that already happened (allowed past the limit, reported as `over_limit`)."""
     write = usage_write(_caller(request), body, idempotency_key, consume=False)
@@ -381,7 +403,7 @@ def post_usage_batch(
     body: s.BatchIn,
     request: Request,
     prefer: str | None = Header(default=None, description=_PREFER_DOC),
-    idempotency_key: str | None = Header(default=None, description=_BATCH_KEY_DOC),
+    idempotency_key: str | None = key_header(_BATCH_KEY_DOC, BATCH_KEY_MAX),
 ) -> JSONResponse:
     """Up to 1,000 events: all validated first (422 naming each bad one by index), then
     stored in one transaction."""
@@ -410,8 +432,8 @@ def quota_check(body: s.CheckIn, request: Request) -> JSONResponse:
 def cancel_usage_event(
     body: s.CancelIn,
     request: Request,
-    idempotency_key: str | None = Header(
-        default=None, description="The event's key (alternative to the body's idempotency_key)"
+    idempotency_key: str | None = key_header(
+        "The event's key: instead of the body's idempotency_key, or equal to it"
     ),
 ) -> JSONResponse:
     """Cancel a recorded or consumed event by its idempotency key (a job that failed gives
@@ -429,7 +451,7 @@ def cancel_usage_event(
 def consume(
     body: s.ConsumeIn,
     request: Request,
-    idempotency_key: str | None = Header(default=None, description=_IDEMPOTENCY_DOC),
+    idempotency_key: str | None = key_header(_IDEMPOTENCY_DOC),
 ) -> JSONResponse:
     """Atomically check the quota and record; over the limit → 403 `quota_exceeded`, nothing
     recorded."""

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from billing_app.api import schemas as s
 from billing_app.api.service_routes import FastJSONResponse
-from billing_app.db import session_scope
+from billing_app.db import UNAVAILABLE_RETRY_AFTER, session_scope
 from billing_app.services.dto import WebhookResult
 from billing_app.services.stripe_sync import handle_webhook
 from billing_app.settings import get_settings
@@ -69,6 +69,7 @@ def _handle(payload: bytes, signature: str | None) -> WebhookResult:
         503: {
             "model": s.ErrorResponse,
             "description": "The database is unavailable; nothing written, Stripe will retry",
+            "headers": s.ERROR_HEADERS[503],
         },
     },
 )
@@ -88,5 +89,6 @@ async def respond(payload: bytes, signature: str | None) -> JSONResponse:
         return JSONResponse(
             {"error": {"code": "unavailable", "message": "Webhook could not be stored."}},
             status_code=503,
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
         )
     return FastJSONResponse(result.body, status_code=result.status_code)

@@ -105,6 +105,21 @@ def validate_quantity(quantity: Any) -> int:
     return quantity
 
 
+def empty_key_header(
+    header_key: str | None, max_length: int = MAX_KEY_LENGTH
+) -> ValidationFailed | None:
+    """The problem of an Idempotency-Key header sent empty (HTTP strips a value of only
+    whitespace to empty): named as the header's, never read as no key (a write would
+    then count under a generated key on every retry)."""
+    if header_key is None or header_key.strip():
+        return None
+    return ValidationFailed(
+        f"The Idempotency-Key header is empty: send a key of 1 to {max_length} characters, "
+        "or leave the header out.",
+        field="idempotency_key",
+    )
+
+
 def _validate_key(key: Any) -> str:
     if key is None:
         return uuid.uuid4().hex

@@ -27,6 +27,7 @@ from billing_app.services.dto import RecordResult
 from billing_app.services.metering import (
     UsageWrite,
     apply_writes,
+    empty_key_header,
     prepare_write,
     same_json,
     write_problems,
@@ -44,7 +45,10 @@ def key_events(
     long: no event is keyed) and the events whose key another event has as its own (left
     unkeyed: it would be taken for that event's retry), for validate_batch to name with
     the events' other problems."""
-    if not batch_key.strip() or len(batch_key) > BATCH_KEY_MAX:
+    empty = empty_key_header(batch_key, BATCH_KEY_MAX)
+    if empty is not None:
+        return empty, []
+    if len(batch_key) > BATCH_KEY_MAX:
         return ValidationFailed(
             f"A batch's Idempotency-Key must be 1 to {BATCH_KEY_MAX} characters "
             "(each event's key is it followed by #<index>).",

@@ -302,6 +302,57 @@ def test_subscription_and_invoices_of_a_user(actors, live_server):
             assert (caught.value.status, caught.value.code) == (403, "forbidden")
 
 
+def test_an_invoice_says_whether_its_payment_failed(actors, live_server):
+    """`payment_failed`, as the API's invoices say it (open, a failed attempt, still
+    owed), and the rest of the API's invoice: balances, ids, the customer's email."""
+    from billing_app.models import Invoice as InvoiceRow
+
+    a = actors.a.id
+    with session_scope() as s:
+        for number, status, attempts in (("F-1", "open", 1), ("F-2", "paid", 0)):
+            s.add(InvoiceRow(stripe_invoice_id=f"in_{number}", user_id=a, number=number,
+                             status=status, amount_due=1900, total=1900, currency="usd",
+                             attempt_count=attempts, starting_balance=-500))  # fmt: skip
+        s.commit()
+    with billing(live_server, actors.service_key) as c:
+        items = {i.number: i for i in c.invoices(a).items}
+    assert (items["F-1"].payment_failed, items["F-2"].payment_failed) == (True, False)
+    failed = items["F-1"]
+    assert (failed.user_id, failed.user_email) == (a, "alice@example.com")
+    assert (failed.starting_balance, failed.credited_to_balance) == (-500, 0)
+    assert isinstance(failed.id, int) and isinstance(failed.paid_from_balance, int)
+
+
+def test_the_client_reads_every_field_the_api_answers():
+    """Each result class against the API's schema of that answer: a field the API added
+    (an invoice's payment_failed) reaches the client's callers too."""
+    from dataclasses import fields
+
+    from billing_app.api import schemas as s
+
+    answers = {
+        client_module.UsageEvent: s.EventOut,
+        client_module.RecordResult: s.RecordOut,
+        client_module.CancelResult: s.CancelOut,
+        client_module.BatchResult: s.BatchOut,
+        client_module.CheckResult: s.CheckOut,
+        client_module.MetricUsage: s.MeterOut,
+        client_module.DailyUsage: s.DailyOut,
+        client_module.Usage: s.UsageSummaryOut,
+        client_module.QuotaStatus: s.QuotaStatusOut,
+        client_module.Quotas: s.QuotasOut,
+        client_module.Subscription: s.SubscriptionDetailOut,
+        client_module.SubscriptionStatus: s.SubscriptionOut,
+        client_module.Invoice: s.InvoiceOut,
+        client_module.InvoicePage: s.InvoicePage,
+    }
+    missing = {
+        cls.__name__: sorted(set(model.model_fields) - {f.name for f in fields(cls)})
+        for cls, model in answers.items()
+    }
+    assert {name: gone for name, gone in missing.items() if gone} == {}
+
+
 def test_a_read_is_retried(actors, live_server):
     first = AnswerFirst(503)
     with billing(live_server, actors.service_key, first) as c:

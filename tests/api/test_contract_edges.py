@@ -559,10 +559,14 @@ def test_a_bad_batch_key_header_is_named_with_the_events_problems(actors, lane, 
     )
     assert r.status_code == 422, r.text
     error = r.json()["error"]
-    assert error["message"] == (
-        "A batch's Idempotency-Key must be 1 to 250 characters (each event's key is it "
-        "followed by #<index>). 1 of 2 events are invalid; nothing was recorded."
+    said = (
+        "The Idempotency-Key header is empty: send a key of 1 to 250 characters, or leave "
+        "the header out."
+        if not header.strip()
+        else "A batch's Idempotency-Key must be 1 to 250 characters (each event's key is it "
+        "followed by #<index>)."
     )
+    assert error["message"] == f"{said} 1 of 2 events are invalid; nothing was recorded."
     [field] = bad
     assert [(f["field"], f["type"]) for f in error["fields"]][0] == (
         "idempotency_key",
@@ -713,7 +717,12 @@ def test_a_service_keys_refused_cancel_names_its_unknown_user_too(actors, lane):
     assert [(f, t) for f, t, _ in schema] == [("idempotency_key", "string_too_short"), NO_USER[:2]]
     blank = svc.post(CANCEL, json={"user_id": 987_654}, headers={"Idempotency-Key": " "})
     assert _problems(blank) == [
-        ("idempotency_key", "validation_error", "Idempotency key must not be blank."),
+        (
+            "idempotency_key",
+            "validation_error",
+            "The Idempotency-Key header is empty: send a key of 1 to 255 characters, or leave "
+            "the header out.",
+        ),
         NO_USER,
     ]
     r = svc.post(CANCEL, json={"user_id": 987_654, "idempotency_key": "job-1"})

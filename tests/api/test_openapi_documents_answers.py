@@ -218,3 +218,79 @@ def test_a_409_is_documented_only_where_it_can_be_answered(documented, path, con
     that never comes."""
     responses = documented.spec["paths"][path]["post"]["responses"]
     assert ("409" in responses) is conflicts
+
+
+def test_every_documented_503_says_it_carries_retry_after(documented):
+    """The client waits what Retry-After asks: an engineer reading /api/docs learns it
+    for every 503, the webhook's and the CSV exports' too."""
+    missing = [
+        f"{method.upper()} {path}"
+        for path, item in documented.spec["paths"].items()
+        for method, op in item.items()
+        if "503" in op.get("responses", {})
+        and "Retry-After" not in op["responses"]["503"].get("headers", {})
+    ]
+    assert missing == []
+
+
+def test_every_503_answered_carries_retry_after(live_server, actors, documented, engine):
+    """Not only the database's outage: the health check of an un-migrated database, an
+    unreachable identity provider, a webhook delivery that could not be stored."""
+    import sqlalchemy as sa
+
+    from billing_app.api import auth_routes, webhook
+    from billing_app.db import schema_head
+
+    ok = documented.check
+
+    class Unreachable:
+        async def authorize_redirect(self, *_args: Any) -> None:
+            raise OSError("no route to the identity provider")
+
+    def cannot_store(*_args: Any) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    def set_revision(revision: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+    answers = []
+    with httpx.Client(base_url=live_server.url) as anon:
+        set_revision("0007")
+        try:
+            answers.append(("/api/health", anon.get("/api/health")))
+        finally:
+            set_revision(schema_head())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(auth_routes, "oidc_client", Unreachable)
+            answers.append(("/api/auth/oidc/login", anon.get("/api/auth/oidc/login")))
+            mp.setattr(webhook, "_handle", cannot_store)
+            signed = {"Stripe-Signature": "x"}  # not read: the delivery fails before
+            hook = anon.post("/api/billing/webhook", content=b"{}", headers=signed)
+            answers.append(("/api/billing/webhook", hook))
+    for path, r in answers:
+        assert r.status_code == 503, (path, r.text)
+        assert r.headers.get("retry-after") == "5", (path, dict(r.headers))
+        ok(path, r)
+    assert documented.problems == []
+
+
+def test_the_admin_user_detail_is_documented_field_by_field(actors, documented):
+    """GET /api/billing/admin/users/{id}: its subscription and invoices too, not objects
+    of any shape."""
+    uid = _customer(actors)
+    with actors.cookie_client(actors.admin) as admin:
+        r = admin.put(
+            f"/api/billing/admin/users/{uid}/quota",
+            json={"metric": "tokens", "limit": 5, "reason": "h79 trial"},
+        )
+        assert r.status_code == 200, r.text
+        r = documented.check(
+            "/api/billing/admin/users/{user_id}", admin.get(f"/api/billing/admin/users/{uid}")
+        )
+    assert r.status_code == 200, r.text
+    detail = r.json()
+    # The answer had something in each part to document.
+    assert detail["subscription"]["plan"] == "basic" and detail["invoices"][0]["number"] == "DOC-1"
+    assert detail["audit_log"][0]["reason"] == "h79 trial"
+    assert documented.problems == []
