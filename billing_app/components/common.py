@@ -235,6 +235,43 @@ def data_table(
     )
 
 
+# A table from 62em (md) up, where its columns fit; a list of cards below (a phone).
+WIDE_ONLY, NARROW_ONLY = (
+    rx.breakpoints(initial="none", md="block"),
+    rx.breakpoints(initial="block", md="none"),
+)
+
+
+def table_or_list(
+    table: rx.Component, rows: Any, render_item: Any, list_id: str, label: str
+) -> rx.Component:
+    """`table` on a wide screen, a list of `render_item` (an <li> each) on a narrow one:
+    both from the same State list var `rows`; the hidden one is out of the a11y tree."""
+    return rx.fragment(
+        rx.box(table, display=WIDE_ONLY, width="100%"),
+        rx.el.ul(
+            rx.foreach(rows, render_item),
+            id=list_id,
+            aria_label=label,
+            display=NARROW_ONLY,
+            margin="0",
+            padding="0",
+            width="100%",
+        ),
+    )
+
+
+def list_item(*children: rx.Component, **props: Any) -> rx.Component:
+    """One card of table_or_list's list: a row's fields stacked, a line under each."""
+    return rx.el.li(
+        *children,
+        padding_y="12px",
+        border_bottom="1px solid var(--gray-a4)",
+        list_style="none",
+        **props,
+    )
+
+
 def icon_link(label: str, icon: str, href: Any) -> rx.Component:
     """A small external link with an icon after its label; nothing when `href` is empty."""
     return rx.cond(
@@ -294,6 +331,47 @@ def invoice_row(
         rx.table.cell(badge),
         rx.table.cell(docs),
         align="center",
+    )
+
+
+def invoice_item(
+    inv: InvoiceView, *, customer: Callable[[InvoiceView], rx.Component] | None = None
+) -> rx.Component:
+    """One invoice on a phone (table_or_list): the table's six columns do not fit, and
+    scrolled sideways they hid the amount, the status and the PDF behind a cut "Period"
+    with no sign of more. `customer`, as in invoice_row, leads on a line of its own
+    (keyword-only: rx.foreach passes a second positional argument, the index)."""
+    return list_item(
+        *([rx.box(customer(inv), max_width="100%", padding_bottom="4px")] if customer else []),
+        rx.hstack(
+            rx.vstack(
+                rx.text(inv.number, weight="medium"),
+                rx.text(inv.date, size="1", color_scheme="gray"),
+                spacing="1",
+            ),
+            rx.vstack(
+                rx.hstack(
+                    rx.text(inv.amount, weight="medium", white_space="nowrap"),
+                    status_badge(inv.status_label, inv.status_color),
+                    align="center",
+                    spacing="2",
+                ),
+                rx.cond(
+                    inv.amount_note != "",
+                    rx.text(inv.amount_note, size="1", color_scheme="gray"),
+                ),
+                rx.hstack(
+                    icon_link("View", "external-link", inv.hosted_url),
+                    icon_link("PDF", "download", inv.pdf_url),
+                    spacing="3",
+                ),
+                align="end",
+                spacing="1",
+            ),
+            justify="between",
+            align="start",
+            width="100%",
+        ),
     )
 
 

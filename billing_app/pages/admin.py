@@ -13,7 +13,9 @@ from billing_app.components.common import (
     card,
     data_table,
     empty,
+    invoice_item,
     invoice_table,
+    list_item,
     load_error,
     meter,
     pager,
@@ -23,9 +25,11 @@ from billing_app.components.common import (
     sr_only,
     status_badge,
     status_page,
+    table_or_list,
 )
 from billing_app.components.layout import loading, page
 from billing_app.states.admin import (
+    CARD,
     CUSTOMER_FILTER,
     INVOICE_FILTER_ID,
     KEY_ACCESS,
@@ -181,29 +185,37 @@ def users_toolbar() -> rx.Component:
 # gives it the focus back. Reflex 0.10 keeps a ref (what rx.set_focus reaches) only for
 # a static id, and a foreach row's own id is a Var: so the static one is the opener's.
 # (A drawer root per row, its buttons Triggers, closed the drawer when the row left the
-# list.)
-OPENER_ID = "drawer-opener"
+# list.) A phone's cards have their own: each foreach sets the page's one ref of an id
+# as it renders, so the cards' (rendered after the table) took the table's away.
+OPENER_ID, CARD_OPENER_ID = "drawer-opener", "drawer-opener-card"
 
 
 def _drawer_opener(
-    own_id: str | rx.Var, button: Callable[[str | rx.Var], rx.Component]
+    own_id: str | rx.Var, button: Callable[[str | rx.Var], rx.Component], card: bool = False
 ) -> rx.Component:
     """A button that opens the drawer (`own_id`: which one, as open_user records it),
     built by `button(id)`. Both branches are the same element, so React keeps the button
-    (and its focus) as the id changes."""
-    return rx.cond(A.drawer_opener == own_id, button(OPENER_ID), button(own_id))
+    (and its focus) as the id changes. `card`: on a phone's card."""
+    opener_id = CARD_OPENER_ID if card else OPENER_ID
+    return rx.cond(A.drawer_opener == own_id, button(opener_id), button(own_id))
 
 
 def _email_opener(
-    email: rx.Var, user_id: rx.Var, own_id: str | rx.Var, opener: str | rx.Var, **props: Any
+    email: rx.Var,
+    user_id: rx.Var,
+    own_id: str | rx.Var,
+    opener: str | rx.Var,
+    card: bool = False,
+    **props: Any,
 ) -> rx.Component:
     """A user's email that opens their drawer (`opener`: what open_user records, "email" or
     the invoice's `own_id`). A long email is cut short (the whole one is
-    its title and the drawer's): it pushed a table's last columns out of sight."""
+    its title and the drawer's): it pushed a table's last columns out of sight. `card`:
+    on a phone's card, as wide as its line rather than 260px."""
 
     def button(id_: str | rx.Var) -> rx.Component:
         return rx.button(
-            rx.text(email, max_width="260px", **ONE_LINE, **props),
+            rx.text(email, max_width="100%" if card else "260px", **ONE_LINE, **props),
             on_click=A.open_user(user_id, opener),
             title=email,
             variant="ghost",
@@ -212,16 +224,34 @@ def _email_opener(
             size="2",
             white_space="nowrap",
             id=id_,
+            **({"max_width": "100%"} if card else {}),
         )
 
-    return _drawer_opener(own_id, button)
+    return _drawer_opener(own_id, button, card)
 
 
-def invoice_customer(inv: InvoiceView) -> rx.Component:
+def invoice_customer(inv: InvoiceView, card: bool = False) -> rx.Component:
     """An invoice's customer in the Invoices tab: their email, which opens their drawer
-    (plan, usage, quotas), as the users list's email does."""
-    own_id = "invoice-" + inv.id
-    return _email_opener(inv.user_email, inv.user_id, own_id, own_id)
+    (plan, usage, quotas), as the users list's email does. `card`: on a phone's card."""
+    own_id = (CARD if card else "") + "invoice-" + inv.id
+    return _email_opener(inv.user_email, inv.user_id, own_id, own_id, card=card)
+
+
+def _details_button(u: AdminUserView, card: bool = False) -> rx.Component:
+    """The row's Details button, which opens the user's drawer."""
+    opener = CARD + "details" if card else "details"
+    return _drawer_opener(
+        opener + "-" + u.id.to_string(),
+        lambda id_: rx.button(
+            "Details",
+            on_click=A.open_user(u.id, opener),
+            variant="soft",
+            size="2" if card else "1",
+            aria_label="Details for " + u.email,
+            id=id_,
+        ),
+        card,
+    )
 
 
 def user_row(u: AdminUserView) -> rx.Component:
@@ -258,20 +288,54 @@ def user_row(u: AdminUserView) -> rx.Component:
             min_width="220px",
         ),
         rx.table.cell(rx.text(u.created, white_space="nowrap", color_scheme="gray")),
-        rx.table.cell(
-            _drawer_opener(
-                "details-" + u.id.to_string(),
-                lambda id_: rx.button(
-                    "Details",
-                    on_click=A.open_user(u.id, "details"),
-                    variant="soft",
-                    size="1",
-                    aria_label="Details for " + u.email,
-                    id=id_,
-                ),
-            )
-        ),
+        rx.table.cell(_details_button(u)),
         align="center",
+        custom_attrs={"data-email": u.email},
+    )
+
+
+def user_item(u: AdminUserView) -> rx.Component:
+    """One user on a phone: the table's row stacked (its six columns scrolled sideways,
+    the status, meters and Details out of sight behind the email)."""
+    card_email = CARD + "email"
+    return list_item(
+        rx.vstack(
+            rx.hstack(
+                _email_opener(
+                    u.email,
+                    u.id,
+                    card_email + "-" + u.id.to_string(),
+                    card_email,
+                    card=True,
+                    weight="medium",
+                ),
+                rx.cond(u.role == "admin", rx.badge("Admin", size="1", variant="outline")),
+                align="center",
+                spacing="2",
+                max_width="100%",
+            ),
+            rx.cond(u.display_name != "", rx.text(u.display_name, size="1", color_scheme="gray")),
+            rx.hstack(
+                rx.hstack(
+                    rx.text(u.plan_name, weight="medium"),
+                    status_badge(u.status_label, u.status_color),
+                    rx.cond(u.ends_text != "", rx.text(u.ends_text, size="1", color_scheme="gray")),
+                    align="center",
+                    spacing="2",
+                    wrap="wrap",
+                ),
+                _details_button(u, card=True),
+                justify="between",
+                align="center",
+                width="100%",
+            ),
+            rx.vstack(
+                rx.foreach(u.meters, lambda m: meter(m, compact=True)), spacing="2", width="100%"
+            ),
+            rx.text("Joined ", u.created, size="1", color_scheme="gray"),
+            spacing="2",
+            width="100%",
+        ),
         custom_attrs={"data-email": u.email},
     )
 
@@ -281,11 +345,17 @@ def users_panel() -> rx.Component:
         users_toolbar(),
         rx.cond(
             A.total > 0,
-            data_table(
-                ("User", "Plan", "Status", "Usage", "Joined", sr_only("Actions")),
+            table_or_list(
+                data_table(
+                    ("User", "Plan", "Status", "Usage", "Joined", sr_only("Actions")),
+                    A.users,
+                    user_row,
+                    "users-table",
+                ),
                 A.users,
-                user_row,
-                "users-table",
+                user_item,
+                "users-list",
+                "Users",
             ),
             empty("users", "No users match", "Try another search or clear the filters."),
         ),
@@ -355,7 +425,13 @@ def invoices_panel() -> rx.Component:
         ),
         rx.cond(
             A.invoice_total > 0,
-            invoice_table(A.invoices, "admin-invoices-table", customer=invoice_customer),
+            table_or_list(
+                invoice_table(A.invoices, "admin-invoices-table", customer=invoice_customer),
+                A.invoices,
+                lambda inv: invoice_item(inv, customer=lambda i: invoice_customer(i, card=True)),
+                "admin-invoices-list",
+                "Invoices",
+            ),
             empty("receipt", "No invoices", "Nothing matches this filter."),
         ),
         pager(
@@ -369,6 +445,48 @@ def invoices_panel() -> rx.Component:
     )
 
 
+def revoke_control(k: ApiKeyView, size: str = "1") -> rx.Component:
+    """A key's Revoke button (asks first), or its Revoked badge."""
+    return rx.cond(
+        k.revoked,
+        rx.badge("Revoked", color_scheme="gray"),
+        rx.alert_dialog.root(
+            rx.alert_dialog.trigger(
+                rx.button(
+                    "Revoke",
+                    color_scheme="red",
+                    variant="soft",
+                    size=size,
+                    aria_label="Revoke key " + k.name,
+                )
+            ),
+            rx.alert_dialog.content(
+                rx.alert_dialog.title("Revoke this key?"),
+                rx.alert_dialog.description(
+                    "Services using it stop working immediately. This cannot be undone."
+                ),
+                rx.hstack(
+                    rx.alert_dialog.cancel(
+                        rx.button("Cancel", variant="soft", color_scheme="gray")
+                    ),
+                    rx.alert_dialog.action(
+                        rx.button(
+                            "Revoke key",
+                            color_scheme="red",
+                            # white on red 9 is 3.9:1, under WCAG's 4.5:1
+                            high_contrast=True,
+                            on_click=A.revoke_key(k.id),
+                        )
+                    ),
+                    justify="end",
+                    spacing="3",
+                    margin_top="16px",
+                ),
+            ),
+        ),
+    )
+
+
 def key_row(k: ApiKeyView) -> rx.Component:
     return rx.table.row(
         rx.table.row_header_cell(rx.text(k.name, weight="medium")),
@@ -377,47 +495,34 @@ def key_row(k: ApiKeyView) -> rx.Component:
         rx.table.cell(k.access),
         rx.table.cell(rx.text(k.created, white_space="nowrap")),
         rx.table.cell(rx.text(k.last_used, white_space="nowrap")),
-        rx.table.cell(
-            rx.cond(
-                k.revoked,
-                rx.badge("Revoked", color_scheme="gray"),
-                rx.alert_dialog.root(
-                    rx.alert_dialog.trigger(
-                        rx.button(
-                            "Revoke",
-                            color_scheme="red",
-                            variant="soft",
-                            size="1",
-                            aria_label="Revoke key " + k.name,
-                        )
-                    ),
-                    rx.alert_dialog.content(
-                        rx.alert_dialog.title("Revoke this key?"),
-                        rx.alert_dialog.description(
-                            "Services using it stop working immediately. This cannot be undone."
-                        ),
-                        rx.hstack(
-                            rx.alert_dialog.cancel(
-                                rx.button("Cancel", variant="soft", color_scheme="gray")
-                            ),
-                            rx.alert_dialog.action(
-                                rx.button(
-                                    "Revoke key",
-                                    color_scheme="red",
-                                    # white on red 9 is 3.9:1, under WCAG's 4.5:1
-                                    high_contrast=True,
-                                    on_click=A.revoke_key(k.id),
-                                )
-                            ),
-                            justify="end",
-                            spacing="3",
-                            margin_top="16px",
-                        ),
-                    ),
-                ),
-            )
-        ),
+        rx.table.cell(revoke_control(k)),
         align="center",
+    )
+
+
+def key_item(k: ApiKeyView) -> rx.Component:
+    """One key on a phone: the table's seven columns put Revoke far off to the right."""
+    return list_item(
+        rx.vstack(
+            rx.hstack(
+                rx.vstack(
+                    rx.text(k.name, weight="medium", overflow_wrap="anywhere"),
+                    rx.code(k.prefix, size="1"),
+                    spacing="1",
+                    min_width="0",
+                ),
+                revoke_control(k, size="2"),
+                justify="between",
+                align="start",
+                width="100%",
+            ),
+            rx.text(k.owner, " · ", k.access, size="2", overflow_wrap="anywhere"),
+            rx.text(
+                "Created ", k.created, " · Last used ", k.last_used, size="1", color_scheme="gray"
+            ),
+            spacing="1",
+            width="100%",
+        ),
     )
 
 
@@ -526,11 +631,17 @@ def keys_panel() -> rx.Component:
             rx.callout(A.key_error, icon="circle-alert", color_scheme="red", width="100%"),
         ),
         new_secret_callout(),
-        data_table(
-            ("Name", "Prefix", "Service", "Access", "Created", "Last used", sr_only("Actions")),
+        table_or_list(
+            data_table(
+                ("Name", "Prefix", "Service", "Access", "Created", "Last used", sr_only("Actions")),
+                A.keys,
+                key_row,
+                "keys-table",
+            ),
             A.keys,
-            key_row,
-            "keys-table",
+            key_item,
+            "keys-list",
+            "API keys",
         ),
     )
 
@@ -797,12 +908,16 @@ def detail_body() -> rx.Component:
 # drawer opens from State.
 _FOCUS_OPENER = rx.cond(
     A.opener_listed,
-    rx.set_focus(OPENER_ID),
+    rx.cond(
+        A.drawer_opener.startswith(CARD),
+        rx.set_focus(CARD_OPENER_ID),
+        rx.set_focus(OPENER_ID),
+    ),
     rx.cond(
         A.drawer_opener == CUSTOMER_FILTER,  # closed by "All invoices": the list's chip
         rx.set_focus(CUSTOMER_FILTER),
         rx.cond(
-            A.drawer_opener.startswith("invoice-"),
+            A.drawer_opener.contains("invoice-"),  # its table's or its card's
             rx.set_focus(INVOICE_FILTER_ID),
             rx.set_focus("user-search"),
         ),

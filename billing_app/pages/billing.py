@@ -9,25 +9,21 @@ from billing_app.components.common import (
     card,
     empty,
     held,
-    icon_link,
+    invoice_item,
     invoice_table,
     load_error,
     meter,
     pager,
     section_title,
     status_badge,
+    table_or_list,
 )
 from billing_app.components.layout import loading, page
 from billing_app.metrics import METRICS
 from billing_app.states.billing import PRESSED
 from billing_app.states.billing import BillingState as S
-from billing_app.states.views import InvoiceView, PlanView
+from billing_app.states.views import PlanView
 
-# The invoices' table from 62em (md) up, where its six columns fit; a list below.
-WIDE_ONLY, NARROW_ONLY = (
-    rx.breakpoints(initial="none", md="block"),
-    rx.breakpoints(initial="block", md="none"),
-)
 # The page's heading: where the focus goes when what had it goes away.
 TITLE_ID = "billing-title"
 OPENING_CHECKOUT, OPENING_PORTAL = "Opening Checkout…", "Opening the portal…"
@@ -435,64 +431,19 @@ def plans_section() -> rx.Component:
     )
 
 
-def invoice_item(inv: InvoiceView) -> rx.Component:
-    """One invoice on a phone: the table's six columns do not fit, and scrolled sideways
-    they hid the amount, the status and the PDF behind a cut "Period" with no sign of more."""
-    return rx.el.li(
-        rx.hstack(
-            rx.vstack(
-                rx.text(inv.number, weight="medium"),
-                rx.text(inv.date, size="1", color_scheme="gray"),
-                spacing="1",
-            ),
-            rx.vstack(
-                rx.hstack(
-                    rx.text(inv.amount, weight="medium", white_space="nowrap"),
-                    status_badge(inv.status_label, inv.status_color),
-                    align="center",
-                    spacing="2",
-                ),
-                rx.cond(
-                    inv.amount_note != "",
-                    rx.text(inv.amount_note, size="1", color_scheme="gray"),
-                ),
-                rx.hstack(
-                    icon_link("View", "external-link", inv.hosted_url),
-                    icon_link("PDF", "download", inv.pdf_url),
-                    spacing="3",
-                ),
-                align="end",
-                spacing="1",
-            ),
-            justify="between",
-            align="start",
-            width="100%",
-        ),
-        padding_y="12px",
-        border_bottom="1px solid var(--gray-a4)",
-        list_style="none",
-    )
-
-
 def invoices_card() -> rx.Component:
     return card(
         section_title("Invoices", "Receipts for every charge, downloadable as PDF.", level="h2"),
         rx.cond(
             S.invoice_total > 0,
             rx.vstack(
-                rx.box(
+                # The six columns do not fit a phone: a list there.
+                table_or_list(
                     invoice_table(S.invoices, "invoices-table", variant="surface"),
-                    display=WIDE_ONLY,
-                    width="100%",
-                ),
-                rx.el.ul(
-                    rx.foreach(S.invoices, invoice_item),
-                    id="invoices-list",
-                    aria_label="Invoices",
-                    display=NARROW_ONLY,
-                    margin="0",
-                    padding="0",
-                    width="100%",
+                    S.invoices,
+                    invoice_item,
+                    "invoices-list",
+                    "Invoices",
                 ),
                 pager(
                     rx.text.span(

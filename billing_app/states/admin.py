@@ -46,6 +46,8 @@ DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
 # customer chip (the drawer_opener of a drawer closed by "All invoices").
 INVOICE_FILTER_ID = "invoice-status-filter"
 CUSTOMER_FILTER = "customer-filter"
+# Before an opener (open_user): the button is on a phone's card, not in the table.
+CARD = "card-"
 # Each part of the console numbers its loads (live.start_load); only the newest one's
 # answer or error is shown. The stat cards load with the users list, under its number.
 USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "_detail_load"
@@ -263,8 +265,9 @@ class AdminState(SessionState):
         users list, or its invoice in the Invoices tab (closing gives it the focus)."""
         if self.drawer_opener == CUSTOMER_FILTER:  # closed by "All invoices": no row
             return False
-        if self.drawer_opener.startswith("invoice-"):
-            return any(f"invoice-{i.id}" == self.drawer_opener for i in self.invoices)
+        opener = self.drawer_opener.removeprefix(CARD)
+        if opener.startswith("invoice-"):
+            return any(f"invoice-{i.id}" == opener for i in self.invoices)
         return any(u.id == self.detail_id for u in self.users)
 
     @rx.var(cache=True)
@@ -567,15 +570,20 @@ class AdminState(SessionState):
     async def open_user(self, user_id: int, opener: str = "details") -> Any:
         """The drawer for `user_id`, from the row's Details button or (`opener="email"`)
         its email, or (`opener="invoice-<id>"`) the customer of an invoice in the
-        Invoices tab."""
+        Invoices tab; each with CARD before it from a phone's card."""
         if await self._admin("users") is None:
             return None
         user_id = int(user_id)
         opener = str(opener)
+        # The phone's cards (CARD-prefixed) have their own buttons: a row's twin in the
+        # hidden table must not take the focus back.
+        card = CARD if opener.startswith(CARD) else ""
+        opener = opener.removeprefix(CARD)
         if opener.startswith("invoice-"):
-            self.drawer_opener = opener[:80]  # that invoice's button, to give focus back
+            self.drawer_opener = card + opener[:80]  # that invoice's button gets focus back
         else:
-            self.drawer_opener = f"{'email' if opener == 'email' else 'details'}-{user_id}"
+            kind = "email" if opener == "email" else "details"
+            self.drawer_opener = f"{card}{kind}-{user_id}"
         if user_id != self.detail_id:
             # Nothing of the previous user's under this one's name while the detail loads;
             # the list's row (of users, or of invoices) gives the email at once.

@@ -343,6 +343,36 @@ def test_an_invoices_customer_opens_the_drawer_named_at_once(session: Session) -
     assert len(st.drawer_opener) == 80
 
 
+def test_a_phone_cards_buttons_are_the_ones_the_focus_goes_back_to(session: Session) -> None:
+    """On a phone the users and invoices are cards with their own email, Details and
+    customer buttons (admin_state.CARD before the opener): the drawer records the card's,
+    not its hidden twin's in the table, which could not take the focus back."""
+    from billing_app.models import Invoice
+    from billing_app.states import admin as admin_state
+
+    admin = make_user(session, email="boss-h82@example.com", admin=True)
+    payer = make_user(session, email="card-h82@example.com")
+    session.add(Invoice(stripe_invoice_id="in_card_h82", user_id=payer.id, status="open",
+                        amount_due=1900, amount_paid=0))  # fmt: skip
+    session.commit()
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    assert asyncio.run(st.on_load()) is not None
+    st.users = [views.AdminUserView(id=payer.id, email=payer.email)]
+    st.invoices = admin_state.load_invoices(admin_state.ALL, 1)["rows"]
+    (inv,) = st.invoices
+    for opener, recorded in (
+        ("card-details", f"card-details-{payer.id}"),
+        ("card-email", f"card-email-{payer.id}"),
+        (f"card-invoice-{inv.id}", f"card-invoice-{inv.id}"),
+        ("details", f"details-{payer.id}"),
+    ):
+        asyncio.run(st.open_user(payer.id, opener))
+        assert (st.drawer_opener, st.opener_listed) == (recorded, True), opener
+    asyncio.run(st.open_user(payer.id, f"card-invoice-{inv.id}"))
+    st.invoices = []
+    assert not st.opener_listed  # gone: the Invoices tab's filter takes it
+
+
 def test_a_credit_badge_has_one_colour_whatever_stripes_status() -> None:
     """A credit reads "Credit" whether Stripe still has it open or already paid: it was
     blue for one and green for the other, one word in two colours."""
