@@ -54,6 +54,7 @@ __all__ = [
     "Invoice",
     "InvoicePage",
     "MetricUsage",
+    "NotFound",
     "QuotaExceeded",
     "QuotaStatus",
     "Quotas",
@@ -511,6 +512,11 @@ class Conflict(BillingAPIError):
     `details["index"]` and each in `details["events"]`."""
 
 
+class NotFound(BillingAPIError):
+    """404: user_not_found (no user has that id) or, from cancel, usage_event_not_found (no
+    event of that user has that key). Nothing was written."""
+
+
 class Unavailable(BillingAPIError):
     """No usable answer after every attempt (connection errors, timeouts, 429/502/503/504).
     A write may or may not have been stored: send it again with `idempotency_keys`."""
@@ -540,6 +546,8 @@ def _error_of(response: httpx.Response) -> BillingAPIError:
         cls: type[BillingAPIError] = QuotaExceeded
     elif status in (401, 403):
         cls = AuthenticationError
+    elif status == 404:
+        cls = NotFound
     elif status == 409:
         cls = Conflict
     elif status == 422:
@@ -685,8 +693,8 @@ class BillingClient:
     def cancel(self, user_id: int, idempotency_key: str) -> CancelResult:
         """Give back the units of the event recorded or consumed under `idempotency_key`
         (its job failed). Safe to retry: cancelling again answers `already_canceled`.
-        A BillingAPIError 404 usage_event_not_found for an unknown key (user_not_found
-        for an unknown user); Conflict 409
+        NotFound (404) usage_event_not_found for an unknown key (user_not_found for an
+        unknown user); Conflict 409
         not_cancelable when its period has ended or it was recorded over 24 hours ago."""
         body = {"user_id": user_id, "idempotency_key": idempotency_key}
         return _cancel(self._post("/api/billing/usage/cancel", body, keys=[idempotency_key]))
@@ -699,8 +707,7 @@ class BillingClient:
     def usage(self, user_id: int, *, history: bool = False) -> Usage:
         """The user's usage this period, per metric (used, limit, remaining, percent,
         resets_at); `history=True` adds it per UTC day. A service key reads any user's,
-        a user's key only its own. An unknown user is a BillingAPIError, 404
-        user_not_found."""
+        a user's key only its own. An unknown user is NotFound (404 user_not_found)."""
         params: dict[str, Any] = {"user_id": user_id}
         if history:
             params["history"] = "daily"

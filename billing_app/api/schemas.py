@@ -140,14 +140,24 @@ class SignupIn(LoginIn):
 
 # ------------------------------------------------------------------ usage
 
+# A metric without a limit (enterprise, or an admin's override) answers `limit` 0: a
+# client comparing `used` with `limit` alone would refuse every such user.
+LimitOut = Annotated[
+    int, Field(description="The period's limit; 0 when unlimited (then `unlimited` is true)")
+]
+UnlimitedOut = Annotated[bool, Field(description="No limit: `limit` is 0, `remaining` null")]
+RemainingOut = Annotated[
+    int | None, Field(description="`limit` - `used`, at least 0; null when unlimited")
+]
+
 
 class MeterOut(BaseModel):
     metric: str
     label: str
     used: int
-    limit: int = Field(description="0 means unlimited")
-    unlimited: bool
-    remaining: int | None
+    limit: LimitOut
+    unlimited: UnlimitedOut
+    remaining: RemainingOut
     percent: float
     period_start: datetime
     resets_at: datetime
@@ -167,8 +177,8 @@ class UsageSummaryOut(BaseModel):
 
 class QuotaOut(BaseModel):
     metric: str
-    limit: int = Field(description="0 means unlimited")
-    unlimited: bool
+    limit: LimitOut
+    unlimited: UnlimitedOut
     source: str = Field(description="plan or admin")
     plan_limit: int
     reason: str | None
@@ -176,7 +186,7 @@ class QuotaOut(BaseModel):
 
 class QuotaStatusOut(QuotaOut):
     used: int
-    remaining: int | None
+    remaining: RemainingOut
     resets_at: datetime
 
 
@@ -212,7 +222,8 @@ MetadataIn = Annotated[
 OccurredAtIn = Annotated[
     datetime | None,
     Field(
-        description="When it happened (default: now): up to "
+        description="When it happened (default: now), ISO 8601: a time without an offset "
+        "is read as UTC. Up to "
         f"{FUTURE_SKEW.total_seconds() / 60:g} minutes ahead, any time back; it counts in "
         "its own period and day"
     ),
@@ -293,9 +304,9 @@ class _EventAndMetric(BaseModel):
     over_limit: bool
     metric: str
     used: int
-    limit: int
-    unlimited: bool
-    remaining: int | None
+    limit: LimitOut
+    unlimited: UnlimitedOut
+    remaining: RemainingOut
     percent: float
     resets_at: datetime
 
@@ -325,9 +336,9 @@ class CheckOut(BaseModel):
     metric: str
     requested: int
     used: int
-    limit: int
-    unlimited: bool
-    remaining: int | None
+    limit: LimitOut
+    unlimited: UnlimitedOut
+    remaining: RemainingOut
     resets_at: datetime
     reason: str | None
 
@@ -417,8 +428,8 @@ class AdminUsageOut(BaseModel):
     metric: str
     label: str
     used: int
-    limit: int
-    unlimited: bool
+    limit: LimitOut
+    unlimited: UnlimitedOut
     percent: float
 
 

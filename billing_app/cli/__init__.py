@@ -190,6 +190,22 @@ def user_promote(user: str) -> None:
         _print(users.set_role(session, _resolve_user(session, user), "admin"))
 
 
+@user.command("show")
+@click.argument("user")
+def user_show(user: str) -> None:
+    """Print USER (email or id): its `id` is the `user_id` the JSON API and the Python
+    client name a user by; also its role and plan."""
+    from billing_app.db import session_scope
+    from billing_app.services import users
+    from billing_app.services.subscriptions import current_subscription, plan_key_for
+
+    with session_scope() as session:
+        uid = _resolve_user(session, user)
+        found = users.to_dto(users.get_user(session, uid))
+        plan = plan_key_for(current_subscription(session, uid))
+        _print({**found.to_dict(), "plan": plan})
+
+
 @user.command("set-password")
 @click.argument("user")
 @click.option("--password", default="-", help="The new password (prompted if - or omitted)")

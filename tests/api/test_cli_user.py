@@ -83,3 +83,16 @@ def test_a_password_piped_in_is_one_line(actors):
     with session_scope() as s:
         user, _ = auth.login(s, "piped@example.com", NEW_PASSWORD, "198.51.100.1")
     assert user.email == "piped@example.com"
+
+
+def test_show_prints_the_id_the_api_names_a_user_by(actors):
+    """`user show` by email (any case) or id: the user's id, email, role and plan; an
+    unknown one is one line and exit 2."""
+    for ref in (actors.a.email.upper(), str(actors.a.id)):
+        r = CliRunner().invoke(main, ["user", "show", ref])
+        assert r.exit_code == 0, r.output
+        shown = json.loads(r.stdout)
+        assert (shown["id"], shown["email"], shown["plan"]) == (actors.a.id, actors.a.email, "free")
+        assert shown["role"] == "user"
+    r = CliRunner().invoke(main, ["user", "show", "nobody-h83@example.com"])
+    assert r.exit_code == 2 and "No user with email nobody-h83@example.com." in r.stderr

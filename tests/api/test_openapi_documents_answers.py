@@ -294,3 +294,21 @@ def test_the_admin_user_detail_is_documented_field_by_field(actors, documented):
     assert detail["subscription"]["plan"] == "basic" and detail["invoices"][0]["number"] == "DOC-1"
     assert detail["audit_log"][0]["reason"] == "h79 trial"
     assert documented.problems == []
+
+
+def test_every_answer_with_a_limit_says_how_unlimited_reads(documented):
+    """`limit` is 0 for a metric without one: each schema answering `limit` beside
+    `unlimited` says so (and that `remaining` is then null), or a client comparing `used`
+    with `limit` would refuse every such user. The write and check answers included."""
+    schemas = documented.spec["components"]["schemas"]
+    described = []
+    for name, schema in schemas.items():
+        props = schema.get("properties", {})
+        if not {"limit", "unlimited"} <= props.keys():
+            continue
+        described.append(name)
+        assert "0 when unlimited" in props["limit"].get("description", ""), name
+        assert "`limit` is 0" in props["unlimited"].get("description", ""), name
+        if "remaining" in props:
+            assert "null when unlimited" in props["remaining"].get("description", ""), name
+    assert {"RecordOut", "CancelOut", "CheckOut", "MeterOut", "QuotaStatusOut"} <= set(described)

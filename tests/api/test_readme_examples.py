@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from billing_app.client import BillingClient
 from billing_app.db import session_scope
 from billing_app.services import quotas
 
@@ -184,5 +185,51 @@ def test_the_python_client_example_runs_as_the_readme_says(live_server, actors):
         assert who is over and message == err.message and "limit" in message
         assert {"used", "limit", "remaining", "resets_at"} <= err.details.keys()
         assert used() == {"tokens": 321, "api_calls": 0, "scraping_tasks": 1}
+    finally:
+        billing.close()
+
+
+def test_the_python_check_then_record_example_runs_as_the_readme_says(live_server, actors):
+    """complete(request) as written: a request that fits is checked, run and its tokens
+    recorded; the same request again counts once; one asking more than is left is refused
+    with the check's reason, nothing run or recorded."""
+    text = section("### Calling the API from Python")
+    example = next(b for b in code_blocks(text, "python") if "def complete" in b)
+    refused: list[tuple[Any, str]] = []
+    ran: list[Any] = []
+
+    def generate(request: Any) -> Any:
+        ran.append(request)
+        return SimpleNamespace(tokens=request.max_tokens // 2, model="gpt-4")
+
+    def refuse(request: Any, message: str) -> str:
+        refused.append((request, message))
+        return "refused"
+
+    billing = BillingClient(live_server.url, actors.service_key, timeout=5)
+    names: dict[str, Any] = {"billing": billing, "generate": generate, "refuse": refuse}
+    exec(compile(example, "README.md", "exec"), names)
+    complete, uid = names["complete"], actors.a.id
+
+    def request(max_tokens: int) -> SimpleNamespace:
+        return SimpleNamespace(id=uuid.uuid4().hex, user_id=uid, max_tokens=max_tokens)
+
+    try:
+        first = request(800)
+        assert complete(first).tokens == 400
+        assert complete(first).tokens == 400  # retried: run again, counted once
+        assert billing.usage(uid).metric("tokens").used == 400
+        again = billing.record(  # its key and metadata, as stored
+            uid, "tokens", 400, idempotency_key=f"req-{first.id}", metadata={"model": "gpt-4"}
+        )
+        assert again.duplicate is True
+
+        left = billing.usage(uid).metric("tokens").remaining
+        assert left is not None
+        big = request(left + 1)
+        assert complete(big) == "refused"
+        [(who, message)] = refused
+        assert who is big and "remain" in message
+        assert ran == [first, first] and billing.usage(uid).metric("tokens").used == 400
     finally:
         billing.close()

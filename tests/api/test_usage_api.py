@@ -644,3 +644,22 @@ def test_scoped_keys_only_do_what_they_name(actors):
 def test_401_names_the_scheme(actors):
     r = actors.anon().post("/api/billing/usage", json={"metric": "tokens", "quantity": 1})
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_an_occurred_at_without_an_offset_is_read_as_utc_as_the_docs_say(actors):
+    """Guard for the behaviour (a single event's and a batch's), and the schema says it."""
+    from datetime import UTC, datetime, timedelta
+
+    c = actors.key_client(actors.service_key)
+    when = (datetime.now(UTC) - timedelta(minutes=10)).replace(microsecond=0)
+    naive = when.replace(tzinfo=None).isoformat()
+    one = {"user_id": actors.a.id, "metric": "tokens", "quantity": 1, "occurred_at": naive}
+    r = c.post("/api/billing/usage", json=one)
+    assert r.status_code == 201, r.text
+    assert r.json()["event"]["occurred_at"] == when.isoformat().replace("+00:00", "Z")
+    r = c.post("/api/billing/usage/batch", json={"events": [one]})
+    assert r.status_code == 201, r.text
+    assert r.json()["results"][0]["event"]["occurred_at"] == when.isoformat().replace("+00:00", "Z")
+
+    schema = create_api().openapi()["components"]["schemas"]["UsageIn"]
+    assert "without an offset is read as UTC" in schema["properties"]["occurred_at"]["description"]
