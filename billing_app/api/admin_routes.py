@@ -37,10 +37,16 @@ def user_filters(
     q: str | None = Query(default=None, max_length=320, description="email prefix, or @domain"),
     plan: str | None = Query(default=None, max_length=32),
     status: str | None = Query(default=None, max_length=32, description="subscription status"),
+    usage: str | None = Query(
+        default=None,
+        max_length=32,
+        description="over (a metered limit reached), near (80%+ of one, over included), "
+        "override (an admin's quota override)",
+    ),
     sort: str = Query(default="email", max_length=32, description=", ".join(admin.SORT_KEYS)),
 ) -> admin.UserFilters:
     """The users list's query parameters, shared by the list and its export."""
-    return admin.UserFilters(q=q, plan=plan, status=status, sort=sort)
+    return admin.UserFilters(q=q, plan=plan, status=status, usage=usage, sort=sort)
 
 
 @router.get("/users", response_model=s.AdminUserPage)

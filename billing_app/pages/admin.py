@@ -46,6 +46,7 @@ from billing_app.states.views import (
     ApiKeyView,
     AuditView,
     InvoiceView,
+    MeterView,
     QuotaView,
     StatView,
 )
@@ -171,6 +172,9 @@ def users_toolbar() -> rx.Component:
             A.set_status_filter,
             "Filter by status",
             name="status",
+        ),
+        select(
+            A.usage_options, A.usage_filter, A.set_usage_filter, "Filter by usage", name="usage"
         ),
         select(A.sort_options, A.sort, A.set_sort, "Sort", name="sort"),
         export_link(A.users_csv_href, "user"),
@@ -646,6 +650,17 @@ def keys_panel() -> rx.Component:
     )
 
 
+def drawer_meter(m: MeterView) -> rx.Component:
+    """A meter with when it resets ("Resets on Jan 1, 2027"): a plan that resets on its
+    billing period resets on its own day, not the first of the month."""
+    return rx.vstack(
+        meter(m),
+        rx.cond(m.resets_text != "", rx.text(m.resets_text, size="1", color_scheme="gray")),
+        spacing="1",
+        width="100%",
+    )
+
+
 def quota_row(q: QuotaView) -> rx.Component:
     return rx.table.row(
         rx.table.row_header_cell(q.label),
@@ -871,7 +886,7 @@ def detail_body() -> rx.Component:
             ),
         ),
         rx.heading("Usage this period", size="3", as_="h3"),
-        rx.vstack(rx.foreach(A.detail_meters, lambda m: meter(m)), spacing="4", width="100%"),
+        rx.vstack(rx.foreach(A.detail_meters, drawer_meter), spacing="4", width="100%"),
         rx.heading("Quotas", size="3", as_="h3"),
         scroll_x(
             rx.table.root(

@@ -36,6 +36,8 @@ SORTS = {
 # Every status a row's badge can show (the service's STATUS_FILTERS), so each can be listed.
 STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete",
             "incomplete_expired", "paused", "none")  # fmt: skip
+# The service's USAGE_FILTERS, as the select names them.
+USAGE = {"over": "Over a limit", "near": "Near a limit (80%+)", "override": "Quota override"}
 # One per badge the invoices table shows: "credit" apart from "paid" (services.invoices).
 INVOICE_STATUSES = invoices.ADMIN_FILTERS
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
@@ -53,11 +55,14 @@ CARD = "card-"
 USERS, INVOICES, KEYS, DETAIL = "_users_load", "_invoices_load", "_keys_load", "_detail_load"
 
 
-def load_users(q: str, plan: str, status: str, sort: str, page: int) -> dict[str, Any]:
+def load_users(
+    q: str, plan: str, status: str, sort: str, page: int, usage: str = ALL
+) -> dict[str, Any]:
     filters = admin_service.UserFilters(
         q=q,
         plan=None if plan == ALL else plan,
         status=None if status == ALL else status,
+        usage=None if usage == ALL else usage,
         sort=sort,
     )
     with outage_as_error(), read_session() as session:
@@ -186,6 +191,7 @@ class AdminState(SessionState):
     search: str = ""
     plan_filter: str = ALL
     status_filter: str = ALL
+    usage_filter: str = ALL
     sort: str = "-created"
     page: int = 1
     pages: int = 1
@@ -260,6 +266,10 @@ class AdminState(SessionState):
         ]
 
     @rx.var(cache=True)
+    def usage_options(self) -> list[list[str]]:
+        return [[ALL, "Any usage"]] + [[k, v] for k, v in USAGE.items()]
+
+    @rx.var(cache=True)
     def opener_listed(self) -> bool:
         """The button that opened the drawer is still on the page: its user's row in the
         users list, or its invoice in the Invoices tab (closing gives it the focus)."""
@@ -307,7 +317,8 @@ class AdminState(SessionState):
         """The users export (GET /api/billing/admin/users.csv) with the list's filters and
         sort: a plain link, the session cookie signs it."""
         params = {"q": self.search.strip(), "plan": self.plan_filter,
-                  "status": self.status_filter, "sort": self.sort}  # fmt: skip
+                  "status": self.status_filter, "usage": self.usage_filter,
+                  "sort": self.sort}  # fmt: skip
         kept = {k: v for k, v in params.items() if v and v != ALL}
         return "/api/billing/admin/users.csv?" + urlencode(kept)
 
@@ -368,7 +379,8 @@ class AdminState(SessionState):
         async with self:
             if await self._admin("page") is None:
                 return
-            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
+            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page,
+                    self.usage_filter)  # fmt: skip
             inv_args = (self.invoice_status, self.invoice_page, self.invoice_user_id)
             loads = {part: start_load(self, part) for part in (USERS, INVOICES, KEYS)}
         try:
@@ -440,7 +452,8 @@ class AdminState(SessionState):
         async with self:
             if await self._admin("users") is None:
                 return
-            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page)
+            args = (self.search, self.plan_filter, self.status_filter, self.sort, self.page,
+                    self.usage_filter)  # fmt: skip
             load = start_load(self, USERS)
         try:
             users = await in_thread(lambda: load_users(*args))
@@ -493,6 +506,12 @@ class AdminState(SessionState):
     @rx.event
     def set_status_filter(self, value: str) -> Any:
         self.status_filter = value if value in STATUSES else ALL
+        self.page = 1
+        return AdminState.reload_users
+
+    @rx.event
+    def set_usage_filter(self, value: str) -> Any:
+        self.usage_filter = value if value in USAGE else ALL
         self.page = 1
         return AdminState.reload_users
 

@@ -35,12 +35,13 @@ def test_the_links_carry_the_filters(session: Session) -> None:
     st.set_search(" @acme.com&plan=pro ")
     st.set_plan_filter("pro")
     st.set_status_filter("past_due")
+    st.set_usage_filter("near")
     st.set_sort("-usage_tokens")
     st.set_invoice_status("open")
     assert split(st.users_csv_href) == (
         "/api/billing/admin/users.csv",
         {"q": ["@acme.com&plan=pro"], "plan": ["pro"], "status": ["past_due"],
-         "sort": ["-usage_tokens"]},
+         "usage": ["near"], "sort": ["-usage_tokens"]},
     )  # fmt: skip
     assert split(st.invoices_csv_href) == (
         "/api/billing/admin/invoices.csv",
@@ -50,6 +51,7 @@ def test_the_links_carry_the_filters(session: Session) -> None:
     st.set_search("")
     st.set_plan_filter("all")
     st.set_status_filter("all")
+    st.set_usage_filter("'; drop table")  # not a filter: none
     st.set_invoice_status("all")
     assert split(st.users_csv_href)[1] == {"sort": ["-usage_tokens"]}
     assert st.invoices_csv_href == "/api/billing/admin/invoices.csv"
