@@ -87,7 +87,12 @@ def meter(m: MeterView, compact: bool = False) -> rx.Component:
             max=100,
             color_scheme=m.color,
             size="1" if compact else "2",
-            custom_attrs={"aria-label": m.label, "data-color": m.color},
+            # Its numbers, not Radix's clamped "100%" for 3,850% (views.MeterView.value_text).
+            custom_attrs={
+                "aria-label": m.label,
+                "aria-valuetext": m.value_text,
+                "data-color": m.color,
+            },
         ),
     )  # fmt: skip
     if compact:
@@ -209,9 +214,10 @@ _SR_ONLY = {
 }
 
 
-def sr_only(text: str) -> rx.Component:
-    """A name only screen readers read, e.g. for a column of buttons or links."""
-    return rx.el.span(text, style=_SR_ONLY)
+def sr_only(text: Any, **props: Any) -> rx.Component:
+    """A name only screen readers read, e.g. for a column of buttons or links; with
+    role="status", a live region (out of the layout: no gap in a stack)."""
+    return rx.el.span(text, style=_SR_ONLY, **props)
 
 
 def data_table(
@@ -272,18 +278,35 @@ def list_item(*children: rx.Component, **props: Any) -> rx.Component:
     )
 
 
-def icon_link(label: str, icon: str, href: Any) -> rx.Component:
-    """A small external link with an icon after its label; nothing when `href` is empty."""
+def icon_link(label: str, icon: str, href: Any, name: Any = None) -> rx.Component:
+    """A small external link with an icon after its label; nothing when `href` is empty.
+    `name`: what a screen reader reads instead of the label (a column of "View" links
+    says nothing of which row's, nor that each opens a new tab)."""
     return rx.cond(
         href != "",
         rx.link(
             rx.hstack(rx.text(label), rx.icon(icon, size=12), spacing="1", align="center"),
             href=href,
             is_external=True,
+            **({"aria_label": name} if name is not None else {}),
             size="2",
             white_space="nowrap",
         ),
     )
+
+
+def invoice_links(inv: InvoiceView) -> tuple[rx.Component, rx.Component]:
+    """An invoice's View and PDF links, each named for its invoice for a screen reader."""
+    return (
+        icon_link(
+            "View", "external-link", inv.hosted_url,
+            "View invoice " + inv.number + " (opens in a new tab)",
+        ),
+        icon_link(
+            "PDF", "download", inv.pdf_url,
+            "PDF of invoice " + inv.number + " (opens in a new tab)",
+        ),
+    )  # fmt: skip
 
 
 def invoice_row(
@@ -307,9 +330,7 @@ def invoice_row(
     )
     badge = status_badge(inv.status_label, inv.status_color)
     docs = (rx.vstack if compact else rx.hstack)(
-        icon_link("View", "external-link", inv.hosted_url),
-        icon_link("PDF", "download", inv.pdf_url),
-        spacing="1" if compact else "3",
+        *invoice_links(inv), spacing="1" if compact else "3"
     )
     if compact:
         return rx.table.row(
@@ -360,11 +381,7 @@ def invoice_item(
                     inv.amount_note != "",
                     rx.text(inv.amount_note, size="1", color_scheme="gray"),
                 ),
-                rx.hstack(
-                    icon_link("View", "external-link", inv.hosted_url),
-                    icon_link("PDF", "download", inv.pdf_url),
-                    spacing="3",
-                ),
+                rx.hstack(*invoice_links(inv), spacing="3"),
                 align="end",
                 spacing="1",
             ),

@@ -15,6 +15,7 @@ from billing_app.components.common import (
     meter,
     pager,
     section_title,
+    sr_only,
     status_badge,
     table_or_list,
 )
@@ -159,12 +160,13 @@ def notices() -> rx.Component:
             ),
         ),
         rx.cond(
-            S.near_limit,
+            S.near_limit_text != "",
             rx.callout.root(
                 rx.callout.icon(rx.icon("gauge")),
-                rx.callout.text("You have used over 80% of a limit this period."),
+                rx.callout.text(S.near_limit_text),
                 color_scheme="amber",
                 high_contrast=True,
+                id="near-limit",
                 width="100%",
             ),
         ),
@@ -468,6 +470,9 @@ def dashboard() -> rx.Component:
         rx.vstack(
             rx.heading("Billing", size="7", id=TITLE_ID, tab_index=-1),
             rx.text("Your plan, usage and invoices.", color_scheme="gray"),
+            # Always there, so a screen reader reads out a meter crossing 80 % or its
+            # limit while the bars move live (a callout added at once may go unread).
+            sr_only(S.usage_alert, role="status", id="usage-status"),
             spacing="1",
         ),
         notices(),

@@ -193,8 +193,12 @@ class BillingState(SessionState):
         return m.plural if m else self.chart_metric
 
     @rx.var(cache=True)
-    def near_limit(self) -> bool:
-        return any(80 <= m.percent < 100 and not m.unlimited for m in self.meters)
+    def near_limit_text(self) -> str:
+        return views.near_limit_text(self.meters)
+
+    @rx.var(cache=True)
+    def usage_alert(self) -> str:
+        return views.usage_alert_text(self.meters)
 
     # ------------------------------------------------------------ events
 

@@ -33,6 +33,8 @@ class MeterView:
     color: str = "indigo"
     # Used up (used >= limit, so the next request is refused): labelled, not only red.
     limit_reached: bool = False
+    # The bar's words for a screen reader: its numbers, not the bar's clamped "100%".
+    value_text: str = ""
 
 
 @dataclasses.dataclass
@@ -195,6 +197,11 @@ def meter_view(m: Any) -> MeterView:
         percent = used / limit * 100
     metric = str(get(m, "metric", ""))
     resets = get(m, "resets_at")
+    reached = not unlimited and limit > 0 and used >= limit
+    percent_text = "" if unlimited else _percent_text(used, limit, percent)
+    value_text = "" if unlimited else f"{fmt.number(used)} of {_limit_text(limit)} used"
+    if value_text:
+        value_text += f" ({percent_text})" + (", limit reached" if reached else "")
     return MeterView(
         metric=metric,
         label=str(get(m, "label", "") or (METRICS[metric].label if metric in METRICS else metric)),
@@ -204,11 +211,40 @@ def meter_view(m: Any) -> MeterView:
         percent=min(used * 100 // limit if limit else int(percent), 100),
         used_text=fmt.number(used),
         limit_text=_limit_text(limit) if not unlimited else "Unlimited",
-        percent_text="" if unlimited else _percent_text(used, limit, percent),
+        percent_text=percent_text,
         resets_text=f"Resets on {fmt.date(resets)}" if resets else "",
         color=fmt.meter_color(percent, unlimited),
-        limit_reached=not unlimited and limit > 0 and used >= limit,
+        limit_reached=reached,
+        value_text=value_text,
     )
+
+
+def _near(m: MeterView) -> bool:
+    """At 80 % of its limit or more, not yet used up: the bar's own amber."""
+    return m.color == "amber" and not m.limit_reached
+
+
+def near_limit_text(meters: list[MeterView]) -> str:
+    """The amber warning, naming each meter at 80 % or more of its limit (not yet used up)
+    and its numbers: "a limit" alone left the customer to find which one."""
+    near = [
+        f"{m.label}: {m.used_text} of {m.limit_text} ({m.percent_text})" for m in meters if _near(m)
+    ]
+    if not near:
+        return ""
+    return "You have used over 80% of a limit this period. " + "; ".join(near) + "."
+
+
+def usage_alert_text(meters: list[MeterView]) -> str:
+    """For a screen reader's live region: which meters are used up or near their limit.
+    Names only, so it changes (and is read out) when a meter crosses a line, not on every
+    unit of usage the bars show."""
+    reached = [m.label for m in meters if m.limit_reached]
+    near = [m.label for m in meters if _near(m)]
+    parts = [f"Limit reached: {', '.join(reached)}."] if reached else []
+    if near:
+        parts.append(f"Over 80% used: {', '.join(near)}.")
+    return " ".join(parts)
 
 
 def limit_notices(statuses: list[Any], catalog: dict[str, Plan], plan: str) -> list[str]:
