@@ -278,10 +278,10 @@ def list_item(*children: rx.Component, **props: Any) -> rx.Component:
     )
 
 
-def icon_link(label: str, icon: str, href: Any, name: Any = None) -> rx.Component:
+def icon_link(label: str, icon: str, href: Any, name: Any = None, **props: Any) -> rx.Component:
     """A small external link with an icon after its label; nothing when `href` is empty.
     `name`: what a screen reader reads instead of the label (a column of "View" links
-    says nothing of which row's, nor that each opens a new tab)."""
+    says nothing of which row's, nor that each opens a new tab). `props`: rx.link's."""
     return rx.cond(
         href != "",
         rx.link(
@@ -291,6 +291,7 @@ def icon_link(label: str, icon: str, href: Any, name: Any = None) -> rx.Componen
             **({"aria_label": name} if name is not None else {}),
             size="2",
             white_space="nowrap",
+            **props,
         ),
     )
 

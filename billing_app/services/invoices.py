@@ -209,6 +209,20 @@ def list_invoices(
     )
 
 
+def payment_due(session: Session, user_id: int) -> InvoiceDTO | None:
+    """The customer's newest failed payment still owed (failed_payment_filter), None
+    without one: the amount and invoice the past-due banner asks them to pay. Ends the read."""
+    row = session.exec(
+        select(Invoice, User.email)
+        .join(User, col(User.id) == col(Invoice.user_id))
+        .where(Invoice.user_id == user_id, failed_payment_filter())
+        .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+        .limit(1)
+    ).first()
+    session.rollback()
+    return None if row is None else to_invoice_dto(row[0], row[1], payment_failed=True)
+
+
 def credit_balance(session: Session, user_id: int) -> tuple[int, str]:
     """The customer's credit with Stripe (minor units, currency), 0 without one: the
     balance its newest customer.created/updated event carried (a credit an admin adds in

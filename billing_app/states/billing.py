@@ -70,6 +70,7 @@ class SlowData:
     invoice_page: int = 1
     invoice_pages: int = 1
     credit_text: str = ""
+    due: views.DueView = field(default_factory=views.DueView)
 
 
 def _short_day(day: str) -> str:
@@ -107,6 +108,8 @@ def load_slow(user_id: int, invoice_page: int) -> SlowData:
             customer_view=True,
         )
         credit, currency = invoices.credit_balance(session, user_id)
+        due = invoices.payment_due(session, user_id)
+    out.due = views.due_view(due)
     out.credit_text = views.credit_text(credit, currency)
     out.invoices = [views.invoice_view(i) for i in page.items]
     out.invoice_total = page.total
@@ -145,6 +148,8 @@ class BillingState(SessionState):
     invoice_total: int = 0
     # "Credit balance: $461.00 ..." while Stripe holds a credit for this customer; "" else.
     credit_text: str = ""
+    # The failed payment the past-due banner names (views.due_view); empty without one.
+    due: views.DueView = views.DueView()
     loaded: bool = False
     # "success" / "canceled" after returning from Checkout; "" otherwise.
     checkout_notice: str = ""
@@ -186,6 +191,11 @@ class BillingState(SessionState):
     def chart_total(self) -> str:
         total = sum(h["quantity"] for h in self.history if h.get("metric") == self.chart_metric)
         return f"{total:,}"
+
+    @rx.var(cache=True)
+    def chart_empty(self) -> bool:
+        """No usage of the chosen metric this period: the card says so, not an axis of 0-4."""
+        return not any(h["quantity"] for h in self.history if h.get("metric") == self.chart_metric)
 
     @rx.var(cache=True)
     def chart_label(self) -> str:
@@ -381,6 +391,8 @@ class BillingState(SessionState):
             self.invoices = slow.invoices
         self.invoice_total = slow.invoice_total
         self.credit_text = slow.credit_text
+        if slow.due != self.due:
+            self.due = slow.due
         self.invoice_page = self._invoice_page_shown = slow.invoice_page
         self.invoice_pages = slow.invoice_pages
 

@@ -29,15 +29,6 @@ def number(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
-def compact(value: int) -> str:
-    """1_000_000 -> "1M", 100_000 -> "100K": for plan cards."""
-    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
-        if value >= size:
-            text = f"{value / size:.1f}".rstrip("0").rstrip(".")
-            return f"{text}{suffix}"
-    return str(value)
-
-
 def date(value: datetime | str | None) -> str:
     """ "Nov 25, 2026"; empty for None."""
     if value is None or value == "":

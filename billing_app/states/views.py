@@ -41,7 +41,8 @@ class MeterView:
 class PlanView:
     key: str = ""
     name: str = ""
-    price: str = ""
+    price: str = ""  # "$19.00", its period shown apart ("/ month")
+    price_label: str = ""  # "$19.00 per month": the price and its period as one phrase
     description: str = ""
     features: list[str] = dataclasses.field(default_factory=list)
     is_current: bool = False
@@ -55,7 +56,8 @@ class SubscriptionView:
     status: str = "free"
     status_label: str = "Free"
     status_color: str = "gray"
-    price: str = ""
+    price: str = ""  # "$19.00 / month"
+    price_label: str = ""  # "$19.00 per month", as a screen reader reads it
     renews_text: str = ""
     cancel_at_period_end: bool = False
     cancels: bool = False  # set to cancel, by either Stripe field
@@ -81,6 +83,15 @@ class InvoiceView:
     pdf_url: str = ""
     user_email: str = ""
     user_id: int = 0
+
+
+@dataclasses.dataclass
+class DueView:
+    """The failed payment the past-due banner asks for: its amount and its hosted page."""
+
+    text: str = ""  # "$99.00 is due on invoice INV-0001."
+    number: str = ""
+    hosted_url: str = ""
 
 
 @dataclasses.dataclass
@@ -293,15 +304,17 @@ def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -
         if paid_only and not plan.is_paid:
             continue
         features = [
-            f"{'Unlimited' if plan.limit_for(k) == 0 else fmt.compact(plan.limit_for(k))} "
-            f"{m.plural}"
+            # Full numbers, as the meters write them ("100,000", not "100K").
+            f"{'Unlimited' if plan.limit_for(k) == 0 else fmt.number(plan.limit_for(k))} {m.plural}"
             for k, m in METRICS.items()
         ]
+        price = fmt.money(plan.amount, plan.currency)  # with cents, as on the invoices
         out.append(
             PlanView(
                 key=plan.key,
                 name=plan.name,
-                price=fmt.money(plan.amount, plan.currency).removesuffix(".00"),
+                price=price,
+                price_label=f"{price} per month",
                 description=plan.description,
                 features=features,
                 is_current=plan.key == current,
@@ -323,8 +336,9 @@ def _grace_text(sub: Any, grace: Any) -> str:
             f"Your grace period ended on {fmt.date(grace)}: you have the Free plan's limits "
             "until the payment goes through. Update your payment method to get your plan back."
         )
+    # Named for what it is: the plan card beside it gives the billing period's end.
     return (
-        f"Your plan stays active until {fmt.date(grace)}. "
+        f"Your plan stays active until {fmt.date(grace)}, the end of its grace period. "
         "Update your payment method to keep your plan."
     )
 
@@ -353,19 +367,22 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         renews = f"Cancels on {fmt.date(ends)}" if ends else "Cancels at period end"
     elif status == "past_due":
         # Stripe renews nothing while the invoice is unpaid: no "Renews on" promise.
-        renews = f"Payment failed · period ends {fmt.date(end)}" if end else "Payment failed"
+        # "billing period": the banner beside it gives the grace period's end.
+        renews = (
+            f"Payment failed · billing period ends {fmt.date(end)}" if end else "Payment failed"
+        )
     else:
         renews = f"Renews on {fmt.date(end)}" if end else ""
     grace = get(sub, "grace_ends_at")
+    price = fmt.money(amount, get(sub, "currency", "usd")) if live and amount else ""
     return SubscriptionView(
         plan=plan_key if live else "free",
         plan_name=subscribed_name if live else "Free",
         status=status,
         status_label=fmt.status_label(status),
         status_color=fmt.status_color(status),
-        price=f"{fmt.money(amount, get(sub, 'currency', 'usd'))} / month"
-        if live and amount
-        else "",
+        price=f"{price} / month" if price else "",
+        price_label=f"{price} per month" if price else "",
         renews_text=renews,
         cancel_at_period_end=cancel,
         cancels=live and (ends is not None or cancel),
@@ -381,6 +398,20 @@ def credit_text(amount: int, currency: str) -> str:
     if amount <= 0:
         return ""
     return f"Credit balance: {fmt.money(amount, currency)}, used first for your next invoices."
+
+
+def due_view(inv: Any) -> DueView:
+    """From the customer's newest failed payment still owed (services.invoices.payment_due,
+    None without one): what is due and on which invoice."""
+    if inv is None:
+        return DueView()
+    number = str(get(inv, "number", "") or "")
+    amount = fmt.money(get(inv, "amount_remaining", 0) or 0, get(inv, "currency", "usd"))
+    return DueView(
+        text=f"{amount} is due on invoice {number}." if number else f"{amount} is due.",
+        number=number,
+        hosted_url=str(get(inv, "hosted_invoice_url", "") or ""),
+    )
 
 
 def invoice_view(inv: Any) -> InvoiceView:

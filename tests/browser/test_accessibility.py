@@ -135,7 +135,8 @@ def test_the_dashboards_outline_and_chart_control_are_named_for_a_screen_reader(
 ) -> None:
     """Every heading on /billing was an h1 (the page's, each card's, each plan's), the
     chart's metric switch an unnamed radio group, and the chart named by its axis ticks."""
-    signup(page, live_app, "outline")
+    email = signup(page, live_app, "outline")
+    live_app.post_usage(live_app.user_id(email), "tokens", 5)  # a chart: none without usage
     expect(page.get_by_role("heading", level=1)).to_have_text(["Billing"])
     sections = page.get_by_role("heading", level=2)
     expect(sections).to_have_text(

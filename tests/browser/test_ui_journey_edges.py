@@ -254,7 +254,9 @@ def test_past_due_plan_card_promises_no_renewal(page: Page, live_app: LiveApp) -
 
     expect(page.locator("#past-due-banner")).to_be_visible()
     expect(page.locator("#current-plan")).to_have_text("Pro")
-    expect(page.get_by_text(f"Payment failed · period ends {end:%b %-d, %Y}")).to_be_visible()
+    expect(
+        page.get_by_text(f"Payment failed · billing period ends {end:%b %-d, %Y}")
+    ).to_be_visible()
     expect(page.get_by_text(re.compile("Renews on"))).to_have_count(0)
 
 
