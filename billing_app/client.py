@@ -155,6 +155,10 @@ class CheckResult:
     remaining: int | None
     resets_at: datetime
     reason: str | None
+    # Last, with defaults: positional construction keeps working, and None means a
+    # server from before these fields.
+    percent: float | None = None  # used as % of limit, at most 100; 0.0 when unlimited
+    period_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,8 @@ def _check(d: Mapping[str, Any]) -> CheckResult:
         remaining=d["remaining"],
         resets_at=_dt(d["resets_at"]),
         reason=d["reason"],
+        percent=d.get("percent"),
+        period_start=_dt(d["period_start"]) if d.get("period_start") else None,
     )
 
 
@@ -508,8 +514,9 @@ class ValidationError(BillingAPIError):
 
 class Conflict(BillingAPIError):
     """409: e.g. idempotency_key_reused, the key was stored with other values
-    (metric, quantity or metadata); a batch's names the first event in
-    `details["index"]` and each in `details["events"]`."""
+    (metric, quantity or metadata: each one that differs in
+    `details["differing_fields"]`); a batch's names the first event in
+    `details["index"]` and each in `details["events"]` (each with its own)."""
 
 
 class NotFound(BillingAPIError):

@@ -56,6 +56,42 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class QuotaExceededBody(ErrorBody):
+    """A 403: with `quota_exceeded`, what a caller needs to decide (wait, ask for less)."""
+
+    metric: str | None = Field(default=None, description="`quota_exceeded`: the metric")
+    requested: int | None = Field(default=None, description="`quota_exceeded`: the quantity asked")
+    used: int | None = Field(default=None, description="`quota_exceeded`: used this period")
+    limit: int | None = Field(default=None, description="`quota_exceeded`: the period's limit")
+    remaining: int | None = Field(
+        default=None, description="`quota_exceeded`: `limit` - `used`, at least 0"
+    )
+    resets_at: datetime | None = Field(
+        default=None, description="`quota_exceeded`: when the period ends and usage resets"
+    )
+
+
+class QuotaExceededResponse(BaseModel):
+    error: QuotaExceededBody
+
+
+class KeyReusedBody(ErrorBody):
+    """A 409 `idempotency_key_reused`: the key was stored with other values."""
+
+    idempotency_key: str | None = Field(default=None, description="The key reused")
+    differing_fields: list[str] | None = Field(
+        default=None,
+        description="Each field whose value differs from the stored event's: `metric`, "
+        "`quantity`, `metadata` (`occurred_at` is not compared); a batch's, the first "
+        "event's (each event's in `events`)",
+    )
+    index: int | None = Field(default=None, description="A batch's: the first event reusing a key")
+
+
+class KeyReusedResponse(BaseModel):
+    error: KeyReusedBody
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for error statuses, all in the one error shape."""
     text = {
@@ -149,6 +185,13 @@ UnlimitedOut = Annotated[bool, Field(description="No limit: `limit` is 0, `remai
 RemainingOut = Annotated[
     int | None, Field(description="`limit` - `used`, at least 0; null when unlimited")
 ]
+PercentOut = Annotated[
+    float,
+    Field(
+        description="`used` as a percentage of `limit`, one decimal, at most 100; 0 when unlimited"
+    ),
+]
+PeriodStartOut = Annotated[datetime, Field(description="When the usage period began")]
 
 
 class MeterOut(BaseModel):
@@ -158,8 +201,8 @@ class MeterOut(BaseModel):
     limit: LimitOut
     unlimited: UnlimitedOut
     remaining: RemainingOut
-    percent: float
-    period_start: datetime
+    percent: PercentOut
+    period_start: PeriodStartOut
     resets_at: datetime
 
 
@@ -307,7 +350,7 @@ class _EventAndMetric(BaseModel):
     limit: LimitOut
     unlimited: UnlimitedOut
     remaining: RemainingOut
-    percent: float
+    percent: PercentOut
     resets_at: datetime
 
 
@@ -339,6 +382,8 @@ class CheckOut(BaseModel):
     limit: LimitOut
     unlimited: UnlimitedOut
     remaining: RemainingOut
+    percent: PercentOut
+    period_start: PeriodStartOut
     resets_at: datetime
     reason: str | None
 
@@ -430,7 +475,7 @@ class AdminUsageOut(BaseModel):
     used: int
     limit: LimitOut
     unlimited: UnlimitedOut
-    percent: float
+    percent: PercentOut
 
 
 class AdminUserRowOut(BaseModel):

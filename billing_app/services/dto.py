@@ -105,6 +105,8 @@ class CheckResult(DTO):
     limit: int
     unlimited: bool
     remaining: int | None
+    percent: float
+    period_start: datetime
     resets_at: datetime
     reason: str | None
 

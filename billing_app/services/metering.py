@@ -1187,22 +1187,38 @@ def _first_events(
     for i in idxs:
         w = writes[i]
         first = conn.execute(st.first_event, _key_params(w)).first()
-        if first is not None and (first.metric != w.metric or first.quantity != w.quantity):
-            out[i] = IdempotencyConflict(
-                "This idempotency key was already used for a different usage event "
-                f"({first.quantity} {first.metric}).",
-                idempotency_key=w.idempotency_key,
-            )
-        elif first is not None and not same_json(first._mapping["metadata"], w.metadata):
-            # Compared in Python: the row is read anyway, and a new event's path never
-            # comes here. Absent and null are both stored as NULL; {} is stored as {}.
-            out[i] = IdempotencyConflict(
-                "This idempotency key was already used for a usage event with different metadata.",
-                idempotency_key=w.idempotency_key,
-            )
+        differ = [] if first is None else _differing(first, w)
+        if differ:
+            out[i] = _reused(first, w, differ)
         else:
             firsts[i] = first
     return firsts
+
+
+def _differing(first: Any, w: UsageWrite) -> list[str]:
+    """The fields of `w` whose values differ from the event stored under its key (not
+    occurred_at: a retry's own default differs, and the first event's stands)."""
+    differ = [f for f in ("metric", "quantity") if getattr(first, f) != getattr(w, f)]
+    # Compared in Python: the row is read anyway, and a new event's path never comes
+    # here. Absent and null are both stored as NULL; {} is stored as {}.
+    if not same_json(first._mapping["metadata"], w.metadata):
+        differ.append("metadata")
+    return differ
+
+
+def _reused(first: Any, w: UsageWrite, differ: list[str]) -> IdempotencyConflict:
+    """The 409 naming each field that differs (`differing_fields`) and, for a metric or
+    quantity, the stored event's ("812 tokens")."""
+    names = differ[0] if len(differ) == 1 else f"{', '.join(differ[:-1])} and {differ[-1]}"
+    if differ == ["metadata"]:
+        what = "different metadata"
+    else:
+        what = f"a different {names} ({first.quantity} {first.metric})"
+    return IdempotencyConflict(
+        f"This idempotency key was already used for a usage event with {what}.",
+        idempotency_key=w.idempotency_key,
+        differing_fields=differ,
+    )
 
 
 def _stored_keys(conn: sa.Connection, st: _Statements, writes: list[UsageWrite]) -> set[Any]:
@@ -1492,19 +1508,20 @@ def check(db: Session | sa.Connection, user_id: int, metric: str, quantity: int 
     if row is None:
         raise UserNotFound.of(user_id)
     limit = get_catalog()["free"].limit_for(metric) if row[0] is None else row[0]
-    used = row[1] or 0
-    unlimited = limit == 0
-    allowed = unlimited or used + quantity <= limit
+    status = _status(metric, row[1] or 0, limit, period)  # the record answer's and summary's
+    allowed = status.unlimited or status.used + quantity <= limit
     return CheckResult(
         allowed=allowed,
         metric=metric,
         requested=quantity,
-        used=used,
+        used=status.used,
         limit=limit,
-        unlimited=unlimited,
-        remaining=None if unlimited else max(limit - used, 0),
+        unlimited=status.unlimited,
+        remaining=status.remaining,
+        percent=status.percent,
+        period_start=period.start,
         resets_at=period.end,
-        reason=None if allowed else _reason(metric, limit, used, quantity, period),
+        reason=None if allowed else _reason(metric, limit, status.used, quantity, period),
     )
 
 

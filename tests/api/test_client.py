@@ -165,6 +165,20 @@ def test_record_check_consume_against_the_real_routes(actors, live_server):
     assert _totals(a, "api_calls") == (1, 3, 3)
 
 
+def test_a_check_carries_percent_and_period_start_as_usage_does(actors, live_server):
+    a = actors.a.id  # basic: 1,000 API calls
+    with billing(live_server, actors.service_key) as c:
+        c.record(a, "api_calls", 250)
+        chk = c.check(a, "api_calls")
+        meter = c.usage(a).metric("api_calls")
+        with pytest.raises(Conflict) as reused:
+            c.record(a, "api_calls", 250, idempotency_key="h86-c", metadata={"v": 1})
+            c.record(a, "api_calls", 250, idempotency_key="h86-c", metadata={"v": 2})
+    assert chk.percent == meter.percent == 25.0
+    assert chk.period_start == meter.period_start and chk.period_start.tzinfo is not None
+    assert reused.value.details["differing_fields"] == ["metadata"]
+
+
 def test_batch_full_and_minimal(actors, live_server):
     a, b = actors.a.id, actors.b.id
     events: list[Any] = [

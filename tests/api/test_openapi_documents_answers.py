@@ -312,3 +312,43 @@ def test_every_answer_with_a_limit_says_how_unlimited_reads(documented):
         if "remaining" in props:
             assert "null when unlimited" in props["remaining"].get("description", ""), name
     assert {"RecordOut", "CancelOut", "CheckOut", "MeterOut", "QuotaStatusOut"} <= set(described)
+
+
+def _error_properties(spec: dict[str, Any], path: str, status: str) -> set[str]:
+    doc = spec["paths"][path]["post"]["responses"][status]
+    answer = _resolve(spec, doc["content"]["application/json"]["schema"])
+    return set(_resolve(spec, answer["properties"]["error"])["properties"])
+
+
+def test_a_quota_exceeded_and_a_reused_key_name_each_of_their_fields(
+    live_server, actors, documented
+):
+    """An error's model is open (details pass as extras), so /api/docs named a 403
+    `quota_exceeded`'s numbers and a 409's `differing_fields` in prose at most: each
+    field the answers carry is a documented property of the status's error."""
+    uid = actors.a.id
+    with http(live_server, actors.service_key) as svc:
+        over = {"user_id": uid, "metric": "scraping_tasks", "quantity": 10_000}
+        exceeded = svc.post("/api/billing/usage/consume", json=over)
+        write = {"user_id": uid, "metric": "tokens", "quantity": 5, "idempotency_key": "h86-d"}
+        assert svc.post("/api/billing/usage", json=write).status_code == 201
+        reused = {
+            path: svc.post(path, json=body)
+            for path, body in (
+                ("/api/billing/usage", {**write, "quantity": 6}),
+                ("/api/billing/usage/consume", {**write, "quantity": 6}),
+                ("/api/billing/usage/batch", {"events": [{**write, "quantity": 6}]}),
+            )
+        }
+    assert exceeded.status_code == 403, exceeded.text
+    error = exceeded.json()["error"]
+    assert error["code"] == "quota_exceeded"
+    assert (
+        set(error) - _error_properties(documented.spec, "/api/billing/usage/consume", "403")
+        == set()
+    )
+    for path, r in reused.items():
+        assert r.status_code == 409, (path, r.text)
+        error = r.json()["error"]
+        assert error["differing_fields"] == ["quantity"], (path, error)
+        assert set(error) - _error_properties(documented.spec, path, "409") == set(), path

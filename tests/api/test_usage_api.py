@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from billing_app.api.app import create_api
 from billing_app.db import session_scope
 from billing_app.models import ApiKey, UsageEvent
-from billing_app.services import api_keys
+from billing_app.services import api_keys, quotas
 from tests.api.conftest import ORIGIN, http
 from tests.factories import usage_totals
 
@@ -95,6 +95,53 @@ def test_a_repeated_key_with_other_metadata_is_refused_as_other_values_are(actor
     assert _totals(actors.a.id) == (4, 12, 12)
     with session_scope() as s:
         assert {e.meta["model"] for e in s.exec(select(UsageEvent))} == {"gpt-4"}
+
+
+def test_a_reused_key_names_the_fields_that_differ(actors):
+    """The 409 gave the first event's values ("3 tokens") but not which field differs:
+    its message and `differing_fields` name each, for record and consume on both lanes,
+    and for each event of a batch; `occurred_at` is not compared (a duplicate)."""
+    a = actors.a.id
+    cases = [  # (changes to the stored event, fields named, words in the message)
+        ({"quantity": 4}, ["quantity"], "a different quantity (3 tokens)"),
+        ({"metric": "api_calls"}, ["metric"], "a different metric (3 tokens)"),
+        ({"metadata": {"m": 2}}, ["metadata"], "different metadata."),
+        (
+            {"metric": "api_calls", "quantity": 4, "metadata": None},
+            ["metric", "quantity", "metadata"],
+            "a different metric, quantity and metadata (3 tokens)",
+        ),
+    ]
+    for side, c in enumerate(_lane_and_routes(actors)):
+        for path in ("/api/billing/usage", "/api/billing/usage/consume"):
+            key = f"h86-{side}-{path.rsplit('/', 1)[-1]}"
+            stored = {"user_id": a, "metric": "tokens", "quantity": 3,
+                      "idempotency_key": key, "metadata": {"m": 1}}  # fmt: skip
+            assert c.post(path, json=stored).status_code == 201
+            for change, named, said in cases:
+                r = c.post(path, json={**stored, **change})
+                assert r.status_code == 409, (path, change, r.text)
+                error = r.json()["error"]
+                assert error["differing_fields"] == named, (side, path, error)
+                assert said in error["message"], (side, path, error)
+        again = {**stored, "occurred_at": "2026-01-01T00:00:00Z"}
+        assert c.post("/api/billing/usage", json=again).json()["duplicate"] is True
+        events = [  # the record's key, a new one, the consume's key
+            {**stored, "metric": "api_calls", "idempotency_key": f"h86-{side}-usage"},
+            {**stored, "idempotency_key": f"h86-new-{side}"},
+            {**stored, "quantity": 5, "metadata": {"m": 1, "n": 2}},
+        ]
+        r = c.post("/api/billing/usage/batch", json={"events": events})
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert (error["index"], error["differing_fields"]) == (0, ["metric"])
+        assert "a different metric (3 tokens)" in error["message"]
+        assert [(e["index"], e["differing_fields"]) for e in error["events"]] == [
+            (0, ["metric"]),
+            (2, ["quantity", "metadata"]),
+        ]
+        assert "a different quantity and metadata (3 tokens)" in error["events"][1]["message"]
+    assert _totals(a) == (4, 12, 12)
 
 
 def test_a_batch_repeating_a_key_with_other_metadata_is_refused_within_it(actors):
@@ -520,6 +567,33 @@ def test_quota_check_reads_only(actors):
     data = r.json()
     assert data["allowed"] is False and "remain" in data["reason"] and data["resets_at"]
     assert _totals(actors.a.id, "api_calls") == (0, 0, 0)
+
+
+def test_a_check_answers_percent_and_period_start_as_the_summary_and_record_do(actors):
+    """The check lacked `percent` and `period_start`, which the record answer and the
+    usage summary carry for the same counter: on both lanes, the same values and format,
+    an unlimited metric's percent 0.0 included."""
+    a = actors.a.id  # basic: 1,000 API calls
+    with session_scope() as s:
+        quotas.set_override(s, a, "scraping_tasks", 0, reason="h86 unlimited")
+    for side, c in enumerate(_lane_and_routes(actors)):
+        body = {"user_id": a, "metric": "api_calls", "quantity": 333}
+        rec = c.post("/api/billing/usage", json=body).json()
+        summary = {
+            m["metric"]: m
+            for m in c.get("/api/billing/usage", params={"user_id": a}).json()["metrics"]
+        }
+        for metric, percent in (("api_calls", 33.3 * (side + 1)), ("scraping_tasks", 0.0)):
+            r = c.post("/api/billing/quota/check", json={"user_id": a, "metric": metric})
+            assert r.status_code == 200, r.text
+            check = r.json()
+            assert check["percent"] == summary[metric]["percent"] == percent, (side, check)
+            assert check["period_start"] == summary[metric]["period_start"], (side, check)
+            assert (
+                check["period_start"].endswith("Z") and check["period_start"] < check["resets_at"]
+            )
+        assert check["unlimited"] is True
+        assert rec["percent"] == summary["api_calls"]["percent"]
 
 
 def test_consume_refuses_past_the_limit_and_records_nothing(actors):
