@@ -165,29 +165,30 @@ def notices() -> rx.Component:
         # Each used-up meter by name, numbers and date; the amber warning for those near one.
         rx.cond(
             S.limit_notices.length() > 0,
-            rx.callout.root(
-                rx.callout.icon(rx.icon("gauge")),
+            _usage_callout(
                 rx.vstack(
                     rx.foreach(S.limit_notices, lambda n: rx.callout.text(n)),
                     spacing="1",
                 ),
-                color_scheme="red",
-                high_contrast=True,  # red 11 on red 3 is under WCAG's 4.5:1 (axe)
-                id="limit-reached",
-                width="100%",
+                "red",
+                "limit-reached",
             ),
         ),
         rx.cond(
             S.near_limit_text != "",
-            rx.callout.root(
-                rx.callout.icon(rx.icon("gauge")),
-                rx.callout.text(S.near_limit_text),
-                color_scheme="amber",
-                high_contrast=True,
-                id="near-limit",
-                width="100%",
-            ),
+            _usage_callout(rx.callout.text(S.near_limit_text), "amber", "near-limit"),
         ),
+    )
+
+
+def _usage_callout(content: rx.Component, color: str, id_: str) -> rx.Component:
+    return rx.callout.root(
+        rx.callout.icon(rx.icon("gauge")),
+        content,
+        color_scheme=color,
+        high_contrast=True,  # red or amber 11 on 3 is under WCAG's 4.5:1 (axe)
+        id=id_,
+        width="100%",
     )
 
 
