@@ -490,10 +490,27 @@ def test_a_new_column_keeps_the_rows_both_ways(
         eng.dispose()
 
 
+def test_0016_adds_and_drops_the_partial_index_on_admin_quota_rows(empty_database_url):
+    """The users list's "Quota override" filter reads only the admin rows' index."""
+    url = empty_database_url
+
+    def indexes() -> dict[str, list[str]]:
+        eng = db.create_db_engine(url)
+        try:
+            return {ix["name"]: ix["column_names"] for ix in sa.inspect(eng).get_indexes("quota")}
+        finally:
+            eng.dispose()
+
+    alembic(url, "upgrade", "0016")
+    assert indexes()["ix_quota_admin_user_id"] == ["user_id"]
+    alembic(url, "downgrade", "0015")
+    assert "ix_quota_admin_user_id" not in indexes()
+
+
 def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0015" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0016" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

@@ -316,4 +316,13 @@ sa.Index(
 )
 # Admin sort by sign-up date.
 sa.Index("ix_user_created_at", User.__table__.c.created_at)  # type: ignore[attr-defined]
+# The users list's "Quota override" filter: the few users with an admin's quota row
+# (migration 0016). Partial: PostgreSQL's generic plans use it only for a literal 'admin'.
+_ADMIN_QUOTA = sa.text("source = 'admin'")
+sa.Index(
+    "ix_quota_admin_user_id",
+    Quota.__table__.c.user_id,  # type: ignore[attr-defined]
+    postgresql_where=_ADMIN_QUOTA,
+    sqlite_where=_ADMIN_QUOTA,
+)
 # No index holds usage_counter.used: every usage write changes it (migration 0003).
