@@ -14,12 +14,13 @@ from billing_app.api.cors import own_origins_only
 from billing_app.api.fast_lane import fast_lane
 from billing_app.api.proxies import behind_proxies
 from billing_app.db import schema_problem, unavailable
+from billing_app.logs import configure_logging
 from billing_app.services import quotas
 from billing_app.services.stripe_sync import grace_period_task
 from billing_app.settings import get_settings_or_exit
 from billing_app.states.owner import StateOwnerMiddleware
 
-get_settings_or_exit()
+configure_logging(get_settings_or_exit().log_level)
 
 
 class BillingApp(rx.App):

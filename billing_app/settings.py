@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     oidc_client_secret: str | None = None
 
     environment: Literal["dev", "prod", "test"] = "dev"
+    # The app's own loggers (`billing_app.*`) on stderr; libraries stay at WARNING.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -196,6 +203,7 @@ class Settings(BaseSettings):
         real_and_public = not self.uses_stripe_sandbox and exposed and self.environment != "test"
         if self.environment == "prod" or real_and_public:
             self._require_session_secret(exposed)
+            self._require_https()
             if not explicit_database:
                 # The default is a SQLite file in the checkout: a deployment whose
                 # DATABASE_URL did not arrive would keep its customers there.
@@ -249,6 +257,18 @@ class Settings(BaseSettings):
                 f"SESSION_SECRET is {len(self.session_secret)} characters: use "
                 f"{SESSION_SECRET_MIN_LENGTH}+ random characters, e.g. `openssl rand -hex 32`"
             )
+
+    def _require_https(self) -> None:
+        # Off this machine the session cookie is Secure: a browser on http:// drops it, so
+        # the app started, answered its health check, and nobody could sign in.
+        why = "ENVIRONMENT=prod" if self.environment == "prod" else "serving real Stripe"
+        for name, url in (("APP_URL", self.app_url), ("API_URL", self.api_url)):
+            if urlsplit(url).scheme != "https" and not is_local_url(url):
+                raise ValueError(
+                    f"{name} ({url}) must be https:// when {why}: browsers drop the Secure "
+                    "session cookie over http://, so nobody could sign in (serve TLS, e.g. "
+                    "at a reverse proxy named in TRUSTED_PROXIES)"
+                )
 
     def _sandbox_or_real(self) -> None:
         if self.stripe_secret_key is None:

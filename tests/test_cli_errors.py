@@ -162,3 +162,39 @@ def test_demo_run_refuses_a_sandbox_port_another_process_holds(empty_database_ur
     engine = sa.create_engine(empty_database_url)
     assert sa.inspect(engine).get_table_names() == []  # refused before migrating
     engine.dispose()
+
+
+# `sandbox run` with uvicorn.run replaced, so it prints what it would serve and returns.
+_SANDBOX_RUN = """
+import uvicorn
+uvicorn.run = lambda *args, **kwargs: None
+from billing_app.cli import main
+main(["sandbox", "run", "--port", "12999"])
+"""
+
+
+@pytest.mark.parametrize("api_base", [None, "http://127.0.0.1:12999"])
+def test_sandbox_run_warns_of_a_real_key_only_when_the_app_talks_to_stripe(api_base):
+    """The review's rehearsal (README, Production): a real-looking key with STRIPE_API_BASE
+    on the sandbox was told "the app talks to Stripe, not to this sandbox"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "APP_URL"))}
+    env |= {
+        "STRIPE_SECRET_KEY": "sk_test_rehearsal",
+        "STRIPE_WEBHOOK_SECRET": "whsec_rehearsal",
+        "STRIPE_PRICE_BASIC": "price_sandbox_basic",
+        "STRIPE_PRICE_PRO": "price_sandbox_pro",
+        "STRIPE_PRICE_ENTERPRISE": "price_sandbox_enterprise",
+    }
+    if api_base is not None:
+        env["STRIPE_API_BASE"] = api_base
+    proc = subprocess.run(
+        [sys.executable, "-c", _SANDBOX_RUN],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Stripe sandbox on http://127.0.0.1:12999" in proc.stderr
+    assert ("the app talks to Stripe" in proc.stderr) is (api_base is None)

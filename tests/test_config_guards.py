@@ -28,7 +28,7 @@ CONFIG_VARS = (
     "ENVIRONMENT", "APP_URL", "API_URL", "PORT", "SESSION_SECRET", "REFLEX_REDIS_URL",
     "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
     "STRIPE_PRICE_ENTERPRISE", "STRIPE_API_BASE", "OIDC_ISSUER", "OIDC_CLIENT_ID",
-    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON",
+    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON", "LOG_LEVEL",
 )  # fmt: skip
 REAL_STRIPE = {
     "STRIPE_SECRET_KEY": "sk_live_abc",
@@ -162,6 +162,39 @@ def test_the_default_session_secret_is_fine_on_this_machine(monkeypatch):
     """Local development with real (test-mode) Stripe keys needs no secret of its own."""
     s = settings_from(monkeypatch, **REAL_STRIPE)
     assert s.session_secret == DEV_SESSION_SECRET
+
+
+# ------------------------------------------------------------------ https in a deployment
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "url", "why"),
+    [({"ENVIRONMENT": "prod", "APP_URL": "http://192.0.2.2:8190"},
+      "APP_URL", "http://192.0.2.2:8190", "ENVIRONMENT=prod"),
+     ({"APP_URL": PUBLIC, "API_URL": "http://billing.example.com"},
+      "API_URL", "http://billing.example.com", "serving real Stripe")],
+)  # fmt: skip
+def test_a_deployment_on_plain_http_is_refused(monkeypatch, env, name, url, why):
+    """The review's deployment: prod on http://<host> started, answered its health check,
+    and every sign-in bounced back to /login (the browser dropped the Secure cookie)."""
+    secret = {"SESSION_SECRET": GOOD_SECRET, "DATABASE_URL": "postgresql://db/billing"}
+    assert refused(monkeypatch, **REAL_STRIPE, **secret, **env) == (
+        f"configuration error: {name} ({url}) must be https:// when {why}: browsers drop "
+        "the Secure session cookie over http://, so nobody could sign in (serve TLS, e.g. "
+        "at a reverse proxy named in TRUSTED_PROXIES)"
+    )
+    # On this machine plain http stays fine (the cookie is not Secure there).
+    local = {"APP_URL": "http://127.0.0.1:8190", "API_URL": "http://localhost:8190"}
+    s = settings_from(monkeypatch, **REAL_STRIPE, **secret, ENVIRONMENT="prod", **local)
+    assert s.app_url == "http://127.0.0.1:8190"
+
+
+# ------------------------------------------------------------------ LOG_LEVEL
+
+
+def test_log_level_is_read_and_a_bad_one_is_one_line(monkeypatch):
+    assert settings_from(monkeypatch, LOG_LEVEL=" warning ").log_level == "WARNING"
+    assert refused(monkeypatch, LOG_LEVEL="loud").startswith("configuration error: LOG_LEVEL ")
 
 
 # ------------------------------------------------------------------ OIDC

@@ -91,4 +91,22 @@ async def respond(payload: bytes, signature: str | None) -> JSONResponse:
             status_code=503,
             headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
         )
+    _log_refusal(result)
     return FastJSONResponse(result.body, status_code=result.status_code)
+
+
+def _log_refusal(result: WebhookResult) -> None:
+    """A refused or failed delivery reaches the operator's log too, not only Stripe's
+    dashboard: a wrong STRIPE_WEBHOOK_SECRET otherwise refuses every event silently."""
+    if result.status_code < 400:
+        return
+    error = result.body.get("error", {})
+    line = (
+        f"stripe webhook answered {result.status_code} {error.get('code')}: {error.get('message')}"
+    )
+    if error.get("code") == "invalid_signature":
+        log.warning("%s (check STRIPE_WEBHOOK_SECRET: the endpoint's signing secret)", line)
+    elif result.status_code >= 500:
+        log.error(line)
+    else:
+        log.warning(line)

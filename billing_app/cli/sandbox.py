@@ -48,7 +48,8 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
     from stripe_sandbox import SandboxConfig, create_app
 
     settings = get_settings_or_exit()
-    if not settings.uses_stripe_sandbox:
+    # A real key with STRIPE_API_BASE set is the README's rehearsal against the sandbox.
+    if not settings.uses_stripe_sandbox and settings.stripe_api_base is None:
         click.echo(
             "warning: STRIPE_SECRET_KEY is a real key, so the app talks to Stripe, not to "
             "this sandbox.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,34 @@ def test_bad_signature_is_400_and_writes_nothing(session, deliver, payloads):
     assert r.status_code == 400
     assert _count(session, StripeEvent) == 0
     assert _count(session, Subscription) == 0
+
+
+def test_refused_and_failed_deliveries_reach_the_log(
+    session, deliver, payloads, monkeypatch, caplog
+):
+    """The review: with a wrong STRIPE_WEBHOOK_SECRET every delivery was refused and the
+    app's log said nothing; a delivery whose apply failed (500) said nothing either."""
+    uid = _customer_user(session)
+    sub = payloads.subscription(sub_id="sub_log", customer="cus_test_1", user_id=uid)
+    body = json.dumps(payloads.event("customer.subscription.created", sub, T0)).encode()
+    caplog.set_level(logging.WARNING, logger="billing_app.api.webhook")
+    assert deliver.raw(body, sign(body, secret="whsec_wrong")).status_code == 400
+    (refusal,) = [r for r in caplog.records if r.name == "billing_app.api.webhook"]
+    assert refusal.levelno == logging.WARNING
+    assert "400 invalid_signature" in refusal.getMessage()
+    assert "check STRIPE_WEBHOOK_SECRET" in refusal.getMessage()
+
+    caplog.clear()
+    monkeypatch.setattr(stripe_sync, "apply_subscription", _raise_hiccup)
+    assert deliver.raw(body, sign(body)).status_code == 500
+    (failure,) = [r for r in caplog.records if r.name == "billing_app.api.webhook"]
+    assert failure.levelno == logging.ERROR
+    assert "500 processing_failed" in failure.getMessage()
+    assert "database hiccup" in failure.getMessage()
+
+
+def _raise_hiccup(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("database hiccup")
 
 
 def test_stale_timestamp_is_rejected(session, deliver, payloads):
