@@ -507,6 +507,9 @@ class AuditOut(BaseModel):
     new_limit: int | None
     reason: str
     actor_user_id: int | None
+    actor_email: str | None = Field(
+        default=None, description="The admin who made the change; null once that account is gone"
+    )
     created_at: datetime
 
 
@@ -581,5 +584,8 @@ class StatsOut(BaseModel):
     failed_payments: int = Field(
         description="Open invoices whose payment failed, still owed (uncollectible ones, "
         "written off, are not counted): what the invoices filter status=failed lists"
+    )
+    failed_amount_due: int = Field(
+        description="What those invoices still owe, in minor units of `currency`"
     )
     past_due_subscriptions: int

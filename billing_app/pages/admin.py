@@ -38,6 +38,7 @@ from billing_app.states.admin import (
     LIMIT_MAX,
     OVERRIDE_FIELDS,
     REASON_MAX,
+    SEARCH_ID,
     SEARCH_MAX,
 )
 from billing_app.states.admin import AdminState as A
@@ -163,7 +164,7 @@ def users_toolbar() -> rx.Component:
             flex="1",
             min_width="200px",
             aria_label="Search users",
-            id="user-search",
+            id=SEARCH_ID,
         ),
         select(A.plan_options, A.plan_filter, A.set_plan_filter, "Filter by plan", name="plan"),
         select(
@@ -177,6 +178,17 @@ def users_toolbar() -> rx.Component:
             A.usage_options, A.usage_filter, A.set_usage_filter, "Filter by usage", name="usage"
         ),
         select(A.sort_options, A.sort, A.set_sort, "Sort", name="sort"),
+        rx.cond(
+            A.users_filtered,
+            rx.button(
+                rx.icon("x", size=16),
+                "Clear filters",
+                on_click=A.clear_filters,
+                variant="ghost",
+                size="2",
+                id="clear-filters",
+            ),
+        ),
         export_link(A.users_csv_href, "user"),
         spacing="2",
         align="center",
@@ -679,7 +691,15 @@ def quota_row(q: QuotaView) -> rx.Component:
 def audit_row(a: AuditView) -> rx.Component:
     return rx.hstack(
         rx.text(a.when, size="1", color_scheme="gray", white_space="nowrap"),
-        rx.text(rx.text.strong(a.metric), " ", a.change, " · ", a.reason, size="1"),
+        rx.text(
+            rx.text.strong(a.metric),
+            " ",
+            a.change,
+            " · ",
+            a.reason,
+            rx.cond(a.who != "", rx.text.span(" · by ", a.who, color_scheme="gray")),
+            size="1",
+        ),
         spacing="2",
         align="start",
     )

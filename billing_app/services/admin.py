@@ -380,6 +380,16 @@ def stripe_dashboard_base() -> str | None:
     return "https://dashboard.stripe.com" + ("/test" if test else "")
 
 
+def _with_actors(session: Session, entries: list[dict]) -> list[dict]:
+    """Each audit entry with its admin's email (`actor_email`; None when that account is
+    gone): who changed a quota, in one query."""
+    ids = {e["actor_user_id"] for e in entries if e.get("actor_user_id") is not None}
+    emails = dict(
+        session.exec(select(User.id, User.email).where(col(User.id).in_(ids))).all() if ids else []
+    )
+    return [{**e, "actor_email": emails.get(e.get("actor_user_id"))} for e in entries]
+
+
 def user_detail(
     session: Session, user_id: int, *, audit_limit: int = DETAIL_AUDIT_LIMIT
 ) -> AdminUserDetail:
@@ -394,13 +404,14 @@ def user_detail(
         subscription=_subscription_dict(session, user_id),
         usage=metering.summary(session, user_id),
         quotas=quotas.get_quotas(session, user_id),
-        audit_log=quotas.audit_log(session, user_id, limit=audit_limit),
+        audit_log=_with_actors(session, quotas.audit_log(session, user_id, limit=audit_limit)),
         invoices=recent_invoices(session, user_id),
     )
 
 
 def headline_stats(session: Session) -> dict[str, Any]:
-    """Subscribers per plan, MRR (minor units), failed payments, total users.
+    """Subscribers per plan, MRR (minor units), failed payments and what they owe, total
+    users.
 
     One definition throughout, the users list's: each user's current subscription
     grants its plan now when active, trialing, or past_due within the grace period
@@ -427,8 +438,25 @@ def headline_stats(session: Session) -> dict[str, Any]:
     per_plan = {p: int(n) for p, n, _ in counts if p in paid}
     billed_per_plan = {p: int(b or 0) for p, _, b in counts if p in paid}
     mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items())
-    failed = session.exec(
-        select(sa.func.count()).select_from(Invoice).where(invoices.failed_payment_filter())
+    # What those invoices still owe (Stripe's amount_remaining; rows without it: due less
+    # paid), in the catalog's currency, which every paid plan bills in.
+    owed = sa.func.coalesce(
+        Invoice.amount_remaining,
+        sa.case(
+            (Invoice.amount_due > Invoice.amount_paid, Invoice.amount_due - Invoice.amount_paid),
+            else_=0,
+        ),
+    )
+    currency = catalog_currency()
+    failed, failed_due = session.exec(
+        select(
+            sa.func.count(),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((Invoice.currency == currency, owed), else_=0)), 0
+            ),
+        )
+        .select_from(Invoice)
+        .where(invoices.failed_payment_filter())
     ).one()
     total_users = session.exec(select(sa.func.count()).select_from(User)).one()
     # Users whose current subscription is past due: what the list's "Past due" filter
@@ -442,7 +470,8 @@ def headline_stats(session: Session) -> dict[str, Any]:
         "active_subscribers": sum(per_plan.values()),
         "subscribers_by_plan": {p: per_plan.get(p, 0) for p in catalog if p in paid},
         "mrr": mrr,
-        "currency": catalog_currency(),
+        "currency": currency,
         "failed_payments": failed,
+        "failed_amount_due": int(failed_due),
         "past_due_subscriptions": past_due,
     }

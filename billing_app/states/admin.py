@@ -47,6 +47,7 @@ DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
 # Element ids the state gives focus to: the Invoices tab's status filter, and its
 # customer chip (the drawer_opener of a drawer closed by "All invoices").
 INVOICE_FILTER_ID = "invoice-status-filter"
+SEARCH_ID = "user-search"
 CUSTOMER_FILTER = "customer-filter"
 # Before an opener (open_user): the button is on a phone's card, not in the table.
 CARD = "card-"
@@ -297,6 +298,12 @@ class AdminState(SessionState):
         return [[k, m.label] for k, m in METRICS.items()]
 
     @rx.var(cache=True)
+    def users_filtered(self) -> bool:
+        """A search or filter narrows the users list (its Clear filters shows)."""
+        filters = (self.plan_filter, self.status_filter, self.usage_filter)
+        return bool(self.search.strip()) or any(f != ALL for f in filters)
+
+    @rx.var(cache=True)
     def page_text(self) -> str:
         if not self.total:
             return "No users"
@@ -520,6 +527,16 @@ class AdminState(SessionState):
         self.sort = value if value in SORTS else "-created"
         self.page = 1
         return AdminState.reload_users
+
+    @rx.event
+    def clear_filters(self) -> Any:
+        """Every user again: no search, no plan, status or usage filter (the sort stays)."""
+        self.search = ""
+        self.plan_filter = self.status_filter = self.usage_filter = ALL
+        self.page = 1
+        # The search box is uncontrolled: emptied in the browser too. The button goes
+        # with the filters, so the keyboard goes to the search box.
+        return [rx.set_value(SEARCH_ID, ""), rx.set_focus(SEARCH_ID), AdminState.reload_users]
 
     @rx.event
     def next_page(self) -> Any:

@@ -182,6 +182,7 @@ class AuditView:
     metric: str = ""
     change: str = ""
     reason: str = ""
+    who: str = ""  # the admin's email: "by ..." ("" when their account is gone)
 
 
 def _limit_text(limit: int) -> str:
@@ -549,6 +550,7 @@ def audit_view(a: Any) -> AuditView:
         metric=METRICS[metric].label if metric in METRICS else metric,
         change=f"{lim(get(a, 'old_limit'))} → {lim(get(a, 'new_limit'))}",
         reason=str(get(a, "reason", "")),
+        who=str(get(a, "actor_email", "") or ""),
     )
 
 
@@ -597,8 +599,17 @@ def stat_views(stats: dict[str, Any]) -> list[StatView]:
     """headline_stats() -> cards; the per-plan dict becomes one card per plan."""
     stats = dict(stats or {})
     currency = str(stats.pop("currency", "usd") or "usd")
+    owed = stats.pop("failed_amount_due", None)
     out: list[StatView] = []
     for key, value in stats.items():
+        if key == "failed_payments" and isinstance(owed, int):
+            # How much is owed, not only how many invoices: what the admin chases.
+            hint = (
+                f"{fmt.money(owed, currency)} still owed on open invoices whose payment "
+                "failed: the Payment failed filter lists them"
+            )
+            out.append(StatView(label=_STAT_LABELS[key], value=_stat(key, value), hint=hint))
+            continue
         if isinstance(value, dict):
             for sub, v in value.items():
                 out.append(StatView(label=f"{str(sub).title()} subscribers", value=_stat(key, v)))

@@ -582,3 +582,26 @@ def test_a_quota_row_held_elsewhere_is_409_soon_and_nothing_is_written(
     d = admin.get(f"/api/billing/admin/users/{actors.a.id}").json()
     assert [e["new_limit"] for e in d["audit_log"]] == [4]
     assert admin.put(url, json=body).status_code == 200
+
+
+def test_the_audit_log_says_which_admin_changed_a_quota(actors):
+    """Two admins share the console: each change names who made it (one query for the
+    page's admins); one made with no admin signed in (a script) names no one."""
+    with session_scope() as s:
+        other = make_user(s, email="ops-h88@example.com", admin=True)
+        quotas.set_override(s, actors.a.id, "tokens", 7_000, "launch", actor_user_id=other.id)
+        quotas.set_override(s, actors.a.id, "api_calls", 70, "script", actor_user_id=None)
+    c = actors.cookie_client(actors.admin)
+    r = c.put(
+        f"/api/billing/admin/users/{actors.a.id}/quota",
+        json={"metric": "tokens", "limit": 8_000, "reason": "bigger launch"},
+    )
+    assert r.status_code == 200, r.text
+    log = c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"]
+    assert [(e["reason"], e["actor_email"]) for e in log] == [
+        ("bigger launch", actors.admin.email),
+        ("script", None),
+        ("launch", "ops-h88@example.com"),
+    ]
+    with session_scope() as s:
+        assert admin.user_detail(s, actors.a.id).audit_log[0]["actor_email"] == actors.admin.email

@@ -203,3 +203,26 @@ def test_a_failed_payment_is_badged_so_and_only_the_failed_filter_lists_it(
     assert [(i["stripe_invoice_id"], i["payment_failed"]) for i in admin["items"]] == [
         ("in_no_sub", False), ("in_just_open", False)
     ]  # fmt: skip
+
+
+def test_the_stats_say_how_much_the_failed_payments_still_owe(actors, failed_set) -> None:
+    """Who failed to pay, and how much: the stats sum what the invoices the Failed
+    payments card counts still owe (a part already paid, or Stripe's own
+    amount_remaining, is not owed), in the plans' currency; the other invoices owe
+    nothing here."""
+    from billing_app.services import admin as admin_service
+
+    with session_scope() as s:
+        s.add(
+            Invoice(stripe_invoice_id="in_part_paid", user_id=actors.a.id, status="open",
+                    stripe_subscription_id="sub_late", attempt_count=2, total=9900,
+                    amount_due=9900, amount_paid=0, amount_remaining=4900, currency="usd",
+                    created_at=datetime(2026, 11, 1, tzinfo=UTC))
+        )  # fmt: skip
+        s.commit()
+        stats = admin_service.headline_stats(s)
+    assert stats["failed_payments"] == 3
+    assert stats["failed_amount_due"] == 1900 + 1900 + 4900
+    r = actors.cookie_client(actors.admin).get("/api/billing/admin/stats")
+    assert r.status_code == 200, r.text
+    assert r.json()["failed_amount_due"] == 8700 and r.json()["currency"] == "usd"

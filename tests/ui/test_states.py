@@ -658,7 +658,7 @@ def test_a_failed_payment_reads_as_one_on_billing_and_in_the_console(session: Se
     assert admin_state.load_invoices("open", 1)["rows"] == []
     card = next(c for c in admin_state.load_stats() if c.label == "Failed payments")
     assert card.value == str(failed["total"]) == "1"
-    assert card.hint == "Open invoices whose payment failed, still owed: " + (
+    assert card.hint == "$19.00 still owed on open invoices whose payment failed: " + (
         "the Payment failed filter lists them"
     )
 
