@@ -972,6 +972,13 @@ def user_drawer() -> rx.Component:
                             rx.drawer.description(
                                 A.detail_name, color="var(--gray-11)", overflow_wrap="anywhere"
                             ),
+                            # What the JSON API names this customer by (`user_id`).
+                            rx.text(
+                                "User ID ",
+                                rx.code(A.detail_id.to_string(), id="detail-user-id"),
+                                size="2",
+                                color_scheme="gray",
+                            ),
                             spacing="1",
                             min_width="0",
                         ),

@@ -153,21 +153,26 @@ def load_detail(user_id: int) -> dict[str, Any]:
     }
 
 
-def curl_example(origin: str, secret: str, user_id: int, can_write: bool = True) -> str:
-    """A ready-to-paste request with a new key: posting usage, or for a key that may
-    only read, reading it."""
+# The example names no user: with the admin's own id, pasting it as it was billed the
+# admin 500 tokens. Left empty, USER_ID makes the request a 422 that writes nothing.
+_SET_USER = "USER_ID=  # the customer's User ID (the users list's Details shows it)\n"
+
+
+def curl_example(origin: str, secret: str, can_write: bool = True) -> str:
+    """A ready-to-paste request with a new key, for the customer set in USER_ID: posting
+    usage, or for a key that may only read, reading it."""
     origin = origin or "http://localhost:8000"
     if not can_write:
         return (
-            f'curl "{origin}/api/billing/usage?user_id={user_id}" \\\n'
+            f'{_SET_USER}curl "{origin}/api/billing/usage?user_id=$USER_ID" \\\n'
             f'  -H "Authorization: Bearer {secret}"'
         )
-    body = f'{{"user_id": {user_id}, "metric": "tokens", "quantity": 500}}'
+    body = '{\\"user_id\\": $USER_ID, \\"metric\\": \\"tokens\\", \\"quantity\\": 500}'
     return (
-        f"curl -X POST {origin}/api/billing/usage \\\n"
+        f"{_SET_USER}curl -X POST {origin}/api/billing/usage \\\n"
         f'  -H "Authorization: Bearer {secret}" \\\n'
         '  -H "Content-Type: application/json" \\\n'
-        f"  -d '{body}'"
+        f'  -d "{body}"'
     )
 
 
@@ -806,9 +811,7 @@ class AdminState(SessionState):
         # Shown once; it lives only in this tab's state until dismissed or the page reloads.
         self.new_secret = secret
         self._new_key_id = key_id
-        self.curl_example = curl_example(
-            self.router.url.origin, secret, self.user_id, "usage:write" in scopes
-        )
+        self.curl_example = curl_example(self.router.url.origin, secret, "usage:write" in scopes)
         self.key_sent = self._took(self.key_sent, KEY_FIELDS)
         return None
 

@@ -47,6 +47,9 @@ def test_over_a_limit_lists_only_who_reached_one_and_the_drawer_says_when_it_res
     page.get_by_role("button", name="Details for h78attn-over@example.com").click()
     drawer = page.locator("#user-drawer")
     expect(drawer).to_contain_text("Over Limit")
+    # The id the JSON API and the console's curl example name the customer by.
+    uid = live_app.user_id("h78attn-over@example.com")
+    expect(drawer.locator("#detail-user-id")).to_have_text(str(uid))
     resets = f"Resets on {fmt.date(calendar_month(datetime.now(UTC)).end)}"
     expect(drawer.locator("#meter-api_calls").locator("..")).to_contain_text(resets)
     expect(drawer.get_by_text(resets)).to_have_count(3)  # one per meter
