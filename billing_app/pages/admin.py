@@ -77,10 +77,32 @@ def stat_card(s: StatView) -> rx.Component:
             ),
             # Says what is counted, so the cards read as one definition.
             rx.cond(s.hint != "", rx.text(s.hint, size="1", color_scheme="gray")),
+            rx.cond(
+                s.action == "past_due",
+                _list_them(s, [TAB.set_value("users"), A.show_past_due]),
+                rx.cond(
+                    s.action == "failed",
+                    _list_them(s, [TAB.set_value("invoices"), A.show_failed_payments]),
+                ),
+            ),
             spacing="1",
         ),
         size="2",
         width="100%",
+    )
+
+
+def _list_them(s: StatView, on_click: list[Any]) -> rx.Component:
+    """A card's way to the list of what it counts (a tab and its filter)."""
+    return rx.button(
+        "List them",
+        rx.icon("arrow-right", size=14),
+        on_click=on_click,
+        variant="ghost",
+        size="1",
+        aria_label="List " + s.label.lower(),
+        class_name="stat-action",
+        margin_top="4px",
     )
 
 

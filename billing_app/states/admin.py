@@ -544,6 +544,15 @@ class AdminState(SessionState):
         return [rx.set_value(SEARCH_ID, ""), rx.set_focus(SEARCH_ID), AdminState.reload_users]
 
     @rx.event
+    def show_past_due(self) -> Any:
+        """The Past due card's "List them": the users its number counts, and only them."""
+        self.search = ""
+        self.plan_filter = self.usage_filter = ALL
+        self.status_filter = "past_due"
+        self.page = 1
+        return [rx.set_value(SEARCH_ID, ""), AdminState.reload_users]
+
+    @rx.event
     def next_page(self) -> Any:
         if self.page < self.pages:
             self.page += 1
@@ -578,6 +587,15 @@ class AdminState(SessionState):
         self.invoice_page = 1
         self.drawer_opener = CUSTOMER_FILTER
         self.drawer_open = False
+        return AdminState.reload_invoices
+
+    @rx.event
+    def show_failed_payments(self) -> Any:
+        """The Failed payments card's "List them": every customer's, as the card counts."""
+        self.invoice_status = "failed"
+        self.invoice_user_id = 0
+        self.invoice_user_email = ""
+        self.invoice_page = 1
         return AdminState.reload_invoices
 
     @rx.event

@@ -142,6 +142,8 @@ class StatView:
     label: str = ""
     value: str = ""
     hint: str = ""
+    # The list that shows what the card counts ("past_due": users, "failed": invoices).
+    action: str = ""
 
 
 @dataclasses.dataclass
@@ -589,10 +591,10 @@ _STAT_LABELS = {
 _STAT_HINTS = {
     "active_subscribers": "Active, trialing, or past due within the grace period",
     "mrr": "Active and past due within the grace period; trials excluded",
-    "failed_payments": "Open invoices whose payment failed, still owed: "
-    "the Payment failed filter lists them",
-    "past_due_subscriptions": "Users: the Past due filter lists them",
+    "failed_payments": "Open invoices whose payment failed, still owed",
+    "past_due_subscriptions": "Users whose subscription is past due",
 }
+_STAT_ACTIONS = {"failed_payments": "failed", "past_due_subscriptions": "past_due"}
 
 
 def stat_views(stats: dict[str, Any]) -> list[StatView]:
@@ -604,11 +606,8 @@ def stat_views(stats: dict[str, Any]) -> list[StatView]:
     for key, value in stats.items():
         if key == "failed_payments" and isinstance(owed, int):
             # How much is owed, not only how many invoices: what the admin chases.
-            hint = (
-                f"{fmt.money(owed, currency)} still owed on open invoices whose payment "
-                "failed: the Payment failed filter lists them"
-            )
-            out.append(StatView(label=_STAT_LABELS[key], value=_stat(key, value), hint=hint))
+            hint = f"{fmt.money(owed, currency)} still owed on open invoices whose payment failed"
+            out.append(StatView(_STAT_LABELS[key], _stat(key, value), hint, _STAT_ACTIONS[key]))
             continue
         if isinstance(value, dict):
             for sub, v in value.items():
@@ -619,7 +618,7 @@ def stat_views(stats: dict[str, Any]) -> list[StatView]:
         if key == "mrr" and isinstance(value, int | float):
             out.append(StatView(label=label, value=fmt.money(int(value), currency), hint=hint))
         else:
-            out.append(StatView(label=label, value=_stat(key, value), hint=hint))
+            out.append(StatView(label, _stat(key, value), hint, _STAT_ACTIONS.get(key, "")))
     # Money and trouble first, then counts.
     order = ["MRR", "Subscribers", "Failed payments", "Past due", "Total users"]
     return sorted(out, key=lambda s: order.index(s.label) if s.label in order else len(order))

@@ -77,3 +77,29 @@ def test_the_drawer_names_the_admin_who_changed_a_quota(page: Page, live_app: Li
     expect(drawer).to_contain_text("Tokens limit saved.")
     change = drawer.get_by_text(re.compile("h88 launch week")).first
     expect(change).to_contain_text(f"by {live_app.admin_email}")
+
+
+def test_the_cards_list_them_opens_the_list_they_count(page: Page, live_app: LiveApp) -> None:
+    """Failed payments: the Invoices tab's Payment failed filter, every customer (this
+    file's failed invoice among them); Past due: the Users tab's Past due filter alone,
+    a search typed before gone."""
+    uid = _customer(live_app)
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_h88_owed", user_id=uid, number="H88-0001", status="open",
+             attempt_count=1, total=4900, amount_due=4900, amount_paid=0, currency="usd",
+             created_at=datetime(2031, 2, 1, tzinfo=UTC)),
+    )  # fmt: skip
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    page.locator("#user-search").fill("nobody-h88-")
+    expect(page.get_by_text("No users match")).to_be_visible()
+
+    page.get_by_role("button", name="List failed payments").click()
+    expect(page.get_by_role("tab", name="Invoices")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#invoice-status-filter")).to_contain_text("Payment failed")
+    expect(page.get_by_role("row").filter(has_text="H88-0001")).to_contain_text(EMAIL)
+
+    page.get_by_role("button", name="List past due").click()
+    expect(page.get_by_role("tab", name="Users")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("combobox", name="Filter by status")).to_contain_text("Past due")
+    expect(page.locator("#user-search")).to_have_value("")

@@ -4,7 +4,7 @@ is owed, and a filtered users list can be cleared in one step."""
 from __future__ import annotations
 
 from billing_app.states import views
-from billing_app.states.admin import AdminState
+from billing_app.states.admin import ALL, AdminState
 from tests.ui.test_states import state_for
 
 
@@ -18,7 +18,8 @@ def test_the_failed_payments_card_says_how_much_is_owed() -> None:
     failed = by_label["Failed payments"]
     assert failed.value == "2"
     assert failed.hint.startswith("€148.50 still owed")
-    assert "Payment failed filter lists them" in failed.hint
+    assert failed.action == "failed" and by_label["Past due"].action == "past_due"
+    assert {c.action for c in cards} == {"failed", "past_due", ""}
     # The amount is the card's, not a card of its own.
     assert len(cards) == 7 and not any("amount" in c.label.lower() for c in cards)
 
@@ -55,3 +56,19 @@ def test_a_quota_change_in_the_drawer_names_the_admin_who_made_it() -> None:
     assert view.who == "ops@example.com"
     assert view.change == "1,000,000 → 2,000,000" and view.reason == "launch week"
     assert views.audit_view({**entry, "actor_email": None}).who == ""
+
+
+def test_the_cards_list_them_buttons_show_exactly_what_they_count() -> None:
+    """Past due: the users list with that status filter alone (a search or another
+    filter left over would hide some); Failed payments: every customer's failed invoices."""
+    st = state_for(AdminState, path="/admin/billing")
+    st.set_search("@acme.com")
+    st.set_plan_filter("pro")
+    st.set_usage_filter("over")
+    st.show_past_due()
+    assert (st.search, st.plan_filter, st.usage_filter) == ("", ALL, ALL)
+    assert (st.status_filter, st.page) == ("past_due", 1)
+
+    st.invoice_user_id, st.invoice_user_email, st.invoice_page = 7, "x@acme.com", 3
+    st.show_failed_payments()
+    assert (st.invoice_status, st.invoice_user_id, st.invoice_page) == ("failed", 0, 1)

@@ -658,9 +658,8 @@ def test_a_failed_payment_reads_as_one_on_billing_and_in_the_console(session: Se
     assert admin_state.load_invoices("open", 1)["rows"] == []
     card = next(c for c in admin_state.load_stats() if c.label == "Failed payments")
     assert card.value == str(failed["total"]) == "1"
-    assert card.hint == "$19.00 still owed on open invoices whose payment failed: " + (
-        "the Payment failed filter lists them"
-    )
+    assert card.hint == "$19.00 still owed on open invoices whose payment failed"
+    assert card.action == "failed"  # its List them: the Invoices tab's failed filter
 
 
 def test_a_page_past_the_end_after_a_change_shows_the_last_one(session: Session) -> None:
