@@ -504,30 +504,43 @@ def driver_rows(
 
 
 @lru_cache(maxsize=1)
-def schema_head() -> str:
-    """The migration this code needs (alembic/versions' single head), read once."""
+def _migrations() -> tuple[str, frozenset[str]]:
+    """This code's migration head and every revision it knows (alembic/versions), read once."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     from billing_app.settings import PROJECT_ROOT
 
-    head = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini"))).get_current_head()
+    script = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
+    head = script.get_current_head()
     assert head is not None
-    return head
+    return head, frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def schema_head() -> str:
+    """The migration this code needs (alembic/versions' single head)."""
+    return _migrations()[0]
 
 
 def schema_problem(engine: Engine | None = None) -> str | None:
     """None when the database is at this code's migration; else what to do, in one line.
-    An un-migrated database otherwise starts fine and fails each request with a 500."""
+    An un-migrated database otherwise starts fine and fails each request with a 500.
+    A revision this code does not know is a later one: after `db upgrade`, a worker
+    still on the old code must be restarted, and another upgrade would not help."""
     from alembic.runtime.migration import MigrationContext
 
-    head = schema_head()
+    head, known = _migrations()
     with (engine or get_engine()).connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     if current == head:
         return None
     if current is None:
         return f"The database has no schema yet: run `billing-app db upgrade` (to {head})."
+    if current not in known:
+        return (
+            f"The database schema is at {current}, newer than this code's {head}: this "
+            "worker runs older code than the database; restart it on the new code."
+        )
     return (
         f"The database schema is at {current}; this code needs {head}: "
         "run `billing-app db upgrade`."

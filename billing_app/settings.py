@@ -14,6 +14,7 @@ SESSION_SECRET is refused in prod and with real Stripe on a public URL.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -212,7 +213,25 @@ class Settings(BaseSettings):
                     f"DATABASE_URL must be set when {why} (the default is a SQLite file "
                     "in the project directory)"
                 )
+        if self.environment == "prod":
+            self._require_redis_for_workers()
         return self
+
+    def _require_redis_for_workers(self) -> None:
+        # `reflex run --env prod` starts GRANIAN_WORKERS workers, read from the process
+        # environment only (not `.env`); unset, one without Redis. Each worker keeps page
+        # state in its own memory, so a socket landing on another worker loses it.
+        raw = os.environ.get("GRANIAN_WORKERS", "").strip()
+        if not raw or self.reflex_redis_url:
+            return
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"GRANIAN_WORKERS ({raw}) must be a whole number of workers, 1+")
+        if int(raw) > 1:
+            raise ValueError(
+                f"REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs {raw} workers "
+                "(GRANIAN_WORKERS): each keeps the pages' state in its own memory, so a page "
+                "whose connection reaches another worker loses it (or set GRANIAN_WORKERS=1)"
+            )
 
     def _check_oidc(self) -> None:
         # An issuer alone makes the login page offer SSO whose routes then 404.
@@ -259,15 +278,15 @@ class Settings(BaseSettings):
             )
 
     def _require_https(self) -> None:
-        # Off this machine the session cookie is Secure: a browser on http:// drops it, so
-        # the app started, answered its health check, and nobody could sign in.
+        # The session cookie is Secure only over https: on http:// off this machine it
+        # would cross the network in clear, for anyone on the path to sign in with.
         why = "ENVIRONMENT=prod" if self.environment == "prod" else "serving real Stripe"
         for name, url in (("APP_URL", self.app_url), ("API_URL", self.api_url)):
             if urlsplit(url).scheme != "https" and not is_local_url(url):
                 raise ValueError(
-                    f"{name} ({url}) must be https:// when {why}: browsers drop the Secure "
-                    "session cookie over http://, so nobody could sign in (serve TLS, e.g. "
-                    "at a reverse proxy named in TRUSTED_PROXIES)"
+                    f"{name} ({url}) must be https:// when {why}: over http:// the session "
+                    "cookie crosses the network unencrypted, for anyone on the way to take "
+                    "(serve TLS, e.g. at a reverse proxy named in TRUSTED_PROXIES)"
                 )
 
     def _sandbox_or_real(self) -> None:

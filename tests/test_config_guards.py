@@ -28,7 +28,7 @@ CONFIG_VARS = (
     "ENVIRONMENT", "APP_URL", "API_URL", "PORT", "SESSION_SECRET", "REFLEX_REDIS_URL",
     "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
     "STRIPE_PRICE_ENTERPRISE", "STRIPE_API_BASE", "OIDC_ISSUER", "OIDC_CLIENT_ID",
-    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON", "LOG_LEVEL",
+    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON", "LOG_LEVEL", "GRANIAN_WORKERS",
 )  # fmt: skip
 REAL_STRIPE = {
     "STRIPE_SECRET_KEY": "sk_live_abc",
@@ -176,17 +176,56 @@ def test_the_default_session_secret_is_fine_on_this_machine(monkeypatch):
 )  # fmt: skip
 def test_a_deployment_on_plain_http_is_refused(monkeypatch, env, name, url, why):
     """The review's deployment: prod on http://<host> started, answered its health check,
-    and every sign-in bounced back to /login (the browser dropped the Secure cookie)."""
+    and every sign-in bounced back to /login (the browser dropped the Secure cookie). The
+    cookie is now Secure exactly over https, so on http it would travel in clear."""
     secret = {"SESSION_SECRET": GOOD_SECRET, "DATABASE_URL": "postgresql://db/billing"}
     assert refused(monkeypatch, **REAL_STRIPE, **secret, **env) == (
-        f"configuration error: {name} ({url}) must be https:// when {why}: browsers drop "
-        "the Secure session cookie over http://, so nobody could sign in (serve TLS, e.g. "
-        "at a reverse proxy named in TRUSTED_PROXIES)"
+        f"configuration error: {name} ({url}) must be https:// when {why}: over http:// "
+        "the session cookie crosses the network unencrypted, for anyone on the way to take "
+        "(serve TLS, e.g. at a reverse proxy named in TRUSTED_PROXIES)"
     )
-    # On this machine plain http stays fine (the cookie is not Secure there).
+    # On this machine plain http stays fine (nothing crosses a network).
     local = {"APP_URL": "http://127.0.0.1:8190", "API_URL": "http://localhost:8190"}
     s = settings_from(monkeypatch, **REAL_STRIPE, **secret, ENVIRONMENT="prod", **local)
     assert s.app_url == "http://127.0.0.1:8190"
+
+
+# ------------------------------------------------------------------ workers without Redis
+
+PROD = {
+    **REAL_STRIPE,
+    "ENVIRONMENT": "prod",
+    "SESSION_SECRET": GOOD_SECRET,
+    "DATABASE_URL": "postgresql://db/billing",
+    "APP_URL": PUBLIC,
+    "API_URL": PUBLIC,
+}
+
+
+def test_prod_with_several_workers_and_no_redis_is_refused(monkeypatch):
+    """The README's `GRANIAN_WORKERS=$(nproc)` without REFLEX_REDIS_URL started, and each
+    page lost its state whenever its socket reached another worker."""
+    assert refused(monkeypatch, **PROD, GRANIAN_WORKERS="4") == (
+        "configuration error: REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs 4 "
+        "workers (GRANIAN_WORKERS): each keeps the pages' state in its own memory, so a page "
+        "whose connection reaches another worker loses it (or set GRANIAN_WORKERS=1)"
+    )
+    assert "GRANIAN_WORKERS (two) must be a whole number" in refused(
+        monkeypatch, **PROD, GRANIAN_WORKERS="two"
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{**PROD, "GRANIAN_WORKERS": "4", "REFLEX_REDIS_URL": "redis://redis:6379/0"},
+     {**PROD, "GRANIAN_WORKERS": "1"},
+     PROD,  # unset: Reflex starts one worker without Redis
+     {"ENVIRONMENT": "dev", "GRANIAN_WORKERS": "4"},
+     {"ENVIRONMENT": "test", "GRANIAN_WORKERS": "4"}],
+)  # fmt: skip
+def test_workers_without_redis_are_fine_outside_that_case(monkeypatch, env):
+    """Guard: one worker, Redis, or dev/test still start."""
+    assert settings_from(monkeypatch, **env).environment == env["ENVIRONMENT"]
 
 
 # ------------------------------------------------------------------ LOG_LEVEL
@@ -321,6 +360,44 @@ def test_a_bad_setting_stops_rxconfig_with_one_line(tmp_path, env, message):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+
+
+def test_reflex_run_with_several_workers_and_no_redis_stops_with_one_line(tmp_path):
+    proc = _load_rxconfig(tmp_path / "missing.env", **PROD, GRANIAN_WORKERS="2")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "configuration error: REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs 2 "
+        "workers (GRANIAN_WORKERS): each keeps the pages' state in its own memory, so a page "
+        "whose connection reaches another worker loses it (or set GRANIAN_WORKERS=1)\n"
+    )
+
+
+_RXCONFIG_HOST = """
+import sys
+from billing_app import settings
+settings.Settings.model_config["env_file"] = None
+import rxconfig
+print(rxconfig.config.backend_host)
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [("http://[::1]:8000", "::1"), ("http://localhost:8000", "127.0.0.1"),
+     ("http://127.8.9.10:8000", "127.0.0.1")],
+)  # fmt: skip
+def test_the_sandbox_app_listens_where_its_local_url_is(url, host):
+    """http://[::1]:8000 reached nothing: the app listened on 127.0.0.1 only."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RXCONFIG_HOST],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=_clean_env(APP_URL=url, API_URL=url),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == host
 
 
 def test_prod_without_database_url_is_refused_not_run_on_sqlite(monkeypatch):

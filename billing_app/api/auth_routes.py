@@ -49,9 +49,11 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def cookie_secure() -> bool:
-    """Secure cookies everywhere except plain-http localhost development."""
-    parts = urlsplit(get_settings().app_url)
-    return parts.scheme == "https" or parts.hostname not in ("localhost", "127.0.0.1")
+    """Secure exactly when the app is served over https (APP_URL): a browser drops a
+    Secure cookie set over plain http, so sign-in would loop on any http host
+    (e.g. http://[::1]:8000, or a demo on a network). Deployments must be https
+    (settings' _require_https)."""
+    return urlsplit(get_settings().app_url).scheme == "https"
 
 
 def set_session_cookie(response: Response, token: str) -> None:

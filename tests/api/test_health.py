@@ -39,6 +39,36 @@ def test_health_names_a_database_behind_the_code(client, engine):
     assert client.get("/api/health").json() == {"status": "ok"}
 
 
+def test_health_names_a_database_ahead_of_the_code(client, engine, caplog):
+    """After `db upgrade`, a worker still on the old code told the operator to run
+    `db upgrade` again: it says instead that its code is older, here and at its start."""
+    import asyncio
+    import threading
+
+    from billing_app import billing_app as module
+
+    head = schema_head()
+    _set_revision(engine, "9999_from_newer_code")
+    try:
+        r = client.get("/api/health")
+        assert r.status_code == 503, r.text
+        expected = (
+            f"The database schema is at 9999_from_newer_code, newer than this code's {head}: "
+            "this worker runs older code than the database; restart it on the new code."
+        )
+        assert r.json()["error"]["message"] == expected
+        # Its own thread: earlier tests (Playwright's sync API) may leave a loop running.
+        start = threading.Thread(target=asyncio.run, args=(module.check_schema(),))
+        start.start()
+        start.join()
+        assert [rec.getMessage() for rec in caplog.records if rec.name == "billing_app"] == [
+            expected
+        ]
+    finally:
+        _set_revision(engine, head)
+    assert client.get("/api/health").json() == {"status": "ok"}
+
+
 def test_an_empty_database_has_no_schema_yet(tmp_path):
     empty = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:

@@ -4,10 +4,12 @@ user, the first cookie that is a live session, and sign-out revokes both."""
 
 from __future__ import annotations
 
+import pytest
+
 from billing_app.db import session_scope
 from billing_app.services import auth
 from billing_app.states.session import user_from_cookie
-from tests.api.conftest import ORIGIN
+from tests.api.conftest import ORIGIN, PASSWORD
 
 
 def _tokens(actors) -> tuple[str, str]:
@@ -96,3 +98,43 @@ def test_signing_in_over_https_sets_the_host_only_cookie(client, monkeypatch):
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("__Host-billing_session=")
     assert "Secure" in cookie and "Path=/" in cookie and "Domain" not in cookie
+
+
+@pytest.mark.parametrize(
+    "site",
+    ["http://[::1]:8000", "http://127.8.9.10:8000", "http://192.168.1.20:8000"],
+)
+def test_over_plain_http_the_cookie_is_not_secure_and_sign_in_sticks(actors, monkeypatch, site):
+    """The cookie was Secure on any http host but `localhost`/`127.0.0.1`: a browser
+    drops that, so http://[::1]:8000 (local, like 127/8) and the README's demo on a
+    network over plain http bounced every sign-in back to /login."""
+    from starlette.testclient import TestClient
+
+    from billing_app.settings import get_settings
+
+    monkeypatch.setenv("APP_URL", site)
+    monkeypatch.setenv("API_URL", site)
+    get_settings.cache_clear()
+    c = TestClient(actors.api, base_url=site, headers={"Origin": site})
+    r = c.post("/api/auth/signup", json={"email": "h90-plain@example.com", "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{auth.SESSION_COOKIE}=") and "Secure" not in cookie
+    me = c.get("/api/auth/me")  # the client's jar, like a browser's, keeps it over http
+    assert me.status_code == 200 and me.json()["email"] == "h90-plain@example.com"
+
+
+@pytest.mark.parametrize("site", ["https://localhost:8443", "https://10.0.0.5"])
+def test_over_https_the_cookie_is_secure_on_any_host(client, monkeypatch, site):
+    """Guard: served over https, local or not, the cookie is Secure."""
+    from billing_app.settings import get_settings
+
+    monkeypatch.setenv("APP_URL", site)
+    get_settings.cache_clear()
+    r = client.post(
+        "/api/auth/signup",
+        json={"email": "h90-https@example.com", "password": PASSWORD},
+        headers={"Origin": ORIGIN},
+    )
+    assert r.status_code == 201, r.text
+    assert "Secure" in r.headers["set-cookie"]
