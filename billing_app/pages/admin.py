@@ -100,7 +100,7 @@ def _list_them(s: StatView, on_click: list[Any]) -> rx.Component:
         on_click=on_click,
         variant="ghost",
         size="1",
-        aria_label="List " + s.label.lower(),
+        aria_label="List them: " + s.label.lower(),  # the visible words first (axe)
         class_name="stat-action",
         margin_top="4px",
     )
