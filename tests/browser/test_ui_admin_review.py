@@ -20,16 +20,20 @@ def _customer(live_app: LiveApp) -> int:
     return ensure_user(live_app, EMAIL, "Review Customer")
 
 
+def _owed_invoice(live_app: LiveApp) -> None:
+    """The customer's open invoice whose payment failed: $49.00 still owed."""
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id="in_h88_owed", user_id=_customer(live_app), number="H88-0001",
+             status="open", attempt_count=1, total=4900, amount_due=4900, amount_paid=0,
+             currency="usd", created_at=datetime(2031, 2, 1, tzinfo=UTC)),
+    )  # fmt: skip
+
+
 def test_the_failed_payments_card_says_how_much_is_still_owed(
     page: Page, live_app: LiveApp
 ) -> None:
-    uid = _customer(live_app)
-    ensure_invoices(
-        live_app,
-        dict(stripe_invoice_id="in_h88_owed", user_id=uid, number="H88-0001", status="open",
-             attempt_count=1, total=4900, amount_due=4900, amount_paid=0, currency="usd",
-             created_at=datetime(2031, 2, 1, tzinfo=UTC)),
-    )  # fmt: skip
+    _owed_invoice(live_app)
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     card = page.locator("#stats").locator(".rt-Card", has_text="Failed payments")
     # Other tests share the app: at least this invoice's $49.00, as an amount.
@@ -85,13 +89,7 @@ def test_the_cards_list_them_opens_the_list_they_count(page: Page, live_app: Liv
     """Failed payments: the Invoices tab's Payment failed filter, every customer (this
     file's failed invoice among them); Past due: the Users tab's Past due filter alone,
     a search typed before gone."""
-    uid = _customer(live_app)
-    ensure_invoices(
-        live_app,
-        dict(stripe_invoice_id="in_h88_owed", user_id=uid, number="H88-0001", status="open",
-             attempt_count=1, total=4900, amount_due=4900, amount_paid=0, currency="usd",
-             created_at=datetime(2031, 2, 1, tzinfo=UTC)),
-    )  # fmt: skip
+    _owed_invoice(live_app)
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.locator("#user-search").fill("nobody-h88-")
     expect(page.get_by_text("No users match")).to_be_visible()
