@@ -322,7 +322,7 @@ def unavailable(err: BaseException) -> ServiceUnavailable | None:
     too, with schema_problem's line as the message: PostgreSQL raises it as a
     ProgrammingError, which was a 500, and SQLite's 503 did not say what to do.
     """
-    if _missing_schema(err):
+    if missing_schema(err):
         try:
             problem = schema_problem()
         except Exception:  # the database went away meanwhile: the plain rule below
@@ -360,7 +360,7 @@ def _busy(err: BaseException) -> bool:
 _PG_MISSING = frozenset({"42P01", "42703"})
 
 
-def _missing_schema(err: BaseException) -> bool:
+def missing_schema(err: BaseException) -> bool:
     """A table or column the statement names is not in the database."""
     if not isinstance(err, sa_exc.DBAPIError):
         return False
@@ -522,11 +522,20 @@ def schema_head() -> str:
     return _migrations()[0]
 
 
+def _revision_number(revision: str) -> int | None:
+    """The number this repository's revision ids start with (0016, 0002b), None without."""
+    digits = revision[: len(revision) - len(revision.lstrip("0123456789"))]
+    return int(digits) if digits else None
+
+
 def schema_problem(engine: Engine | None = None) -> str | None:
     """None when the database is at this code's migration; else what to do, in one line.
     An un-migrated database otherwise starts fine and fails each request with a 500.
-    A revision this code does not know is a later one: after `db upgrade`, a worker
-    still on the old code must be restarted, and another upgrade would not help."""
+
+    A revision this code does not know: numbered after its head (ids here are numbered in
+    order), most likely newer code's, so this worker needs that code and another
+    upgrade would not help; numbered otherwise (or not at all), nothing tells it is newer
+    (another branch's, say), so the line says only that this code does not know it."""
     from alembic.runtime.migration import MigrationContext
 
     head, known = _migrations()
@@ -537,9 +546,18 @@ def schema_problem(engine: Engine | None = None) -> str | None:
     if current is None:
         return f"The database has no schema yet: run `billing-app db upgrade` (to {head})."
     if current not in known:
+        number, ours = _revision_number(current), _revision_number(head)
+        if number is not None and ours is not None and number > ours:
+            return (
+                f"The database schema is at {current}, a migration this code does not have, "
+                f"numbered after its {head}: most likely newer code migrated it; run this "
+                "worker on that code (`billing-app db upgrade` here cannot help)."
+            )
         return (
-            f"The database schema is at {current}, newer than this code's {head}: this "
-            "worker runs older code than the database; restart it on the new code."
+            f"The database schema is at {current}, a revision this code does not know "
+            f"(not numbered after its {head}: another branch's migration?); run this worker "
+            "on the code that migrated the database, or with that code downgrade it to a "
+            "revision this code has (`billing-app db upgrade` here cannot help)."
         )
     return (
         f"The database schema is at {current}; this code needs {head}: "

@@ -547,7 +547,10 @@ def create_subscription(
     st.subscriptions[sub_id] = sub
     st.subscription_internal[sub_id] = {"anchor": now, "cycle": 0, "pending": []}
     if cus["currency"] is None:
+        # Stripe tells it, as any change to the customer, with customer.updated.
+        before = copy.deepcopy(cus)
         cus["currency"] = sub["currency"]
+        st.emit("customer.updated", cus, objects.previous_attributes(before, cus))
     inv = new_invoice(
         st, sub, "subscription_create", (now, now), [line_for_item(i, st) for i in sub_items]
     )

@@ -50,6 +50,19 @@ def _database_where() -> str:
         return "DATABASE_URL"
 
 
+def _schema_problem(err: BaseException) -> str | None:
+    """For a missing table or column: what the database lacks and the command that fixes
+    it (the line /api/health answers), rather than the driver's "no such table"."""
+    from billing_app import db
+
+    if not db.missing_schema(err):
+        return None
+    try:
+        return db.schema_problem()
+    except Exception:  # noqa: BLE001 - the database went away meanwhile: the plain line
+        return None
+
+
 def error_line(err: BaseException) -> str | None:
     """The one line to print for an error an operator can fix (None: a bug, keep the
     traceback): domain and configuration errors, the database being unreachable or
@@ -59,6 +72,8 @@ def error_line(err: BaseException) -> str | None:
     import sqlalchemy.exc as sa_exc
 
     if isinstance(err, sa_exc.DBAPIError):
+        if (problem := _schema_problem(err)) is not None:
+            return f"error: {_database_where()}: {problem}"
         # The driver's first line (PostgreSQL adds the statement with a caret under it).
         first = str(err.orig).strip().splitlines()[0] if str(err.orig).strip() else "failed"
         line = f"error: database error on {_database_where()}: {first}"

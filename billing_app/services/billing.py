@@ -156,8 +156,11 @@ def _refuse_if_stripe_has_live(session: Session, user_id: int, customer_id: str)
 
 
 def forget_customer(session: Session, user: User) -> None:
-    """Drop the user's Stripe customer, which Stripe no longer has."""
+    """Drop the user's Stripe customer, which Stripe no longer has, and its credit balance,
+    which went with it (as stripe_sync.forget_deleted_customer)."""
     user.stripe_customer_id = None
+    user.stripe_balance = 0
+    user.stripe_balance_currency = None
     session.add(user)
     session.commit()
 

@@ -271,4 +271,5 @@ class SyncReport(DTO):
     subscriptions_changed: int = 0
     invoices: int = 0
     invoices_changed: int = 0
+    balances_changed: int = 0  # customers whose stored credit balance changed
     errors: tuple[str, ...] = ()

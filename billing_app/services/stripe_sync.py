@@ -9,15 +9,19 @@
   customer balance) states of one second (whose delivery order means nothing) are settled
   by fetching the object. Every stamp is Stripe's clock: an event's `created`, an API
   answer's `Date` (`answered_at`), never the app's, which may be minutes off.
-- `sync_from_stripe`: pull customers, subscriptions and invoices from the API (missed webhooks).
+- `sync_from_stripe`: pull customers (balances), subscriptions and invoices from the API
+  (missed webhooks).
 - `replay_events`: re-apply stored events.
 - `enforce_grace_periods`: past_due subscriptions fall back to free quotas after the grace
-  (`grace_period_task` wakes at the earliest grace end to come).
+  (`grace_period_task` wakes at the earliest grace end to come, or when a commit in its
+  process records an earlier one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -543,6 +547,7 @@ def apply_subscription(
         )
         if created is not None:
             changed = _state(values, _SUB_STATE) != _state(blank, _SUB_STATE)
+            _note_grace_start(session, values, blank)
         else:
             row = _first(conn, _SUB_LOCK, {"key": data.id})
     if changed is None:
@@ -561,6 +566,7 @@ def apply_subscription(
         driver_rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
         _forget_loaded(session, Subscription, sub["id"])
         changed = _state(values, _SUB_STATE) != _state(sub, _SUB_STATE)
+        _note_grace_start(session, values, sub)
     if not linked:
         if data.status not in ("canceled", "incomplete_expired"):
             # An ended subscription does not bring back a customer: it may be a deleted
@@ -754,9 +760,18 @@ def apply_customer(
         if at == stored_at and not force:
             if same:
                 return False
-            # Same second, another balance: the delivery order means nothing; ask Stripe.
-            fetched = get_gateway().retrieve_customer(data.id)
-            return apply_customer(session, fetched, answered_at(fetched), force=True)
+            if data.balance == user.stripe_balance and None in (
+                data.currency,
+                user.stripe_balance_currency,
+            ):
+                # Stripe sets a customer's currency once and never unsets it: the state
+                # with one is the later. No need to ask.
+                if data.currency is None:
+                    return False
+            else:
+                # Same second, another balance: the delivery order means nothing; ask Stripe.
+                fetched = get_gateway().retrieve_customer(data.id)
+                return apply_customer(session, fetched, answered_at(fetched), force=True)
     user.stripe_balance = data.balance
     user.stripe_balance_currency = data.currency
     if at is not None:
@@ -766,14 +781,26 @@ def apply_customer(
     return not same
 
 
-def _unlink_customer(session: Session, customer_id: Any) -> None:
-    """A customer deleted in Stripe: forget it, so the next checkout creates a new one."""
+def forget_deleted_customer(session: Session, customer_id: Any, at: datetime | None) -> bool:
+    """A customer deleted in Stripe (as of `at`): forget it, so the next checkout creates a
+    new one, and its credit balance, which went with it (0, not unknown: the invoices'
+    ending balance would show that credit again). A later event of the dead customer
+    finds no user; an older one, should something link it again, is older than `at`.
+    Returns True (it changed). Caller commits."""
     user = _user_by_customer(session, customer_id if isinstance(customer_id, str) else None)
     if user is None:
         raise UnmappedObject(f"customer {customer_id}: no local user")
+    session.refresh(user, with_for_update=True)  # as apply_customer: one at a time
     user.stripe_customer_id = None
+    user.stripe_balance = 0
+    user.stripe_balance_currency = None
+    at = _whole_second(at)
+    if at is not None:
+        stored_at = user.stripe_balance_at
+        user.stripe_balance_at = at if stored_at is None else max(as_utc(stored_at), at)
     session.add(user)
     session.flush()
+    return True
 
 
 # ---------------------------------------------------------------- events
@@ -797,7 +824,7 @@ def apply_event(session: Session, payload: dict[str, Any]) -> str | None:
         elif event.type in CUSTOMER_EVENTS:
             apply_customer(session, event.object, event.created)
         elif event.type == "customer.deleted":
-            _unlink_customer(session, event.object.get("id"))
+            forget_deleted_customer(session, event.object.get("id"), event.created)
         else:
             return f"ignored: {event.type} is not handled"
     except UnmappedObject as err:
@@ -974,8 +1001,11 @@ def replay_events(session: Session, since: datetime) -> int:
 # ---------------------------------------------------------------- reconciliation
 
 
-def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tuple[int, str]], int]:
-    """(user id, customer id) pairs to pull, and how many customers were newly linked."""
+def _customers_to_sync(
+    session: Session, user_id: int | None
+) -> tuple[list[tuple[int, str, dict[str, Any] | None]], int]:
+    """(user id, customer id, the customer as listed, None when not listed) to pull, and
+    how many customers were newly linked."""
     gateway = get_gateway()
     linked = 0
     if user_id is not None:
@@ -985,15 +1015,15 @@ def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tupl
         if user.stripe_customer_id:
             customer_id = user.stripe_customer_id
             session.rollback()  # no transaction (on SQLite, the write lock) across Stripe calls
-            return [(user_id, customer_id)], 0
+            return [(user_id, customer_id, None)], 0
         # Lost the customer id (e.g. a failed commit after creating it): find it by email.
         for cus in gateway.iter_customers(email=user.email):
             meta = (cus.get("metadata") or {}).get("user_id")
             if str(meta) == str(user_id) and _link_customer(session, user_id, cus["id"]):
                 session.commit()
-                return [(user_id, cus["id"])], 1
+                return [(user_id, cus["id"], cus)], 1
         return [], 0
-    pairs: list[tuple[int, str]] = []
+    pairs: list[tuple[int, str, dict[str, Any] | None]] = []
     for cus in gateway.iter_customers():
         owner = _user_by_customer(session, cus.get("id"))
         if owner is None:
@@ -1004,23 +1034,34 @@ def _customers_to_sync(session: Session, user_id: int | None) -> tuple[list[tupl
                 linked += 1
                 owner = session.get(User, candidate)
         if owner is not None and owner.id is not None:
-            pairs.append((owner.id, cus["id"]))
+            pairs.append((owner.id, cus["id"], cus))
     session.rollback()
     return pairs, linked
 
 
+def _sync_customer(session: Session, obj: dict[str, Any]) -> bool:
+    """A customer as Stripe's API answered it: its balance (not over a newer event's: no
+    `force`, so a tie with a stored event asks Stripe again), or its deletion."""
+    if obj.get("deleted"):
+        return forget_deleted_customer(session, obj.get("id"), answered_at(obj))
+    return apply_customer(session, obj, answered_at(obj))
+
+
 def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport:
-    """Pull customers, subscriptions and invoices from Stripe and repair local state.
+    """Pull customers (their balances), subscriptions and invoices from Stripe and repair
+    local state.
 
     What Stripe listed wins over whatever webhooks did or did not deliver, but not over an
     event created after the list was served (applied meanwhile). Idempotent.
     """
     gateway = get_gateway()
     pairs, linked = _customers_to_sync(session, user_id)
-    subs = subs_changed = invs = invs_changed = 0
+    subs = subs_changed = invs = invs_changed = balances_changed = 0
     errors: list[str] = []
-    for uid, customer_id in pairs:
+    for uid, customer_id, cus in pairs:
         try:
+            if cus is None:
+                cus = gateway.retrieve_customer(customer_id)
             sub_objs = list(gateway.iter_subscriptions(customer_id=customer_id))
             inv_objs = list(gateway.iter_invoices(customer_id=customer_id))
         except Exception as err:
@@ -1033,18 +1074,20 @@ def sync_from_stripe(session: Session, user_id: int | None = None) -> SyncReport
             for obj in inv_objs:
                 invs += 1
                 invs_changed += apply_invoice(session, obj, answered_at(obj), force=True)
+            balances_changed += _sync_customer(session, cus)
             refresh_quotas(session, uid)
             session.commit()
         except Exception as err:
             session.rollback()
             errors.append(f"customer {customer_id}: {type(err).__name__}: {err}")
     return SyncReport(
-        users=len({uid for uid, _ in pairs}),
+        users=len({uid for uid, _, _ in pairs}),
         customers_linked=linked,
         subscriptions=subs,
         subscriptions_changed=subs_changed,
         invoices=invs,
         invoices_changed=invs_changed,
+        balances_changed=balances_changed,
         errors=tuple(errors),
     )
 
@@ -1122,26 +1165,108 @@ def grace_wait(next_end: datetime | None, interval_seconds: float) -> float:
     return min(interval_seconds, max(until, GRACE_WAKE_SLACK_SECONDS))
 
 
+# session.info key: the grace ends a transaction recorded, to wake the pass after its commit.
+_GRACE_ENDS = "billing_app.grace_ends"
+
+
+def _note_grace_start(session: Session, values: dict[str, Any], stored: Any) -> None:
+    """A subscription newly past_due (a new grace start) whose grace is still to end: the
+    grace pass may sleep past that end, so wake it once this transaction commits. One
+    already over is cut by the quotas refresh in this same transaction."""
+    since = values["past_due_since"]
+    if values["status"] != "past_due" or since is None or since == stored["past_due_since"]:
+        return
+    end = as_utc(since) + timedelta(days=get_settings().past_due_grace_days)
+    if end > utcnow():
+        session.info.setdefault(_GRACE_ENDS, []).append(end)
+
+
+@sa.event.listens_for(Session, "after_commit")
+def _wake_after_commit(session: Session) -> None:
+    ends = session.info.pop(_GRACE_ENDS, None)
+    if ends:
+        wake_grace_pass(min(ends))
+
+
+@sa.event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(_GRACE_ENDS, None)
+
+
+class _GraceSleep:
+    """The wait between a grace task's passes, cut short by a grace end before it ends."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.woken = asyncio.Event()
+        self.until: datetime | None = None  # None during a pass: any new end counts
+
+    def poke(self, end: datetime) -> None:
+        """On `self.loop`."""
+        if self.until is None or end < self.until:
+            self.woken.set()
+
+    async def sleep(self, seconds: float) -> None:
+        self.until = utcnow() + timedelta(seconds=seconds)
+        try:
+            await asyncio.wait_for(self.woken.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self.until = None
+
+
+# This process's grace tasks (one per worker; a test may run more).
+_GRACE_SLEEPS: set[_GraceSleep] = set()
+_GRACE_SLEEPS_LOCK = threading.Lock()
+
+
+def wake_grace_pass(end: datetime) -> None:
+    """A grace now ends at `end`: the grace tasks of this process that would sleep past it
+    run a pass now (which then waits for that end). Safe from any thread.
+
+    Every worker runs its own task, and a webhook is applied in the worker it reached, so
+    waking that worker's task is enough; a change made by another process (`billing-app
+    stripe sync`) is seen within the task's interval, as before."""
+    with _GRACE_SLEEPS_LOCK:
+        sleeps = list(_GRACE_SLEEPS)
+    for s in sleeps:
+        try:
+            s.loop.call_soon_threadsafe(s.poke, end)
+        except RuntimeError:  # its loop has closed
+            pass
+
+
 async def grace_period_task(
     interval_seconds: float = GRACE_CHECK_INTERVAL_SECONDS,
     *,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
 ) -> None:
     """Run `enforce_grace_periods` forever, off the event loop, waking at the earliest grace
-    end to come (at most `interval_seconds` apart). Register it as the app's lifespan task
-    (Reflex: `app.register_lifespan_task(grace_period_task)`). `sleep`: tests' clock."""
-    import asyncio
-
-    while True:
-        next_end = None
-        try:
-            changed, next_end = await asyncio.to_thread(_grace_pass)
-            if changed:
-                log.info("past_due grace over: %d user(s) moved to free quotas", changed)
-        except Exception as err:  # keep the loop alive; the next pass retries
-            down = unavailable(err)
-            if down is None:
-                log.exception("enforcing past_due grace periods failed")
-            else:  # an outage or an un-migrated database: one line, not a traceback
-                log.warning("enforcing past_due grace periods: %s", down.message)
-        await (sleep or asyncio.sleep)(grace_wait(next_end, interval_seconds))
+    end to come (at most `interval_seconds` apart), or at once when a subscription falls
+    past_due in this process with an earlier end (`wake_grace_pass`). Register it as the
+    app's lifespan task (Reflex: `app.register_lifespan_task(grace_period_task)`).
+    `sleep`: tests' clock (no early wake then)."""
+    waits = _GraceSleep()
+    with _GRACE_SLEEPS_LOCK:
+        _GRACE_SLEEPS.add(waits)
+    try:
+        while True:
+            # Cleared before the pass reads: a wake during it makes the next sleep return.
+            waits.woken.clear()
+            next_end = None
+            try:
+                changed, next_end = await asyncio.to_thread(_grace_pass)
+                if changed:
+                    log.info("past_due grace over: %d user(s) moved to free quotas", changed)
+            except Exception as err:  # keep the loop alive; the next pass retries
+                down = unavailable(err)
+                if down is None:
+                    log.exception("enforcing past_due grace periods failed")
+                else:  # an outage or an un-migrated database: one line, not a traceback
+                    log.warning("enforcing past_due grace periods: %s", down.message)
+            wait = grace_wait(next_end, interval_seconds)
+            await (sleep or waits.sleep)(wait)
+    finally:
+        with _GRACE_SLEEPS_LOCK:
+            _GRACE_SLEEPS.discard(waits)

@@ -10,6 +10,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+import pytest
 import sqlalchemy as sa
 
 from billing_app.db import schema_head, schema_problem
@@ -53,8 +54,9 @@ def test_health_names_a_database_ahead_of_the_code(client, engine, caplog):
         r = client.get("/api/health")
         assert r.status_code == 503, r.text
         expected = (
-            f"The database schema is at 9999_from_newer_code, newer than this code's {head}: "
-            "this worker runs older code than the database; restart it on the new code."
+            "The database schema is at 9999_from_newer_code, a migration this code does not "
+            f"have, numbered after its {head}: most likely newer code migrated it; run this "
+            "worker on that code (`billing-app db upgrade` here cannot help)."
         )
         assert r.json()["error"]["message"] == expected
         # Its own thread: earlier tests (Playwright's sync API) may leave a loop running.
@@ -67,6 +69,26 @@ def test_health_names_a_database_ahead_of_the_code(client, engine, caplog):
     finally:
         _set_revision(engine, head)
     assert client.get("/api/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("revision", ["0012_other_branch", "0016b", "ae1027a6acf"])
+def test_an_unknown_revision_not_numbered_after_ours_is_not_called_newer(client, engine, revision):
+    """A revision this code does not know may be another branch's: only one numbered after
+    this code's head is said to be (most likely) newer code's."""
+    head = schema_head()
+    _set_revision(engine, revision)
+    try:
+        r = client.get("/api/health")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["message"] == (
+            f"The database schema is at {revision}, a revision this code does not know (not "
+            f"numbered after its {head}: another branch's migration?); run this worker on the "
+            "code that migrated the database, or with that code downgrade it to a revision "
+            "this code has (`billing-app db upgrade` here cannot help)."
+        )
+        assert "newer" not in r.json()["error"]["message"]
+    finally:
+        _set_revision(engine, head)
 
 
 def test_an_empty_database_has_no_schema_yet(tmp_path):

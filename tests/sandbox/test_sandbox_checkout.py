@@ -106,6 +106,7 @@ def test_paying_with_4242_creates_an_active_subscription_and_paid_invoice(
         "customer.created",
         "payment_method.attached",
         "customer.updated",
+        "customer.updated",  # its currency, set by its first subscription
         "customer.subscription.created",
         "invoice.created",
         "invoice.finalized",

@@ -57,3 +57,28 @@ def test_a_renewal_paid_from_the_credit_sends_the_new_balance(
     )
     assert event.data.object.balance == -15000 + 9900  # Pro's renewal paid from the credit
     assert event.data.previous_attributes["balance"] == -15000
+
+
+def test_a_first_subscription_sets_the_currency_with_a_customer_updated(
+    client: stripe.StripeClient, http: httpx.Client, sandbox: SandboxServer, receiver
+) -> None:
+    """A new customer has no currency; its first subscription gives it one, and Stripe
+    tells that change, as any other, with a signed customer.updated (previous: null),
+    before customer.subscription.created."""
+    sandbox.state.set_webhook_endpoint(receiver.url)
+    customer, _ = subscribe(client, http)
+    assert client.v1.customers.retrieve(customer.id).currency == "usd"
+    assert sandbox.flush(10)
+    events = receiver.events()  # raises if a signature does not verify
+    told = [
+        e
+        for e in events
+        if e.type == "customer.updated" and "currency" in e.data.previous_attributes
+    ]
+    assert len(told) == 1
+    assert told[0].data.object.currency == "usd"
+    assert told[0].data.previous_attributes.to_dict() == {"currency": None}
+    types = [e.type for e in events]
+    assert types.index("customer.updated", types.index("payment_method.attached")) < types.index(
+        "customer.subscription.created"
+    )

@@ -78,3 +78,61 @@ def test_a_grace_already_over_is_not_waited_for(session, frozen_clock):
     assert next_grace_end(session) is None
     run_task(frozen_clock, 1)
     assert metering.check(session, uid, "tokens", 20_000).allowed is False
+
+
+def test_a_new_past_due_wakes_the_sleeping_pass(session, deliver, payloads, monkeypatch):
+    """PAST_DUE_GRACE_DAYS=0 and Stripe's clock a few seconds ahead of the app's: the grace
+    ends just after the event is applied, while the pass, with no grace end known, sleeps
+    its 600 s. The event's commit wakes it, and the paid quotas end within seconds."""
+    import contextlib
+    import threading
+    import time
+
+    from billing_app.services import stripe_sync
+    from tests.conftest import _clear_caches
+
+    monkeypatch.setenv("PAST_DUE_GRACE_DAYS", "0")
+    _clear_caches()
+    uid = make_user(session, email="h94-grace-wake@example.com", customer="cus_h94_wake").id
+    base = {"sub_id": "sub_h94_wake", "customer": "cus_h94_wake", "user_id": uid}
+    now = int(time.time())
+    active = payloads.event("customer.subscription.created", payloads.subscription(**base), now)
+    assert deliver.send(active).status_code == 200
+
+    passed = threading.Event()
+    one_pass = stripe_sync._grace_pass
+
+    def counted_pass():
+        try:
+            return one_pass()
+        finally:
+            passed.set()
+
+    monkeypatch.setattr(stripe_sync, "_grace_pass", counted_pass)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(grace_period_task())
+
+    def run() -> None:  # a worker's event loop, as the app's lifespan runs the task
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert passed.wait(20), "the grace task made no first pass"
+        time.sleep(0.2)  # and went to sleep: no grace end known, its 600 s
+        past_due = payloads.subscription(**base, status="past_due")
+        r = deliver.send(payloads.event("customer.subscription.updated", past_due, now + 3))
+        assert r.status_code == 200, r.text
+        assert metering.check(session, uid, "tokens", 20_000).limit == 1_000_000  # in grace
+        session.rollback()
+        deadline = time.monotonic() + 15
+        while metering.check(session, uid, "tokens", 20_000).limit != 10_000:
+            session.rollback()
+            assert time.monotonic() < deadline, "the pass slept past the grace end"
+            time.sleep(0.1)
+        session.rollback()
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
+        loop.close()
