@@ -94,7 +94,9 @@ def vacuum_analyze(engine: Engine) -> None:
     100,000 users and sorts them all."""
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql('VACUUM ANALYZE "user", quota, usage_counter, subscription')
+            conn.exec_driver_sql(
+                'VACUUM ANALYZE "user", quota, usage_counter, subscription, invoice'
+            )
     else:
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")

@@ -491,6 +491,12 @@ class AdminUserRowOut(BaseModel):
     ends_at: datetime | None = Field(
         default=None, description="When a subscription set to cancel ends; null: it renews"
     )
+    amount_owed: int = Field(
+        default=0,
+        description="Still owed on the user's failed payments (open invoices whose payment "
+        "failed), minor units of `currency`",
+    )
+    currency: str = Field(default="usd", description="The plans' currency")
 
 
 class AdminUserPage(BaseModel):

@@ -229,57 +229,69 @@ OPENER_ID, CARD_OPENER_ID = "drawer-opener", "drawer-opener-card"
 
 
 def _drawer_opener(
-    own_id: str | rx.Var, button: Callable[[str | rx.Var], rx.Component], card: bool = False
+    key: str | rx.Var, button: Callable[[str | rx.Var], rx.Component], card: bool = False
 ) -> rx.Component:
-    """A button that opens the drawer (`own_id`: which one, as open_user records it),
-    built by `button(id)`. Both branches are the same element, so React keeps the button
-    (and its focus) as the id changes. `card`: on a phone's card."""
+    """A button that opens the drawer (`key`: which one, as open_user records it, without
+    CARD), built by `button(id)`. Both branches are the same element, so React keeps the
+    button (and its focus) as the id changes. `card`: on a phone's card. The table's and
+    the card's twins both take their ids when either opened the drawer: narrowing or
+    widening the window past 62em meanwhile hides the one clicked (_FOCUS_OPENER)."""
     opener_id = CARD_OPENER_ID if card else OPENER_ID
-    return rx.cond(A.drawer_opener == own_id, button(opener_id), button(own_id))
+    own_id = CARD + key if card else key
+    return rx.cond(A.opener_key == key, button(opener_id), button(own_id))
 
 
 def _email_opener(
     email: rx.Var,
     user_id: rx.Var,
-    own_id: str | rx.Var,
+    key: str | rx.Var,
     opener: str | rx.Var,
     card: bool = False,
     **props: Any,
 ) -> rx.Component:
     """A user's email that opens their drawer (`opener`: what open_user records, "email" or
-    the invoice's `own_id`). A long email is cut short (the whole one is
-    its title and the drawer's): it pushed a table's last columns out of sight. `card`:
-    on a phone's card, as wide as its line rather than 260px."""
+    the invoice's, `key` without CARD). A long email wraps, anywhere, within 260px (its
+    line on a phone's card, `card`): cut short with an ellipsis, only a mouse could read
+    the rest (the title), and on one line it pushed a table's last columns out of sight."""
 
     def button(id_: str | rx.Var) -> rx.Component:
         return rx.button(
-            rx.text(email, max_width="100%" if card else "260px", **ONE_LINE, **props),
+            rx.text(
+                email,
+                max_width="100%" if card else "260px",
+                overflow_wrap="anywhere",
+                text_align="left",
+                **props,
+            ),
             on_click=A.open_user(user_id, opener),
             title=email,
             variant="ghost",
             color_scheme="gray",
             high_contrast=True,
             size="2",
-            white_space="nowrap",
+            # Radix's fixed button height would let a wrapped second line spill out.
+            height="auto",
+            min_height="var(--base-button-height)",
+            padding_y="2px",
             id=id_,
             **({"max_width": "100%"} if card else {}),
         )
 
-    return _drawer_opener(own_id, button, card)
+    return _drawer_opener(key, button, card)
 
 
 def invoice_customer(inv: InvoiceView, card: bool = False) -> rx.Component:
     """An invoice's customer in the Invoices tab: their email, which opens their drawer
     (plan, usage, quotas), as the users list's email does. `card`: on a phone's card."""
-    own_id = (CARD if card else "") + "invoice-" + inv.id
-    return _email_opener(inv.user_email, inv.user_id, own_id, own_id, card=card)
+    key = "invoice-" + inv.id
+    return _email_opener(inv.user_email, inv.user_id, key, (CARD if card else "") + key, card=card)
 
 
 def _details_button(u: AdminUserView, card: bool = False) -> rx.Component:
     """The row's Details button, which opens the user's drawer."""
     opener = CARD + "details" if card else "details"
     return _drawer_opener(
-        opener + "-" + u.id.to_string(),
+        "details-" + u.id.to_string(),
         lambda id_: rx.button(
             "Details",
             on_click=A.open_user(u.id, opener),
@@ -289,6 +301,21 @@ def _details_button(u: AdminUserView, card: bool = False) -> rx.Component:
             id=id_,
         ),
         card,
+    )
+
+
+def _owed(u: AdminUserView) -> rx.Component:
+    """What the user still owes on failed payments ("$49.00 owed"), under their status."""
+    return rx.cond(
+        u.owed_text != "",
+        rx.text(
+            u.owed_text,
+            size="1",
+            weight="medium",
+            color=rx.color("red", 11),
+            white_space="nowrap",
+            class_name="owed",
+        ),
     )
 
 
@@ -318,6 +345,7 @@ def user_row(u: AdminUserView) -> rx.Component:
                     u.ends_text != "",
                     rx.text(u.ends_text, size="1", color_scheme="gray", white_space="nowrap"),
                 ),
+                _owed(u),
                 spacing="1",
             )
         ),
@@ -335,15 +363,14 @@ def user_row(u: AdminUserView) -> rx.Component:
 def user_item(u: AdminUserView) -> rx.Component:
     """One user on a phone: the table's row stacked (its six columns scrolled sideways,
     the status, meters and Details out of sight behind the email)."""
-    card_email = CARD + "email"
     return list_item(
         rx.vstack(
             rx.hstack(
                 _email_opener(
                     u.email,
                     u.id,
-                    card_email + "-" + u.id.to_string(),
-                    card_email,
+                    "email-" + u.id.to_string(),
+                    CARD + "email",
                     card=True,
                     weight="medium",
                 ),
@@ -358,6 +385,7 @@ def user_item(u: AdminUserView) -> rx.Component:
                     rx.text(u.plan_name, weight="medium"),
                     status_badge(u.status_label, u.status_color),
                     rx.cond(u.ends_text != "", rx.text(u.ends_text, size="1", color_scheme="gray")),
+                    _owed(u),
                     align="center",
                     spacing="2",
                     wrap="wrap",
@@ -963,13 +991,12 @@ def detail_body() -> rx.Component:
 # top of the list it was in: the users search, or the Invoices tab's filter (the search
 # sits in the hidden Users tab there). Radix returns it only to a Trigger, and the
 # drawer opens from State.
+# Both twins of a listed opener (the table's, the phone card's) are asked: one is hidden
+# (display: none, below or above 62em), and focus() does nothing there, so the one in
+# sight takes it, also after the window was narrowed or widened with the drawer open.
 _FOCUS_OPENER = rx.cond(
     A.opener_listed,
-    rx.cond(
-        A.drawer_opener.startswith(CARD),
-        rx.set_focus(CARD_OPENER_ID),
-        rx.set_focus(OPENER_ID),
-    ),
+    rx.set_focus(OPENER_ID),
     rx.cond(
         A.drawer_opener == CUSTOMER_FILTER,  # closed by "All invoices": the list's chip
         rx.set_focus(CUSTOMER_FILTER),
@@ -980,6 +1007,7 @@ _FOCUS_OPENER = rx.cond(
         ),
     ),
 )
+_FOCUS_CARD_TWIN = rx.cond(A.opener_listed, rx.set_focus(CARD_OPENER_ID), rx.noop())
 
 
 def user_drawer() -> rx.Component:
@@ -1039,7 +1067,7 @@ def user_drawer() -> rx.Component:
                 z_index="51",
                 id="user-drawer",
                 role="dialog",
-                on_close_auto_focus=_FOCUS_OPENER,
+                on_close_auto_focus=[_FOCUS_OPENER, _FOCUS_CARD_TWIN],
             )
         ),
         open=A.drawer_open,
@@ -1059,14 +1087,27 @@ def console() -> rx.Component:
                 rx.text("Customers, plans, usage and revenue.", color_scheme="gray"),
                 spacing="1",
             ),
-            # The console reads once per visit (the numbers move with webhooks): read again.
-            rx.button(
-                rx.icon("refresh-cw", size=16),
-                "Refresh",
-                on_click=A.refresh_all,
-                variant="soft",
-                color_scheme="gray",
-                id="refresh-console",
+            # The console reads once per visit (the numbers move with webhooks): when it
+            # read them, and read again.
+            rx.vstack(
+                rx.button(
+                    rx.icon("refresh-cw", size=16),
+                    "Refresh",
+                    on_click=A.refresh_all,
+                    variant="soft",
+                    color_scheme="gray",
+                    id="refresh-console",
+                ),
+                rx.text(
+                    A.as_of,
+                    title=A.as_of_title,
+                    size="1",
+                    color_scheme="gray",
+                    white_space="nowrap",
+                    id="as-of",
+                ),
+                align="end",
+                spacing="1",
             ),
             justify="between",
             align="start",

@@ -1,9 +1,9 @@
 """Admin views: the user list (fast at 100k users), one user's detail, headline stats.
 
-The list is one page query (LIMIT/OFFSET, index-backed email prefix search), plus
-one query for the page's usage counters and one for its quotas: no N+1. The CSV export
-(services/exports.py) reads every matching user through the same query, with those
-joined in, in chunks.
+The list is one page query (LIMIT/OFFSET, index-backed email prefix search), plus one
+query each for the page's usage counters, quotas, subscriptions and failed payments still
+owed: no N+1. The CSV export (services/exports.py) reads every matching user through the
+same query, with the counters and quotas joined in, in chunks.
 """
 
 from __future__ import annotations
@@ -66,6 +66,33 @@ def _page_subscriptions(session: Session, ids: list[int]) -> dict[int, Any]:
         if have is None or (have.status not in LIVE_STATUSES and sub.status in LIVE_STATUSES):
             out[sub.user_id] = sub
     return out
+
+
+def _owed() -> Any:
+    """What an invoice still owes: Stripe's amount_remaining; rows without it, due less paid."""
+    return sa.func.coalesce(
+        Invoice.amount_remaining,
+        sa.case(
+            (Invoice.amount_due > Invoice.amount_paid, Invoice.amount_due - Invoice.amount_paid),
+            else_=0,
+        ),
+    )
+
+
+def _page_owed(session: Session, ids: list[int]) -> dict[int, int]:
+    """What each listed user still owes on their failed payments (the Failed payments
+    card's invoices, in its currency), in one query: absent when nothing."""
+    currency = catalog_currency()
+    rows = session.exec(
+        select(Invoice.user_id, sa.func.sum(_owed()))
+        .where(
+            col(Invoice.user_id).in_(ids),
+            Invoice.currency == currency,
+            invoices.failed_payment_filter(),
+        )
+        .group_by(Invoice.user_id)
+    ).all()
+    return {uid: int(n) for uid, n in rows if n}
 
 
 def _escape_like(text: str) -> str:
@@ -224,7 +251,7 @@ def _users_query(f: UserFilters, now: Any) -> tuple[Any, Any]:
 
 def _user_rows(session: Session, rows: list[Any], now: Any) -> list[tuple[AdminUserRow, Any]]:
     """The list's row for each (id, email, display_name, role, created_at), with the
-    user's current subscription: three queries whatever the number of rows."""
+    user's current subscription: four queries whatever the number of rows."""
     ids = [r[0] for r in rows]
     used_by: dict[tuple[int, str], int] = {}
     limits: dict[tuple[int, str], int] = {}
@@ -241,6 +268,7 @@ def _user_rows(session: Session, rows: list[Any], now: Any) -> list[tuple[AdminU
         ).all():
             limits[(uid, metric)] = lim
     current = _page_subscriptions(session, ids) if ids else {}
+    owed = _page_owed(session, ids) if ids else {}
 
     catalog = get_catalog()
     out = []
@@ -276,6 +304,8 @@ def _user_rows(session: Session, rows: list[Any], now: Any) -> list[tuple[AdminU
             ends_at=subscriptions.ends_at(sub)
             if sub is not None and sub.status in LIVE_STATUSES
             else None,
+            amount_owed=owed.get(uid, 0),
+            currency=catalog_currency(),
         )
         out.append((row, sub))
     return out
@@ -438,15 +468,9 @@ def headline_stats(session: Session) -> dict[str, Any]:
     per_plan = {p: int(n) for p, n, _ in counts if p in paid}
     billed_per_plan = {p: int(b or 0) for p, _, b in counts if p in paid}
     mrr = sum(catalog[p].amount * n for p, n in billed_per_plan.items())
-    # What those invoices still owe (Stripe's amount_remaining; rows without it: due less
-    # paid), in the catalog's currency, which every paid plan bills in.
-    owed = sa.func.coalesce(
-        Invoice.amount_remaining,
-        sa.case(
-            (Invoice.amount_due > Invoice.amount_paid, Invoice.amount_due - Invoice.amount_paid),
-            else_=0,
-        ),
-    )
+    # What those invoices still owe, in the catalog's currency, which every paid plan
+    # bills in.
+    owed = _owed()
     currency = catalog_currency()
     failed, failed_due = session.exec(
         select(

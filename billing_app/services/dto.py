@@ -185,6 +185,10 @@ class AdminUserRow(DTO):
     created_at: datetime
     # When the live subscription, set to cancel, ends; None when it renews (or none).
     ends_at: datetime | None = None
+    # Still owed on their failed payments (minor units of `currency`; the Failed payments
+    # card's invoices): what a past-due customer is chased for.
+    amount_owed: int = 0
+    currency: str = "usd"
 
 
 @dataclass(frozen=True)

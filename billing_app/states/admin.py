@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import reflex as rx
 
+from billing_app.clock import utcnow
 from billing_app.db import read_session, session_scope
 from billing_app.errors import BillingError
 from billing_app.metrics import METRICS
@@ -192,6 +193,10 @@ class AdminState(SessionState):
     forbidden: bool = False
     loaded: bool = False
     stats: list[views.StatView] = []
+    # When the cards and the users list were read ("As of 14:03 UTC"; the date in its
+    # title): the console reads once per visit, so its figures age until a Refresh.
+    as_of: str = ""
+    as_of_title: str = ""
 
     # users table
     search: str = ""
@@ -285,6 +290,12 @@ class AdminState(SessionState):
         if opener.startswith("invoice-"):
             return any(f"invoice-{i.id}" == opener for i in self.invoices)
         return any(u.id == self.detail_id for u in self.users)
+
+    @rx.var(cache=True)
+    def opener_key(self) -> str:
+        """The opener without CARD: both twins of it (the table's and the phone card's)
+        carry the focus ids, as a resize may have hidden the one clicked."""
+        return self.drawer_opener.removeprefix(CARD)
 
     @rx.var(cache=True)
     def invoice_status_options(self) -> list[list[str]]:
@@ -396,6 +407,7 @@ class AdminState(SessionState):
             inv_args = (self.invoice_status, self.invoice_page, self.invoice_user_id)
             loads = {part: start_load(self, part) for part in (USERS, INVOICES, KEYS)}
         try:
+            read_at = utcnow()
             users = await in_thread(lambda: load_users(*args))
             stats = await in_thread(load_stats)
             invs = await in_thread(lambda: load_invoices(*inv_args))
@@ -413,7 +425,7 @@ class AdminState(SessionState):
             shown = ["page"]
             if is_newest(self, USERS, loads[USERS]):
                 self._set_users(users)
-                self.stats = stats
+                self._set_stats(stats, read_at)
                 shown.append("users")
             if is_newest(self, INVOICES, loads[INVOICES]):
                 self._set_invoices(invs)
@@ -422,6 +434,11 @@ class AdminState(SessionState):
                 self.keys = keys
             self._clear_error(*shown)
             self.loaded = True
+
+    def _set_stats(self, stats: list[views.StatView], read_at: Any) -> None:
+        self.stats = stats
+        self.as_of = f"As of {read_at:%H:%M} UTC"
+        self.as_of_title = f"Figures read {fmt.date_time(read_at)}"
 
     def _set_users(self, data: dict[str, Any]) -> None:
         self.users = data["rows"]
@@ -468,6 +485,7 @@ class AdminState(SessionState):
                     self.usage_filter)  # fmt: skip
             load = start_load(self, USERS)
         try:
+            read_at = utcnow()
             users = await in_thread(lambda: load_users(*args))
             # With the list, so the counts above it are of the same moment.
             stats = await in_thread(load_stats)
@@ -479,7 +497,7 @@ class AdminState(SessionState):
         async with self:
             if is_newest(self, USERS, load):
                 self._set_users(users)
-                self.stats = stats
+                self._set_stats(stats, read_at)
                 self._clear_error("users")
 
     @rx.event(background=True)

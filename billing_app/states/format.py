@@ -41,6 +41,18 @@ def date(value: datetime | str | None) -> str:
     return as_utc(value).strftime("%b %-d, %Y")
 
 
+def date_time(value: datetime | str | None) -> str:
+    """ "Nov 25, 2026, 14:03 UTC": a moment, said in UTC; empty for None."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return as_utc(value).strftime("%b %-d, %Y, %H:%M UTC")
+
+
 def period(start: datetime | None, end: datetime | None) -> str:
     if start is None and end is None:
         return ""

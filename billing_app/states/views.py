@@ -108,6 +108,7 @@ class AdminUserView:
     created: str = ""
     meters: list[MeterView] = dataclasses.field(default_factory=list)
     ends_text: str = ""  # "Cancels on <date>" for a subscription set to cancel
+    owed_text: str = ""  # "$49.00 owed": still owed on their failed payments
 
 
 @dataclasses.dataclass
@@ -192,12 +193,22 @@ def _limit_text(limit: int) -> str:
 
 
 def _percent_text(used: int, limit: int, percent: float) -> str:
-    """Rounded down (integer maths: 29/100 is 29%, not 28%), so 99.9% never reads 100%;
-    past the limit it always says so: 10,001 of 10,000 is "100%+", not "100%"."""
+    """Rounded half up (integer maths: 49.5% is 50%), but never across a line the meter
+    draws: under the limit never "100%" (99.9% is 99%), under 80 % never "80%" (the
+    amber, the warning and the "Near a limit (80%+)" filter start there), any use never
+    "0%" ("<1%"); past the limit it always says so: 10,001 of 10,000 is "100%+"."""
     if not limit:
         return f"{int(percent)}%"
-    whole = used * 100 // limit
-    return "100%+" if used > limit and whole <= 100 else f"{whole:,}%"
+    whole = (used * 200 + limit) // (limit * 2)
+    if used > limit:
+        return "100%+" if whole <= 100 else f"{whole:,}%"
+    if used < limit:
+        whole = min(whole, 99)
+        if used * 5 < limit * 4:  # under 80 %
+            whole = min(whole, 79)
+    if used > 0 and whole == 0:
+        return "<1%"
+    return f"{whole:,}%"
 
 
 def meter_view(m: Any) -> MeterView:
@@ -527,6 +538,9 @@ def admin_user_view(row: Any) -> AdminUserView:
         created=fmt.date(get(row, "created_at")),
         meters=[meter_view(u) for u in (get(row, "usage", None) or [])],
         ends_text=f"Cancels on {fmt.date(ends)}" if (ends := get(row, "ends_at")) else "",
+        owed_text=f"{fmt.money(owed, get(row, 'currency', 'usd'))} owed"
+        if (owed := int(get(row, "amount_owed", 0) or 0)) > 0
+        else "",
     )
 
 
@@ -548,7 +562,7 @@ def audit_view(a: Any) -> AuditView:
 
     metric = str(get(a, "metric", ""))
     return AuditView(
-        when=fmt.date(get(a, "created_at")),
+        when=fmt.date_time(get(a, "created_at")),  # two changes in a day apart, in order
         metric=METRICS[metric].label if metric in METRICS else metric,
         change=f"{lim(get(a, 'old_limit'))} → {lim(get(a, 'new_limit'))}",
         reason=str(get(a, "reason", "")),

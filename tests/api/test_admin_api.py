@@ -107,7 +107,7 @@ def test_closest_to_a_limit_lists_who_is_near_or_over_a_quota_first(actors, froz
 
 
 def test_list_users_has_no_n_plus_one(session, actors):
-    """A page costs five queries whatever its size."""
+    """A page costs six queries whatever its size."""
     import sqlalchemy as sa
 
     from billing_app.db import get_engine
@@ -128,7 +128,7 @@ def test_list_users_has_no_n_plus_one(session, actors):
         sa.event.remove(engine, "before_cursor_execute", count)
     assert len(page.items) == 25
     selects = [st for st in statements if st.lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 5, selects  # count, page, counters, quotas, subscriptions
+    assert len(selects) == 6, selects  # count, page, counters, quotas, subscriptions, owed
 
 
 def test_deep_and_searched_pages_match_an_independent_ordering(session, actors):

@@ -582,9 +582,9 @@ def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None
     ("used", "limit", "text", "color"),
     [(0, 100, "0%", "indigo"), (29, 100, "29%", "indigo"), (9_999, 10_000, "99%", "amber"),
      (10_000, 10_000, "100%", "red"), (10_001, 10_000, "100%+", "red"),
-     (10_150, 10_000, "101%", "red"), (105, 100, "105%", "red")],
+     (10_150, 10_000, "102%", "red"), (105, 100, "105%", "red")],
 )  # fmt: skip
-def test_meter_percent_is_rounded_down_and_never_hides_an_overage(
+def test_meter_percent_is_rounded_half_up_and_never_hides_an_overage(
     used: int, limit: int, text: str, color: str
 ) -> None:
     m = views.meter_view({"metric": "tokens", "used": used, "limit": limit, "unlimited": False})
