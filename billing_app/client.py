@@ -508,7 +508,8 @@ class ValidationError(BillingAPIError):
         """A batch's bad events, each {index, code, message, errors}: its index in the
         batch, the first problem's code (validation_error, unknown_metric,
         user_not_found, idempotency_key_reused) and message, and every problem as
-        {field, code, message}."""
+        {field, code, message}. An event repeating an earlier one's key with other values
+        also has `repeats_index` (that event's index) and `differing_fields`."""
         return list(self.details.get("events", []))
 
 
@@ -1057,6 +1058,8 @@ def _shift_indices(err: BillingAPIError, start: int, total: int) -> None:
     for ev in err.details.get("events", []):
         if isinstance(ev, dict) and isinstance(ev.get("index"), int):
             ev["index"] += start
+            if isinstance(ev.get("repeats_index"), int):  # the event its key repeats
+                ev["repeats_index"] += start
             for said in [ev, *(ev.get("errors") or [])]:
                 _shift_repeats(said, start)
     for f in err.details.get("fields", []):
@@ -1095,7 +1098,7 @@ def _recount(err: BillingAPIError, start: int, total: int) -> None:
 
 
 # A rule's message naming another event of the request ("Idempotency key repeats event 3
-# with different values."): the server counts within the request.
+# with a different quantity (5 tokens)."): the server counts within the request.
 _REPEATS = re.compile(r"\brepeats event (\d+)\b")
 
 

@@ -11,7 +11,7 @@ import redis
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -142,7 +142,8 @@ def _install_security_schemes(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]
 
 
-DOCS_ASSETS = "/api/docs/assets"
+DOCS_PATH = "/api/docs"
+DOCS_ASSETS = f"{DOCS_PATH}/assets"
 
 
 def _install_docs(api: FastAPI) -> None:
@@ -152,7 +153,7 @@ def _install_docs(api: FastAPI) -> None:
     static = files("fastapi_offline") / "static"
     api.mount(DOCS_ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
 
-    @api.get("/api/docs", include_in_schema=False)
+    @api.get(DOCS_PATH, include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=str(api.openapi_url),
@@ -161,6 +162,18 @@ def _install_docs(api: FastAPI) -> None:
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
         )
+
+    # FastAPI's default places for its docs, where an engineer tries first: otherwise the
+    # pages' 404. Served by the backend, ahead of Reflex (one port with `make run` and in
+    # production), so a redirect rather than a page.
+    @api.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+    @api.api_route("/redoc", methods=["GET", "HEAD"], include_in_schema=False)
+    def docs_elsewhere() -> RedirectResponse:
+        return RedirectResponse(DOCS_PATH)
+
+    @api.api_route("/openapi.json", methods=["GET", "HEAD"], include_in_schema=False)
+    def openapi_elsewhere() -> RedirectResponse:
+        return RedirectResponse(str(api.openapi_url))
 
 
 class ApiFallback(BaseRoute):

@@ -28,6 +28,7 @@ from billing_app.api.deps import (
     db_session,
     optional_principal,
 )
+from billing_app.api.messages import field_name, friendly
 from billing_app.clock import iso
 from billing_app.db import session_scope
 from billing_app.errors import (
@@ -129,8 +130,8 @@ def _parse(model: type, data: dict[str, Any]) -> Any:
         return model.model_validate(data)  # type: ignore[attr-defined]
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise ValidationFailed(f"{field}: {first.get('msg', 'invalid')}", field=field) from None
+        field = field_name(first.get("loc", ()))
+        raise ValidationFailed(friendly(dict(first), field), field=field) from None
 
 
 _FIELD_CODES = {"email": "invalid_email", "password": "invalid_password"}

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billing_app.api.deps import resolve_principal, resolve_user_id
+from billing_app.api.messages import field_name, friendly
 from billing_app.api.schemas import BatchEventIn
 from billing_app.api.service_routes import (
     CANCEL_KEY_REQUIRED,
@@ -79,8 +80,12 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
 
 
-# Pydantic's words where a person would not know what they mean.
-_MESSAGES = {"extra_forbidden": "No such field here; check its spelling against /api/docs."}
+def _said(field: dict[str, Any]) -> str:
+    """A 422's message from its first field: the schema's and most rules' messages name
+    their field; one that does not is prefixed with it."""
+    message = str(field["message"])
+    name = str(field["field"]).removeprefix("query.")
+    return message if message.startswith((name, "The ", "There ")) else f"{name}: {message}"
 
 
 def is_json_media(content_type: bytes | None) -> bool:
@@ -117,15 +122,16 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     events: dict[int, list[dict[str, Any]]] = {}
     for e in errs:
         loc = tuple(e.get("loc") or ())
-        msg = _MESSAGES.get(e.get("type", ""), e.get("msg", "invalid"))
-        item = {"field": _loc(loc), "message": msg, "type": e.get("type")}
-        fields.append(item)
         # Batch events are named by their index: body.events.<i>.<field>
         if len(loc) >= 3 and loc[:2] == ("body", "events") and isinstance(loc[2], int):
             field = ".".join(str(p) for p in loc[3:]) or "event"
+            msg = friendly(e, field if loc[3:] else f"Event {loc[2]}")
             events.setdefault(loc[2], []).append(
-                {"field": field, "code": ValidationFailed.code, "message": item["message"]}
+                {"field": field, "code": ValidationFailed.code, "message": msg}
             )
+        else:
+            msg = friendly(e, field_name(loc))
+        fields.append({"field": _loc(loc), "message": msg, "type": e.get("type")})
     path = None if request is None else request.url.path
     raw = exc.body.get("events") if isinstance(exc.body, dict) else None
     key_problem, clashes = None, []
@@ -136,8 +142,7 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     details: dict[str, Any] = {"fields": fields}
     if events:
         bad = [
-            batch_event_error(i, errs_, f"{errs_[0]['field']}: {errs_[0]['message']}")
-            for i, errs_ in sorted(events.items())
+            batch_event_error(i, errs_, errs_[0]["message"]) for i, errs_ in sorted(events.items())
         ]
         total = len(raw) if isinstance(raw, list) else len(events)
         if isinstance(raw, list):  # the rules too, for what the schema took
@@ -167,8 +172,7 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if clashes:
             details["events"] = clashes
             fields += event_fields(clashes)
-        first = fields[0] if fields else {"field": "body", "message": "invalid"}
-        message = f"{first['field']}: {first['message']}"
+        message = _said(fields[0]) if fields else "The body is invalid."
     return error_response(422, "validation_error", message, **details)
 
 

@@ -21,7 +21,10 @@ MAX_ID = 2**31 - 1
 
 class FieldErrorOut(BaseModel):
     field: str = Field(description="`quantity`, `query.page`, a batch's `events.3.metric`")
-    message: str
+    message: str = Field(
+        description="A sentence naming the field and what came instead: "
+        '`quantity must be a whole number (got "12").`'
+    )
     type: str = Field(description="The schema's error type, or the rule's code")
 
 
@@ -37,6 +40,19 @@ class BadEventOut(BaseModel):
     code: str = Field(description="Its first problem's code")
     message: str
     errors: list[EventProblemOut]
+    idempotency_key: str | None = Field(
+        default=None, description="`idempotency_key_reused`: the key the event repeats"
+    )
+    differing_fields: list[str] | None = Field(
+        default=None,
+        description="`idempotency_key_reused`: each field whose value differs from the "
+        "earlier event's with that key (`metric`, `quantity`, `metadata`), as a 409 names them",
+    )
+    repeats_index: int | None = Field(
+        default=None,
+        description="`idempotency_key_reused`: the index of the earlier event of the batch "
+        "with that key",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -123,6 +139,14 @@ def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
 ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": _header('`Bearer realm="billing"`')},
     429: {"Retry-After": _header("Seconds to wait before trying again", "integer")},
+    502: {
+        "Retry-After": _header(
+            "Seconds to wait before retrying, when Stripe could not be reached or "
+            "rate-limited the app (absent when retrying cannot help: Stripe refused the "
+            "request)",
+            "integer",
+        )
+    },
     503: {
         "Retry-After": _header(
             "Seconds to wait before retrying, on every 503: 1 when the database is busy "

@@ -75,6 +75,11 @@ def _answer(obj: Any, response: Any) -> StripeAnswer:
     return StripeAnswer(_plain(obj), _served_at(response))
 
 
+# Seconds a caller should wait after Stripe could not be reached (or rate-limited us):
+# the API's 502 carries it as Retry-After, as every 503 does.
+STRIPE_RETRY_AFTER = 5
+
+
 def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
     """A stripe exception as a domain error with a message a person can act on."""
     detail = err.user_message or (err.error.message if err.error else None) or str(err)
@@ -82,9 +87,11 @@ def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
     extra: dict[str, Any] = {"stripe_request_id": request_id} if request_id else {}
     if isinstance(err, stripe.CardError):
         return CardDeclined(f"The card was declined: {detail}", decline_code=err.code, **extra)
-    if isinstance(err, stripe.APIConnectionError):
+    if isinstance(err, stripe.APIConnectionError):  # worth retrying: say when (Retry-After)
         return PaymentProviderError(
-            f"Could not reach Stripe to {action}; please try again in a moment.", **extra
+            f"Could not reach Stripe to {action}; please try again in a moment.",
+            retry_after=STRIPE_RETRY_AFTER,
+            **extra,
         )
     if isinstance(err, stripe.AuthenticationError | stripe.PermissionError):
         return PaymentProviderError(
@@ -93,7 +100,9 @@ def _translate(err: stripe.StripeError, action: str) -> PaymentProviderError:
         )
     if isinstance(err, stripe.RateLimitError):
         return PaymentProviderError(
-            f"Stripe is rate-limiting requests; could not {action}. Try again shortly.", **extra
+            f"Stripe is rate-limiting requests; could not {action}. Try again shortly.",
+            retry_after=STRIPE_RETRY_AFTER,
+            **extra,
         )
     if isinstance(err, stripe.IdempotencyError):
         return PaymentProviderError(

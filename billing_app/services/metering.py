@@ -234,7 +234,12 @@ def _validate_occurred_at(occurred_at: Any, now: datetime) -> datetime:
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise ValidationFailed("occurred_at is out of range.", field="occurred_at") from None
     if occurred_at > now + FUTURE_SKEW:
-        raise ValidationFailed("occurred_at is in the future.", field="occurred_at")
+        ahead = f"{FUTURE_SKEW.total_seconds() / 60:g} minutes"
+        raise ValidationFailed(
+            f"occurred_at is more than {ahead} in the future (a clock ahead, or a time "
+            "zone's offset missing: a time without one is read as UTC).",
+            field="occurred_at",
+        )
     return occurred_at
 
 
@@ -1195,25 +1200,34 @@ def _first_events(
     return firsts
 
 
-def _differing(first: Any, w: UsageWrite) -> list[str]:
-    """The fields of `w` whose values differ from the event stored under its key (not
-    occurred_at: a retry's own default differs, and the first event's stands)."""
-    differ = [f for f in ("metric", "quantity") if getattr(first, f) != getattr(w, f)]
-    # Compared in Python: the row is read anyway, and a new event's path never comes
-    # here. Absent and null are both stored as NULL; {} is stored as {}.
-    if not same_json(first._mapping["metadata"], w.metadata):
+def differing_fields(metric: str, quantity: int, metadata: Any, w: UsageWrite) -> list[str]:
+    """The fields of `w` whose values differ from the first event under its key (not
+    occurred_at: a retry's own default differs, and the first event's stands). Absent
+    and null metadata are the same; {} is not."""
+    differ = [f for f, v in (("metric", metric), ("quantity", quantity)) if getattr(w, f) != v]
+    if not same_json(metadata, w.metadata):
         differ.append("metadata")
     return differ
+
+
+def other_values(differ: list[str], metric: str, quantity: int) -> str:
+    """What differs from the first event, in words: "a different quantity (812 tokens)",
+    naming the first event's metric and quantity when either differs."""
+    if differ == ["metadata"]:
+        return "different metadata"
+    names = differ[0] if len(differ) == 1 else f"{', '.join(differ[:-1])} and {differ[-1]}"
+    return f"a different {names} ({quantity} {metric})"
+
+
+def _differing(first: Any, w: UsageWrite) -> list[str]:
+    # Compared in Python: the row is read anyway, and a new event's path never comes here.
+    return differing_fields(first.metric, first.quantity, first._mapping["metadata"], w)
 
 
 def _reused(first: Any, w: UsageWrite, differ: list[str]) -> IdempotencyConflict:
     """The 409 naming each field that differs (`differing_fields`) and, for a metric or
     quantity, the stored event's ("812 tokens")."""
-    names = differ[0] if len(differ) == 1 else f"{', '.join(differ[:-1])} and {differ[-1]}"
-    if differ == ["metadata"]:
-        what = "different metadata"
-    else:
-        what = f"a different {names} ({first.quantity} {first.metric})"
+    what = other_values(differ, first.metric, first.quantity)
     return IdempotencyConflict(
         f"This idempotency key was already used for a usage event with {what}.",
         idempotency_key=w.idempotency_key,

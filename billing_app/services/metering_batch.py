@@ -27,9 +27,10 @@ from billing_app.services.dto import RecordResult
 from billing_app.services.metering import (
     UsageWrite,
     apply_writes,
+    differing_fields,
     empty_key_header,
+    other_values,
     prepare_write,
-    same_json,
     write_problems,
 )
 
@@ -153,11 +154,23 @@ def check_events(
             errors.append(_bad_event(i, err.code, err.message, **err.details))
             continue
         first, prev = seen.setdefault((ev.user_id, ev.idempotency_key), (i, ev))
-        if (prev.metric, prev.quantity) != (ev.metric, ev.quantity) or not same_json(
-            prev.metadata, ev.metadata
-        ):
-            message = f"Idempotency key repeats event {first} with different values."
-            errors.append(_bad_event(i, IdempotencyConflict.code, message, field="idempotency_key"))
+        # Most keys are seen once (prev is ev): no comparison on the batch's hot path.
+        if prev is not ev and (
+            differ := differing_fields(prev.metric, prev.quantity, prev.metadata, ev)
+        ):  # named as the 409 for a stored key names them
+            what = other_values(differ, prev.metric, prev.quantity)
+            message = f"Idempotency key repeats event {first} with {what}."
+            errors.append(
+                _bad_event(
+                    i,
+                    IdempotencyConflict.code,
+                    message,
+                    field="idempotency_key",
+                    idempotency_key=ev.idempotency_key,
+                    differing_fields=differ,
+                    repeats_index=first,
+                )
+            )
             continue
         out.append((i, ev))
     return out, errors

@@ -486,8 +486,10 @@ def test_a_retryable_status_is_retried(actors, live_server, status):
     assert _totals(actors.a.id) == (1, 5, 5)
 
 
-def test_retry_after_is_honoured(actors, live_server):
-    first = AnswerFirst(503, retry_after="1")
+@pytest.mark.parametrize("status", [502, 503])
+def test_retry_after_is_honoured(actors, live_server, status):
+    """A 502 (Stripe unreachable) says when as a 503 does, and is waited for alike."""
+    first = AnswerFirst(status, retry_after="1")
     with billing(live_server, actors.service_key, first) as c:
         started = time.monotonic()
         r = c.consume(actors.a.id, "api_calls", 1)
@@ -496,8 +498,9 @@ def test_retry_after_is_honoured(actors, live_server):
     assert waited >= 1.0  # backoff alone would have waited at most 0.01 s
 
 
-def test_a_retry_after_longer_than_max_backoff_ends_the_retries(actors, live_server):
-    always = AnswerFirst(503, times=None, retry_after="60")
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_retry_after_longer_than_max_backoff_ends_the_retries(actors, live_server, status):
+    always = AnswerFirst(status, times=None, retry_after="60")
     with billing(live_server, actors.service_key, always, max_backoff=2) as c:
         started = time.monotonic()
         with pytest.raises(Unavailable) as caught:
@@ -788,9 +791,10 @@ def test_a_repeated_key_in_a_later_request_says_the_events_index_in_the_batch(ac
         with pytest.raises(ValidationError) as caught:
             c.record_batch(events, idempotency_key="job-14")
     err = caught.value
-    said = "Idempotency key repeats event 12 with different values."
+    said = "Idempotency key repeats event 12 with a different quantity (13 api_calls)."
     [bad] = err.events
     assert (bad["index"], bad["message"], bad["errors"][0]["message"]) == (14, said, said)
+    assert (bad["repeats_index"], bad["differing_fields"]) == (12, ["quantity"])
     assert [(f["field"], f["message"]) for f in err.fields] == [("events.14.idempotency_key", said)]
     assert err.stored == 10
     _stored(actors, events[:10])

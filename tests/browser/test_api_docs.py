@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from playwright.sync_api import Page, Route, expect
 
@@ -34,3 +35,14 @@ def test_api_docs_render_with_only_the_app_reachable(page: Page, live_app: LiveA
     expect(batch).to_contain_text("return=minimal")
     screenshot(page, "api-docs", full_page=False)
     assert outside == [], outside
+
+
+def test_docs_at_fastapis_default_path_lead_to_the_api_docs(page: Page, live_app: LiveApp) -> None:
+    """/docs was the pages' "Page not found": the app served by Reflex on one port (as
+    `make run` and production serve it) sends the backend's redirect before any page."""
+    for path, target in [("/docs", "/api/docs"), ("/redoc", "/api/docs")]:
+        r = httpx.get(f"{live_app.url}{path}", follow_redirects=False, timeout=30)
+        assert (r.status_code, r.headers.get("location")) == (307, target), r.text[:200]
+    page.goto(f"{live_app.url}/docs")
+    expect(page).to_have_url(f"{live_app.url}/api/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Billing API")
