@@ -33,7 +33,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -292,6 +292,8 @@ class Invoice:
     id: int  # the billing service's, not Stripe's
     user_id: int
     user_email: str
+    # What it bills for ("Pro plan (prorated)"); None when nothing says, or an older server.
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -434,11 +436,12 @@ def _quotas(d: Mapping[str, Any]) -> Quotas:
 
 def _typed(cls: Any, d: Mapping[str, Any]) -> Any:
     """`cls` (a result dataclass) from the answer's dict: its fields by name, the times
-    (those typed datetime) parsed."""
+    (those typed datetime) parsed. A field with a default may be absent (an older server)."""
     return cls(
         **{
             f.name: _dt(d[f.name]) if "datetime" in str(f.type) and d[f.name] else d[f.name]
             for f in fields(cls)
+            if f.name in d or f.default is MISSING
         }
     )
 

@@ -48,7 +48,8 @@ CANCEL_AT_ENUMS = ("min_period_end", "max_period_end")
 
 
 def _date(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%-d %b %Y")
+    """As Stripe writes it in a proration line: "07 Dec 2026"."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%d %b %Y")
 
 
 # --- customers and cards ------------------------------------------------------------------
@@ -698,7 +699,8 @@ def _proration_lines(
     now: int,
 ) -> list[dict[str, Any]]:
     """Credit for the unused time of ``old`` and a charge for the rest of the period on ``new``
-    (each as Stripe describes them), pro rata to the second."""
+    (each as Stripe describes them: "Remaining time on Pro after 07 Dec 2026", a quantity
+    other than 1 written "2 × Pro"), pro rata to the second."""
     start, end = item["current_period_start"], item["current_period_end"]
     if end <= start or now >= end:
         return []
@@ -709,10 +711,11 @@ def _proration_lines(
             continue
         price, qty = pair
         name = st.products.get(price["product"], {}).get("name", price["id"])
+        what = name if qty == 1 else f"{qty} × {name}"
         lines.append(
             {
                 "amount": sign * round(price["unit_amount"] * qty * fraction),
-                "description": f"{label} {qty} × {name} after {_date(now)}",
+                "description": f"{label} {what} after {_date(now)}",
                 "period": (now, end),
                 "quantity": qty,
                 "price": price,

@@ -453,6 +453,7 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         ("0013", "0014", "usage_event", "canceled_at", None),
         ("0014", "0015", "user", "stripe_balance", None),
         ("0014", "0015", "user", "stripe_balance_at", None),
+        ("0016", "0017", "invoice", "description", None),
     ],
 )
 def test_a_new_column_keeps_the_rows_both_ways(
@@ -511,6 +512,6 @@ def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0016" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0017" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

@@ -480,6 +480,11 @@ class InvoiceOut(BaseModel):
         description="Open, and its payment failed (attempted, or its subscription past due "
         'or unpaid): still owed. The console badges it "Payment failed".'
     )
+    description: str | None = Field(
+        default=None,
+        description='What it bills for, from its lines: "Pro plan", "Pro plan (prorated)" '
+        '(a plan change), "Pro plan, with prorated changes"; null when nothing says',
+    )
 
 
 class InvoicePage(BaseModel):

@@ -315,9 +315,9 @@ def invoice_row(
     compact: bool = False,
     customer: Callable[[InvoiceView], rx.Component] | None = None,
 ) -> rx.Component:
-    """One invoice: number, date, period, amount, status, View and PDF links; `compact`
-    (the admin drawer) is three columns, see invoice_table; `customer` (the admin's
-    all-invoices tab) leads with a cell of its making for the customer."""
+    """One invoice: number, date, description over period, amount, status, View and PDF
+    links; `compact` (the admin drawer) is three columns, see invoice_table; `customer`
+    (the admin's all-invoices tab) leads with a cell of its making for the customer."""
     number = rx.text(inv.number, weight="medium", white_space="nowrap")
     date = rx.text(inv.date, white_space="nowrap")
     note = rx.cond(
@@ -348,7 +348,16 @@ def invoice_row(
         *([rx.table.cell(customer(inv))] if customer is not None else []),
         rx.table.row_header_cell(number),
         rx.table.cell(date),
-        rx.table.cell(rx.text(inv.period, white_space="nowrap", color_scheme="gray")),
+        rx.table.cell(
+            # What it bills for, over the period it covers.
+            rx.cond(inv.description != "", rx.text(inv.description, white_space="nowrap")),
+            rx.text(
+                inv.period,
+                white_space="nowrap",
+                color_scheme="gray",
+                size=rx.cond(inv.description != "", "1", "2"),
+            ),
+        ),
         rx.table.cell(rx.text(inv.amount, white_space="nowrap"), note),
         rx.table.cell(badge),
         rx.table.cell(docs),
@@ -368,6 +377,7 @@ def invoice_item(
         rx.hstack(
             rx.vstack(
                 rx.text(inv.number, weight="medium"),
+                rx.cond(inv.description != "", rx.text(inv.description, size="2")),
                 rx.text(inv.date, size="1", color_scheme="gray"),
                 spacing="1",
             ),
@@ -412,7 +422,7 @@ def invoice_table(
             *(("Customer",) if customer is not None else ()),
             "Number",
             "Date",
-            "Period",
+            "Description",
             "Amount",
             "Status",
             sr_only("Documents"),

@@ -68,9 +68,47 @@ def sign_out_form() -> rx.Component:
     )
 
 
+def avatar() -> rx.Component:
+    return rx.avatar(fallback=SessionState.user_initial, size="2", radius="full", variant="soft")
+
+
+def account_popover() -> rx.Component:
+    """Below the chip's breakpoint the name and email do not fit beside the links: the
+    avatar, a letter alone, is a button that says who is signed in."""
+    return rx.popover.root(
+        rx.popover.trigger(
+            rx.button(
+                avatar(),
+                variant="ghost",
+                radius="full",
+                padding="0",
+                # Led by the name its letter is from (axe: label-content-name-mismatch).
+                aria_label=rx.cond(
+                    SessionState.user_name != "", SessionState.user_name, SessionState.user_email
+                )
+                + ", signed in",
+                id="account-button",
+            ),
+        ),
+        rx.popover.content(
+            rx.vstack(
+                rx.text("Signed in as", size="1", color_scheme="gray"),
+                rx.text(SessionState.user_name, size="2", weight="medium"),
+                rx.text(SessionState.user_email, size="2", word_break="break-all"),
+                spacing="1",
+            ),
+            align="end",
+            max_width="calc(100vw - 32px)",
+            aria_label="Account",  # Radix makes it a dialog, which needs a name
+            id="account-details",
+        ),
+    )
+
+
 def user_chip() -> rx.Component:
     return rx.hstack(
-        rx.avatar(fallback=SessionState.user_initial, size="2", radius="full", variant="soft"),
+        rx.box(account_popover(), display=["flex", "flex", "none"]),
+        rx.box(avatar(), display=["none", "none", "flex"]),
         rx.vstack(
             # Cut short, not wrapped: a long name pushed Sign out off a tablet's screen. No
             # `trim`: it shrinks the line box, and `overflow: hidden` then cut the descenders.

@@ -177,6 +177,16 @@ def parse_subscription(obj: dict[str, Any], plan_prices: Collection[str] = ()) -
 
 
 @dataclass(frozen=True)
+class InvoiceLineData:
+    """One invoice line, as much as says what it bills for."""
+
+    price_id: str | None
+    amount: int
+    proration: bool
+    description: str | None
+
+
+@dataclass(frozen=True)
 class InvoiceData:
     id: str
     customer_id: str | None
@@ -198,6 +208,10 @@ class InvoiceData:
     amount_remaining: int | None = None
     starting_balance: int | None = None
     ending_balance: int | None = None
+    # The invoice's own description (a memo: null on subscription invoices) and its lines
+    # (the first page Stripe embeds), from which services name what it bills for.
+    description: str | None = None
+    lines: tuple[InvoiceLineData, ...] = ()
 
 
 def _int(value: Any) -> int:
@@ -215,6 +229,33 @@ def _is_proration(line: dict[str, Any]) -> bool:
         if isinstance(details, dict) and details.get("proration"):
             return True
     return bool(line.get("proration"))  # the older shape
+
+
+def _line_price(line: dict[str, Any]) -> str | None:
+    """The line's price: `pricing.price_details.price` (current), else `price` (older)."""
+    pricing = line.get("pricing") if isinstance(line.get("pricing"), dict) else {}
+    details = pricing.get("price_details")
+    if isinstance(details, dict) and ref_id(details.get("price")):
+        return ref_id(details.get("price"))
+    return ref_id(line.get("price")) or ref_id(line.get("plan"))
+
+
+def _lines(lines: Any) -> tuple[InvoiceLineData, ...]:
+    data = lines.get("data") if isinstance(lines, dict) else None
+    out = []
+    for line in data if isinstance(data, list) else ():
+        if not isinstance(line, dict):
+            continue
+        text = line.get("description")
+        out.append(
+            InvoiceLineData(
+                price_id=_line_price(line),
+                amount=_int(line.get("amount")),
+                proration=_is_proration(line),
+                description=text.strip() or None if isinstance(text, str) else None,
+            )
+        )
+    return tuple(out)
 
 
 def _lines_period(lines: Any) -> tuple[datetime, datetime] | None:
@@ -271,6 +312,10 @@ def parse_invoice(obj: dict[str, Any]) -> InvoiceData:
         amount_remaining=_opt_int(obj.get("amount_remaining")),
         starting_balance=_opt_int(obj.get("starting_balance")),
         ending_balance=_opt_int(obj.get("ending_balance")),
+        description=(
+            obj["description"].strip() or None if isinstance(obj.get("description"), str) else None
+        ),
+        lines=_lines(obj.get("lines")),
     )
 
 

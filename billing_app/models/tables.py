@@ -233,6 +233,8 @@ class Invoice(SQLModel, table=True):
     amount_remaining: int | None = Field(default=None, sa_type=sa.BigInteger())
     starting_balance: int | None = Field(default=None, sa_type=sa.BigInteger())
     ending_balance: int | None = Field(default=None, sa_type=sa.BigInteger())
+    # What it bills for, from its lines ("Pro plan (prorated)"); NULL before migration 0017.
+    description: str | None = Field(default=None, max_length=500)
 
 
 class StripeEvent(SQLModel, table=True):

@@ -97,6 +97,11 @@ def notices() -> rx.Component:
                 "checkout-success",
             ),
         ),
+        # Back from the portal: what changed there, said, not only the heading changing.
+        rx.cond(
+            S.portal_notice != "",
+            dismissible("circle-check", S.portal_notice, "grass", "portal-notice"),
+        ),
         rx.cond(
             S.checkout_notice == "canceled",
             dismissible(

@@ -174,7 +174,8 @@ def create_portal_session(session: Session, user_id: int) -> str:
         portal = get_gateway().create_portal_session(
             user_id=user_id,
             customer_id=user.stripe_customer_id,
-            return_url=get_settings().app_url.rstrip("/") + BILLING_PATH,
+            # Marked, so the page can say what changed there (states.billing).
+            return_url=get_settings().app_url.rstrip("/") + BILLING_PATH + "?portal=return",
             bucket=_bucket(utcnow(), minutes=1),
         )
     except CustomerGone:

@@ -255,6 +255,8 @@ class InvoiceDTO(DTO):
     created_at: datetime
     # services.invoices.failed_payment_filter: open, a failed attempt, still owed
     payment_failed: bool = False
+    # services.invoices.describe: "Pro plan (prorated)"; None when nothing says
+    description: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.errors import ValidationFailed
 from billing_app.models import Invoice, Subscription, User
-from billing_app.plans import get_catalog
+from billing_app.plans import get_catalog, plan_for_price
 from billing_app.services.dto import InvoiceDTO, Page
+
+if TYPE_CHECKING:
+    from billing_app.gateway.parsing import InvoiceLineData
 
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 # What a customer's own list shows: what was billed. A draft is not a charge yet (its amount
@@ -26,6 +31,36 @@ CREDIT_STATUSES = ("open", "paid")
 # "failed": the payments that failed and are still owed, as the console's Failed payments
 # card counts them ("Payment failed" badge); "open" leaves them out.
 ADMIN_FILTERS = ("paid", "credit", "open", "draft", "void", "uncollectible", "failed")
+
+
+# The longest description stored (invoice.description's column).
+DESCRIPTION_MAX = 500
+
+
+def describe(memo: str | None, lines: Sequence[InvoiceLineData]) -> str | None:
+    """What an invoice bills for, in the lists' words: "Pro plan", "Pro plan (prorated)"
+    (a plan change's invoice: the plan's remaining time, less the old plan's unused time),
+    "Pro plan, with prorated changes" (a renewal carrying them). A subscription invoice's
+    own description is empty: its lines name the prices. Lines of no plan: the invoice's
+    memo, else its first line's words. None when nothing says."""
+    plans = [(plan_for_price(line.price_id), line) for line in lines]
+    named = [(plan, line) for plan, line in plans if plan is not None]
+    regular = [plan.name for plan, line in named if not line.proration]
+    # A switch's invoice: the plan charged for (the new one), else the one credited.
+    prorated = [plan.name for plan, line in named if line.proration and line.amount > 0] or [
+        plan.name for plan, line in named if line.proration
+    ]
+    if regular:
+        text = f"{' + '.join(dict.fromkeys(regular))} plan"
+        text += ", with prorated changes" if prorated else ""
+    elif prorated:
+        text = f"{prorated[0]} plan (prorated)"
+    elif memo:
+        text = memo
+    else:
+        words = [line.description for line in lines if line.description]
+        text = words[0] + (f" and {len(words) - 1} more" if len(words) > 1 else "") if words else ""
+    return text[:DESCRIPTION_MAX] or None
 
 
 def is_credit(status: str, total: int | None) -> bool:
@@ -153,6 +188,7 @@ def to_invoice_dto(inv: Invoice, email: str, payment_failed: bool = False) -> In
         invoice_pdf=inv.invoice_pdf,
         created_at=inv.created_at,
         payment_failed=payment_failed,
+        description=inv.description,
     )
 
 

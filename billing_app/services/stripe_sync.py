@@ -64,6 +64,7 @@ from billing_app.models import (
 from billing_app.plans import get_catalog, plan_for_price, plan_price_ids
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
+from billing_app.services.invoices import describe
 from billing_app.services.subscriptions import LIVE_STATUSES, effective_plan_key, plan_key_for
 from billing_app.settings import get_settings
 
@@ -632,6 +633,7 @@ _INVOICE_STATE = (
     "amount_remaining",
     "starting_balance",
     "ending_balance",
+    "description",
 )
 
 
@@ -654,6 +656,8 @@ def _invoice_values(data: InvoiceData, at: datetime | None, inv: Any) -> dict[st
         "amount_remaining": data.amount_remaining,
         "starting_balance": data.starting_balance,
         "ending_balance": data.ending_balance,
+        # An event without lines (none embedded) keeps the words already stored.
+        "description": describe(data.description, data.lines) or inv["description"],
     }
     if data.created is not None:
         values["created_at"] = data.created
@@ -691,6 +695,7 @@ def apply_invoice(
             "amount_remaining": None,
             "starting_balance": None,
             "ending_balance": None,
+            "description": None,
             "created_at": data.created or utcnow(),
             "updated_from_stripe_at": None,
         }

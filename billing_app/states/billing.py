@@ -16,7 +16,7 @@ from billing_app.db import read_session, session_scope
 from billing_app.errors import BillingError
 from billing_app.metrics import METRICS
 from billing_app.plans import PAID_PLAN_KEYS, get_catalog
-from billing_app.services import invoices, metering, subscriptions
+from billing_app.services import invoices, metering, quotas, subscriptions
 from billing_app.states import views
 from billing_app.states.live import (
     client_connected,
@@ -44,6 +44,9 @@ LIVE, SLOW = "_live_load", "_slow_load"
 # load, which Reflex 0.10 runs again on each socket (re)connect: a press whose answer went
 # with a dropped socket is released there.
 PRESSED = ClientStateVar.create("stripe_pressed", default="")
+# How long after coming back from the portal a change its webhook brings is still told
+# as the portal's (the notice names it); Stripe sends it within seconds, usually.
+PORTAL_WATCH_SECONDS = 120.0
 # Presses are numbered (live.start_load): an answer is shown only for the newest.
 PRESS = "_press"
 # A press's Stripe call still running this long after it started is taken as lost (its
@@ -85,13 +88,19 @@ def load_live(user_id: int) -> LiveData:
     with outage_as_error(), read_session() as session:
         statuses = metering.summary(session, user_id)
         dto = subscriptions.get_subscription_dto(session, user_id)
+        # Only for a used-up meter: its notice says whether an upgrade would lift it.
+        overridden = (
+            {q.metric for q in quotas.get_quotas(session, user_id) if q.source == "admin"}
+            if any(not m.unlimited and m.limit and m.used >= m.limit for m in statuses)
+            else set()
+        )
     sub = views.subscription_view(dto, catalog)
     return LiveData(
         meters=[views.meter_view(m) for m in statuses],
         sub=sub,
         plans=views.plan_views(catalog, sub.plan),
         resets_text=views.usage_resets_text(statuses[0], dto) if statuses else "",
-        limit_notices=views.limit_notices(statuses, catalog, sub.plan),
+        limit_notices=views.limit_notices(statuses, catalog, sub.plan, overridden),
     )
 
 
@@ -153,6 +162,8 @@ class BillingState(SessionState):
     loaded: bool = False
     # "success" / "canceled" after returning from Checkout; "" otherwise.
     checkout_notice: str = ""
+    # What changed in the customer portal (views.portal_change_text), once back from it.
+    portal_notice: str = ""
     # The plan whose button is waiting for Stripe, or "portal".
     busy: str = ""
     error: str = ""
@@ -164,6 +175,10 @@ class BillingState(SessionState):
     # (a reload before the redirect that drops the query took effect, Back to it) shows
     # it no second time. The tab keeps its State over a reload.
     _notice_shown_for: str = ""
+    # The plan as the page showed it on coming back from the portal, until the change made
+    # there shows (or PORTAL_WATCH_SECONDS pass): the notice says what changed.
+    _portal_from: views.SubscriptionView | None = None
+    _portal_until: float = 0.0
     # Bumped by each page load: an older poller sees a newer generation and stops.
     _poll_gen: int = 0
     _live_load: int = 0
@@ -239,8 +254,17 @@ class BillingState(SessionState):
             # Back does not bring the banner back. The next load keeps the notice.
             self._notice_socket = self.router.session.session_id if self.checkout_notice else ""
             return rx.redirect(ROUTE, replace=True)
+        if self.router.url.query_parameters.get("portal") is not None:
+            # Back from the portal: what this tab showed before is what it changed from (a
+            # tab that had not shown the page has nothing to compare, so tells nothing).
+            self.checkout_notice = self.portal_notice = ""
+            self._portal_from = self.sub if self.loaded else None
+            self._portal_until = time.time() + PORTAL_WATCH_SECONDS
+            self._notice_socket = self.router.session.session_id if self._portal_from else ""
+            return rx.redirect(ROUTE, replace=True)
         if not self._notice_socket or self._notice_socket != self.router.session.session_id:
-            self.checkout_notice = ""
+            self.checkout_notice = self.portal_notice = ""
+            self._portal_from = None
         self._notice_socket = ""
         self.error = ""
         return [*released, BillingState.refresh, BillingState.poll]
@@ -373,6 +397,12 @@ class BillingState(SessionState):
         self.invoice_page = self._invoice_page_shown
 
     def _apply_live(self, live: LiveData) -> None:
+        if self._portal_from is not None:
+            text = views.portal_change_text(self._portal_from, live.sub)
+            if text:
+                self.portal_notice = text
+            if text or time.time() > self._portal_until:
+                self._portal_from = None
         if live.meters != self.meters:
             self.meters = live.meters
         if live.sub != self.sub:
@@ -404,7 +434,7 @@ class BillingState(SessionState):
 
     @rx.event
     def dismiss_notice(self) -> None:
-        self.checkout_notice = ""
+        self.checkout_notice = self.portal_notice = ""
 
     @rx.event
     def dismiss_error(self) -> None:

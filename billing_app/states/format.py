@@ -15,14 +15,21 @@ PAYMENT_FAILED = "Payment failed"
 _CURRENCY_SIGNS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
 
 
+# A negative amount's sign: the minus sign (U+2212), not the hyphen-minus, as typeset money
+# reads ("−$5.00"). CSV exports keep the hyphen a spreadsheet parses.
+MINUS = "\u2212"
+
+
 def money(amount: int | None, currency: str | None = "usd") -> str:
-    """Minor units to "$19.00", "¥1,500" or "19.00 SEK" (no sign known)."""
+    """Minor units to "$19.00", "¥1,500" or "19.00 SEK" (no sign known); negative
+    amounts lead with a minus sign: "−$5.00", "−19.00 SEK"."""
     if amount is None:
         return "—"
     cur = (currency or "usd").lower()
-    value = f"{to_decimal(amount, cur):,.{minor_digits(cur)}f}"
+    minus = MINUS if amount < 0 else ""
+    value = f"{to_decimal(abs(amount), cur):,.{minor_digits(cur)}f}"
     sign = _CURRENCY_SIGNS.get(cur)
-    return f"{sign}{value}" if sign else f"{value} {cur.upper()}"
+    return f"{minus}{sign}{value}" if sign else f"{minus}{value} {cur.upper()}"
 
 
 def number(value: int | None) -> str:
@@ -54,9 +61,12 @@ def date_time(value: datetime | str | None) -> str:
 
 
 def period(start: datetime | None, end: datetime | None) -> str:
-    if start is None and end is None:
-        return ""
-    return f"{date(start)} – {date(end)}"
+    """ "Dec 7, 2026 – Jan 7, 2027"; one date when it starts and ends on one day, or only
+    one end is known; "" without either."""
+    first, last = date(start), date(end)
+    if not first or not last or first == last:
+        return first or last
+    return f"{first} – {last}"
 
 
 def meter_color(percent: float, unlimited: bool) -> str:

@@ -66,6 +66,9 @@ class SubscriptionView:
     is_subscriber: bool = False
     # "Your Pro subscription ended on <date>." once canceled: the plan card says why it is Free.
     ended_text: str = ""
+    # The dates alone, for the portal's return notice: when it renews, or when it cancels.
+    renews_on: str = ""
+    ends_on: str = ""
 
 
 @dataclasses.dataclass
@@ -74,6 +77,8 @@ class InvoiceView:
     number: str = ""
     date: str = ""
     period: str = ""
+    # What it bills for ("Pro plan (prorated)"); "" when nothing says.
+    description: str = ""
     amount: str = ""
     amount_note: str = ""  # "credited to balance", "paid from balance", "$12.00 still due"
     status: str = ""
@@ -257,7 +262,7 @@ def near_limit_text(meters: list[MeterView]) -> str:
     ]
     if not near:
         return ""
-    return "You have used over 80% of a limit this period. " + "; ".join(near) + "."
+    return "You have used 80% or more of a limit this period. " + "; ".join(near) + "."
 
 
 def usage_alert_text(meters: list[MeterView]) -> str:
@@ -268,13 +273,28 @@ def usage_alert_text(meters: list[MeterView]) -> str:
     near = [m.label for m in meters if _near(m)]
     parts = [f"Limit reached: {', '.join(reached)}."] if reached else []
     if near:
-        parts.append(f"Over 80% used: {', '.join(near)}.")
+        parts.append(f"80% or more used: {', '.join(near)}.")
     return " ".join(parts)
 
 
-def limit_notices(statuses: list[Any], catalog: dict[str, Plan], plan: str) -> list[str]:
+# What a used-up meter refuses, per metric: "New tokens are refused" read as if tokens
+# were requested one by one.
+_REFUSED = {
+    "tokens": "Requests that use tokens are refused",
+    "api_calls": "API calls are refused",
+    "scraping_tasks": "New scraping tasks are refused",
+}
+
+
+def limit_notices(
+    statuses: list[Any],
+    catalog: dict[str, Plan],
+    plan: str,
+    overridden: frozenset[str] | set[str] = frozenset(),
+) -> list[str]:
     """What each used-up meter (a MeterStatus) means, in words. A downgrade or a lowered
-    quota leaves `used` above the new `limit`: both are shown as they are."""
+    quota leaves `used` above the new `limit`: both are shown as they are. `overridden`:
+    the metrics whose limit an admin set, which no plan change lifts."""
     current = catalog.get(plan)
     floor = current.amount if current else 0
     can_upgrade = any(p.is_paid and p.amount > floor for p in catalog.values())
@@ -288,10 +308,14 @@ def limit_notices(statuses: list[Any], catalog: dict[str, Plan], plan: str) -> l
         label = str(get(m, "label", "") or (known.label if known else metric))
         resets = get(m, "resets_at")
         until = f"until {fmt.date(resets)}" if resets else "until usage resets"
+        refused = _REFUSED.get(metric) or f"Requests that use {label.lower()} are refused"
+        if metric in overridden:
+            tail = ". This limit was set for your account: contact support to change it."
+        else:
+            tail = ", or until you upgrade your plan." if can_upgrade else "."
         out.append(
             f"{label}: limit reached ({fmt.number(used)} of {fmt.number(limit)}). "
-            f"New {known.plural if known else label} are refused {until}"
-            + (", or until you upgrade your plan." if can_upgrade else ".")
+            f"{refused} {until}{tail}"
         )
     return out
 
@@ -404,7 +428,30 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         grace_text=_grace_text(sub, grace),
         is_subscriber=live,
         ended_text=ended_text,
+        renews_on=fmt.date(end) if renews.startswith("Renews on") else "",
+        ends_on=fmt.date(ends) if live and ends is not None else "",
     )
+
+
+def portal_change_text(before: SubscriptionView, after: SubscriptionView) -> str:
+    """What changed in the customer portal, as the notice on coming back says it ("" when
+    nothing it names did: the webhook may not be in yet, or nothing was changed)."""
+    if before.is_subscriber and not after.is_subscriber:
+        return f"Your {before.plan_name} subscription has ended. You are on the Free plan."
+    if not after.is_subscriber:
+        return ""
+    if after.plan != before.plan:
+        text = f"Your plan is now {after.plan_name}."
+        return text + (f" It will be canceled on {after.ends_on}." if after.ends_on else "")
+    if after.cancels and not before.cancels:
+        when = f"on {after.ends_on}" if after.ends_on else "at the end of the billing period"
+        return f"Your {after.plan_name} plan will be canceled {when}."
+    if before.cancels and not after.cancels:
+        text = f"Your {after.plan_name} plan is no longer set to cancel."
+        return text + (f" It renews on {after.renews_on}." if after.renews_on else "")
+    if before.past_due and not after.past_due:
+        return f"Your payment went through: your {after.plan_name} plan is active."
+    return ""
 
 
 def credit_text(amount: int, currency: str) -> str:
@@ -429,7 +476,7 @@ def due_view(inv: Any) -> DueView:
 
 
 def invoice_view(inv: Any) -> InvoiceView:
-    """The invoice's total, and how it was settled: a negative total reads "-$12.34",
+    """The invoice's total, and how it was settled: a negative total reads "−$12.34",
     "credited to balance" with a Credit badge, never "$0.00 Paid"; an open one whose
     payment failed (InvoiceDTO.payment_failed) is badged "Payment failed", not "Open"."""
     status = str(get(inv, "status", "") or "")
@@ -447,7 +494,7 @@ def invoice_view(inv: Any) -> InvoiceView:
         label, color = fmt.PAYMENT_FAILED, "red"
     note = ""
     if money.total < 0:
-        amount = "-" + fmt.money(-money.total, currency)
+        amount = fmt.money(money.total, currency)  # with a minus sign, not a hyphen
         if is_credit(status, money.total):  # the admin's "credit" filter lists these
             # One badge, one colour: Stripe's open and paid credits were blue and green.
             note, label, color = "credited to balance", "Credit", "cyan"
@@ -464,7 +511,9 @@ def invoice_view(inv: Any) -> InvoiceView:
         id=str(get(inv, "id", "") or get(inv, "stripe_invoice_id", "") or ""),
         number=str(get(inv, "number", "") or "Draft"),
         date=fmt.date(get(inv, "created_at")),
-        period=fmt.period(get(inv, "period_start"), get(inv, "period_end")),
+        # No period known (a row from before its lines were read): a dash, not a blank cell.
+        period=fmt.period(get(inv, "period_start"), get(inv, "period_end")) or "—",
+        description=str(get(inv, "description", "") or ""),
         amount=amount,
         amount_note=note,
         status=status,

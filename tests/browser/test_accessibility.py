@@ -86,10 +86,10 @@ def test_every_page_has_no_axe_violations(page: Page, live_app: LiveApp, browser
     live_app.post_usage(live_app.user_id(email), "tokens", 9_000)
     _give_invoice(live_app, email)
     page.reload()
-    expect(page.get_by_text("You have used over 80% of a limit")).to_be_visible()
+    expect(page.get_by_text("You have used 80% or more of a limit")).to_be_visible()
     expect(page.locator("#invoices-table")).to_contain_text("A11Y-0001")
     credit = page.locator("#invoices-table").get_by_role("row").filter(has_text="A11Y-0002")
-    expect(credit).to_contain_text("-$12.34credited to balanceCredit")
+    expect(credit).to_contain_text("−$12.34credited to balanceCredit")
     expect(page.locator(".recharts-bar-rectangle path").first).to_be_visible()
     assert violations(page) == [], "/billing"
 

@@ -112,7 +112,7 @@ def test_usage_moves_bars_live_with_thresholds(page: Page, live_app: LiveApp) ->
 
     live_app.post_usage(user_id, "api_calls", 30)  # 80 %: amber
     expect(bar).to_have_attribute("data-color", "amber", timeout=4000)
-    expect(page.get_by_text("You have used over 80% of a limit")).to_be_visible()
+    expect(page.get_by_text("You have used 80% or more of a limit")).to_be_visible()
 
     live_app.post_usage(user_id, "api_calls", 25)  # 105 %: red, bar full
     expect(bar).to_have_attribute("data-color", "red", timeout=4000)

@@ -112,15 +112,15 @@ def test_a_meter_over_a_lowered_limit_says_which_and_until_when(
     login(page, live_app, email, "over-limit-pass")
     resets = fmt.date(calendar_month(utcnow()).end)
     expect(page.locator("#limit-reached")).to_have_text(
-        f"API calls: limit reached (80 of 50). New API calls are refused until {resets}, "
-        "or until you upgrade your plan."
+        f"API calls: limit reached (80 of 50). API calls are refused until {resets}. "
+        "This limit was set for your account: contact support to change it."
     )
     api_calls = page.locator("#meter-api_calls")
     expect(api_calls).to_contain_text("Limit reached")
     expect(api_calls).to_contain_text("80 / 50 · 160%")
     expect(page.locator("#meter-tokens")).not_to_contain_text("Limit reached")
     # The meter near its limit keeps the 80 % warning.
-    expect(page.get_by_text("You have used over 80% of a limit this period.")).to_be_visible()
+    expect(page.get_by_text("You have used 80% or more of a limit this period.")).to_be_visible()
     # No billing date beside it: the plain date.
     expect(page.get_by_text(f"Resets on {resets}", exact=True)).to_be_visible()
     assert violations(page) == [], "/billing, a limit reached"

@@ -35,10 +35,10 @@ def test_usage_and_invoices_read_out_for_a_screen_reader(
 
     live_app.post_usage(uid, "tokens", 8_500)  # of Free's 10,000
     expect(page.locator("#near-limit")).to_contain_text("Tokens: 8,500 of 10,000 (85%).")
-    expect(status).to_have_text("Over 80% used: Tokens.")
+    expect(status).to_have_text("80% or more used: Tokens.")
 
     live_app.post_usage(uid, "api_calls", 100)  # all of Free's 100
-    expect(status).to_have_text("Limit reached: API calls. Over 80% used: Tokens.")
+    expect(status).to_have_text("Limit reached: API calls. 80% or more used: Tokens.")
     api_calls = page.get_by_role("progressbar", name="API calls")
     expect(api_calls).to_have_attribute("aria-valuetext", "100 of 100 used (100%), limit reached")
 

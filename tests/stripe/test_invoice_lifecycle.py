@@ -165,7 +165,7 @@ def test_credits_balance_payments_and_part_payments_read_as_what_was_owed(
         ("NUM-open", "$19.00", "$12.00 still due", "Open"),
         ("NUM-part", "$19.00", "$2.00 paid from balance", "Paid"),
         ("NUM-covr", "$19.00", "paid from balance", "Paid"),
-        ("NUM-cred", "-$40.00", "credited to balance", "Credit"),
+        ("NUM-cred", "−$40.00", "credited to balance", "Credit"),
     ]
 
     def client_of(user_id: int) -> dict[str, str]:
@@ -218,7 +218,7 @@ def test_a_downgrade_in_the_sandbox_credits_the_balance_and_sync_fills_older_row
     def shown() -> list[tuple[str, str, str]]:
         return [(i.amount, i.amount_note, i.status_label) for i in load_slow(user.id, 1).invoices]
 
-    credited = f"-${-credit['total'] / 100:,.2f}"
+    credited = f"−${-credit['total'] / 100:,.2f}"
     expected = [
         ("$19.00", "paid from balance", "Paid"),
         (credited, "credited to balance", "Credit"),

@@ -39,9 +39,10 @@ def test_a_lowered_quota_names_the_meter_the_numbers_and_the_date(session: Sessi
     session.commit()
     live = load_live(user.id)
     resets = fmt.date(calendar_month(utcnow()).end)
+    # An admin's limit: an upgrade would not lift it, so it is not offered.
     assert live.limit_notices == [
-        f"API calls: limit reached (80 of 50). New API calls are refused until {resets}, "
-        "or until you upgrade your plan."
+        f"API calls: limit reached (80 of 50). API calls are refused until {resets}. "
+        "This limit was set for your account: contact support to change it."
     ]
     shown = {m.metric: m for m in live.meters}
     assert shown["api_calls"].limit_reached and shown["api_calls"].used_text == "80"
@@ -54,7 +55,9 @@ def test_the_top_plan_is_not_told_to_upgrade(session: Session) -> None:
     status = {"metric": "tokens", "label": "Tokens", "used": 12, "limit": 10,
               "unlimited": False, "resets_at": datetime(2027, 1, 1, tzinfo=UTC)}  # fmt: skip
     top = views.limit_notices([status], get_catalog(), "enterprise")
-    assert top == ["Tokens: limit reached (12 of 10). New tokens are refused until Jan 1, 2027."]
+    assert top == [
+        "Tokens: limit reached (12 of 10). Requests that use tokens are refused until Jan 1, 2027."
+    ]
     assert views.limit_notices([{**status, "used": 9}], get_catalog(), "free") == []
 
 

@@ -35,7 +35,7 @@ def test_the_80_percent_warning_names_each_meter_near_its_limit() -> None:
         _meter("scraping_tasks", 79, 100),
     ]
     assert views.near_limit_text(meters) == (
-        "You have used over 80% of a limit this period. Tokens: 85,000 of 100,000 (85%)."
+        "You have used 80% or more of a limit this period. Tokens: 85,000 of 100,000 (85%)."
     )
     assert views.near_limit_text([_meter("tokens", 1, 10), meters[1]]) == ""
 
@@ -45,11 +45,11 @@ def test_the_live_region_changes_when_a_meter_crosses_a_line_not_with_each_unit(
     state.meters = [_meter("tokens", 100, 10_000), _meter("api_calls", 10, 100)]
     assert state.usage_alert == ""
     state.meters = [_meter("tokens", 8_000, 10_000), _meter("api_calls", 10, 100)]
-    assert state.usage_alert == "Over 80% used: Tokens."
+    assert state.usage_alert == "80% or more used: Tokens."
     state.meters = [_meter("tokens", 8_500, 10_000), _meter("api_calls", 10, 100)]
-    assert state.usage_alert == "Over 80% used: Tokens."  # same words: nothing read out
+    assert state.usage_alert == "80% or more used: Tokens."  # same words: nothing read out
     state.meters = [_meter("tokens", 9_000, 10_000), _meter("api_calls", 100, 100)]
-    assert state.usage_alert == "Limit reached: API calls. Over 80% used: Tokens."
+    assert state.usage_alert == "Limit reached: API calls. 80% or more used: Tokens."
     assert state.near_limit_text.endswith("Tokens: 9,000 of 10,000 (90%).")
 
 

@@ -305,7 +305,7 @@ def test_admin_invoices_tab_is_the_shared_invoice_table_with_a_customer_column(
     # its View and PDF links.
     tab = str(invoices_panel())
     headers = re.findall(r"ColumnHeaderCell,\{\},\"([^\"]*)\"", tab)
-    assert headers == ["Customer", "Number", "Date", "Period", "Amount", "Status"]
+    assert headers == ["Customer", "Number", "Date", "Description", "Amount", "Status"]
     # The links' column has a name for screen readers only (components.common.sr_only).
     assert tab.count("ColumnHeaderCell,{}") == 7 and '"Documents"' in tab
     assert '"View"' in tab and '"PDF"' in tab and 'to:inv_rx_state_?.["pdf_url"]' in tab
@@ -625,7 +625,7 @@ def test_the_consoles_filters_name_every_badge_their_lists_show(session: Session
         shown: [(r.amount, r.status_label) for r in admin_state.load_invoices(shown, 1)["rows"]]
         for shown in ("paid", "credit")
     }
-    assert labels == {"paid": [("$19.00", "Paid")], "credit": [("-$40.00", "Credit")]}
+    assert labels == {"paid": [("$19.00", "Paid")], "credit": [("−$40.00", "Credit")]}
 
 
 def test_a_failed_payment_reads_as_one_on_billing_and_in_the_console(session: Session) -> None:
