@@ -327,6 +327,21 @@ def list_users(
     return Page(items=items, total=total, page=page, per_page=per_page)
 
 
+def user_row(session: Session, user_id: int) -> AdminUserRow | None:
+    """The users list's row for one user (None: no such user), as the list reads it now:
+    what the console compares its listed row with when the drawer reads the user."""
+    now = utcnow()
+    rows = list(
+        session.exec(
+            select(User.id, User.email, User.display_name, User.role, User.created_at).where(
+                User.id == user_id
+            )
+        ).all()
+    )
+    found = _user_rows(session, rows, now)
+    return found[0][0] if found else None
+
+
 def iter_users(
     session: Session,
     filters: UserFilters,
@@ -338,12 +353,15 @@ def iter_users(
     plain tuple each: id, email, display_name, role, plan, status, period_end, ends_at,
     created_at (as `joined` makes it: the export has the database format it), then used
     and limit (0: unlimited) per metric. `period_end` and `ends_at` are the live
-    subscription's (active, trialing, past_due), else None.
+    subscription's (active, trialing, past_due), else None. Last, `amount_owed`: what
+    the user still owes on failed payments (minor units of the catalog's currency), as
+    the list's `amount_owed`.
 
     The list's own query with the usage counters and quotas joined in (index lookups),
-    and one query a chunk for the current subscriptions: per-chunk lookups of everything
-    and per-user objects were most of an export's time. (Joining current_table instead,
-    PostgreSQL misjudged its rn = 1 rows 200-fold and scanned it for every user.) Read
+    and one query a chunk each for the current subscriptions and what is owed: per-chunk
+    lookups of everything and per-user objects were most of an export's time. (Joining
+    current_table instead, PostgreSQL misjudged its rn = 1 rows 200-fold and scanned it
+    for every user.) Read
     `chunk` rows at a time (a server-side cursor on PostgreSQL, which needs a
     transaction), so memory stays that of one chunk however many users match. Reads on
     in the caller's transaction and leaves it open: the caller ends it."""
@@ -370,7 +388,9 @@ def iter_users(
         session.execute(sa.text("SET LOCAL cursor_tuple_fraction = 1"))
     result = session.execute(stmt.with_only_columns(*columns).execution_options(yield_per=chunk))
     for part in result.partitions():
-        current = _page_subscriptions(session, [row[0] for row in part])
+        ids = [row[0] for row in part]
+        current = _page_subscriptions(session, ids)
+        owed = _page_owed(session, ids)
         for uid, email, display_name, role, created, *usage in part:
             sub = current.get(uid)
             live = sub is not None and sub.status in LIVE_STATUSES
@@ -385,6 +405,7 @@ def iter_users(
                 subscriptions.ends_at(sub) if live else None,
                 created,
                 *usage,
+                owed.get(uid, 0),
             )
 
 

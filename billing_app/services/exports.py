@@ -14,8 +14,9 @@ pandas and `utf-8-sig` drop it; a plain `utf-8` reader sees it before the first 
 The cells, for a spreadsheet:
 - times are ISO 8601 in UTC to the second (`2026-11-15T12:00:00Z`), empty when unset;
 - a limit of 0 (unlimited) is written `unlimited`, never 0 or an empty cell;
-- amounts are decimal amounts of the invoice's currency (1900 usd is `19.00`, 1500 jpy
-  `1500`, 12345 kwd `12.345`), its code (`USD`) in a column of its own; `total` is
+- amounts are decimal amounts of their currency, an invoice's or (a user's
+  `amount_owed`) the plans' (1900 usd is `19.00`, 1500 jpy `1500`, 12345 kwd
+  `12.345`), its code (`USD`) in a column of its own; an invoice's `total` is
   negative for a credit to the customer's balance (a downgrade's proration), which
   `credited_to_balance` repeats as a positive amount;
 - text a spreadsheet would take for a formula (starting with `=`, `+`, `-`, `@`, a tab
@@ -43,6 +44,7 @@ from sqlmodel import Session, col, select
 from billing_app.clock import as_utc, utcnow
 from billing_app.metrics import METRICS
 from billing_app.models import Invoice, User
+from billing_app.plans import catalog_currency
 from billing_app.services import admin
 from billing_app.services.invoices import (
     INVOICE_STATUSES,
@@ -67,6 +69,9 @@ USER_COLUMNS = (
     "cancels_at",
     "joined",
     *(f"{m}_{part}" for m in METRICS for part in ("used", "limit")),
+    # Last, so the columns before keep their places for files read by position.
+    "amount_owed",
+    "currency",
 )
 INVOICE_COLUMNS = (
     "number",
@@ -148,13 +153,17 @@ def user_rows(
 
     `period_end` (when it renews) and `cancels_at` (when, set to cancel, it ends: the
     list's "Cancels on") are the live subscription's (active, trialing, past_due);
-    usage is this period's, limits are the user's own (plan or admin override)."""
+    usage is this period's, limits are the user's own (plan or admin override);
+    `amount_owed` is what the list's row says is owed on failed payments (0.00 when
+    nothing), in the catalog's `currency`."""
     dialect = _dialect(session)
     n = len(METRICS) * 2
+    currency = catalog_currency()
+    places = minor_digits(currency)
     rows = admin.iter_users(
         session, filters, chunk=chunk, joined=lambda created: iso_utc_sql(created, dialect)
     )
-    for uid, email, name, role, plan, status, period_end, ends_at, joined, *usage in rows:
+    for uid, email, name, role, plan, status, period_end, ends_at, joined, *usage, owed in rows:
         for i in range(1, n, 2):  # the limits: 0 is no limit
             if usage[i] == 0:
                 usage[i] = UNLIMITED
@@ -169,6 +178,8 @@ def user_rows(
             iso_utc(ends_at),
             joined,
             *usage,
+            Decimal(owed).scaleb(-places),
+            currency.upper(),
         ]
 
 

@@ -138,6 +138,7 @@ def load_detail(user_id: int) -> dict[str, Any]:
     # The admin API's own detail (GET /api/billing/admin/users/{id}): one source for both.
     with outage_as_error(), read_session() as session:
         detail = admin_service.user_detail(session, user_id, audit_limit=DRAWER_AUDIT)
+        row = admin_service.user_row(session, user_id)
     user = detail.user
     return {
         "id": user.id,
@@ -151,7 +152,47 @@ def load_detail(user_id: int) -> dict[str, Any]:
         "meters": [views.meter_view(m) for m in detail.usage],
         "quotas": [views.quota_view(q) for q in detail.quotas],
         "audit": [views.audit_view(a) for a in detail.audit_log],
+        # The users list's row for the user as it reads now (stale_lists compares it).
+        "row": None if row is None else views.admin_user_view(row),
     }
+
+
+# What a users row and the drawer both show of the billing (not the meters: usage moves
+# all the time, and the list says when it read it).
+_ROW_BILLING = ("plan_name", "status", "ends_text", "owed_text")
+_INVOICE_SHOWN = ("number", "amount", "amount_note", "status_label")
+
+
+def stale_lists(
+    data: dict[str, Any],
+    users: list[views.AdminUserView],
+    invoices: list[views.InvoiceView],
+    narrowed_first_page: bool,
+) -> tuple[bool, bool]:
+    """(users, invoices): which of the lists behind the drawer say something else of its
+    user than the detail just read (a webhook landed since they were read, say).
+
+    Users: the user's listed row, by its billing (plan, status, cancel date, amount owed).
+    Invoices: any of the user's listed invoices the drawer shows otherwise; and, when the
+    tab lists this customer's invoices from the newest (`narrowed_first_page`), a new or
+    gone one among the newest the drawer shows."""
+    row, user_id = data.get("row"), data["id"]
+    listed = next((u for u in users if u.id == user_id), None)
+    users_stale = (
+        listed is not None
+        and row is not None
+        and any(getattr(listed, f) != getattr(row, f) for f in _ROW_BILLING)
+    )
+    fresh = {i.id: i for i in data["invoices"]}
+    mine = [i for i in invoices if i.user_id == user_id]
+    invoices_stale = any(
+        i.id in fresh and any(getattr(i, f) != getattr(fresh[i.id], f) for f in _INVOICE_SHOWN)
+        for i in mine
+    )
+    if narrowed_first_page and not invoices_stale:
+        newest = [i.id for i in data["invoices"]]
+        invoices_stale = [i.id for i in mine][: len(newest) or 1] != newest
+    return users_stale, invoices_stale
 
 
 # The example names no user: with the admin's own id, pasting it as it was billed the
@@ -697,10 +738,13 @@ class AdminState(SessionState):
         self.drawer_open = False
 
     @rx.event(background=True)
-    async def load_detail(self) -> None:
+    async def load_detail(self) -> Any:
+        """The drawer's user, read now; a list behind it that says otherwise of that user
+        (read before a webhook landed, or before the drawer's own change) is read again,
+        only that one, so it agrees with the drawer when it closes."""
         async with self:
             if await self._admin("drawer") is None:
-                return
+                return None
             user_id = self.detail_id
             load = start_load(self, DETAIL)
         try:
@@ -710,11 +754,11 @@ class AdminState(SessionState):
                 if user_id == self.detail_id and is_newest(self, DETAIL, load):
                     self.override_error = err.message
                     self.detail_loading = False
-            return
+            return None
         async with self:
             # A late answer, for a user opened before or from an older load, is dropped.
             if data["id"] != self.detail_id or not is_newest(self, DETAIL, load):
-                return
+                return None
             self.detail_email = data["email"]
             self.detail_name = data["name"]
             self.detail_role = data["role"]
@@ -724,6 +768,16 @@ class AdminState(SessionState):
             self.detail_quotas = data["quotas"]
             self.detail_audit = data["audit"]
             self.detail_loading = False
+            narrowed = (self.invoice_user_id, self.invoice_status, self.invoice_page) == (
+                data["id"],
+                ALL,
+                1,
+            )
+            users_stale, invoices_stale = stale_lists(data, self.users, self.invoices, narrowed)
+        return [
+            *([AdminState.reload_users] if users_stale else []),
+            *([AdminState.reload_invoices] if invoices_stale else []),
+        ] or None
 
     @rx.event
     def set_override_metric(self, value: str) -> None:

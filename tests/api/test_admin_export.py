@@ -23,7 +23,7 @@ INVOICES = "/api/billing/admin/invoices.csv"
 USER_HEADER = [
     "id", "email", "name", "role", "plan", "status", "period_end", "cancels_at", "joined",
     "tokens_used", "tokens_limit", "api_calls_used", "api_calls_limit",
-    "scraping_tasks_used", "scraping_tasks_limit",
+    "scraping_tasks_used", "scraping_tasks_limit", "amount_owed", "currency",
 ]  # fmt: skip
 INVOICE_HEADER = [
     "number", "stripe_invoice_id", "customer_email", "status", "currency", "total",
@@ -75,19 +75,19 @@ def test_users_csv_columns_and_values(frozen_clock, actors):  # everyone joins a
         # a live subscription set to cancel: its period's end twice
         [str(actors.a.id), "alice@example.com", "alice", "user", "pro", "active",
          "2026-12-01T00:00:00Z", "2026-12-01T00:00:00Z", joined,
-         "5000", "1000000", "30", "10000", "0", "1000"],
+         "5000", "1000000", "30", "10000", "0", "1000", "0.00", "USD"],
         # a canceled one grants nothing and ends nothing
         [str(actors.b.id), "bob@example.com", "bob", "user", "free", "canceled",
-         "", "", joined, "0", "100000", "0", "1000", "0", "100"],
+         "", "", joined, "0", "100000", "0", "1000", "0", "100", "0.00", "USD"],
         # enterprise: every limit unlimited, written as such
         [str(carol.id), "carol@acme.com", "carol", "user", "enterprise", "active",
          "2026-12-10T00:00:00Z", "", joined,
-         "0", "unlimited", "0", "unlimited", "7", "unlimited"],
+         "0", "unlimited", "0", "unlimited", "7", "unlimited", "0.00", "USD"],
         # an admin's override to unlimited on one metric
         [str(dave.id), "dave@acme.com", "dave", "user", "free", "none",
-         "", "", joined, "0", "10000", "0", "unlimited", "0", "10"],
+         "", "", joined, "0", "10000", "0", "unlimited", "0", "10", "0.00", "USD"],
         [str(actors.admin.id), "root@example.com", "root", "admin", "free", "none",
-         "", "", joined, "0", "10000", "0", "100", "0", "10"],
+         "", "", joined, "0", "10000", "0", "100", "0", "10", "0.00", "USD"],
     ]  # fmt: skip
 
 
@@ -551,3 +551,55 @@ def test_every_users_row_says_what_the_list_says(actors, frozen_clock, monkeypat
     assert by_email["s3@example.com"]["plan"] == "pro"  # past_due within the grace
     assert by_email["s4@example.com"]["plan"] == "free"  # past it
     assert by_email["bob@example.com"]["tokens_limit"] == "unlimited"
+
+
+def test_users_csv_says_what_each_user_still_owes_as_the_list_does(actors, frozen_clock):
+    """`amount_owed`: what the list's row says (`amount_owed`: failed payments still owed,
+    in the plans' currency), as a decimal amount with its `currency`; read once a chunk,
+    never once a user."""
+    from decimal import Decimal
+
+    def invoice(s, uid: int, n: int, **fields) -> None:
+        money = {"currency": "usd", "total": 9900, "amount_due": 9900, "amount_paid": 0}
+        s.add(Invoice(stripe_invoice_id=f"in_owed{n}", user_id=uid, number=f"OWE-{n}",
+                      **{**money, **fields}))  # fmt: skip
+
+    with session_scope() as s:
+        two = make_user(s, email="two-failed@example.com")
+        part = make_user(s, email="part-paid@example.com")
+        fine = make_user(s, email="fine@example.com")
+        invoice(s, two.id, 1, status="open", attempt_count=1)
+        invoice(s, two.id, 2, status="open", attempt_count=2, amount_remaining=1950)
+        invoice(s, part.id, 3, status="open", attempt_count=1, amount_remaining=4900)
+        invoice(s, fine.id, 4, status="open", attempt_count=0)  # not failed (yet)
+        invoice(s, fine.id, 5, status="paid", amount_paid=9900)
+        invoice(s, actors.a.id, 6, status="open", attempt_count=1, total=-500)  # a credit
+        s.commit()
+
+    c = actors.cookie_client(actors.admin)
+    listed = c.get("/api/billing/admin/users", params={"per_page": 200}).json()["items"]
+    owed = {item["email"]: item["amount_owed"] for item in listed}
+    assert owed["two-failed@example.com"] == 9900 + 1950
+    assert owed["part-paid@example.com"] == 4900
+    exported = records(c.get(USERS).content)
+    assert {row["email"]: Decimal(row["amount_owed"]) * 100 for row in exported} == owed
+    assert {row["currency"] for row in exported} == {"USD"}
+    by_email = {row["email"]: row["amount_owed"] for row in exported}
+    assert (by_email["two-failed@example.com"], by_email["fine@example.com"]) == ("118.50", "0.00")
+
+    invoice_reads: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "FROM invoice" in statement:
+            invoice_reads.append(statement)
+
+    with session_scope() as s:
+        bind = s.get_bind()
+        sa.event.listen(bind, "before_cursor_execute", count)
+        try:
+            pieces = list(exports.users_csv(s, admin.UserFilters(), chunk=2))
+        finally:
+            sa.event.remove(bind, "before_cursor_execute", count)
+    assert len(pieces) == 3  # 6 users, 2 a chunk
+    assert len(invoice_reads) == 3, invoice_reads
+    assert "".join(pieces) == c.get(USERS).text
