@@ -21,7 +21,7 @@ from .cards import parse_card
 from .errors import StripeError
 from .objects import money, price_label
 from .params import decode_form
-from .pdf import invoice_pdf
+from .pdf import invoice_pdf, issued_at
 from .store import SandboxState
 
 CSS = """
@@ -628,7 +628,7 @@ def _invoice_page(st: SandboxState, inv: dict[str, Any], error: str | None) -> H
     <span class="badge {e(inv["status"])}" id="invoice-status">{e(inv["status"])}</span></div>
   <div class="price" id="invoice-amount">{e(headline)}</div>
   <p class="muted">Billed to {e(inv["customer_email"] or inv["customer"])} ·
-    issued {fmt_date(inv["created"])}</p>
+    issued {fmt_date(issued_at(inv))}</p>
   <table><tr><th>Description</th><th class="num">Qty</th><th class="num">Amount</th></tr>
   {rows}
   <tr><td colspan="2"><b>Total</b></td>

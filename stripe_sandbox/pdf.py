@@ -16,7 +16,14 @@ def _text(value: str) -> str:
 
 
 def _date(ts: int | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%d %b %Y") if ts else "-"
+    """As the app and the hosted page write dates ("Jan 7, 2027")."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%b %-d, %Y") if ts else "-"
+
+
+def issued_at(inv: dict[str, Any]) -> int | None:
+    """Stripe's "Date of issue": when the invoice took effect (finalized), a draft's creation."""
+    finalized = (inv.get("status_transitions") or {}).get("finalized_at")
+    return inv.get("effective_at") or finalized or inv.get("created")
 
 
 def invoice_pdf(inv: dict[str, Any], business_name: str) -> bytes:
@@ -34,7 +41,7 @@ def invoice_pdf(inv: dict[str, Any], business_name: str) -> bytes:
     put(50, 11, f"Status: {inv['status']}")
     put(400, 10, "Stripe sandbox - test mode")
     y -= 16
-    put(50, 11, f"Date: {_date(inv['created'])}")
+    put(50, 11, f"Date of issue: {_date(issued_at(inv))}")
     y -= 16
     put(50, 11, f"Billed to: {inv['customer_email'] or inv['customer']}")
     y -= 16

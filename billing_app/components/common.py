@@ -336,7 +336,16 @@ def invoice_row(
     if compact:
         return rx.table.row(
             rx.table.row_header_cell(
-                rx.vstack(number, rx.text(date, size="1", color_scheme="gray"), spacing="0")
+                rx.vstack(
+                    number,
+                    # Wraps: the drawer has no room for a line of its own.
+                    rx.cond(
+                        inv.description != "",
+                        rx.text(inv.description, size="1", overflow_wrap="anywhere"),
+                    ),
+                    rx.text(date, size="1", color_scheme="gray"),
+                    spacing="0",
+                )
             ),
             rx.table.cell(
                 rx.vstack(rx.text(inv.amount, white_space="nowrap"), note, badge, spacing="1")
@@ -412,9 +421,9 @@ def invoice_table(
 ) -> rx.Component:
     """The invoice table (billing page, admin drawer, admin invoices tab): a list of
     InvoiceView. `compact` fits the admin drawer (480px, a phone's width): number over
-    date, amount over status, the links stacked, in a small table; six columns put the
-    View and PDF links past its edge. `customer` adds a leading Customer column, for a
-    list of everyone's invoices."""
+    description over date, amount over status, the links stacked, in a small table; six
+    columns put the View and PDF links past its edge. `customer` adds a leading Customer
+    column, for a list of everyone's invoices."""
     headers: tuple[str | rx.Component, ...] = (
         ("Invoice", "Amount", sr_only("Documents"))
         if compact

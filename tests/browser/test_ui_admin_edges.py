@@ -605,8 +605,8 @@ def test_the_drawers_invoices_open_without_scrolling_sideways(
     """A customer calls about an invoice: its View and PDF links in the drawer's Recent
     invoices were past the drawer's right edge, the Status column cut in half, on a
     desktop's 480px drawer and on a phone; the admin had to scroll the table sideways to
-    open it. The whole row fits the drawer, with a Stripe-length number and a credit's
-    note."""
+    open it. The whole row fits the drawer, with a Stripe-length number, a long
+    description and a credit's note."""
     from datetime import UTC, datetime
 
     email = "calls-about-invoices@example.com"
@@ -617,6 +617,7 @@ def test_the_drawers_invoices_open_without_scrolling_sideways(
         live_app,
         dict(stripe_invoice_id="in_fit_paid", number="7F3A2B1C-0012", status="uncollectible",
              total=49900, amount_due=49900, amount_paid=0, amount_remaining=49900,
+             description="Remaining time on Enterprise after 25 Dec 2029 (prorated)",
              created_at=datetime(2029, 12, 25, tzinfo=UTC), **links),
         dict(stripe_invoice_id="in_fit_credit", number="7F3A2B1C-0011", status="paid",
              total=-4554, amount_due=0, amount_paid=0, amount_remaining=0,
@@ -628,6 +629,7 @@ def test_the_drawers_invoices_open_without_scrolling_sideways(
             drawer = open_user_drawer(page, live_app, "calls-about-invoices@", email)
             table = drawer.locator("#drawer-invoices-table")
             expect(table).to_contain_text("credited to balance")
+            expect(table).to_contain_text("Remaining time on Enterprise after 25 Dec 2029")
             right = drawer.evaluate("d => d.getBoundingClientRect().right")
             for link in table.get_by_role("link").all() + table.locator(".rt-Badge").all():
                 box = link.bounding_box()

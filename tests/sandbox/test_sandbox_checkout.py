@@ -211,6 +211,35 @@ def test_hosted_invoice_page_and_pdf(client: stripe.StripeClient, http: httpx.Cl
     assert b"($99.00)" in data
 
 
+def test_the_pdf_is_dated_as_its_invoice_was_issued(
+    client: stripe.StripeClient, http: httpx.Client, sandbox: SandboxServer
+) -> None:
+    """Stripe dates an invoice's PDF by its issue (its finalization), written as the app
+    writes dates; a draft created the day before it was finalized (a renewal's draft, an
+    hour earlier across midnight) is dated the day it was finalized."""
+    from datetime import UTC, datetime
+
+    from stripe_sandbox.pdf import invoice_pdf
+
+    cus = new_customer(client)
+    pay(http, new_checkout(client, cus.id).url)
+    invoice = client.v1.invoices.list(params={"customer": cus.id}).data[0]
+    day = datetime.fromtimestamp(invoice.status_transitions.finalized_at, UTC)
+    assert (
+        f"(Date of issue: {day:%b} {day.day}, {day.year})".encode()
+        in httpx.get(invoice.invoice_pdf).content
+    )
+    inv = dict(sandbox.state.invoices[invoice.id])
+    finalized = int(datetime(2027, 1, 1, 0, 30, tzinfo=UTC).timestamp())
+    inv.update(
+        created=finalized - 3600,
+        effective_at=finalized,
+        status_transitions={**inv["status_transitions"], "finalized_at": finalized},
+    )
+    data = invoice_pdf(inv, "Sandbox")
+    assert b"(Date of issue: Jan 1, 2027)" in data and b"Dec 31, 2026" not in data
+
+
 def assert_valid_pdf(data: bytes) -> None:
     """Header, trailer, a cross-reference table whose offsets point at the objects, and a
     content stream whose declared /Length is right: what a PDF reader relies on."""

@@ -416,3 +416,13 @@ def test_the_page_empties_a_saved_box_in_the_browser_and_focuses_by_reflex_event
     assert ".settle_override" in hooks and ".settle_key" in hooks
     assert '"ref_invoice_status_filter"' in compiled
     assert compiled.count("ref:ref_invoice_status_filter") == 1
+
+
+def test_the_drawers_compact_invoice_table_shows_each_invoices_description() -> None:
+    """The drawer's three-column table (components.common, compact) names what an invoice
+    bills for, as the billing page and the Invoices tab do."""
+    from billing_app.components.common import invoice_table
+    from billing_app.states.admin import AdminState
+
+    compiled = str(invoice_table(AdminState.detail_invoices, "drawer", compact=True))
+    assert compiled.count('inv_rx_state_?.["description"]') >= 2  # its test, then its text
