@@ -36,8 +36,9 @@ def number(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
-def date(value: datetime | str | None) -> str:
-    """ "Nov 25, 2026"; empty for None."""
+def _moment(value: datetime | str | None, pattern: str) -> str:
+    """`value` (a datetime or its ISO text) in UTC by `pattern`; empty for None, and text
+    that is not ISO as it came."""
     if value is None or value == "":
         return ""
     if isinstance(value, str):
@@ -45,19 +46,17 @@ def date(value: datetime | str | None) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return as_utc(value).strftime("%b %-d, %Y")
+    return as_utc(value).strftime(pattern)
+
+
+def date(value: datetime | str | None) -> str:
+    """ "Nov 25, 2026"; empty for None."""
+    return _moment(value, "%b %-d, %Y")
 
 
 def date_time(value: datetime | str | None) -> str:
     """ "Nov 25, 2026, 14:03 UTC": a moment, said in UTC; empty for None."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return as_utc(value).strftime("%b %-d, %Y, %H:%M UTC")
+    return _moment(value, "%b %-d, %Y, %H:%M UTC")
 
 
 def period(start: datetime | None, end: datetime | None) -> str:
