@@ -90,6 +90,9 @@ INVOICE_COLUMNS = (
     "period_end",
     "hosted_invoice_url",
     "invoice_pdf",
+    # What it bills for, as the invoices tab says it (migration 0017); last, so a reader
+    # by position keeps its columns.
+    "description",
 )
 # What spreadsheets read as the start of a formula (OWASP, "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -218,6 +221,7 @@ def invoice_rows(
             iso_utc_sql(Invoice.period_end, dialect),
             Invoice.hosted_invoice_url,
             Invoice.invoice_pdf,
+            Invoice.description,
         )
         .join(User, col(User.id) == col(Invoice.user_id))
         .where(col(Invoice.status).in_(INVOICE_STATUSES))
@@ -230,7 +234,7 @@ def invoice_rows(
     digits: dict[str, int] = {}
     for part in session.exec(stmt.execution_options(yield_per=chunk)).partitions():
         for (number, sid, email, st, cur, due, paid, total, remaining, balance,
-             created, start, end, url, pdf) in part:  # fmt: skip
+             created, start, end, url, pdf, description) in part:  # fmt: skip
             places = digits.get(cur)
             if places is None:
                 places = digits[cur] = minor_digits(cur)
@@ -260,6 +264,7 @@ def invoice_rows(
                 end,
                 text(url),
                 text(pdf),
+                text(description),
             ]
 
 

@@ -442,6 +442,9 @@ def portal_change_text(before: SubscriptionView, after: SubscriptionView) -> str
         return ""
     if after.plan != before.plan:
         text = f"Your plan is now {after.plan_name}."
+        if after.past_due and not before.past_due:
+            # The change's invoice was declined: not a success, whatever else it says.
+            return text + " Its payment failed: see below to pay it."
         return text + (f" It will be canceled on {after.ends_on}." if after.ends_on else "")
     if after.cancels and not before.cancels:
         when = f"on {after.ends_on}" if after.ends_on else "at the end of the billing period"

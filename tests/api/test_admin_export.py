@@ -28,7 +28,7 @@ USER_HEADER = [
 INVOICE_HEADER = [
     "number", "stripe_invoice_id", "customer_email", "status", "currency", "total",
     "amount_due", "amount_paid", "amount_remaining", "paid_from_balance", "credited_to_balance",
-    "created", "period_start", "period_end", "hosted_invoice_url", "invoice_pdf",
+    "created", "period_start", "period_end", "hosted_invoice_url", "invoice_pdf", "description",
 ]  # fmt: skip
 
 
@@ -232,7 +232,8 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
                     period_start=datetime(2026, 10, 1, tzinfo=UTC),
                     period_end=datetime(2026, 11, 1, tzinfo=UTC),
                     hosted_invoice_url="https://invoice.stripe.com/i/1",
-                    invoice_pdf="https://pay.stripe.com/invoice/1/pdf"),
+                    invoice_pdf="https://pay.stripe.com/invoice/1/pdf",
+                    description="Pro plan (prorated)"),
                 inv(2, "open", 1500, 0, "jpy", 2),  # zero-decimal: 1500 is ¥1,500
                 inv(3, "paid", 12345, 12345, "kwd", 3),  # three decimals
                 inv(4, "void", 5, 0, "eur", 4),
@@ -244,6 +245,7 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
             status="open",
             amount_due=100_000_000,
             created_at=datetime(2026, 10, 5, tzinfo=UTC),
+            description="=1+1 memo",  # a memo a spreadsheet would evaluate
         )
         s.add(bob_invoice)
         s.commit()
@@ -258,17 +260,18 @@ def test_invoices_csv_amounts_in_their_currency(actors, frozen_clock):
     # paid, else what is due; what remains is due less paid while open.
     assert rows[1:] == [  # newest first, as the invoices tab
         ["", "in_b", "bob@example.com", "open", "USD", "1000000.00", "1000000.00", "0.00",
-         "1000000.00", "0.00", "0.00", "2026-10-05T00:00:00Z", "", "", "", ""],
+         "1000000.00", "0.00", "0.00", "2026-10-05T00:00:00Z", "", "", "", "", "'=1+1 memo"],
         ["INV-4", "in_4", "alice@example.com", "void", "EUR", "0.05", "0.05", "0.00",
-         "0.00", "0.00", "0.00", "2026-10-04T09:30:15Z", "", "", "", ""],
+         "0.00", "0.00", "0.00", "2026-10-04T09:30:15Z", "", "", "", "", ""],
         ["INV-3", "in_3", "alice@example.com", "paid", "KWD", "12.345", "12.345", "12.345",
-         "0.000", "0.000", "0.000", "2026-10-03T09:30:15Z", "", "", "", ""],
+         "0.000", "0.000", "0.000", "2026-10-03T09:30:15Z", "", "", "", "", ""],
         ["INV-2", "in_2", "alice@example.com", "open", "JPY", "1500", "1500", "0",
-         "1500", "0", "0", "2026-10-02T09:30:15Z", "", "", "", ""],
+         "1500", "0", "0", "2026-10-02T09:30:15Z", "", "", "", "", ""],
         ["INV-1", "in_1", "alice@example.com", "paid", "USD", "19.00", "19.00", "19.00",
          "0.00", "0.00", "0.00",
          "2026-10-01T09:30:15Z", "2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z",
-         "https://invoice.stripe.com/i/1", "https://pay.stripe.com/invoice/1/pdf"],
+         "https://invoice.stripe.com/i/1", "https://pay.stripe.com/invoice/1/pdf",
+         "Pro plan (prorated)"],
     ]  # fmt: skip
     opened = records(c.get(INVOICES, params={"status": "open"}).content)
     assert [i["stripe_invoice_id"] for i in opened] == ["in_b", "in_2"]

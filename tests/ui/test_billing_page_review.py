@@ -52,6 +52,18 @@ def test_each_portal_change_is_said_in_words() -> None:
     assert views.portal_change_text(basic, _shown()) == ""  # nothing changed: no notice
 
 
+def test_a_portal_plan_change_whose_payment_failed_is_not_told_as_done() -> None:
+    """Switching to Pro in the portal with a card that then declines leaves the plan Pro
+    but past due: the green notice must not read as a success above the failure."""
+    pro_unpaid = _shown(plan="pro", plan_name="Pro", status="past_due")
+    assert views.portal_change_text(_shown(), pro_unpaid) == (
+        "Your plan is now Pro. Its payment failed: see below to pay it."
+    )
+    # Already past due before: the plan change alone is news.
+    before = _shown(status="past_due")
+    assert views.portal_change_text(before, pro_unpaid) == "Your plan is now Pro."
+
+
 def test_coming_back_from_the_portal_says_what_changed_once(session: Session) -> None:
     uid = make_user(session, email="h92-portal@example.com").id
     make_subscription(session, uid, plan="basic", sub_id="sub_h92_portal",
