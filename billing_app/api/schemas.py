@@ -563,11 +563,13 @@ class AdminUserDetailOut(BaseModel):
 
 class QuotaOverrideIn(BodyIn):
     metric: str = Field(max_length=64, description=f"One of: {_METRICS}")
+    # Required, though it may be null: a body that leaves it out (a typo, an older
+    # client) must not clear an override by accident.
     limit: StrictInt | None = Field(
-        default=None,
+        ...,
         ge=0,
         le=MAX_LIMIT,
-        description="New limit (0 = unlimited); null clears the override",
+        description="Required. New limit (0 = unlimited); null clears the override",
     )
     reason: str | None = Field(
         default=None,

@@ -187,7 +187,12 @@ def set_override(
     An override needs a reason; a reset does not (it is logged as RESET_REASON).
     """
     if metric not in METRICS:
-        raise UnknownMetric(f"Unknown metric {metric!r}.", metric=metric)
+        raise UnknownMetric(
+            f"Unknown metric {metric!r}; expected one of: {', '.join(METRICS)}.", metric=metric
+        )
+    # The path names the user: an unknown one is a 404 whatever the body lacks.
+    if session.get(User, user_id) is None:
+        raise NotFound(f"No user with id {user_id}.", user_id=user_id)
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT
     ):
@@ -200,8 +205,6 @@ def set_override(
         raise ValidationFailed("A reason is required for a quota override.", field="reason")
     if len(reason) > 500:
         raise ValidationFailed("Reason is longer than 500 characters.", field="reason")
-    if session.get(User, user_id) is None:
-        raise NotFound(f"No user with id {user_id}.", user_id=user_id)
     apply_missing(session, user_id)
     # Locked (PostgreSQL; SQLite's write lock is taken at BEGIN): two admins at once each
     # log the limit the other left as `old_limit`, and the last write wins. Waiting at most
@@ -223,6 +226,11 @@ def set_override(
             metric=metric,
         ) from None
     old = q.limit
+    if limit is None and q.source != "admin":
+        # Nothing to reset: no audit row saying "10 → 10 · Reset to plan".
+        unchanged = _to_dto(q)
+        session.rollback()  # the row lock's transaction
+        return unchanged
     if limit is None:
         q.limit, q.source = q.plan_limit, "plan"
     else:

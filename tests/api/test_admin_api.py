@@ -605,3 +605,26 @@ def test_the_audit_log_says_which_admin_changed_a_quota(actors):
     ]
     with session_scope() as s:
         assert admin.user_detail(s, actors.a.id).audit_log[0]["actor_email"] == actors.admin.email
+
+
+def test_a_quota_override_body_must_say_its_limit(actors):
+    """Leaving `limit` out is a 422, not a reset: a typo or an older client must not clear an
+    override. An unknown user is a 404 whatever the body lacks; an unknown metric's 422
+    names the metrics; a reset with no override in place writes no audit row."""
+    c = actors.cookie_client(actors.admin)
+    url = f"/api/billing/admin/users/{actors.a.id}/quota"
+    assert c.put(url, json={"metric": "tokens", "limit": 7, "reason": "trial"}).status_code == 200
+    r = c.put(url, json={"metric": "tokens", "reason": "typo: no limit"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == "limit", r.text
+    d = c.get(f"/api/billing/admin/users/{actors.a.id}").json()
+    assert {q["metric"]: q["limit"] for q in d["quotas"]}["tokens"] == 7  # still overridden
+    r = c.put("/api/billing/admin/users/999999/quota", json={"metric": "tokens", "limit": 1})
+    assert r.status_code == 404, r.text
+    r = c.put(url, json={"metric": "gpus", "limit": 1, "reason": "x"})
+    assert r.status_code == 422 and "api_calls" in r.json()["error"]["message"], r.text
+    before = len(c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"])
+    r = c.put(url, json={"metric": "api_calls", "limit": None})
+    assert r.status_code == 200 and r.json()["source"] == "plan", r.text
+    after = c.get(f"/api/billing/admin/users/{actors.a.id}").json()["audit_log"]
+    assert len(after) == before, after
