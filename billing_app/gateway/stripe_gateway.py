@@ -36,6 +36,11 @@ STRIPE_API_VERSION = "2026-10-28.endive"
 # Network errors, 409 lock timeouts, 429s and 5xx are retried by stripe-python with
 # exponential backoff and jitter (0.5 s doubling, capped at 5 s).
 MAX_NETWORK_RETRIES = 3
+# Seconds to connect, and to wait for an answer, per attempt. stripe-python's default is 80 s
+# for both: a Stripe that accepts and then hangs held a press (its worker thread) for over
+# five minutes across the retries. Stripe answers in well under a second; a slow list page,
+# a few seconds.
+STRIPE_TIMEOUT = (5.0, 30.0)
 WEBHOOK_TOLERANCE_SECONDS = 300
 
 
@@ -125,7 +130,11 @@ class StripeGateway:
     """Thin, typed wrapper over `stripe.StripeClient` for the calls the app makes."""
 
     def __init__(
-        self, settings: Settings, *, max_network_retries: int = MAX_NETWORK_RETRIES
+        self,
+        settings: Settings,
+        *,
+        max_network_retries: int = MAX_NETWORK_RETRIES,
+        timeout: tuple[float, float] = STRIPE_TIMEOUT,
     ) -> None:
         if not settings.stripe_secret_key:
             raise PaymentProviderError("STRIPE_SECRET_KEY is not configured.")
@@ -136,6 +145,7 @@ class StripeGateway:
             stripe_version=STRIPE_API_VERSION,
             base_addresses=base,  # type: ignore[arg-type]
             max_network_retries=max_network_retries,
+            http_client=stripe.RequestsClient(timeout=timeout),
         )
 
     # ------------------------------------------------------------------ helpers

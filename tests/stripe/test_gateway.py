@@ -223,6 +223,49 @@ def test_unreachable_stripe_is_a_clear_error(app_settings, caplog):
     assert f"port={port}" in message and "Connection refused" in message
 
 
+def test_a_stripe_that_hangs_is_a_clear_error_in_bounded_time(app_settings):
+    """A Stripe that accepts the connection and never answers: each attempt gives up at the
+    read timeout (stripe-python's default waits 80 s), and the press gets the 502."""
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)  # accepted by the kernel, never read or answered
+        port = s.getsockname()[1]
+        gw = StripeGateway(
+            load_settings(stripe_api_base=f"http://127.0.0.1:{port}"),
+            max_network_retries=0,
+            timeout=(1.0, 1.0),
+        )
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                gw.retrieve_customer("cus_x")
+            except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+                outcome.append(err)
+
+        started = time.monotonic()
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(20)
+        took = time.monotonic() - started
+    assert not t.is_alive(), "the call still hangs after 20 s"
+    assert took < 10, took
+    [err] = outcome
+    assert isinstance(err, PaymentProviderError) and err.status_code == 502, err
+    assert "Could not reach Stripe" in err.message
+
+
+def test_the_gateway_waits_for_stripe_a_bounded_time(app_settings):
+    from billing_app.gateway.stripe_gateway import STRIPE_TIMEOUT
+
+    gw = StripeGateway(load_settings(stripe_api_base="http://127.0.0.1:9"))
+    assert gw.client._requestor._client._timeout == STRIPE_TIMEOUT  # not stripe's 80 s
+    assert max(STRIPE_TIMEOUT) <= 30
+
+
 def test_card_errors_are_402():
     import stripe  # only to build the exception stripe-python would raise
 
