@@ -4,6 +4,7 @@ TEST_DATABASE_URL points at one), migrated with Alembic, emptied between tests."
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,24 +59,34 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
-def _backend_url(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str | None]:
-    """(url for the tests, admin url to drop a PostgreSQL database afterwards)."""
+def _backend_url(
+    tmp_path_factory: pytest.TempPathFactory, template: str | None = None
+) -> tuple[str, str | None]:
+    """(url for the tests, admin url to drop a PostgreSQL database afterwards): an empty
+    database, or a copy of `template`."""
     base = os.environ.get("TEST_DATABASE_URL", "")
     if not base.startswith("postgres"):
-        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}", None
+        path = tmp_path_factory.mktemp("db") / "test.db"
+        if template:
+            shutil.copyfile(make_url(template).database, path)
+        return f"sqlite:///{path}", None
     base = base.replace("postgresql://", "postgresql+psycopg://", 1)
     name = f"billing_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{make_url(template).database}"' if template else ""
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
     admin.dispose()
     return make_url(base).set(database=name).render_as_string(hide_password=False), base
 
 
 @contextmanager
-def _scratch_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An empty database of this run's kind, dropped after (PostgreSQL)."""
-    url, admin_url = _backend_url(tmp_path_factory)
+def _scratch_database(
+    tmp_path_factory: pytest.TempPathFactory, template: str | None = None
+) -> Iterator[str]:
+    """An empty database of this run's kind (or a copy of `template`), dropped after
+    (PostgreSQL)."""
+    url, admin_url = _backend_url(tmp_path_factory, template)
     try:
         yield url
     finally:
@@ -120,6 +131,24 @@ def migrate(url: str) -> None:
 def _migrated(database_url: str) -> str:
     migrate(database_url)
     return database_url
+
+
+@pytest.fixture(scope="session")
+def _migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database that nothing stays connected to (PostgreSQL copies only such a
+    template): a copy takes well under a second, a migration a few."""
+    with _scratch_database(tmp_path_factory) as url:
+        migrate(url)  # alembic's engine keeps no connection (NullPool)
+        yield url
+
+
+@pytest.fixture
+def migrated_database_url(
+    _migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database of its own, for a process of its own (a CLI, a server)."""
+    with _scratch_database(tmp_path_factory, template=_migrated_template) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

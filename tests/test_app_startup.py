@@ -44,24 +44,32 @@ logging.getLogger("billing_app.api").debug("a debug line")
 """
 
 
-def _worker_stderr(tmp_path: Path, **env: str) -> str:
+def _start_worker(db_file: Path, **env: str) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "ENVIRONMENT")}
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", _LOG_AT_START],
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=PROJECT_ROOT,
-        env={**clean, "DATABASE_URL": f"sqlite:///{tmp_path / 'log.db'}", **env},
-        timeout=120,
+        env={**clean, "DATABASE_URL": f"sqlite:///{db_file}", **env},
     )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stderr
+
+
+def _stderr(proc: subprocess.Popen[str]) -> str:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return err
 
 
 def test_a_worker_logs_the_apps_info_lines_with_time_and_level(tmp_path):
     """The review: under `reflex run --env prod` the start's "plan limits: ..." line never
     appeared (nothing configured the app's loggers) and warnings came out bare."""
-    lines = _worker_stderr(tmp_path).splitlines()
+    # Three imports of the app, seconds each: side by side.
+    default = _start_worker(tmp_path / "default.db")
+    debug = _start_worker(tmp_path / "debug.db", LOG_LEVEL="debug")
+    warning = _start_worker(tmp_path / "warning.db", LOG_LEVEL="warning")
+    lines = _stderr(default).splitlines()
     line = next(x for x in lines if "plan limits" in x)
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO billing_app \[\d+\] plan limits: 3 "
@@ -69,5 +77,5 @@ def test_a_worker_logs_the_apps_info_lines_with_time_and_level(tmp_path):
         line,
     ), line
     assert "a debug line" not in "\n".join(lines)
-    assert "a debug line" in _worker_stderr(tmp_path, LOG_LEVEL="debug")
-    assert "plan limits" not in _worker_stderr(tmp_path, LOG_LEVEL="warning")
+    assert "a debug line" in _stderr(debug)
+    assert "plan limits" not in _stderr(warning)

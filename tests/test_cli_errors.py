@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from billing_app.cli import error_line
 from billing_app.db import schema_head
 from billing_app.settings import PROJECT_ROOT
-from tests.conftest import migrate
 
 HINT = "(check DATABASE_URL and run `billing-app db upgrade`)"
 
@@ -67,12 +66,12 @@ def _driver(url: str) -> str:
     return "postgresql+psycopg" if url.startswith("postgresql") else "sqlite"
 
 
-def test_a_database_behind_the_code_names_its_revision(migrated_url):
+def test_a_database_behind_the_code_names_its_revision(migrated_database_url):
     """A database some migrations behind (a table or column of a later one missing)."""
     from tests.conftest import alembic
 
-    alembic(migrated_url, "downgrade", "0012")
-    proc = cli(migrated_url, "user", "show", "1")
+    alembic(migrated_database_url, "downgrade", "0012")
+    proc = cli(migrated_database_url, "user", "show", "1")
     line = last_line_error(proc)
     assert line.endswith(
         f": The database schema is at 0012; this code needs {schema_head()}: "
@@ -115,24 +114,18 @@ def test_a_password_given_in_the_query_is_hidden_too(empty_database_url):
         assert "database at " in proc.stdout and "sekrit" not in proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def migrated_url(empty_database_url: str) -> str:
-    migrate(empty_database_url)
-    return empty_database_url
-
-
-def test_a_since_before_year_one_is_one_line(migrated_url):
-    proc = cli(migrated_url, "stripe", "events", "replay", "--since", "99999999d")
+def test_a_since_before_year_one_is_one_line(migrated_database_url):
+    proc = cli(migrated_database_url, "stripe", "events", "replay", "--since", "99999999d")
     assert proc.stderr == (
         "error: --since '99999999d' reaches back before year 1: give a shorter duration.\n"
     )
     assert proc.returncode == 2
-    ok = cli(migrated_url, "stripe", "events", "replay", "--since", "7d")
+    ok = cli(migrated_database_url, "stripe", "events", "replay", "--since", "7d")
     assert ok.returncode == 0 and '"replayed": 0' in ok.stdout
 
 
-def test_an_unknown_revision_is_one_line(migrated_url):
-    line = last_line_error(cli(migrated_url, "db", "upgrade", "--revision", "nonexistent"))
+def test_an_unknown_revision_is_one_line(migrated_database_url):
+    line = last_line_error(cli(migrated_database_url, "db", "upgrade", "--revision", "nonexistent"))
     assert line == "error: alembic: Can't locate revision identified by 'nonexistent'"
 
 
@@ -142,7 +135,7 @@ def test_a_bug_keeps_its_traceback():
     assert error_line(OverflowError("date value out of range")) is None
 
 
-def test_settings_are_checked_before_any_command(migrated_url, monkeypatch):
+def test_settings_are_checked_before_any_command(migrated_database_url, monkeypatch):
     """A malformed setting stops every command with its one line (it stopped the app,
     but `db upgrade` and `apikey list` went on)."""
     for var, value, says in (
@@ -151,16 +144,16 @@ def test_settings_are_checked_before_any_command(migrated_url, monkeypatch):
     ):
         monkeypatch.setenv(var, value)
         for args in (("db", "upgrade"), ("apikey", "list")):
-            proc = cli(migrated_url, *args)
+            proc = cli(migrated_database_url, *args)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
             assert says in proc.stderr, proc.stderr
         monkeypatch.delenv(var)
 
 
-def test_db_upgrade_says_where_the_database_is(migrated_url):
+def test_db_upgrade_says_where_the_database_is(migrated_database_url):
     """Asked for an older revision on a database at head, it says head (it echoed the
     revision asked for, which the database was not at)."""
-    proc = cli(migrated_url, "db", "upgrade", "--revision", "0005")
+    proc = cli(migrated_database_url, "db", "upgrade", "--revision", "0005")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(f"database at {schema_head()}:")
 

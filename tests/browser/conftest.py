@@ -142,7 +142,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(0.2)
     raise RuntimeError(f"the app did not start in {BUILD_TIMEOUT:.0f}s:\n{log.read_text()[-4000:]}")
 
 
@@ -324,6 +324,15 @@ def login(page: Page, app: LiveApp, email: str, password: str, next_path: str = 
     page.wait_for_url(re.compile(re.escape(app.url + next_path)))
 
 
+def choose(page: Page, select: str | Locator, option: str, exact: bool = False) -> None:
+    """Open a select (a combobox named `select`, or its locator) with a click and pick
+    `option`. The open list is portalled to the page's end, so the option is looked up on
+    the page, not inside the select's container."""
+    trigger = page.get_by_role("combobox", name=select) if isinstance(select, str) else select
+    trigger.click()
+    page.get_by_role("option", name=option, exact=exact).click()
+
+
 def open_user_drawer(page: Page, app: LiveApp, search: str, email: str) -> Locator:
     """As the admin: the console searched for `search` (one match), and the drawer of the
     user `email` open."""
@@ -417,6 +426,7 @@ def assert_focus_kept(page: Page, what: str) -> None:
 __all__ = [
     "LiveApp",
     "assert_focus_kept",
+    "choose",
     "focused",
     "login",
     "open_user_drawer",

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.browser.conftest import LiveApp, login, screenshot, signup
+from tests.browser.conftest import LiveApp, choose, login, screenshot, signup
 
 pytestmark = pytest.mark.browser
 
@@ -224,18 +224,14 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     expect(page.get_by_text("41–45 of 45")).to_be_visible()
 
     # Filter by plan: nobody in the crowd pays.
-    page.get_by_role("combobox", name="Filter by plan").click()
-    page.get_by_role("option", name="Pro").click()
+    choose(page, "Filter by plan", "Pro")
     expect(page.get_by_text("No users match")).to_be_visible()
-    page.get_by_role("combobox", name="Filter by plan").click()
-    page.get_by_role("option", name="Free").click()
+    choose(page, "Filter by plan", "Free")
     expect(page.get_by_text("1–20 of 45")).to_be_visible()
 
-    page.get_by_role("combobox", name="Filter by status").click()
-    page.get_by_role("option", name="Active").click()
+    choose(page, "Filter by status", "Active")
     expect(page.get_by_text("No users match")).to_be_visible()
-    page.get_by_role("combobox", name="Filter by status").click()
-    page.get_by_role("option", name="No subscription").click()
+    choose(page, "Filter by status", "No subscription")
     expect(page.get_by_text("1–20 of 45")).to_be_visible()
 
     # Override a quota with a reason, from the user drawer.
@@ -281,10 +277,8 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
     expect(buyer.locator("#invoices-table")).to_contain_text("$99.00")
     buyer.close()
     # The filters above still say Free / No subscription.
-    page.get_by_role("combobox", name="Filter by plan").click()
-    page.get_by_role("option", name="All plans").click()
-    page.get_by_role("combobox", name="Filter by status").click()
-    page.get_by_role("option", name="All statuses").click()
+    choose(page, "Filter by plan", "All plans")
+    choose(page, "Filter by status", "All statuses")
     page.locator("#user-search").fill(buyer_email)
     # The counts are reloaded with the list: the new customer is in both.
     expect(pro_card).to_contain_text(re.compile(rf"Pro subscribers\s*{pros + 1}\b"))
@@ -312,11 +306,9 @@ def test_admin_console(page: Page, live_app: LiveApp, browser: Browser) -> None:
 
     # Invoices across all users, filtered by status.
     page.get_by_role("tab", name="Invoices").click()
-    page.get_by_role("combobox", name="Filter invoices by status").click()
-    page.get_by_role("option", name="Void").click()
+    choose(page, "Filter invoices by status", "Void")
     expect(page.get_by_text("Nothing matches this filter.")).to_be_visible()
-    page.get_by_role("combobox", name="Filter invoices by status").click()
-    page.get_by_role("option", name="Paid").click()
+    choose(page, "Filter invoices by status", "Paid")
     invoices = page.locator("#admin-invoices-table")
     expect(invoices).to_contain_text("CROWD-0001")
     expect(invoices).to_contain_text("Paid")

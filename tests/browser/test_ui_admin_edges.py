@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from tests.browser.conftest import (
     LiveApp,
     assert_focus_kept,
+    choose,
     ensure_invoices,
     ensure_user,
     focused,
@@ -452,8 +453,7 @@ def test_enter_twice_saves_once_and_two_admins_each_leave_an_audit_row(
     # Enters shows (the select shows the state's value), the second Enter was answered.
     metric = drawer.get_by_role("combobox", name="Metric")
     for option in ("API calls", "Tokens"):
-        metric.click()
-        page.get_by_role("option", name=option).click()
+        choose(page, metric, option)
         expect(metric).to_contain_text(option)
     expect(drawer).not_to_contain_text("Enter a whole number")
     expect(drawer).to_contain_text("Tokens limit saved.")
@@ -490,8 +490,7 @@ def test_a_key_made_to_read_only_reads(page: Page, live_app: LiveApp) -> None:
     page.get_by_role("tab", name="API keys").click()
     name = page.get_by_label("Key name")
     name.fill("dashboard-reader")
-    page.get_by_role("combobox", name="Access").click()
-    page.get_by_role("option", name="Read usage and check quotas").click()
+    choose(page, "Access", "Read usage and check quotas")
     expect(page.get_by_role("combobox", name="Access")).to_contain_text("Read usage")
     expect(page.get_by_text("Key name", exact=True)).to_be_visible()
     page.get_by_role("button", name="Create key").click()
@@ -570,8 +569,7 @@ def test_closing_the_drawer_after_its_invoice_left_the_list_focuses_the_invoices
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.get_by_role("tab", name="Invoices").click()
     status = page.get_by_role("combobox", name="Filter invoices by status")
-    status.click()
-    page.get_by_role("option", name="Void").click()
+    choose(page, status, "Void")
     # CSS, not roles: under the open drawer the page is hidden from the accessibility
     # tree, and a role locator finds no row there whether it is listed or not.
     row = page.locator("#admin-invoices-table tr", has_text="LEAVES-0001")

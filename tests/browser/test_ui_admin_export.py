@@ -11,7 +11,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveApp, ensure_invoices, login
+from tests.browser.conftest import LiveApp, choose, ensure_invoices, login
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +36,7 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.locator("#user-search").fill("@csv.test")
     expect(page.get_by_text("1–3 of 3")).to_be_visible()
-    page.get_by_role("combobox", name="Sort").click()
-    page.get_by_role("option", name="Email A–Z").click()
+    choose(page, "Sort", "Email A–Z")
     export = page.get_by_role("link", name="Export CSV")
     expect(export).to_have_attribute("href", re.compile(r"q=%40csv\.test.*sort=email$"))
     with page.expect_download() as info:
@@ -54,8 +53,7 @@ def test_export_csv_downloads_the_filtered_lists(page: Page, live_app: LiveApp) 
     expect(page.get_by_text("1–3 of 3")).to_be_visible()
 
     page.get_by_role("tab", name="Invoices").click()
-    page.get_by_role("combobox", name="Filter invoices by status").click()
-    page.get_by_role("option", name="Draft").click()
+    choose(page, "Filter invoices by status", "Draft")
     expect(page.locator("#admin-invoices-table")).to_contain_text("CSV-0001")
     # CSV-0001 shows before the filter lands too: wait for the link to carry it, as the
     # table settling does for a person (CI once clicked first and got every invoice).
@@ -97,8 +95,7 @@ def test_the_credit_filter_lists_what_the_credit_badge_marks(page: Page, live_ap
     export = page.get_by_role("link", name="Export CSV")
     status = page.get_by_role("combobox", name="Filter invoices by status")
 
-    status.click()
-    page.get_by_role("option", name="Credit", exact=True).click()
+    choose(page, status, "Credit", exact=True)
     expect(export).to_have_attribute("href", re.compile(r"invoices\.csv\?status=credit$"))
     expect(table).to_contain_text("CR-0002")
     expect(table).not_to_contain_text("CR-0001")
@@ -111,8 +108,7 @@ def test_the_credit_filter_lists_what_the_credit_badge_marks(page: Page, live_ap
     assert len(credits) == len(shown) and all(c["total"].startswith("-") for c in credits)
     assert [c["number"] for c in credits] == [re.split(r"\s+", r.strip())[1] for r in shown]
 
-    status.click()
-    page.get_by_role("option", name="Paid", exact=True).click()
+    choose(page, status, "Paid", exact=True)
     expect(export).to_have_attribute("href", re.compile(r"invoices\.csv\?status=paid$"))
     expect(table).to_contain_text("CR-0001")
     expect(table).not_to_contain_text("CR-0002")

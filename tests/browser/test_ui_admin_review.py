@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveApp, ensure_invoices, ensure_user, login
+from tests.browser.conftest import LiveApp, choose, ensure_invoices, ensure_user, login
 
 pytestmark = pytest.mark.browser
 
@@ -50,8 +50,7 @@ def test_clear_filters_brings_every_user_back_from_an_empty_list(
     expect(page.locator("#clear-filters")).to_have_count(0)  # nothing to clear
     page.locator("#user-search").fill("nobody-h88-")
     status = page.get_by_role("combobox", name="Filter by status")
-    status.click()
-    page.get_by_role("option", name="Past due").click()
+    choose(page, status, "Past due")
     expect(page.get_by_text("No users match")).to_be_visible()
 
     page.get_by_role("button", name="Clear filters").click()

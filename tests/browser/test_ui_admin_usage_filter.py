@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from billing_app.services.periods import calendar_month
 from billing_app.states import format as fmt
-from tests.browser.conftest import LiveApp, ensure_user, login
+from tests.browser.conftest import LiveApp, choose, ensure_user, login
 
 pytestmark = pytest.mark.browser
 
@@ -27,8 +27,7 @@ def test_over_a_limit_lists_only_who_reached_one_and_the_drawer_says_when_it_res
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.locator("#user-search").fill("h78attn")
     expect(page.get_by_text("1–3 of 3")).to_be_visible()
-    page.get_by_role("combobox", name="Filter by usage").click()
-    page.get_by_role("option", name="Over a limit").click()
+    choose(page, "Filter by usage", "Over a limit")
     expect(page.get_by_text("1–1 of 1")).to_be_visible()
     rows = page.locator("#users-table tbody tr")
     expect(rows).to_have_count(1)
@@ -37,12 +36,10 @@ def test_over_a_limit_lists_only_who_reached_one_and_the_drawer_says_when_it_res
         "href", "/api/billing/admin/users.csv?q=h78attn&usage=over&sort=-created"
     )
 
-    page.get_by_role("combobox", name="Filter by usage").click()
-    page.get_by_role("option", name="Near a limit (80%+)").click()
+    choose(page, "Filter by usage", "Near a limit (80%+)")
     expect(page.get_by_text("1–2 of 2")).to_be_visible()
 
-    page.get_by_role("combobox", name="Filter by usage").click()
-    page.get_by_role("option", name="Over a limit").click()
+    choose(page, "Filter by usage", "Over a limit")
     expect(page.get_by_text("1–1 of 1")).to_be_visible()
     page.get_by_role("button", name="Details for h78attn-over@example.com").click()
     drawer = page.locator("#user-drawer")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveApp, ensure_invoices, ensure_user, login
+from tests.browser.conftest import LiveApp, choose, ensure_invoices, ensure_user, login
 
 pytestmark = pytest.mark.browser
 
@@ -40,8 +40,7 @@ def test_a_failed_payment_is_badged_payment_failed_for_the_customer_and_the_admi
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.get_by_role("tab", name="Invoices").click()
     table = page.locator("#admin-invoices-table")
-    page.get_by_role("combobox", name="Filter invoices by status").click()
-    page.get_by_role("option", name="Payment failed").click()
+    choose(page, "Filter invoices by status", "Payment failed")
     row = table.get_by_role("row").filter(has_text="FAILED-0001")
     expect(row).to_contain_text("Payment failed")
     expect(row).not_to_contain_text("Open")

@@ -41,9 +41,10 @@ def database_kind() -> str:
 
 
 @pytest.fixture(scope="module")
-def scratch_url() -> Iterator[str]:
-    """A migrated scratch database of the leg's kind, for a real server process."""
+def scratch_url(_migrated_template: str) -> Iterator[str]:
+    """A migrated scratch database of the leg's kind, for a real server process: a copy of
+    the run's migrated template."""
     from bench.servers import scratch_database
 
-    with scratch_database(database_kind()) as url:
+    with scratch_database(database_kind(), template=_migrated_template) as url:
         yield url
