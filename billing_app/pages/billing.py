@@ -80,13 +80,10 @@ def dismissible(icon: str, text: object, color: str, id_: str) -> rx.Component:
 
 
 def notices() -> rx.Component:
-    # The return notices wait for the page's load (is_hydrated): a later visit's load drops
-    # them, and until it has, the browser still held the last visit's.
-    shown = rx.State.is_hydrated
     # A fragment: absent notices leave no empty gap in the page's stack.
     return rx.fragment(
         rx.cond(
-            shown & (S.checkout_notice == "success"),
+            S.checkout_notice == "success",
             dismissible(
                 "circle-check",
                 # Anyone can open ?checkout=success: claim no payment until the plan is live.
@@ -102,11 +99,11 @@ def notices() -> rx.Component:
         ),
         # Back from the portal: what changed there, said, not only the heading changing.
         rx.cond(
-            shown & (S.portal_notice != ""),
+            S.portal_notice != "",
             dismissible("circle-check", S.portal_notice, "grass", "portal-notice"),
         ),
         rx.cond(
-            shown & (S.checkout_notice == "canceled"),
+            S.checkout_notice == "canceled",
             dismissible(
                 "info",
                 "Checkout was canceled. You have not been charged.",

@@ -47,9 +47,6 @@ PRESSED = ClientStateVar.create("stripe_pressed", default="")
 # How long after coming back from the portal a change its webhook brings is still told
 # as the portal's (the notice names it); Stripe sends it within seconds, usually.
 PORTAL_WATCH_SECONDS = 120.0
-# A notice from the return URL waits this long for the clean URL's load (the redirect's, or
-# a quick reload's that cut it off): it shows there, once.
-NOTICE_CARRY_SECONDS = 30.0
 # Presses are numbered (live.start_load): an answer is shown only for the newest.
 PRESS = "_press"
 # A press's Stripe call still running this long after it started is taken as lost (its
@@ -170,14 +167,13 @@ class BillingState(SessionState):
     # The plan whose button is waiting for Stripe, or "portal".
     busy: str = ""
     error: str = ""
-    # A notice the return URL brought ("success", "canceled", "portal"), held for the clean
-    # URL's load, which shows it: never on the URL with the query (a reload there would
-    # show it twice), never lost to a reload that cut the redirect off.
-    _notice_pending: str = ""
-    _notice_pending_for: str = ""  # its Checkout Session
-    _notice_pending_until: float = 0.0
+    # The page's socket while redirecting away from ?checkout=: that page's next load
+    # keeps checkout_notice. A reload is a new socket, so it never does, even if the
+    # redirect's own load never reached us (the reload cut it off).
+    _notice_socket: str = ""
     # The Checkout Session whose notice this tab has shown: loading its return URL again
-    # (Back to it) shows it no second time. The tab keeps its State over a reload.
+    # (a reload before the redirect that drops the query took effect, Back to it) shows
+    # it no second time. The tab keeps its State over a reload.
     _notice_shown_for: str = ""
     # The plan as the page showed it on coming back from the portal, until the change made
     # there shows (or PORTAL_WATCH_SECONDS pass): the notice says what changed.
@@ -236,11 +232,6 @@ class BillingState(SessionState):
         """Guard, then load everything and start the live poller. Also run on each socket
         reconnect (Reflex 0.10's hydrate_and_load), so it releases a lost press first."""
         released = self._release_lost_press()
-        query = self.router.url.query_parameters
-        if query.get("checkout") is None and query.get("portal") is None:
-            # Before the user lookup: a load that fails, or finds the session gone, drops
-            # an earlier visit's notice too.
-            self._take_pending_notice()
         try:
             user = await self._current_user()
         except BillingError as err:
@@ -250,48 +241,33 @@ class BillingState(SessionState):
             return [*released, BillingState.poll]
         if user is None:
             return self._login_redirect()  # released by this page's next load
-        checkout = query.get("checkout")
+        checkout = self.router.url.query_parameters.get("checkout")
         if checkout is not None:
-            kinds = {"success": "success", "canceled": "canceled", "cancel": "canceled"}
-            notice = kinds.get(checkout, "")
-            session_id = query.get("session_id", "")
+            notice = {"success": "success", "canceled": "canceled", "cancel": "canceled"}
+            self.checkout_notice = notice.get(checkout, "")
+            session_id = self.router.url.query_parameters.get("session_id", "")
             if session_id and session_id == self._notice_shown_for:
-                notice = ""
-            # Drop the query (replacing the history entry), so a reload or Back does not
-            # bring the banner back; the clean URL's load shows it.
-            self._hold_notice(notice, session_id)
+                self.checkout_notice = ""
+            elif session_id and self.checkout_notice:
+                self._notice_shown_for = session_id
+            # Shown once: drop the query (replacing the history entry), so a reload or
+            # Back does not bring the banner back. The next load keeps the notice.
+            self._notice_socket = self.router.session.session_id if self.checkout_notice else ""
             return rx.redirect(ROUTE, replace=True)
-        if query.get("portal") is not None:
+        if self.router.url.query_parameters.get("portal") is not None:
             # Back from the portal: what this tab showed before is what it changed from (a
             # tab that had not shown the page has nothing to compare, so tells nothing).
+            self.checkout_notice = self.portal_notice = ""
             self._portal_from = self.sub if self.loaded else None
             self._portal_until = time.time() + PORTAL_WATCH_SECONDS
-            self._hold_notice("portal" if self._portal_from else "", "")
+            self._notice_socket = self.router.session.session_id if self._portal_from else ""
             return rx.redirect(ROUTE, replace=True)
+        if not self._notice_socket or self._notice_socket != self.router.session.session_id:
+            self.checkout_notice = self.portal_notice = ""
+            self._portal_from = None
+        self._notice_socket = ""
         self.error = ""
         return [*released, BillingState.refresh, BillingState.poll]
-
-    def _hold_notice(self, kind: str, session_id: str) -> None:
-        """The return URL's notice, held for the clean URL's load; none shows meanwhile."""
-        self.checkout_notice = self.portal_notice = ""
-        self._notice_pending = kind
-        self._notice_pending_for = session_id if kind == "success" else ""
-        self._notice_pending_until = time.time() + NOTICE_CARRY_SECONDS if kind else 0.0
-
-    def _take_pending_notice(self) -> None:
-        """A load of the clean URL: the held notice shows (and is marked shown); any other
-        goes. A notice stays for the visit it came back to, until dismissed, and no longer:
-        the next load of any kind (a navigation, a reload, a reconnect) drops it, as it does
-        the portal's. No timer: a banner that leaves on its own can go before it is read."""
-        kind = self._notice_pending if time.time() <= self._notice_pending_until else ""
-        self.checkout_notice = kind if kind in ("success", "canceled") else ""
-        self.portal_notice = ""
-        if kind != "portal":
-            self._portal_from = None
-        if kind == "success" and self._notice_pending_for:
-            self._notice_shown_for = self._notice_pending_for
-        self._notice_pending = self._notice_pending_for = ""
-        self._notice_pending_until = 0.0
 
     def _release_lost_press(self) -> list[Any]:
         """The buttons back to usable, unless a press's Stripe call still runs: its answer

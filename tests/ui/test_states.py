@@ -554,10 +554,10 @@ def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None
     cookie = cookie_for(session, user.id)
     st = state_for(BillingState, cookie=cookie, path="/billing?checkout=success&session_id=x")
     redirect = asyncio.run(st.on_load())
-    # The query is replaced away (no new history entry), the notice held for the next load.
+    # The query is replaced away (no new history entry), the notice kept for the next load.
     args = {str(k): str(v) for k, v in redirect.args}
     assert args["path"] == '"/billing"' and args["replace"] == "true"
-    assert st.checkout_notice == ""
+    assert st.checkout_notice == "success"
 
     st.router = state_for(BillingState, cookie=cookie, path="/billing").router
     assert asyncio.run(st.on_load())[-2:] == [BillingState.refresh, BillingState.poll]
@@ -566,13 +566,12 @@ def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None
     st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-2").router
     asyncio.run(st.on_load())
     assert st.checkout_notice == ""
-    # A reload that cut off the redirect's own load shows it there, once (see
-    # test_billing_return_notices).
+    # Nor a reload that cut off the redirect's own load before it reached the server.
     st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=success").router
     asyncio.run(st.on_load())
     st.router = state_for(BillingState, cookie=cookie, path="/billing", socket="sock-3").router
     asyncio.run(st.on_load())
-    assert st.checkout_notice == "success"
+    assert st.checkout_notice == ""
     # An unknown value shows nothing but is still cleared from the URL.
     st.router = state_for(BillingState, cookie=cookie, path="/billing?checkout=paid").router
     assert dict((str(k), str(v)) for k, v in asyncio.run(st.on_load()).args)["replace"] == "true"
