@@ -16,7 +16,7 @@ PG_TEST_URL ?= postgresql://root@127.0.0.1:5432/test
 
 help:
 	@echo "make run    set up and start the app (SQLite + local Stripe sandbox) on http://localhost:8000"
-	@echo "make test   set up and run all tests (SQLite leg, then PostgreSQL leg)"
+	@echo "make test   set up and run all tests (SQLite and PostgreSQL legs side by side, then the browser tests)"
 	@echo "make lint   ruff check + format check"
 	@echo "make reliability   slow fault tests: kill -9, PostgreSQL outage, live fuzz (~7 min)"
 	@echo "make bench  benchmarks against a bare baseline, writes bench/results.md (~12 min)"
@@ -48,16 +48,33 @@ browsers: $(AXE)
 run: setup
 	.venv/bin/billing-app demo run
 
-test: setup browsers lint test-sqlite test-postgres
+# The database legs run side by side (each mostly waits on one core: its database, its
+# servers), then the browser tests run alone, as their timing wants. Every leg runs to
+# the end; the run fails if any did. The PostgreSQL leg's output follows the SQLite one's;
+# it runs in a process group of its own (set -m), so Ctrl-C or a kill stops it too.
+PG_LOG := .pytest-postgres.log
+test: setup browsers lint
+	@echo "PostgreSQL leg: running beside the SQLite leg, its output below when both end"
+	@mkdir -p .pytest-tmp
+	@set -m; $(MAKE) --no-print-directory test-postgres PYTEST_ARGS="--basetemp=.pytest-tmp/postgres" > $(PG_LOG) 2>&1 & pg=$$!; \
+	set +m; trap 'kill -TERM -- -$$pg 2>/dev/null; exit 130' INT TERM; \
+	$(PY) -m pytest -q -m "not browser" --basetemp=.pytest-tmp/sqlite; sqlite=$$?; \
+	wait $$pg; postgres=$$?; trap - INT TERM; \
+	echo "----- PostgreSQL leg -----"; cat $(PG_LOG); \
+	echo "----- browser tests (SQLite) -----"; \
+	$(PY) -m pytest -q -m browser --basetemp=.pytest-tmp/browser; browser=$$?; \
+	echo "SQLite leg: exit $$sqlite, PostgreSQL leg: exit $$postgres, browser tests: exit $$browser"; \
+	[ $$sqlite -eq 0 ] && [ $$postgres -eq 0 ] && [ $$browser -eq 0 ]
 
+# Each leg alone, one after the other (what `make test` runs, without the overlap).
 test-sqlite: setup $(AXE)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The PostgreSQL leg runs when a server answers (always in CI). It leaves out the Stripe
 # sandbox's own tests: the sandbox has no database, and the SQLite leg runs them.
 test-postgres: setup
 	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3)" 2>/dev/null; then \
-		TEST_DATABASE_URL=$(PG_TEST_URL) $(PY) -m pytest -q -m "not browser" --ignore=tests/sandbox; \
+		TEST_DATABASE_URL=$(PG_TEST_URL) $(PY) -m pytest -q -m "not browser" --ignore=tests/sandbox $(PYTEST_ARGS); \
 	elif [ -n "$$CI" ]; then echo "PostgreSQL at $(PG_TEST_URL) is required in CI" >&2; exit 1; \
 	else echo "PostgreSQL not reachable at $(PG_TEST_URL): skipping the PostgreSQL leg"; fi
 
