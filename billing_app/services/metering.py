@@ -1396,7 +1396,7 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
                 idempotency_key=key,
                 reason="cancel_window_passed",
             )
-        period = _counted_in(conn, st, x, key)
+        period = _counted_in(conn, st, x, key, event.occurred_at)
         if period.end <= now:
             raise NotCancelable(
                 f"Usage event {key!r} counts in a period that ended on "
@@ -1424,12 +1424,14 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
                     reason="busy",
                 )
             raise _LostRace
-        # Its day: the counter's latest day when it is that day and holds it, else the
-        # day's row (a closed day, or a write dated another day).
-        if (
-            conn.execute(st.cancel_day_used, x).rowcount == 0
-            and conn.execute(st.cancel_daily, x).rowcount == 0
-        ):
+        # Its day: where its write put it first. Dated its own day: the counter's latest
+        # day while it is that day, else the day's row (closed). Dated another day (a
+        # clock ahead past midnight, or backdated): that day's row. Taken from the other
+        # place, it could leave neither holding enough for a later cancel of that day.
+        day_parts = [st.cancel_day_used, st.cancel_daily]
+        if event.occurred_at.date() != event.recorded_at.date():
+            day_parts.reverse()
+        if all(conn.execute(part, x).rowcount == 0 for part in day_parts):
             raise NotCancelable(
                 f"Usage event {key!r} is no longer in its day's usage.",
                 idempotency_key=key,
@@ -1456,11 +1458,16 @@ def _cancel_once(session: Session, user_id: int, key: str, *, last: bool = False
     )
 
 
-def _counted_in(conn: sa.Connection, st: _Statements, x: dict[str, Any], key: str) -> Period:
+def _counted_in(
+    conn: sa.Connection, st: _Statements, x: dict[str, Any], key: str, at: datetime
+) -> Period:
     """The period the event was counted in, from where its day's usage is: working it out
     again from the subscription could name another one (a subscription that began since,
-    a reset rule that changed at a renewal). Two periods holding enough on that day (the
-    day the plan changed) cannot be told apart: refused rather than guessed."""
+    a reset rule that changed at a renewal). Of several holding enough on that day, the
+    one holding its moment `at` (a write counts in a period that holds it): a renewal's
+    day is shared by two periods that meet then. Two that both hold it (the day the plan
+    changed: a calendar month and a billing period) cannot be told apart: refused rather
+    than guessed."""
     found = {(as_utc(start), as_utc(end)) for start, end in conn.execute(st.cancel_periods, x)}
     if not found:
         raise NotCancelable(
@@ -1468,6 +1475,8 @@ def _counted_in(conn: sa.Connection, st: _Statements, x: dict[str, Any], key: st
             idempotency_key=key,
             reason="not_counted",
         )
+    if len(found) > 1 and len(holding := {p for p in found if p[0] <= at < p[1]}) == 1:
+        found = holding
     if len(found) > 1:
         raise NotCancelable(
             f"Usage event {key!r} falls on a day two usage periods share (the plan changed "

@@ -230,6 +230,73 @@ def test_a_cancel_takes_the_units_off_their_own_day(actors, frozen_clock):
     assert _totals(a) == (1, 7, 7)
 
 
+def test_cancelling_an_event_dated_ahead_past_midnight_leaves_that_days_others_cancelable(
+    actors, live_server, frozen_clock
+):
+    """A service whose clock runs a few minutes ahead dates an event just past midnight
+    (allowed: FUTURE_SKEW); it goes on that day's row. Today's own writes go on the
+    counter's day. Cancelling the early one must take it from its row, or the counter's
+    day no longer holds today's event and its cancel is refused (409 not_counted)."""
+    a = actors.a.id
+    frozen_clock.set(datetime(2026, 11, 15, 23, 58, tzinfo=UTC))
+    ahead = datetime(2026, 11, 16, 0, 2, tzinfo=UTC).isoformat()
+    with http(live_server, actors.service_key) as c:
+        assert (
+            _write(
+                c, "/api/billing/usage", a, "tokens", 100, "ahead", occurred_at=ahead
+            ).status_code
+            == 201
+        )
+        frozen_clock.set(datetime(2026, 11, 16, 9, 0, tzinfo=UTC))
+        assert _write(c, "/api/billing/usage/consume", a, "tokens", 150, "today").status_code == 201
+        assert _today(c, a) == 250
+        for key in ("ahead", "today"):
+            r = c.post(CANCEL, json={"user_id": a, "idempotency_key": key})
+            assert r.status_code == 200, r.text
+        assert _today(c, a) == 0
+    assert _totals(a) == (0, 0, 0)
+
+
+def test_an_event_after_a_renewal_is_cancelable_on_the_renewal_day(
+    actors, live_server, frozen_clock, monkeypatch
+):
+    """A plan that resets with its billing period renews mid-day (08:00 here): the
+    period that ends and the one that begins both counted usage that day, but only the
+    new one holds an event at 09:00. Its cancel goes through; the 07:00 one's period has
+    ended. (Refused as "ambiguous" before, on every renewal day.)"""
+    from sqlmodel import select
+
+    from billing_app.models import Subscription
+    from tests.factories import make_subscription
+    from tests.test_billing_period_overlap import _pro_resets_with_billing_period
+
+    _pro_resets_with_billing_period(monkeypatch)
+    a = actors.a.id
+    nov10, dec10 = datetime(2026, 11, 10, 8, tzinfo=UTC), datetime(2026, 12, 10, 8, tzinfo=UTC)
+    frozen_clock.set(nov10)
+    with session_scope() as s:
+        make_subscription(s, a, plan="pro", current_period_start=nov10,
+                          current_period_end=dec10, period_reset="billing_period")  # fmt: skip
+    with http(live_server, actors.service_key) as c:
+        frozen_clock.set(dec10 - timedelta(hours=1))
+        assert _write(c, "/api/billing/usage", a, "tokens", 100, "morning").status_code == 201
+        with session_scope() as s:  # the renewal's webhook stores the new period
+            sub = s.exec(select(Subscription).where(Subscription.user_id == a)).one()
+            sub.current_period_start, sub.current_period_end = (
+                dec10,
+                datetime(2027, 1, 10, 8, tzinfo=UTC),
+            )
+            s.commit()
+        frozen_clock.set(dec10 + timedelta(hours=1))
+        assert _write(c, "/api/billing/usage", a, "tokens", 100, "after").status_code == 201
+        r = c.post(CANCEL, json={"user_id": a, "idempotency_key": "after"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["used"], r.json()["resets_at"]) == (0, "2027-01-10T08:00:00Z")
+        r = c.post(CANCEL, json={"user_id": a, "idempotency_key": "morning"})
+        assert r.status_code == 409 and r.json()["error"]["reason"] == "period_ended", r.text
+    assert _totals(a) == (1, 100, 100)
+
+
 def test_concurrent_cancels_of_one_key_take_it_off_once(actors, live_server):
     a = actors.a.id
     n = 12
