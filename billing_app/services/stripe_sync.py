@@ -1,7 +1,9 @@
 """Keeping local billing state in step with Stripe.
 
 - `handle_webhook`: verify, then store the event id (exactly once) and apply it in one
-  transaction; a failed apply is stored unprocessed with its error, for the retry.
+  transaction; a failed apply is stored unprocessed with its error, for the retry. An
+  object it needs from Stripe (a tie's, a checkout's subscription) is fetched with no
+  transaction open, then the event is applied again.
 - `apply_subscription` / `apply_invoice` / `apply_customer`: idempotent, order-independent
   upserts. An event older than what was last applied never overwrites newer state;
   terminal states (canceled subscription, paid/void invoice) are never undone by a stale
@@ -327,6 +329,42 @@ def _quotas_follow(session: Session, user_id: int, plan_key: str) -> bool:
     return all(rows.get(m) == plan.limit_for(m) for m in METRICS)
 
 
+# session.info key: what a webhook delivery fetched from Stripe before its transaction,
+# by (kind, id). Present only during a delivery.
+_FETCHED = "billing_app.stripe_fetched"
+# Fetches one delivery may need: its checkout's subscription, then a tie's object.
+MAX_FETCHES = 3
+
+
+class _NeedsFetch(Exception):
+    """Applying a delivery needs an object from Stripe: the delivery rolls back, fetches it
+    with no transaction open (on SQLite an open one holds the write lock, and every usage
+    write and webhook would wait for Stripe's answer), then applies again."""
+
+    def __init__(self, kind: str, obj_id: str) -> None:
+        super().__init__(f"{kind} {obj_id} is needed from Stripe")
+        self.key = (kind, obj_id)
+
+
+def _retrieve(kind: str, obj_id: str) -> dict[str, Any]:
+    gateway = get_gateway()
+    if kind == "customer":
+        return gateway.retrieve_customer(obj_id)
+    return gateway.retrieve_subscription(obj_id)
+
+
+def _fetch(session: Session, kind: str, obj_id: str) -> dict[str, Any]:
+    """A Stripe object `kind` ("subscription", "customer") as the API answers it now. In a
+    webhook delivery, one fetched before its transaction (else _NeedsFetch); elsewhere
+    (sync, replay) asked at once."""
+    fetched = session.info.get(_FETCHED)
+    if fetched is None:
+        return _retrieve(kind, obj_id)
+    if (kind, obj_id) not in fetched:
+        raise _NeedsFetch(kind, obj_id)
+    return fetched[(kind, obj_id)]
+
+
 # ---------------------------------------------------------------- subscriptions
 
 
@@ -561,7 +599,7 @@ def apply_subscription(
         if verdict == TIE and _state(values, _SUB_STATE) != _state(sub, _SUB_STATE):
             # Two states in the same second: ask Stripe which is current and apply that.
             # A failed fetch raises, so the delivery fails and Stripe retries it.
-            return apply_answer(session, get_gateway().retrieve_subscription(data.id))
+            return apply_answer(session, _fetch(session, "subscription", data.id))
         if unknown_price is not None:
             raise unknown_price
         driver_rows(conn, _SUB_UPDATE, {"row_id": sub["id"], **values})
@@ -739,7 +777,7 @@ def _apply_checkout(session: Session, obj: dict[str, Any], at: datetime | None) 
         ).first()
         if known is None:
             # customer.subscription.created may be late or lost: fetch the subscription now.
-            apply_answer(session, get_gateway().retrieve_subscription(data.subscription_id))
+            apply_answer(session, _fetch(session, "subscription", data.subscription_id))
     return None
 
 
@@ -775,7 +813,7 @@ def apply_customer(
                     return False
             else:
                 # Same second, another balance: the delivery order means nothing; ask Stripe.
-                fetched = get_gateway().retrieve_customer(data.id)
+                fetched = _fetch(session, "customer", data.id)
                 return apply_customer(session, fetched, answered_at(fetched), force=True)
     user.stripe_balance = data.balance
     user.stripe_balance_currency = data.currency
@@ -876,6 +914,9 @@ def _apply_new(session: Session, event: EventData, row_id: int, now: datetime) -
         if note is not None:
             driver_rows(session.connection(), _EVENT_NOTE, {"row_id": row_id, "error": note})
         session.commit()
+    except _NeedsFetch:
+        session.rollback()  # the claim too: made again once the object is fetched
+        raise
     except BaseException as err:
         session.rollback()
         log.warning("applying stripe event %s failed: %s", event.id, err)
@@ -928,6 +969,9 @@ def _process(session: Session, stripe_event_id: str, *, reapply: bool = False) -
         row.attempts = (row.attempts or 0) + 1
         session.add(row)
         session.commit()
+    except _NeedsFetch:
+        session.rollback()
+        raise
     except BaseException as err:
         session.rollback()
         log.warning("applying stripe event %s failed: %s", stripe_event_id, err)
@@ -948,6 +992,43 @@ def handle_webhook(session: Session, payload: bytes, signature_header: str | Non
             400, {"error": {"code": "invalid_payload", "message": f"Not a Stripe event: {err}"}}
         )
     now = utcnow()
+    fetched: dict[tuple[str, str], dict[str, Any]] = {}
+    session.info[_FETCHED] = fetched
+    try:
+        for _ in range(MAX_FETCHES + 1):
+            try:
+                return _deliver(session, event, now)
+            except _NeedsFetch as need:
+                key = need.key
+            try:  # no transaction open: _deliver rolled back
+                fetched[key] = _retrieve(*key)
+            except Exception as err:
+                log.warning("applying stripe event %s failed: %s", event.id, err)
+                _store_failure(session, event, now, err)
+                return _failed(event, err)
+        err = RuntimeError(f"needed more than {MAX_FETCHES} objects from Stripe")
+        _store_failure(session, event, now, err)
+        return _failed(event, err)
+    finally:
+        session.info.pop(_FETCHED, None)
+
+
+def _failed(event: EventData, err: BaseException) -> WebhookResult:
+    return WebhookResult(
+        500,
+        {
+            "error": {
+                "code": "processing_failed",
+                "message": f"Event {event.id} could not be applied; Stripe will retry. "
+                f"({type(err).__name__}: {err})"[:1000],
+            }
+        },
+    )
+
+
+def _deliver(session: Session, event: EventData, now: datetime) -> WebhookResult:
+    """Claim and apply a verified event; raises _NeedsFetch (rolled back) when applying it
+    needs an object from Stripe first."""
     row_id = _claim(session, event, now)  # raises (nothing stored) when the database fails
     if row_id is None:
         try:
@@ -962,17 +1043,10 @@ def handle_webhook(session: Session, payload: bytes, signature_header: str | Non
             outcome = _apply_new(session, event, row_id, now)
         else:
             outcome = _process(session, event.id)
+    except _NeedsFetch:
+        raise
     except Exception as err:
-        return WebhookResult(
-            500,
-            {
-                "error": {
-                    "code": "processing_failed",
-                    "message": f"Event {event.id} could not be applied; Stripe will retry. "
-                    f"({type(err).__name__}: {err})"[:1000],
-                }
-            },
-        )
+        return _failed(event, err)
     body: dict[str, Any] = {"received": True}
     if outcome == "duplicate":
         body["duplicate"] = True
@@ -1040,6 +1114,14 @@ def _customers_to_sync(
                 owner = session.get(User, candidate)
         if owner is not None and owner.id is not None:
             pairs.append((owner.id, cus["id"], cus))
+    # Stripe's list leaves deleted customers out: a linked one it did not list is fetched
+    # (a deleted one's canceled subscriptions and its forgetting follow, as for --user).
+    listed = {cid for _, cid, _ in pairs}
+    for uid, cid in session.exec(
+        select(User.id, User.stripe_customer_id).where(col(User.stripe_customer_id).is_not(None))
+    ).all():
+        if uid is not None and cid and cid not in listed:
+            pairs.append((uid, cid, None))
     session.rollback()
     return pairs, linked
 

@@ -162,3 +162,36 @@ def test_a_currency_set_in_the_same_second_needs_no_fetch(
         r = deliver.send(payloads.event("customer.updated", obj, T0))
         assert r.status_code == 200, r.text
     assert stored(session, uid) == ("cus_h94_cur", 0, "usd")
+
+
+def test_a_full_sync_ends_the_plan_of_a_customer_deleted_while_webhooks_were_lost(
+    session, sandbox, http, receiver
+):
+    """Stripe's customer list leaves deleted customers out: `stripe sync` without --user
+    still asks Stripe about every linked customer it did not list, so the subscriptions
+    the deletion canceled end here too (the user kept Pro, and the dead link, forever)."""
+    user = subscribe(session, http, sandbox, "pro")
+    cus = customer_of(session, user.id)
+    sandbox.state.set_webhook_endpoint(None)  # customer.deleted and subscription.deleted lost
+    try:
+        get_gateway().client.v1.customers.delete(cus)
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+    assert billing_effective_plan(session, user.id) == "pro"
+
+    report = stripe_sync.sync_from_stripe(session)
+    assert report.errors == ()
+    assert report.subscriptions_changed == 1 and report.balances_changed == 1
+    assert stored(session, user.id) == (None, 0, None)
+    assert billing_effective_plan(session, user.id) == "free"
+    again = stripe_sync.sync_from_stripe(session)
+    assert again.errors == () and again.subscriptions == 0
+
+
+def billing_effective_plan(session, uid: int) -> str:
+    from billing_app.services.subscriptions import effective_plan_key
+
+    session.expire_all()
+    plan = effective_plan_key(session, uid)
+    session.rollback()
+    return plan

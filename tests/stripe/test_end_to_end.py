@@ -3,7 +3,9 @@ the app's webhook route -> the database. The app's clock follows the sandbox's t
 
 from __future__ import annotations
 
+import copy
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -24,6 +26,7 @@ from billing_app.services.subscriptions import get_subscription_dto
 from billing_app.states import views
 from tests.conftest import _clear_caches
 from tests.factories import make_user
+from tests.stripe.conftest import sign
 
 PRO = {"tokens": 1_000_000, "api_calls": 10_000, "scraping_tasks": 1_000}
 FREE = {"tokens": 10_000, "api_calls": 100, "scraping_tasks": 10}
@@ -488,3 +491,84 @@ def test_no_transaction_is_held_across_stripe_calls_by_a_sync_or_a_checkout(
     finally:
         sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
     assert held == [False, False, False]
+
+
+def _writers_blocked(engine) -> bool:
+    """Whether some connection holds a transaction open: on SQLite the write lock, which
+    every usage write and webhook then waits for; on PostgreSQL one idle in transaction."""
+    if engine.dialect.name == "sqlite":
+        probe = sqlite3.connect(engine.url.database, timeout=0.1)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+    with engine.connect() as conn:
+        return bool(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
+                "AND pid <> pg_backend_pid()"
+            ).scalar()
+        )
+
+
+def test_a_webhook_asks_stripe_with_no_transaction_open(
+    session, sandbox, http, receiver, engine, monkeypatch
+):
+    """checkout.session.completed before its subscription's events (a fetch), and two
+    states of one second (a fetch): the delivery called Stripe inside the transaction that
+    claimed the event, and on SQLite every usage write and webhook waited for the answer."""
+    sandbox.state.set_webhook_endpoint(None)
+    try:
+        user = subscribe(session, http, sandbox, "basic")
+    finally:
+        sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
+    session.rollback()
+    gateway = get_gateway()
+    real = gateway.retrieve_subscription
+    blocked: list[bool] = []
+
+    def spy(subscription_id):
+        blocked.append(_writers_blocked(engine))
+        return real(subscription_id)
+
+    monkeypatch.setattr(gateway, "retrieve_subscription", spy)
+    evt = next(
+        e for e in sandbox.state.events.values() if e["type"] == "checkout.session.completed"
+    )
+    assert http.post(sandbox.url + f"/_sandbox/webhooks/resend/{evt['id']}").json()["queued"]
+    flush(http, sandbox)
+    dto = get_subscription_dto(session, user.id)
+    assert (dto.status, dto.plan) == ("active", "basic")
+    assert blocked == [False]
+
+    # An older state of the same second as the stored one: asked again, no lock held.
+    sub = copy.deepcopy(sandbox.state.subscriptions[dto.stripe_subscription_id])
+    stamp = session.exec(
+        select(Subscription.updated_from_stripe_at).where(
+            Subscription.stripe_subscription_id == sub["id"]
+        )
+    ).one()
+    session.rollback()
+    sub["cancel_at_period_end"] = True
+    body = json.dumps(
+        {
+            "id": "evt_h100_tie",
+            "object": "event",
+            "type": "customer.subscription.updated",
+            "created": int(stamp.timestamp()),
+            "data": {"object": sub},
+        }
+    ).encode()
+    r = http.post(
+        receiver.url + "/api/billing/webhook",
+        content=body,
+        headers={"stripe-signature": sign(body), "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert blocked == [False, False]
+    assert get_subscription_dto(session, user.id).cancel_at_period_end is False
