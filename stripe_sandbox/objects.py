@@ -7,6 +7,7 @@ import calendar
 import copy
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,18 @@ def add_interval(ts: int, interval: str, count: int = 1) -> int:
     return int(dt.replace(year=year, month=month, day=day).timestamp())
 
 
+# Stripe's minor units are not always cents: none in these (1500 jpy is ¥1,500), three in
+# these (12345 kwd is 12.345); as billing_app/services/money.py, which the sandbox does not import.
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+
+
 def money(amount: int, currency: str = "usd") -> str:
-    symbols = {"usd": "$", "eur": "€", "gbp": "£"}
+    symbols = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
     sign = "-" if amount < 0 else ""
-    value = f"{abs(amount) / 100:,.2f}"
+    cur = currency.lower()
+    digits = 0 if cur in ZERO_DECIMAL else 3 if cur in THREE_DECIMAL else 2
+    value = f"{Decimal(abs(amount)).scaleb(-digits):,.{digits}f}"
     symbol = symbols.get(currency.lower())
     return f"{sign}{symbol}{value}" if symbol else f"{sign}{value} {currency.upper()}"
 

@@ -100,3 +100,16 @@ def test_a_bad_plans_argument_is_a_usage_error(capsys):
         main(["--plans", '[["price_x", "X", "19.00", "usd", "month"]]'])
     assert exit_.value.code == 2
     assert "price_x: unit_amount must be an integer" in capsys.readouterr().err
+
+
+def test_the_sandbox_writes_amounts_in_their_currencys_minor_units():
+    """A yen catalog's checkout, invoice page and PDF read ¥1,500, not 15.00 JPY (and
+    dinars three places), as Stripe and the app's own pages write them."""
+    from stripe_sandbox.objects import money, price_label
+
+    assert money(1500, "jpy") == "¥1,500"
+    assert money(-1500, "jpy") == "-¥1,500"
+    assert money(12345, "kwd") == "12.345 KWD"
+    assert money(1900, "usd") == "$19.00" and money(250000, "sek") == "2,500.00 SEK"
+    price = {"unit_amount": 1500, "currency": "jpy", "recurring": {"interval": "month"}}
+    assert price_label(price) == "¥1,500 / month"
