@@ -299,3 +299,26 @@ def test_a_cancel_on_a_day_two_periods_counted_is_refused_not_guessed(
     assert counters() == before
     event = session.exec(select(UsageEvent).where(UsageEvent.idempotency_key == "job")).one()
     assert event.canceled_at is None
+
+
+def test_a_billing_period_plans_refusal_names_its_period_not_a_month(
+    session, frozen_clock, monkeypatch
+):
+    """Pro resets with its billing period (Nov 10 - Dec 10 08:00): a refusal that said
+    "Monthly ... limit" and "resets 2026-12-10" named a month that is not one."""
+    _pro_resets_with_billing_period(monkeypatch)
+    user = make_user(session)
+    _webhook(session, _sub(user.id, "pro"), START)
+    frozen_clock.set(datetime(2026, 11, 20, tzinfo=UTC))
+    metering.consume(session, user.id, "scraping_tasks", 900, "work")
+    partial = metering.check(session, user.id, "scraping_tasks", 200)
+    assert partial.reason == (
+        "Requested 200 scraping tasks but only 100 of this billing period's scraping task "
+        "limit of 1,000 remain; resets 2026-12-10."
+    )
+    metering.consume(session, user.id, "scraping_tasks", 100, "rest")
+    with pytest.raises(QuotaExceeded) as refused:
+        metering.consume(session, user.id, "scraping_tasks", 1, "more")
+    assert refused.value.message == (
+        "Scraping task limit of 1,000 for this billing period reached; resets 2026-12-10."
+    )

@@ -1491,11 +1491,20 @@ def _counted_in(
 def _reason(metric: str, limit: int, used: int, quantity: int, period: Period) -> str:
     m = METRICS[metric]
     resets = period.end.date().isoformat()
+    # A plan that resets with its billing period (a year, or a month from the 10th) has
+    # no "monthly" limit: the words say which it is.
+    if period == calendar_month(period.start):
+        whole, part = f"Monthly {m.singular} limit of {limit:,}", f"the monthly {m.singular}"
+    else:
+        whole = (
+            f"{m.singular[0].upper()}{m.singular[1:]} limit of {limit:,} for this billing period"
+        )
+        part = f"this billing period's {m.singular}"
     if used >= limit:
-        return f"Monthly {m.singular} limit of {limit:,} reached; resets {resets}."
+        return f"{whole} reached; resets {resets}."
     return (
         f"Requested {quantity:,} {m.plural if quantity != 1 else m.singular} but only "
-        f"{limit - used:,} of the monthly {m.singular} limit of {limit:,} remain; resets {resets}."
+        f"{limit - used:,} of {part} limit of {limit:,} remain; resets {resets}."
     )
 
 
