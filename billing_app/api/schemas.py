@@ -212,7 +212,8 @@ RemainingOut = Annotated[
 PercentOut = Annotated[
     float,
     Field(
-        description="`used` as a percentage of `limit`, one decimal, at most 100; 0 when unlimited"
+        description="`used` as a percentage of `limit`, one decimal, at most 100 (under "
+        "the limit at most 99.9); 0 when unlimited"
     ),
 ]
 PeriodStartOut = Annotated[datetime, Field(description="When the usage period began")]

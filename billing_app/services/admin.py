@@ -287,7 +287,7 @@ def _user_rows(session: Session, rows: list[Any], now: Any) -> list[tuple[AdminU
                     "used": n,
                     "limit": lim,
                     "unlimited": lim == 0,
-                    "percent": 0.0 if lim == 0 else round(min(n / lim * 100, 100.0), 1),
+                    "percent": 0.0 if lim == 0 else metering.percent_of(n, lim),
                 }
             )
         p = catalog.get(plan_key) or catalog["free"]

@@ -708,6 +708,14 @@ def _stmts(session: Session) -> tuple[_Statements, sa.Connection]:
     return _statements(conn.dialect.name), conn
 
 
+def percent_of(used: int, limit: int) -> float:
+    """`used` as a percentage of a (non-zero) `limit`, one decimal, at most 100; under the
+    limit never 100.0 (99,999 of 100,000 is 99.9: a caller blocking at 100 would stop
+    while units remain)."""
+    percent = round(min(used / limit * 100, 100.0), 1)
+    return 99.9 if percent == 100.0 and used < limit else percent
+
+
 def _status(metric: str, used: int, limit: int, period: Period) -> MeterStatus:
     # Positional, in MeterStatus's field order: a batch builds one per event, and
     # keywords cost a fifth of a batch answer's results (finding 47).
@@ -715,7 +723,7 @@ def _status(metric: str, used: int, limit: int, period: Period) -> MeterStatus:
     if limit == 0:  # unlimited
         return MeterStatus(metric, label, used, 0, True, None, 0.0, period.start, period.end)
     remaining = max(limit - used, 0)
-    percent = round(min(used / limit * 100, 100.0), 1)
+    percent = percent_of(used, limit)
     return MeterStatus(
         metric, label, used, limit, False, remaining, percent, period.start, period.end
     )

@@ -69,6 +69,26 @@ def test_quota_and_usage(actors, frozen_clock):
     ] == 999
 
 
+def test_under_the_limit_the_percent_is_never_100(actors, frozen_clock):
+    """99,999 of 100,000 tokens rounded to 100.0: a service stopping at 100 stopped with a
+    token left. The usage summary, the quota check and the admin's list say 99.9; the
+    limit itself, 100.0."""
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 99_999)
+    c = actors.cookie_client(actors.a)
+    tokens = [x for x in c.get("/api/billing/usage").json()["metrics"] if x["metric"] == "tokens"]
+    assert (tokens[0]["remaining"], tokens[0]["percent"]) == (1, 99.9)
+    check = c.post("/api/billing/quota/check", json={"metric": "tokens", "quantity": 1}).json()
+    assert (check["allowed"], check["percent"]) == (True, 99.9)
+    rows = actors.cookie_client(actors.admin).get("/api/billing/admin/users").json()["items"]
+    row = next(u for u in rows if u["id"] == actors.a.id)
+    assert next(m for m in row["usage"] if m["metric"] == "tokens")["percent"] == 99.9
+    with session_scope() as s:
+        metering.record(s, actors.a.id, "tokens", 1)
+    tokens = [x for x in c.get("/api/billing/usage").json()["metrics"] if x["metric"] == "tokens"]
+    assert (tokens[0]["remaining"], tokens[0]["percent"]) == (0, 100.0)
+
+
 def test_invoices_are_paginated_and_scoped(actors):
     for n in range(1, 6):
         _invoice(actors.a.id, n, "paid" if n != 3 else "open")
