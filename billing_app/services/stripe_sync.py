@@ -689,7 +689,9 @@ def _invoice_values(data: InvoiceData, at: datetime | None, inv: Any) -> dict[st
         "period_end": data.period_end,
         "hosted_invoice_url": data.hosted_invoice_url or inv["hosted_invoice_url"],
         "invoice_pdf": data.invoice_pdf or inv["invoice_pdf"],
-        "attempt_count": data.attempt_count,
+        # Stripe never lowers it: an event of the same second delivered late (finalized,
+        # 0, after the payment_failed, 1) must not hide a failed payment.
+        "attempt_count": max(data.attempt_count, inv["attempt_count"] or 0),
         "total": data.total,
         "amount_remaining": data.amount_remaining,
         "starting_balance": data.starting_balance,

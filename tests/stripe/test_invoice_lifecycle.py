@@ -131,6 +131,27 @@ def test_failed_payments_still_counts_an_unpaid_invoice_after_dunning_cancels(
     assert admin_service.headline_stats(session)["failed_payments"] == 1
 
 
+def test_a_finalized_event_delivered_after_the_failed_payment_of_its_second_keeps_it_failed(
+    session, deliver, payloads
+):
+    """A first invoice finalized and its payment declined in the same second (a checkout
+    with a declined card, an `incomplete` subscription, so nothing else marks it):
+    delivered failure first, `invoice.finalized` (attempt 0) wrote its count back to 0,
+    and the failed payment vanished from the admin's count and the customer's badge.
+    Stripe never lowers a count."""
+    uid = make_user(session, customer="cus_tie").id
+    sub = dict(sub_id="sub_tie", customer="cus_tie", user_id=uid)
+    obj = payloads.subscription(**sub, status="incomplete")
+    deliver.send(payloads.event("customer.subscription.created", obj, T0))
+    inv = payloads.invoice(inv_id="in_tie", customer="cus_tie", sub_id="sub_tie", status="open")
+    declined = {**inv, "attempt_count": 1}
+    assert deliver.send(payloads.event("invoice.payment_failed", declined, T0)).status_code == 200
+    assert deliver.send(payloads.event("invoice.finalized", inv, T0)).status_code == 200
+    assert [i.attempt_count for i in _invoices(session)] == [1]
+    assert admin_service.headline_stats(session)["failed_payments"] == 1
+    assert [i.status_label for i in load_slow(uid, 1).invoices] == ["Payment failed"]
+
+
 def test_credits_balance_payments_and_part_payments_read_as_what_was_owed(
     session, deliver, payloads, receiver, http
 ):
