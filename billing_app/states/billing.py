@@ -52,6 +52,9 @@ PRESS = "_press"
 # A press's Stripe call still running this long after it started is taken as lost (its
 # worker restarted with the state kept in Redis): a reconnect then releases its button.
 PRESS_LOST_SECONDS = 60.0
+# The cookie stopped signing anyone in while the page was open (the session expired or was
+# revoked, the account deleted): the page stops reading, and says so rather than look live.
+SIGNED_OUT = "You are signed out, so this page no longer updates. Reload it to sign in again."
 
 
 @dataclass
@@ -293,7 +296,8 @@ class BillingState(SessionState):
         try:
             user = await in_thread(lambda: user_from_cookie(cookie))
             if user is None:
-                return
+                async with self:
+                    return self._signed_out()
             live = await in_thread(lambda: load_live(user.id))
             slow = await in_thread(lambda: load_slow(user.id, page))
         except BillingError as err:
@@ -340,10 +344,10 @@ class BillingState(SessionState):
                 user = await in_thread(lambda: user_from_cookie(cookie))  # noqa: B023
                 if user is None:
                     # Signed out meanwhile, or (a page first opened while the database was
-                    # down) never known: a page not yet shown goes to sign in.
+                    # down) never known: the poller stops, and the page says so (_signed_out).
                     async with self:
-                        if gen == self._poll_gen and not self.loaded:
-                            return self._login_redirect()
+                        if gen == self._poll_gen:
+                            return self._signed_out()
                     return
                 live = await in_thread(lambda: load_live(user.id))  # noqa: B023
                 slow = None
@@ -389,6 +393,17 @@ class BillingState(SessionState):
             self._load_error = False
         if live_shown:
             self.loaded = True
+
+    def _signed_out(self) -> Any:
+        """Nobody is signed in any more: a page not yet shown goes to sign in; a shown one
+        (not sent away: a Sign out in this tab is on its way to /login?signed_out=1) says
+        it stopped, and keeps the pager on the invoices it shows."""
+        if not self.loaded:
+            return self._login_redirect()
+        self.error = SIGNED_OUT
+        self._load_error = False
+        self.invoice_page = self._invoice_page_shown
+        return None
 
     def _load_failed(self, err: BillingError) -> None:
         """A load's failure: its message, which the next good full read takes away."""

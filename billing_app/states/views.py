@@ -398,8 +398,11 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         # When it ended: a scheduled end (cancel_at, or the period's end), else the moment
         # it was canceled (a cancel now ends it then, not at the period's end), else the end.
         ended = get(sub, "cancel_at") or (end if cancel else None) or get(sub, "canceled_at") or end
-        renews = f"Ended {fmt.date(ended)}" if ended else ""
-        if status == "canceled" and ended:  # not one that never began (incomplete_expired)
+        renews = ""
+        # Only a canceled one ended: an incomplete, paused or unpaid one has not (its period
+        # end is often still to come), and one that never began (incomplete_expired) never will.
+        if status == "canceled" and ended:
+            renews = f"Ended {fmt.date(ended)}"
             ended_text = f"Your {subscribed_name} subscription ended on {fmt.date(ended)}."
     elif ends is not None or cancel:
         renews = f"Cancels on {fmt.date(ends)}" if ends else "Cancels at period end"
@@ -409,6 +412,9 @@ def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
         renews = (
             f"Payment failed · billing period ends {fmt.date(end)}" if end else "Payment failed"
         )
+    elif status == "trialing":
+        # Nothing paid yet: the trial's end is the first charge, not a renewal.
+        renews = f"Trial ends on {fmt.date(end)}" if end else ""
     else:
         renews = f"Renews on {fmt.date(end)}" if end else ""
     grace = get(sub, "grace_ends_at")
