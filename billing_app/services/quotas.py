@@ -47,11 +47,19 @@ def apply_plan(session: Session, user_id: int, plan_key: str) -> None:
             continue
         if q.plan_limit == limit and (q.source == "admin" or q.limit == limit):
             continue
-        q.plan_limit = limit
-        if q.source == "plan":
-            q.limit = limit
-        q.updated_at = now
-        session.add(q)
+        # The limit follows the plan by the row's source when written, not as read
+        # (unlocked): an admin's override or reset committed in between stays.
+        session.execute(
+            sa.update(Quota)
+            .where(col(Quota.id) == q.id)
+            .values(
+                plan_limit=limit,
+                limit=sa.case((col(Quota.source) == "plan", limit), else_=col(Quota.limit)),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.expire(q)
     session.flush()
 
 

@@ -176,11 +176,13 @@ _PLAN_INPUTS = sa.union_all(
 _QUOTA_UPDATE = sa.update(_QUOTAS).where(_QUOTAS.c.id == sa.bindparam("row_id"))
 # PostgreSQL: a plan change's quota rows in one statement, from arrays. psycopg's
 # executemany (a pipeline) of the 3 rows cost 10 % of the worker's GIL time (py-spy).
+# The limit follows the plan by the row's source as it is when written, not as it was
+# read (unlocked): an admin's override or reset committed in between stays.
 _PG_QUOTA_UPDATES = sa.text(
-    'UPDATE quota SET "limit" = v.new_limit, plan_limit = v.new_plan_limit, '
+    "UPDATE quota SET \"limit\" = CASE WHEN quota.source = 'plan' THEN v.new_plan_limit "
+    'ELSE quota."limit" END, plan_limit = v.new_plan_limit, '
     "updated_at = :updated_at FROM unnest(CAST(:row_id AS integer[]), "
-    "CAST(:limit AS bigint[]), CAST(:plan_limit AS bigint[])) AS v(id, new_limit, "
-    "new_plan_limit) WHERE quota.id = v.id"
+    "CAST(:plan_limit AS bigint[])) AS v(id, new_plan_limit) WHERE quota.id = v.id"
 )
 _QUOTA_INSERT = sa.insert(_QUOTAS).inline()  # no RETURNING: an executemany
 _EVENT_PROCESSED = sa.select(_EVENTS.c.processed_at).where(
@@ -309,7 +311,7 @@ def _refresh_quotas(session: Session, conn: sa.Connection, user_id: int) -> str:
             )
     if updates:
         if conn.dialect.name == "postgresql":
-            columns = {k: [u[k] for u in updates] for k in ("row_id", "limit", "plan_limit")}
+            columns = {k: [u[k] for u in updates] for k in ("row_id", "plan_limit")}
             driver_rows(conn, _PG_QUOTA_UPDATES, {**columns, "updated_at": now})
         else:
             driver_rows(conn, _QUOTA_UPDATE, updates)

@@ -169,6 +169,24 @@ def test_admin_page_forbidden_for_non_admin(session: Session) -> None:
     assert st.new_secret == ""
 
 
+def test_an_override_limit_with_digits_that_are_no_number_is_refused_in_words(
+    session: Session,
+) -> None:
+    """An admin typing "10²" or "①": str.isdigit() takes them, int() does not; the form
+    says what to type instead of the handler failing with nothing said."""
+    admin = make_user(session, email="boss@example.com", admin=True)
+    target = make_user(session, email="target@example.com")
+    st = state_for(AdminState, cookie=cookie_for(session, admin.id), path="/admin/billing")
+    assert asyncio.run(st.on_load()) is not None
+    asyncio.run(st.open_user(target.id))
+    st.set_override_reason("Pilot customer")
+    for typed in ("10²", "①"):
+        st.set_override_limit(typed)
+        asyncio.run(st.save_override())
+        assert st.override_error == "Enter a whole number (0 means unlimited).", typed
+    assert limit_of(session, target.id, "tokens") == 10_000
+
+
 def test_admin_override_and_api_key(session: Session) -> None:
     admin = make_user(session, email="boss@example.com", admin=True)
     target = make_user(session, email="target@example.com")
@@ -547,6 +565,20 @@ def test_stat_cards_say_what_a_subscriber_is() -> None:
     assert "trials excluded" in by_label["MRR"].hint and by_label["MRR"].value == "$217.00"
     assert by_label["Pro subscribers"].value == "2"
     assert [c.label for c in cards][:2] == ["MRR", "Subscribers"]
+
+
+def test_a_renamed_plans_card_says_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BILLING_PLANS_JSON names "pro" "Team": its card says "Team subscribers", as the
+    plan filter, the users list and the drawer name it, not "Pro subscribers"."""
+    from tests.conftest import _clear_caches
+
+    monkeypatch.setenv("BILLING_PLANS_JSON", '{"pro": {"name": "Team"}}')
+    _clear_caches()
+    cards = views.stat_views({"subscribers_by_plan": {"basic": 1, "pro": 2}})
+    assert {c.label: c.value for c in cards} == {
+        "Basic subscribers": "1",
+        "Team subscribers": "2",
+    }
 
 
 def test_checkout_notice_shows_once_and_leaves_the_url(session: Session) -> None:
