@@ -818,7 +818,7 @@ class AdminState(SessionState):
             text = self.override_limit.replace(",", "").replace("_", "").strip()
             if text.lower() in ("unlimited", "∞"):
                 text = "0"
-            if not text.isdigit():
+            if not text.isdecimal():  # isdigit() also takes "²" and "①", which int() refuses
                 self.override_error = "Enter a whole number (0 means unlimited)."
                 return None
             limit = int(text)

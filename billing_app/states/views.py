@@ -10,7 +10,7 @@ from typing import Any
 
 from billing_app.clock import as_utc
 from billing_app.metrics import METRICS
-from billing_app.plans import Plan
+from billing_app.plans import Plan, get_catalog
 from billing_app.services.invoices import is_credit, settlement
 from billing_app.services.periods import Period, calendar_month
 from billing_app.services.subscriptions import LIVE_STATUSES
@@ -683,7 +683,11 @@ def stat_views(stats: dict[str, Any]) -> list[StatView]:
             continue
         if isinstance(value, dict):
             for sub, v in value.items():
-                out.append(StatView(label=f"{str(sub).title()} subscribers", value=_stat(key, v)))
+                # The plan's name, as the list and its filter say it (BILLING_PLANS_JSON may
+                # rename one), not its key.
+                plan = get_catalog().get(str(sub))
+                name = plan.name if plan is not None else str(sub).title()
+                out.append(StatView(label=f"{name} subscribers", value=_stat(key, v)))
             continue
         label = _STAT_LABELS.get(key) or key.replace("_", " ").capitalize()
         hint = _STAT_HINTS.get(key, "")
