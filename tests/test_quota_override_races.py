@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlmodel import Session, select
 
@@ -115,3 +116,32 @@ def test_an_override_saved_during_the_grace_pass_stays(engine):
 def test_a_reset_saved_during_the_grace_pass_gets_the_free_plans_limit(engine):
     uid = _grace_end_meets(engine, _reset, before=_override)
     assert _tokens_quota(engine, uid) == (10_000, "plan", 10_000)
+
+
+def test_an_override_of_a_user_missing_a_metric_logs_the_limit_it_replaced(engine, monkeypatch):
+    """A user without a row for one metric (a metric added since): the save first fills it
+    in, which reads the user's rows; another admin's save commits before this one locks
+    its row. The audit's old limit is the limit this save replaced (7), not the one read
+    before the lock (10,000): the locked read must not hand back the row as first read."""
+    with session_scope() as s:
+        uid = make_user(s).id
+        s.exec(sa.delete(Quota).where(Quota.user_id == uid, Quota.metric == "api_calls"))
+        s.commit()
+    real = quotas.apply_missing
+
+    def meanwhile(session: Session, user_id: int) -> None:
+        real(session, user_id)
+        with session_scope() as other:  # another admin's save, committed first
+            other.exec(
+                sa.update(Quota)
+                .where(Quota.user_id == user_id, Quota.metric == "tokens")
+                .values(limit=7, source="admin")
+            )
+            other.commit()
+
+    monkeypatch.setattr(quotas, "apply_missing", meanwhile)
+    with session_scope() as s:
+        quotas.set_override(s, uid, "tokens", 5, "abuse")
+        audit = quotas.audit_log(s, uid)
+    assert [(a["old_limit"], a["new_limit"]) for a in audit] == [(7, 5)]
+    assert _tokens_quota(engine, uid) == (5, "admin", 10_000)
