@@ -312,11 +312,7 @@ def test_checkout_completed_alone_fetches_the_subscription(session, sandbox, htt
         sandbox.state.set_webhook_endpoint(receiver.url + "/api/billing/webhook")
     assert get_subscription_dto(session, user.id) is None
     session.rollback()  # end the read: SQLite writers take the lock up front
-    evt = next(
-        e for e in sandbox.state.events.values() if e["type"] == "checkout.session.completed"
-    )
-    assert http.post(sandbox.url + f"/_sandbox/webhooks/resend/{evt['id']}").json()["queued"]
-    flush(http, sandbox)
+    resend_checkout_completed(http, sandbox)
     dto = get_subscription_dto(session, user.id)
     assert (dto.status, dto.plan) == ("active", "basic")
     assert limits(session, user.id)["tokens"] == 100_000
@@ -493,6 +489,15 @@ def test_no_transaction_is_held_across_stripe_calls_by_a_sync_or_a_checkout(
     assert held == [False, False, False]
 
 
+def resend_checkout_completed(http, sandbox) -> None:
+    """Deliver the sandbox's checkout.session.completed again, and wait for it."""
+    evt = next(
+        e for e in sandbox.state.events.values() if e["type"] == "checkout.session.completed"
+    )
+    assert http.post(sandbox.url + f"/_sandbox/webhooks/resend/{evt['id']}").json()["queued"]
+    flush(http, sandbox)
+
+
 def _writers_blocked(engine) -> bool:
     """Whether some connection holds a transaction open: on SQLite the write lock, which
     every usage write and webhook then waits for; on PostgreSQL one idle in transaction."""
@@ -537,11 +542,7 @@ def test_a_webhook_asks_stripe_with_no_transaction_open(
         return real(subscription_id)
 
     monkeypatch.setattr(gateway, "retrieve_subscription", spy)
-    evt = next(
-        e for e in sandbox.state.events.values() if e["type"] == "checkout.session.completed"
-    )
-    assert http.post(sandbox.url + f"/_sandbox/webhooks/resend/{evt['id']}").json()["queued"]
-    flush(http, sandbox)
+    resend_checkout_completed(http, sandbox)
     dto = get_subscription_dto(session, user.id)
     assert (dto.status, dto.plan) == ("active", "basic")
     assert blocked == [False]
