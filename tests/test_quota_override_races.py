@@ -25,7 +25,7 @@ Change = Callable[[Session, int], Any]
 @pytest.fixture(autouse=True)
 def _postgres_only(is_postgres: bool) -> None:
     if not is_postgres:
-        pytest.skip("SQLite's write lock serializes the two")
+        pytest.skip("SQLite's write lock serializes the two (PostgreSQL leg)")
 
 
 def _tokens_quota(engine: Any, user_id: int) -> tuple[int, str, int]:
