@@ -112,7 +112,7 @@ def notices() -> rx.Component:
             ),
         ),
         rx.cond(
-            S.sub.past_due,
+            S.sub.past_due | S.sub.held,
             rx.callout.root(
                 rx.callout.icon(rx.icon("triangle-alert")),
                 rx.hstack(
@@ -122,6 +122,7 @@ def notices() -> rx.Component:
                             rx.text.strong("Your last payment failed. "),
                             rx.cond(S.due.text != "", S.due.text + " ", ""),
                             S.sub.grace_text,
+                            S.sub.held_text,  # one of the two, never both
                         ),
                         rx.cond(  # no link to nowhere before the invoice has synced
                             S.due.hosted_url != "",
@@ -252,7 +253,8 @@ def plan_summary() -> rx.Component:
             ),
         ),
         rx.cond(
-            S.sub.is_subscriber,
+            # A held subscription is cancelled there too (the banner and plans say so).
+            S.sub.is_subscriber | S.sub.held,
             rx.button(
                 rx.cond(working("portal"), rx.spinner(size="2"), rx.icon("settings", size=16)),
                 rx.cond(working("portal"), OPENING_PORTAL, "Manage subscription"),
@@ -438,7 +440,8 @@ def plan_card(p: PlanView) -> rx.Component:
                     rx.cond(S.sub.is_subscriber, OPENING_PORTAL, OPENING_CHECKOUT),
                     button_label,
                 ),
-                disabled=p.is_current,
+                # Held: Checkout is refused (the plans' heading says why and what to do).
+                disabled=p.is_current | S.sub.held,
                 variant=rx.cond(p.highlight, "solid", "outline"),
                 size="3",
                 width="100%",
@@ -466,7 +469,11 @@ def plans_section() -> rx.Component:
                     "portal; once it has ended, choose a plan here.",
                     "Changes are made in the secure Stripe customer portal.",
                 ),
-                "Pay securely with Stripe. Cancel any time.",
+                rx.cond(
+                    S.sub.held,
+                    S.sub.held_plans_text,
+                    "Pay securely with Stripe. Cancel any time.",
+                ),
             ),
             heading_id="plans-title",
             level="h2",

@@ -25,12 +25,15 @@ from billing_app.gateway import get_gateway
 from billing_app.gateway.parsing import parse_subscription, ref_id
 from billing_app.models import Subscription, User
 from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog, plan_price_ids
-from billing_app.services.dto import SubscriptionDTO
+from billing_app.services.dto import HeldDTO, SubscriptionDTO
 from billing_app.services.stripe_sync import apply_answer
 from billing_app.services.subscriptions import (
+    HELD_STATUSES,
     LIVE_STATUSES,
     current_subscription,
     ends_at,
+    held_subscription,
+    held_words,
     to_subscription_dto,
 )
 from billing_app.services.users import get_user
@@ -69,6 +72,29 @@ def _live(session: Session, user_id: int) -> Subscription | None:
     return sub if sub is not None and sub.status in LIVE_STATUSES else None
 
 
+def held_message(held: HeldDTO | None) -> str:
+    """Why Checkout is refused beside a held subscription, and what to do instead."""
+    if held is None:
+        name, (why, pays), invoice = "", held_words(None), "its open invoice"
+    else:
+        name = held.plan_name + " "
+        why, pays = held_words(held.status)
+        invoice = "its open invoice" + (f" {held.invoice_number}" if held.invoice_number else "")
+        if held.hosted_invoice_url:
+            invoice += f" ({held.hosted_invoice_url})"
+    return (
+        f"Your {name}subscription {why}: a new subscription would be billed on top "
+        f"of it. Pay {invoice} to {pays}, or cancel that subscription in Manage "
+        "subscription (the Stripe customer portal), then choose a plan."
+    )
+
+
+def _refuse_if_held(session: Session, user_id: int) -> None:
+    held = held_subscription(session, user_id)
+    if held is not None:
+        raise Conflict(held_message(held), plan=held.plan, status=held.status)
+
+
 def ensure_customer(session: Session, user: User, replaces: str | None = None) -> str:
     """The user's Stripe customer id, creating the customer (metadata user_id) if needed;
     `replaces`: the customer Stripe no longer has, which this one follows."""
@@ -96,6 +122,7 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
             "To change plans, use Manage subscription (the Stripe customer portal).",
             plan=live.plan,
         )
+    _refuse_if_held(session, user_id)
     base = get_settings().app_url.rstrip("/") + BILLING_PATH
     assert plan.stripe_price_id is not None
 
@@ -134,21 +161,25 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
 def _refuse_if_stripe_has_live(session: Session, user_id: int, customer_id: str) -> None:
     """A paid Checkout whose webhook has not arrived yet: Stripe has the subscription, this
     database not yet. Another Checkout would be a second subscription, charged on top of the
-    first: pull it in now and refuse."""
+    first: pull it in now and refuse. So too for one held by an open invoice (HELD_STATUSES),
+    whose payment would bill it beside the new one."""
     session.rollback()  # nothing pending; no transaction (SQLite: its write lock) across the call
     try:
-        live = [
+        found = [
             obj
             for obj in get_gateway().iter_subscriptions(customer_id=customer_id)
-            if obj.get("status") in LIVE_STATUSES
+            if obj.get("status") in LIVE_STATUSES + HELD_STATUSES
         ]
     except CustomerGone:
         return  # the caller's checkout makes a new customer
-    if not live:
+    if not found:
         return
     from billing_app.services.stripe_sync import sync_from_stripe
 
     sync_from_stripe(session, user_id)
+    if not any(obj.get("status") in LIVE_STATUSES for obj in found):
+        _refuse_if_held(session, user_id)
+        raise Conflict(held_message(None))  # not synced (a plan this app does not know)
     raise Conflict(
         "You already have an active subscription: your payment went through and shows on "
         "this page in a moment. To change plans, use Manage subscription."

@@ -231,6 +231,19 @@ class SubscriptionDTO(DTO):
 
 
 @dataclass(frozen=True)
+class HeldDTO(DTO):
+    """A subscription that grants nothing now but is not over: paying its open invoice
+    brings it back, billed (subscriptions.held_subscription)."""
+
+    status: str  # incomplete, unpaid or paused
+    plan: str
+    plan_name: str
+    # Its newest open invoice still owed; None until that invoice has synced.
+    invoice_number: str | None = None
+    hosted_invoice_url: str | None = None
+
+
+@dataclass(frozen=True)
 class InvoiceDTO(DTO):
     id: int
     stripe_invoice_id: str

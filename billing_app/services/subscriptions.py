@@ -9,12 +9,17 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from billing_app.clock import as_utc, utcnow
-from billing_app.models import Subscription
-from billing_app.services.dto import SubscriptionDTO
+from billing_app.models import Invoice, Subscription
+from billing_app.services.dto import HeldDTO, SubscriptionDTO
 from billing_app.settings import get_settings
 
 # Statuses in which a subscription still grants its plan (past_due only within grace).
 LIVE_STATUSES = ("active", "trialing", "past_due")
+# Not live, yet not over: Stripe keeps an `incomplete` subscription's first invoice and an
+# `unpaid` one's latest open, and paying it makes the subscription active again. A `paused`
+# one creates no invoices until resumed; it holds one only when a failed payment paused it
+# (that invoice stays collectible, and paying it may resume it), so only then does it count.
+HELD_STATUSES = ("incomplete", "unpaid")
 
 
 def current_subscription(
@@ -104,6 +109,67 @@ def get_subscription_dto(session: Session, user_id: int) -> SubscriptionDTO | No
     dto = to_subscription_dto(sub) if sub is not None else None
     session.rollback()
     return dto
+
+
+# What a held subscription waits for, and what paying its invoice does, in words (the
+# checkout's 409 and the page say them alike).
+_HELD_WORDS = {
+    "incomplete": ("is waiting for its first payment", "start it"),
+    "unpaid": ("is unpaid", "get your plan back"),
+    # Paying may resume it (if Stripe is set to), or only settle it.
+    "paused": ("is paused with a payment due", "settle it"),
+}
+
+
+def held_words(status: str | None) -> tuple[str, str]:
+    """(why it is held, what paying does) for a held subscription's status."""
+    return _HELD_WORDS.get(status or "", ("still has a payment due", "settle it"))
+
+
+def held_subscription(session: Session, user_id: int) -> HeldDTO | None:
+    """The user's newest subscription that grants nothing now but comes back, billed, once
+    its open invoice is paid (HELD_STATUSES, or paused with such an invoice); None without
+    one. Another subscription started beside it would be billed too. Ends the read."""
+    subs = session.exec(
+        select(Subscription)
+        .where(
+            Subscription.user_id == user_id,
+            col(Subscription.status).in_((*HELD_STATUSES, "paused")),
+        )
+        .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
+    ).all()
+    held = None
+    for sub in subs:
+        inv = session.exec(
+            select(Invoice)
+            .where(
+                Invoice.stripe_subscription_id == sub.stripe_subscription_id,
+                Invoice.status == "open",
+                # Owed: not a credit, something left to pay (NULL: a row from before 0013).
+                sa.or_(col(Invoice.total).is_(None), col(Invoice.total) > 0),
+                sa.or_(col(Invoice.amount_remaining).is_(None), col(Invoice.amount_remaining) > 0),
+            )
+            .order_by(col(Invoice.created_at).desc(), col(Invoice.id).desc())
+            .limit(1)
+        ).first()
+        if sub.status in HELD_STATUSES or inv is not None:
+            held = _held_dto(sub, inv)
+            break
+    session.rollback()
+    return held
+
+
+def _held_dto(sub: Subscription, inv: Invoice | None) -> HeldDTO:
+    from billing_app.plans import get_catalog
+
+    plan = get_catalog().get(sub.plan)
+    return HeldDTO(
+        status=sub.status,
+        plan=sub.plan,
+        plan_name=plan.name if plan else sub.plan.title(),
+        invoice_number=inv.number if inv else None,
+        hosted_invoice_url=inv.hosted_invoice_url if inv else None,
+    )
 
 
 def current_table() -> Any:

@@ -91,13 +91,14 @@ def load_live(user_id: int) -> LiveData:
     with outage_as_error(), read_session() as session:
         statuses = metering.summary(session, user_id)
         dto = subscriptions.get_subscription_dto(session, user_id)
+        held = subscriptions.held_subscription(session, user_id)
         # Only for a used-up meter: its notice says whether an upgrade would lift it.
         overridden = (
             {q.metric for q in quotas.get_quotas(session, user_id) if q.source == "admin"}
             if any(not m.unlimited and m.limit and m.used >= m.limit for m in statuses)
             else set()
         )
-    sub = views.subscription_view(dto, catalog)
+    sub = views.subscription_view(dto, catalog, held)
     return LiveData(
         meters=[views.meter_view(m) for m in statuses],
         sub=sub,

@@ -13,7 +13,7 @@ from billing_app.metrics import METRICS
 from billing_app.plans import Plan, get_catalog
 from billing_app.services.invoices import is_credit, settlement
 from billing_app.services.periods import Period, calendar_month
-from billing_app.services.subscriptions import LIVE_STATUSES
+from billing_app.services.subscriptions import LIVE_STATUSES, held_words
 from billing_app.states import format as fmt
 from billing_app.states.format import get
 
@@ -69,6 +69,11 @@ class SubscriptionView:
     # The dates alone, for the portal's return notice: when it renews, or when it cancels.
     renews_on: str = ""
     ends_on: str = ""
+    # Not live, but an open invoice still brings it back, billed (services' held_subscription):
+    # no new plan is started beside it. The banner's words, and those by the plan buttons.
+    held: bool = False
+    held_text: str = ""
+    held_plans_text: str = ""
 
 
 @dataclasses.dataclass
@@ -381,7 +386,32 @@ def _grace_text(sub: Any, grace: Any) -> str:
     )
 
 
-def subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
+def _with_held(view: SubscriptionView, held: Any) -> SubscriptionView:
+    """The banner's and the plans' words for a held subscription (a HeldDTO), unless a live
+    one is shown: the plan buttons then open the portal, never Checkout."""
+    if held is None or view.is_subscriber:
+        return view
+    name = str(get(held, "plan_name", "") or "")
+    why, pays = held_words(str(get(held, "status", "") or ""))
+    view.held = True
+    view.held_text = (
+        f"Your {name} subscription {why}, so you have the Free plan's limits. Pay the invoice "
+        f"to {pays}, or cancel that subscription in Manage subscription."
+    )
+    view.held_plans_text = (
+        f"A new plan cannot start while your {name} subscription has an invoice to pay: you "
+        "would be billed for both. Pay that invoice, or cancel that subscription in Manage "
+        "subscription, then choose a plan here."
+    )
+    return view
+
+
+def subscription_view(sub: Any, catalog: dict[str, Plan], held: Any = None) -> SubscriptionView:
+    """`held`: services.subscriptions.held_subscription's answer (a HeldDTO, or None)."""
+    return _with_held(_subscription_view(sub, catalog), held)
+
+
+def _subscription_view(sub: Any, catalog: dict[str, Plan]) -> SubscriptionView:
     if sub is None:
         return SubscriptionView()
     status = str(get(sub, "status", "") or "")

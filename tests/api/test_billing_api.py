@@ -153,3 +153,38 @@ def test_checkout_and_portal_through_the_sandbox(actors, sandbox):
         "You already subscribe to the Basic plan. "
         "To change plans, use Manage subscription (the Stripe customer portal)."
     )
+
+
+def test_checkout_beside_a_subscription_waiting_for_its_first_payment_is_refused(actors, sandbox):
+    """Stripe holds an `incomplete` subscription (its first invoice open) that this database
+    has not heard of: paying that invoice later would bill it beside the new one. The route
+    pulls it in and answers 409, saying which invoice to pay or what to cancel instead."""
+    from billing_app.gateway import get_gateway
+    from billing_app.models import User
+
+    c = actors.cookie_client(actors.a)
+    assert c.post("/api/billing/checkout", json={"plan": "pro"}).status_code == 200
+    with session_scope() as s:
+        customer = s.get(User, actors.a.id).stripe_customer_id
+    sub = get_gateway().client.v1.subscriptions.create(  # no card: its invoice stays open
+        params={
+            "customer": customer,
+            "items": [{"price": "price_sandbox_pro"}],
+            "metadata": {"user_id": str(actors.a.id)},
+        }
+    )
+    assert sub.status == "incomplete"
+    invoice = get_gateway().client.v1.invoices.retrieve(sub.latest_invoice)
+
+    r = c.post("/api/billing/checkout", json={"plan": "basic"})
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["status"], error["plan"]) == ("conflict", "incomplete", "pro")
+    assert error["message"] == (
+        "Your Pro subscription is waiting for its first payment: a new subscription would be "
+        f"billed on top of it. Pay its open invoice {invoice.number} "
+        f"({invoice.hosted_invoice_url}) to start it, or cancel that subscription "
+        "in Manage subscription (the Stripe customer portal), then choose a plan."
+    )
+    # Synced: the local check refuses from now on without asking Stripe.
+    assert c.post("/api/billing/checkout", json={"plan": "pro"}).status_code == 409

@@ -1,0 +1,132 @@
+"""A subscription that grants nothing now but comes back, billed, once its open invoice is
+paid (Stripe's `unpaid`, `incomplete`, and `paused` by a failed payment): Checkout is
+refused beside it, and /billing says why and what to do instead of offering "Upgrade to"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import Session
+
+from billing_app.errors import Conflict
+from billing_app.models import Invoice
+from billing_app.services import billing, subscriptions
+from billing_app.states.billing import load_live, load_slow
+from tests.factories import make_subscription, make_user
+
+HOSTED = "https://invoice.stripe.com/i/held_1"
+
+
+def _open_invoice(session: Session, uid: int, sub_id: str, **fields: object) -> None:
+    row: dict[str, object] = dict(
+        stripe_invoice_id=f"in_held_{uid}",
+        user_id=uid,
+        stripe_subscription_id=sub_id,
+        number="INV-HELD-1",
+        status="open",
+        amount_due=9900,
+        total=9900,
+        amount_remaining=9900,
+        attempt_count=1,
+        hosted_invoice_url=HOSTED,
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    session.add(Invoice(**{**row, **fields}))
+    session.commit()
+
+
+def _held_customer(session: Session, status: str, invoice: bool = True) -> int:
+    uid = make_user(session, email=f"{status}@example.com", customer=f"cus_{status}").id
+    make_subscription(session, uid, plan="pro", status=status, sub_id=f"sub_{status}")
+    if invoice:
+        _open_invoice(session, uid, f"sub_{status}")
+    return uid
+
+
+@pytest.mark.parametrize(
+    ("status", "why", "pays"),
+    [
+        ("unpaid", "is unpaid", "get your plan back"),
+        ("incomplete", "is waiting for its first payment", "start it"),
+        ("paused", "is paused with a payment due", "settle it"),
+    ],
+)
+def test_checkout_beside_a_subscription_with_an_invoice_to_pay_is_refused(
+    session: Session, status: str, why: str, pays: str
+) -> None:
+    """Paying the old invoice later would bill that subscription beside the new one."""
+    uid = _held_customer(session, status)
+    with pytest.raises(Conflict) as info:
+        billing.create_checkout_session(session, uid, "basic")
+    err = info.value
+    assert err.status_code == 409 and err.details == {"plan": "pro", "status": status}
+    assert err.message == (
+        f"Your Pro subscription {why}: a new subscription would be billed on top of it. "
+        f"Pay its open invoice INV-HELD-1 ({HOSTED}) to {pays}, or cancel that "
+        "subscription in Manage subscription (the Stripe customer portal), then choose a plan."
+    )
+
+
+def test_an_unpaid_subscription_is_held_before_its_invoice_has_synced(session: Session) -> None:
+    """Stripe keeps an unpaid (or incomplete) subscription's invoice open by definition."""
+    uid = _held_customer(session, "unpaid", invoice=False)
+    held = subscriptions.held_subscription(session, uid)
+    assert held is not None and (held.status, held.invoice_number) == ("unpaid", None)
+    with pytest.raises(Conflict, match="Pay its open invoice to get your plan back"):
+        billing.create_checkout_session(session, uid, "pro")
+
+
+def test_a_paused_subscription_without_an_invoice_holds_nothing(session: Session) -> None:
+    """Guard: paused at a trial's end or on request, it creates no invoices until resumed;
+    there is nothing to pay that would bring it back, so a new plan may start."""
+    uid = _held_customer(session, "paused", invoice=False)
+    assert subscriptions.held_subscription(session, uid) is None
+    assert load_live(uid).sub.held is False
+    # Nor does an open invoice with nothing left to pay.
+    _open_invoice(session, uid, "sub_paused", amount_remaining=0)
+    assert subscriptions.held_subscription(session, uid) is None
+
+
+@pytest.mark.parametrize("status", ["unpaid", "incomplete", "paused"])
+def test_the_page_says_why_no_plan_can_start_and_shows_the_banner(
+    session: Session, status: str
+) -> None:
+    uid = _held_customer(session, status)
+    sub = load_live(uid).sub
+    assert (sub.plan_name, sub.is_subscriber, sub.held) == ("Free", False, True)
+    pays = {"incomplete": "start it", "unpaid": "get your plan back"}.get(status, "settle it")
+    assert sub.held_text.startswith("Your Pro subscription ")
+    assert sub.held_text.endswith(
+        f"so you have the Free plan's limits. Pay the invoice to {pays}, or cancel that "
+        "subscription in Manage subscription."
+    )
+    assert sub.held_plans_text == (
+        "A new plan cannot start while your Pro subscription has an invoice to pay: you would "
+        "be billed for both. Pay that invoice, or cancel that subscription in Manage "
+        "subscription, then choose a plan here."
+    )
+    assert sub.grace_text == ""  # the banner's words are held_text's alone
+    # The banner names the amount and the invoice's page (the past-due banner's own data).
+    due = load_slow(uid, 1).due
+    assert (due.text, due.hosted_url) == ("$99.00 is due on invoice INV-HELD-1.", HOSTED)
+
+
+def test_a_live_subscription_beside_an_old_held_one_shows_as_live(session: Session) -> None:
+    """Guard: the live plan is what the page shows (its buttons open the portal)."""
+    uid = _held_customer(session, "unpaid")
+    make_subscription(
+        session,
+        uid,
+        plan="basic",
+        status="active",
+        sub_id="sub_new",
+        created_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
+    sub = load_live(uid).sub
+    assert (sub.plan_name, sub.is_subscriber, sub.held, sub.held_text) == (
+        "Basic",
+        True,
+        False,
+        "",
+    )
