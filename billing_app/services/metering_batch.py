@@ -139,8 +139,16 @@ def check_events(
             if not isinstance(raw, dict):
                 raise ValidationFailed("Each event must be a JSON object.")
             user_id = raw.get("user_id")
+            if resolve_user is not None:
+                try:
+                    user_id = resolve_user(user_id)
+                except ValidationFailed as err:
+                    # Named with the event's other problems (an unknown metric, ...), as a
+                    # single write names them: not one refusal per fix.
+                    errors.append(_unresolved(i, err, write_problems(raw, now)))
+                    continue
             ev = prepare_write(
-                user_id if resolve_user is None else resolve_user(user_id),
+                user_id,
                 raw.get("metric"),
                 raw.get("quantity"),
                 raw.get("idempotency_key"),
@@ -284,6 +292,17 @@ def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:
         )
     for i, o in errors.items():
         raise type(o)(f"Event {i}: {o.message} Nothing was recorded.", index=i, **o.details)
+
+
+def _unresolved(
+    index: int, err: ValidationFailed, others: list[tuple[str, ValidationFailed]]
+) -> dict[str, Any]:
+    """An event whose user was not resolved: that problem first, then each of `others`."""
+    if not others:
+        return _bad_event(index, err.code, err.message, **err.details)
+    fields = [{"field": "user_id", "message": err.message, "type": err.code}]
+    fields += [{"field": f, "message": e.message, "type": e.code} for f, e in others]
+    return _bad_event(index, err.code, err.message, **{**err.details, "fields": fields})
 
 
 def _bad_event(index: int, code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -58,6 +58,29 @@ def test_a_batch_event_without_user_id_is_named_as_every_bad_event_is(actors):
     assert unknown["index"] == 2 and unknown["errors"][0]["field"] == "metric"
 
 
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_batch_event_without_user_id_also_names_its_other_problems(actors, lane):
+    """No user_id and an unknown metric in one event: the 422 named the user_id alone
+    (a single write names both), so the fixed batch met a second 422 for the metric."""
+    svc = _lanes(actors, actors.service_key)[0 if lane == "fast" else 1]
+    r = svc.post(
+        "/api/billing/usage/batch",
+        json={"events": [{"metric": "gpus", "quantity": 1, "idempotency_key": "k"}]},
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    [event] = error["events"]
+    assert (event["index"], event["code"]) == (0, "validation_error")
+    assert event["message"] == "user_id is required with a service key."
+    assert [(p["field"], p["code"]) for p in event["errors"]] == [
+        ("user_id", "validation_error"),
+        ("metric", "unknown_metric"),
+    ]
+    assert [f["field"] for f in error["fields"]] == ["events.0.user_id", "events.0.metric"]
+    single = svc.post("/api/billing/usage", json={"metric": "gpus", "quantity": 1})
+    assert [f["field"] for f in single.json()["error"]["fields"]] == ["user_id", "metric"]
+
+
 def test_a_user_key_naming_another_user_in_a_batch_is_refused_whole(actors):
     from billing_app.services import api_keys
 
