@@ -78,6 +78,17 @@ def _parse(model: type[BaseModel], body: bytes) -> Any:
         ) from None
 
 
+_VARY = (b"vary", b"Origin")
+
+
+async def _answer(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Sends one of this lane's own answers. With `Vary: Origin`, as the app's CORS layers
+    send it on every answer (api/cors.py): the same request with an Origin gets CORS
+    headers, so a cache must not hand one answer to the other."""
+    response.raw_headers.append(_VARY)
+    await response(scope, receive, send)
+
+
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
     value = headers.get(name)
     return value.decode("latin-1") if value is not None else None
@@ -276,7 +287,7 @@ async def _summary(
         response: Response = JSONResponse(body)
     except Exception as exc:
         response = errors.response_for(exc)
-    await response(scope, receive, send)
+    await _answer(response, scope, receive, send)
 
 
 async def _webhook(scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
@@ -286,10 +297,10 @@ async def _webhook(scope: Scope, receive: Receive, send: Send, headers: dict[byt
     except ConnectionAbortedError:
         return
     except _TooLarge:
-        await errors.too_large()(scope, receive, send)
+        await _answer(errors.too_large(), scope, receive, send)
         return
     response = await webhook.respond(body, _header(headers, b"stripe-signature"))
-    await response(scope, receive, send)
+    await _answer(response, scope, receive, send)
 
 
 async def _service(
@@ -309,7 +320,7 @@ async def _service(
     except ConnectionAbortedError:
         return  # the client went away before sending its body
     except _TooLarge:
-        await errors.too_large()(scope, receive, send)
+        await _answer(errors.too_large(), scope, receive, send)
         return
     try:
         # The body is validated before the caller is looked up, as FastAPI does.
@@ -321,7 +332,7 @@ async def _service(
         response = await handler(await _principal(secret), body, headers)
     except Exception as exc:  # the same answers as the FastAPI handlers give
         response = errors.response_for(exc)
-    await response(scope, receive, send)
+    await _answer(response, scope, receive, send)
 
 
 def fast_lane(app: ASGIApp) -> ASGIApp:
@@ -339,7 +350,7 @@ def fast_lane(app: ASGIApp) -> ASGIApp:
         if len(headers) < len(raw) and path.startswith("/api/"):
             name = errors.repeated_header(raw)  # as errors.SingleHeaderMiddleware does
             if name is not None:
-                await errors.repeated(name)(scope, receive, send)
+                await _answer(errors.repeated(name), scope, receive, send)
                 return
         secret = _bearer(headers)
         if b"origin" in headers:  # a browser's call: CORS is answered by the app's layers

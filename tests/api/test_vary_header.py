@@ -5,6 +5,8 @@ own origin gets its Access-Control headers, another origin none."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -12,6 +14,8 @@ from billing_app.db import session_scope
 from billing_app.services import auth
 from tests.api.conftest import LiveServer
 from tests.factories import make_user
+
+_app: Any = None
 
 
 @pytest.fixture
@@ -21,7 +25,10 @@ def reflex_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("__REFLEX_SKIP_COMPILE", "true")
     from billing_app import billing_app as module
 
-    server = LiveServer(module.app())
+    global _app
+    if _app is None:  # built once per process: Reflex adds its middleware to one FastAPI app
+        _app = module.app()
+    server = LiveServer(_app)
     yield server
     server.stop()
 
@@ -63,3 +70,36 @@ def test_one_vary_merges_repeats_and_leaves_the_rest_alone():
         (b"x", b"1"),
         (b"vary", b"Origin, Accept, Cookie"),
     ]
+
+
+def test_the_fast_lanes_answers_say_vary_origin_too(reflex_server):
+    """A service key's usage calls and Stripe's deliveries, answered in front of Reflex
+    (api/fast_lane.py), said no `Vary` at all, while the same call with an Origin gets
+    CORS headers: "Every answer says `Vary: Origin` once" (README)."""
+    from billing_app.services import api_keys
+
+    with session_scope() as s:
+        uid = make_user(s, email="ann@example.com").id
+        secret = api_keys.create_key(s, name="svc", service_name="svc")[1]
+    auth = {"Authorization": f"Bearer {secret}"}
+    write = {"user_id": uid, "metric": "tokens", "quantity": 1}
+    with httpx.Client(base_url=reflex_server.url, headers=auth, timeout=30) as c:
+        answers = {
+            "record": c.post("/api/billing/usage", json=write),
+            "check": c.post("/api/billing/quota/check", json=write),
+            "usage": c.get("/api/billing/usage", params={"user_id": uid}),
+            "refused": c.post("/api/billing/usage", json={**write, "user_id": 987_654}),
+            "webhook": c.post("/api/billing/webhook", content=b"{}"),
+            "repeated": c.get("/api/billing/usage", headers=[("Idempotency-Key", "a")] * 2),
+        }
+    statuses = {name: r.status_code for name, r in answers.items()}
+    assert statuses == {
+        "record": 201,
+        "check": 200,
+        "usage": 200,
+        "refused": 404,
+        "webhook": 400,
+        "repeated": 400,
+    }
+    for name, r in answers.items():
+        assert r.headers.get_list("vary") == ["Origin"], (name, r.headers)
