@@ -220,3 +220,27 @@ def test_sandbox_run_warns_of_a_real_key_only_when_the_app_talks_to_stripe(api_b
     assert proc.returncode == 0, proc.stderr
     assert "Stripe sandbox on http://127.0.0.1:12999" in proc.stderr
     assert ("the app talks to Stripe" in proc.stderr) is (api_base is None)
+
+
+@pytest.mark.parametrize("option", [False, True])
+def test_sandbox_run_refuses_a_port_another_process_holds(option):
+    """As `demo run` does: one line and exit 2 (it printed its banner, then uvicorn's
+    "address already in use" log line, and exited 3)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--port", str(port)] if option else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "billing_app.cli", "sandbox", "run", *args],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "STRIPE_SANDBOX_PORT": str(port)},
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    source = "--port" if option else "STRIPE_SANDBOX_PORT"
+    assert proc.stderr.strip() == (
+        f"error: port {port} ({source}) is in use; stop what holds it or choose another port"
+    )

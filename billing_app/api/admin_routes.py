@@ -218,7 +218,17 @@ def user_detail(
     return admin.user_detail(session, user_id).to_dict()
 
 
-@router.put("/users/{user_id}/quota", response_model=s.QuotaOut)
+@router.put(
+    "/users/{user_id}/quota",
+    response_model=s.QuotaOut,
+    responses={
+        409: {
+            "model": s.ErrorResponse,
+            "description": "`quota_busy`: another change holds this quota for more than "
+            "5 s; nothing written, try again",
+        }
+    },
+)
 def override_quota(
     body: s.QuotaOverrideIn,
     user_id: int = _id(),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import click
 
 from billing_app.cli import ErrorGroup
@@ -20,6 +23,16 @@ def catalog_prices() -> list[tuple[str, str, int, str, str]]:
         for plan in get_catalog().values()
         if plan.stripe_price_id is not None
     ]
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process holds `port` on `host` (bound as uvicorn binds it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            return False
+    except OSError as err:
+        return err.errno == errno.EADDRINUSE  # anything else: uvicorn says what
 
 
 @click.group(name="sandbox", cls=ErrorGroup)
@@ -44,7 +57,7 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
     """Serve the sandbox until interrupted; the app reaches it via STRIPE_API_BASE."""
     import uvicorn
 
-    from billing_app.settings import SANDBOX_SECRET_KEY, get_settings_or_exit
+    from billing_app.settings import SANDBOX_SECRET_KEY, ConfigError, get_settings_or_exit
     from stripe_sandbox import SandboxConfig, create_app
 
     settings = get_settings_or_exit()
@@ -55,7 +68,13 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
             "this sandbox.",
             err=True,
         )
+    source = "STRIPE_SANDBOX_PORT" if port is None else "--port"
     port = settings.stripe_sandbox_port if port is None else port
+    if port_taken(host, port):
+        # uvicorn's own refusal is a log line and exit 3, after the banner.
+        raise ConfigError(
+            f"port {port} ({source}) is in use; stop what holds it or choose another port"
+        )
     public_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     config = SandboxConfig(
         api_key=SANDBOX_SECRET_KEY,
