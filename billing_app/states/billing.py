@@ -104,7 +104,14 @@ def load_live(user_id: int) -> LiveData:
         sub=sub,
         plans=views.plan_views(catalog, sub.plan),
         resets_text=views.usage_resets_text(statuses[0], dto) if statuses else "",
-        limit_notices=views.limit_notices(statuses, catalog, sub.plan, overridden),
+        limit_notices=views.limit_notices(
+            statuses,
+            catalog,
+            sub.plan,
+            overridden,
+            payment_due=sub.held
+            or (sub.past_due and dto is not None and dto.effective_plan == "free"),
+        ),
     )
 
 

@@ -296,10 +296,13 @@ def limit_notices(
     catalog: dict[str, Plan],
     plan: str,
     overridden: frozenset[str] | set[str] = frozenset(),
+    payment_due: bool = False,
 ) -> list[str]:
     """What each used-up meter (a MeterStatus) means, in words. A downgrade or a lowered
     quota leaves `used` above the new `limit`: both are shown as they are. `overridden`:
-    the metrics whose limit an admin set, which no plan change lifts."""
+    the metrics whose limit an admin set, which no plan change lifts. `payment_due`: Free's
+    limits apply because a payment failed (past due after its grace, or a held
+    subscription): paying it, not an upgrade, brings the plan's limits back."""
     current = catalog.get(plan)
     floor = current.amount if current else 0
     can_upgrade = any(p.is_paid and p.amount > floor for p in catalog.values())
@@ -316,6 +319,8 @@ def limit_notices(
         refused = _REFUSED.get(metric) or f"Requests that use {label.lower()} are refused"
         if metric in overridden:
             tail = ". This limit was set for your account: contact support to change it."
+        elif payment_due:
+            tail = ", or until the failed payment is paid."
         else:
             tail = ", or until you upgrade your plan." if can_upgrade else "."
         out.append(

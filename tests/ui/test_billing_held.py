@@ -11,8 +11,9 @@ from sqlmodel import Session
 
 from billing_app.errors import Conflict
 from billing_app.models import Invoice
-from billing_app.services import billing, subscriptions
+from billing_app.services import billing, metering, stripe_sync, subscriptions
 from billing_app.states.billing import load_live, load_slow
+from tests.conftest import FrozenClock
 from tests.factories import make_subscription, make_user
 
 HOSTED = "https://invoice.stripe.com/i/held_1"
@@ -130,3 +131,24 @@ def test_a_live_subscription_beside_an_old_held_one_shows_as_live(session: Sessi
         False,
         "",
     )
+
+
+@pytest.mark.parametrize("how", ["unpaid", "past_due_after_grace"])
+def test_a_used_up_meter_on_free_limits_for_a_failed_payment_says_pay_not_upgrade(
+    session: Session, frozen_clock: FrozenClock, how: str
+) -> None:
+    """On Free's limits because a payment failed, "or until you upgrade your plan" sent the
+    customer to a Checkout that is refused (held) or to a plan they already have (past due
+    after its grace): paying the failed invoice is what brings the plan's limits back."""
+    if how == "unpaid":
+        uid = _held_customer(session, "unpaid")
+    else:
+        uid = make_user(session, email="late@example.com", customer="cus_late").id
+        since = frozen_clock.now - timedelta(days=60)
+        make_subscription(session, uid, plan="pro", status="past_due", past_due_since=since)
+    assert stripe_sync.refresh_quotas(session, uid) == "free"  # as the webhook or grace pass
+    session.commit()
+    metering.record(session, uid, "api_calls", 100)  # Free's limit, used up
+    notices = load_live(uid).limit_notices
+    assert len(notices) == 1 and notices[0].startswith("API calls: limit reached (100 of 100).")
+    assert notices[0].endswith(", or until the failed payment is paid."), notices[0]
