@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import reflex as rx
 from reflex.vars.function import ArgsFunctionOperation
 
@@ -119,28 +121,26 @@ def notices() -> rx.Component:
                     rx.vstack(
                         # What is owed and on which invoice, then until when the plan holds.
                         rx.callout.text(
-                            rx.text.strong("Your last payment failed. "),
+                            # "Your last payment failed.", unless nothing was tried yet.
+                            rx.text.strong(S.sub.alert_title + " "),
                             rx.cond(S.due.text != "", S.due.text + " ", ""),
                             S.sub.grace_text,
                             S.sub.held_text,  # one of the two, never both
                         ),
                         rx.cond(  # no link to nowhere before the invoice has synced
                             S.due.hosted_url != "",
-                            icon_link(
-                                "View invoice",
-                                "external-link",
-                                S.due.hosted_url,
-                                "View invoice " + S.due.number + " (opens in a new tab)",
-                                # The accent's indigo on amber is under WCAG's 4.5:1 (axe).
-                                color_scheme="amber",
-                                high_contrast=True,
+                            _invoice_link(S.due.hosted_url, S.due.number),
+                            # Held, its invoice never attempted: not a failed payment (due).
+                            rx.cond(
+                                S.sub.held_invoice_url != "",
+                                _invoice_link(S.sub.held_invoice_url, S.sub.held_invoice_number),
                             ),
                         ),
                         spacing="1",
                     ),
                     rx.button(
                         rx.cond(working("fix"), rx.spinner(size="1")),
-                        rx.cond(working("fix"), OPENING_PORTAL, "Fix payment"),
+                        rx.cond(working("fix"), OPENING_PORTAL, S.sub.alert_action),
                         color_scheme="amber",
                         size="2",
                         id="fix-payment",
@@ -184,6 +184,18 @@ def notices() -> rx.Component:
             S.near_limit_text != "",
             _usage_callout(rx.callout.text(S.near_limit_text), "amber", "near-limit"),
         ),
+    )
+
+
+def _invoice_link(url: Any, number: Any) -> rx.Component:
+    return icon_link(
+        "View invoice",
+        "external-link",
+        url,
+        "View invoice " + number + " (opens in a new tab)",
+        # The accent's indigo on amber is under WCAG's 4.5:1 (axe).
+        color_scheme="amber",
+        high_contrast=True,
     )
 
 

@@ -24,7 +24,12 @@ from billing_app.plans import PLAN_KEYS, catalog_currency, get_catalog
 from billing_app.services import invoices, metering, quotas, subscriptions, users
 from billing_app.services.dto import AdminUserDetail, AdminUserRow, Page
 from billing_app.services.periods import calendar_month, per_user_periods
-from billing_app.services.subscriptions import LIVE_STATUSES, current_subscription, plan_key_for
+from billing_app.services.subscriptions import (
+    LIVE_STATUSES,
+    current_rank,
+    current_subscription,
+    plan_key_for,
+)
 from billing_app.settings import get_settings
 
 MAX_PER_PAGE = 200
@@ -61,9 +66,9 @@ def _page_subscriptions(session: Session, ids: list[int]) -> dict[int, Any]:
         .order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
     ).all()
     out: dict[int, Any] = {}
-    for sub in subs:  # newest first: keep the first live one, else the newest
+    for sub in subs:  # newest first: the first of the lowest rank (current_subscription's rule)
         have = out.get(sub.user_id)
-        if have is None or (have.status not in LIVE_STATUSES and sub.status in LIVE_STATUSES):
+        if have is None or current_rank(sub.status) < current_rank(have.status):
             out[sub.user_id] = sub
     return out
 

@@ -22,11 +22,11 @@ from billing_app.errors import (
     ValidationFailed,
 )
 from billing_app.gateway import get_gateway
-from billing_app.gateway.parsing import parse_subscription, ref_id
+from billing_app.gateway.parsing import MalformedObject, parse_subscription, ref_id
 from billing_app.models import Subscription, User
 from billing_app.plans import PAID_PLAN_KEYS, Plan, get_catalog, plan_price_ids
 from billing_app.services.dto import HeldDTO, SubscriptionDTO
-from billing_app.services.stripe_sync import apply_answer
+from billing_app.services.stripe_sync import UnknownPrice, apply_answer
 from billing_app.services.subscriptions import (
     HELD_STATUSES,
     LIVE_STATUSES,
@@ -89,10 +89,54 @@ def held_message(held: HeldDTO | None) -> str:
     )
 
 
-def _refuse_if_held(session: Session, user_id: int) -> None:
+def _refuse_if_live(session: Session, user_id: int) -> None:
+    live = _live(session, user_id)
+    if live is not None:
+        current = get_catalog().get(live.plan)
+        raise Conflict(
+            f"You already subscribe to the {current.name if current else live.plan} plan. "
+            "To change plans, use Manage subscription (the Stripe customer portal).",
+            plan=live.plan,
+        )
+
+
+def _refuse_if_held(session: Session, user_id: int, *, confirm: bool = True) -> None:
+    """Refuse beside a held subscription. `confirm`: ask Stripe first whether it still is
+    (its webhook may be lost: Stripe expired an `incomplete` one, or it was paid), and go on
+    as Stripe's state implies."""
     held = held_subscription(session, user_id)
+    if held is not None and confirm:
+        held = _still_held(session, user_id, held)
+        if held is None:
+            _refuse_if_live(session, user_id)  # e.g. paid meanwhile: active
     if held is not None:
         raise Conflict(held_message(held), plan=held.plan, status=held.status)
+
+
+def _still_held(session: Session, user_id: int, held: HeldDTO) -> HeldDTO | None:
+    """`held` as Stripe has it now: each held row Stripe says moved on is updated from
+    Stripe's answer (as `stripe sync` would), then the next one is asked about; the first
+    one Stripe still holds, else None. held_subscription ended its read: no transaction is
+    open across the Stripe calls."""
+    asked: set[str] = set()
+    while held is not None and held.stripe_subscription_id not in asked | {""}:
+        asked.add(held.stripe_subscription_id)
+        try:
+            obj = get_gateway().retrieve_subscription(held.stripe_subscription_id)
+        except PaymentProviderError as err:
+            log.warning("held %s not confirmed with Stripe: %s", held.stripe_subscription_id, err)
+            return held  # refused on what this database says, as before
+        if obj.get("status") == held.status:
+            return held
+        try:
+            apply_answer(session, obj)
+            session.commit()
+        except (MalformedObject, UnknownPrice) as err:
+            session.rollback()
+            log.warning("held %s not updated from Stripe: %s", held.stripe_subscription_id, err)
+            return held
+        held = held_subscription(session, user_id)  # ends its read, too
+    return held
 
 
 def ensure_customer(session: Session, user: User, replaces: str | None = None) -> str:
@@ -114,14 +158,7 @@ def create_checkout_session(session: Session, user_id: int, plan_key: str) -> st
     """Start Stripe Checkout for a paid plan; returns the URL to redirect the browser to."""
     plan = _paid_plan(plan_key)
     user = get_user(session, user_id)
-    live = _live(session, user_id)
-    if live is not None:
-        current = get_catalog().get(live.plan)
-        raise Conflict(
-            f"You already subscribe to the {current.name if current else live.plan} plan. "
-            "To change plans, use Manage subscription (the Stripe customer portal).",
-            plan=live.plan,
-        )
+    _refuse_if_live(session, user_id)
     _refuse_if_held(session, user_id)
     base = get_settings().app_url.rstrip("/") + BILLING_PATH
     assert plan.stripe_price_id is not None
@@ -178,7 +215,7 @@ def _refuse_if_stripe_has_live(session: Session, user_id: int, customer_id: str)
 
     sync_from_stripe(session, user_id)
     if not any(obj.get("status") in LIVE_STATUSES for obj in found):
-        _refuse_if_held(session, user_id)
+        _refuse_if_held(session, user_id, confirm=False)  # just synced from Stripe
         raise Conflict(held_message(None))  # not synced (a plan this app does not know)
     raise Conflict(
         "You already have an active subscription: your payment went through and shows on "

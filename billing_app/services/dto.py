@@ -241,6 +241,11 @@ class HeldDTO(DTO):
     # Its newest open invoice still owed; None until that invoice has synced.
     invoice_number: str | None = None
     hosted_invoice_url: str | None = None
+    # Stripe tried to charge that invoice (its attempt_count): a payment failed. An
+    # incomplete one without a payment method has none: nothing failed, it waits.
+    payment_attempted: bool = False
+    # The Stripe id, to confirm with Stripe that it is still held (billing's checkout).
+    stripe_subscription_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,12 @@ from billing_app.plans import get_catalog, plan_for_price, plan_price_ids
 from billing_app.services import quotas
 from billing_app.services.dto import SyncReport, WebhookResult
 from billing_app.services.invoices import describe
-from billing_app.services.subscriptions import LIVE_STATUSES, effective_plan_key, plan_key_for
+from billing_app.services.subscriptions import (
+    LIVE_STATUSES,
+    effective_plan_key,
+    pick_current,
+    plan_key_for,
+)
 from billing_app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -281,8 +286,7 @@ def _refresh_quotas(session: Session, conn: sa.Connection, user_id: int) -> str:
             subs.append(SimpleNamespace(**r))  # as plan_key_for reads a Subscription
         else:
             rows[r["status"]] = (r["id"], r["plan"], r["limit"], r["plan_limit"])
-    # As subscriptions.current_subscription: the newest live one, else the newest.
-    current = next((s for s in subs if s.status in LIVE_STATUSES), subs[0] if subs else None)
+    current = pick_current(subs)  # as subscriptions.current_subscription
     plan_key = plan_key_for(current)  # type: ignore[arg-type]  # reads the same columns
     plan = get_catalog()[plan_key]
     now = utcnow()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -21,22 +23,35 @@ LIVE_STATUSES = ("active", "trialing", "past_due")
 # (that invoice stays collectible, and paying it may resume it), so only then does it count.
 HELD_STATUSES = ("incomplete", "unpaid")
 
+_Sub = TypeVar("_Sub")
+
+
+def current_rank(status: str | None) -> int:
+    """Which of a user's subscriptions is their current one, lowest first: a live one, then
+    a held one (Checkout is refused beside it, so the page must show it rather than a newer
+    canceled one), then any. current_table orders by the same rule in SQL."""
+    if status in LIVE_STATUSES:
+        return 0
+    return 1 if status in HELD_STATUSES else 2
+
+
+def pick_current(subs: Sequence[_Sub]) -> _Sub | None:
+    """The current one of a user's subscriptions given newest first (rows with `status`)."""
+    return min(subs, key=lambda s: current_rank(getattr(s, "status", None)), default=None)
+
 
 def current_subscription(
     session: Session, user_id: int, *, ignore: tuple[str, ...] = ()
 ) -> Subscription | None:
-    """The user's newest subscription that is not over, else their newest one; those in
-    an `ignore`d status are not considered at all."""
+    """The user's newest live subscription, else their newest held one, else their newest
+    one (current_rank); those in an `ignore`d status are not considered at all."""
     query = select(Subscription).where(Subscription.user_id == user_id)
     if ignore:
         query = query.where(col(Subscription.status).not_in(ignore))
     subs = session.exec(
         query.order_by(col(Subscription.created_at).desc(), col(Subscription.id).desc())
     ).all()
-    for sub in subs:
-        if sub.status in LIVE_STATUSES:
-            return sub
-    return subs[0] if subs else None
+    return pick_current(subs)
 
 
 def plan_key_for(sub: Subscription | None) -> str:
@@ -169,20 +184,72 @@ def _held_dto(sub: Subscription, inv: Invoice | None) -> HeldDTO:
         plan_name=plan.name if plan else sub.plan.title(),
         invoice_number=inv.number if inv else None,
         hosted_invoice_url=inv.hosted_invoice_url if inv else None,
+        payment_attempted=inv is not None and (inv.attempt_count or 0) > 0,
+        stripe_subscription_id=sub.stripe_subscription_id,
+    )
+
+
+# The past-due banner's bold first words, also a held subscription's whose payment failed.
+PAYMENT_FAILED_TITLE = "Your last payment failed."
+PAYMENT_FAILED_ACTION = "Fix payment"
+
+
+@dataclass(frozen=True)
+class HeldBanner:
+    """The dashboard banner's words for a held subscription (the page shows them as is)."""
+
+    title: str  # bold, first
+    text: str
+    action: str  # its button, which opens the customer portal
+
+
+def awaits_first_payment(held: HeldDTO) -> bool:
+    """An incomplete subscription whose first invoice Stripe never tried to charge (no
+    payment method): nothing failed, it waits to be paid."""
+    return held.status == "incomplete" and not held.payment_attempted
+
+
+def held_banner(held: HeldDTO) -> HeldBanner:
+    """What the banner says about a held subscription: a failed payment to pay, or (nothing
+    tried yet) a first payment to make, by its invoice's link or in the portal."""
+    name = held.plan_name
+    if awaits_first_payment(held):
+        how = (
+            "Pay its invoice to start it"
+            if held.hosted_invoice_url
+            else "Add a payment method in Manage subscription to pay it and start it"
+        )
+        return HeldBanner(
+            title=f"Your {name} subscription is waiting for its first payment.",
+            text=f"Until it is paid you have the Free plan's limits. {how}, or cancel "
+            "that subscription in Manage subscription.",
+            action="Add payment method",
+        )
+    why, pays = held_words(held.status)
+    return HeldBanner(
+        title=PAYMENT_FAILED_TITLE,
+        text=f"Your {name} subscription {why}, so you have the Free plan's limits. Pay the "
+        f"invoice to {pays}, or cancel that subscription in Manage subscription.",
+        action=PAYMENT_FAILED_ACTION,
     )
 
 
 def current_table() -> Any:
     """Each user's current subscription as a derived table (rn = 1), one pass over the table.
 
-    Same rule as current_subscription: the newest live one, else the newest.
+    Same rule as current_subscription (current_rank): the newest live one, else the newest
+    held one, else the newest.
     """
     rn = (
         sa.func.row_number()
         .over(
             partition_by=Subscription.user_id,
             order_by=(
-                sa.case((col(Subscription.status).in_(LIVE_STATUSES), 0), else_=1),
+                sa.case(
+                    (col(Subscription.status).in_(LIVE_STATUSES), 0),
+                    (col(Subscription.status).in_(HELD_STATUSES), 1),
+                    else_=2,
+                ),
                 col(Subscription.created_at).desc(),
                 col(Subscription.id).desc(),
             ),

@@ -13,7 +13,13 @@ from billing_app.metrics import METRICS
 from billing_app.plans import Plan, get_catalog
 from billing_app.services.invoices import is_credit, settlement
 from billing_app.services.periods import Period, calendar_month
-from billing_app.services.subscriptions import LIVE_STATUSES, held_words
+from billing_app.services.subscriptions import (
+    LIVE_STATUSES,
+    PAYMENT_FAILED_ACTION,
+    PAYMENT_FAILED_TITLE,
+    awaits_first_payment,
+    held_banner,
+)
 from billing_app.states import format as fmt
 from billing_app.states.format import get
 
@@ -74,6 +80,15 @@ class SubscriptionView:
     held: bool = False
     held_text: str = ""
     held_plans_text: str = ""
+    # The banner's bold first words and its button (past due, or held: services' held_banner).
+    alert_title: str = PAYMENT_FAILED_TITLE
+    alert_action: str = PAYMENT_FAILED_ACTION
+    # The held subscription's open invoice, linked by the banner when no failed payment is
+    # (one never attempted is not a failed payment: invoices.payment_due leaves it out).
+    held_invoice_url: str = ""
+    held_invoice_number: str = ""
+    # Held, and nothing failed: its first invoice was never attempted (awaits_first_payment).
+    awaits_first_payment: bool = False
 
 
 @dataclasses.dataclass
@@ -297,12 +312,14 @@ def limit_notices(
     plan: str,
     overridden: frozenset[str] | set[str] = frozenset(),
     payment_due: bool = False,
+    first_payment: bool = False,
 ) -> list[str]:
     """What each used-up meter (a MeterStatus) means, in words. A downgrade or a lowered
     quota leaves `used` above the new `limit`: both are shown as they are. `overridden`:
     the metrics whose limit an admin set, which no plan change lifts. `payment_due`: Free's
     limits apply because a payment failed (past due after its grace, or a held
-    subscription): paying it, not an upgrade, brings the plan's limits back."""
+    subscription): paying it, not an upgrade, brings the plan's limits back. `first_payment`:
+    held, its first invoice never attempted: nothing failed, it waits to be paid."""
     current = catalog.get(plan)
     floor = current.amount if current else 0
     can_upgrade = any(p.is_paid and p.amount > floor for p in catalog.values())
@@ -319,6 +336,8 @@ def limit_notices(
         refused = _REFUSED.get(metric) or f"Requests that use {label.lower()} are refused"
         if metric in overridden:
             tail = ". This limit was set for your account: contact support to change it."
+        elif first_payment:
+            tail = ", or until your subscription's first payment is made."
         elif payment_due:
             tail = ", or until the failed payment is paid."
         else:
@@ -397,12 +416,12 @@ def _with_held(view: SubscriptionView, held: Any) -> SubscriptionView:
     if held is None or view.is_subscriber:
         return view
     name = str(get(held, "plan_name", "") or "")
-    why, pays = held_words(str(get(held, "status", "") or ""))
+    banner = held_banner(held)
     view.held = True
-    view.held_text = (
-        f"Your {name} subscription {why}, so you have the Free plan's limits. Pay the invoice "
-        f"to {pays}, or cancel that subscription in Manage subscription."
-    )
+    view.alert_title, view.held_text, view.alert_action = banner.title, banner.text, banner.action
+    view.held_invoice_url = str(get(held, "hosted_invoice_url", "") or "")
+    view.held_invoice_number = str(get(held, "invoice_number", "") or "")
+    view.awaits_first_payment = awaits_first_payment(held)
     view.held_plans_text = (
         f"A new plan cannot start while your {name} subscription has an invoice to pay: you "
         "would be billed for both. Pay that invoice, or cancel that subscription in Manage "

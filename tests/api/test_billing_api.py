@@ -186,5 +186,5 @@ def test_checkout_beside_a_subscription_waiting_for_its_first_payment_is_refused
         f"({invoice.hosted_invoice_url}) to start it, or cancel that subscription "
         "in Manage subscription (the Stripe customer portal), then choose a plan."
     )
-    # Synced: the local check refuses from now on without asking Stripe.
+    # Synced: the stored row refuses from now on (Stripe, asked about it, still holds it).
     assert c.post("/api/billing/checkout", json={"plan": "pro"}).status_code == 409

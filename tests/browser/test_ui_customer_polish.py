@@ -95,3 +95,49 @@ def _grace_end(live_app: LiveApp, uid: int) -> str:
             return sub.grace_ends_at.astimezone(UTC).strftime("%b %-d, %Y")
     finally:
         engine.dispose()
+
+
+def test_a_subscription_never_charged_says_it_waits_for_its_first_payment(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Incomplete with no payment method: its first invoice was never attempted, so the
+    banner claims no failed payment, and links that invoice to pay it."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import Subscription
+
+    email = signup(page, live_app, "h107waiting")
+    uid = live_app.user_id(email)
+    number = f"H107-{uid:04d}"
+    engine = create_db_engine(live_app.database_url)
+    with session_scope(engine) as session:
+        session.add(
+            Subscription(
+                user_id=uid,
+                stripe_subscription_id=f"sub_waiting_{uid}",
+                stripe_customer_id=f"cus_waiting_{uid}",
+                stripe_price_id="price_sandbox_pro",
+                plan="pro",
+                status="incomplete",
+            )
+        )
+        session.commit()
+    engine.dispose()
+    ensure_invoices(
+        live_app,
+        dict(stripe_invoice_id=f"in_h107_{uid}", user_id=uid, number=number, status="open",
+             stripe_subscription_id=f"sub_waiting_{uid}", attempt_count=0, total=9900,
+             amount_due=9900, amount_paid=0, amount_remaining=9900, currency="usd",
+             hosted_invoice_url="https://invoice.example/h107-first",
+             created_at=utcnow()),
+    )  # fmt: skip
+    page.reload()
+
+    banner = page.locator("#past-due-banner")
+    expect(banner).to_contain_text("Your Pro subscription is waiting for its first payment.")
+    expect(banner).to_contain_text("Pay its invoice to start it")
+    expect(banner).not_to_contain_text("failed")
+    expect(
+        banner.get_by_role("link", name=f"View invoice {number} (opens in a new tab)")
+    ).to_have_attribute("href", "https://invoice.example/h107-first")
+    expect(banner.locator("#fix-payment")).to_have_text("Add payment method")
+    assert violations(page) == [], "/billing, waiting for a first payment"

@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from billing_app.errors import Conflict
 from billing_app.models import Invoice
-from billing_app.services import billing, metering, stripe_sync, subscriptions
+from billing_app.services import admin, billing, metering, stripe_sync, subscriptions
 from billing_app.states.billing import load_live, load_slow
 from tests.conftest import FrozenClock
 from tests.factories import make_subscription, make_user
@@ -56,7 +56,8 @@ def _held_customer(session: Session, status: str, invoice: bool = True) -> int:
 def test_checkout_beside_a_subscription_with_an_invoice_to_pay_is_refused(
     session: Session, status: str, why: str, pays: str
 ) -> None:
-    """Paying the old invoice later would bill that subscription beside the new one."""
+    """Paying the old invoice later would bill that subscription beside the new one. No
+    Stripe answers here: refused on what this database says (tests/stripe asks the sandbox)."""
     uid = _held_customer(session, status)
     with pytest.raises(Conflict) as info:
         billing.create_checkout_session(session, uid, "basic")
@@ -152,3 +153,139 @@ def test_a_used_up_meter_on_free_limits_for_a_failed_payment_says_pay_not_upgrad
     notices = load_live(uid).limit_notices
     assert len(notices) == 1 and notices[0].startswith("API calls: limit reached (100 of 100).")
     assert notices[0].endswith(", or until the failed payment is paid."), notices[0]
+
+
+# ------------------------------------------------- an older held one beside a newer ended one
+
+
+@pytest.mark.parametrize("held_status", ["unpaid", "incomplete"])
+def test_an_older_held_subscription_is_current_over_a_newer_canceled_one(
+    session: Session, held_status: str
+) -> None:
+    """Checkout is refused for the held one: the plan card, the admin list (its SQL filter
+    and its rows) and the quotas all take it as the current one, not the newer canceled
+    one, so the page does not show one subscription and refuse for another."""
+    uid = _held_customer(session, held_status)
+    make_subscription(
+        session,
+        uid,
+        plan="basic",
+        status="canceled",
+        sub_id="sub_newer_canceled",
+        created_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
+    sub = subscriptions.current_subscription(session, uid)
+    assert sub is not None and sub.stripe_subscription_id == f"sub_{held_status}"
+    assert subscriptions.plan_key_for(sub) == "free"
+    session.rollback()
+    cur = subscriptions.current_table()
+    assert session.exec(select(cur.c.status).where(cur.c.user_id == uid, cur.c.rn == 1)).all() == [
+        held_status
+    ]
+    session.rollback()
+    listed = admin.list_users(session, admin.UserFilters(status=held_status))
+    assert [(u.id, u.status, u.plan) for u in listed.items] == [(uid, held_status, "free")]
+    assert admin.list_users(session, admin.UserFilters(status="canceled")).total == 0
+    assert stripe_sync.refresh_quotas(session, uid) == "free"
+    session.rollback()
+
+    shown = load_live(uid).sub
+    assert (shown.status, shown.plan_name, shown.held) == (held_status, "Free", True)
+    assert shown.ended_text == ""  # not "Your Basic subscription ended on ..."
+    with pytest.raises(Conflict) as info:
+        billing.create_checkout_session(session, uid, "basic")
+    assert info.value.details == {"plan": "pro", "status": held_status}
+
+
+def test_a_live_subscription_stays_current_over_a_newer_held_one(session: Session) -> None:
+    """Guard: live first, held only second."""
+    uid = make_user(session, email="both@example.com", customer="cus_both").id
+    make_subscription(session, uid, plan="basic", status="active", sub_id="sub_live")
+    make_subscription(
+        session,
+        uid,
+        plan="pro",
+        status="incomplete",
+        sub_id="sub_newer_incomplete",
+        created_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
+    sub = subscriptions.current_subscription(session, uid)
+    assert sub is not None and (sub.stripe_subscription_id, sub.status) == ("sub_live", "active")
+    session.rollback()
+    cur = subscriptions.current_table()
+    assert session.exec(select(cur.c.status).where(cur.c.user_id == uid, cur.c.rn == 1)).all() == [
+        "active"
+    ]
+    session.rollback()
+
+
+# ------------------------------------------------------- waiting for a first payment, not failed
+
+
+def test_an_incomplete_subscription_never_charged_waits_for_its_first_payment(
+    session: Session,
+) -> None:
+    """No payment method, so Stripe never tried its first invoice (attempt_count 0): the
+    banner says it waits to be paid, links that invoice, and claims no failed payment."""
+    uid = _held_customer(session, "incomplete", invoice=False)
+    _open_invoice(session, uid, "sub_incomplete", attempt_count=0)
+    held = subscriptions.held_subscription(session, uid)
+    assert held is not None and held.payment_attempted is False
+    assert subscriptions.held_banner(held) == subscriptions.HeldBanner(
+        title="Your Pro subscription is waiting for its first payment.",
+        text="Until it is paid you have the Free plan's limits. Pay its invoice to start it, "
+        "or cancel that subscription in Manage subscription.",
+        action="Add payment method",
+    )
+    sub = load_live(uid).sub
+    assert (sub.held, sub.awaits_first_payment) == (True, True)
+    assert sub.alert_title == "Your Pro subscription is waiting for its first payment."
+    assert sub.held_text == subscriptions.held_banner(held).text
+    assert sub.alert_action == "Add payment method"
+    # Not a failed payment, so the failed-payment line is empty: the banner links this one.
+    assert load_slow(uid, 1).due.hosted_url == ""
+    assert (sub.held_invoice_url, sub.held_invoice_number) == (HOSTED, "INV-HELD-1")
+
+
+def test_an_incomplete_subscription_without_its_invoice_yet_says_pay_in_the_portal(
+    session: Session,
+) -> None:
+    """Its invoice not synced yet: no link to give, so the portal is where to pay."""
+    uid = _held_customer(session, "incomplete", invoice=False)
+    sub = load_live(uid).sub
+    assert sub.alert_title == "Your Pro subscription is waiting for its first payment."
+    assert sub.held_text == (
+        "Until it is paid you have the Free plan's limits. Add a payment method in Manage "
+        "subscription to pay it and start it, or cancel that subscription in Manage "
+        "subscription."
+    )
+    assert (sub.held_invoice_url, sub.alert_action) == ("", "Add payment method")
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"), [("incomplete", 1), ("unpaid", 0), ("unpaid", 3), ("paused", 1)]
+)
+def test_a_held_subscription_whose_payment_was_tried_still_says_it_failed(
+    session: Session, status: str, attempts: int
+) -> None:
+    """A declined first payment (attempted), and unpaid or paused ones (their payments
+    failed before; an unpaid one's newest invoice is left unattempted): the failed words."""
+    uid = _held_customer(session, status, invoice=False)
+    _open_invoice(session, uid, f"sub_{status}", attempt_count=attempts)
+    sub = load_live(uid).sub
+    assert sub.held is True and sub.awaits_first_payment is False
+    assert (sub.alert_title, sub.alert_action) == ("Your last payment failed.", "Fix payment")
+    assert sub.held_text.startswith(f"Your Pro subscription {subscriptions.held_words(status)[0]}")
+
+
+def test_a_used_up_meter_beside_a_first_payment_not_made_names_no_failure(
+    session: Session,
+) -> None:
+    uid = _held_customer(session, "incomplete", invoice=False)
+    _open_invoice(session, uid, "sub_incomplete", attempt_count=0)
+    assert stripe_sync.refresh_quotas(session, uid) == "free"
+    session.commit()
+    metering.record(session, uid, "api_calls", 100)  # Free's limit, used up
+    notices = load_live(uid).limit_notices
+    assert len(notices) == 1
+    assert notices[0].endswith(", or until your subscription's first payment is made."), notices
