@@ -79,10 +79,10 @@ def stat_card(s: StatView) -> rx.Component:
             rx.cond(s.hint != "", rx.text(s.hint, size="1", color_scheme="gray")),
             rx.cond(
                 s.action == "past_due",
-                _list_them(s, [TAB.set_value("users"), A.show_past_due]),
+                _list_them(s, A.show_past_due),
                 rx.cond(
                     s.action == "failed",
-                    _list_them(s, [TAB.set_value("invoices"), A.show_failed_payments]),
+                    _list_them(s, A.show_failed_payments),
                 ),
             ),
             spacing="1",
@@ -92,7 +92,7 @@ def stat_card(s: StatView) -> rx.Component:
     )
 
 
-def _list_them(s: StatView, on_click: list[Any]) -> rx.Component:
+def _list_them(s: StatView, on_click: Any) -> rx.Component:
     """A card's way to the list of what it counts (a tab and its filter)."""
     return rx.button(
         "List them",
@@ -427,11 +427,6 @@ def users_panel() -> rx.Component:
         ),
         pager(A.page_text, A.page, A.pages, A.prev_page, A.next_page, "users"),
     )
-
-
-# Which console tab shows: kept in the browser (a tab click needs no server round trip);
-# the drawer's "All invoices" sets it with its event.
-TAB = ClientStateVar.create("admin_tab", default="users")
 
 
 def customer_chip() -> rx.Component:
@@ -945,7 +940,7 @@ def detail_body() -> rx.Component:
                 rx.button(
                     rx.icon("receipt", size=16),
                     "All invoices",
-                    on_click=[TAB.set_value("invoices"), A.show_user_invoices],
+                    on_click=A.show_user_invoices,
                     variant="soft",
                     size="2",
                     aria_label="All invoices of " + A.detail_email + " in the Invoices tab",
@@ -1133,8 +1128,10 @@ def console() -> rx.Component:
             rx.tabs.content(users_panel(), value="users", padding_top="16px"),
             rx.tabs.content(invoices_panel(), value="invoices", padding_top="16px"),
             rx.tabs.content(keys_panel(), value="keys", padding_top="16px"),
-            value=TAB.value,
-            on_change=TAB.set,
+            # The state's (sessionStorage-backed, so a reload keeps it): a click's switch
+            # waits for one websocket round trip.
+            value=A.tab,
+            on_change=A.set_tab,
             width="100%",
         ),
         user_drawer(),

@@ -42,6 +42,8 @@ USAGE = {"over": "Over a limit", "near": "Near a limit (80%+)", "override": "Quo
 # One per badge the invoices table shows: "credit" apart from "paid" (services.invoices).
 INVOICE_STATUSES = invoices.ADMIN_FILTERS
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")
+# The console's tabs (the page's rx.tabs values); the first is where a new visit starts.
+TABS = ("users", "invoices", "keys")
 KEY_ACCESS = views.KEY_ACCESS
 _KEY_SCOPES = {choice: list(scopes) for choice, _label, scopes in KEY_ACCESS}
 DRAWER_AUDIT = 10  # "Recent changes" in the user drawer
@@ -238,6 +240,9 @@ class AdminState(SessionState):
     # title): the console reads once per visit, so its figures age until a Refresh.
     as_of: str = ""
     as_of_title: str = ""
+    # The tab shown, kept in the browser tab's sessionStorage and sent back on hydrate: a
+    # reload (or a restarted server) opens the same tab; a new browser tab opens on Users.
+    tab: str = rx.SessionStorage(TABS[0], name="admin_tab")
 
     # users table
     search: str = ""
@@ -433,6 +438,8 @@ class AdminState(SessionState):
             return None
         self.drawer_open = False
         self.new_secret = ""
+        if self.tab not in TABS:  # sessionStorage is the browser's to edit
+            self.tab = TABS[0]
         # A visit's boxes start from the state: no earlier save's answer is still to come.
         self.override_sent = views.SavedFields(seq=self.override_sent.seq)
         self.key_sent = views.SavedFields(seq=self.key_sent.seq)
@@ -560,6 +567,18 @@ class AdminState(SessionState):
                 self._set_invoices(invs)
                 self._clear_error("invoices")
 
+    # ------------------------------------------------------------ tabs
+
+    @rx.event
+    def set_tab(self, value: str) -> None:
+        """The tabs' own switch; the cards' "List them" and the drawer's "All invoices"
+        switch with their filter, in one event (_show_tab)."""
+        self._show_tab(value)
+
+    def _show_tab(self, value: Any) -> None:
+        if value in TABS:  # a crafted event's other value changes nothing
+            self.tab = value
+
     # ------------------------------------------------------------ users table
 
     @rx.event
@@ -609,6 +628,7 @@ class AdminState(SessionState):
         self.plan_filter = self.usage_filter = ALL
         self.status_filter = "past_due"
         self.page = 1
+        self._show_tab("users")
         return [rx.set_value(SEARCH_ID, ""), AdminState.reload_users]
 
     @rx.event
@@ -646,6 +666,7 @@ class AdminState(SessionState):
         self.invoice_page = 1
         self.drawer_opener = CUSTOMER_FILTER
         self.drawer_open = False
+        self._show_tab("invoices")
         return AdminState.reload_invoices
 
     @rx.event
@@ -655,6 +676,7 @@ class AdminState(SessionState):
         self.invoice_user_id = 0
         self.invoice_user_email = ""
         self.invoice_page = 1
+        self._show_tab("invoices")
         return AdminState.reload_invoices
 
     @rx.event
