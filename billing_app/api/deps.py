@@ -184,6 +184,11 @@ def require_scope(p: Principal, scope: str) -> None:
     api_keys.check_scope(p, scope)
 
 
+# Another user's id, worded for the caller: a signed-in person holds no key.
+KEY_OTHER_USER = "This key may only act for its own user."
+SESSION_OTHER_USER = "You may only act for your own account."
+
+
 def resolve_user_id(p: Principal, user_id: int | None) -> int:
     """Whom a service call acts for: a service key names the user; a user acts for itself."""
     if user_id is None:
@@ -193,5 +198,7 @@ def resolve_user_id(p: Principal, user_id: int | None) -> int:
             raise ValidationFailed("user_id is required with a service key.", field="user_id")
         return p.user.id
     if not p.can_act_for(user_id):
-        raise Forbidden("This key may only act for its own user.", user_id=user_id)
+        raise Forbidden(
+            SESSION_OTHER_USER if p.via == "session" else KEY_OTHER_USER, user_id=user_id
+        )
     return user_id

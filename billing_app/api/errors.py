@@ -29,6 +29,7 @@ from billing_app.api.service_routes import (
     CANCEL_KEY_REQUIRED,
     existing_users,
     header_key_problem,
+    key_header_text,
     unknown_user,
 )
 from billing_app.db import (
@@ -136,7 +137,7 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     raw = exc.body.get("events") if isinstance(exc.body, dict) else None
     key_problem, clashes = None, []
     if path == _BATCH:  # the batch's Idempotency-Key, named with the body's problems
-        batch_key = request.headers.get("idempotency-key")
+        batch_key = key_header_text(request.headers.get("idempotency-key"))
         if batch_key is not None:
             key_problem, clashes = key_events(raw if isinstance(raw, list) else [], batch_key)
     details: dict[str, Any] = {"fields": fields}
@@ -240,7 +241,8 @@ def _key_header_rule(
     body_key = None
     if isinstance(body, dict) and not _refused_fields(fields) & {"idempotency_key", "body"}:
         body_key = body.get("idempotency_key")
-    problem = header_key_problem(body_key, request.headers.get("idempotency-key"))
+    header_key = key_header_text(request.headers.get("idempotency-key"))
+    problem = header_key_problem(body_key, header_key)
     if problem is None:
         return []
     return [{"field": "idempotency_key", "message": problem.message, "type": problem.code}]

@@ -53,7 +53,7 @@ def key_header(description: str, max_length: int = metering.MAX_KEY_LENGTH) -> A
         default=None,
         description=f"{description}. 1 to {max_length} characters, not blank: sent empty "
         "(or only whitespace) it is a 422 `validation_error` naming the header, never read "
-        "as no key",
+        "as no key. A key that is not ASCII is read as UTF-8 (else as Latin-1)",
         json_schema_extra={"minLength": 1, "maxLength": max_length, "pattern": r"\S"},
     )
 
@@ -112,6 +112,19 @@ class FastJSONResponse(JSONResponse):
         return pydantic_core.to_json(content)
 
 
+def key_header_text(value: str | None) -> str | None:
+    """The Idempotency-Key header as the key the client meant: its bytes read as UTF-8
+    when they are valid UTF-8 (what clients send for "résumé-1"), else as Latin-1, as
+    HTTP allows. `value` is the Latin-1 reading both lanes get; one rule for both. An
+    ASCII key (nearly all) is returned as it is: str.isascii() is O(1)."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8 (or not a Latin-1 reading)
+        return value
+
+
 # Named with the request's other problems, first (as a batch's header is).
 KEYS_DIFFER = "Idempotency-Key header and body idempotency_key differ."
 
@@ -151,7 +164,9 @@ def _acts_for(p: Principal, user_id: int | None, problems: Problems) -> int | No
 def usage_write(
     p: Principal, body: s.UsageIn | s.ConsumeIn, header_key: str | None, *, consume: bool
 ) -> metering.UsageWrite:
-    """The validated write a caller asks for (key, scope and whom it acts for checked)."""
+    """The validated write a caller asks for (key, scope and whom it acts for checked).
+    `header_key`: the Idempotency-Key header as received (Latin-1)."""
+    header_key = key_header_text(header_key)
     key = _key(body.idempotency_key, header_key)
     bad_header = header_key_problem(body.idempotency_key, header_key)
     problems: Problems = [] if bad_header is None else [("idempotency_key", bad_header)]
@@ -255,7 +270,9 @@ CANCEL_KEY_REQUIRED = (
 
 
 def cancel_usage(p: Principal, body: s.CancelIn, header_key: str | None = None) -> JSONResponse:
-    """Blocking: cancels the event stored under the key, in its own transaction."""
+    """Blocking: cancels the event stored under the key, in its own transaction.
+    `header_key`: the Idempotency-Key header as received (Latin-1)."""
+    header_key = key_header_text(header_key)
     key = _key(body.idempotency_key, header_key)
     bad_header = header_key_problem(body.idempotency_key, header_key)
     problems: Problems = [] if bad_header is None else [("idempotency_key", bad_header)]
@@ -304,6 +321,7 @@ def record_batch(
     `Prefer: return=minimal`, answers the counts only (no result per event is built).
     `batch_key` (the Idempotency-Key header) keys each event without a key of its own
     as `<key>#<index>`: the same batch sent again is all duplicates."""
+    batch_key = key_header_text(batch_key)
     require_scope(p, "usage:write")
     raw: list[dict[str, Any]] = body.events  # type: ignore[assignment]  # parsed dicts, ours
     key_problem, clashes = (

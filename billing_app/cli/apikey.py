@@ -65,4 +65,5 @@ def revoke(key_id: int) -> None:
     from billing_app.services import api_keys
 
     with session_scope() as session:
-        _print(api_keys.revoke_key(session, key_id))
+        key = api_keys.revoke_key(session, key_id)
+        _print({**key.to_dict(), "kind": key.kind})

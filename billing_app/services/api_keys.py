@@ -127,11 +127,18 @@ def list_keys(session: Session, user_id: int | None = None) -> list[ApiKeyDTO]:
     return [_to_dto(k, email) for k, email in rows]
 
 
+def _owner_email(session: Session, key: ApiKey) -> str | None:
+    if key.user_id is None:
+        return None
+    owner = session.get(User, key.user_id)
+    return owner.email if owner is not None else None
+
+
 def get_key(session: Session, key_id: int) -> ApiKeyDTO:
     key = session.get(ApiKey, key_id)
     if key is None:
         raise NotFound(f"No API key with id {key_id}.", key_id=key_id)
-    return _to_dto(key)
+    return _to_dto(key, _owner_email(session, key))
 
 
 def revoke_key(session: Session, key_id: int) -> ApiKeyDTO:
@@ -148,7 +155,7 @@ def revoke_key(session: Session, key_id: int) -> ApiKeyDTO:
         _revocations += 1
         for h in [h for h, c in _cache.items() if c.principal.api_key_id == key_id]:
             del _cache[h]
-    return _to_dto(key)
+    return _to_dto(key, _owner_email(session, key))
 
 
 def check_scope(p: Principal, scope: str | None) -> None:

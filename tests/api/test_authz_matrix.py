@@ -258,7 +258,9 @@ def test_who_may_read_whose_usage(actors, caller, whose, status, code, path, lan
     elif status == 403:
         assert error == {
             "code": "forbidden",
-            "message": "This key may only act for its own user.",
+            "message": "You may only act for your own account."
+            if caller.endswith("session")
+            else "This key may only act for its own user.",
             "user_id": user_id,
         }
     elif status == 422:

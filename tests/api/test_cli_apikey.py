@@ -35,6 +35,23 @@ def test_create_list_revoke(actors):
     assert r.exit_code == 0 and json.loads(r.stdout)["revoked_at"]
 
 
+def test_revoking_a_users_key_prints_its_owner(actors):
+    """`apikey revoke` names the owner as `create` and `list` do (it printed null)."""
+    created = json.loads(_run("apikey", "create", "--user", "alice@example.com").stdout)
+    for attempt in ("revoke", "again"):  # a repeated revoke answers the same
+        r = _run("apikey", "revoke", str(created["id"]))
+        assert r.exit_code == 0, (attempt, r.output)
+        revoked = json.loads(r.stdout)
+        assert revoked["id"] == created["id"] and revoked["revoked_at"], attempt
+        assert (revoked["user_id"], revoked["user_email"]) == (actors.a.id, "alice@example.com")
+        assert revoked["kind"] == "user", attempt
+    with session_scope() as s:
+        assert api_keys.get_key(s, created["id"]).user_email == "alice@example.com"
+    service = json.loads(_run("apikey", "create", "--service", "scraper").stdout)
+    revoked = json.loads(_run("apikey", "revoke", str(service["id"])).stdout)
+    assert (revoked["user_email"], revoked["kind"]) == (None, "service")
+
+
 def test_errors_are_one_line(actors):
     r = CliRunner().invoke(main, ["apikey", "create", "--user", "nobody@example.com"])
     assert r.exit_code == 2 and "error: No user with email" in r.output

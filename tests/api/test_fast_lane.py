@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from billing_app.api import fast_lane, service_routes
 from billing_app.api.app import create_api
 from billing_app.db import session_scope
+from billing_app.models import UsageEvent
 from billing_app.services import api_keys, metering
 from tests.api.conftest import ORIGIN
 
@@ -398,3 +400,44 @@ def test_whitespace_and_byte_order_mark_bodies_are_answered_alike(actors, pair):
                 assert r.json()["error"]["code"] == "malformed_json"
     # each lane recorded the good writes, four encodings each: usage, consume, batch
     assert _tokens_used(a) == 24
+
+
+def test_a_utf8_idempotency_key_header_is_read_alike(actors, pair):
+    """An Idempotency-Key sent as UTF-8 bytes is that key in both lanes (it was read as
+    Latin-1): the same answers, step by step, and each side's events under its own key."""
+    usage, consume = "/api/billing/usage", "/api/billing/usage/consume"
+    cancel, batch = "/api/billing/usage/cancel", "/api/billing/usage/batch"
+    one = {"metric": "tokens", "quantity": 1}
+    steps: list[tuple[str, str, str, dict[str, Any], str, int]] = [
+        # (tag, key's name, path, body without the key, where the key goes, status)
+        ("header", "r", usage, one, "header", 201),
+        ("body retry", "r", usage, one, "body", 200),
+        ("both", "r", usage, one, "both", 200),
+        ("consume", "c", consume, one, "header", 201),
+        ("consume retry", "c", consume, one, "body", 200),
+        ("cancel", "c", cancel, {}, "header", 200),
+        ("cancel again", "c", cancel, {}, "both", 200),
+        ("batch", "b", batch, {"events": [one]}, "header", 201),
+        ("batch retry", "b", batch, {"events": [one]}, "header", 200),
+    ]
+    json_type = {"Content-Type": "application/json"}
+    sides = dict(zip(("lane", "plain"), pair(actors.a_key), strict=True))
+    for tag, name, path, body, where, status in steps:
+        answers = []
+        for side, client in sides.items():
+            key = f"{name}-résumé-{side}"
+            sent = {**body, "idempotency_key": key} if where in ("body", "both") else body
+            headers: dict[str, Any] = {**json_type}
+            if where != "body":
+                headers["Idempotency-Key"] = key.encode()  # UTF-8 bytes on the wire
+            r = client.post(path, content=json.dumps(sent).encode(), headers=headers)
+            assert r.status_code == status, (tag, side, r.text)
+            event = (r.json().get("results") or [r.json()])[0]["event"]
+            assert event["idempotency_key"] == (key + "#0" if path == batch else key), tag
+            answers.append(_shape(r.json()))
+        assert answers[0] == answers[1], (tag, answers)
+    with session_scope() as s:
+        keys = s.exec(sa.select(UsageEvent.idempotency_key)).scalars().all()
+    assert sorted(keys) == sorted(
+        f"{name}-résumé-{side}{'#0' if name == 'b' else ''}" for side in sides for name in "rcb"
+    )

@@ -12,9 +12,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from billing_app.api import service_routes
 from billing_app.api.app import create_api
 from billing_app.db import session_scope
 from billing_app.models import UsageEvent
+from billing_app.services import auth
 from billing_app.services.metering import MAX_KEY_LENGTH
 from billing_app.services.metering_batch import BATCH_KEY_MAX
 from tests.api.conftest import ORIGIN, http
@@ -102,3 +104,126 @@ def test_the_idempotency_key_header_limits_are_documented_as_enforced(actors, pa
         over = c.post(path, json=body, headers={"Idempotency-Key": side[0] * (longest + 1)})
         assert over.status_code == 422, (side, over.text)
         assert over.json()["error"]["fields"][0]["field"] == "idempotency_key", over.text
+
+
+def _stored_keys() -> list[str]:
+    with session_scope() as s:
+        return list(s.exec(sa.select(UsageEvent.idempotency_key)).scalars())
+
+
+def _caller_client(live_server, actors, lane: str) -> httpx.Client:
+    """User A over real HTTP: by its key (the fast lane answers) or by its session with
+    our Origin (FastAPI's routes answer)."""
+    if lane == "fast":
+        return http(live_server, actors.a_key)
+    with session_scope() as s:
+        token = auth.new_session(s, actors.a.id)
+    return httpx.Client(
+        base_url=live_server.url,
+        headers={"Origin": live_server.url, "Cookie": f"{auth.SESSION_COOKIE}={token}"},
+        timeout=30,
+    )
+
+
+UTF8_KEY = "résumé-1"
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+@pytest.mark.parametrize("path", ["/api/billing/usage", "/api/billing/usage/consume"])
+def test_a_utf8_idempotency_key_header_is_the_same_key_as_in_the_body(
+    live_server, actors, monkeypatch, path, lane
+):
+    """The header's UTF-8 bytes were read as Latin-1: "résumé-1" was stored as
+    "rÃ©sumÃ©-1", its retry with the key in the body counted twice, and the same key in
+    both places was a 422 "keys differ". Bytes that are not UTF-8 stay Latin-1."""
+    fastapi_calls: list[int] = []
+    caller = service_routes._caller
+    monkeypatch.setattr(service_routes, "_caller", lambda r: fastapi_calls.append(1) or caller(r))
+    body = {"metric": "tokens", "quantity": 2}
+    with _caller_client(live_server, actors, lane) as c:
+        first = c.post(path, json=body, headers={"Idempotency-Key": UTF8_KEY.encode()})
+        assert first.status_code == 201, first.text
+        assert first.json()["event"]["idempotency_key"] == UTF8_KEY
+        event_id = first.json()["event"]["id"]
+        for tag, headers, key in (
+            ("body only", {}, UTF8_KEY),
+            ("header and body", {"Idempotency-Key": UTF8_KEY.encode()}, UTF8_KEY),
+            ("header only", {"Idempotency-Key": UTF8_KEY.encode()}, None),
+        ):
+            sent = body if key is None else {**body, "idempotency_key": key}
+            r = c.post(path, json=sent, headers=headers)
+            assert r.status_code == 200, (tag, r.text)
+            assert r.json()["duplicate"] and r.json()["event"]["id"] == event_id, tag
+        # "café" in Latin-1 is not UTF-8: read as Latin-1, as before.
+        latin = c.post(path, json=body, headers={"Idempotency-Key": "café".encode("latin-1")})
+        assert latin.status_code == 201, latin.text
+        again = c.post(path, json={**body, "idempotency_key": "café"})
+        assert (again.status_code, again.json()["event"]["id"]) == (
+            200,
+            latin.json()["event"]["id"],
+        )
+        differ = c.post(
+            path,
+            json={**body, "idempotency_key": "resume-1"},
+            headers={"Idempotency-Key": UTF8_KEY.encode()},
+        )
+        assert differ.status_code == 422, differ.text
+        # a body the schema refuses: the same header and body key are not "keys differ"
+        bad = {**body, "quantity": "2", "idempotency_key": UTF8_KEY}
+        r = c.post(path, json=bad, headers={"Idempotency-Key": UTF8_KEY.encode()})
+        assert r.status_code == 422, r.text
+        assert [f["field"] for f in r.json()["error"]["fields"]] == ["quantity"], r.text
+    assert sorted(_stored_keys()) == sorted([UTF8_KEY, "café"])
+    with http(live_server, actors.service_key) as svc:
+        r = svc.get("/api/billing/usage", params={"user_id": actors.a.id})
+        assert next(m for m in r.json()["metrics"] if m["metric"] == "tokens")["used"] == 4
+    assert bool(fastapi_calls) == (lane == "fastapi")
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_utf8_idempotency_key_header_cancels_the_event_it_names(live_server, actors, lane):
+    with _caller_client(live_server, actors, lane) as c:
+        wrote = c.post(
+            "/api/billing/usage",
+            json={"metric": "tokens", "quantity": 3, "idempotency_key": UTF8_KEY},
+        )
+        assert wrote.status_code == 201, wrote.text
+        header = {"Idempotency-Key": UTF8_KEY.encode()}
+        r = c.post("/api/billing/usage/cancel", json={}, headers=header)
+        assert r.status_code == 200, r.text
+        assert r.json()["event"]["id"] == wrote.json()["event"]["id"]
+        assert not r.json()["already_canceled"]
+        r = c.post("/api/billing/usage/cancel", json={"idempotency_key": UTF8_KEY}, headers=header)
+        assert r.status_code == 200 and r.json()["already_canceled"], r.text
+
+
+@pytest.mark.parametrize("lane", ["fast", "fastapi"])
+def test_a_utf8_batch_idempotency_key_header_keys_its_events(live_server, actors, lane):
+    events = [{"metric": "tokens", "quantity": 1}, {"metric": "tokens", "quantity": 2}]
+    header = {"Idempotency-Key": "lot-é".encode()}
+    with _caller_client(live_server, actors, lane) as c:
+        r = c.post("/api/billing/usage/batch", json={"events": events}, headers=header)
+        assert r.status_code == 201, r.text
+        assert [x["event"]["idempotency_key"] for x in r.json()["results"]] == [
+            "lot-é#0",
+            "lot-é#1",
+        ]
+        # the same events, keyed in the body: all duplicates
+        keyed = [{**e, "idempotency_key": f"lot-é#{i}"} for i, e in enumerate(events)]
+        r = c.post("/api/billing/usage/batch", json={"events": keyed})
+        assert r.status_code == 200 and r.json()["duplicates"] == 2, r.text
+        # a refused batch names the header's key as sent (event 0's would be event 1's own)
+        clash = [{"metric": "tokens", "quantity": 1}, {**events[1], "idempotency_key": "lot-é#0"}]
+        r = c.post("/api/billing/usage/batch", json={"events": clash}, headers=header)
+        assert r.status_code == 422 and "lot-é#0" in r.text, r.text
+        assert [e["index"] for e in r.json()["error"]["events"]] == [0], r.text
+        # so does one the schema refuses (event 2's quantity), with its other problems
+        r = c.post(
+            "/api/billing/usage/batch",
+            json={"events": [*clash, {"metric": "tokens", "quantity": "x"}]},
+            headers=header,
+        )
+        assert r.status_code == 422, r.text
+        assert [e["index"] for e in r.json()["error"]["events"]] == [0, 2], r.text
+        assert "lot-é#0" in r.json()["error"]["events"][0]["message"], r.text
+    assert sorted(_stored_keys()) == ["lot-é#0", "lot-é#1"]

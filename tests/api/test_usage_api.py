@@ -224,10 +224,33 @@ def test_user_key_acts_only_for_its_owner(actors):
         "/api/billing/usage", json={"user_id": actors.b.id, "metric": "tokens", "quantity": 2}
     )
     assert theirs.status_code == 403
+    assert theirs.json()["error"]["message"] == "This key may only act for its own user."
     assert _totals(actors.b.id) == (0, 0, 0)
     svc = actors.key_client(actors.service_key)
     missing = svc.post("/api/billing/usage", json={"metric": "tokens", "quantity": 2})
     assert missing.status_code == 422 and missing.json()["error"]["field"] == "user_id"
+
+
+def test_a_session_naming_another_user_is_refused_in_its_own_words(actors):
+    """A signed-in person holds no key: the 403 speaks of their account (it said "This
+    key ..."), on every write and in a batch; nothing is stored."""
+    theirs = {"user_id": actors.b.id, "metric": "tokens", "quantity": 1}
+    with actors.cookie_client(actors.a) as c:
+        for path, body in (
+            ("/api/billing/usage", theirs),
+            ("/api/billing/usage/consume", theirs),
+            ("/api/billing/quota/check", theirs),
+            ("/api/billing/usage/cancel", {"user_id": actors.b.id, "idempotency_key": "k"}),
+            ("/api/billing/usage/batch", {"events": [theirs]}),
+        ):
+            r = c.post(path, json=body)
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["error"] == {
+                "code": "forbidden",
+                "message": "You may only act for your own account.",
+                "user_id": actors.b.id,
+            }, path
+    assert _totals(actors.b.id) == (0, 0, 0)
 
 
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(actors):
