@@ -127,24 +127,30 @@ def sqlite_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     took a quarter of its CPU on SQLite row by row (cProfile)."""
     if len(rows) < 2:
         return [sqlite_params(row) for row in rows]
-    out = [dict(row) for row in rows]
-    for k, sample in out[0].items():
-        if sample is None:
-            sample = next((row[k] for row in out if row[k] is not None), None)
-        if isinstance(sample, datetime):
-            texts: dict[datetime, str] = {}
-            for row in out:
-                value = row[k]
-                if value is not None:
-                    text = texts.get(value)
-                    if text is None:
-                        text = texts[value] = sqlite_timestamp(value)
-                    row[k] = text
-        elif isinstance(sample, dict | list):
-            for row in out:
-                if row[k] is not None:
-                    row[k] = json_text(row[k])
-    return out
+    keys = list(rows[0])
+    columns = [_sqlite_column([row[k] for row in rows]) for k in keys]
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def sqlite_columns(columns: list[list[Any]]) -> list[tuple[Any, ...]]:
+    """Positional rows for an executemany, from their columns (each of one type, or
+    None), converted as `sqlite_rows` converts them. Tuples, not dicts: sqlite3 binds a
+    dict's values by name, and for a 1,000-event batch that cost ~0.7 ms of the events'
+    insert and ~0.9 ms of the counters' (bench/README.md, finding 51)."""
+    return list(zip(*(_sqlite_column(c) for c in columns), strict=True))
+
+
+def _sqlite_column(values: list[Any]) -> list[Any]:
+    """One column's values as `_sqlite_value` converts them; each distinct timestamp
+    formatted once."""
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, datetime):
+        texts: dict[Any, str | None] = {None: None}
+        texts.update((v, sqlite_timestamp(v)) for v in set(values) if v is not None)
+        return list(map(texts.__getitem__, values))
+    if isinstance(sample, dict | list):
+        return [None if v is None else json_text(v) for v in values]
+    return values
 
 
 # The write pool holds up to this many times DB_POOL_SIZE connections; the read pool

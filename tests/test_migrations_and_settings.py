@@ -396,8 +396,9 @@ def test_rows_written_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
 
 def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
     """An executemany's rows are converted column by column, a shared timestamp once
-    (db.sqlite_rows): the same text as SQLAlchemy stores, row for row, with None,
-    objects and lists, and timestamps of other zones mixed in a column."""
+    (db.sqlite_rows, and db.sqlite_columns as tuples): the same text as SQLAlchemy
+    stores, row for row, with None, objects and lists, and timestamps of other zones
+    mixed in a column."""
     from datetime import UTC, datetime, timedelta, timezone
 
     import sqlalchemy as sa
@@ -421,6 +422,9 @@ def test_many_rows_on_the_sqlite_drivers_cursor_match_sqlalchemys(tmp_path):
         for i in range(12)
     ]
     assert db.sqlite_rows(rows) == [db.sqlite_params(r) for r in rows]
+    # and as positional rows from their columns (db.sqlite_columns, the batch's writes)
+    columns = [[r[k] for r in rows] for k in rows[0]]
+    assert db.sqlite_columns(columns) == [tuple(db.sqlite_params(r).values()) for r in rows]
     with engine.begin() as conn:
         conn.execute(
             sa.insert(table), [{**r, "stripe_event_id": f"a{i:02}"} for i, r in enumerate(rows)]

@@ -86,6 +86,52 @@ def test_a_repeat_in_one_group_with_other_metadata_is_a_conflict(engine, frozen_
     assert _state(engine, a.id, "api_calls") == (1, 1, 1)
 
 
+def test_each_new_event_gets_its_own_rows_id_and_counter_total(engine, frozen_clock, monkeypatch):
+    """A new event's result carries its own row's id: when every event of the write is
+    new (SQLite then works the ids out instead of reading them back) and when some key
+    was stored before (read back). Each counter's total is read for its own metric and
+    period, an event dated in the previous month included."""
+    from datetime import timedelta
+
+    from sqlmodel import select
+
+    from billing_app.models import UsageEvent
+
+    last_month = frozen_clock.now - timedelta(days=20)
+    with Session(engine, expire_on_commit=False) as s:
+        a, b = make_user(s, plan="basic"), make_user(s, plan="basic")
+        metering.record(s, b.id, "tokens", 4, idempotency_key="before")
+        all_new = [
+            prepare_write(a.id, "tokens", 2, "n1"),
+            prepare_write(b.id, "tokens", 3, "n2"),
+            prepare_write(a.id, "api_calls", 5, "n3"),
+            prepare_write(a.id, "tokens", 7, "n4", occurred_at=last_month),
+            prepare_write(a.id, "tokens", 11, "n5"),
+        ]
+        some_stored = [
+            prepare_write(b.id, "tokens", 4, "before"),
+            prepare_write(b.id, "tokens", 6, "m1"),
+            prepare_write(a.id, "tokens", 1, "m2"),
+        ]
+        with monkeypatch.context() as m:  # all new: no read-back on SQLite
+            m.setattr(metering, "_SQ_NEW_EVENTS", "SELECT * FROM not_read_back WHERE ?")
+            first = metering.apply_writes(s, all_new, commit=True)
+        second = metering.apply_writes(s, some_stored, commit=True)
+        rows = {e.id: e for e in s.exec(select(UsageEvent))}
+    for w, r in zip(all_new + some_stored, first + second, strict=True):
+        assert isinstance(r, RecordResult)
+        row = rows[r.event.id]
+        assert (row.user_id, row.idempotency_key, row.quantity) == (
+            w.user_id, w.idempotency_key, w.quantity,
+        )  # fmt: skip
+    assert [r.status.used for r in first] == [2, 7, 5, 7, 13]
+    assert first[3].status.period_start.month == last_month.month
+    assert second[0].duplicate and [r.status.used for r in second] == [13, 13, 14]
+    assert len(rows) == 8
+    assert _state(engine, a.id, "tokens") == (4, 21, 21)  # n4's month counted apart
+    assert _state(engine, b.id, "tokens") == (3, 13, 13)
+
+
 def test_consumes_on_one_counter_are_decided_in_order(engine, frozen_clock):
     """Several consumes on one counter in a group (on PostgreSQL one statement that walks
     them in order from the locked row): each that still fits is granted, in order, even

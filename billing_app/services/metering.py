@@ -8,6 +8,7 @@ single conditional upsert on the counter row, never by reading then writing.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from billing_app.db import (
     driver_errors,
     driver_rows,
     json_text,
+    sqlite_columns,
     sqlite_params,
     sqlite_rows,
 )
@@ -567,6 +569,12 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json_text(value)
 
 
+_EVENT_COLS = (
+    "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
+)  # fmt: skip
+_BUMP_COLS = ("user_id", "metric", "period_start", "period_end", "used", "day", "day_used")
+
+
 # SQLite: the writes on the driver's cursor, in the session's transaction. Through
 # SQLAlchemy (insertmanyvalues, a type's bind processing per value) 1,000 events took
 # 17.7 ms, with executemany 6.2 (finding 37). Timestamps as SQLAlchemy stores them
@@ -597,36 +605,70 @@ SELECT u.id, q.metric, q."limit" FROM json_each(:ids) AS i
 JOIN "user" u ON u.id = i.value
 LEFT JOIN quota q ON q.user_id = u.id AND q.metric IN (SELECT value FROM json_each(:metrics))
 """
-_SQ_APPEND_MANY = _SQ_APPEND.replace("RETURNING id", "")
+
+
+def _numbered(sql: str, names: tuple[str, ...]) -> str:
+    """`sql` with each `:name` as `?N`, N its place in `names`: for rows bound as tuples
+    (db.sqlite_columns)."""
+    for n, name in enumerate(names, 1):
+        sql = re.sub(rf":{name}\b", f"?{n}", sql)
+    return sql
+
+
+_SQ_APPEND_MANY = _numbered(_SQ_APPEND.replace("RETURNING id", ""), _EVENT_COLS)
 _SQ_NEW_EVENTS = "SELECT id, user_id, idempotency_key FROM usage_event WHERE id > ?"
+_SQ_TOP_EVENT = "SELECT coalesce(max(id), 0) FROM usage_event"
+_SQ_BUMP_MANY = _numbered(_SQ_BUMP, _BUMP_COLS)
+# A group's counters' totals after the bump: one statement per metric and period (a
+# batch has one or two), the users as a JSON array.
+_SQ_TOTALS = """
+SELECT user_id, used FROM usage_counter
+WHERE metric = ? AND period_start = ? AND user_id IN (SELECT value FROM json_each(?))
+"""
 _SQ_BUMP_ANY = _SQ_BUMP + "RETURNING used"
 _SQ_BUMP_WITHIN = _SQ_BUMP + "WHERE usage_counter.used + excluded.used <= :limit RETURNING used"
 
 
-def _sq_append_many(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[Any, int]:
-    """SQLite: insert events (a stored key skipped): {(user, key): new id}. executemany
-    returns no rows (and RETURNING row by row cost as much as SQLAlchemy), so the new
-    rows are read back: past the largest id before, as the write lock is this
-    transaction's (BEGIN IMMEDIATE; a stale snapshot could not write at all)."""
+def _sq_append_many(
+    conn: sa.Connection, ws: list[UsageWrite], now: datetime
+) -> dict[tuple[int, str], int]:
+    """SQLite: insert the writes' events (a stored key skipped): {(user, key): new id}.
+    executemany returns no rows (and RETURNING row by row cost as much as SQLAlchemy).
+    The write lock is this transaction's (BEGIN IMMEDIATE), and SQLite gives a new row
+    the largest id + 1: so when every row went in and the largest id grew by their
+    number, they are that many ids past the largest before, in order. Otherwise (a
+    stored key) the new rows are read back."""
+    rows = sqlite_columns([
+        [w.user_id for w in ws], [w.metric for w in ws], [w.quantity for w in ws],
+        [w.occurred_at or now for w in ws], [now] * len(ws),
+        [w.idempotency_key for w in ws], [w.metadata for w in ws],
+    ])  # fmt: skip
     with driver_cursor(conn, _SQ_APPEND_MANY) as cur:
-        (top,) = cur.execute("SELECT coalesce(max(id), 0) FROM usage_event").fetchone()
+        (top,) = cur.execute(_SQ_TOP_EVENT).fetchone()
         cur.executemany(_SQ_APPEND_MANY, rows)
+        n = len(rows)
+        if cur.rowcount == n and cur.execute(_SQ_TOP_EVENT).fetchone()[0] == top + n:
+            return {(w.user_id, w.idempotency_key): top + i for i, w in enumerate(ws, 1)}
         return {(u, k): id_ for id_, u, k in cur.execute(_SQ_NEW_EVENTS, (top,))}
 
 
 def _sq_bump_many(conn: sa.Connection, bumps: list[dict[str, Any]]) -> list[int]:
-    """SQLite: add to many counters with one executemany, then read their totals back."""
-    rows = sqlite_rows([{**b, "day": b["day"].isoformat()} for b in bumps])
-    keys = [sorted({r[k] for r in rows}) for k in ("user_id", "metric", "period_start")]
-    marks = [",".join("?" * len(k)) for k in keys]
-    read = (
-        "SELECT user_id, metric, period_start, used FROM usage_counter WHERE "
-        f"user_id IN ({marks[0]}) AND metric IN ({marks[1]}) AND period_start IN ({marks[2]})"
-    )
-    with driver_cursor(conn, _SQ_BUMP) as cur:
-        cur.executemany(_SQ_BUMP, rows)
-        found = {(u, m, start): used for u, m, start, used in cur.execute(read, sum(keys, []))}
-    return [found[(r["user_id"], r["metric"], r["period_start"])] for r in rows]
+    """SQLite: add to many counters with one executemany, then read their totals back.
+    All share `day` (as SQLAlchemy stores a date there: ISO text)."""
+    rows = sqlite_columns([
+        *([b[k] for b in bumps] for k in _BUMP_COLS[:5]),
+        [bumps[0]["day"].isoformat()] * len(bumps), [b["day_used"] for b in bumps],
+    ])  # fmt: skip
+    users: dict[tuple[str, str], list[int]] = defaultdict(list)  # (metric, period) -> users
+    for user_id, metric, start, *_ in rows:
+        users[(metric, start)].append(user_id)
+    found: dict[tuple[int, str, str], int] = {}
+    with driver_cursor(conn, _SQ_BUMP_MANY) as cur:
+        cur.executemany(_SQ_BUMP_MANY, rows)
+        for (metric, start), ids in users.items():
+            totals = cur.execute(_SQ_TOTALS, (metric, start, json_text(ids)))
+            found.update(((u, metric, start), used) for u, used in totals)
+    return [found[(u, metric, start)] for u, metric, start, *_ in rows]
 
 
 def _sq_day_bump_many(conn: sa.Connection, days: list[dict[str, Any]]) -> None:
@@ -687,9 +729,6 @@ def _pg_consume_each(
     return [(used, id_) for used, id_ in results]
 
 
-_EVENT_COLS = (
-    "user_id", "metric", "quantity", "occurred_at", "recorded_at", "idempotency_key", "metadata"
-)  # fmt: skip
 _COUNTER_KEYS = {"user_id": "user_id", "metric": "metric", "period_start": "period_start",
                  "used": "quantity"}  # fmt: skip
 _STATEMENTS: dict[str, _Statements] = {}
@@ -914,9 +953,8 @@ def _first_round(
     if not st.pg:
         found = _fetch(conn, _SQ_LIMITS, {k: json_text(v) for k, v in lookup.items()})
         limits = _limits(found, writes)
-        events = [_event_row(writes[i], now) for i in rows]
-        events = [e for e in events if (e["user_id"], e["metric"]) in limits]
-        inserted = _sq_append_many(conn, sqlite_rows(events)) if events else {}
+        ws = [writes[i] for i in rows if (writes[i].user_id, writes[i].metric) in limits]
+        inserted = _sq_append_many(conn, ws, now) if ws else {}
         return limits, inserted, _stored_keys(conn, st, consumed)
     statements = [
         (_PG_LIMITS, {"ids": int4_array(lookup["ids"]), "metrics": text_array(lookup["metrics"])})
