@@ -17,7 +17,9 @@ PG_TEST_URL ?= postgresql://root@127.0.0.1:5432/test
 help:
 	@echo "make run    set up and start the app (SQLite + local Stripe sandbox) on http://localhost:8000"
 	@echo "make test   set up and run all tests (SQLite and PostgreSQL legs side by side, then the browser tests)"
-	@echo "make lint   ruff check + format check"
+	@echo "make setup  the pinned venv (.venv) and bun (tools/bun) only, as production needs (README, Production)"
+	@echo "make test-sqlite / make test-postgres   one leg of make test each (the SQLite one with the browser tests)"
+	@echo "make lint   ruff check + format check (make format fixes what it can)"
 	@echo "make reliability   slow fault tests: kill -9, PostgreSQL outage, live fuzz (~7 min)"
 	@echo "make bench  benchmarks against a bare baseline, writes bench/results.md (~12 min)"
 

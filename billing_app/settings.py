@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,9 @@ SANDBOX_PRICES = {
     "enterprise": "price_sandbox_enterprise",
 }
 DEV_SESSION_SECRET = "dev-insecure-session-secret-change-me"
+# One address per ADMIN_EMAILS entry: "a@x.com;b@x.com" or "a@x.com b@x.com" made no one
+# an admin, silently.
+_ADMIN_EMAIL = re.compile(r"[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+")
 # 32 characters is 128+ bits from `openssl rand -hex 32` (64) or any password manager.
 SESSION_SECRET_MIN_LENGTH = 32
 
@@ -138,6 +142,25 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL, e.g. https://billing.example.com")
         return v
 
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _check_api_base(cls, v: str | None) -> str | None:
+        # Malformed, every Stripe call failed as "could not reach Stripe, try again".
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not (urlsplit(v).scheme in ("http", "https") and urlsplit(v).hostname):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:12111")
+        return v
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _check_admin_emails(cls, v: str) -> str:
+        for part in (p.strip() for p in v.split(",")):
+            if part and not _ADMIN_EMAIL.fullmatch(part):
+                raise ValueError(f"{part!r} is not an email address (separate several with commas)")
+        return v
+
     @field_validator("reflex_redis_url", "oidc_issuer", "oidc_client_id", "oidc_client_secret")
     @classmethod
     def _empty_is_unset(cls, v: str | None) -> str | None:
@@ -213,22 +236,17 @@ class Settings(BaseSettings):
                     f"DATABASE_URL must be set when {why} (the default is a SQLite file "
                     "in the project directory)"
                 )
-        if self.environment == "prod":
-            self._require_redis_for_workers()
+        workers = _granian_workers()
+        if self.environment == "prod" and workers is not None:
+            self._require_redis_for_workers(workers)
         return self
 
-    def _require_redis_for_workers(self) -> None:
-        # `reflex run --env prod` starts GRANIAN_WORKERS workers, read from the process
-        # environment only (not `.env`); unset, one without Redis. Each worker keeps page
-        # state in its own memory, so a socket landing on another worker loses it.
-        raw = os.environ.get("GRANIAN_WORKERS", "").strip()
-        if not raw or self.reflex_redis_url:
-            return
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"GRANIAN_WORKERS ({raw}) must be a whole number of workers, 1+")
-        if int(raw) > 1:
+    def _require_redis_for_workers(self, workers: int) -> None:
+        # Each worker keeps page state in its own memory, so a socket landing on another
+        # worker loses it.
+        if workers > 1 and not self.reflex_redis_url:
             raise ValueError(
-                f"REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs {raw} workers "
+                f"REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs {workers} workers "
                 "(GRANIAN_WORKERS): each keeps the pages' state in its own memory, so a page "
                 "whose connection reaches another worker loses it (or set GRANIAN_WORKERS=1)"
             )
@@ -321,6 +339,18 @@ class Settings(BaseSettings):
     @property
     def admin_email_set(self) -> frozenset[str]:
         return frozenset(e.strip().lower() for e in self.admin_emails.split(",") if e.strip())
+
+
+def _granian_workers() -> int | None:
+    """GRANIAN_WORKERS, which `reflex run --env prod` reads from the process environment
+    only (not `.env`); None when unset (one worker without Redis). Reflex's own int() of
+    a bad value is a traceback after the build: refuse it here, in one line."""
+    raw = os.environ.get("GRANIAN_WORKERS", "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"GRANIAN_WORKERS ({raw}) must be a whole number of workers, 1+")
+    return int(raw)
 
 
 def _one_line(err: ValidationError) -> str:

@@ -150,6 +150,51 @@ def test_settings_are_checked_before_any_command(migrated_database_url, monkeypa
         monkeypatch.delenv(var)
 
 
+@pytest.mark.parametrize(
+    "args", [("db", "upgrade"), ("stripe", "events", "replay"), ("sandbox", "run")]
+)
+def test_help_needs_no_settings(args):
+    """`--help` explains what to set: a bad setting answered it with the setting's error."""
+    proc = cli("mysql://db/billing", *args, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: ") and f"{' '.join(args)} [OPTIONS]" in proc.stdout
+    # Without --help the same command still stops on the setting.
+    proc = cli("mysql://db/billing", *args)
+    assert proc.returncode == 2 and "DATABASE_URL must start with" in proc.stderr
+
+
+def test_demo_run_is_refused_in_prod(empty_database_url):
+    """It seeds admin@example.com with the password the README prints: in a production
+    database, an admin anyone could sign in as."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "APP_", "API_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "billing_app.cli", "demo", "run", "--port", "8199"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={
+            **env,
+            "ENVIRONMENT": "prod",
+            "DATABASE_URL": empty_database_url,
+            "SESSION_SECRET": "0123456789abcdef" * 2,
+            "STRIPE_SECRET_KEY": "sk_test_x",
+            "STRIPE_WEBHOOK_SECRET": "whsec_x",
+            "STRIPE_PRICE_BASIC": "price_1",
+            "STRIPE_PRICE_PRO": "price_2",
+            "STRIPE_PRICE_ENTERPRISE": "price_3",
+        },
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: demo run is refused when ENVIRONMENT=prod: it creates admin@example.com with "
+        "a public password (start production with `reflex run --env prod`, see README)"
+    )
+    engine = sa.create_engine(empty_database_url)
+    assert sa.inspect(engine).get_table_names() == []  # refused before migrating
+    engine.dispose()
+
+
 def test_db_upgrade_says_where_the_database_is(migrated_database_url):
     """Asked for an older revision on a database at head, it says head (it echoed the
     revision asked for, which the database was not at)."""

@@ -28,7 +28,7 @@ CONFIG_VARS = (
     "ENVIRONMENT", "APP_URL", "API_URL", "PORT", "SESSION_SECRET", "REFLEX_REDIS_URL",
     "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_BASIC", "STRIPE_PRICE_PRO",
     "STRIPE_PRICE_ENTERPRISE", "STRIPE_API_BASE", "OIDC_ISSUER", "OIDC_CLIENT_ID",
-    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON", "LOG_LEVEL", "GRANIAN_WORKERS",
+    "OIDC_CLIENT_SECRET", "BILLING_PLANS_JSON", "LOG_LEVEL", "GRANIAN_WORKERS", "ADMIN_EMAILS",
 )  # fmt: skip
 REAL_STRIPE = {
     "STRIPE_SECRET_KEY": "sk_live_abc",
@@ -228,6 +228,63 @@ def test_workers_without_redis_are_fine_outside_that_case(monkeypatch, env):
     assert settings_from(monkeypatch, **env).environment == env["ENVIRONMENT"]
 
 
+@pytest.mark.parametrize("raw", ["two", "0", "²"])
+@pytest.mark.parametrize(
+    "env",
+    [{**PROD, "REFLEX_REDIS_URL": "redis://redis:6379/0"}, {"ENVIRONMENT": "dev"}],
+)
+def test_a_malformed_worker_count_is_one_line_with_redis_or_outside_prod(monkeypatch, env, raw):
+    """With Redis set (or in dev) it passed, and `reflex run` died on Reflex's int() with a
+    traceback after building the UI."""
+    assert refused(monkeypatch, **env, GRANIAN_WORKERS=raw) == (
+        f"configuration error: GRANIAN_WORKERS ({raw}) must be a whole number of workers, 1+"
+    )
+
+
+# ------------------------------------------------------------------ ADMIN_EMAILS
+
+
+@pytest.mark.parametrize(
+    ("raw", "bad"),
+    [
+        ("ops@example.com;boss@example.com", "ops@example.com;boss@example.com"),
+        ("ops@example.com boss@example.com", "ops@example.com boss@example.com"),
+        ("ops@example.com, ops", "ops"),
+    ],
+)
+def test_admin_emails_that_are_not_addresses_are_one_line(monkeypatch, raw, bad):
+    """Such a list made no one an admin, and nothing said so."""
+    assert refused(monkeypatch, ADMIN_EMAILS=raw) == (
+        f"configuration error: ADMIN_EMAILS {bad!r} is not an email address "
+        "(separate several with commas)"
+    )
+
+
+def test_admin_emails_are_read_comma_separated(monkeypatch):
+    got = settings_from(monkeypatch, ADMIN_EMAILS=" Ops@Example.com, boss@example.co.uk ,")
+    assert got.admin_email_set == {"ops@example.com", "boss@example.co.uk"}
+    assert settings_from(monkeypatch, ADMIN_EMAILS="").admin_email_set == frozenset()
+
+
+# ------------------------------------------------------------------ STRIPE_API_BASE
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:12111", "notaurl", "ftp://stripe.example.com"])
+def test_a_malformed_stripe_api_base_is_one_line(monkeypatch, url):
+    """It was taken as is: every Stripe call then failed as "could not reach Stripe,
+    try again in a moment", which no retry fixes."""
+    assert refused(monkeypatch, **REAL_STRIPE, STRIPE_API_BASE=url) == (
+        "configuration error: STRIPE_API_BASE must be an http:// or https:// URL, "
+        "e.g. http://127.0.0.1:12111"
+    )
+
+
+def test_a_stripe_api_base_url_is_kept_and_an_empty_one_is_unset(monkeypatch):
+    base = "http://127.0.0.1:12111"
+    assert settings_from(monkeypatch, **REAL_STRIPE, STRIPE_API_BASE=base).stripe_api_base == base
+    assert settings_from(monkeypatch, **REAL_STRIPE, STRIPE_API_BASE=" ").stripe_api_base is None
+
+
 # ------------------------------------------------------------------ LOG_LEVEL
 
 
@@ -369,6 +426,15 @@ def test_reflex_run_with_several_workers_and_no_redis_stops_with_one_line(tmp_pa
         "configuration error: REFLEX_REDIS_URL is required when ENVIRONMENT=prod runs 2 "
         "workers (GRANIAN_WORKERS): each keeps the pages' state in its own memory, so a page "
         "whose connection reaches another worker loses it (or set GRANIAN_WORKERS=1)\n"
+    )
+
+
+def test_reflex_run_with_a_malformed_worker_count_stops_with_one_line(tmp_path):
+    redis = {"REFLEX_REDIS_URL": "redis://127.0.0.1:6379/9"}
+    proc = _load_rxconfig(tmp_path / "missing.env", **PROD, **redis, GRANIAN_WORKERS="two")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "configuration error: GRANIAN_WORKERS (two) must be a whole number of workers, 1+\n"
     )
 
 

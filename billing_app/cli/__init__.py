@@ -90,6 +90,12 @@ def error_line(err: BaseException) -> str | None:
 class ErrorGroup(click.Group):
     """Errors an operator can fix print one clear line and exit 2, not a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The callbacks run before a subcommand parses its `--help`: remember it here.
+        if any(arg in ctx.help_option_names for arg in args):
+            ctx.meta["billing_app.help"] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -108,6 +114,8 @@ def main() -> None:
     # malformed setting stops any command with its one line, as it stops the app.
     from billing_app.plans import get_catalog
 
+    if click.get_current_context().meta.get("billing_app.help"):
+        return  # `--help` needs no settings: it explains what to set
     get_settings()
     get_catalog()
 

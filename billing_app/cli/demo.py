@@ -188,6 +188,13 @@ def group() -> None:
 def run(port: int | None) -> None:
     """Migrate, seed demo accounts, start the Stripe sandbox and the app."""
     settings = get_settings_or_exit()
+    if settings.environment == "prod":
+        # Its accounts' passwords are printed here and in the README: in a production
+        # database they are an admin anyone can sign in as.
+        raise ConfigError(
+            "demo run is refused when ENVIRONMENT=prod: it creates admin@example.com with "
+            "a public password (start production with `reflex run --env prod`, see README)"
+        )
     port = port or settings.port  # PORT from the environment or `.env`
     base_url = f"http://localhost:{port}"
     os.environ.setdefault("APP_URL", base_url)
