@@ -1325,17 +1325,42 @@ def _result(
     )
 
 
+# PostgreSQL's foreign_key_violation: in a write, only the counters' and days' keys to
+# `user` raise it.
+_FK_VIOLATION = "23503"
+# PostgreSQL's deadlock_detected and serialization_failure: nothing was stored.
+_LOST_RACE_STATES = frozenset({"40P01", "40001"})
+
+
+def user_vanished(err: BaseException) -> bool:
+    """A write's user was deleted after the write looked it up (PostgreSQL: nothing of a
+    write holds its user until a counter's foreign key does). Run again, the write finds
+    the user gone and answers UserNotFound, as one that came a moment later does."""
+    return getattr(getattr(err, "orig", None), "sqlstate", None) == _FK_VIOLATION
+
+
+def lost_lock_race(err: BaseException) -> bool:
+    """The database chose this transaction to fail in a lock race (PostgreSQL): run again
+    it goes through. Records take their keys before their counters, consumes their
+    counters before their keys, so a record and a consume sharing a key can deadlock."""
+    return getattr(getattr(err, "orig", None), "sqlstate", None) in _LOST_RACE_STATES
+
+
 def write_one(session: Session, write: UsageWrite) -> RecordResult:
     """One write in its own transaction: committed, or rolled back and its error raised."""
-    try:
-        (outcome,) = apply_writes(session, [write])
-        if isinstance(outcome, BillingError):
-            raise outcome
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return outcome  # type: ignore[return-value]  # with detail, never None
+    for again in (True, False):
+        try:
+            (outcome,) = apply_writes(session, [write])
+            if isinstance(outcome, BillingError):
+                raise outcome
+            session.commit()
+        except BaseException as err:
+            session.rollback()
+            if again and user_vanished(err):
+                continue
+            raise
+        return outcome  # type: ignore[return-value]  # with detail, never None
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- public API

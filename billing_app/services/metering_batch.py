@@ -29,12 +29,15 @@ from billing_app.services.metering import (
     apply_writes,
     differing_fields,
     empty_key_header,
+    lost_lock_race,
     other_values,
     prepare_write,
+    user_vanished,
     write_problems,
 )
 
 MAX_BATCH = 1000
+RUNS = 3  # a batch that lost a lock race runs again, as the writer's single writes do
 BATCH_KEY_MAX = 250  # a batch's key, so that `<key>#<index>` fits an event's 255
 
 
@@ -244,14 +247,19 @@ def record_batch(
     """
     if not events:
         return []
-    try:
-        check = partial(_all_or_nothing, len(events))
-        outcomes = apply_writes(session, events, check=check, commit=True, detail=detail)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return outcomes  # type: ignore[return-value]
+    check = partial(_all_or_nothing, len(events))
+    for attempt in range(1, RUNS + 1):
+        try:
+            outcomes = apply_writes(session, events, check=check, commit=True, detail=detail)
+            session.commit()
+        except BaseException as err:
+            session.rollback()
+            # Run again: a vanished user is then named as unknown; a lost race goes through.
+            if attempt < RUNS and (user_vanished(err) or lost_lock_race(err)):
+                continue
+            raise
+        return outcomes  # type: ignore[return-value]
+    raise AssertionError("unreachable")
 
 
 def _all_or_nothing(total: int, errors: dict[int, BillingError]) -> None:

@@ -8,11 +8,13 @@ statements and one counter-row lock handoff for the whole group instead of one e
 by exactly those). With no load a group is one write, as before.
 
 Records and consumes are committed in separate transactions, each taking counter rows
-in sorted order, so groups in different processes do not deadlock. If a group fails as
-a whole (a value the database refuses, a deadlock), each write is retried alone so only
-the bad one fails, and a write that alone loses a lock race (deadlock, lock or
-serialization failure) runs again, up to CONFLICT_RETRIES times; a lost database
-connection fails the group at once (503) rather than retrying into an outage.
+in sorted order, so groups of one kind in different processes do not deadlock on their
+counters (a record and a consume sharing a key still can: metering.lost_lock_race). If a
+group fails as a whole (a value the database refuses, a deadlock), each write is retried
+alone so only the bad one fails, and a write that alone loses a lock race (deadlock,
+lock or serialization failure) or finds its user deleted meanwhile runs again, up to
+CONFLICT_RETRIES times; a lost database connection fails the group at once (503) rather
+than retrying into an outage.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ import sqlalchemy.exc as sa_exc
 from billing_app.db import session_scope
 from billing_app.errors import BillingError
 from billing_app.services.dto import RecordResult
-from billing_app.services.metering import UsageWrite, apply_writes
+from billing_app.services.metering import (
+    UsageWrite,
+    apply_writes,
+    lost_lock_race,
+    user_vanished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +46,6 @@ MAX_GROUP = 256  # writes per transaction; bounds statement size and lock hold t
 _Item = tuple[UsageWrite, "Future[RecordResult]"]
 
 
-# PostgreSQL's answers for a transaction that lost a lock race (deadlock or
-# serialization failure): nothing of it is stored, and run again it goes through.
-_CONFLICT_STATES = frozenset({"40P01", "40001"})
 # How long the writer's transaction waits for a row another transaction holds; past it
 # PostgreSQL answers lock_not_available. The writer runs its groups one at a time, so
 # one row held by a long transaction (a psql session, a slow job) stalled every user's
@@ -57,9 +61,7 @@ _LOCK_TIMEOUT_STATE = "55P03"
 CONFLICT_RETRIES = 3
 
 
-def _conflict(err: BaseException) -> bool:
-    orig = getattr(err, "orig", None)
-    return getattr(orig, "sqlstate", None) in _CONFLICT_STATES
+_conflict = lost_lock_race
 
 
 def _connection_lost(err: BaseException) -> bool:
@@ -151,10 +153,11 @@ class UsageWriter:
                 outcomes = apply_writes(session, [write for write, _ in items], commit=True)
                 session.commit()  # the reads after apply_writes' own commit
         except Exception as err:
-            if len(items) == 1 and _conflict(err) and attempt <= CONFLICT_RETRIES:
-                # Another process's transaction held what this one needed; it has
-                # finished now (the database chose this one to fail), so run it again.
-                log.info("write lost a lock race (%s); retrying", err.orig)  # type: ignore[attr-defined]
+            retry = _conflict(err) or user_vanished(err)
+            if len(items) == 1 and retry and attempt <= CONFLICT_RETRIES:
+                # Another process's transaction held what this one needed, or deleted
+                # its user; it has finished now, so run it again (then UserNotFound).
+                log.info("write lost a race (%s); retrying", err.orig)  # type: ignore[attr-defined]
                 self._commit(items, attempt + 1)
                 return
             if len(items) == 1 or _connection_lost(err):
