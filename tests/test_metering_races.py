@@ -520,3 +520,39 @@ def test_overlapping_batches_and_consumes_of_the_same_keys_store_each_key_once(
             60,
         )
     assert_exact(engine)
+
+
+def test_a_direct_write_that_loses_a_lock_race_runs_again(engine, monkeypatch):
+    """The CLI's and `usage_meter`'s path (metering.write_one): a deadlock PostgreSQL
+    chose it to lose (a record and a consume sharing a key, as above) is run again, not
+    raised; a write that keeps losing is raised after WRITE_RUNS. The database's answer
+    is PostgreSQL's own error class, raised where the write's statements run."""
+    import psycopg.errors
+
+    with Session(engine) as s:
+        user = make_user(s, plan="pro")
+    real = metering.apply_writes
+    losses = {"left": 1, "runs": 0}
+
+    def losing(session, writes, **kw):
+        losses["runs"] += 1
+        if losses["left"] > 0:
+            losses["left"] -= 1
+            raise sa.exc.OperationalError("INSERT ...", {}, psycopg.errors.DeadlockDetected())
+        return real(session, writes, **kw)
+
+    monkeypatch.setattr(metering, "apply_writes", losing)
+    with Session(engine) as s:
+        out = metering.record(s, user.id, "tokens", 5, idempotency_key="lost-once")
+    assert (out.duplicate, losses["runs"]) == (False, 2)
+
+    losses.update(left=metering.WRITE_RUNS, runs=0)
+    with Session(engine) as s, pytest.raises(sa.exc.OperationalError):
+        metering.record(s, user.id, "tokens", 5, idempotency_key="lost-always")
+    assert losses["runs"] == metering.WRITE_RUNS
+    assert_exact(engine, user.id)
+    with engine.connect() as conn:
+        keys = conn.execute(
+            sa.text("SELECT idempotency_key FROM usage_event WHERE user_id = :u"), {"u": user.id}
+        ).scalars()
+        assert sorted(keys) == ["lost-once"]

@@ -1346,9 +1346,14 @@ def lost_lock_race(err: BaseException) -> bool:
     return getattr(getattr(err, "orig", None), "sqlstate", None) in _LOST_RACE_STATES
 
 
+# A direct write (the CLI, `usage_meter`) that lost a lock race or found its user deleted
+# meanwhile runs again, as the writer's single writes do.
+WRITE_RUNS = 3
+
+
 def write_one(session: Session, write: UsageWrite) -> RecordResult:
     """One write in its own transaction: committed, or rolled back and its error raised."""
-    for again in (True, False):
+    for run in range(1, WRITE_RUNS + 1):
         try:
             (outcome,) = apply_writes(session, [write])
             if isinstance(outcome, BillingError):
@@ -1356,7 +1361,7 @@ def write_one(session: Session, write: UsageWrite) -> RecordResult:
             session.commit()
         except BaseException as err:
             session.rollback()
-            if again and user_vanished(err):
+            if run < WRITE_RUNS and (user_vanished(err) or lost_lock_race(err)):
                 continue
             raise
         return outcome  # type: ignore[return-value]  # with detail, never None
