@@ -332,6 +332,10 @@ async def oidc_login(
         raise ServiceUnavailable("The identity provider is unavailable.") from None
 
 
+# oidc_user's refusals, by the field they name, as the sign-in page's `?error=` codes.
+_SSO_CODES = {"email_verified": "sso_unverified_email", "oidc_subject": "sso_linked_elsewhere"}
+
+
 @router.get(
     "/oidc/callback",
     name="oidc_callback",
@@ -370,8 +374,8 @@ async def oidc_callback(request: Request) -> Response:
     try:
         session_token = await run_in_threadpool(finish)
     except BillingError as err:
-        verified = err.details.get("field") == "email_verified"
-        return _form_error("/login", "sso_unverified_email" if verified else "sso_failed", next_)
+        code = _SSO_CODES.get(err.details.get("field"), "sso_failed")
+        return _form_error("/login", code, next_)
     response = RedirectResponse(next_, status_code=303)
     set_session_cookie(response, session_token)
     return response

@@ -290,7 +290,8 @@ def oidc_user(
     """The local user for an OIDC identity: by subject, else by verified email, else new.
 
     An unverified email is never used to match (or create) an account: that would let
-    anyone who controls an IdP account claim someone else's address.
+    anyone who controls an IdP account claim someone else's address. Nor is a verified
+    one to match an account already linked to another subject.
     """
     if not subject:
         raise Unauthorized("The identity provider did not return a subject.")
@@ -305,6 +306,14 @@ def oidc_user(
     email = users.normalize_email(email)
     user = session.exec(select(User).where(User.email == email)).first()
     if user is not None:
+        if user.oidc_subject is not None:
+            # Linked to another identity already: only the subject is stable (OIDC Core
+            # 5.7); an address the provider later verifies for someone else (reassigned,
+            # renamed) must not move the account to them.
+            raise Unauthorized(
+                "This email's account signs in with another identity at your provider.",
+                field="oidc_subject",
+            )
         if user.password_hash is not None:
             # A password signup never proved this email: whoever made it may not be the
             # verified owner signing in now. The owner takes the account; the password,

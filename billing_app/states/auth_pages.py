@@ -19,6 +19,9 @@ BAD_PASSWORD = "Passwords are 8 to 1,024 characters long."
 BAD_NAME = "Names are at most 200 characters long."
 SSO_FAILED = "Single sign-on failed. Please try again."
 SSO_NO_EMAIL = "Your identity provider did not confirm a verified email address."
+SSO_LINKED_ELSEWHERE = (
+    "The account with this email signs in with another identity at your provider. Contact support."
+)
 
 # `?error=` is attacker-controlled (anyone can send a /login?error=... link), so the
 # pages only ever show one of these fixed messages, never the query's text.
@@ -31,6 +34,7 @@ ERROR_CODES = {
     "invalid_name": BAD_NAME,
     "sso_failed": SSO_FAILED,
     "sso_unverified_email": SSO_NO_EMAIL,
+    "sso_linked_elsewhere": SSO_LINKED_ELSEWHERE,
 }
 
 

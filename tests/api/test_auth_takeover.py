@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from argon2 import PasswordHasher
 from starlette.testclient import TestClient
@@ -112,3 +113,25 @@ def test_a_key_revoked_while_a_request_reads_it_is_not_cached_again(actors, monk
     lock.hook = revoke
     assert k.post("/api/billing/usage", json=body).status_code == 201  # read before it
     assert k.post("/api/billing/usage", json=body).status_code == 401
+
+
+def test_a_second_identity_with_the_same_verified_email_does_not_take_a_linked_account(
+    app,
+    client,
+    provider,  # noqa: F811
+):
+    """The provider verifies the address for another subject (an address reassigned to a
+    new employee, or renamed to): only the subject is stable, so the account stays with
+    the identity it is linked to, and the newcomer is told why, with no session."""
+    client.get(_callback_path(_approve(_start(client))), follow_redirects=False)
+    owner = client.get("/api/auth/me").json()
+    provider.user = {**provider.user, "sub": "someone-else"}
+    other = TestClient(app, base_url=ORIGIN)
+    r = other.get(_callback_path(_approve(_start(other))), follow_redirects=False)
+    assert r.status_code == 303
+    assert parse_qs(urlsplit(r.headers["location"]).query)["error"] == ["sso_linked_elsewhere"]
+    assert auth.SESSION_COOKIE not in r.cookies
+    assert other.get("/api/auth/me").status_code == 401
+    with session_scope() as s:
+        assert users.get_user(s, owner["id"]).oidc_subject == "idp-user-1"
+    assert client.get("/api/auth/me").json()["id"] == owner["id"]  # its owner still signed in

@@ -286,3 +286,46 @@ def test_wrong_type_arguments_leave_the_state_usable(page: Page, live_app: LiveA
     errors = [f for f in frames if "backend_error" in f]
     assert not errors, f"{len(errors)} events failed on the server"
     assert '"search_rx_state_":""' in "\n".join(frames)
+
+
+def test_a_page_on_another_port_cannot_frame_an_admins_console(
+    page: Page, live_app: LiveApp
+) -> None:
+    """Clickjacking from the same site: a page on another port of the host (or a sibling
+    subdomain) frames the console, and the admin's SameSite=Lax cookie goes into the
+    frame. Framed, the console would work for the admin under a decoy ("click here" over
+    Revoke). The pages refuse every frame; the JSON API has nothing to frame."""
+    login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
+    import http.server
+    import threading
+
+    framed = f"{live_app.url}/admin/billing"
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = f'<html><body><iframe id="f" src="{framed}"></iframe></body></html>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 18556), Evil)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # The document itself (its URL gains a trailing slash by a redirect first).
+        with page.expect_response(lambda r: r.url.startswith(framed) and r.status == 200) as answer:
+            page.goto("http://localhost:18556/")
+        headers = answer.value.headers
+        page.wait_for_timeout(3000)  # time for a framed console to load its users
+        frame = next(f for f in page.frames if f != page.main_frame)
+        shown = frame.locator("#users-table").count()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert shown == 0, "the admin console loaded inside another site's frame"
+    assert headers.get("x-frame-options") == "DENY"
+    assert headers.get("content-security-policy") == "frame-ancestors 'none'"

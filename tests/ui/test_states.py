@@ -472,6 +472,7 @@ def test_login_page_reads_error_next_and_sso(
         ("email_taken", auth_pages.EMAIL_TAKEN),
         ("invalid_password", auth_pages.BAD_PASSWORD),
         ("sso_failed", auth_pages.SSO_FAILED),
+        ("sso_linked_elsewhere", auth_pages.SSO_LINKED_ELSEWHERE),
         # Anything else is someone else's text, even one the app once sent: generic.
         ("Email or password is incorrect.", auth_pages.SIGN_IN_FAILED),
         ("Your account was suspended. Call +1 555 0100 now.", auth_pages.SIGN_IN_FAILED),
