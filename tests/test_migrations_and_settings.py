@@ -512,10 +512,26 @@ def test_0016_adds_and_drops_the_partial_index_on_admin_quota_rows(empty_databas
     assert "ix_quota_admin_user_id" not in indexes()
 
 
+def test_0018_adds_and_drops_the_signup_attempts(empty_database_url):
+    url = empty_database_url
+
+    def tables() -> set[str]:
+        eng = db.create_db_engine(url)
+        try:
+            return set(sa.inspect(eng).get_table_names())
+        finally:
+            eng.dispose()
+
+    alembic(url, "upgrade", "0018")
+    assert "signup_attempt" in tables()
+    alembic(url, "downgrade", "0017")
+    assert "signup_attempt" not in tables() and "login_attempt" in tables()
+
+
 def test_the_head_is_this_codes_schema(empty_database_url):
     alembic(empty_database_url, "upgrade", "head")
     eng = db.create_db_engine(empty_database_url)
     try:
-        assert db.schema_head() == "0017" and db.schema_problem(eng) is None
+        assert db.schema_head() == "0018" and db.schema_problem(eng) is None
     finally:
         eng.dispose()

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from billing_app.api import admin_routes, auth_routes, billing_routes, errors, service_routes
 from billing_app.api import schemas as s
+from billing_app.api.no_store import NoStoreMiddleware
 from billing_app.db import schema_problem
 from billing_app.errors import ServiceUnavailable
 from billing_app.settings import get_settings
@@ -50,6 +51,8 @@ def create_api() -> FastAPI:
     )
     api.add_middleware(errors.BodyLimitMiddleware)
     api.add_middleware(errors.SingleHeaderMiddleware)
+    # Outermost of these: their own refusals (413, a repeated header) are not stored either.
+    api.add_middleware(NoStoreMiddleware)
 
     @api.get("/api/health", tags=["meta"], responses=s.errors(503))
     def health() -> dict[str, str]:

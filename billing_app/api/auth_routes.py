@@ -216,7 +216,7 @@ def login(
     "/signup",
     status_code=201,
     response_model=s.AuthOut,
-    responses={**s.errors(400, 403, 409, 413, 422, 503), **_FORM_REDIRECT},
+    responses={**s.errors(400, 403, 409, 413, 422, 429, 503), **_FORM_REDIRECT},
     openapi_extra=_body_doc(s.SignupIn),
 )
 def signup(
@@ -224,18 +224,22 @@ def signup(
     body: AuthInput = Depends(auth_input),
     session: Session = Depends(db_session),
 ) -> Response:
-    """Create a local account on the free plan and sign in."""
+    """Create a local account on the free plan and sign in. Sign-ups from one client
+    address are limited (429 with Retry-After past the limit)."""
     next_ = form_next(request, body)
+    ip = client_ip(request)
     try:
         check_same_origin(request, required=False)
         data = _parse(s.SignupIn, body.data)
-        user = auth.signup(session, data.email, data.password, data.display_name)
+        user = auth.signup(session, data.email, data.password, data.display_name, ip=ip)
         token = auth.new_session(
-            session, user.id, ip=client_ip(request), user_agent=request.headers.get("user-agent")
+            session, user.id, ip=ip, user_agent=request.headers.get("user-agent")
         )
     except BillingError as err:
         if body.is_form:
-            return _form_error("/signup", form_error_code(err), next_)
+            # The sign-up page's own text for its limit (rate_limited is sign-in's).
+            code = "signup_limited" if isinstance(err, RateLimited) else form_error_code(err)
+            return _form_error("/signup", code, next_)
         raise
     return _signed_in(body, next_, user, token, status_code=201)
 

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billing_app.api import billing_routes, deps, errors, webhook
 from billing_app.api import schemas as s
 from billing_app.api import service_routes as routes
+from billing_app.api.no_store import NO_STORE
 from billing_app.db import session_scope
 from billing_app.errors import ServiceUnavailable
 from billing_app.services import api_keys
@@ -84,8 +85,9 @@ _VARY = (b"vary", b"Origin")
 async def _answer(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
     """Sends one of this lane's own answers. With `Vary: Origin`, as the app's CORS layers
     send it on every answer (api/cors.py): the same request with an Origin gets CORS
-    headers, so a cache must not hand one answer to the other."""
-    response.raw_headers.append(_VARY)
+    headers, so a cache must not hand one answer to the other. And with NO_STORE, as the
+    FastAPI app sends it on every /api/ answer (api/no_store.py)."""
+    response.raw_headers += (_VARY, NO_STORE)
     await response(scope, receive, send)
 
 

@@ -310,6 +310,18 @@ class LoginAttempt(SQLModel, table=True):
     )
 
 
+class SignupAttempt(SQLModel, table=True):
+    """Sign-ups, counted per client IP for rate limiting (shared by workers)."""
+
+    __tablename__ = "signup_attempt"
+
+    id: int | None = Field(default=None, sa_type=BigIntPK, primary_key=True)
+    ip: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
+
+    __table_args__ = (sa.Index("ix_signup_attempt_ip_created", "ip", "created_at"),)
+
+
 # Admin user search: `email LIKE 'abc%'` uses this index on PostgreSQL whatever the collation.
 sa.Index(
     "ix_user_email_pattern",

@@ -1,4 +1,4 @@
-"""Local accounts and browser sessions: signup, login (rate limited), logout, OIDC matching.
+"""Local accounts and browser sessions: signup, login (both rate limited), logout, OIDC matching.
 
 Sessions are opaque random tokens; only their SHA-256 is stored, so a database leak
 does not leak live sessions. The token travels in an HttpOnly cookie (session_cookie_name()).
@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from billing_app.clock import utcnow
 from billing_app.errors import RateLimited, Unauthorized, ValidationFailed
 from billing_app.models import AuthSession, User
-from billing_app.models.tables import LoginAttempt
+from billing_app.models.tables import LoginAttempt, SignupAttempt
 from billing_app.services import api_keys, passwords, users
 from billing_app.services.dto import UserDTO
 from billing_app.settings import get_settings
@@ -55,6 +55,13 @@ RATE_WINDOW = timedelta(minutes=15)
 MAX_FAILS_PER_ACCOUNT = 5
 MAX_FAILS_PER_IP = 20
 
+# Sign-up limit: accounts tried per client IP inside the window, however they end. Each
+# costs a full password hash and makes a user row; an office behind one NAT address
+# signing up its people one by one stays well below it.
+SIGNUP_WINDOW = timedelta(minutes=10)
+MAX_SIGNUPS_PER_IP = 10
+SIGNUP_LIMITED = "Too many accounts were created from your network. Try again in a few minutes."
+
 LOGIN_FAILED = "Email or password is incorrect."
 # Verified against when the account does not exist, so timing does not reveal accounts.
 _DUMMY_HASH = passwords.hash_password("not-a-real-password-ever")
@@ -85,16 +92,56 @@ def new_session(
     return token
 
 
-def signup(session: Session, email: str, password: str, display_name: str = "") -> UserDTO:
-    """Create a local account on the free plan (409 if the email is taken)."""
+def signup(
+    session: Session,
+    email: str,
+    password: str,
+    display_name: str = "",
+    *,
+    ip: str | None = None,
+) -> UserDTO:
+    """Create a local account on the free plan (409 if the email is taken).
+
+    With the client's `ip` (the API's sign-ups), RateLimited (429) past MAX_SIGNUPS_PER_IP
+    within SIGNUP_WINDOW, before any password is hashed. Without one (the CLI, an
+    operator) there is no limit."""
     email = users.normalize_email(email)
     if not isinstance(display_name, str):
         raise ValidationFailed("Display name must be a string.", field="display_name")
+    if ip:
+        _claim_signup(session, ip[:64])
     password_hash = passwords.hash_password(password)
     # Anyone can type any address here: ADMIN_EMAILS does not apply (SSO, the CLI).
     return users.create_user(
         session, email, display_name, password_hash=password_hash, email_verified=False
     )
+
+
+def _claim_signup(session: Session, ip: str) -> None:
+    """Record this sign-up for `ip`, committed, then count: RateLimited (the attempt
+    taken back) when it is one too many. Recorded first, as sign-in attempts are
+    (_claim_attempt), so sign-ups sent at once cannot all pass a count of none."""
+    attempt = SignupAttempt(ip=ip)
+    session.add(attempt)
+    cutoff = utcnow() - SIGNUP_WINDOW
+    # Keep the table small: this address's sign-ups older than the window are spent.
+    session.exec(
+        sa.delete(SignupAttempt).where(  # type: ignore[call-overload]
+            col(SignupAttempt.ip) == ip, col(SignupAttempt.created_at) <= cutoff
+        )
+    )
+    session.commit()
+    count = session.exec(
+        select(sa.func.count())
+        .select_from(SignupAttempt)
+        .where(SignupAttempt.ip == ip, col(SignupAttempt.created_at) > cutoff)
+    ).one()
+    if count > MAX_SIGNUPS_PER_IP:
+        # Refused sign-ups are not counted: trying on does not stretch the wait.
+        session.exec(sa.delete(SignupAttempt).where(col(SignupAttempt.id) == attempt.id))  # type: ignore[call-overload]
+        session.commit()
+        raise RateLimited(SIGNUP_LIMITED, retry_after=int(SIGNUP_WINDOW.total_seconds()))
+    session.rollback()  # end the read: no transaction is open during the password hash
 
 
 def _recent_failures(session: Session, email: str, ip: str | None) -> tuple[int, int]:

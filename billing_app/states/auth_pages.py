@@ -7,7 +7,7 @@ from urllib.parse import quote
 import reflex as rx
 
 from billing_app.errors import BillingError
-from billing_app.services.auth import safe_next
+from billing_app.services.auth import SIGNUP_LIMITED, safe_next
 from billing_app.settings import get_settings
 from billing_app.states.session import SessionState, clip
 
@@ -28,6 +28,7 @@ SSO_LINKED_ELSEWHERE = (
 ERROR_CODES = {
     "login_failed": "Email or password is incorrect.",
     "rate_limited": "Too many failed sign-in attempts. Try again in a few minutes.",
+    "signup_limited": SIGNUP_LIMITED,
     "email_taken": EMAIL_TAKEN,
     "invalid_email": BAD_EMAIL,
     "invalid_password": BAD_PASSWORD,

@@ -72,6 +72,8 @@ def _both(pair_clients, path: str, body: Any, tag: str, headers: dict | None = N
     assert _shape(lane.json()) == _shape(plain.json()), (tag, lane.text, plain.text)
     assert lane.headers.get("www-authenticate") == plain.headers.get("www-authenticate")
     assert lane.headers.get("preference-applied") == plain.headers.get("preference-applied")
+    assert lane.headers.get_list("cache-control") == plain.headers.get_list("cache-control")
+    assert lane.headers.get_list("cache-control") == ["no-store"], tag
     return lane
 
 
@@ -170,6 +172,7 @@ def test_usage_summary_alike(actors, pair):
     for query in ("", "?history=daily", "?history=weekly"):
         lane, plain = (c.get(f"/api/billing/usage{query}") for c in user)
         assert (lane.status_code, lane.json()) == (plain.status_code, plain.json()), query
+        assert lane.headers["cache-control"] == plain.headers["cache-control"] == "no-store"
     assert lane.status_code == 422  # the last query: not served by the lane, validated by FastAPI
     tokens = next(m for m in user[0].get("/api/billing/usage").json()["metrics"])
     assert tokens["metric"] == "tokens" and tokens["used"] == 42

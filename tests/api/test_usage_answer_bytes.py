@@ -308,3 +308,4 @@ def test_usage_answers_are_byte_identical(
         assert r.content == expected.encode(), name
         minimal = "return=minimal" if headers is MINIMAL else None
         assert r.headers.get("preference-applied") == minimal, name
+        assert r.headers.get_list("cache-control") == ["no-store"], name

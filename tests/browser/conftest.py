@@ -252,6 +252,26 @@ def _expect_timeout() -> None:
     expect.set_options(timeout=15_000)
 
 
+@pytest.fixture(autouse=True)
+def _new_visitor(request: pytest.FixtureRequest) -> None:
+    """Each test signs up as a new visitor: the tests share one app and all come from
+    loopback, so together they would pass its per-address sign-up limit."""
+    if "live_app" not in request.fixturenames:
+        return
+    from sqlalchemy import delete
+
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import SignupAttempt
+
+    engine = create_db_engine(request.getfixturevalue("live_app").database_url)
+    try:
+        with session_scope(engine) as session:
+            session.exec(delete(SignupAttempt))  # type: ignore[call-overload]
+            session.commit()
+    finally:
+        engine.dispose()
+
+
 class _DelayedDeltas:
     """Forwards the server's messages to the page `delay` seconds late, in order. It runs
     on Playwright's event loop (so it never blocks the dispatcher): one timer at a time,

@@ -371,6 +371,33 @@ def test_signup_error_keeps_name_and_email_not_password(page: Page, live_app: Li
     expect(page.get_by_text("Second Ada")).to_be_visible()
 
 
+def test_signup_page_past_the_limit_says_so_and_keeps_the_form(
+    page: Page, live_app: LiveApp
+) -> None:
+    """The page's form posts to the same route as JSON callers; refused there for the
+    address's sign-up limit, the page says why (not sign-in's limit text)."""
+    from billing_app.db import create_db_engine, session_scope
+    from billing_app.models import SignupAttempt
+    from billing_app.services import auth
+
+    engine = create_db_engine(live_app.database_url)
+    try:
+        with session_scope(engine) as session:  # this machine's addresses, at the limit
+            for ip in ("127.0.0.1", "::1"):
+                session.add_all(SignupAttempt(ip=ip) for _ in range(auth.MAX_SIGNUPS_PER_IP))
+            session.commit()
+    finally:
+        engine.dispose()
+    page.goto(f"{live_app.url}/signup")
+    page.locator("#display_name").fill("Eleventh")
+    page.locator("#email").fill(f"eleventh-{int(time.time() * 1000) % 10**8}@example.com")
+    page.locator("#password").fill("correct-horse-battery")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r".*/signup/?\?error=signup_limited"))
+    expect(page.get_by_role("alert")).to_have_text(auth.SIGNUP_LIMITED)
+    expect(page.locator("#display_name")).to_have_value("Eleventh")
+
+
 def test_checkout_success_link_claims_no_payment_and_shows_once(
     page: Page, live_app: LiveApp
 ) -> None:

@@ -470,6 +470,7 @@ def test_login_page_reads_error_next_and_sso(
     [
         ("login_failed", "Email or password is incorrect."),
         ("email_taken", auth_pages.EMAIL_TAKEN),
+        ("signup_limited", auth.SIGNUP_LIMITED),
         ("invalid_password", auth_pages.BAD_PASSWORD),
         ("sso_failed", auth_pages.SSO_FAILED),
         ("sso_linked_elsewhere", auth_pages.SSO_LINKED_ELSEWHERE),
