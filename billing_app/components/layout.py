@@ -160,7 +160,12 @@ def navbar() -> rx.Component:
             rx.cond(
                 SessionState.signed_in,
                 rx.hstack(user_chip(), sign_out_form(), align="center", spacing="3"),
-                rx.link(rx.button("Sign in", variant="soft", size="2"), href="/login"),
+                # Only once the check found nobody: a signed-in customer's page, still
+                # loading, offered them "Sign in".
+                rx.cond(
+                    SessionState.auth_checked,
+                    rx.link(rx.button("Sign in", variant="soft", size="2"), href="/login"),
+                ),
             ),
             justify="between",
             align="center",

@@ -431,6 +431,11 @@ class BillingState(SessionState):
             self.meters = live.meters
         if live.sub != self.sub:
             self.sub = live.sub
+        if self.checkout_notice == "success" and live.sub.past_due:
+            # "Thanks — your plan is active" beside "Your last payment failed": the banner
+            # alone says where the plan stands. (Not when held: a Checkout's subscription
+            # is briefly `incomplete` until its webhook says it is paid.)
+            self.checkout_notice = ""
         if live.plans != self.plans:
             self.plans = live.plans
         if live.resets_text != self.resets_text:

@@ -19,6 +19,7 @@ from tests.browser.conftest import (
     open_user_drawer,
     signup,
     tab_to,
+    ws_delay,
 )
 
 pytestmark = pytest.mark.browser
@@ -494,6 +495,27 @@ def test_the_signed_in_email_in_the_top_bar_is_not_cut_off(page: Page, live_app:
     for line in (chip_email, page.locator("header").get_by_text("Gypsy", exact=True)):
         sizes = line.evaluate("e => [e.scrollHeight, e.clientHeight]")
         assert sizes[0] <= sizes[1], f"{line}: {sizes}"
+
+
+def test_a_signed_in_page_still_loading_offers_no_sign_in(page: Page, live_app: LiveApp) -> None:
+    """A new tab of a signed-in customer showed "Sign in" in its top bar until the state
+    said who they are; the button waits for that answer. A visitor nobody signed in to
+    still gets it."""
+    signup(page, live_app, "newtab")
+    tab = page.context.new_page()  # a tab of its own: a fresh state, not this one's
+    try:
+        ws_delay(tab, 2500)
+        tab.goto(f"{live_app.url}/billing")
+        expect(tab.get_by_text("Loading…")).to_be_visible()
+        # Read now, not awaited: the state's answer (2.5 s late) would hide it by then.
+        assert tab.locator("header").get_by_role("link", name="Sign in").count() == 0
+        expect(tab.locator("#current-plan")).to_have_text("Free")
+        expect(tab.locator("header").get_by_role("button", name="Sign out")).to_be_visible()
+    finally:
+        tab.close()
+    page.context.clear_cookies()
+    page.goto(f"{live_app.url}/no-such-page")
+    expect(page.locator("header").get_by_role("link", name="Sign in")).to_be_visible()
 
 
 def test_invoices_on_a_phone_show_amount_status_and_pdf_without_scrolling_sideways(
