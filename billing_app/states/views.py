@@ -366,6 +366,8 @@ def usage_resets_text(m: Any, sub: Any) -> str:
 
 
 def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -> list[PlanView]:
+    # "Popular" (the solid button) is Pro's, but never as a step down from a dearer plan.
+    floor = catalog[current].amount if current in catalog else 0
     out = []
     for plan in catalog.values():
         if paid_only and not plan.is_paid:
@@ -385,7 +387,7 @@ def plan_views(catalog: dict[str, Plan], current: str, paid_only: bool = True) -
                 description=plan.description,
                 features=features,
                 is_current=plan.key == current,
-                highlight=plan.key == "pro",
+                highlight=plan.key == "pro" and plan.amount >= floor,
             )
         )
     return out

@@ -30,6 +30,16 @@ def test_plan_cards_write_money_with_cents_and_full_numbers_as_the_page_does() -
     assert (pro.price, pro.price_label) == ("$99.00 / month", "$99.00 per month")
 
 
+def test_pro_is_put_forward_as_popular_only_when_it_is_not_a_step_down() -> None:
+    """On Enterprise, Pro's solid "Popular" button would push a downgrade."""
+
+    def popular(current: str) -> list[str]:
+        return [p.key for p in views.plan_views(get_catalog(), current) if p.highlight]
+
+    assert popular("free") == popular("basic") == popular("pro") == ["pro"]
+    assert popular("enterprise") == []
+
+
 def test_past_due_names_each_date_for_what_it_is() -> None:
     grace = datetime(2027, 1, 14, tzinfo=UTC)
     sub = {**PRO, "status": "past_due", "grace_ends_at": grace}
