@@ -112,6 +112,7 @@ def load_live(user_id: int) -> LiveData:
             payment_due=sub.held
             or (sub.past_due and dto is not None and dto.effective_plan == "free"),
             first_payment=sub.awaits_first_payment,
+            cancels=sub.cancels,
         ),
     )
 

@@ -313,13 +313,15 @@ def limit_notices(
     overridden: frozenset[str] | set[str] = frozenset(),
     payment_due: bool = False,
     first_payment: bool = False,
+    cancels: bool = False,
 ) -> list[str]:
     """What each used-up meter (a MeterStatus) means, in words. A downgrade or a lowered
     quota leaves `used` above the new `limit`: both are shown as they are. `overridden`:
     the metrics whose limit an admin set, which no plan change lifts. `payment_due`: Free's
     limits apply because a payment failed (past due after its grace, or a held
     subscription): paying it, not an upgrade, brings the plan's limits back. `first_payment`:
-    held, its first invoice never attempted: nothing failed, it waits to be paid."""
+    held, its first invoice never attempted: nothing failed, it waits to be paid. `cancels`:
+    set to cancel, a switch needs the subscription resumed first (as the plan buttons say)."""
     current = catalog.get(plan)
     floor = current.amount if current else 0
     can_upgrade = any(p.is_paid and p.amount > floor for p in catalog.values())
@@ -341,7 +343,8 @@ def limit_notices(
         elif payment_due:
             tail = ", or until the failed payment is paid."
         else:
-            tail = ", or until you upgrade your plan." if can_upgrade else "."
+            upgrade = "resume your subscription and upgrade it" if cancels else "upgrade your plan"
+            tail = f", or until you {upgrade}." if can_upgrade else "."
         out.append(
             f"{label}: limit reached ({fmt.number(used)} of {fmt.number(limit)}). "
             f"{refused} {until}{tail}"

@@ -173,3 +173,14 @@ def test_a_phone_header_says_who_is_signed_in() -> None:
     compiled = str(user_chip())
     assert '+", signed in")' in compiled and '"account-button"' in compiled
     assert "Signed in as" in compiled and "account-details" in compiled
+
+
+def test_a_used_up_meter_of_a_plan_set_to_cancel_says_to_resume_before_upgrading() -> None:
+    """The plan buttons read "Resume to switch to ..." then: the notice says the same."""
+    used_up = [_meter("api_calls", 1_000, 1_000)]
+    (live,) = views.limit_notices(used_up, get_catalog(), "basic")
+    (ending,) = views.limit_notices(used_up, get_catalog(), "basic", cancels=True)
+    assert live.endswith(", or until you upgrade your plan.")
+    assert ending.endswith(", or until you resume your subscription and upgrade it.")
+    (top,) = views.limit_notices(used_up, get_catalog(), "enterprise", cancels=True)
+    assert "upgrade" not in top  # nothing dearer to move to
