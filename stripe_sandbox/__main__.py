@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         help="the prices to seed, a JSON list of [price_id, product_name, unit_amount, "
         "currency, interval] (default: Basic, Pro and Enterprise at 19, 99 and 499 usd)",
     )
+    parser.add_argument(
+        "--business-name", help="the merchant on checkout, portal and invoices (Sandbox Inc.)"
+    )
+    parser.add_argument("--app-name", help='the portal\'s "Return to ..." link (Billing App)')
     args = parser.parse_args(argv)
 
     config = SandboxConfig.from_env(
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         public_url=args.public_url,
         api_key=args.api_key,
         plans=args.plans,
+        business_name=args.business_name,
+        app_name=args.app_name,
     )
     if not config.public_url:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

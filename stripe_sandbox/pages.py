@@ -230,7 +230,6 @@ def _checkout_form(
       {e(st.config.business_name)}</div>
     <div class="muted" id="plan-name">{e(heading)}</div>
     <div class="price" id="plan-price">{e(price_label(price))}</div>
-    <div class="muted small">per {e(interval)}, renews automatically</div>
     <div class="card" style="margin-top:28px"><table>{summary_rows}
       <tr><td><b>Total due today</b></td><td class="num"><b id="total">{e(total)}</b></td></tr>
     </table></div>

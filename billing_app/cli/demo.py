@@ -136,6 +136,7 @@ def reflex_command() -> list[str]:
 
 
 def start_sandbox(port: int, webhook_url: str, env: dict[str, str]) -> subprocess.Popen:
+    from billing_app.brand import BRAND
     from billing_app.cli.sandbox import catalog_prices
 
     return subprocess.Popen(
@@ -149,6 +150,10 @@ def start_sandbox(port: int, webhook_url: str, env: dict[str, str]) -> subproces
             webhook_url,
             "--plans",
             json.dumps(catalog_prices()),
+            "--business-name",
+            BRAND,
+            "--app-name",
+            BRAND,
         ],  # fmt: skip
         cwd=PROJECT_ROOT,
         env=env,

@@ -57,6 +57,7 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
     """Serve the sandbox until interrupted; the app reaches it via STRIPE_API_BASE."""
     import uvicorn
 
+    from billing_app.brand import BRAND
     from billing_app.settings import SANDBOX_SECRET_KEY, ConfigError, get_settings_or_exit
     from stripe_sandbox import SandboxConfig, create_app
 
@@ -82,6 +83,8 @@ def run(port: int | None, host: str, webhook_url: str | None) -> None:
         webhook_secret=settings.stripe_webhook_secret or "whsec_sandbox_secret",
         public_url=f"http://{public_host}:{port}",
         plans=list(catalog_prices()),
+        business_name=BRAND,
+        app_name=BRAND,
     )
     click.echo(
         f"Stripe sandbox on http://{host}:{port}; webhooks -> {config.webhook_url}", err=True

@@ -8,10 +8,9 @@ from typing import Any
 
 import reflex as rx
 
+from billing_app.brand import BRAND
 from billing_app.components.common import ONE_LINE
 from billing_app.states.session import SessionState
-
-BRAND = "Acme AI"
 
 
 def logo() -> rx.Component:

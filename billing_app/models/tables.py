@@ -295,7 +295,8 @@ class AuthSession(SQLModel, table=True):
 
 
 class LoginAttempt(SQLModel, table=True):
-    """Failed sign-ins, counted per account and per IP for rate limiting (shared by workers)."""
+    """Failed sign-ins, counted per account and per IP for rate limiting (shared by workers).
+    `ip` is auth.limit_key's: an IPv4 address or an IPv6 /64."""
 
     __tablename__ = "login_attempt"
 
@@ -311,7 +312,8 @@ class LoginAttempt(SQLModel, table=True):
 
 
 class SignupAttempt(SQLModel, table=True):
-    """Sign-ups, counted per client IP for rate limiting (shared by workers)."""
+    """Sign-ups, counted per client IP for rate limiting (shared by workers).
+    `ip` is auth.limit_key's: an IPv4 address or an IPv6 /64."""
 
     __tablename__ = "signup_attempt"
 

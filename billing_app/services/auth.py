@@ -7,6 +7,7 @@ does not leak live sessions. The token travels in an HttpOnly cookie (session_co
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -62,6 +63,26 @@ SIGNUP_WINDOW = timedelta(minutes=10)
 MAX_SIGNUPS_PER_IP = 10
 SIGNUP_LIMITED = "Too many accounts were created from your network. Try again in a few minutes."
 
+
+def limit_key(ip: str | None) -> str | None:
+    """The address the per-IP limits count: an IPv6 client by its /64 ("2001:db8:1:2::/64"),
+    since every home and cloud host is given a whole /64 to pick addresses from; an IPv4
+    client, or an IPv4-mapped IPv6 one, by its IPv4 address. Anything else (a unix socket's
+    name) as it is, cut to the column's 64 characters."""
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        # Built from the integer: a zone ("fe80::1%eth0") is not part of the network.
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    return str(addr)
+
+
 LOGIN_FAILED = "Email or password is incorrect."
 # Verified against when the account does not exist, so timing does not reveal accounts.
 _DUMMY_HASH = passwords.hash_password("not-a-real-password-ever")
@@ -103,13 +124,14 @@ def signup(
     """Create a local account on the free plan (409 if the email is taken).
 
     With the client's `ip` (the API's sign-ups), RateLimited (429) past MAX_SIGNUPS_PER_IP
-    within SIGNUP_WINDOW, before any password is hashed. Without one (the CLI, an
+    from its limit_key within SIGNUP_WINDOW, before any password is hashed. Without one (the CLI, an
     operator) there is no limit."""
     email = users.normalize_email(email)
     if not isinstance(display_name, str):
         raise ValidationFailed("Display name must be a string.", field="display_name")
-    if ip:
-        _claim_signup(session, ip[:64])
+    key = limit_key(ip)
+    if key:
+        _claim_signup(session, key)
     password_hash = passwords.hash_password(password)
     # Anyone can type any address here: ADMIN_EMAILS does not apply (SSO, the CLI).
     return users.create_user(
@@ -204,13 +226,15 @@ def login(
     """Check the password and open a session: (user, token).
 
     Raises Unauthorized with one generic message whatever was wrong, and RateLimited
-    (429) after too many failures for this account or this IP within RATE_WINDOW.
+    (429) after too many failures for this account or this IP's limit_key within
+    RATE_WINDOW.
     """
     if not isinstance(email, str) or not isinstance(password, str):
         raise Unauthorized(LOGIN_FAILED)
     email = email.strip().lower()[:320]
-    ip = (ip or None) and ip[:64]
-    _claim_attempt(session, email, ip)
+    key = limit_key(ip)
+    ip = (ip or None) and ip[:64]  # the session keeps the exact address
+    _claim_attempt(session, email, key)
     user = session.exec(select(User).where(User.email == email)).first()
     stored = user.password_hash if user is not None else None
     dto = users.to_dto(user) if user is not None and user.id is not None else None

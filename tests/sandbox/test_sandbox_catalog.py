@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import stripe
 from click.testing import CliRunner
 
+from billing_app.brand import BRAND
 from billing_app.cli.demo import _stop, start_sandbox
 from billing_app.cli.sandbox import catalog_prices
 from billing_app.cli.sandbox import group as sandbox_group
@@ -45,6 +48,33 @@ def _prices(base_url: str) -> set[tuple[str, str, int, str]]:
     )
     prices = client.v1.prices.list(params={"expand": ["data.product"], "limit": 100}).data
     return {(p.id, p.product.name, p.unit_amount, p.currency) for p in prices}
+
+
+def _merchant_and_return_link(base_url: str) -> tuple[str, str]:
+    """The merchant the checkout page names, and the portal's return link's text."""
+    client = stripe.StripeClient(
+        "sk_test_sandbox", base_addresses={"api": base_url}, max_network_retries=0
+    )
+    customer = client.v1.customers.create(params={"email": "ada@example.com"}).id
+    checkout = client.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer,
+            "line_items": [{"price": "price_sandbox_pro", "quantity": 1}],
+            "success_url": "http://app.test/billing",
+        }
+    )
+    portal = client.v1.billing_portal.sessions.create(
+        params={"customer": customer, "return_url": "http://app.test/billing"}
+    )
+
+    def page(url: str) -> str:  # on this server, whatever public URL the pages were given
+        return httpx.get(base_url + urlsplit(url).path).text
+
+    merchant = re.search(r'<span class="logo">.</span>\s*([^<]+)</div>', page(checkout.url))
+    back = re.search(r'id="return-link"[^>]*>← Return to ([^<]+)</a>', page(portal.url))
+    assert merchant and back
+    return merchant.group(1).strip(), back.group(1)
 
 
 def _free_port() -> int:
@@ -81,6 +111,8 @@ def demo_sandbox(custom_plans) -> Iterator[str]:
 
 def test_demo_runs_the_sandbox_on_the_catalogs_prices(demo_sandbox):
     assert _prices(demo_sandbox) == EXPECTED
+    # The app's name, not the sandbox's own "Sandbox Inc." and "Billing App".
+    assert _merchant_and_return_link(demo_sandbox) == (BRAND, BRAND)
 
 
 def test_sandbox_run_serves_the_catalogs_prices(custom_plans, monkeypatch):
@@ -91,6 +123,7 @@ def test_sandbox_run_serves_the_catalogs_prices(custom_plans, monkeypatch):
     assert served["port"] == 12999
     with BackgroundServer(served["app"]) as server:
         assert _prices(server.url) == EXPECTED
+        assert _merchant_and_return_link(server.url) == (BRAND, BRAND)
 
 
 def test_a_bad_plans_argument_is_a_usage_error(capsys):

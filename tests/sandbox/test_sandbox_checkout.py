@@ -7,9 +7,9 @@ import re
 import httpx
 import stripe
 
-from stripe_sandbox import SandboxServer
+from stripe_sandbox import SandboxConfig, SandboxServer
 
-from .helpers import event_types, new_checkout, new_customer, pay
+from .helpers import event_types, make_client, new_checkout, new_customer, pay
 
 
 def test_checkout_session_shape(client: stripe.StripeClient, sandbox: SandboxServer) -> None:
@@ -40,7 +40,10 @@ def test_checkout_page_shows_plan_price_email_and_form(
     assert page.status_code == 200
     text = page.text
     assert "Subscribe to Pro" in text
-    assert "$99.00 / month" in text
+    assert '<div class="price" id="plan-price">$99.00 / month</div>' in text
+    # The price says its period once: it was followed by "per month, renews automatically".
+    assert text.count("/ month") == 1 and "per month" not in text
+    assert "Sandbox Inc." in text  # the merchant when none is configured
     assert "ada@example.com" in text
     assert "Test card: <b>4242 4242 4242 4242</b>" in text
     for element_id in ("card-number", "card-expiry", "card-cvc", "card-name", "pay"):
@@ -49,6 +52,17 @@ def test_checkout_page_shows_plan_price_email_and_form(
     assert '<a class="back" id="back" href="http://app.test/billing">← Back</a>' in text
     # An inline icon: a browser would otherwise ask for /favicon.ico, which is a 404.
     assert re.search(r'<link rel="icon" href="data:image/svg\+xml,[^"]+">', text)
+
+
+def test_checkout_names_the_configured_business() -> None:
+    """As a Stripe account's business profile names the merchant on real Checkout."""
+    with SandboxServer(SandboxConfig(business_name="Acme AI")) as sandbox:
+        client = make_client(sandbox)
+        session = new_checkout(client, new_customer(client).id)
+        text = httpx.get(session.url, timeout=10).text
+    assert '<span class="logo">A</span>\n      Acme AI</div>' in text
+    assert "<title>Subscribe to Pro · Acme AI</title>" in text
+    assert "Sandbox Inc." not in text
 
 
 def test_paying_with_4242_creates_an_active_subscription_and_paid_invoice(
