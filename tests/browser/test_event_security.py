@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -222,23 +223,7 @@ def test_page_on_another_port_cannot_drive_an_admins_events(page: Page, live_app
     websocket it opens to the app. The app's CSRF rule (own Origin only) must hold for
     the event socket too: no key made, no secret read."""
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
-    import http.server
-    import threading
-
-    class Evil(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = b"<html><body>hi</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 18555), Evil)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve_page(18555, "<html><body>hi</body></html>")
     evil = "http://localhost:18555"
     try:
         page.goto(f"{evil}/")
@@ -296,25 +281,10 @@ def test_a_page_on_another_port_cannot_frame_an_admins_console(
     frame. Framed, the console would work for the admin under a decoy ("click here" over
     Revoke). The pages refuse every frame; the JSON API has nothing to frame."""
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
-    import http.server
-    import threading
-
     framed = f"{live_app.url}/admin/billing"
-
-    class Evil(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = f'<html><body><iframe id="f" src="{framed}"></iframe></body></html>'.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 18556), Evil)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _serve_page(
+        18556, f'<html><body><iframe id="f" src="{framed}"></iframe></body></html>'
+    )
     try:
         # The document itself (its URL gains a trailing slash by a redirect first).
         with page.expect_response(lambda r: r.url.startswith(framed) and r.status == 200) as answer:
@@ -329,3 +299,27 @@ def test_a_page_on_another_port_cannot_frame_an_admins_console(
     assert shown == 0, "the admin console loaded inside another site's frame"
     assert headers.get("x-frame-options") == "DENY"
     assert headers.get("content-security-policy") == "frame-ancestors 'none'"
+
+
+def _serve_page(port: int, html: str) -> Any:
+    """Another site's page on `port` of this host (the same site as the app): `html` at
+    every path, until the caller's `shutdown()` and `server_close()`."""
+    import http.server
+    import threading
+
+    body = html.encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Evil)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
