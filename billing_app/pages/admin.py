@@ -522,7 +522,7 @@ def revoke_control(k: ApiKeyView, size: str = "1") -> rx.Component:
                 )
             ),
             rx.alert_dialog.content(
-                rx.alert_dialog.title("Revoke this key?"),
+                rx.alert_dialog.title(k.revoke_question),
                 rx.alert_dialog.description(
                     "Services using it stop working immediately. This cannot be undone."
                 ),
@@ -678,10 +678,19 @@ def keys_panel() -> rx.Component:
                     ),
                     flex="0 0 auto",
                 ),
-                rx.button(rx.icon("plus", size=16), "Create key", type="submit"),
+                # Level with the fields: below the height of their labels (a size-2
+                # line and the vstack's space-1 gap).
+                rx.button(
+                    rx.icon("plus", size=16),
+                    "Create key",
+                    type="submit",
+                    margin_top="calc(var(--line-height-2) + var(--space-1))",
+                ),
                 gap="8px",
                 wrap="wrap",
-                align="end",
+                # Tops, not bottoms: the Service hint under its box lifted it above the
+                # other fields.
+                align="start",
                 width="100%",
             ),
             on_submit=A.submit_key,

@@ -38,7 +38,7 @@ SORTS = {
 STATUSES = ("active", "trialing", "past_due", "canceled", "unpaid", "incomplete",
             "incomplete_expired", "paused", "none")  # fmt: skip
 # The service's USAGE_FILTERS, as the select names them.
-USAGE = {"over": "Over a limit", "near": "Near a limit (80%+)", "override": "Quota override"}
+USAGE = {"over": "At or over a limit", "near": "Near a limit (80%+)", "override": "Quota override"}
 # One per badge the invoices table shows: "credit" apart from "paid" (services.invoices).
 INVOICE_STATUSES = invoices.ADMIN_FILTERS
 ALL = "all"  # the select's "no filter" value (Radix selects cannot hold "")

@@ -182,6 +182,8 @@ class ApiKeyView:
     last_used: str = ""
     revoked: bool = False
     access: str = ""
+    # The confirmation's question names the key: "Revoke this key?" did not say which.
+    revoke_question: str = ""
 
 
 # What a key made in the console may do: (choice, its label, its scopes). Least
@@ -613,7 +615,11 @@ def admin_subscription_view(
     else:
         headline = f"Free plan · {plan_name} subscription {fmt.status_label(status).lower()}"
         period_label = "Last period"
-    period = fmt.period(get(sub, "current_period_start"), get(sub, "current_period_end"))
+    start, end = get(sub, "current_period_start"), get(sub, "current_period_end")
+    period = fmt.period(start, end)
+    # One known end alone read as a one-day period ("Current period: Jan 2, 2027").
+    if period and (start is None or end is None):
+        period = f"until {period}" if start is None else f"since {period}"
     grace = get(sub, "grace_ends_at")
     grace_text = ""
     if grace is not None and status == "past_due":
@@ -688,15 +694,17 @@ def audit_view(a: Any) -> AuditView:
 
 
 def api_key_view(k: Any) -> ApiKeyView:
+    name, prefix = str(get(k, "name", "")), str(get(k, "prefix", ""))
     return ApiKeyView(
         id=int(get(k, "id", 0)),
-        name=str(get(k, "name", "")),
-        prefix=str(get(k, "prefix", "")),
+        name=name,
+        prefix=prefix,
         owner=str(get(k, "service_name", "") or get(k, "user_email", "") or ""),
         created=fmt.date(get(k, "created_at")),
         last_used=fmt.date(get(k, "last_used_at")) or "Never",
         revoked=get(k, "revoked_at") is not None or bool(get(k, "revoked", False)),
         access=key_access_text(get(k, "scopes", None) or ()),
+        revoke_question=f"Revoke the key “{name}” ({prefix}…)?",
     )
 
 

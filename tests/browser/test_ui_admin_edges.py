@@ -97,11 +97,22 @@ def test_the_console_by_keyboard(page: Page, live_app: LiveApp) -> None:
 
     # Enter in the key's name creates it; revoking it takes its secret off the screen.
     page.get_by_role("tab", name="API keys").click()
+    # The form's boxes and its button on one line: the Service hint lifted its box above
+    # the others, and the button sat level with neither.
+    form = (("textbox", "Key name"), ("textbox", "Service"), ("combobox", "Access"))
+    tops = [page.get_by_role(role, name=name).bounding_box() for role, name in form]
+    tops.append(page.get_by_role("button", name="Create key").bounding_box())
+    assert (
+        all(b is not None for b in tops)
+        and max(b["y"] for b in tops) - min(b["y"] for b in tops) <= 1
+    ), tops
     page.get_by_role("textbox", name="Key name").fill("keyboard-key")
     page.get_by_role("textbox", name="Key name").press("Enter")
     expect(page.locator("#new-secret")).to_contain_text("bk_")
     row = page.locator("#keys-table").get_by_role("row").filter(has_text="keyboard-key")
     row.get_by_role("button", name="Revoke key keyboard-key").click()
+    # The question names the key it is about.
+    expect(page.get_by_role("alertdialog")).to_contain_text("Revoke the key “keyboard-key” (")
     page.get_by_role("alertdialog").get_by_role("button", name="Revoke key").click()
     expect(row).to_contain_text("Revoked")
     expect(page.locator("#new-secret")).to_have_count(0)

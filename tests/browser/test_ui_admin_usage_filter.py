@@ -1,4 +1,4 @@
-"""The Users tab's usage filter: "Over a limit" lists only who reached a limit, and their
+"""The Users tab's usage filter: "At or over a limit" lists only who reached a limit, and their
 drawer's meters say when they reset."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_over_a_limit_lists_only_who_reached_one_and_the_drawer_says_when_it_res
     login(page, live_app, live_app.admin_email, live_app.admin_password, "/admin/billing")
     page.locator("#user-search").fill("h78attn")
     expect(page.get_by_text("1–3 of 3")).to_be_visible()
-    choose(page, "Filter by usage", "Over a limit")
+    choose(page, "Filter by usage", "At or over a limit")
     expect(page.get_by_text("1–1 of 1")).to_be_visible()
     rows = page.locator("#users-table tbody tr")
     expect(rows).to_have_count(1)
@@ -39,7 +39,7 @@ def test_over_a_limit_lists_only_who_reached_one_and_the_drawer_says_when_it_res
     choose(page, "Filter by usage", "Near a limit (80%+)")
     expect(page.get_by_text("1–2 of 2")).to_be_visible()
 
-    choose(page, "Filter by usage", "Over a limit")
+    choose(page, "Filter by usage", "At or over a limit")
     expect(page.get_by_text("1–1 of 1")).to_be_visible()
     page.get_by_role("button", name="Details for h78attn-over@example.com").click()
     drawer = page.locator("#user-drawer")
