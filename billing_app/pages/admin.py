@@ -463,7 +463,8 @@ def customer_chip() -> rx.Component:
 def invoices_panel() -> rx.Component:
     return card(
         rx.hstack(
-            rx.heading("All invoices", size="4", as_="h2"),
+            # Not "All invoices": the filters beside it often narrow the list.
+            rx.heading("Invoices", size="4", as_="h2"),
             rx.hstack(
                 rx.cond(A.invoice_user_id != 0, customer_chip()),
                 select(

@@ -167,6 +167,6 @@ def test_the_consoles_outline_has_one_h1_and_its_sections_below_it(
     expect(drawer).to_have_count(0)
     expect(page.get_by_role("heading", level=1)).to_have_text(["Billing admin"])
     page.get_by_role("tab", name="Invoices").click()
-    expect(page.get_by_role("heading", level=2)).to_have_text(["All invoices"])
+    expect(page.get_by_role("heading", level=2)).to_have_text(["Invoices"])
     page.get_by_role("tab", name="API keys").click()
     expect(page.get_by_role("heading", level=2)).to_have_text(["API keys"])
