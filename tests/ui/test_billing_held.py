@@ -166,23 +166,12 @@ def test_an_older_held_subscription_is_current_over_a_newer_canceled_one(
     and its rows) and the quotas all take it as the current one, not the newer canceled
     one, so the page does not show one subscription and refuse for another."""
     uid = _held_customer(session, held_status)
-    make_subscription(
-        session,
-        uid,
-        plan="basic",
-        status="canceled",
-        sub_id="sub_newer_canceled",
-        created_at=datetime.now(UTC) + timedelta(seconds=1),
-    )
+    _newer(session, uid, plan="basic", status="canceled", sub_id="sub_newer_canceled")
     sub = subscriptions.current_subscription(session, uid)
     assert sub is not None and sub.stripe_subscription_id == f"sub_{held_status}"
     assert subscriptions.plan_key_for(sub) == "free"
     session.rollback()
-    cur = subscriptions.current_table()
-    assert session.exec(select(cur.c.status).where(cur.c.user_id == uid, cur.c.rn == 1)).all() == [
-        held_status
-    ]
-    session.rollback()
+    assert _current_in_sql(session, uid) == [held_status]
     listed = admin.list_users(session, admin.UserFilters(status=held_status))
     assert [(u.id, u.status, u.plan) for u in listed.items] == [(uid, held_status, "free")]
     assert admin.list_users(session, admin.UserFilters(status="canceled")).total == 0
@@ -201,22 +190,24 @@ def test_a_live_subscription_stays_current_over_a_newer_held_one(session: Sessio
     """Guard: live first, held only second."""
     uid = make_user(session, email="both@example.com", customer="cus_both").id
     make_subscription(session, uid, plan="basic", status="active", sub_id="sub_live")
-    make_subscription(
-        session,
-        uid,
-        plan="pro",
-        status="incomplete",
-        sub_id="sub_newer_incomplete",
-        created_at=datetime.now(UTC) + timedelta(seconds=1),
-    )
+    _newer(session, uid, plan="pro", status="incomplete", sub_id="sub_newer_incomplete")
     sub = subscriptions.current_subscription(session, uid)
     assert sub is not None and (sub.stripe_subscription_id, sub.status) == ("sub_live", "active")
     session.rollback()
+    assert _current_in_sql(session, uid) == ["active"]
+
+
+def _newer(session: Session, uid: int, **sub: str) -> None:
+    """A subscription made a second after the user's others."""
+    make_subscription(session, uid, created_at=datetime.now(UTC) + timedelta(seconds=1), **sub)
+
+
+def _current_in_sql(session: Session, uid: int) -> list[str]:
+    """The status current_table() (the admin list's rule, in SQL) takes as current."""
     cur = subscriptions.current_table()
-    assert session.exec(select(cur.c.status).where(cur.c.user_id == uid, cur.c.rn == 1)).all() == [
-        "active"
-    ]
+    found = session.exec(select(cur.c.status).where(cur.c.user_id == uid, cur.c.rn == 1)).all()
     session.rollback()
+    return list(found)
 
 
 # ------------------------------------------------------- waiting for a first payment, not failed
